@@ -1,0 +1,72 @@
+"""The dataset: CIFAR-10 (a local copy, the cache, or a download) or a synthetic stand-in.
+
+Images stay uint8 on the host, (N, 32, 32, 3) in HWC order; labels are uint8 0-9.
+Everything float (mean subtraction, augmentation) happens inside the model, on the
+device, so the host never holds a float copy of the whole set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CLASS_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x_train: np.ndarray  # uint8 (N, 32, 32, 3)
+    y_train: np.ndarray  # uint8 (N,)
+    x_test: np.ndarray  # uint8 (M, 32, 32, 3)
+    y_test: np.ndarray  # uint8 (M,)
+    description: str  # where it came from, for the manifest
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    def __post_init__(self):
+        for name in ("x_train", "x_test"):
+            x = getattr(self, name)
+            if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+                raise ValueError(f"{name} must be uint8 (N, 32, 32, 3), got {x.dtype} {x.shape}")
+        for x, y in ((self.x_train, self.y_train), (self.x_test, self.y_test)):
+            if y.shape != (len(x),):
+                raise ValueError(f"labels {y.shape} do not match images {x.shape}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def head(self, train_size: int | None, test_size: int | None) -> "Dataset":
+        """The first `train_size`/`test_size` examples in their stored order (None: all)."""
+        return Dataset(
+            self.x_train[:train_size],
+            self.y_train[:train_size],
+            self.x_test[:test_size],
+            self.y_test[:test_size],
+            self.description
+            + (f", first {train_size} train" if train_size else "")
+            + (f", first {test_size} test" if test_size else ""),
+            self.class_names,
+        )
+
+
+def per_pixel_mean(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """The recipe's per-pixel mean image (32, 32, 3), float32.
+
+    Summed in chunks so no float copy of the whole uint8 set is ever made.
+    """
+    total = np.zeros(x.shape[1:], dtype=np.float64)
+    for start in range(0, len(x), chunk):
+        total += x[start : start + chunk].sum(axis=0, dtype=np.float64)
+    return (total / len(x)).astype(np.float32)

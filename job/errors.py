@@ -1,0 +1,49 @@
+"""Errors users can act on, each with the exit code the CLI returns for it.
+
+Schedulers key retries off these codes: bad input (2) and data problems (3) fail
+fast, an interrupted run (75, EX_TEMPFAIL) is requeued and resumes.
+"""
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_DATA = 3
+EXIT_DIVERGED = 4
+EXIT_BUSY = 5
+EXIT_INTERRUPTED = 75
+
+
+class JobError(Exception):
+    """An expected failure: the CLI prints its message (no traceback) and exits."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class SpecError(JobError):
+    """The spec or a CLI override is invalid."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class DataError(JobError):
+    """The dataset is missing, corrupt, hostile or cannot be fetched."""
+
+    exit_code = EXIT_DATA
+
+
+class DivergedError(JobError):
+    """Training produced a non-finite loss."""
+
+    exit_code = EXIT_DIVERGED
+
+
+class RunBusyError(JobError):
+    """Another live process holds the run directory."""
+
+    exit_code = EXIT_BUSY
+
+
+class InterruptedRun(JobError):
+    """SIGTERM/SIGINT arrived; the last finished epoch is checkpointed."""
+
+    exit_code = EXIT_INTERRUPTED
