@@ -70,3 +70,26 @@ def per_pixel_mean(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
     for start in range(0, len(x), chunk):
         total += x[start : start + chunk].sum(axis=0, dtype=np.float64)
     return (total / len(x)).astype(np.float32)
+
+
+SYNTHETIC_SEED = 0  # one synthetic dataset for every run, so runs with different train.seed compare
+
+
+def load_dataset(spec) -> Dataset:
+    """The dataset a `DataSpec` describes; DataError when it cannot be had."""
+    from job.errors import SpecError
+
+    if spec.source == "synthetic":
+        from job.data.synthetic import make_synthetic
+
+        train, test = spec.train_size or 50_000, spec.test_size or 10_000
+        arrays = make_synthetic(train, test, seed=SYNTHETIC_SEED)
+        return Dataset(*arrays, description=f"synthetic CIFAR-shaped, {train} train + {test} test")
+
+    from job.data.cifar10 import load_cifar10
+
+    data = Dataset(*load_cifar10(spec.path, spec.cache_dir), description=f"CIFAR-10 ({spec.path or 'cache'})")
+    for name, size, have in (("train_size", spec.train_size, len(data.x_train)), ("test_size", spec.test_size, len(data.x_test))):
+        if size is not None and size > have:
+            raise SpecError(f"data.{name} is {size} but CIFAR-10 has only {have} images there")
+    return data.head(spec.train_size, spec.test_size)

@@ -1,0 +1,89 @@
+"""End-of-epoch checkpoints that survive being killed at any moment.
+
+A checkpoint is a directory `epoch-NNNN/` holding the weights with the optimizer
+state (Keras's .weights.h5 carries both) and `state.json` (the history so far and
+the weights' sha256). It is built under a temporary name and renamed into place,
+so it either exists whole or not at all; the previous one is deleted only after
+that. Loading verifies the digest and falls back to an older checkpoint, with a
+warning, if the newest is damaged.
+
+Keras's BackupAndRestore would restore weights and optimizer but not the rest of
+the training state; the shuffle order and augmentation streams are derived from
+(seed, epoch) instead (see train.py), so these files are all a resume needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+
+from job.atomic import fsync_dir
+
+log = logging.getLogger("lsjob")
+KEEP = 2  # the newest and the one before, in case the newest turns out damaged
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Checkpoints:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def save(self, model: keras.Model, epochs_done: int, history: list[dict]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"epoch-{epochs_done:04d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.directory))
+        try:
+            weights = tmp / "state.weights.h5"
+            model.save_weights(weights)
+            state = {"epochs_done": epochs_done, "history": history, "weights_sha256": _sha256(weights)}
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if final.exists():  # a re-save of the same epoch after an earlier crash
+                shutil.rmtree(final)
+            tmp.rename(final)
+            fsync_dir(self.directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in self._complete()[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def restore(self, model: keras.Model) -> tuple[int, list[dict]]:
+        """Load the newest intact checkpoint into `model`; (0, []) when there is none."""
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
+        for path in reversed(self._complete()):
+            try:
+                state = json.loads((path / "state.json").read_text())
+                weights = path / "state.weights.h5"
+                if _sha256(weights) != state["weights_sha256"]:
+                    raise ValueError("weights do not match their recorded sha256")
+                model.load_weights(weights)
+                return int(state["epochs_done"]), list(state["history"])
+            except Exception as e:  # any damage: fall back to the previous checkpoint
+                log.warning("checkpoint %s is unusable (%s); trying an older one", path, e)
+        return 0, []
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _complete(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("epoch-*") if p.is_dir())

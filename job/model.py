@@ -1,0 +1,67 @@
+"""MiniGoogLeNet, as in the tutorial, with the recipe's preprocessing built in.
+
+The model takes uint8 images. Per-pixel mean subtraction and augmentation
+(random 10% shifts with nearest fill, horizontal flips) are its first layers, so
+they run on the device, are active in training only, and travel with model.keras.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers
+
+from job.spec import AugmentSpec
+
+
+def conv_module(x, filters: int, kernel: int, strides: int = 1, padding: str = "same"):
+    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x)
+
+
+def inception_module(x, filters_1x1: int, filters_3x3: int):
+    return layers.concatenate([conv_module(x, filters_1x1, 1), conv_module(x, filters_3x3, 3)])
+
+
+def downsample_module(x, filters: int):
+    conv = conv_module(x, filters, 3, strides=2, padding="valid")
+    pool = layers.MaxPooling2D(3, strides=2)(x)
+    return layers.concatenate([conv, pool])
+
+
+def preprocessing(x, mean_image: np.ndarray, augment: AugmentSpec, seed: int):
+    # float32 whatever the compute policy: bf16 would round the mean-subtracted pixels.
+    x = layers.Normalization(
+        axis=(1, 2, 3), mean=mean_image, variance=np.ones_like(mean_image), dtype="float32", name="mean_subtract"
+    )(layers.Rescaling(1.0, dtype="float32", name="to_float")(x))
+    if augment.shift > 0:
+        x = layers.RandomTranslation(
+            augment.shift, augment.shift, fill_mode=augment.fill_mode, seed=seed, dtype="float32", name="shift"
+        )(x)
+    if augment.horizontal_flip:
+        x = layers.RandomFlip("horizontal", seed=seed + 1, dtype="float32", name="flip")(x)
+    return x
+
+
+def build_model(mean_image: np.ndarray, augment: AugmentSpec, seed: int, num_classes: int = 10) -> keras.Model:
+    inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")
+    x = preprocessing(inputs, mean_image, augment, seed)
+    x = conv_module(x, 96, 3)
+    x = inception_module(x, 32, 32)
+    x = inception_module(x, 32, 48)
+    x = downsample_module(x, 80)
+    x = inception_module(x, 112, 48)
+    x = inception_module(x, 96, 64)
+    x = inception_module(x, 80, 80)
+    x = inception_module(x, 48, 96)
+    x = downsample_module(x, 96)
+    x = inception_module(x, 176, 160)
+    x = inception_module(x, 176, 160)
+    x = layers.AveragePooling2D(7)(x)
+    x = layers.Dropout(0.5, seed=seed + 2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(num_classes)(x)
+    # Softmax in float32 under mixed precision, so probabilities and the loss keep their range.
+    outputs = layers.Activation("softmax", dtype="float32", name="softmax")(x)
+    return keras.Model(inputs, outputs, name="minigooglenet")

@@ -1,0 +1,140 @@
+"""One run, end to end: claim the directory, load data, train, report, mark complete.
+
+Re-running the same command is always safe: a completed run is left alone, an
+interrupted or failed one resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import keras
+
+from job import atomic, report, runtime
+from job.data import load_dataset
+from job.errors import EXIT_OK, JobError, SpecError
+from job.rundir import RunDir, now
+from job.spec import Spec
+from job.train import train
+
+log = logging.getLogger("lsjob")
+
+
+def execute(spec: Spec, force: bool = False, dataset=None) -> int:
+    """Run `spec`; returns the exit code. `dataset` replaces the spec's data (tests, notebooks)."""
+    run_dir = RunDir(spec.run_dir)
+    run_dir.claim()
+    try:
+        return _execute_claimed(spec, run_dir, force, dataset)
+    finally:
+        run_dir.release()
+
+
+def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset) -> int:
+    previous = run_dir.read_manifest() if not force else None
+    if previous is not None:
+        if previous.get("spec_hash") != spec.content_hash():
+            raise SpecError(
+                f"{run_dir.path} holds a run of a different spec (hash {previous.get('spec_hash')}, "
+                f"this spec {spec.content_hash()}); use another output.run, or --force to discard that run"
+            )
+        if previous.get("status") == "completed":
+            print(f"{run_dir.path} is already complete; nothing to do (--force runs it again from scratch)")
+            return EXIT_OK
+    if force:
+        run_dir.wipe()
+
+    handler = _log_to_file(run_dir.path / "run.log")
+    manifest = _start_manifest(spec, previous)
+    started = time.monotonic()
+    try:
+        atomic.write_text(run_dir.path / "spec.yaml", spec.to_yaml())
+        run_dir.write_manifest(manifest)
+        log.info("run %s: %s", run_dir.path, "resuming" if previous else "starting")
+        runtime.configure(spec.runtime, spec.train.seed)
+        data = dataset if dataset is not None else load_dataset(spec.data)
+        manifest["data"] = data.description
+        manifest["devices"] = runtime.devices()
+        run_dir.write_manifest(manifest)
+
+        result = train(spec, data, run_dir.path)
+        metrics = report.write_reports(run_dir.path, result.history, data.y_test, result.test_probs, data.class_names)
+        with atomic.atomic_path(run_dir.path / "model.keras", suffix=".keras") as tmp:
+            result.model.save(tmp)
+        _finish(manifest, started, "completed")
+        manifest.update(
+            epochs_done=len(result.history), test_accuracy=metrics["test_accuracy"], test_nll=metrics["test_nll"]
+        )
+        run_dir.write_manifest(manifest)
+        # Only now: until the manifest says completed, a re-run resumes from these.
+        shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
+        log.info("completed: test accuracy %.4f, test NLL %.4f -> %s", metrics["test_accuracy"], metrics["test_nll"], run_dir.path)
+        return EXIT_OK
+    except BaseException as e:
+        status = "interrupted" if getattr(e, "exit_code", None) == 75 else "failed"
+        reason = str(e) if isinstance(e, JobError) else f"{type(e).__name__}: {e}"
+        _finish(manifest, started, status, reason)
+        run_dir.write_manifest(manifest)
+        log.error("run %s: %s", status, reason)
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _start_manifest(spec: Spec, previous: dict | None) -> dict:
+    attempts = (previous or {}).get("attempts", [])
+    attempts.append({"host": socket.gethostname(), "started": now()})
+    return {
+        "run": spec.run_name,
+        "status": "running",
+        "reason": None,
+        "spec_hash": spec.content_hash(),
+        "method": spec.smoothing.method,
+        "factor": spec.smoothing.effective_factor,
+        "seed": spec.train.seed,
+        "epochs": spec.train.epochs,
+        "started": (previous or {}).get("started", now()),
+        "finished": None,
+        "duration_s": (previous or {}).get("duration_s", 0.0),
+        "attempts": attempts,
+        "backend": keras.backend.backend(),
+        "versions": runtime.versions(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _finish(manifest: dict, started: float, status: str, reason: str | None = None) -> None:
+    """Close this attempt; duration_s adds up every attempt of the run."""
+    elapsed = time.monotonic() - started
+    manifest.update(status=status, reason=reason, finished=now())
+    manifest["duration_s"] = round(manifest["duration_s"] + elapsed, 3)
+    manifest["attempts"][-1].update(ended=now(), status=status, seconds=round(elapsed, 3))
+
+
+def _git_commit() -> str | None:
+    """The commit of the lsjob source, when it runs from its own checkout."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split()
+    # An installed copy may sit inside some unrelated repository: only trust our own.
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != source:
+        return None
+    return lines[1]
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler

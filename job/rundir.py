@@ -1,0 +1,113 @@
+"""The run directory `<root>/<run>/`: who owns it, what state it is in, its manifest.
+
+A run directory is claimed with an exclusive lock held for the life of the
+process (flock: the kernel drops it when the process dies, so a crashed task
+never blocks its own resubmission). Its `manifest.json` says whether the run is
+running, completed, failed or interrupted, and which spec it belongs to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from job import atomic
+from job.errors import RunBusyError, SpecError
+
+log = logging.getLogger("lsjob")
+LOCK = ".lock"
+MANIFEST = "manifest.json"
+# What a claimed run directory may hold before its manifest is written.
+PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_writable(root: Path) -> None:
+    """Fail before training, not after 70 epochs, when results cannot be written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpecError(f"cannot create the results root {root}: {e.strerror}; set output.root to a writable directory") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise SpecError(f"the results root {root} is not writable; set output.root to a writable directory")
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def claim(self) -> None:
+        """Take the run's lock, or raise RunBusyError naming the process that holds it."""
+        check_writable(self.path.parent)
+        if self.path.is_dir() and self.is_foreign():
+            raise SpecError(
+                f"{self.path} exists and is not an lsjob run directory; refusing to write into it. "
+                "Choose another output.run or output.root"
+            )
+        self.path.mkdir(exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunBusyError(
+                f"{self.path} is in use by {holder}; a second task for the same run must not write into it. "
+                "Wait for it to finish, or stop it first."
+            ) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            log.warning("%s: this filesystem does not support locks; duplicate tasks are not detected", self.path)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def read_manifest(self) -> dict | None:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise SpecError(
+                f"{self.manifest_path} is unreadable ({e}); this run directory is damaged: "
+                "move it away or pass --force to start the run afresh"
+            ) from None
+
+    def write_manifest(self, manifest: dict) -> None:
+        atomic.write_json(self.manifest_path, manifest)
+
+    def is_foreign(self) -> bool:
+        """A non-empty directory that lsjob did not create: never write into it."""
+        names = {p.name for p in self.path.iterdir()}
+        return MANIFEST not in names and not names <= PRE_MANIFEST
+
+    def wipe(self) -> None:
+        """--force: discard everything of an earlier run, keeping our lock."""
+        for p in self.path.iterdir():
+            if p.name == LOCK:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()

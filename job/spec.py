@@ -1,0 +1,250 @@
+"""The run spec: a YAML file validated by these models.
+
+The defaults ARE the tutorial's recipe (MiniGoogLeNet, CIFAR-10, SGD lr 5e-3
+momentum 0.9 decayed linearly to 0 over 70 epochs, batch 64, 10% shifts and
+horizontal flips, label smoothing 0.1), so an empty spec reproduces it. The field
+descriptions here are what `lsjob schema` publishes to editors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from job.errors import SpecError
+
+# Lax only where YAML cannot express the type: paths arrive as strings.
+PathField = Annotated[Path, Field(strict=False)]
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class Section(BaseModel):
+    # Strict: a quoted "70" or a typo'd key is an error, never silently coerced or ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class DataSpec(Section):
+    source: Literal["cifar10", "synthetic"] = Field(
+        "cifar10", description="cifar10: the real dataset; synthetic: a learnable CIFAR-shaped stand-in, offline."
+    )
+    path: PathField | None = Field(
+        None,
+        description="A local copy of CIFAR-10: the official cifar-10-python.tar.gz (checksum verified) "
+        "or an extracted cifar-10-batches-py/ directory. Unset: the cache, else download.",
+    )
+    cache_dir: PathField | None = Field(
+        None,
+        description="Where the download and its extraction live (a datasets/ folder inside). "
+        "Unset: Keras's cache, $KERAS_HOME or ~/.keras.",
+    )
+    train_size: int | None = Field(
+        None, gt=0, description="Use the first N training images (unset: all; synthetic: 50,000)."
+    )
+    test_size: int | None = Field(
+        None, gt=0, description="Use the first N test images (unset: all; synthetic: 10,000)."
+    )
+
+    @model_validator(mode="after")
+    def _path_needs_cifar10(self):
+        if self.source == "synthetic" and self.path is not None:
+            raise ValueError("data.path names a CIFAR-10 copy; it is not used with source 'synthetic'")
+        return self
+
+
+class SmoothingSpec(Section):
+    method: Literal["labels", "loss", "none"] = Field(
+        "labels",
+        description="labels: smooth the one-hot training labels, y*(1-f)+f/K, plain cross-entropy; "
+        "loss: hard labels and CategoricalCrossentropy(label_smoothing=f); none: no smoothing.",
+    )
+    factor: float = Field(0.1, ge=0.0, lt=1.0, description="Smoothing factor f in [0, 1). Ignored by method none.")
+
+    @property
+    def effective_factor(self) -> float:
+        return 0.0 if self.method == "none" else self.factor
+
+
+class TrainSpec(Section):
+    epochs: int = Field(70, gt=0, le=100_000, description="Epochs; the learning rate reaches 0 at the last.")
+    batch_size: int = Field(64, gt=0, le=65_536, description="Training batch size.")
+    lr: float = Field(5e-3, gt=0.0, le=10.0, description="Initial SGD learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    lr_power: float = Field(
+        1.0, gt=0.0, le=10.0, description="Polynomial decay power, per epoch: lr * (1 - epoch/epochs) ** power."
+    )
+    seed: int = Field(42, ge=0, lt=2**31, description="Seeds every random stream: init, shuffle, augmentation.")
+    eval_batch_size: int = Field(
+        256, gt=0, le=65_536, description="Batch size for validation and prediction; does not change results."
+    )
+
+
+class AugmentSpec(Section):
+    shift: float = Field(
+        0.1, ge=0.0, le=1.0, description="Random shift, fraction of width and height (RandomTranslation)."
+    )
+    horizontal_flip: bool = Field(True, description="Random horizontal flips (RandomFlip).")
+    fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = Field(
+        "nearest", description="How pixels shifted in are filled."
+    )
+
+
+class OutputSpec(Section):
+    root: PathField = Field(Path("results"), description="Results root; one directory per run inside it.")
+    run: str | None = Field(
+        None,
+        description="Run directory name (letters, digits, '.', '_', '-'). "
+        "Unset: derived from method, factor and seed, e.g. labels-f0.1-s42.",
+    )
+
+    @field_validator("run")
+    @classmethod
+    def _safe_run_name(cls, run):
+        # The name becomes a path component: nothing that could climb out of the root.
+        if run is not None and not RUN_NAME.fullmatch(run):
+            raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return run
+
+
+class RuntimeSpec(Section):
+    mixed_precision: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="Compute dtype; softmax and loss stay float32. fp16 uses loss scaling."
+    )
+    jit_compile: Literal["auto"] | bool = Field("auto", description="XLA/JIT compilation of the train step.")
+    deterministic: bool = Field(
+        False, description="Deterministic ops: two runs (and a resumed run) give identical histories on CPU."
+    )
+    steps_per_execution: int = Field(1, gt=0, le=10_000, description="Train steps per compiled call.")
+
+
+class Spec(Section):
+    data: DataSpec = Field(default_factory=DataSpec)
+    smoothing: SmoothingSpec = Field(default_factory=SmoothingSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @property
+    def run_name(self) -> str:
+        if self.output.run:
+            return self.output.run
+        if self.smoothing.method == "none":
+            return f"none-s{self.train.seed}"
+        return f"{self.smoothing.method}-f{self.smoothing.factor:g}-s{self.train.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output.root / self.run_name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def content_hash(self) -> str:
+        """Identity of the experiment: everything but where its results go."""
+        payload = self.model_dump(mode="json", exclude={"output"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def json_schema() -> dict:
+    return Spec.model_json_schema()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which PyYAML would silently overwrite."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 reads `5e-3` (no dot) as a string; learning rates are written that way, so
+# resolve YAML 1.2 floats too.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_spec(path: str | Path | None, overrides: list[str] = ()) -> Spec:
+    """Read, override and validate a spec; every problem is a SpecError naming the field."""
+    doc = _read_yaml(Path(path)) if path is not None else {}
+    for item in overrides:
+        _apply_override(doc, item)
+    try:
+        return Spec.model_validate(doc)
+    except ValidationError as e:
+        raise SpecError(_describe(e, source=str(path) if path else "spec")) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    except IsADirectoryError:
+        raise SpecError(f"spec {path} is a directory; give a YAML file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read spec {path}: {e}") from None
+    try:
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path} is not valid YAML: {e}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: the spec must be a mapping of sections (data, smoothing, ...), got {type(doc).__name__}")
+    return doc
+
+
+def _apply_override(doc: dict, item: str) -> None:
+    """Apply `a.b.c=value`; the value is a YAML scalar, so 2 is an int and true a bool."""
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise SpecError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=2")
+    try:
+        value = yaml.load(raw, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise SpecError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    node = doc
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} problem(s)"]
+    for e in error.errors(include_url=False):
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; `lsjob schema` lists every field)"
+        # A whole section as "input" says nothing useful; a scalar does.
+        quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict)
+        got = "" if quiet else f" (got {_short(e.get('input'))})"
+        lines.append(f"  {where}: {message}{got}")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,183 @@
+"""Training: the recipe as one `model.fit`, plus what a batch job needs around it.
+
+Every random stream of an epoch (shuffle order, augmentation, dropout) is derived
+from (seed, epoch) at the start of that epoch. Together with the end-of-epoch
+checkpoint of weights and optimizer, that makes a resumed run continue exactly as
+an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from job import atomic, smoothing
+from job.checkpoint import Checkpoints
+from job.data import Dataset, per_pixel_mean
+from job.errors import DivergedError, SpecError
+from job.model import build_model
+from job.spec import Spec, TrainSpec
+
+log = logging.getLogger("lsjob")
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_nll", "lr", "seconds")
+
+
+def learning_rate(epoch: int, train: TrainSpec) -> float:
+    """The recipe's polynomial decay, applied per epoch: 5e-3 falling linearly to 0."""
+    return train.lr * (1.0 - epoch / train.epochs) ** train.lr_power
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0] >> 1)
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """uint8 batches in an order fixed by (seed, epoch), not by how often fit has run.
+
+    Drops the last partial batch, as the tutorial's steps_per_epoch = N // batch does;
+    a fixed batch shape also spares a second compilation.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order = np.random.default_rng(epoch_seed(self.seed, epoch, 0)).permutation(len(self.x))
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch_size
+
+    def __getitem__(self, index: int):
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return self.x[rows], self.y[rows]
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Re-seed the shuffle and every layer's random stream from (seed, epoch)."""
+
+    def __init__(self, batches: TrainBatches, seed: int):
+        super().__init__()
+        self.batches, self.seed = batches, seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
+        states = [v for v in self.model.variables if v.name == "seed_generator_state"]
+        for stream, state in enumerate(states, start=1):
+            state.assign(np.array([epoch_seed(self.seed, epoch, stream), 0], dtype=state.dtype))
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Like keras's TerminateOnNaN, but the run ends as failed instead of looking finished."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise DivergedError(f"loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """One history row per finished epoch: history.csv, a checkpoint, a log line."""
+
+    def __init__(self, history: list[dict], run_dir: Path, checkpoints: Checkpoints, train: TrainSpec):
+        super().__init__()
+        self.history, self.run_dir, self.checkpoints, self.train = history, run_dir, checkpoints, train
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:6]}}
+        row["lr"] = learning_rate(epoch, self.train)
+        row["seconds"] = round(time.perf_counter() - self.started, 3)
+        self.history.append(row)
+        write_history_csv(self.run_dir / "history.csv", self.history)
+        self.checkpoints.save(self.model, epoch + 1, self.history)
+        log.info(
+            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_nll %.4f  lr %.2e  %.1fs",
+            epoch + 1, self.train.epochs, row["loss"], row["accuracy"], row["val_loss"],
+            row["val_accuracy"], row["val_nll"], row["lr"], row["seconds"],
+        )  # fmt: skip
+
+
+def write_history_csv(path: Path, history: list[dict]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic.write_text(path, out.getvalue())
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    history: list[dict]
+    test_probs: np.ndarray
+
+
+def compile_model(spec: Spec, mean_image: np.ndarray, num_classes: int) -> keras.Model:
+    model = build_model(mean_image, spec.augment, spec.train.seed, num_classes)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=spec.train.lr, momentum=spec.train.momentum),
+        loss=smoothing.training_loss(spec.smoothing),
+        # val_nll: cross-entropy against the hard test labels, comparable across methods.
+        metrics=["accuracy", keras.metrics.CategoricalCrossentropy(name="nll")],
+        jit_compile=spec.runtime.jit_compile,
+        steps_per_execution=spec.runtime.steps_per_execution,
+    )
+    return model
+
+
+def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
+    if len(data.x_train) < spec.train.batch_size:
+        raise SpecError(
+            f"the training set has {len(data.x_train)} images, fewer than train.batch_size "
+            f"{spec.train.batch_size}: lower the batch size or raise data.train_size"
+        )
+    log.info(smoothing.describe(data.y_train, data.num_classes, spec.smoothing))
+    model = compile_model(spec, per_pixel_mean(data.x_train), data.num_classes)
+    checkpoints = Checkpoints(run_dir / "checkpoints")
+    start_epoch, history = checkpoints.restore(model)
+    if start_epoch:
+        log.info("resuming after epoch %d of %d from %s", start_epoch, spec.train.epochs, checkpoints.directory)
+        write_history_csv(run_dir / "history.csv", history)
+
+    batches = TrainBatches(
+        data.x_train,
+        smoothing.training_targets(data.y_train, data.num_classes, spec.smoothing),
+        spec.train.batch_size,
+        spec.train.seed,
+    )
+    test_targets = smoothing.one_hot(data.y_test, data.num_classes)  # never smoothed
+    if start_epoch < spec.train.epochs:
+        model.fit(
+            batches,
+            initial_epoch=start_epoch,
+            epochs=spec.train.epochs,
+            shuffle=False,  # TrainBatches owns the order
+            validation_data=(data.x_test, test_targets),
+            validation_batch_size=spec.train.eval_batch_size,
+            callbacks=[
+                EpochSeeds(batches, spec.train.seed),
+                keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, spec.train)),
+                StopOnNonFiniteLoss(),
+                EpochRecorder(history, run_dir, checkpoints, spec.train),
+            ],
+            verbose=1 if sys.stdout.isatty() else 0,  # a progress bar for people, one log line per epoch for logs
+        )
+    probs = model.predict(data.x_test, batch_size=spec.train.eval_batch_size, verbose=0)
+    return TrainResult(model, history, np.asarray(probs, dtype=np.float32))

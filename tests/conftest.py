@@ -1,0 +1,16 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# The real CIFAR-10 sample lives beside the project, never inside it.
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-sample.npz"
+
+
+@pytest.fixture(scope="session")
+def cifar_sample():
+    """Real CIFAR-10 pixels: 5,000 train (data_batch_1) and 1,000 test, official order."""
+    if not SAMPLE.is_file():
+        pytest.skip(f"real CIFAR-10 sample not found at {SAMPLE} (CI provides ../shared/data)")
+    with np.load(SAMPLE) as f:
+        return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
