@@ -159,6 +159,9 @@ def _check_predictions(
         raise ValueError(f"probs must be (N, {len(class_names)}), got {probs.shape}")
     if y_true.shape != (len(probs),):
         raise ValueError(f"y_true must be ({len(probs)},), got {y_true.shape}")
+    # sklearn would silently drop an out-of-range label from the matrix and report.
+    if len(y_true) and not (0 <= y_true.min() and y_true.max() < len(class_names)):
+        raise ValueError(f"y_true labels must lie in [0, {len(class_names)}), got {y_true.min()}..{y_true.max()}")
     return y_true.astype(np.int64), probs
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 # The real CIFAR-10 sample lives beside the project, never inside it.
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-sample.npz"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "data" / "cifar10-sample.npz"
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ another.
 Images are made in fixed-size chunks, each from its own generator seeded by
 (seed, split, chunk index): the test set never shares a stream with the train
 set, the first k images do not depend on how many were asked for, and only one
-chunk is ever held as float32.
+small chunk is ever held as float32.
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ import numpy as np
 
 NUM_CLASSES = 10
 SIZE = 32
-CHUNK = 1000  # a multiple of NUM_CLASSES, so every chunk stays balanced
+# Small enough that a chunk's float32 maps stay in cache (much faster than big
+# chunks), and a multiple of NUM_CLASSES so every chunk is balanced.
+CHUNK = 250
+_PER_CLASS = CHUNK // NUM_CLASSES
 _TRAIN, _TEST = 0, 1
+_SQRT2 = np.float32(np.sqrt(2.0))
 
 # Two colours per palette: the texture blends between them.
 _PALETTES = np.array(
@@ -36,11 +40,32 @@ _PALETTES = np.array(
     dtype=np.float32,
 )
 
+# Signed distance (negative inside, in pixels) from |dx|, |dy|, the radius r and
+# the object's size s.
+_SILHOUETTES = (
+    lambda ax, ay, r, s: r - s,  # disk
+    lambda ax, ay, r, s: np.maximum(ax, ay) - 0.85 * s,  # square
+    lambda ax, ay, r, s: np.abs(r - 0.7 * s) - 0.3 * s,  # ring
+    lambda ax, ay, r, s: (ax + ay) / _SQRT2 - 0.8 * s,  # diamond
+    lambda ax, ay, r, s: np.maximum(np.minimum(ax, ay) - 0.4 * s, np.maximum(ax, ay) - s),  # cross
+)
+
+# A wave in [-1, 1] from dx, dy, r, the angular frequency k and the phase p.
+# dy comes multiplied by a random sign, which only changes which way diagonal
+# stripes lean: mirror images belong to the same class.
+_TEXTURES = (
+    lambda dx, dy, r, k, p: np.cos(k * dy + p),  # horizontal stripes
+    lambda dx, dy, r, k, p: np.cos(k * dx + p),  # vertical stripes
+    lambda dx, dy, r, k, p: np.cos(k / _SQRT2 * (dx + dy) + p),  # diagonal stripes
+    lambda dx, dy, r, k, p: np.cos(k * dx + p) * np.cos(k * dy + p),  # checks
+    lambda dx, dy, r, k, p: np.cos(k * r + p),  # concentric rings
+)
+
 # Class c: palette c % 5; silhouette and texture shifted in the second half so
 # two classes share at most one attribute.
-_CLASS_PALETTE = np.array([c % 5 for c in range(NUM_CLASSES)])
-_CLASS_SHAPE = np.array([(c + c // 5) % 5 for c in range(NUM_CLASSES)])
-_CLASS_TEXTURE = np.array([(c + 2 * (c // 5)) % 5 for c in range(NUM_CLASSES)])
+_CLASS_PALETTE = [c % 5 for c in range(NUM_CLASSES)]
+_CLASS_SILHOUETTE = [(c + c // 5) % 5 for c in range(NUM_CLASSES)]
+_CLASS_TEXTURE = [(c + 2 * (c // 5)) % 5 for c in range(NUM_CLASSES)]
 
 
 def make_synthetic(train_size: int, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -58,8 +83,7 @@ def _split(size: int, seed: int, split_id: int) -> tuple[np.ndarray, np.ndarray]
     y = np.empty(size, dtype=np.uint8)
     for index, start in enumerate(range(0, size, CHUNK)):
         # The whole chunk is always drawn, so a prefix never depends on `size`.
-        rng = np.random.default_rng([seed, split_id, index])
-        images, labels = _chunk(rng)
+        images, labels = _chunk(np.random.default_rng([seed, split_id, index]))
         stop = min(start + CHUNK, size)
         x[start:stop] = images[: stop - start]
         y[start:stop] = labels[: stop - start]
@@ -67,106 +91,119 @@ def _split(size: int, seed: int, split_id: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _chunk(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    labels = _balanced_labels(rng, CHUNK)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
-    centre = rng.uniform(10.0, 22.0, size=(CHUNK, 2)).astype(np.float32)
-    dy = yy - centre[:, 0, None, None]
-    dx = xx - centre[:, 1, None, None]
+    """CHUNK images with shuffled labels.
 
-    mask = _silhouette(_CLASS_SHAPE[labels], dx, dy, rng)
-    blend = _texture(_CLASS_TEXTURE[labels], dx, dy, rng)
-    colour_a, colour_b = _colours(_CLASS_PALETTE[labels], rng)
-    obj = colour_a[:, None, None] + (colour_b - colour_a)[:, None, None] * blend[..., None]
-
-    image = _background(rng, yy, xx)
-    image += (obj - image) * mask[..., None]
-    return _finish(image, rng), labels.astype(np.uint8)
+    They are drawn sorted by class, so each class renders its silhouette and
+    texture on a contiguous slice, and only then moved to their shuffled places.
+    """
+    labels = _balanced_labels(rng)
+    sorted_images = _render_sorted(rng)
+    images = np.empty_like(sorted_images)
+    images[np.argsort(labels, kind="stable")] = sorted_images
+    return images, labels
 
 
-def _balanced_labels(rng: np.random.Generator, n: int) -> np.ndarray:
+def _balanced_labels(rng: np.random.Generator) -> np.ndarray:
     # Every run of ten is a permutation of the classes: any prefix is balanced to within one.
-    blocks = np.tile(np.arange(NUM_CLASSES), (n // NUM_CLASSES, 1))
+    blocks = np.tile(np.arange(NUM_CLASSES, dtype=np.uint8), (CHUNK // NUM_CLASSES, 1))
     return rng.permuted(blocks, axis=1).reshape(-1)
 
 
-def _silhouette(shape: np.ndarray, dx: np.ndarray, dy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A soft-edged mask in [0, 1]: disk, square, ring, diamond or cross."""
-    radius = rng.uniform(6.5, 10.5, size=len(shape)).astype(np.float32)[:, None, None]
-    ax, ay = np.abs(dx), np.abs(dy)
-    r = np.hypot(dx, dy)
-    arm = np.maximum(np.minimum(ax, ay) - 0.4 * radius, np.maximum(ax, ay) - radius)
-    # Signed distances (negative inside) of each silhouette, in pixels.
-    distance = np.stack(
-        [
-            r - radius,
-            np.maximum(ax, ay) - 0.85 * radius,
-            np.abs(r - 0.7 * radius) - 0.3 * radius,
-            (ax + ay) / np.float32(np.sqrt(2.0)) - 0.8 * radius,
-            arm,
-        ]
-    )
-    chosen = np.take_along_axis(distance, shape[None, :, None, None], axis=0)[0]
-    return np.clip(0.5 - chosen, 0.0, 1.0)
+def _render_sorted(rng: np.random.Generator) -> np.ndarray:
+    # Planar (3, CHUNK, 32, 32) while in float: per-image colours then broadcast
+    # over whole 32x32 planes, far faster than over a trailing axis of 3.
+    mask, blend = _object_maps(rng)
+    colour_a, colour_b = _colours(rng)
+    image = _background(rng)
+    # Composite in place: image += mask * (object - image).
+    obj = colour_a + (colour_b - colour_a) * blend
+    obj -= image
+    obj *= mask
+    image += obj
+    return _finish(image, rng)
 
 
-def _texture(texture: np.ndarray, dx: np.ndarray, dy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A blend weight in [0, 1]: horizontal, vertical or diagonal stripes, checks or rings.
+def _object_maps(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, a soft silhouette mask and a texture blend weight, both in [0, 1]."""
+    centre = rng.uniform(10.0, 22.0, size=(2, CHUNK, 1, 1)).astype(np.float32)
+    grid = np.arange(SIZE, dtype=np.float32) + 0.5
+    dy = grid[None, :, None] - centre[0]  # (CHUNK, 32, 1): broadcasting keeps the 1-D parts small
+    dx = grid[None, None, :] - centre[1]  # (CHUNK, 1, 32)
+    r = np.sqrt(dx * dx + dy * dy)
+    size = rng.uniform(6.5, 10.5, size=(CHUNK, 1, 1)).astype(np.float32)
+    # Period and phase vary per image, so a class average is flat and only a
+    # model that sees local structure can use the texture.
+    k = (2 * np.pi / rng.uniform(3.5, 7.0, size=(CHUNK, 1, 1))).astype(np.float32)
+    phase = rng.uniform(0.0, 2 * np.pi, size=(CHUNK, 1, 1)).astype(np.float32)
+    lean = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(CHUNK, 1, 1))
 
-    The period and phase vary per image, so an average over a class is flat and
-    only a model that sees local structure can use the texture.
-    """
-    n = len(texture)
-    k = (2 * np.pi / rng.uniform(3.5, 7.0, size=n)).astype(np.float32)[:, None, None]
-    phase = rng.uniform(0.0, 2 * np.pi, size=n).astype(np.float32)[:, None, None]
-    # Diagonal stripes lean either way at random: mirror images are the same class.
-    lean = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=n)[:, None, None]
-    wave = np.stack(
-        [
-            np.cos(k * dy + phase),
-            np.cos(k * dx + phase),
-            np.cos(k * (dx + lean * dy) / np.float32(np.sqrt(2.0)) + phase),
-            np.cos(k * dx + phase) * np.cos(k * dy + phase),
-            np.cos(k * np.hypot(dx, dy) + phase),
-        ]
-    )
-    chosen = np.take_along_axis(wave, texture[None, :, None, None], axis=0)[0]
-    return 0.5 + 0.5 * chosen
+    mask = np.empty((CHUNK, SIZE, SIZE), dtype=np.float32)
+    blend = np.empty_like(mask)
+    for c in range(NUM_CLASSES):
+        s = slice(c * _PER_CLASS, (c + 1) * _PER_CLASS)
+        distance = _SILHOUETTES[_CLASS_SILHOUETTE[c]](np.abs(dx[s]), np.abs(dy[s]), r[s], size[s])
+        mask[s] = np.clip(0.5 - distance, 0.0, 1.0)  # a one-pixel soft edge
+        blend[s] = _TEXTURES[_CLASS_TEXTURE[c]](dx[s], dy[s] * lean[s], r[s], k[s], phase[s])
+    blend *= 0.5
+    blend += 0.5
+    return mask, blend
 
 
-def _colours(palette: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The palette's two colours, each nudged per image and at random which is which."""
-    pair = _PALETTES[palette] + rng.normal(0.0, 0.08, size=(len(palette), 2, 3)).astype(np.float32)
-    swap = rng.random(len(palette)) < 0.5
+def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's two palette colours (3, CHUNK, 1, 1), nudged, and at random which is which."""
+    palette = np.repeat(np.array(_CLASS_PALETTE), _PER_CLASS)
+    pair = _PALETTES[palette] + rng.normal(0.0, 0.08, size=(CHUNK, 2, 3)).astype(np.float32)
+    swap = rng.random(CHUNK) < 0.5
     pair[swap] = pair[swap, ::-1]
-    return pair[:, 0], pair[:, 1]
+    # Contiguous, or numpy lays out everything computed from them channel-last.
+    planar = np.ascontiguousarray(pair.transpose(1, 2, 0))[..., None, None]
+    return planar[0], planar[1]
 
 
-def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """Class-independent clutter: a muted gradient plus a few faint blobs."""
-    n = CHUNK
-    top = _muted(rng, n)[:, None, None]
-    bottom = _muted(rng, n)[:, None, None]
-    t = (yy / SIZE)[None, ..., None]
-    image = top + (bottom - top) * t
-    for _ in range(3):
-        cy, cx = (rng.uniform(0.0, SIZE, size=(2, n)).astype(np.float32)[..., None, None])
-        width = rng.uniform(3.0, 8.0, size=n).astype(np.float32)[:, None, None]
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
-        image += blob[..., None] * (_muted(rng, n)[:, None, None] - image) * 0.6
-    return image
+def _background(rng: np.random.Generator, blobs: int = 3) -> np.ndarray:
+    """Class-independent clutter (3, CHUNK, 32, 32): a muted vertical gradient plus a few soft blobs.
+
+    Every term is separable, a row profile times a column profile times a
+    colour, so their sum is one batched matmul.
+    """
+    grid = np.arange(SIZE, dtype=np.float32) + 0.5
+    top, bottom = _muted(rng, (2, CHUNK))
+    t = np.broadcast_to(grid / SIZE, (CHUNK, 1, SIZE))
+    flat = np.ones((CHUNK, 1, SIZE), dtype=np.float32)
+
+    centre = rng.uniform(0.0, SIZE, size=(2, CHUNK, blobs, 1)).astype(np.float32)
+    width = rng.uniform(3.0, 8.0, size=(CHUNK, blobs, 1)).astype(np.float32)
+    blob_rows = np.exp(-0.5 * ((grid - centre[0]) / width) ** 2)
+    blob_cols = np.exp(-0.5 * ((grid - centre[1]) / width) ** 2)
+    blob_colours = 0.6 * (_muted(rng, (CHUNK, blobs)) - 0.5 * (top + bottom)[:, None])
+
+    # Term j of image n: rows[n, j, y] * colours[n, j, channel] * cols[n, j, x].
+    rows = np.concatenate([1.0 - t, t, blob_rows], axis=1)
+    cols = np.concatenate([flat, flat, blob_cols], axis=1)
+    colours = np.concatenate([top[:, None], bottom[:, None], blob_colours], axis=1)
+    left = rows.transpose(0, 2, 1)[None] * colours.transpose(2, 0, 1)[:, :, None, :]
+    # C order in, C order out: a planar result the composite can stream through.
+    return np.ascontiguousarray(left) @ cols
 
 
-def _muted(rng: np.random.Generator, n: int) -> np.ndarray:
+def _muted(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     # Greyish colours, so the background rarely looks like any palette.
-    grey = rng.uniform(0.15, 0.85, size=(n, 1))
-    tint = rng.normal(0.0, 0.08, size=(n, 3))
+    grey = rng.uniform(0.15, 0.85, size=(*shape, 1))
+    tint = rng.normal(0.0, 0.08, size=(*shape, 3))
     return (grey + tint).astype(np.float32)
 
 
 def _finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    n = len(image)
-    contrast = rng.uniform(0.6, 1.2, size=n).astype(np.float32)[:, None, None, None]
-    brightness = rng.uniform(-0.15, 0.15, size=n).astype(np.float32)[:, None, None, None]
-    image = (image - 0.5) * contrast + 0.5 + brightness
-    image += np.float32(0.05) * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    """Contrast, brightness and pixel noise, then quantised to uint8 (CHUNK, 32, 32, 3)."""
+    contrast = rng.uniform(0.6, 1.2, size=(CHUNK, 1, 1)).astype(np.float32)
+    brightness = rng.uniform(-0.15, 0.15, size=(CHUNK, 1, 1)).astype(np.float32)
+    # (image - 0.5) * contrast + 0.5 + brightness, in 0-255, +0.5 so truncation rounds.
+    image *= 255.0 * contrast
+    image += 255.0 * (0.5 - 0.5 * contrast + brightness) + 0.5
+    # Uniform noise of +-20 levels: as grainy as Gaussian noise, and far cheaper to draw.
+    noise = rng.random(image.shape, dtype=np.float32)
+    noise -= 0.5
+    noise *= 40.0
+    image += noise
+    np.clip(image, 0.0, 255.0, out=image)
+    return np.moveaxis(image, 0, -1).astype(np.uint8, order="C")

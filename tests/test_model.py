@@ -1,0 +1,61 @@
+"""MiniGoogLeNet as the tutorial builds it, with the recipe's preprocessing inside."""
+
+import numpy as np
+import pytest
+
+from job.model import build_model
+from job.spec import AugmentSpec
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(np.full((32, 32, 3), 100.0, np.float32), AugmentSpec(), seed=1)
+
+
+def test_parameter_count_matches_the_tutorial(model):
+    assert model.count_params() == 1_656_250
+
+
+def test_takes_uint8_and_outputs_probabilities(model):
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    probs = np.asarray(model(x))
+    assert probs.shape == (4, 10) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_mean_subtraction_is_per_pixel():
+    mean = np.random.default_rng(0).uniform(0, 255, (32, 32, 3)).astype(np.float32)
+    model = build_model(mean, AugmentSpec(), seed=1)
+    head = keras.Model(model.input, model.get_layer("mean_subtract").output)
+    x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(np.asarray(head(x)), x.astype(np.float32) - mean, atol=1e-4)
+
+
+def test_augmentation_only_in_training(model):
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    flip = keras.Model(model.input, model.get_layer("flip").output)
+    inference = np.asarray(flip(x, training=False))
+    np.testing.assert_array_equal(inference, np.asarray(flip(x, training=False)))
+    assert not np.allclose(np.asarray(flip(x, training=True)), inference)
+
+
+def test_augmentation_follows_the_spec():
+    layers = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(), seed=1).layers
+    shift = next(layer for layer in layers if layer.name == "shift")
+    assert (shift.height_factor, shift.width_factor, shift.fill_mode) == (0.1, 0.1, "nearest")
+    assert next(layer for layer in layers if layer.name == "flip").mode == "horizontal"
+    bare = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(shift=0, horizontal_flip=False), seed=1)
+    assert not {"shift", "flip"} & {layer.name for layer in bare.layers}
+
+
+def test_softmax_stays_float32_under_mixed_precision():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(), seed=1)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.get_layer("softmax").compute_dtype == "float32"
+    assert model.get_layer("mean_subtract").compute_dtype == "float32"
+    assert model.layers[-3].compute_dtype == "bfloat16"  # the dense layer computes in bf16

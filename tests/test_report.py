@@ -1,0 +1,175 @@
+"""Reports: metrics checked against hand-computed values, PNGs that really are PNGs,
+and writes that leave the previous file intact when plotting fails half-way."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import matplotlib.image
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from job.data import CLASS_NAMES
+from job.report import (
+    classification_metrics,
+    write_confusion_matrix,
+    write_reports,
+    write_training_plot,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]
+
+# Three examples, three classes; the third is a miss (true 2, predicted 0).
+Y_SMALL = np.array([0, 1, 2])
+P_SMALL = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.2, 0.3]])
+NAMES_SMALL = ("a", "b", "c")
+
+
+def history(epochs, with_nll=True):
+    rows = []
+    for e in range(epochs):
+        row = {"loss": 2.0 - 0.1 * e, "accuracy": 0.3 + 0.05 * e,
+               "val_loss": 2.1 - 0.1 * e, "val_accuracy": 0.28 + 0.05 * e}
+        if with_nll:
+            row["val_nll"] = 1.8 - 0.1 * e
+        rows.append(row)
+    return rows
+
+
+def cifar_predictions(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    logits = rng.normal(size=(n, 10))
+    logits[np.arange(n), y] += 2.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y.astype(np.uint8), probs.astype(np.float32)
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_accuracy_and_nll_match_hand_computation():
+    metrics, _ = classification_metrics(Y_SMALL, P_SMALL, NAMES_SMALL)
+    assert metrics["test_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["test_nll"] == pytest.approx(-(math.log(0.7) + math.log(0.8) + math.log(0.3)) / 3)
+    assert metrics["num_examples"] == 3
+    assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [1, 0, 0]]
+
+
+def test_per_class_scores_match_hand_computation():
+    metrics, _ = classification_metrics(Y_SMALL, P_SMALL, NAMES_SMALL)
+    # a: predicted twice, right once; b: perfect; c: never predicted.
+    assert metrics["per_class"]["a"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1})
+    assert metrics["per_class"]["b"] == pytest.approx({"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1})
+    assert metrics["per_class"]["c"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
+    assert metrics["macro_avg"] == pytest.approx({"precision": 0.5, "recall": 2 / 3, "f1": 5 / 9, "support": 3})
+    # Every class has support 1, so the weighted average is the macro average.
+    assert metrics["weighted_avg"] == pytest.approx(metrics["macro_avg"])
+
+
+def test_perfect_predictions():
+    y = np.arange(10).repeat(3)
+    metrics, _ = classification_metrics(y, np.eye(10)[y], CLASS_NAMES)
+    assert metrics["test_accuracy"] == 1.0
+    assert metrics["macro_avg"]["f1"] == 1.0
+    assert all(row["f1"] == 1.0 for row in metrics["per_class"].values())
+    # One-hot probabilities: the true class gets (almost) all the mass.
+    assert metrics["test_nll"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_confident_miss_gives_finite_nll():
+    metrics, _ = classification_metrics(np.array([0]), np.array([[0.0, 1.0]]), ("a", "b"))
+    assert math.isfinite(metrics["test_nll"])
+    assert metrics["test_nll"] == pytest.approx(-math.log(1e-7), rel=1e-3)
+
+
+@pytest.mark.filterwarnings("error")  # no zero-division or log_loss warnings either
+def test_classes_absent_from_y_true():
+    y = np.array([0, 1, 1, 0])
+    probs = np.full((4, 10), 0.01)
+    probs[:, 3] = 0.91  # an untrained model predicting a class that never occurs
+    metrics, text = classification_metrics(y, probs, CLASS_NAMES)
+    assert metrics["test_accuracy"] == 0.0
+    assert list(metrics["per_class"]) == list(CLASS_NAMES)
+    assert metrics["per_class"]["truck"]["support"] == 0
+    assert np.array(metrics["confusion_matrix"]).shape == (10, 10)
+    assert "truck" in text
+
+
+def test_report_text_is_the_tutorials_printout():
+    y, probs = cifar_predictions()
+    _, text = classification_metrics(y, probs, CLASS_NAMES)
+    assert all(name in text for name in CLASS_NAMES)
+    assert "accuracy" in text and "macro avg" in text and "weighted avg" in text
+
+
+def test_shape_mismatch_is_rejected():
+    with pytest.raises(ValueError):
+        classification_metrics(Y_SMALL, P_SMALL[:, :2], NAMES_SMALL)
+    with pytest.raises(ValueError):
+        classification_metrics(Y_SMALL[:2], P_SMALL, NAMES_SMALL)
+    with pytest.raises(ValueError):
+        classification_metrics(np.array([0, 1, 3]), P_SMALL, NAMES_SMALL)
+
+
+@pytest.mark.parametrize("epochs", [1, 5])
+def test_write_reports_writes_all_four_files(tmp_path, epochs):
+    y, probs = cifar_predictions()
+    metrics = write_reports(tmp_path, history(epochs), y, probs, CLASS_NAMES)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "classification_report.txt", "confusion_matrix.png", "metrics.json", "training.png",
+    ]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert "accuracy" in (tmp_path / "classification_report.txt").read_text()
+    assert_png(tmp_path / "training.png")
+    assert_png(tmp_path / "confusion_matrix.png")
+    assert metrics["num_examples"] == len(y)
+
+
+def test_training_plot_without_val_nll(tmp_path):
+    write_training_plot(history(3, with_nll=False), tmp_path / "t.png", title="No NLL")
+    assert_png(tmp_path / "t.png")
+
+
+def test_confusion_matrix_counts(tmp_path):
+    y, probs = cifar_predictions()
+    write_confusion_matrix(y, probs.argmax(axis=1), CLASS_NAMES, tmp_path / "cm.png", normalize=False)
+    assert_png(tmp_path / "cm.png")
+
+
+def test_plot_style_does_not_leak(tmp_path):
+    before = dict(matplotlib.rcParams)
+    write_training_plot(history(2), tmp_path / "t.png")
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_failed_savefig_keeps_previous_png(tmp_path, monkeypatch):
+    target = tmp_path / "training.png"
+    write_training_plot(history(2), target)
+    previous = target.read_bytes()
+
+    def crash_mid_write(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(PNG_MAGIC + b"half a picture")
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(Figure, "savefig", crash_mid_write)
+    with pytest.raises(OSError, match="disk went away"):
+        write_training_plot(history(3), target)
+
+    assert target.read_bytes() == previous
+    assert [p.name for p in tmp_path.iterdir()] == ["training.png"]
+
+
+def test_module_does_not_import_the_training_stack():
+    code = "import job.report, sys; assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -1,0 +1,161 @@
+"""The spec: recipe defaults, overrides, and clear refusals of bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from job.errors import EXIT_BAD_INPUT, SpecError
+from job.spec import Spec, json_schema, load_spec
+
+from conftest import ROOT
+
+
+def write(tmp_path, text, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_tutorial_recipe():
+    spec = load_spec(None)
+    assert (spec.train.epochs, spec.train.batch_size, spec.train.lr, spec.train.momentum) == (70, 64, 5e-3, 0.9)
+    assert spec.train.lr_power == 1.0
+    assert (spec.augment.shift, spec.augment.horizontal_flip, spec.augment.fill_mode) == (0.1, True, "nearest")
+    assert spec.smoothing.factor == 0.1
+    assert spec.data.source == "cifar10"
+
+
+def test_shipped_specs_are_valid_and_say_what_they_claim():
+    labels, loss = load_spec(ROOT / "specs/seed-labels.yaml"), load_spec(ROOT / "specs/seed-loss.yaml")
+    assert (labels.smoothing.method, labels.smoothing.factor) == ("labels", 0.1)
+    assert (loss.smoothing.method, loss.smoothing.factor) == ("loss", 0.1)
+    assert labels.run_name != loss.run_name
+    smoke = load_spec(ROOT / "specs/smoke.yaml")
+    assert smoke.data.source == "synthetic"
+
+
+def test_overrides_are_typed_by_the_schema(tmp_path):
+    spec = load_spec(
+        write(tmp_path, "train: {epochs: 5}\n"),
+        ["train.epochs=2", "smoothing.method=loss", "runtime.jit_compile=false", "train.lr=1e-3"],
+    )
+    assert spec.train.epochs == 2 and spec.smoothing.method == "loss"
+    assert spec.runtime.jit_compile is False and spec.train.lr == 1e-3
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    assert load_spec(write(tmp_path, "train: {lr: 5e-3}\n")).train.lr == 5e-3
+
+
+def test_derived_run_names_show_method_factor_seed():
+    assert load_spec(None, ["smoothing.method=loss", "smoothing.factor=0.2", "train.seed=3"]).run_name == "loss-f0.2-s3"
+    assert load_spec(None, ["smoothing.method=none"]).run_name == "none-s42"
+
+
+def test_method_none_ignores_the_factor():
+    assert load_spec(None, ["smoothing.method=none"]).smoothing.effective_factor == 0.0
+
+
+def test_hash_ignores_where_results_go_but_not_the_experiment():
+    base = load_spec(None)
+    assert base.content_hash() == load_spec(None, ["output.root=/elsewhere", "output.run=x"]).content_hash()
+    assert base.content_hash() != load_spec(None, ["train.epochs=2"]).content_hash()
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    spec = load_spec(ROOT / "specs/smoke.yaml")
+    again = load_spec(write(tmp_path, spec.to_yaml()))
+    assert again == spec
+
+
+def test_schema_describes_every_section():
+    schema = json_schema()
+    assert set(schema["properties"]) == {"data", "smoothing", "train", "augment", "output", "runtime"}
+    assert schema["$defs"]["SmoothingSpec"]["properties"]["method"]["enum"] == ["labels", "loss", "none"]
+    json.dumps(schema)
+
+
+MALFORMED = {
+    "unknown section": ("trian: {epochs: 2}\n", "trian"),
+    "unknown field": ("train: {epoch: 2}\n", "train.epoch"),
+    "string for int": ('train: {epochs: "70"}\n', "train.epochs"),
+    "float for int": ("train: {epochs: 2.5}\n", "train.epochs"),
+    "zero epochs": ("train: {epochs: 0}\n", "train.epochs"),
+    "negative batch": ("train: {batch_size: -64}\n", "train.batch_size"),
+    "factor one": ("smoothing: {factor: 1.0}\n", "smoothing.factor"),
+    "negative factor": ("smoothing: {factor: -0.1}\n", "smoothing.factor"),
+    "unknown method": ("smoothing: {method: both}\n", "smoothing.method"),
+    "nan lr": ("train: {lr: .nan}\n", "train.lr"),
+    "inf lr": ("train: {lr: .inf}\n", "train.lr"),
+    "momentum one": ("train: {momentum: 1.0}\n", "train.momentum"),
+    "unknown source": ("data: {source: imagenet}\n", "data.source"),
+    "path with synthetic": ("data: {source: synthetic, path: /x.tar.gz}\n", "data.path"),
+    "run escaping root": ("output: {run: ../../etc}\n", "output.run"),
+    "absolute run": ("output: {run: /tmp/x}\n", "output.run"),
+    "run with slash": ("output: {run: a/b}\n", "output.run"),
+    "bool as string": ("augment: {horizontal_flip: 'yes'}\n", "augment.horizontal_flip"),
+    "unknown fill": ("augment: {fill_mode: mirror}\n", "augment.fill_mode"),
+    "unknown precision": ("runtime: {mixed_precision: fp8}\n", "runtime.mixed_precision"),
+    "section is a list": ("train: [1, 2]\n", "train"),
+    "top level list": ("- train\n", "mapping"),
+    "top level scalar": ("hello\n", "mapping"),
+    "duplicate key": ("train: {epochs: 2}\ntrain: {epochs: 3}\n", "duplicate key"),
+    "broken yaml": ("train: {epochs: 2\n", "not valid YAML"),
+    "python object tag": ("train: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+    "seed too large": ("train: {seed: 99999999999}\n", "train.seed"),
+    "zero train size": ("data: {train_size: 0}\n", "data.train_size"),
+}
+
+
+@pytest.mark.parametrize("text,needle", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_specs_name_the_problem(tmp_path, text, needle):
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, text))
+    assert needle in str(err.value)
+    assert err.value.exit_code == EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize("item", ["train.epochs", "=3", "train..epochs=3", "train.epochs.x=3", "train.epochs=[1"])
+def test_malformed_overrides(item):
+    with pytest.raises(SpecError):
+        load_spec(None, [item] if item != "train.epochs.x=3" else ["train.epochs=3", item])
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, "train: {epochs: 0, batch_size: 0}\nsmoothing: {factor: 2}\n"))
+    assert "3 problem(s)" in str(err.value)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_refuses_bad_spec_cleanly_and_writes_nothing(tmp_path, command):
+    spec = write(tmp_path, f"train: {{epochs: -1}}\noutput: {{root: {tmp_path / 'results'}}}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "job", command, str(spec)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "train.epochs" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_show_prints_the_resolved_spec(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "job", "show", str(ROOT / "specs/seed-loss.yaml"), "--set", "train.epochs=3"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    shown = load_spec(write(tmp_path, proc.stdout))
+    assert shown == load_spec(ROOT / "specs/seed-loss.yaml", ["train.epochs=3"])
+
+
+def test_cli_schema_is_json():
+    proc = subprocess.run([sys.executable, "-m", "job", "schema"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["title"] == Spec.__name__
