@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ def run(
     # Schedulers preempt with SIGTERM: stop at once; the last finished epoch is checkpointed.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _interrupt)
+    # TensorFlow's C++ start-up chatter (no CUDA here, plugin notes) buries the epoch lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from job.run import execute  # imports the ML stack; keep validate/show/schema instant
 
     raise typer.Exit(execute(resolved, force=force))

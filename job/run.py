@@ -136,5 +136,8 @@ def _git_commit() -> str | None:
 def _log_to_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
     log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:  # the run log keeps every epoch, whatever the console shows
+        log.setLevel(logging.INFO)
     return handler

@@ -15,3 +15,24 @@ def cifar_sample():
         pytest.skip(f"real CIFAR-10 sample not found at {SAMPLE} (CI provides ../shared/data)")
     with np.load(SAMPLE) as f:
         return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+
+
+TINY = [
+    "data.source=synthetic",
+    "data.train_size=256",
+    "data.test_size=64",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "runtime.deterministic=true",
+]
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    """A spec that trains in seconds: 8 steps an epoch on synthetic data, results under tmp_path."""
+    from job.spec import load_spec
+
+    def make(*overrides):
+        return load_spec(None, [*TINY, f"output.root={tmp_path / 'results'}", "output.run=tiny", *overrides])
+
+    return make

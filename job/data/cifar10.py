@@ -1,0 +1,408 @@
+"""CIFAR-10 from the official python archive: checksummed, safely extracted, parsed without running code.
+
+Everything here is untrusted input: the archive is checked against the published
+sha256 before any member is touched, members are extracted by our own code
+(regular files and directories only, never outside the staging directory), and
+the batches are Python pickles read by an unpickler that can build nothing but
+numpy arrays. Every failure a user can meet is a DataError that says what was
+expected; the original exception stays as its __cause__ for debugging.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from job.atomic import fsync_dir
+from job.data import CLASS_NAMES
+from job.errors import DataError
+
+log = logging.getLogger("lsjob")
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META_FILE = "batches.meta"
+ROWS_PER_BATCH = 10000
+SIDE, CHANNELS = 32, 3
+ROW_BYTES = SIDE * SIDE * CHANNELS
+NUM_CLASSES = len(CLASS_NAMES)
+
+# What keras.datasets.cifar10.load_data() and get_file() leave under datasets/: Keras 3.15
+# extracts into cifar-10-batches-py-target/ (archive beside it: ..._archive), earlier Keras 3
+# releases into cifar-10-batches-py/ (..._archive), get_file(fname="x.tar.gz", extract=True)
+# into x_extracted/, and Keras 2 untarred cifar-10-batches-py.tar.gz in place. An extraction
+# folder holds the batches directly or in cifar-10-batches-py/.
+KERAS_EXTRACTED = (
+    BATCHES_DIR,
+    "cifar-10-batches-py-target",
+    "cifar-10-batches-py_extracted",
+    "cifar-10-python_extracted",
+)
+KERAS_ARCHIVES = (
+    ARCHIVE_NAME,
+    "cifar-10-batches-py-target_archive",
+    "cifar-10-batches-py_archive",
+    "cifar-10-batches-py.tar.gz",
+)
+
+_CHUNK = 1 << 20  # bytes per read when hashing or copying an archive
+
+
+def load_cifar10(path: Path | None, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x_train uint8 (50000,32,32,3), y_train uint8 (50000,), x_test uint8 (10000,32,32,3), y_test uint8 (10000,)"""
+    datasets = datasets_dir(cache_dir)
+    if path is None:
+        return _load_from_cache(datasets)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        batches = _find_batches(path, complete=False)
+        if batches is None:
+            raise DataError(
+                f"data.path {path} holds no CIFAR-10 batches: expected {', '.join(_batch_files())} "
+                f"in it or in its {BATCHES_DIR}/ subdirectory"
+            )
+        return read_batch_dir(batches)
+    if path.is_file():
+        verify_sha256(path)
+        return _load_archive(path, datasets)
+    raise DataError(
+        f"data.path {path} does not exist; expected the official {ARCHIVE_NAME} "
+        f"or an extracted {BATCHES_DIR}/ directory (or the directory holding it)"
+    )
+
+
+def datasets_dir(cache_dir: Path | None) -> Path:
+    """The `datasets` folder of the cache; unset, Keras's own: $KERAS_HOME, else ~/.keras."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("KERAS_HOME") or _default_keras_home()
+    return Path(cache_dir).expanduser() / "datasets"
+
+
+def _default_keras_home() -> Path:
+    # The same fallback Keras uses, so a copy that keras.datasets downloaded is found here.
+    home = Path.home()
+    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+
+
+def _batch_files() -> tuple[str, ...]:
+    return (*TRAIN_BATCHES, TEST_BATCH)
+
+
+def _find_batches(directory: Path, complete: bool) -> Path | None:
+    """`directory` or its cifar-10-batches-py/ if it holds batch files (all of them, if `complete`)."""
+    present = all if complete else any
+    for candidate in (directory, directory / BATCHES_DIR):
+        if present((candidate / name).is_file() for name in _batch_files()):
+            return candidate
+    return None
+
+
+# ---------------------------------------------------------------------------- the cache
+
+
+def _cached_batches(datasets: Path) -> Path | None:
+    for name in KERAS_EXTRACTED:
+        # Only a complete set counts: an extraction Keras was killed in the middle of is skipped.
+        batches = _find_batches(datasets / name, complete=True)
+        if batches is not None:
+            return batches
+    return None
+
+
+def _read_cached(batches: Path):
+    try:
+        return read_batch_dir(batches)
+    except DataError as e:
+        raise DataError(f"{e}; the cached copy in {batches} is damaged: delete it to fetch CIFAR-10 again") from e
+
+
+def _load_from_cache(datasets: Path):
+    batches = _cached_batches(datasets)
+    if batches is not None:
+        return _read_cached(batches)
+    for name in KERAS_ARCHIVES:
+        archive = datasets / name
+        # A download killed midway leaves a short file under the final name; its digest tells.
+        if archive.is_file() and sha256_of(archive) == CIFAR10_SHA256:
+            return _load_archive(archive, datasets)
+    archive = download_archive(datasets)
+    verify_sha256(archive)
+    return _load_archive(archive, datasets)
+
+
+def download_archive(datasets: Path) -> Path:
+    """Fetch the official archive with Keras into `datasets`; DataError when it cannot be had."""
+    try:
+        # Keras treats a cache folder that does not exist yet as unwritable and goes to /tmp.
+        datasets.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    log.info("downloading CIFAR-10 from %s into %s", CIFAR10_URL, datasets)
+    try:
+        from keras.utils import get_file
+
+        # Keras writes to the final name but removes it when the transfer fails, re-downloads
+        # a cached file whose digest is wrong, and we verify the digest again anyway.
+        fetched = get_file(
+            fname=ARCHIVE_NAME,
+            origin=CIFAR10_URL,
+            file_hash=CIFAR10_SHA256,
+            hash_algorithm="sha256",
+            cache_dir=str(datasets.parent),
+            cache_subdir=datasets.name,
+        )
+    except Exception as e:
+        raise DataError(
+            f"could not download CIFAR-10 from {CIFAR10_URL} ({e}); download {ARCHIVE_NAME} yourself "
+            f"and set data.path to it, or put it at {datasets / ARCHIVE_NAME}"
+        ) from e
+    return Path(fetched)
+
+
+def _load_archive(archive: Path, datasets: Path):
+    """Arrays from a verified archive, by way of the cache: reuse its extraction or make one."""
+    batches = _cached_batches(datasets)
+    if batches is not None:
+        return _read_cached(batches)
+    staging = _make_staging(datasets)
+    if staging is None:
+        return _extract_to_temp(archive, datasets)
+    log.info("extracting %s into %s", archive, datasets)
+    try:
+        batches = safe_extract(archive, staging)
+        # Validated before the rename, so whatever is published is known good.
+        arrays = read_batch_dir(batches)
+        _publish(batches, datasets / BATCHES_DIR)
+        return arrays
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_staging(datasets: Path) -> Path | None:
+    """A fresh folder beside the published extraction (same filesystem, so the rename is atomic).
+
+    Its name is not one the cache lookup knows: an extraction cut short never looks complete.
+    None when the cache cannot be written.
+    """
+    try:
+        datasets.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{BATCHES_DIR}.", suffix=".partial", dir=datasets))
+    except OSError:
+        return None
+
+
+def _extract_to_temp(archive: Path, datasets: Path):
+    # Extract to a throwaway folder rather than stream from the tar: one extraction path to trust.
+    log.info("cache %s is not writable; extracting CIFAR-10 to a temporary folder", datasets)
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="cifar-10-")
+    except OSError as e:
+        raise DataError(
+            f"cannot extract {archive}: neither {datasets} nor the temporary folder is writable ({e}); "
+            "set data.cache_dir to a writable folder"
+        ) from e
+    with tmp:
+        return read_batch_dir(safe_extract(archive, Path(tmp.name)))
+
+
+def _publish(batches: Path, dest: Path) -> None:
+    try:
+        os.rename(batches, dest)
+    except OSError as e:
+        # Another process may have published first; either way this run has its arrays,
+        # and a cache that could not be updated only costs the next run an extraction.
+        if _find_batches(dest, complete=True) is None:
+            log.warning("could not put the extracted CIFAR-10 at %s (%s); it will be extracted again", dest, e)
+        return
+    fsync_dir(dest.parent)
+
+
+# ---------------------------------------------------------------------------- the archive
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path) -> None:
+    actual = sha256_of(path)
+    if actual != CIFAR10_SHA256:
+        raise DataError(
+            f"{path} is not the official {ARCHIVE_NAME}: its sha256 is {actual}, expected {CIFAR10_SHA256} "
+            f"(a partial download, or another file?); data.path takes that archive "
+            f"or an extracted {BATCHES_DIR}/ directory"
+        )
+
+
+def safe_extract(tar_path: Path, dest_dir: Path) -> Path:
+    """Extract the archive's cifar-10-batches-py/ into `dest_dir`; return that folder.
+
+    Any member that is not a regular file or directory, or whose name could land
+    outside dest_dir/cifar-10-batches-py/, refuses the whole archive.
+    """
+    dest_dir = Path(dest_dir)
+    try:
+        with tarfile.open(tar_path, "r:gz") as tar:
+            for member in tar:
+                target = _member_target(member, dest_dir, tar_path)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                else:
+                    _write_member(tar, member, target)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{tar_path} is not a readable {ARCHIVE_NAME} (truncated or corrupt: {e})") from e
+    except OSError as e:
+        raise DataError(f"could not extract {tar_path} into {dest_dir}: {e}") from e
+    batches = dest_dir / BATCHES_DIR
+    if not batches.is_dir():
+        raise DataError(f"{tar_path} has no {BATCHES_DIR}/ folder")
+    return batches
+
+
+def _member_target(member: tarfile.TarInfo, dest_dir: Path, tar_path: Path) -> Path:
+    def refuse(why: str) -> DataError:
+        return DataError(f"{tar_path} is refused: member {member.name!r} {why}")
+
+    if not (member.isreg() or member.isdir()):
+        raise refuse("is not a regular file or directory (a link or device)")
+    name = PurePosixPath(member.name)
+    if name.is_absolute():
+        raise refuse("has an absolute path")
+    if ".." in name.parts:
+        raise refuse("climbs out with '..'")
+    if not name.parts or name.parts[0] != BATCHES_DIR:
+        raise refuse(f"lies outside {BATCHES_DIR}/")
+    target = dest_dir.joinpath(*name.parts)
+    # Names alone decide safety since nothing we create is a link; this only guards that reasoning.
+    if not target.resolve().is_relative_to(dest_dir.resolve()):
+        raise refuse("resolves outside the extraction folder")
+    if member.isreg() and target.exists():
+        raise refuse("appears twice")
+    return target
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = tar.extractfile(member)
+    with open(target, "xb") as out:
+        shutil.copyfileobj(source, out, _CHUNK)
+        # Durable before the folder is renamed into place, or a crash could publish empty files.
+        out.flush()
+        os.fsync(out.fileno())
+
+
+# ---------------------------------------------------------------------------- the batches
+
+
+def _numpy_reconstruct():
+    # Whatever numpy calls it today; pickles name it numpy.core (numpy 1) or numpy._core (numpy 2).
+    return np.empty(0, dtype=np.uint8).__reduce__()[0]
+
+
+# The only globals the official batches reference: an ndarray and its dtype. Nothing
+# else can be called while loading, so a hostile pickle fails before any code runs.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles plain data and uint8-style numpy arrays; refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
+
+
+def _unpickle(path: Path):
+    try:
+        with open(path, "rb") as f:
+            # The batches were pickled by Python 2: its strings are bytes here, as they were there.
+            return RestrictedUnpickler(f, encoding="bytes").load()
+    except Exception as e:
+        raise DataError(f"{path} is not a valid CIFAR-10 batch file: {type(e).__name__}: {e}") from e
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file: images uint8 (ROWS_PER_BATCH, 32, 32, 3) HWC, labels uint8 (ROWS_PER_BATCH,)."""
+    batch = _unpickle(path)
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
+    data = batch[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (ROWS_PER_BATCH, ROW_BYTES):
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: data must be a uint8 array ({ROWS_PER_BATCH}, {ROW_BYTES}), got {got}")
+    labels = _labels(batch[b"labels"], path)
+    # Rows are stored channel-major (1024 red, 1024 green, 1024 blue); the project wants HWC.
+    images = np.ascontiguousarray(data.reshape(-1, CHANNELS, SIDE, SIDE).transpose(0, 2, 3, 1))
+    return images, labels
+
+
+def _labels(raw, path: Path) -> np.ndarray:
+    if not isinstance(raw, (list, np.ndarray)):
+        raise DataError(f"{path}: labels must be a list of ints, got {type(raw).__name__}")
+    try:
+        labels = np.asarray(raw)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise DataError(f"{path}: labels are not a flat list of ints ({e})") from e
+    if labels.shape != (ROWS_PER_BATCH,) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: expected {ROWS_PER_BATCH} integer labels, got {labels.dtype} {labels.shape}")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise DataError(f"{path}: labels must lie in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}")
+    return labels.astype(np.uint8)
+
+
+def _check_meta(path: Path) -> None:
+    """batches.meta, where present, must list CIFAR-10's classes in the project's label order."""
+    if not path.is_file():
+        return
+    meta = _unpickle(path)
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if isinstance(names, list) and all(isinstance(n, bytes) for n in names):
+        # Python 2 pickled them as byte strings.
+        names = [n.decode("latin-1") for n in names]
+    if not isinstance(names, list) or names != list(CLASS_NAMES):
+        raise DataError(f"{path}: label_names are {names!r}, expected CIFAR-10's {list(CLASS_NAMES)}")
+
+
+def read_batch_dir(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays from an extracted cifar-10-batches-py/ folder."""
+    directory = Path(directory)
+    missing = [name for name in _batch_files() if not (directory / name).is_file()]
+    if missing:
+        raise DataError(f"{directory} is missing the CIFAR-10 batch file(s) {', '.join(missing)}")
+    _check_meta(directory / META_FILE)
+    # Filled batch by batch: only one batch's parse is alive beside the final arrays.
+    rows = ROWS_PER_BATCH
+    x_train = np.empty((len(TRAIN_BATCHES) * rows, SIDE, SIDE, CHANNELS), dtype=np.uint8)
+    y_train = np.empty((len(TRAIN_BATCHES) * rows,), dtype=np.uint8)
+    for i, name in enumerate(TRAIN_BATCHES):
+        x_train[i * rows : (i + 1) * rows], y_train[i * rows : (i + 1) * rows] = read_batch(directory / name)
+    x_test, y_test = read_batch(directory / TEST_BATCH)
+    return x_train, y_train, x_test, y_test

@@ -1,0 +1,513 @@
+"""The CIFAR-10 loader, fed files written in the official format from real CIFAR-10 pixels.
+
+The official batches were pickled by Python 2 (protocol 2): strings are Python 2
+`str` opcodes, numpy's reconstructor is named numpy.core.multiarray._reconstruct.
+Py2Pickler writes exactly that, so these files need the same globals the real ones
+do and nothing more. Most tests shrink ROWS_PER_BATCH to 1,000 (the 5,000-image
+sample makes five distinct train batches); one runs at the official counts.
+"""
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import struct
+import tarfile
+
+import numpy as np
+import pytest
+
+from job.data import CLASS_NAMES, cifar10
+from job.errors import DataError
+
+SMALL = 1000
+RECONSTRUCT = np.empty(0, dtype=np.uint8).__reduce__()[0]
+BATCHES = cifar10.BATCHES_DIR
+
+
+class Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote it: byte and text strings as `str`, numpy 1 global names."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+    reconstruct_module = "numpy.core.multiarray"
+
+    def save_py2_str(self, obj):
+        raw = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        if obj is RECONSTRUCT:
+            self.write(pickle.GLOBAL + f"{self.reconstruct_module}\n_reconstruct\n".encode())
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def write_pickle(path, obj, reconstruct_module="numpy.core.multiarray"):
+    with open(path, "wb") as f:
+        pickler = Py2Pickler(f, protocol=2)
+        pickler.reconstruct_module = reconstruct_module
+        pickler.dump(obj)
+
+
+def batch_dict(images, labels, batch_label):
+    return {
+        b"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1)),  # CHW rows
+        b"labels": [int(v) for v in labels],
+        b"batch_label": batch_label.encode(),
+        b"filenames": [f"image_{i:05d}.png".encode() for i in range(len(images))],
+    }
+
+
+def expected_arrays(sample, rows):
+    """What a loader must return for batches written by write_batches(sample, rows)."""
+    train = np.arange(5 * rows) % len(sample["x_train"])
+    test = np.arange(rows) % len(sample["x_test"])
+    return sample["x_train"][train], sample["y_train"][train], sample["x_test"][test], sample["y_test"][test]
+
+
+def write_batches(root, sample, rows=SMALL, reconstruct_module="numpy.core.multiarray"):
+    """An official-format cifar-10-batches-py/ in `root`: the sample tiled to `rows` rows a batch."""
+    x_train, y_train, x_test, y_test = expected_arrays(sample, rows)
+    batches = root / BATCHES
+    batches.mkdir(parents=True)
+    for i in range(5):
+        part = slice(i * rows, (i + 1) * rows)
+        write_pickle(
+            batches / f"data_batch_{i + 1}",
+            batch_dict(x_train[part], y_train[part], f"training batch {i + 1} of 5"),
+            reconstruct_module,
+        )
+    write_pickle(batches / "test_batch", batch_dict(x_test, y_test, "testing batch 1 of 1"), reconstruct_module)
+    meta = {b"num_cases_per_batch": rows, b"label_names": [n.encode() for n in CLASS_NAMES], b"num_vis": 3072}
+    write_pickle(batches / "batches.meta", meta, reconstruct_module)
+    return batches
+
+
+def make_tar(path, batches=None, evil=()):
+    """A tar.gz with `evil` (TarInfo, bytes) members first, then the `batches` folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Level 0: real gzip framing without the CPU cost.
+    with tarfile.open(path, "w:gz", compresslevel=0) as tar:
+        for info, data in evil:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        if batches is not None:
+            tar.add(batches, arcname=BATCHES)
+    return path
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_loaded(arrays, expected):
+    names = ("x_train", "y_train", "x_test", "y_test")
+    for name, got, want in zip(names, arrays, expected):
+        assert got.dtype == np.uint8, name
+        assert got.shape == want.shape, name
+        assert got.flags.c_contiguous, name
+        assert np.array_equal(got, want), name
+
+
+def files_under(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def small(monkeypatch):
+    monkeypatch.setattr(cifar10, "ROWS_PER_BATCH", SMALL)
+
+
+@pytest.fixture(scope="module")
+def small_batches(cifar_sample, tmp_path_factory):
+    """Official-format batches at 1,000 rows each; copy before changing them."""
+    return write_batches(tmp_path_factory.mktemp("small"), cifar_sample)
+
+
+@pytest.fixture(scope="module")
+def small_tar(small_batches, tmp_path_factory):
+    return make_tar(tmp_path_factory.mktemp("tar") / cifar10.ARCHIVE_NAME, small_batches)
+
+
+@pytest.fixture
+def trusted(monkeypatch):
+    """Make the loader accept a test archive as the official one."""
+    return lambda path: monkeypatch.setattr(cifar10, "CIFAR10_SHA256", sha256(path))
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    def refuse(datasets):
+        raise AssertionError(f"downloaded into {datasets}")
+
+    monkeypatch.setattr(cifar10, "download_archive", refuse)
+
+
+def copy_batches(small_batches, tmp_path):
+    return shutil.copytree(small_batches, tmp_path / "copy" / BATCHES)
+
+
+# ---------------------------------------------------------------------------- extracted folders
+
+
+@pytest.mark.parametrize("spelling", ["numpy.core.multiarray", "numpy._core.multiarray"])
+def test_extracted_dir_round_trips_byte_exact(spelling, small, cifar_sample, tmp_path):
+    batches = write_batches(tmp_path, cifar_sample, reconstruct_module=spelling)
+    expected = expected_arrays(cifar_sample, SMALL)
+    # Five distinct train batches: the loaded set is exactly the sample, in order.
+    assert np.array_equal(expected[0], cifar_sample["x_train"])
+    assert_loaded(cifar10.load_cifar10(batches, tmp_path / "cache"), expected)
+    assert_loaded(cifar10.load_cifar10(tmp_path, tmp_path / "cache"), expected)  # the parent folder
+    assert not (tmp_path / "cache").exists()  # a folder is read where it is
+
+
+def test_official_counts(cifar_sample, tmp_path):
+    assert cifar10.ROWS_PER_BATCH == 10000
+    batches = write_batches(tmp_path, cifar_sample, rows=10000)
+    x_train, y_train, x_test, y_test = cifar10.load_cifar10(batches, None)
+    assert x_train.shape == (50000, 32, 32, 3) and y_train.shape == (50000,)
+    assert x_test.shape == (10000, 32, 32, 3) and y_test.shape == (10000,)
+    assert {a.dtype for a in (x_train, y_train, x_test, y_test)} == {np.dtype(np.uint8)}
+    assert y_train[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert y_test[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    for i in (0, 1, 4999):
+        assert x_train[i].tobytes() == cifar_sample["x_train"][i].tobytes()
+    assert_loaded((x_train, y_train, x_test, y_test), expected_arrays(cifar_sample, 10000))
+
+
+def test_the_pickles_need_only_numpy_globals(small_batches):
+    """The test files reference what the official ones do, so the allow-list is exercised for real."""
+    import pickletools
+
+    ops = pickletools.genops((small_batches / "data_batch_1").read_bytes())
+    globals_ = {arg for op, arg, _ in ops if op.name == "GLOBAL"}
+    assert globals_ == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+
+
+# ---------------------------------------------------------------------------- the archive
+
+
+def test_archive_is_extracted_into_the_cache_then_reused(
+    small, cifar_sample, small_tar, trusted, monkeypatch, tmp_path
+):
+    trusted(small_tar)
+    cache = tmp_path / "cache"
+    expected = expected_arrays(cifar_sample, SMALL)
+    assert_loaded(cifar10.load_cifar10(small_tar, cache), expected)
+    datasets = cache / "datasets"
+    assert sorted(p.name for p in datasets.iterdir()) == [BATCHES]  # no staging folder left behind
+    assert (datasets / BATCHES / "data_batch_5").is_file()
+
+    def no_extraction(*args):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(cifar10, "safe_extract", no_extraction)
+    assert_loaded(cifar10.load_cifar10(small_tar, cache), expected)
+
+
+def test_wrong_checksum_is_refused_before_extraction(small, small_tar, tmp_path):
+    with pytest.raises(DataError) as err:
+        cifar10.load_cifar10(small_tar, tmp_path / "cache")
+    message = str(err.value)
+    assert sha256(small_tar) in message and cifar10.CIFAR10_SHA256 in message and str(small_tar) in message
+    assert files_under(tmp_path) == []
+
+
+def test_truncated_archive(small, small_tar, trusted, tmp_path):
+    cut = tmp_path / cifar10.ARCHIVE_NAME
+    data = small_tar.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    trusted(cut)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="truncated or corrupt") as err:
+        cifar10.load_cifar10(cut, cache)
+    assert err.value.__cause__ is not None
+    assert files_under(cache) == ["datasets"]  # the partial extraction is gone, nothing looks complete
+
+
+@pytest.mark.parametrize("checksum_matches", [False, True])
+def test_garbage_file(checksum_matches, small, trusted, tmp_path):
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(np.random.default_rng(0).bytes(100_000))
+    if checksum_matches:
+        trusted(garbage)
+    with pytest.raises(DataError, match="truncated or corrupt" if checksum_matches else "sha256"):
+        cifar10.load_cifar10(garbage, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "datasets" / BATCHES).exists()
+
+
+def test_invalid_batch_inside_archive_is_never_published(small, small_batches, trusted, tmp_path):
+    batches = copy_batches(small_batches, tmp_path)
+    bad = pickle.loads((batches / "test_batch").read_bytes(), encoding="bytes")
+    bad[b"labels"][0] = 10
+    write_pickle(batches / "test_batch", bad)
+    tar = make_tar(tmp_path / cifar10.ARCHIVE_NAME, batches)
+    trusted(tar)
+    with pytest.raises(DataError, match="test_batch"):
+        cifar10.load_cifar10(tar, tmp_path / "cache")
+    assert files_under(tmp_path / "cache") == ["datasets"]
+
+
+def member(name, kind=tarfile.REGTYPE, linkname="", data=b"pwned"):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+HOSTILE = {
+    "dotdot": lambda out: member("../evil"),
+    "dotdot inside": lambda out: member(f"{BATCHES}/../../../evil"),
+    "absolute": lambda out: member(str(out / "evil")),
+    "symlink": lambda out: member(f"{BATCHES}/evil", tarfile.SYMTYPE, linkname=str(out / "evil")),
+    "hardlink": lambda out: member(f"{BATCHES}/evil", tarfile.LNKTYPE, linkname=f"{BATCHES}/data_batch_1"),
+    "fifo": lambda out: member(f"{BATCHES}/evil", tarfile.FIFOTYPE),
+    "device": lambda out: member(f"{BATCHES}/evil", tarfile.CHRTYPE),
+    "outside the folder": lambda out: member("elsewhere/evil"),
+}
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_hostile_archive_members_are_refused(kind, small, small_batches, trusted, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tar = make_tar(tmp_path / "archive" / cifar10.ARCHIVE_NAME, small_batches, [HOSTILE[kind](outside)])
+    with tarfile.open(tar) as check:  # tarfile wrote the name as given
+        assert check.getnames()[0] == HOSTILE[kind](outside)[0].name
+    trusted(tar)
+    cache = tmp_path / "deep" / "cache"
+    with pytest.raises(DataError, match="refused"):
+        cifar10.load_cifar10(tar, cache)
+    assert not [p for p in tmp_path.rglob("*evil*")]
+    assert files_under(cache) == ["datasets"]
+
+
+def test_unwritable_cache_extracts_to_a_temporary_folder(small, cifar_sample, small_tar, trusted, tmp_path):
+    trusted(small_tar)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a cache under a file can never be created, even by root
+    assert_loaded(cifar10.load_cifar10(small_tar, blocker / "cache"), expected_arrays(cifar_sample, SMALL))
+
+
+# ---------------------------------------------------------------------------- the batches
+
+
+class Shell:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("where", ["whole file", "inside the dict"])
+def test_malicious_pickle_runs_no_code(where, small, small_batches, tmp_path):
+    batches = copy_batches(small_batches, tmp_path)
+    marker = tmp_path / "pwned"
+    payload = Shell(f"touch {marker}")
+    if where == "inside the dict":
+        payload = {**pickle.loads((batches / "data_batch_2").read_bytes(), encoding="bytes"), b"labels": payload}
+    write_pickle(batches / "data_batch_2", payload)
+    evil = (batches / "data_batch_2").read_bytes()
+    with pytest.raises(DataError, match="data_batch_2") as err:
+        cifar10.load_cifar10(batches, tmp_path / "cache")
+    assert "system" in str(err.value)
+    assert not marker.exists()
+    # The payload is live: a plain unpickler would have run it.
+    pickle.loads(evil, encoding="bytes")
+    assert marker.exists()
+
+
+def set_data(value):
+    return lambda batch: {**batch, b"data": value(batch[b"data"])}
+
+
+def set_labels(value):
+    return lambda batch: {**batch, b"labels": value(batch[b"labels"])}
+
+
+BROKEN = {
+    "too few rows": set_data(lambda d: d[:-1]),
+    "row too short": set_data(lambda d: d[:, :-1]),
+    "flat data": set_data(lambda d: d.reshape(-1)),
+    "float data": set_data(lambda d: d.astype(np.float32)),
+    "int16 data": set_data(lambda d: d.astype(np.int16)),
+    "data not an array": set_data(lambda d: d.tolist()[:3]),
+    "label 10": set_labels(lambda y: [10] + y[1:]),
+    "label -1": set_labels(lambda y: y[:-1] + [-1]),
+    "float labels": set_labels(lambda y: [float(v) for v in y]),
+    "too few labels": set_labels(lambda y: y[:-1]),
+    "too many labels": set_labels(lambda y: y + [0]),
+    "labels not a list": set_labels(lambda y: b"\x01" * len(y)),
+    "no labels": lambda batch: {k: v for k, v in batch.items() if k != b"labels"},
+    "not a dict": lambda batch: list(batch.items()),
+}
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_malformed_batch(kind, small, small_batches, tmp_path):
+    batches = copy_batches(small_batches, tmp_path)
+    batch = pickle.loads((batches / "data_batch_3").read_bytes(), encoding="bytes")
+    write_pickle(batches / "data_batch_3", BROKEN[kind](batch))
+    with pytest.raises(DataError, match="data_batch_3"):
+        cifar10.load_cifar10(batches, None)
+
+
+def test_truncated_batch_file(small, small_batches, tmp_path):
+    batches = copy_batches(small_batches, tmp_path)
+    data = (batches / "test_batch").read_bytes()
+    (batches / "test_batch").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="test_batch") as err:
+        cifar10.load_cifar10(batches, None)
+    assert err.value.__cause__ is not None
+
+
+def test_missing_batch_file(small, small_batches, tmp_path):
+    batches = copy_batches(small_batches, tmp_path)
+    (batches / "data_batch_4").unlink()
+    with pytest.raises(DataError, match="missing .*data_batch_4"):
+        cifar10.load_cifar10(batches, None)
+
+
+def test_wrong_label_names_in_meta(small, small_batches, tmp_path):
+    batches = copy_batches(small_batches, tmp_path)
+    write_pickle(batches / "batches.meta", {b"label_names": [n.encode() for n in reversed(CLASS_NAMES)]})
+    with pytest.raises(DataError, match="label_names"):
+        cifar10.load_cifar10(batches, None)
+
+
+# ---------------------------------------------------------------------------- data.path mistakes
+
+
+def test_path_that_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match=f"does not exist; expected the official {cifar10.ARCHIVE_NAME}"):
+        cifar10.load_cifar10(tmp_path / "nowhere", None)
+
+
+def test_directory_without_batches(tmp_path):
+    (tmp_path / "notes.txt").write_text("not CIFAR-10")
+    with pytest.raises(DataError, match=f"holds no CIFAR-10 batches: expected data_batch_1.*{BATCHES}"):
+        cifar10.load_cifar10(tmp_path, None)
+
+
+# ---------------------------------------------------------------------------- the cache and the download
+
+
+@pytest.fixture
+def keras_utils():
+    import keras.utils
+
+    return keras.utils
+
+
+def offline(**kwargs):
+    # Keras's get_file turns a URLError into a bare Exception with this text.
+    raise Exception(  # noqa: TRY002
+        f"URL fetch failure on {kwargs['origin']}: None -- [Errno -3] Temporary failure in name resolution"
+    )
+
+
+def test_download_failure_says_where_to_put_the_file(keras_utils, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(keras_utils, "get_file", lambda **kw: calls.append(kw) or offline(**kw))
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as err:
+        cifar10.load_cifar10(None, cache)
+    message = str(err.value)
+    assert f"could not download CIFAR-10 from {cifar10.CIFAR10_URL}" in message
+    assert "Temporary failure in name resolution" in message
+    assert "data.path" in message and str(cache / "datasets" / cifar10.ARCHIVE_NAME) in message
+    (call,) = calls
+    assert call == {
+        "fname": cifar10.ARCHIVE_NAME,
+        "origin": cifar10.CIFAR10_URL,
+        "file_hash": cifar10.CIFAR10_SHA256,
+        "hash_algorithm": "sha256",
+        "cache_dir": str(cache),
+        "cache_subdir": "datasets",
+    }  # no extract=True: Keras never unpacks the archive
+
+
+def test_real_download_failure_under_keras_home(keras_utils, monkeypatch, tmp_path):
+    # Nothing listens on the discard port, so Keras's real get_file fails at once, online or not.
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    with pytest.raises(DataError, match="could not download") as err:
+        cifar10.load_cifar10(None, None)
+    assert str(tmp_path / "keras-home" / "datasets" / cifar10.ARCHIVE_NAME) in str(err.value)
+    assert files_under(tmp_path / "keras-home") == ["datasets"]  # no partial download left
+
+
+def test_download_then_extract(small, cifar_sample, small_tar, trusted, keras_utils, monkeypatch, tmp_path):
+    trusted(small_tar)
+
+    def fetch(fname, cache_dir, cache_subdir, **kwargs):
+        target = os.path.join(cache_dir, cache_subdir, fname)
+        shutil.copyfile(small_tar, target)
+        return target
+
+    monkeypatch.setattr(keras_utils, "get_file", fetch)
+    cache = tmp_path / "cache"
+    assert_loaded(cifar10.load_cifar10(None, cache), expected_arrays(cifar_sample, SMALL))
+    assert sorted(p.name for p in (cache / "datasets").iterdir()) == sorted([cifar10.ARCHIVE_NAME, BATCHES])
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        f"cifar-10-batches-py-target/{BATCHES}",  # keras.datasets.cifar10 of Keras 3.15
+        f"{BATCHES}/{BATCHES}",  # earlier Keras 3
+        f"cifar-10-batches-py_extracted/{BATCHES}",
+        BATCHES,  # Keras 2, and this loader's own extraction
+    ],
+)
+def test_cache_populated_like_keras(layout, small, cifar_sample, small_batches, no_download, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(small_batches, cache / "datasets" / layout)
+    assert_loaded(cifar10.load_cifar10(None, cache), expected_arrays(cifar_sample, SMALL))
+
+
+def test_keras_home_cache_is_the_default(small, cifar_sample, small_batches, no_download, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    shutil.copytree(small_batches, tmp_path / "keras-home" / "datasets" / BATCHES)
+    assert_loaded(cifar10.load_cifar10(None, None), expected_arrays(cifar_sample, SMALL))
+
+
+def test_incomplete_cached_folder_is_not_used(small, small_batches, keras_utils, monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    partial = shutil.copytree(small_batches, cache / "datasets" / f"cifar-10-batches-py-target/{BATCHES}")
+    (partial / "test_batch").unlink()  # Keras was killed mid-extraction
+    monkeypatch.setattr(keras_utils, "get_file", offline)
+    with pytest.raises(DataError, match="could not download"):
+        cifar10.load_cifar10(None, cache)
+
+
+@pytest.mark.parametrize("name", [cifar10.ARCHIVE_NAME, "cifar-10-batches-py-target_archive"])
+def test_archive_in_cache_is_used(name, small, cifar_sample, small_tar, trusted, no_download, tmp_path):
+    trusted(small_tar)
+    cache = tmp_path / "cache"
+    (cache / "datasets").mkdir(parents=True)
+    shutil.copyfile(small_tar, cache / "datasets" / name)
+    assert_loaded(cifar10.load_cifar10(None, cache), expected_arrays(cifar_sample, SMALL))
+    assert (cache / "datasets" / BATCHES / "test_batch").is_file()
+
+
+def test_partial_download_in_cache_is_not_trusted(small, small_tar, trusted, keras_utils, monkeypatch, tmp_path):
+    trusted(small_tar)
+    cache = tmp_path / "cache"
+    (cache / "datasets").mkdir(parents=True)
+    data = small_tar.read_bytes()
+    (cache / "datasets" / cifar10.ARCHIVE_NAME).write_bytes(data[: len(data) // 2])
+    monkeypatch.setattr(keras_utils, "get_file", offline)
+    with pytest.raises(DataError, match="could not download"):
+        cifar10.load_cifar10(None, cache)
+    assert not (cache / "datasets" / BATCHES).exists()

@@ -1,0 +1,155 @@
+"""A run end to end: the results directory, re-runs, and refusals that protect results."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from job import run as run_mod
+from job.errors import DivergedError, RunBusyError, SpecError
+from job.rundir import RunDir
+
+ARTIFACTS = {
+    "spec.yaml", "manifest.json", "history.csv", "metrics.json", "classification_report.txt",
+    "training.png", "confusion_matrix.png", "model.keras", "run.log",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    """One finished tiny run, shared by the tests that only read it."""
+    from job.spec import load_spec
+
+    from conftest import TINY
+
+    root = tmp_path_factory.mktemp("results")
+    spec = load_spec(None, [*TINY, f"output.root={root}", "output.run=done"])
+    assert run_mod.execute(spec) == 0
+    return spec
+
+
+def test_results_directory_is_complete(completed):
+    run_dir = completed.run_dir
+    names = {p.name for p in run_dir.iterdir()}
+    assert ARTIFACTS <= names
+    assert not [n for n in names if ".tmp" in n], "temporary files left behind"
+    assert "checkpoints" not in names  # no longer needed once complete
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["reason"] is None
+    assert manifest["spec_hash"] == completed.content_hash()
+    assert (manifest["method"], manifest["factor"], manifest["seed"]) == ("labels", 0.1, 42)
+    assert manifest["epochs_done"] == 2 and manifest["duration_s"] > 0
+    assert {"lsjob", "python", "keras"} <= set(manifest["versions"])
+    assert manifest["backend"] and manifest["devices"] and manifest["started"] and manifest["finished"]
+
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,loss,accuracy,val_loss,val_accuracy,val_nll,lr,seconds"
+    assert len(history) == 3 and history[1].startswith("1,") and history[2].startswith("2,")
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == manifest["test_accuracy"]
+    assert set(metrics["per_class"]) >= {"airplane", "truck"}
+    assert "accuracy" in (run_dir / "classification_report.txt").read_text()
+    for png in ("training.png", "confusion_matrix.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "epoch 2/2" in (run_dir / "run.log").read_text()
+
+
+def test_saved_model_reproduces_the_reported_accuracy(completed):
+    import keras
+
+    from job.data import load_dataset
+
+    model = keras.saving.load_model(completed.run_dir / "model.keras")
+    data = load_dataset(completed.data)
+    probs = model.predict(data.x_test, verbose=0)
+    metrics = json.loads((completed.run_dir / "metrics.json").read_text())
+    assert np.isclose((probs.argmax(1) == data.y_test).mean(), metrics["test_accuracy"])
+
+
+def test_rerun_of_a_completed_run_is_a_no_op(completed, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in completed.run_dir.iterdir() if p.name != ".lock"}
+    assert run_mod.execute(completed) == 0
+    assert "already complete" in capsys.readouterr().out
+    after = {p.name: p.stat().st_mtime_ns for p in completed.run_dir.iterdir() if p.name != ".lock"}
+    assert before == after
+
+
+def test_a_different_spec_under_the_same_name_is_refused(completed):
+    changed = completed.model_copy(update={"train": completed.train.model_copy(update={"epochs": 3})})
+    with pytest.raises(SpecError, match="different spec"):
+        run_mod.execute(changed)
+
+
+def test_force_starts_over(tiny_spec):
+    spec = tiny_spec("train.epochs=1")
+    assert run_mod.execute(spec) == 0
+    first = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert run_mod.execute(spec, force=True) == 0
+    second = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert len(first["attempts"]) == len(second["attempts"]) == 1  # a fresh run, not a third attempt
+    assert second["status"] == "completed"
+
+
+def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatch):
+    spec = tiny_spec("train.epochs=1")
+
+    def diverge(*args, **kwargs):
+        raise DivergedError("loss became nan at epoch 1, batch 3")
+
+    monkeypatch.setattr(run_mod, "train", diverge)
+    with pytest.raises(DivergedError):
+        run_mod.execute(spec)
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "nan" in manifest["reason"]
+    assert not (spec.run_dir / "metrics.json").exists()
+    monkeypatch.undo()
+    assert run_mod.execute(spec) == 0  # the same command finishes it
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
+
+
+def test_a_second_task_on_the_same_run_is_refused(tmp_path):
+    first, second = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
+    first.claim()
+    try:
+        with pytest.raises(RunBusyError, match=f"pid {os.getpid()}") as err:
+            second.claim()
+        assert err.value.exit_code == 5
+    finally:
+        first.release()
+    second.claim()  # free again once the holder is gone
+    second.release()
+
+
+def test_a_lock_file_left_by_a_dead_process_is_taken_over(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / ".lock").write_text("pid 999999 on some-host since yesterday\n")
+    run_dir = RunDir(tmp_path / "r")
+    run_dir.claim()
+    assert f"pid {os.getpid()}" in (tmp_path / "r" / ".lock").read_text()
+    run_dir.release()
+
+
+def test_a_foreign_directory_is_never_written_into(tiny_spec):
+    spec = tiny_spec()
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "thesis.tex").write_text("precious")
+    with pytest.raises(SpecError, match="not an lsjob run directory"):
+        run_mod.execute(spec)
+    assert {p.name for p in spec.run_dir.iterdir()} == {"thesis.tex"}
+
+
+def test_unwritable_results_root_fails_before_training(tmp_path, tiny_spec):
+    (tmp_path / "file").write_text("")
+    spec = tiny_spec(f"output.root={tmp_path / 'file' / 'results'}")
+    with pytest.raises(SpecError, match="results root"):
+        run_mod.execute(spec)
+
+
+def test_too_few_images_for_a_batch_is_a_clear_error(tiny_spec):
+    with pytest.raises(SpecError, match="train.batch_size"):
+        run_mod.execute(tiny_spec("data.train_size=16"))
