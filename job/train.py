@@ -59,6 +59,7 @@ class TrainBatches(keras.utils.PyDataset):
         return len(self.x) // self.batch_size
 
     def __getitem__(self, index: int):
+        # Sorted, the gather reads memory front to back; a batch is a set, its order is irrelevant.
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         return self.x[rows], self.y[rows]
 

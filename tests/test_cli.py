@@ -1,7 +1,6 @@
 """The `lsjob` command as users and schedulers run it: in a subprocess, logs in a pipe."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -45,6 +44,11 @@ def _args(tmp_path, run):
 
 
 def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(tmp_path):
+    """Preempted mid-run, then re-run: the same history and metrics as a run never interrupted.
+
+    With runtime.deterministic the two runs are separate processes, so this also shows
+    that two deterministic CPU runs agree exactly.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "job", *_args(tmp_path, "preempted")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -73,6 +77,8 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(tmp_p
 
     assert len(history("preempted")) == 4
     assert history("preempted") == history("straight")
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("preempted", "straight")]
+    assert metrics[0] == metrics[1]  # test NLL to the last bit: identical final weights
     manifest = json.loads((tmp_path / "preempted" / "manifest.json").read_text())
     assert [a["status"] for a in manifest["attempts"]] == ["interrupted", "completed"]
 

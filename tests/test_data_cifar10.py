@@ -511,3 +511,12 @@ def test_partial_download_in_cache_is_not_trusted(small, small_tar, trusted, ker
     with pytest.raises(DataError, match="could not download"):
         cifar10.load_cifar10(None, cache)
     assert not (cache / "datasets" / BATCHES).exists()
+
+
+def test_leftover_staging_folder_is_not_a_cache(small, small_batches, keras_utils, monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    # What a process killed between extraction and rename leaves behind.
+    shutil.copytree(small_batches, cache / "datasets" / f".{BATCHES}.k1ll3d.partial" / BATCHES)
+    monkeypatch.setattr(keras_utils, "get_file", offline)
+    with pytest.raises(DataError, match="could not download"):
+        cifar10.load_cifar10(None, cache)

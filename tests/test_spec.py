@@ -159,3 +159,12 @@ def test_cli_schema_is_json():
     proc = subprocess.run([sys.executable, "-m", "job", "schema"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["title"] == Spec.__name__
+
+
+def test_readme_documents_every_spec_field():
+    readme = (ROOT / "README.md").read_text()
+    schema = json_schema()
+    for section, ref in schema["properties"].items():
+        fields = schema["$defs"][ref["$ref"].rsplit("/", 1)[1]]["properties"]
+        for field in fields:
+            assert f"`{section}.{field}`" in readme, f"README's spec table lacks {section}.{field}"

@@ -46,62 +46,6 @@ def test_non_finite_loss_fails_the_run():
         cb.on_train_batch_end(4, {"loss": float("nan")})
 
 
-def test_two_deterministic_runs_give_identical_histories(tiny_spec, tmp_path):
-    from job.data import load_dataset
-    from job import runtime
-
-    histories = []
-    for name in ("a", "b"):
-        spec = tiny_spec(f"output.run={name}")
-        runtime.configure(spec.runtime, spec.train.seed)
-        (tmp_path / name).mkdir()
-        histories.append(train_mod.train(spec, load_dataset(spec.data), tmp_path / name).history)
-    strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in h] for h in histories]
-    assert strip[0] == strip[1]
-
-
-def test_resume_continues_exactly_as_an_uninterrupted_run(tiny_spec, tmp_path):
-    from job.data import load_dataset
-    from job import runtime
-
-    spec = tiny_spec("train.epochs=3")
-    data = load_dataset(spec.data)
-
-    def run(directory, epochs):
-        s = spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": epochs})})
-        runtime.configure(s.runtime, s.train.seed)
-        directory.mkdir(exist_ok=True)
-        return train_mod.train(s, data, directory)
-
-    straight = run(tmp_path / "straight", 3)
-
-    class Stop(Exception):
-        pass
-
-    # Interrupt after the second epoch's checkpoint, then resume in a fresh model.
-    original = train_mod.Checkpoints.save
-
-    def save_then_stop(self, model, epochs_done, history):
-        path = original(self, model, epochs_done, history)
-        if epochs_done == 2:
-            raise Stop
-        return path
-
-    train_mod.Checkpoints.save = save_then_stop
-    try:
-        with pytest.raises(Stop):
-            run(tmp_path / "resumed", 3)
-    finally:
-        train_mod.Checkpoints.save = original
-    resumed = run(tmp_path / "resumed", 3)
-
-    drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
-    assert drop(resumed.history) == drop(straight.history)
-    for w1, w2 in zip(straight.model.get_weights(), resumed.model.get_weights()):
-        np.testing.assert_array_equal(w1, w2)
-    np.testing.assert_array_equal(straight.test_probs, resumed.test_probs)
-
-
 @pytest.mark.slow
 def test_learns_real_cifar10_pixels(cifar_sample, tiny_spec, tmp_path):
     from job import runtime
