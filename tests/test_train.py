@@ -51,10 +51,12 @@ def test_learns_real_cifar10_pixels(cifar_sample, tiny_spec, tmp_path):
     from job import runtime
 
     data = Dataset(
-        cifar_sample["x_train"][:2048], cifar_sample["y_train"][:2048],
+        cifar_sample["x_train"][:1600], cifar_sample["y_train"][:1600],
         cifar_sample["x_test"], cifar_sample["y_test"], "CIFAR-10 sample",
     )  # fmt: skip
-    spec = tiny_spec("train.epochs=2", "train.batch_size=64", "train.lr=0.02")
+    # 200 steps: fewer leave BatchNorm's moving statistics (momentum 0.99) too far from
+    # the data for inference to mean anything. Seen here: 34.5% test accuracy.
+    spec = tiny_spec("train.epochs=2", "train.batch_size=16", "train.lr=0.01")
     runtime.configure(spec.runtime, spec.train.seed)
     result = train_mod.train(spec, data, tmp_path)
     accuracy = float((result.test_probs.argmax(axis=1) == data.y_test).mean())
