@@ -32,14 +32,14 @@ def test_smoke_spec_end_to_end(tmp_path):
     assert "\x08" not in proc.stdout and "━" not in proc.stdout
     assert "0.91" in proc.stderr  # the tutorial's smoothed-label example
     # The synthetic task is learnable: well above 10% chance after two short epochs.
-    assert manifest["test_accuracy"] > 0.3
+    assert manifest["test_accuracy"] > 0.2  # 256 test images: chance is 0.10 +- 0.02
 
     again = lsjob("run", str(ROOT / "specs" / "smoke.yaml"), "--set", f"output.root={tmp_path}")
     assert again.returncode == 0 and "already complete" in again.stdout
 
 
 def _args(tmp_path, run):
-    sets = [*TINY, "train.epochs=3", f"output.root={tmp_path}", f"output.run={run}"]
+    sets = [*TINY, f"output.root={tmp_path}", f"output.run={run}"]
     return ["run", "/dev/null", *[a for s in sets for a in ("--set", s)]]
 
 
@@ -75,7 +75,7 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(tmp_p
         rows = (tmp_path / run / "history.csv").read_text().splitlines()
         return [row.rsplit(",", 1)[0] for row in rows]  # all but the wall-clock seconds
 
-    assert len(history("preempted")) == 4
+    assert len(history("preempted")) == 3  # header and two epochs
     assert history("preempted") == history("straight")
     metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("preempted", "straight")]
     assert metrics[0] == metrics[1]  # test NLL to the last bit: identical final weights
