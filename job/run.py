@@ -17,7 +17,7 @@ import keras
 
 from job import atomic, report, runtime
 from job.data import load_dataset
-from job.errors import EXIT_OK, JobError, SpecError
+from job.errors import EXIT_OK, InterruptedRun, JobError, SpecError
 from job.rundir import RunDir, now
 from job.spec import Spec
 from job.train import train
@@ -55,7 +55,7 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset) -> int:
     try:
         atomic.write_text(run_dir.path / "spec.yaml", spec.to_yaml())
         run_dir.write_manifest(manifest)
-        log.info("run %s: %s", run_dir.path, "resuming" if previous else "starting")
+        log.info("run %s: attempt %d", run_dir.path, len(manifest["attempts"]))
         runtime.configure(spec.runtime, spec.train.seed)
         data = dataset if dataset is not None else load_dataset(spec.data)
         manifest["data"] = data.description
@@ -73,10 +73,13 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset) -> int:
         run_dir.write_manifest(manifest)
         # Only now: until the manifest says completed, a re-run resumes from these.
         shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
-        log.info("completed: test accuracy %.4f, test NLL %.4f -> %s", metrics["test_accuracy"], metrics["test_nll"], run_dir.path)
+        log.info(
+            "completed: test accuracy %.4f, test NLL %.4f -> %s",
+            metrics["test_accuracy"], metrics["test_nll"], run_dir.path,
+        )  # fmt: skip
         return EXIT_OK
     except BaseException as e:
-        status = "interrupted" if getattr(e, "exit_code", None) == 75 else "failed"
+        status = "interrupted" if isinstance(e, InterruptedRun) else "failed"
         reason = str(e) if isinstance(e, JobError) else f"{type(e).__name__}: {e}"
         _finish(manifest, started, status, reason)
         run_dir.write_manifest(manifest)

@@ -37,7 +37,9 @@ def check_writable(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SpecError(f"cannot create the results root {root}: {e.strerror}; set output.root to a writable directory") from None
+        raise SpecError(
+            f"cannot create the results root {root}: {e.strerror}; set output.root to a writable directory"
+        ) from None
     if not os.access(root, os.W_OK | os.X_OK):
         raise SpecError(f"the results root {root} is not writable; set output.root to a writable directory")
 

@@ -208,7 +208,9 @@ def _read_yaml(path: Path) -> dict:
     if doc is None:
         return {}
     if not isinstance(doc, dict):
-        raise SpecError(f"{path}: the spec must be a mapping of sections (data, smoothing, ...), got {type(doc).__name__}")
+        raise SpecError(
+            f"{path}: the spec must be a mapping of sections (data, smoothing, ...), got {type(doc).__name__}"
+        )
     return doc
 
 

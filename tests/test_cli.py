@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, TINY
+
 from job.errors import EXIT_INTERRUPTED
 
 

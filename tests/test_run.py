@@ -19,9 +19,9 @@ ARTIFACTS = {
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory):
     """One finished tiny run, shared by the tests that only read it."""
-    from job.spec import load_spec
-
     from conftest import TINY
+
+    from job.spec import load_spec
 
     root = tmp_path_factory.mktemp("results")
     spec = load_spec(None, [*TINY, f"output.root={root}", "output.run=done"])

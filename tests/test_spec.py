@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from job.errors import EXIT_BAD_INPUT, SpecError
 from job.spec import Spec, json_schema, load_spec
-
-from conftest import ROOT
 
 
 def write(tmp_path, text, name="spec.yaml"):

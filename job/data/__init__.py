@@ -89,7 +89,10 @@ def load_dataset(spec) -> Dataset:
     from job.data.cifar10 import load_cifar10
 
     data = Dataset(*load_cifar10(spec.path, spec.cache_dir), description=f"CIFAR-10 ({spec.path or 'cache'})")
-    for name, size, have in (("train_size", spec.train_size, len(data.x_train)), ("test_size", spec.test_size, len(data.x_test))):
+    for name, size, have in (
+        ("train_size", spec.train_size, len(data.x_train)),
+        ("test_size", spec.test_size, len(data.x_test)),
+    ):
         if size is not None and size > have:
             raise SpecError(f"data.{name} is {size} but CIFAR-10 has only {have} images there")
     return data.head(spec.train_size, spec.test_size)
