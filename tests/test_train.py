@@ -21,21 +21,19 @@ def test_learning_rate_decays_linearly_to_zero_per_epoch():
     assert math.isclose(train_mod.learning_rate(5, TrainSpec(epochs=10, lr_power=2.0)), 5e-3 * 0.25)
 
 
-def test_batches_follow_seed_and_epoch_only():
-    x = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1) * np.ones((1, 32, 32, 3), np.uint8)
-    y = np.arange(100, dtype=np.float32)[:, None]
-    a, b = train_mod.TrainBatches(x, y, 32, seed=7), train_mod.TrainBatches(x, y, 32, seed=7)
-    assert len(a) == 3  # the partial last batch is dropped, as steps_per_epoch = N // batch
-    a.set_epoch(4)
-    b.set_epoch(1)
-    b.set_epoch(4)  # the order does not depend on what came before
-    for i in range(3):
-        np.testing.assert_array_equal(a[i][1], b[i][1])
-        np.testing.assert_array_equal(a[i][0][:, 0, 0, 0], a[i][1][:, 0])  # images stay with their labels
-    seen = np.concatenate([a[i][1][:, 0] for i in range(3)])
-    assert len(set(seen)) == 96  # no repeats within an epoch
-    b.set_epoch(5)
-    assert not np.array_equal(a[0][1], b[0][1])
+def test_epoch_order_follows_seed_and_epoch_only():
+    order = train_mod.epoch_order(seed=7, epoch=4, size=100, batch_size=32)
+    assert len(order) == 96  # the partial last batch is dropped, as steps_per_epoch = N // batch
+    assert len(set(order)) == 96 and order.max() < 100  # no repeats within an epoch
+    np.testing.assert_array_equal(order, train_mod.epoch_order(7, 4, 100, 32))
+    assert not np.array_equal(order, train_mod.epoch_order(7, 5, 100, 32))
+    assert not np.array_equal(order, train_mod.epoch_order(8, 4, 100, 32))
+
+
+def test_progress_bar_counts_the_runs_epochs():
+    bar = train_mod.Progress(epochs=70)
+    bar.set_params({"verbose": 1, "epochs": 5, "steps": 781})
+    assert bar.epochs == 70
 
 
 def test_non_finite_loss_fails_the_run():
