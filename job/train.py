@@ -1,4 +1,4 @@
-"""Training: the recipe as one `model.fit`, plus what a batch job needs around it.
+"""Training: the recipe as `model.fit`, one call per epoch, plus what a batch job needs around it.
 
 Every random stream of an epoch (shuffle order, augmentation, dropout) is derived
 from (seed, epoch) at the start of that epoch. Together with the end-of-epoch
