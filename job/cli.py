@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from job.errors import InterruptedRun, JobError
+from job import preemption
+from job.errors import JobError
 from job.spec import json_schema, load_spec
 
 app = typer.Typer(
@@ -43,9 +43,8 @@ def run(
     """Train (or resume) the run the spec describes and write its results directory."""
     resolved = load_spec(spec, set_ or [])
     _setup_logging()
-    # Schedulers preempt with SIGTERM: stop at once; the last finished epoch is checkpointed.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _interrupt)
+    # Schedulers preempt with SIGTERM: stop after the current step; finished epochs are checkpointed.
+    preemption.install()
     # TensorFlow's C++ start-up chatter (no CUDA here, plugin notes) buries the epoch lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from job.run import execute  # imports the ML stack; keep validate/show/schema instant
@@ -70,10 +69,6 @@ def show(spec: SpecArg, set_: SetOpt = None):
 def schema():
     """Print the spec's JSON Schema, for editor autocompletion and validation."""
     typer.echo(json.dumps(json_schema(), indent=2))
-
-
-def _interrupt(signum, frame):
-    raise InterruptedRun(f"stopped by {signal.Signals(signum).name}; re-run the same command to resume")
 
 
 def _setup_logging() -> None:

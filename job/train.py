@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from job import atomic, smoothing
+from job import atomic, preemption, smoothing
 from job.checkpoint import Checkpoints
 from job.data import Dataset, per_pixel_mean
 from job.errors import DivergedError, SpecError
@@ -160,6 +160,7 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, spec.train)),
         StopOnNonFiniteLoss(),
         EpochRecorder(history, run_dir, checkpoints, spec.train),
+        preemption.StopOnSignal(),  # after the recorder: an epoch that finished is checkpointed
     ]
     if sys.stdout.isatty():  # a progress bar for people; logs get one line per epoch instead
         callbacks.append(Progress(spec.train.epochs))
