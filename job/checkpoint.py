@@ -14,7 +14,6 @@ the training state; the shuffle order and augmentation streams are derived from
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,18 +23,10 @@ from pathlib import Path
 
 import keras
 
-from job.atomic import fsync_dir
+from job.atomic import fsync_dir, sha256_file
 
 log = logging.getLogger("lsjob")
 KEEP = 2  # the newest and the one before, in case the newest turns out damaged
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Checkpoints:
@@ -49,7 +40,7 @@ class Checkpoints:
         try:
             weights = tmp / "state.weights.h5"
             model.save_weights(weights)
-            state = {"epochs_done": epochs_done, "history": history, "weights_sha256": _sha256(weights)}
+            state = {"epochs_done": epochs_done, "history": history, "weights_sha256": sha256_file(weights)}
             (tmp / "state.json").write_text(json.dumps(state, indent=1))
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
@@ -72,7 +63,7 @@ class Checkpoints:
             try:
                 state = json.loads((path / "state.json").read_text())
                 weights = path / "state.weights.h5"
-                if _sha256(weights) != state["weights_sha256"]:
+                if sha256_file(weights) != state["weights_sha256"]:
                     raise ValueError("weights do not match their recorded sha256")
                 model.load_weights(weights)
                 return int(state["epochs_done"]), list(state["history"])

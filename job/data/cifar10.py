@@ -11,7 +11,6 @@ expected; the original exception stays as its __cause__ for debugging.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import pickle
@@ -23,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from job.atomic import fsync_dir
+from job.atomic import fsync_dir, sha256_file
 from job.data import CLASS_NAMES
 from job.errors import DataError
 
@@ -235,14 +234,10 @@ def _publish(batches: Path, dest: Path) -> None:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
+        return sha256_file(path, _CHUNK)
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from e
-    return digest.hexdigest()
 
 
 def verify_sha256(path: Path) -> None:
