@@ -116,10 +116,13 @@ def test_malformed_specs_name_the_problem(tmp_path, text, needle):
     assert err.value.exit_code == EXIT_BAD_INPUT
 
 
-@pytest.mark.parametrize("item", ["train.epochs", "=3", "train..epochs=3", "train.epochs.x=3", "train.epochs=[1"])
-def test_malformed_overrides(item):
+@pytest.mark.parametrize(
+    "items",
+    [["train.epochs"], ["=3"], ["train..epochs=3"], ["train.epochs=3", "train.epochs.x=3"], ["train.epochs=[1"]],
+)
+def test_malformed_overrides(items):
     with pytest.raises(SpecError):
-        load_spec(None, [item] if item != "train.epochs.x=3" else ["train.epochs=3", item])
+        load_spec(None, items)
 
 
 def test_missing_spec_file(tmp_path):
