@@ -1,0 +1,55 @@
+"""End-of-epoch checkpoints: whole or absent, the last two kept, damage detected."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from job.checkpoint import Checkpoints
+
+keras = pytest.importorskip("keras")
+
+
+def small_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "categorical_crossentropy")
+    return model
+
+
+def train_step(model):
+    model.fit(np.ones((8, 4)), np.eye(3)[[0, 1] * 4], epochs=1, verbose=0)
+
+
+def test_restore_brings_back_weights_optimizer_and_history(tmp_path):
+    model, store = small_model(), Checkpoints(tmp_path)
+    train_step(model)
+    store.save(model, 1, [{"epoch": 1}])
+    fresh = small_model(seed=1)
+    assert store.restore(fresh) == (1, [{"epoch": 1}])
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # momentum and iteration count
+
+
+def test_keeps_the_newest_two_and_no_temporaries(tmp_path):
+    model, store = small_model(), Checkpoints(tmp_path)
+    for epoch in (1, 2, 3):
+        store.save(model, epoch, [{"epoch": e} for e in range(1, epoch + 1)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002", "epoch-0003"]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    model, store = small_model(), Checkpoints(tmp_path)
+    store.save(model, 1, [{"epoch": 1}])
+    store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
+    weights = tmp_path / "epoch-0002" / "state.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:100])  # a torn write
+    with caplog.at_level(logging.WARNING, logger="lsjob"):
+        assert store.restore(small_model()) == (1, [{"epoch": 1}])
+    assert "epoch-0002 is unusable" in caplog.text
+
+
+def test_no_checkpoint_means_a_fresh_start(tmp_path):
+    assert Checkpoints(tmp_path / "none").restore(small_model()) == (0, [])
