@@ -3,14 +3,13 @@
 An exception raised inside a signal handler surfaces wherever Python happens to be;
 inside TensorFlow's own code it was caught and re-raised as a TypeError. So the
 handler only records the signal, and training checks for it after each batch and
-after each epoch's checkpoint. A second signal acts at once, as if none were handled.
+after each epoch's checkpoint (train.StopOnSignal). A second signal acts at once, as
+if none were handled. No Keras import here: the CLI installs this before the ML stack loads.
 """
 
 from __future__ import annotations
 
 import signal
-
-import keras
 
 from job.errors import InterruptedRun
 
@@ -33,12 +32,3 @@ def check() -> None:
     if _requested:
         raise InterruptedRun(f"stopped by {_requested}; re-run the same command to resume")
 
-
-class StopOnSignal(keras.callbacks.Callback):
-    """Checks between steps; listed after the checkpointing callback, so a finished epoch is kept."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        check()
-
-    def on_epoch_end(self, epoch, logs=None):
-        check()

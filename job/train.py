@@ -111,6 +111,16 @@ class EpochRecorder(keras.callbacks.Callback):
         )  # fmt: skip
 
 
+class StopOnSignal(keras.callbacks.Callback):
+    """Acts on a recorded SIGTERM between steps; listed after EpochRecorder, so a finished epoch is kept."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        preemption.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        preemption.check()
+
+
 def write_history_csv(path: Path, history: list[dict]) -> None:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
@@ -160,7 +170,7 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, spec.train)),
         StopOnNonFiniteLoss(),
         EpochRecorder(history, run_dir, checkpoints, spec.train),
-        preemption.StopOnSignal(),  # after the recorder: an epoch that finished is checkpointed
+        StopOnSignal(),  # after the recorder: an epoch that finished is checkpointed
     ]
     if sys.stdout.isatty():  # a progress bar for people; logs get one line per epoch instead
         callbacks.append(Progress(spec.train.epochs))

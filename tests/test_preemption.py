@@ -6,6 +6,7 @@ import signal
 import pytest
 
 from job import preemption
+from job.train import StopOnSignal
 from job.errors import EXIT_INTERRUPTED, InterruptedRun
 
 
@@ -23,13 +24,13 @@ def test_sigterm_is_recorded_not_raised_where_it_lands(handlers):
     preemption.check()  # nothing yet
     os.kill(os.getpid(), signal.SIGTERM)  # the handler must not raise inside whatever runs now
     with pytest.raises(InterruptedRun, match="SIGTERM") as err:
-        preemption.StopOnSignal().on_train_batch_end(3)
+        StopOnSignal().on_train_batch_end(3)
     assert err.value.exit_code == EXIT_INTERRUPTED
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second one acts at once
 
 
 def test_the_callback_stops_after_a_batch_and_after_an_epoch(handlers):
-    callback = preemption.StopOnSignal()
+    callback = StopOnSignal()
     callback.on_train_batch_end(0)
     callback.on_epoch_end(0)
     preemption._record(signal.SIGINT, None)
