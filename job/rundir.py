@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -24,8 +25,10 @@ from job.errors import RunBusyError, SpecError
 log = logging.getLogger("lsjob")
 LOCK = ".lock"
 MANIFEST = "manifest.json"
-# What a claimed run directory may hold before its manifest is written.
+# What a claimed run directory may hold before its manifest is written: a kill
+# mid-write also leaves job.atomic's temporary file of spec.yaml or manifest.json.
 PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
+PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
 
 
 def now() -> str:
@@ -101,7 +104,7 @@ class RunDir:
 
     def is_foreign(self) -> bool:
         """A non-empty directory that lsjob did not create: never write into it."""
-        names = {p.name for p in self.path.iterdir()}
+        names = {p.name for p in self.path.iterdir() if not PRE_MANIFEST_TMP.fullmatch(p.name)}
         return MANIFEST not in names and not names <= PRE_MANIFEST
 
     def wipe(self) -> None:

@@ -133,6 +133,16 @@ def test_a_foreign_directory_is_never_written_into(tiny_spec):
     assert {p.name for p in spec.run_dir.iterdir()} == {"thesis.tex"}
 
 
+def test_a_run_killed_while_writing_its_first_files_is_still_ours(tmp_path):
+    # SIGKILL during the first spec.yaml or manifest write leaves job.atomic's temporary file.
+    (tmp_path / "r").mkdir()
+    for name in (".lock", "run.log", ".spec.yaml.k2j4x_1.tmp", ".manifest.json.a8b_q0.tmp"):
+        (tmp_path / "r" / name).write_text("")
+    assert not RunDir(tmp_path / "r").is_foreign()
+    (tmp_path / "r" / ".thesis.tex.a8b_q0.tmp").write_text("")
+    assert RunDir(tmp_path / "r").is_foreign()
+
+
 def test_unwritable_results_root_fails_before_training(tmp_path, tiny_spec):
     (tmp_path / "file").write_text("")
     spec = tiny_spec(f"output.root={tmp_path / 'file' / 'results'}")
