@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from job import preemption
+from job import preemption, sweep
 from job.errors import JobError
 from job.spec import json_schema, load_spec
 
@@ -32,16 +32,27 @@ SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a spec field, e.g. --set train.epochs=2 (repeatable; YAML-typed value)."),
 ]
+IndexOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--index",
+        help="Which point of a sweep spec. Default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX.",
+        show_default=False,
+    ),
+]
+sweep_app = typer.Typer(help="Inspect a sweep spec's points (every spec is a sweep of at least one point).")
+app.add_typer(sweep_app, name="sweep")
 
 
 @app.command()
 def run(
     spec: SpecArg,
     set_: SetOpt = None,
+    index: IndexOpt = None,
     force: Annotated[bool, typer.Option(help="Discard an existing run of this name and start over.")] = False,
 ):
-    """Train (or resume) the run the spec describes and write its results directory."""
-    resolved = load_spec(spec, set_ or [])
+    """Train (or resume) one run, or one point of a sweep, and write its results directory."""
+    point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)
     _setup_logging()
     # Schedulers preempt with SIGTERM: stop after the current step; finished epochs are checkpointed.
     preemption.install()
@@ -49,26 +60,70 @@ def run(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from job.run import execute  # imports the ML stack; keep validate/show/schema instant
 
-    raise typer.Exit(execute(resolved, force=force))
+    raise typer.Exit(execute(point.spec, force=force, sweep_point=_point_record(point)))
 
 
 @app.command()
 def validate(spec: SpecArg, set_: SetOpt = None):
-    """Check a spec; exit 0 when it is valid, 2 with every problem listed when not."""
+    """Check a spec (every point of a sweep); exit 0 when valid, 2 with every problem listed."""
     resolved = load_spec(spec, set_ or [])
-    typer.echo(f"{spec}: valid (run {resolved.run_dir}, spec hash {resolved.content_hash()})")
+    all_points = sweep.points(resolved)
+    if resolved.sweep is None:
+        typer.echo(f"{spec}: valid (run {resolved.run_dir}, spec hash {resolved.content_hash()})")
+    else:
+        typer.echo(f"{spec}: valid sweep of {len(all_points)} runs under {resolved.output.root}")
 
 
 @app.command()
-def show(spec: SpecArg, set_: SetOpt = None):
-    """Print the resolved spec (defaults filled in, overrides applied) as YAML."""
-    typer.echo(load_spec(spec, set_ or []).to_yaml(), nl=False)
+def show(spec: SpecArg, set_: SetOpt = None, index: IndexOpt = None):
+    """Print the resolved spec (defaults filled in, overrides applied) as YAML; --index: one sweep point's."""
+    resolved = load_spec(spec, set_ or [])
+    if index is not None:
+        resolved = sweep.select(sweep.points(resolved), index).spec
+    typer.echo(resolved.to_yaml(), nl=False)
+
+
+@sweep_app.command("count")
+def sweep_count(spec: SpecArg, set_: SetOpt = None):
+    """Print the number of points: the array size is 0..N-1."""
+    typer.echo(len(sweep.points(load_spec(spec, set_ or []))))
+
+
+@sweep_app.command("list")
+def sweep_list(spec: SpecArg, set_: SetOpt = None):
+    """One line per point: index, run directory name, and the value of each swept field."""
+    all_points = sweep.points(load_spec(spec, set_ or []))
+    keys = list(dict.fromkeys(k for p in all_points for k in p.values))
+    rows = [["index", "run", *keys]]
+    rows += [[str(p.index), p.run_name, *(sweep.show_value(p.values[k]) if k in p.values else "-" for k in keys)]
+             for p in all_points]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@app.command()
+def aggregate(
+    root: Annotated[Path, typer.Argument(help="A results root; runs are found at any depth below it.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where the table and plot go (default: ROOT).")] = None,
+):
+    """Tabulate every run under ROOT (aggregate.csv, aggregate.md) and plot accuracy against factor."""
+    from job.aggregate import aggregate as aggregate_runs  # matplotlib: only for this command
+
+    typer.echo(aggregate_runs(root, out).markdown, nl=False)
 
 
 @app.command()
 def schema():
     """Print the spec's JSON Schema, for editor autocompletion and validation."""
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def _point_record(point: sweep.Point) -> dict | None:
+    """What the manifest records of the sweep: which point, of how many, with which values."""
+    if not point.values:
+        return None
+    return {"index": point.index, "values": point.values}
 
 
 def _setup_logging() -> None:

@@ -25,17 +25,18 @@ from job.train import train
 log = logging.getLogger("lsjob")
 
 
-def execute(spec: Spec, force: bool = False, dataset=None) -> int:
-    """Run `spec`; returns the exit code. `dataset` replaces the spec's data (tests, notebooks)."""
+def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | None = None) -> int:
+    """Run `spec`; returns the exit code. `dataset` replaces the spec's data (tests, notebooks);
+    `sweep_point` (index and values) is recorded in the manifest of a sweep's run."""
     run_dir = RunDir(spec.run_dir)
     run_dir.claim()
     try:
-        return _execute_claimed(spec, run_dir, force, dataset)
+        return _execute_claimed(spec, run_dir, force, dataset, sweep_point)
     finally:
         run_dir.release()
 
 
-def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset) -> int:
+def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_point: dict | None) -> int:
     previous = run_dir.read_manifest() if not force else None
     if previous is not None:
         if previous.get("spec_hash") != spec.content_hash():
@@ -51,6 +52,8 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset) -> int:
 
     handler = _log_to_file(run_dir.path / "run.log")
     manifest = _start_manifest(spec, previous)
+    if sweep_point is not None:
+        manifest["sweep"] = sweep_point
     started = time.monotonic()
     try:
         atomic.write_text(run_dir.path / "spec.yaml", spec.to_yaml())

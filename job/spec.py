@@ -122,6 +122,15 @@ class RuntimeSpec(Section):
     steps_per_execution: int = Field(1, gt=0, le=10_000, description="Train steps per compiled call.")
 
 
+# One grid: dotted field path -> the values it takes. Expanded by job.sweep.
+Grid = Annotated[
+    dict[str, Annotated[list[Any], Field(min_length=1)]],
+    Field(min_length=1, description="Dotted field path -> list of values, e.g. smoothing.factor: [0.05, 0.1]."),
+]
+# What a sweep may not vary: where results go is per sweep, not per point.
+UNSWEPT_SECTIONS = ("output", "sweep")
+
+
 class Spec(Section):
     data: DataSpec = Field(default_factory=DataSpec)
     smoothing: SmoothingSpec = Field(default_factory=SmoothingSpec)
@@ -129,6 +138,37 @@ class Spec(Section):
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    sweep: Grid | list[Grid] | None = Field(
+        None,
+        description="A grid of runs over spec fields by dotted path, or a list of grids run one after another. "
+        "Points are numbered grid by grid, keys in the order written, the last key varying fastest; "
+        "each point is an ordinary run in its own directory under output.root.",
+    )
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_names_fields(cls, sweep):
+        for grid in [sweep] if isinstance(sweep, dict) else sweep or []:
+            for path in grid:
+                problem = sweepable(path)
+                if problem:
+                    raise ValueError(f"{path!r}: {problem}")
+        return sweep
+
+    @model_validator(mode="after")
+    def _sweep_names_its_runs(self):
+        if self.sweep is not None and self.output.run is not None:
+            raise ValueError(
+                "output.run cannot be set in a sweep: each point's directory is named from its values; "
+                "set output.root to keep the sweep's runs together"
+            )
+        return self
+
+    @property
+    def grids(self) -> list[dict[str, list]]:
+        if self.sweep is None:
+            return []
+        return [self.sweep] if isinstance(self.sweep, dict) else list(self.sweep)
 
     @property
     def run_name(self) -> str:
@@ -143,12 +183,28 @@ class Spec(Section):
         return self.output.root / self.run_name
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        exclude = {"sweep"} if self.sweep is None else None
+        return yaml.safe_dump(self.model_dump(mode="json", exclude=exclude), sort_keys=False)
 
     def content_hash(self) -> str:
-        """Identity of the experiment: everything but where its results go."""
-        payload = self.model_dump(mode="json", exclude={"output"})
+        """Identity of the experiment: everything but where its results go (and, for a
+        sweep point, the sweep it came from, so growing a sweep keeps its finished runs)."""
+        payload = self.model_dump(mode="json", exclude={"output", "sweep"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sweepable(path: str) -> str | None:
+    """Why a dotted path cannot be swept, or None when it can."""
+    section, _, name = path.partition(".")
+    sections = {k: f.annotation for k, f in Spec.model_fields.items() if k not in UNSWEPT_SECTIONS}
+    if section in UNSWEPT_SECTIONS:
+        return f"{section} is the same for every point of a sweep and cannot be swept"
+    if section not in sections:
+        return f"not a spec field; sweep keys are dotted paths such as smoothing.factor (sections: {', '.join(sections)})"
+    fields = sections[section].model_fields
+    if name not in fields:
+        return f"not a spec field; {section} has {', '.join(f'{section}.{f}' for f in fields)}"
+    return None
 
 
 def json_schema() -> dict:
@@ -187,9 +243,20 @@ def load_spec(path: str | Path | None, overrides: list[str] = ()) -> Spec:
     for item in overrides:
         _apply_override(doc, item)
     try:
-        return Spec.model_validate(doc)
+        spec = Spec.model_validate(doc)
     except ValidationError as e:
-        raise SpecError(_describe(e, source=str(path) if path else "spec")) from None
+        raise SpecError(describe_errors(e, source=str(path) if path else "spec")) from None
+    _check_overrides_against_sweep(spec, overrides)
+    return spec
+
+
+def _check_overrides_against_sweep(spec: Spec, overrides: list[str]) -> None:
+    # The sweep would silently win over such an override; say so instead.
+    swept = {key for grid in spec.grids for key in grid}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in swept:
+            raise SpecError(f"--set {item!r}: {key} is swept by this spec, so --set cannot fix it")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -220,6 +287,8 @@ def _apply_override(doc: dict, item: str) -> None:
     parts = key.strip().split(".")
     if not sep or not all(parts):
         raise SpecError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=2")
+    if parts[0] == "sweep":  # its keys are dotted paths themselves; --set cannot address them
+        raise SpecError(f"--set {item!r}: the sweep cannot be changed with --set; edit the spec file")
     try:
         value = yaml.load(raw, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
@@ -233,7 +302,7 @@ def _apply_override(doc: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def describe_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source}: {error.error_count()} problem(s)"]
     for e in error.errors(include_url=False):
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"

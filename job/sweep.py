@@ -1,0 +1,155 @@
+"""Sweeps: one spec describes a grid of runs; each scheduler task trains one point.
+
+A spec's `sweep` is a grid (dotted field path -> values) or a list of grids. Points
+are numbered grid by grid; within a grid the keys vary in the order written, the
+last fastest, like nested for-loops:
+
+    sweep:
+      smoothing.method: [labels, loss]     # 0-2: labels, 3-5: loss
+      smoothing.factor: [0.05, 0.1, 0.2]   # 0: labels 0.05, 1: labels 0.1, ...
+
+Every point is an ordinary single-run spec (no sweep, `output.run` named from its
+values), so resume, idempotency and preemption work per point exactly as for a
+single run, and two tasks of a sweep never share a directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pydantic import ValidationError
+
+from job.errors import SpecError
+from job.spec import RUN_NAME, Spec, describe_errors
+
+# The array-task index variables of the schedulers we document, in the order read.
+INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
+# Already in every derived run name (method-f<factor>-s<seed>).
+NAMED_BY_DEFAULT = ("smoothing.method", "smoothing.factor", "train.seed")
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int
+    values: dict[str, Any]  # the swept fields' values, dotted path -> value, in grid order
+    spec: Spec  # an ordinary single-run spec
+
+    @property
+    def run_name(self) -> str:
+        return self.spec.run_name
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}={show_value(v)}" for k, v in self.values.items())
+        return f"{self.run_name} ({shown})" if shown else self.run_name
+
+
+def points(spec: Spec) -> list[Point]:
+    """Every point of the spec, validated; a spec without a sweep is one point."""
+    if spec.sweep is None:
+        return [Point(0, {}, spec)]
+    base = spec.model_dump(mode="json", exclude={"sweep"})
+    result: list[Point] = []
+    for grid in spec.grids:
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            result.append(_point(base, len(result), dict(zip(keys, combo))))
+    _refuse_shared_directories(result)
+    return result
+
+
+def select(all_points: list[Point], index: int | None, environ: Mapping[str, str] = os.environ) -> Point:
+    """The point this task trains: --index, else the scheduler's array index."""
+    source = "--index"
+    if index is None:
+        for var in INDEX_ENV:
+            raw = environ.get(var, "").strip()
+            if raw:
+                if not re.fullmatch(r"\d+", raw):
+                    raise SpecError(f"{var}={raw!r} is not a sweep index; expected an integer 0..{len(all_points) - 1}")
+                index, source = int(raw), var
+                break
+    if index is None:
+        if len(all_points) == 1:
+            return all_points[0]
+        raise SpecError(
+            f"this spec is a sweep of {len(all_points)} runs: pick one with --index 0..{len(all_points) - 1}, "
+            "or submit it as an array job (SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX sets it); "
+            "`lsjob sweep list SPEC` lists the points"
+        )
+    if not 0 <= index < len(all_points):
+        count = len(all_points)
+        raise SpecError(
+            f"{source} {index} is out of range: the spec has {count} point{'s' if count > 1 else ''} "
+            f"(0..{count - 1}); an array job for it must be --array=0-{count - 1}"
+        )
+    return all_points[index]
+
+
+def _point(base: dict, index: int, values: dict[str, Any]) -> Point:
+    doc = copy.deepcopy(base)
+    for path, value in values.items():
+        section, name = path.split(".")
+        doc[section][name] = value
+    spec = _validate(doc, index, values)
+    doc["output"]["run"] = _run_name(spec, values, index)
+    return Point(index, values, _validate(doc, index, values))
+
+
+def _validate(doc: dict, index: int, values: dict) -> Spec:
+    try:
+        return Spec.model_validate(doc)
+    except ValidationError as e:
+        shown = ", ".join(f"{k}={show_value(v)}" for k, v in values.items())
+        raise SpecError(describe_errors(e, source=f"sweep point {index} ({shown})")) from None
+
+
+def _run_name(spec: Spec, values: dict[str, Any], index: int) -> str:
+    """The derived name plus `-<field>_<value>` for each other swept field, e.g.
+    labels-f0.1-s42-lr_0.01: a directory listing shows what each run varied."""
+    parts = [spec.run_name]
+    for path, value in values.items():
+        if path not in NAMED_BY_DEFAULT:
+            section, name = path.split(".")
+            parts.append(f"{name}_{_slug(getattr(getattr(spec, section), name))}")
+    name = "-".join(parts)
+    if not RUN_NAME.fullmatch(name):
+        raise SpecError(
+            f"sweep point {index}: run name {name!r} is longer than 128 characters; sweep fewer fields per grid"
+        )
+    return name
+
+
+def _slug(value: Any) -> str:
+    # Values become one path component: anything but letters, digits and '.' turns into
+    # '_', so no swept value (a path, '..', '/') can reach outside the results root.
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9.]+", "_", str(value)).strip("_.") or "_"
+
+
+def show_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _refuse_shared_directories(all_points: list[Point]) -> None:
+    seen: dict[str, Point] = {}
+    for point in all_points:
+        first = seen.setdefault(point.run_name, point)
+        if first is not point:
+            hint = (
+                " (method none ignores smoothing.factor: give the baseline its own grid, "
+                "sweep: [{...labels/loss grid...}, {smoothing.method: [none], train.seed: [...]}])"
+                if point.spec.smoothing.method == "none"
+                else ""
+            )
+            raise SpecError(
+                f"sweep points {first.index} and {point.index} would both write run {point.run_name!r}: "
+                f"{first.describe()} vs {point.describe()}{hint}"
+            )

@@ -1,0 +1,162 @@
+"""Sweeps: a stable grid order, one directory per point, and each task picking its own point."""
+
+import pytest
+from conftest import ROOT
+
+from job import sweep
+from job.errors import SpecError
+from job.spec import load_spec
+
+
+def write(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+GRID = """
+sweep:
+  smoothing.method: [labels, loss]
+  smoothing.factor: [0.05, 0.1]
+  train.seed: [1, 2]
+"""
+
+
+def test_points_follow_the_grid_in_the_order_written_last_key_fastest(tmp_path):
+    points = sweep.points(load_spec(write(tmp_path, GRID)))
+    assert [(p.spec.smoothing.method, p.spec.smoothing.factor, p.spec.train.seed) for p in points] == [
+        (m, f, s) for m in ("labels", "loss") for f in (0.05, 0.1) for s in (1, 2)
+    ]
+    assert [p.index for p in points] == list(range(8))
+    assert points[5].values == {"smoothing.method": "loss", "smoothing.factor": 0.05, "train.seed": 2}
+
+
+def test_each_point_is_an_ordinary_run_in_its_own_directory_named_by_its_values(tmp_path):
+    spec = load_spec(write(tmp_path, GRID + "output: {root: out}\n"))
+    points = sweep.points(spec)
+    assert [p.run_name for p in points][:3] == ["labels-f0.05-s1", "labels-f0.05-s2", "labels-f0.1-s1"]
+    assert len({p.spec.run_dir for p in points}) == 8
+    for p in points:
+        assert p.spec.sweep is None and p.spec.run_dir.parent.name == "out"
+    # A point's spec.yaml, run on its own, is the same run.
+    again = load_spec(write(tmp_path, points[3].spec.to_yaml()))
+    assert again == points[3].spec and sweep.points(again)[0].run_name == points[3].run_name
+
+
+def test_fields_beyond_method_factor_seed_are_named_too(tmp_path):
+    points = sweep.points(load_spec(write(tmp_path, "sweep: {train.lr: [0.01, 0.1], augment.horizontal_flip: [false]}")))
+    assert [p.run_name for p in points] == [
+        "labels-f0.1-s42-lr_0.01-horizontal_flip_false",
+        "labels-f0.1-s42-lr_0.1-horizontal_flip_false",
+    ]
+
+
+def test_a_list_of_grids_runs_one_after_another_and_gives_the_baseline_its_own(tmp_path):
+    spec = load_spec(ROOT / "specs" / "sweep-factors.yaml")
+    points = sweep.points(spec)
+    assert len(points) == 2 * 4 * 3 + 3
+    assert [p.run_name for p in points[-3:]] == ["none-s1", "none-s2", "none-s3"]
+    assert points[0].run_name == "labels-f0.05-s1"
+
+
+def test_shipped_sweep_specs_expand(tmp_path):
+    assert [p.run_name for p in sweep.points(load_spec(ROOT / "specs" / "smoke-sweep.yaml"))] == [
+        "labels-f0.1-s42", "loss-f0.1-s42", "none-s42",
+    ]  # fmt: skip
+
+
+def test_two_points_that_would_share_a_directory_are_refused(tmp_path):
+    spec = load_spec(write(tmp_path, "sweep: {smoothing.method: [none, labels], smoothing.factor: [0.1, 0.2]}"))
+    with pytest.raises(SpecError, match=r"points 0 and 1 would both write run 'none-s42'.*its own grid"):
+        sweep.points(spec)
+
+
+def test_growing_a_sweep_keeps_the_names_and_identity_of_its_finished_runs(tmp_path):
+    small = sweep.points(load_spec(write(tmp_path, "sweep: {train.seed: [1, 2]}")))
+    grown = sweep.points(load_spec(write(tmp_path, "sweep: {train.seed: [1, 2, 3]}")))
+    for before, after in zip(small, grown):
+        assert before.run_name == after.run_name
+        assert before.spec.content_hash() == after.spec.content_hash()
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("sweep: {smoothing.facter: [0.1]}", r"sweep: 'smoothing.facter': not a spec field; smoothing has"),
+        ("sweep: {trian.seed: [1]}", r"'trian.seed': not a spec field.*sections: data"),
+        ("sweep: {output.root: [a, b]}", r"'output.root': output is the same for every point"),
+        ("sweep: {train.seed: []}", r"sweep.*train.seed.*at least 1 item"),
+        ("sweep: {train.seed: 3}", r"sweep.*train.seed.*valid list"),
+        ("sweep: {}", r"sweep.*at least 1 item"),
+        ("sweep: {train.seed: [1]}\noutput: {run: mine}", r"output.run cannot be set in a sweep"),
+    ],
+)
+def test_a_malformed_sweep_is_refused_naming_the_key(tmp_path, text, problem):
+    with pytest.raises(SpecError, match=problem):
+        sweep.points(load_spec(write(tmp_path, text)))
+
+
+def test_a_bad_value_names_the_point_and_its_values(tmp_path):
+    spec = load_spec(write(tmp_path, "sweep: {smoothing.factor: [0.1, 1.5]}"))
+    with pytest.raises(SpecError, match=r"sweep point 1 \(smoothing.factor=1.5\).*\n  smoothing.factor: .*less than 1"):
+        sweep.points(spec)
+
+
+def test_swept_values_cannot_lead_outside_the_results_root(tmp_path):
+    text = "output: {root: %s}\nsweep: {data.cache_dir: ['../../etc', /abs/path, '..', 'a/../../b']}" % tmp_path
+    points = sweep.points(load_spec(write(tmp_path, text)))
+    for p in points:
+        assert p.spec.run_dir.parent == tmp_path and "/" not in p.run_name
+        assert p.spec.run_dir.resolve().parent == tmp_path.resolve()
+    assert [p.run_name.rsplit("-", 1)[1] for p in points] == [
+        "cache_dir_etc", "cache_dir_abs_path", "cache_dir__", "cache_dir_a_.._.._b",
+    ]  # fmt: skip
+
+
+def test_set_cannot_change_the_sweep_or_a_swept_field(tmp_path):
+    path = write(tmp_path, GRID)
+    with pytest.raises(SpecError, match="smoothing.factor is swept by this spec"):
+        load_spec(path, ["smoothing.factor=0.3"])
+    with pytest.raises(SpecError, match="the sweep cannot be changed with --set"):
+        load_spec(path, ["sweep.train.seed=[3]"])
+    assert {p.spec.train.epochs for p in sweep.points(load_spec(path, ["train.epochs=3"]))} == {3}
+
+
+class TestSelect:
+    points = sweep.points(load_spec(None, ["train.epochs=1"]))  # a plain spec is one point
+
+    @staticmethod
+    def grid(n):
+        return sweep.points(load_spec(None, [f"train.seed=0"]).model_copy(update={"sweep": {"train.seed": list(range(n))}}))
+
+    def test_index_flag_wins_over_the_environment(self):
+        pts = self.grid(4)
+        assert sweep.select(pts, 2, {"SLURM_ARRAY_TASK_ID": "3"}).index == 2
+
+    @pytest.mark.parametrize("var", sweep.INDEX_ENV)
+    def test_scheduler_variables_pick_the_point(self, var):
+        assert sweep.select(self.grid(4), None, {var: "3"}).spec.train.seed == 3
+
+    def test_slurm_is_read_before_kubernetes(self):
+        env = {"SLURM_ARRAY_TASK_ID": "1", "JOB_COMPLETION_INDEX": "2"}
+        assert sweep.select(self.grid(4), None, env).index == 1
+
+    @pytest.mark.parametrize("raw", ["x", "-1", "1.0", "1-3", "0x1"])
+    def test_a_malformed_index_is_refused(self, raw):
+        with pytest.raises(SpecError, match=rf"JOB_COMPLETION_INDEX='{raw}' is not a sweep index"):
+            sweep.select(self.grid(4), None, {"JOB_COMPLETION_INDEX": raw})
+
+    @pytest.mark.parametrize("index", [4, -1, 100])
+    def test_out_of_range_says_the_valid_range(self, index):
+        with pytest.raises(SpecError, match=r"out of range: the spec has 4 points \(0..3\).*--array=0-3"):
+            sweep.select(self.grid(4), index, {})
+
+    def test_a_sweep_needs_an_index(self):
+        with pytest.raises(SpecError, match=r"a sweep of 4 runs: pick one with --index 0..3"):
+            sweep.select(self.grid(4), None, {})
+
+    def test_a_plain_spec_is_point_zero(self):
+        assert sweep.select(self.points, None, {}).index == 0
+        assert sweep.select(self.points, None, {"SLURM_ARRAY_TASK_ID": "0"}).index == 0
+        with pytest.raises(SpecError, match=r"SLURM_ARRAY_TASK_ID 1 is out of range: the spec has 1 point \(0..0\)"):
+            sweep.select(self.points, None, {"SLURM_ARRAY_TASK_ID": "1"})
