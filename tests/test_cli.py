@@ -1,6 +1,8 @@
 """The `lsjob` command as users and schedulers run it: in a subprocess, logs in a pipe."""
 
+import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -9,7 +11,8 @@ import time
 import pytest
 from conftest import ROOT, TINY
 
-from job.errors import EXIT_INTERRUPTED
+from job.errors import EXIT_BUSY, EXIT_INTERRUPTED
+from job.spec import load_spec
 
 
 def lsjob(*args, **kwargs):
@@ -103,5 +106,100 @@ def test_data_problem_exit_code(tmp_path):
 def test_help_lists_the_commands():
     proc = lsjob("--help")
     assert proc.returncode == 0
-    for command in ("run", "validate", "show", "schema"):
+    for command in ("run", "validate", "show", "schema", "sweep"):
         assert command in proc.stdout
+
+
+def test_inspecting_commands_do_not_load_the_ml_stack():
+    # validate, show, schema and sweep count run on login nodes and in submit scripts: instant.
+    code = "import sys, job.cli; print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+SWEEP = """
+data: {source: synthetic, train_size: 128, test_size: 32}
+train: {epochs: 1, batch_size: 16}
+sweep:
+  smoothing.method: [labels, loss]
+  train.seed: [1, 2, 3, 4]
+"""
+
+
+def test_sweep_count_and_list(tmp_path):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP)
+    assert lsjob("sweep", "count", str(spec)).stdout == "8\n"
+    lines = lsjob("sweep", "list", str(spec)).stdout.splitlines()
+    assert lines[0].split() == ["index", "run", "smoothing.method", "train.seed"]
+    assert lines[1].split() == ["0", "labels-f0.1-s1", "labels", "1"]
+    assert lines[8].split() == ["7", "loss-f0.1-s4", "loss", "4"]
+    assert lsjob("sweep", "count", str(ROOT / "specs" / "smoke.yaml")).stdout == "1\n"
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--index", "8"], {}, "--index 8 is out of range: the spec has 8 points (0..7)"),
+        (["--index", "x"], {}, "Invalid value for '--index'"),
+        ([], {"SLURM_ARRAY_TASK_ID": "8"}, "SLURM_ARRAY_TASK_ID 8 is out of range"),
+        ([], {"JOB_COMPLETION_INDEX": "two"}, "JOB_COMPLETION_INDEX='two' is not a sweep index"),
+        ([], {}, "a sweep of 8 runs: pick one with --index 0..7"),
+    ],
+)
+def test_a_bad_sweep_index_exits_2_before_anything_is_written(tmp_path, args, env, message):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP)
+    clean = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")}
+    proc = lsjob("run", str(spec), "--set", f"output.root={tmp_path / 'results'}", *args, env={**clean, **env})
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_eight_tasks_on_one_results_root_never_clobber_or_look_complete_early(tmp_path):
+    """An array job's tasks all start at once on one shared root, plus a resubmitted duplicate."""
+    spec, root = tmp_path / "sweep.yaml", tmp_path / "results"
+    spec.write_text(SWEEP)
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")}
+    command = [sys.executable, "-m", "job", "run", str(spec), "--set", f"output.root={root}"]
+    tasks = [
+        subprocess.Popen(command, env={**env, "SLURM_ARRAY_TASK_ID": str(i)}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i in [*range(8), 3]
+    ]  # fmt: skip
+    while any(t.poll() is None for t in tasks):
+        # A manifest that says completed must mean every result is in place.
+        for manifest in root.glob("*/manifest.json"):
+            if _read_json_retrying(manifest).get("status") == "completed":
+                assert (manifest.parent / "metrics.json").is_file() and (manifest.parent / "model.keras").is_file()
+        time.sleep(0.1)
+    outcomes = [(t.returncode, t.communicate()[1]) for t in tasks]
+    for code, err in outcomes[:3] + outcomes[4:8]:
+        assert code == 0, err
+    # Of the two tasks for point 3, whichever came second was refused while the other
+    # ran, or found the run complete.
+    twins = sorted([outcomes[3], outcomes[8]])
+    assert twins[0][0] == 0 and twins[1][0] in (0, EXIT_BUSY), twins
+    if twins[1][0] == EXIT_BUSY:
+        assert "is in use by pid" in twins[1][1]
+
+    names = [f"{m}-f0.1-s{s}" for m in ("labels", "loss") for s in (1, 2, 3, 4)]
+    assert sorted(p.name for p in root.iterdir()) == sorted(names)
+    for index, name in enumerate(names):
+        manifest = json.loads((root / name / "manifest.json").read_text())
+        assert manifest["status"] == "completed" and manifest["sweep"]["index"] == index
+        assert manifest["sweep"]["values"] == {"smoothing.method": name.split("-")[0], "train.seed": index % 4 + 1}
+        assert len(manifest["attempts"]) == 1  # the duplicate never wrote into it
+        assert load_spec(root / name / "spec.yaml").run_name == name
+
+    table = lsjob("aggregate", str(root))
+    assert table.returncode == 0, table.stderr
+    with open(root / "aggregate.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(row["run"] for row in rows) == sorted(names)
+    assert {row["status"] for row in rows} == {"completed"}
+
+
+def _read_json_retrying(path):
+    # Files are replaced by rename, never rewritten in place, so a read sees a whole file.
+    return json.loads(path.read_text())

@@ -1,0 +1,793 @@
+"""Aggregate a results tree: one row per run, a per-(method, factor) summary, one plot.
+
+`aggregate(root)` finds every run directory under `root` at any depth and writes
+`aggregate.csv`, `aggregate.md` and `accuracy_vs_factor.png`. Every run directory
+found gets a row; a run that is not provably complete never counts as completed,
+and only completed runs enter the means and the plot.
+
+It only reads: no run's lock is taken (a task starting its run must never find it
+busy because someone is reading it), and neither Keras nor TensorFlow is imported,
+so it runs in seconds on a laptop holding a copy of the results volume.
+
+A new metric (ECE, Brier score, ...) is one more `Metric` in METRICS: it then gets
+its CSV and Markdown columns and its summary statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib.style
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+
+from job.atomic import atomic_path, write_text
+from job.errors import EXIT_BAD_INPUT, JobError
+from job.rundir import LOCK, MANIFEST
+
+SPEC_FILE = "spec.yaml"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+CSV_NAME = "aggregate.csv"
+MARKDOWN_NAME = "aggregate.md"
+PLOT_NAME = "accuracy_vs_factor.png"
+
+COMPLETED = "completed"
+NO_FACTOR = "none"  # the method whose factor is ignored: a reference line, not a curve
+# Display order; also every status a row can have.
+STATUSES = {
+    "completed": "finished, and its manifest, metrics.json and history.csv agree",
+    "running": "the manifest says running and its process may be alive",
+    "killed": "the manifest says running, but the process its .lock names is gone (same host)",
+    "interrupted": "stopped by SIGTERM/SIGINT; re-run the same command to resume",
+    "failed": "ended with an error (see reason); re-run to resume",
+    "incomplete": "never wrote a manifest, or says completed while results are missing or disagree",
+    "damaged": "manifest.json unreadable or of an unknown shape",
+}
+MANIFEST_STATUSES = ("running", "completed", "failed", "interrupted")  # what run.py writes
+# What a manifest must hold, and of which JSON type, to be read at all.
+MANIFEST_FIELDS = {
+    "status": str, "method": str, "factor": float, "seed": int,
+    "epochs": int, "spec_hash": str, "attempts": list, "duration_s": float,
+}  # fmt: skip
+# Spec fields that do not change what a run computes: runs differing only here compare.
+NOT_COMPARED = {
+    "output", "smoothing", "train.seed", "train.eval_batch_size", "data.path", "data.cache_dir",
+    "runtime.jit_compile", "runtime.deterministic", "runtime.steps_per_execution",
+}  # fmt: skip
+LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)")
+MD_REASON_CHARS = 160  # the Markdown table shortens reasons; the CSV keeps them whole
+
+
+class AggregateError(JobError):
+    """The results root cannot be aggregated (missing, empty, output not writable): bad input."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class NoRunsError(AggregateError):
+    """No lsjob run directory anywhere under the root."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A final-model metric from metrics.json: one CSV column, one Markdown column, summary stats."""
+
+    name: str  # CSV column and key in Run.metrics
+    key: str  # key in metrics.json
+    label: str  # Markdown header
+    percent: bool = False  # shown as a percentage in Markdown
+    digits: int = 4  # decimals in Markdown
+    # A completed run must have it, and its manifest must agree. Metrics added later are
+    # optional: runs from before they existed stay completed, with an empty cell.
+    required: bool = False
+
+    def show(self, value: float | None) -> str:
+        if value is None:
+            return ""
+        return f"{100 * value:.{self.digits}f}" if self.percent else f"{value:.{self.digits}f}"
+
+
+METRICS = (
+    Metric("test_accuracy", "test_accuracy", "test acc (%)", percent=True, digits=2, required=True),
+    # The manifest's test_nll: the final model's unsmoothed NLL on the validation set,
+    # which in this recipe is the CIFAR-10 test set.
+    Metric("val_nll", "test_nll", "val NLL", digits=4, required=True),
+)
+
+
+@dataclass
+class Run:
+    """One run directory, as far as it could be read."""
+
+    path: Path
+    run: str  # relative to the root, '/'-separated
+    status: str
+    reason: str | None = None
+    method: str | None = None
+    factor: float | None = None
+    seed: int | None = None
+    epochs_done: int | None = None
+    epochs_total: int | None = None
+    duration_s: float | None = None
+    attempts: int | None = None
+    spec_hash: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # completed runs only
+    settings: dict[str, str] | None = None  # spec.yaml's result-changing fields, for comparisons
+
+    @property
+    def completed(self) -> bool:
+        return self.status == COMPLETED
+
+    def sort_key(self) -> tuple:
+        return (*_group_key(self.method, self.factor), self.seed is None, self.seed or 0, self.run)
+
+
+@dataclass(frozen=True)
+class Stats:
+    mean: float
+    std: float | None  # sample standard deviation (ddof=1); None for a single run
+    min: float
+    max: float
+
+
+@dataclass
+class Group:
+    """The runs of one (method, factor); statistics over the completed ones."""
+
+    method: str
+    factor: float
+    completed: int
+    not_completed: int
+    stats: dict[str, Stats]  # Metric.name -> statistics; absent when no completed run has it
+
+
+@dataclass
+class Summary:
+    """What aggregate() found and wrote; the CLI prints `markdown`."""
+
+    root: Path
+    out: Path
+    runs: list[Run]
+    groups: list[Group]
+    warnings: list[str]
+    markdown: str
+    files: tuple[Path, ...]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = Counter(r.status for r in self.runs)
+        return {status: counts[status] for status in STATUSES if counts[status]}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the runs table: its CSV value and, when `label` is set, its Markdown cell."""
+
+    name: str  # CSV header; "" for a Markdown-only column
+    get: Callable[[Run], Any]
+    label: str | None = None  # Markdown header; None keeps it out of the Markdown table
+    show: Callable[[Run], str] | None = None  # Markdown cell; default: the value as text
+    right: bool = False  # right-aligned in Markdown (numbers)
+
+
+def _metric_column(metric: Metric) -> Column:
+    return Column(
+        metric.name,
+        lambda r: r.metrics.get(metric.name),
+        metric.label,
+        lambda r: metric.show(r.metrics.get(metric.name)),
+        right=True,
+    )
+
+
+COLUMNS = (
+    Column("run", lambda r: r.run, "run"),
+    Column("method", lambda r: r.method, "method"),
+    Column("factor", lambda r: r.factor, "factor", lambda r: _show_factor(r.method, r.factor), right=True),
+    Column("seed", lambda r: r.seed, "seed", right=True),
+    Column("status", lambda r: r.status, "status"),
+    *(_metric_column(m) for m in METRICS),
+    Column("epochs_done", lambda r: r.epochs_done),
+    Column("epochs_total", lambda r: r.epochs_total),
+    Column("", lambda r: None, "epochs", lambda r: f"{_text(r.epochs_done, '?')}/{_text(r.epochs_total, '?')}", True),
+    Column("duration_s", lambda r: r.duration_s, "duration", lambda r: _show_duration(r.duration_s), right=True),
+    Column("attempts", lambda r: r.attempts, "attempts", right=True),
+    Column("spec_hash", lambda r: r.spec_hash, "spec hash"),
+    Column("reason", lambda r: r.reason, "reason", lambda r: _shorten(r.reason or "", MD_REASON_CHARS)),
+)
+CSV_COLUMNS = tuple(c for c in COLUMNS if c.name)
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Summary:
+    """Read every run under `root`, write the three aggregate files into `out` (default: root)."""
+    root = Path(root)
+    out = root if out is None else Path(out)
+    runs, warnings = collect(root)
+    if not runs:
+        raise NoRunsError(
+            f"no lsjob runs under {root}: no directory there holds a {MANIFEST}, {SPEC_FILE} or {LOCK}"
+        )
+    groups = summarize(runs)
+    warnings += comparison_warnings(runs)
+    markdown = render_markdown(root, runs, groups, warnings)
+    files = (out / CSV_NAME, out / MARKDOWN_NAME, out / PLOT_NAME)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(files[0], render_csv(runs))
+        write_plot(runs, files[2])
+        write_text(files[1], markdown)
+    except OSError as e:
+        raise AggregateError(f"cannot write the aggregate into {out}: {e.strerror or e}") from None
+    return Summary(root, out, runs, groups, warnings, markdown, files)
+
+
+def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
+    """Every run under `root`, sorted by method, factor, seed and path; plus warnings. Writes nothing."""
+    root = Path(root)
+    if not root.exists():
+        raise AggregateError(f"{root} does not exist")
+    if not root.is_dir():
+        raise AggregateError(f"{root} is not a directory")
+    warnings: list[str] = []
+    runs = []
+    for path, has_manifest in _find_runs(root, warnings):
+        try:
+            runs.append(read_run(path, root, has_manifest))
+        except Exception as e:  # noqa: BLE001 - one odd directory must not hide all the others
+            runs.append(Run(path, _relative(path, root), "damaged", f"could not be read ({type(e).__name__}: {e})"))
+    runs.sort(key=Run.sort_key)
+    return runs, warnings
+
+
+# ---------------------------------------------------------------------------- finding runs
+
+
+def _find_runs(directory: Path, warnings: list[str]) -> list[tuple[Path, bool]]:
+    """(run directory, has a manifest) for every run at or below `directory`.
+
+    A directory with a manifest is a run, and nothing below it is searched (its
+    checkpoints/ live there). One with lsjob's spec.yaml or .lock but no manifest is a
+    run that stopped while starting, unless runs lie below it: then it is a sweep folder
+    that happens to keep a spec. Symbolic links are not followed.
+    """
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        warnings.append(f"could not list {directory} ({e.strerror or e}); runs inside it are not in the table")
+        return []
+    names = {e.name for e in entries}
+    if MANIFEST in names:
+        return [(directory, True)]
+    found = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            found += _find_runs(Path(entry.path), warnings)
+    if not found and names & {SPEC_FILE, LOCK}:
+        return [(directory, False)]
+    return found
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()  # "." when the root is itself a run
+
+
+# ---------------------------------------------------------------------------- reading one run
+
+
+class _Unreadable(Exception):
+    """A file of the run cannot be used; the message says why."""
+
+
+def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
+    """One run directory as a row; a problem becomes its status and reason, never an exception."""
+    run = Run(path, _relative(path, root), "incomplete")
+    spec = _read_spec(path)
+    if spec is not None:
+        _identity_from_spec(run, spec)
+        run.settings = _settings(spec)
+
+    if not has_manifest:
+        run.epochs_done = _epochs_so_far(path)
+        holder = _lock_holder(path)
+        if holder.alive:
+            run.status, run.reason = "running", f"starting, no manifest yet: {holder.text}"
+        else:
+            run.reason = "no manifest.json: the run stopped while starting"
+            if spec is None:
+                run.reason += " (and has no readable spec.yaml)"
+            if holder.remote:
+                run.reason += f", or is starting now: its lock names {holder.text}"
+        return run
+
+    try:
+        manifest = _read_manifest(path / MANIFEST)
+    except _Unreadable as e:
+        run.status, run.reason = "damaged", str(e)
+        run.epochs_done = _epochs_so_far(path)
+        return run
+
+    run.method, run.factor, run.seed = manifest["method"], float(manifest["factor"]), manifest["seed"]
+    run.epochs_total, run.spec_hash = manifest["epochs"], manifest["spec_hash"]
+    run.duration_s, run.attempts = float(manifest["duration_s"]), len(manifest["attempts"])
+    status = manifest["status"]
+
+    if status == COMPLETED:
+        problems, metrics = _completion_problems(path, manifest)
+        if problems:
+            run.reason = "the manifest says completed, but " + "; ".join(problems)
+            run.epochs_done = _epochs_so_far(path)
+        else:
+            run.status, run.metrics, run.epochs_done = COMPLETED, metrics, manifest["epochs_done"]
+        return run
+
+    run.epochs_done = _epochs_so_far(path)
+    if status == "running":
+        holder = _lock_holder(path)
+        if holder.dead:
+            run.status = "killed"
+            run.reason = f"the manifest says running, but {holder.text} is gone; re-run the same command to resume"
+        else:
+            run.status, run.reason = "running", holder.text
+        return run
+    run.status, run.reason = status, manifest.get("reason") if isinstance(manifest.get("reason"), str) else None
+    return run
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as e:
+        raise _Unreadable(f"cannot read {MANIFEST}: {_why(e)}") from None
+    if not text.strip():
+        raise _Unreadable(f"{MANIFEST} is empty")
+    try:
+        manifest = json.loads(text)
+    except ValueError as e:
+        raise _Unreadable(f"{MANIFEST} is not valid JSON (truncated or half-written?): {e}") from None
+    if not isinstance(manifest, dict):
+        raise _Unreadable(f"{MANIFEST} holds a JSON {type(manifest).__name__}, not an object")
+    problems = []
+    for key, kind in MANIFEST_FIELDS.items():
+        if key not in manifest:
+            problems.append(f"no {key!r}")
+        elif not _is(manifest[key], kind):
+            problems.append(f"{key!r} is {manifest[key]!r}, not {'a number' if kind is float else kind.__name__}")
+    if not problems and manifest["status"] not in MANIFEST_STATUSES:
+        problems.append(f"unknown status {manifest['status']!r}")
+    if problems:
+        raise _Unreadable(f"{MANIFEST} is of an unknown shape: " + "; ".join(problems))
+    return manifest
+
+
+def _completion_problems(path: Path, manifest: dict) -> tuple[list[str], dict[str, float]]:
+    """Why a manifest that says completed cannot be trusted (empty: it can), and the metrics."""
+    problems = []
+    done = manifest.get("epochs_done")
+    if not _is(done, int):
+        problems.append("it has no epochs_done")
+    elif done != manifest["epochs"]:
+        problems.append(f"only {done} of {manifest['epochs']} epochs are done")
+
+    metrics: dict[str, float] = {}
+    try:
+        recorded = _read_json_object(path / METRICS_FILE)
+    except _Unreadable as e:
+        problems.append(str(e))
+        recorded = None
+    for metric in METRICS if recorded is not None else ():
+        value = _finite(recorded.get(metric.key))
+        if value is None:
+            if metric.required:
+                problems.append(f"{METRICS_FILE} has no finite {metric.key}")
+            continue
+        in_manifest = manifest.get(metric.key)
+        if in_manifest is None and metric.required:
+            problems.append(f"the manifest has no {metric.key}")
+        elif in_manifest is not None and not _agree(value, in_manifest):
+            problems.append(f"{METRICS_FILE} has {metric.key} {value!r}, the manifest {in_manifest!r}")
+        metrics[metric.name] = value
+
+    try:
+        rows = _history_epochs(path)
+    except _Unreadable as e:
+        problems.append(str(e))
+    else:
+        if _is(done, int) and rows != done:
+            problems.append(f"{HISTORY_FILE} has {rows} epochs, the manifest says {done}")
+    return problems, metrics
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _Unreadable(f"there is no {path.name}") from None
+    except (OSError, ValueError) as e:
+        raise _Unreadable(f"{path.name} is unreadable: {_why(e)}") from None
+    if not isinstance(doc, dict):
+        raise _Unreadable(f"{path.name} holds a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def _history_epochs(path: Path) -> int:
+    """Finished epochs in history.csv: data rows numbered 1..n."""
+    try:
+        text = (path / HISTORY_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _Unreadable(f"there is no {HISTORY_FILE}") from None
+    except (OSError, ValueError) as e:
+        raise _Unreadable(f"{HISTORY_FILE} is unreadable: {_why(e)}") from None
+    try:
+        rows = [row for row in csv.DictReader(io.StringIO(text)) if any(row.values())]
+        epochs = [int(row["epoch"]) for row in rows]
+    except (csv.Error, KeyError, TypeError, ValueError) as e:
+        raise _Unreadable(f"{HISTORY_FILE} is unreadable: {_why(e)}") from None
+    if epochs != list(range(1, len(epochs) + 1)):
+        raise _Unreadable(f"{HISTORY_FILE} does not number its epochs 1..{len(epochs)}")
+    return len(epochs)
+
+
+def _epochs_so_far(path: Path) -> int | None:
+    """Epochs done by an unfinished run: 0 before history.csv exists, None if it cannot be read."""
+    if not (path / HISTORY_FILE).exists():
+        return 0
+    try:
+        return _history_epochs(path)
+    except _Unreadable:
+        return None
+
+
+def _read_spec(path: Path) -> dict | None:
+    try:
+        doc = yaml.safe_load((path / SPEC_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _identity_from_spec(run: Run, spec: dict) -> None:
+    """Method, factor, seed and epochs from spec.yaml, for runs whose manifest cannot tell."""
+    smoothing, train = spec.get("smoothing"), spec.get("train")
+    smoothing = smoothing if isinstance(smoothing, dict) else {}
+    train = train if isinstance(train, dict) else {}
+    if isinstance(smoothing.get("method"), str):
+        run.method = smoothing["method"]
+    if run.method == NO_FACTOR:
+        run.factor = 0.0  # as run.py records it: the effective factor
+    elif _is(smoothing.get("factor"), float):
+        run.factor = float(smoothing["factor"])
+    if _is(train.get("seed"), int):
+        run.seed = train["seed"]
+    if _is(train.get("epochs"), int):
+        run.epochs_total = train["epochs"]
+
+
+def _settings(spec: dict, prefix: str = "") -> dict[str, str]:
+    """spec.yaml flattened to dotted keys, without the fields that do not change results."""
+    flat = {}
+    for key, value in spec.items():
+        dotted = f"{prefix}{key}"
+        if dotted in NOT_COMPARED:
+            continue
+        if isinstance(value, dict):
+            flat.update(_settings(value, dotted + "."))
+        else:
+            flat[dotted] = json.dumps(value, sort_keys=True)
+    return flat
+
+
+@dataclass(frozen=True)
+class _Holder:
+    text: str  # who holds (or held) the lock, for the reason column
+    alive: bool = False  # provably alive on this host
+    dead: bool = False  # provably gone
+    remote: bool = False  # on another host: not checked
+
+
+def _lock_holder(path: Path) -> _Holder:
+    """What .lock says about the run's process. Only reads: the flock itself is never taken."""
+    lock = path / LOCK
+    try:
+        text = lock.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return _Holder(f"there is no {LOCK}, so whether its process is alive is unknown")
+    except OSError as e:
+        return _Holder(f"{LOCK} is unreadable ({_why(e)}), so whether its process is alive is unknown")
+    match = LOCK_TEXT.fullmatch(text)
+    if not match or int(match[1]) <= 0:
+        return _Holder(f"{LOCK} does not name a process ({_shorten(text, 60)!r})")
+    pid, host, since = int(match[1]), match[2], match[3]
+    who = f"pid {pid} on {host} (since {since})"
+    if host != socket.gethostname():
+        return _Holder(f"{who}: another host, not checked from here", remote=True)
+    if _pid_alive(pid) or _flock_held(lock):
+        return _Holder(who, alive=True)
+    return _Holder(who, dead=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return True  # cannot tell: never call a run killed on a guess
+    return True
+
+
+def _flock_held(lock: Path) -> bool:
+    """Whether /proc/locks lists a lock on the file's inode (Linux; False where unknown).
+
+    A guard for a pid from another pid namespace (a container sharing the host's name):
+    its process may live although no process here has its pid. Only the inode is
+    compared, since device numbers differ between stat and /proc/locks on some
+    filesystems; a coincidental match keeps a run `running`, the safe side.
+    """
+    try:
+        inode = os.stat(lock).st_ino
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    for line in table.splitlines():
+        for word in line.split():
+            parts = word.split(":")
+            if len(parts) == 3 and parts[2].isdigit() and int(parts[2]) == inode:
+                return True
+    return False
+
+
+# ---------------------------------------------------------------------------- summaries
+
+
+def _group_key(method: str | None, factor: float | None) -> tuple:
+    return (method is None, method or "", factor is None, factor or 0.0)
+
+
+def summarize(runs: list[Run]) -> list[Group]:
+    """One Group per (method, factor) that any run has, statistics over its completed runs."""
+    by_key: dict[tuple[str, float], list[Run]] = {}
+    for run in runs:
+        if run.method is not None and run.factor is not None:
+            by_key.setdefault((run.method, run.factor), []).append(run)
+    groups = []
+    for (method, factor), members in sorted(by_key.items(), key=lambda item: _group_key(*item[0])):
+        done = [r for r in members if r.completed]
+        stats = {}
+        for metric in METRICS:
+            values = [r.metrics[metric.name] for r in done if metric.name in r.metrics]
+            if values:
+                stats[metric.name] = _stats(values)
+        groups.append(Group(method, factor, len(done), len(members) - len(done), stats))
+    return groups
+
+
+def _stats(values: list[float]) -> Stats:
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if len(array) > 1 else None
+    return Stats(float(array.mean()), std, float(array.min()), float(array.max()))
+
+
+def comparison_warnings(runs: list[Run]) -> list[str]:
+    """What makes the completed runs' means misleading: mixed settings, a seed counted twice."""
+    return _settings_warnings(runs) + _duplicate_warnings(runs)
+
+
+def _settings_warnings(runs: list[Run]) -> list[str]:
+    """Completed runs whose specs differ in more than seed and smoothing: their means mix settings."""
+    done = [r for r in runs if r.completed]
+    known = [r for r in done if r.settings is not None]
+    warnings = []
+    if len(known) < len(done):
+        warnings.append(
+            f"{len(done) - len(known)} completed run(s) have no readable {SPEC_FILE}; "
+            "their settings could not be compared with the others"
+        )
+    keys = sorted({key for r in known for key in r.settings})
+    for key in keys:
+        values = Counter(r.settings.get(key, "(absent)") for r in known)
+        if len(values) > 1:
+            listed = ", ".join(f"{value} ({n} runs)" for value, n in sorted(values.items()))
+            warnings.append(f"completed runs differ in {key}: {listed}; the means and the plot mix them")
+    return warnings
+
+
+def _duplicate_warnings(runs: list[Run]) -> list[str]:
+    seen: dict[tuple, list[str]] = {}
+    for run in runs:
+        if run.completed:
+            seen.setdefault((run.method, run.factor, run.seed), []).append(run.run)
+    return [
+        f"{method} factor {_show_factor(method, factor) or '-'} seed {seed} completed {len(paths)} times "
+        f"({', '.join(paths)}); each counts in the mean"
+        for (method, factor, seed), paths in seen.items()
+        if len(paths) > 1
+    ]
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def render_csv(runs: list[Run]) -> str:
+    """One row per run, every column, floats at full (round-trip) precision, empty for unknown."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([c.name for c in CSV_COLUMNS])
+    for run in runs:
+        writer.writerow(["" if (v := c.get(run)) is None else repr(v) if isinstance(v, float) else v
+                         for c in CSV_COLUMNS])  # fmt: skip
+    return out.getvalue()
+
+
+def render_markdown(root: Path, runs: list[Run], groups: list[Group], warnings: list[str]) -> str:
+    counts = Counter(r.status for r in runs)
+    tally = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+    lines = [f"# lsjob runs under `{root}`", "", f"{len(runs)} runs: {tally}.", ""]
+
+    lines += ["## Completed runs by method and factor", ""]
+    header = ["method", "factor", "completed", "not completed"]
+    for metric in METRICS:
+        header += [f"{metric.label} mean ± std", f"{metric.label} min – max"]
+    body = []
+    for g in groups:
+        cells = [g.method, _show_factor(g.method, g.factor), str(g.completed), str(g.not_completed)]
+        for metric in METRICS:
+            s = g.stats.get(metric.name)
+            if s is None:
+                cells += ["", ""]
+            else:
+                std = "–" if s.std is None else metric.show(s.std)
+                cells += [f"{metric.show(s.mean)} ± {std}", f"{metric.show(s.min)} – {metric.show(s.max)}"]
+        body.append(cells)
+    lines += _table(header, body, right=[False, True, True, True, *[True] * (2 * len(METRICS))])
+    lines += [
+        "",
+        "Statistics cover completed runs only; std is the sample standard deviation (n - 1), "
+        "`–` for a single run. val NLL is the final model's unsmoothed NLL on the validation set "
+        "(the CIFAR-10 test set in this recipe), comparable across methods.",
+        "",
+        "## Runs",
+        "",
+    ]
+    md_columns = [c for c in COLUMNS if c.label is not None]
+    lines += _table(
+        [c.label for c in md_columns],
+        [[c.show(r) if c.show else _text(c.get(r)) for c in md_columns] for r in runs],
+        right=[c.right for c in md_columns],
+    )
+    present = [s for s in STATUSES if counts[s]]
+    lines += ["", "Status: " + "; ".join(f"`{s}`: {STATUSES[s]}" for s in present) + "."]
+    if warnings:
+        lines += ["", "## Warnings", "", *(f"- {_cell(w)}" for w in warnings)]
+    return "\n".join(lines) + "\n"
+
+
+def _table(header: list[str], rows: list[list[str]], right: list[bool]) -> list[str]:
+    rule = ["---:" if r else "---" for r in right]
+    return ["| " + " | ".join(_cell(c) for c in row) + " |" for row in (header, rule, *rows)]
+
+
+def write_plot(runs: list[Run], path: Path) -> None:
+    """Test accuracy against the smoothing factor: a line per method, `none` as a reference band."""
+    done = [r for r in runs if r.completed and r.method is not None and r.factor is not None
+            and "test_accuracy" in r.metrics]  # fmt: skip
+    left_out = len(runs) - len(done)
+    accuracy: dict[str, dict[float, list[float]]] = {}
+    for r in done:
+        accuracy.setdefault(r.method, {}).setdefault(r.factor, []).append(100 * r.metrics["test_accuracy"])
+
+    methods = sorted(m for m in accuracy if m != NO_FACTOR)
+    factors = sorted({f for m in methods for f in accuracy[m]})
+    # Methods sharing a factor are drawn a little apart so that their bars and dots stay legible.
+    span = (factors[-1] - factors[0]) if len(factors) > 1 else 0.5
+    offsets = np.linspace(-1, 1, len(methods)) * 0.01 * span if len(methods) > 1 else [0.0]
+
+    with matplotlib.style.context("ggplot"):
+        fig = Figure(figsize=(8, 5.5), layout="constrained")
+        ax = fig.add_subplot()
+        for method, offset in zip(methods, offsets):
+            points = sorted(accuracy[method].items())
+            x = np.array([f for f, _ in points]) + offset
+            means = np.array([np.mean(v) for _, v in points])
+            low = means - np.array([min(v) for _, v in points])
+            high = np.array([max(v) for _, v in points]) - means
+            n = sum(len(v) for _, v in points)
+            label = f"{method} ({n} runs): line mean, bars min–max, dots single runs"
+            (line,) = ax.plot(x, means, marker="o", label=label, zorder=3)
+            ax.errorbar(x, means, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=4, zorder=2)
+            seeds_x = [f + offset for f, v in points for _ in v]
+            seeds_y = [a for _, v in points for a in v]
+            ax.scatter(seeds_x, seeds_y, s=22, color=line.get_color(), edgecolors="white", linewidths=0.6,
+                       zorder=4)  # fmt: skip
+        if NO_FACTOR in accuracy:
+            values = [a for v in accuracy[NO_FACTOR].values() for a in v]
+            label = f"{NO_FACTOR} ({len(values)} runs, no smoothing): dashed mean, band min–max"
+            ax.axhline(float(np.mean(values)), color="0.35", linestyle="--", label=label)
+            ax.axhspan(min(values), max(values), color="0.35", alpha=0.15, linewidth=0)
+        if factors:
+            ax.set_xticks(factors, [f"{f:g}" for f in factors])
+        if not done:
+            ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center", va="center")
+        ax.set_xlabel("label-smoothing factor" + (" (methods drawn slightly apart)" if len(methods) > 1 else ""))
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(
+            "Test accuracy vs label-smoothing factor\n"
+            f"{len(done)} completed run(s) plotted; {left_out} left out as not completed"
+        )
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="small")
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def _is(value: Any, kind: type) -> bool:
+    """JSON/YAML type check: bools are not numbers, ints are floats."""
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if _is(value, float) and math.isfinite(value) else None
+
+
+def _agree(a: float, b: Any) -> bool:
+    return _finite(b) is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _why(error: Exception) -> str:
+    return (error.strerror if isinstance(error, OSError) and error.strerror else None) or str(error)
+
+
+def _text(value: Any, missing: str = "") -> str:
+    return missing if value is None else str(value)
+
+
+def _show_factor(method: str | None, factor: float | None) -> str:
+    if method == NO_FACTOR:
+        return "–"  # the factor is ignored
+    return "" if factor is None else f"{factor:g}"
+
+
+def _show_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cell(text: str) -> str:
+    """Markdown table cell: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
