@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from job import preemption, sweep
+from job import k8s, preemption, sweep
 from job.errors import JobError
 from job.spec import json_schema, load_spec
 
@@ -42,6 +42,8 @@ IndexOpt = Annotated[
 ]
 sweep_app = typer.Typer(help="Inspect a sweep spec's points (every spec is a sweep of at least one point).")
 app.add_typer(sweep_app, name="sweep")
+k8s_app = typer.Typer(help="Kubernetes manifests for a spec (see k8s/README.md).")
+app.add_typer(k8s_app, name="k8s")
 
 
 @app.command()
@@ -111,6 +113,22 @@ def aggregate(
     from job.aggregate import aggregate as aggregate_runs  # matplotlib: only for this command
 
     typer.echo(aggregate_runs(root, out).markdown, nl=False)
+
+
+@k8s_app.command("render")
+def k8s_render(
+    spec: SpecArg,
+    image: Annotated[str, typer.Option(help="The image built from the Dockerfile, e.g. REGISTRY/lsjob:0.1.0.")],
+    name: Annotated[Optional[str], typer.Option(help="Job name. Default: lsjob-<spec file name>.")] = None,
+    parallelism: Annotated[Optional[int], typer.Option(min=1, help="Sweep points at once. Default: all.")] = None,
+    results_claim: Annotated[str, typer.Option(help="PVC mounted at /results.")] = k8s.RESULTS_CLAIM,
+    cache_claim: Annotated[str, typer.Option(help="PVC for the dataset cache.")] = k8s.CACHE_CLAIM,
+):
+    """Print a ConfigMap holding the spec and a Job (an Indexed Job for a sweep), for `kubectl apply -f -`."""
+    manifests = k8s.render(
+        spec, image=image, name=name, parallelism=parallelism, results_claim=results_claim, cache_claim=cache_claim
+    )
+    typer.echo(manifests, nl=False)
 
 
 @app.command()

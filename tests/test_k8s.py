@@ -1,0 +1,331 @@
+"""Kubernetes manifests (job/k8s.py): current, schema-valid, and doing what users rely on.
+
+The checked-in k8s/*.yaml must be exactly what job/k8s.py renders; when a test here
+says they are stale, regenerate them with `python -m job.k8s --regenerate`.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from job import k8s, sweep
+from job.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, SpecError
+from job.spec import load_spec
+
+try:
+    import kubernetes_validate
+except ImportError:  # a test dependency: fail, never skip
+    kubernetes_validate = None
+
+CHECKED_IN = ["job.yaml", "sweep.yaml", "volumes.yaml"]
+SWEEP_SPEC = ROOT / "specs" / "sweep-factors.yaml"
+SINGLE_SPEC = ROOT / "specs" / "seed-loss.yaml"
+# The oldest Kubernetes the manifests claim to support, and the newest schema we have.
+VERSIONS = [f"{k8s.MIN_KUBERNETES}.0", "latest"]
+
+
+def docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def job_of(text: str) -> dict:
+    return next(d for d in docs(text) if d["kind"] == "Job")
+
+
+def pod_of(text: str) -> dict:
+    return job_of(text)["spec"]["template"]["spec"]
+
+
+def validate(text: str) -> None:
+    if kubernetes_validate is None:
+        pytest.fail("kubernetes-validate is not installed: pip install -e '.[test]' (package kubernetes-validate)")
+    for version in VERSIONS:
+        version = kubernetes_validate.latest_version() if version == "latest" else version
+        for doc in docs(text):
+            # Strict: an unknown or misspelt field is an error, not silently dropped by the API server.
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def fresh_renders() -> dict[str, str]:
+    """Manifests with every option away from its default, single and sweep."""
+    options = {
+        "image": "ghcr.io/someone/lsjob@sha256:" + "a" * 64,
+        "results_claim": "team-results",
+        "cache_claim": "team-cache",
+        "backoff_limit": 1,
+        "grace_seconds": 300,
+        "cpu": "2",
+        "memory": "12Gi",
+    }
+    return {
+        "single": k8s.render(ROOT / "specs" / "smoke.yaml", name="my-run", **options),
+        "sweep": k8s.render(ROOT / "specs" / "smoke-sweep.yaml", name="my-sweep", parallelism=2, **options),
+    }
+
+
+# ------------------------------------------------------------------ one source of truth
+
+
+@pytest.mark.parametrize("file", CHECKED_IN)
+def test_checked_in_manifests_are_what_render_produces(file):
+    checked_in = (ROOT / "k8s" / file).read_text(encoding="utf-8")
+    assert checked_in == k8s.example(file), f"k8s/{file} is stale: run `python -m job.k8s --regenerate`"
+
+
+def test_every_example_is_checked_in():
+    assert sorted(["volumes.yaml", *k8s.EXAMPLES]) == sorted(CHECKED_IN)
+    assert sorted(p.name for p in (ROOT / "k8s").glob("*.yaml")) == sorted(CHECKED_IN)
+
+
+def test_render_is_deterministic_and_independent_of_the_spec_path(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    relative = k8s.render("specs/seed-loss.yaml", image=k8s.EXAMPLE_IMAGE)
+    assert relative == k8s.render(SINGLE_SPEC, image=k8s.EXAMPLE_IMAGE) == k8s.example("job.yaml")
+
+
+# ------------------------------------------------------------------ schema
+
+
+@pytest.mark.parametrize("file", CHECKED_IN)
+def test_checked_in_manifests_validate_strictly(file):
+    validate((ROOT / "k8s" / file).read_text(encoding="utf-8"))
+
+
+def test_fresh_manifests_with_other_options_validate_strictly():
+    for text in fresh_renders().values():
+        validate(text)
+    validate(k8s.render_volumes(results_claim="a", cache_claim="b", storage_class="nfs", results_size="1Ti"))
+
+
+def test_strict_validation_catches_a_misspelt_field():
+    job = job_of(k8s.example("job.yaml"))
+    job["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
+    with pytest.raises(Exception, match="securityContxt"):
+        validate(yaml.safe_dump(job))
+
+
+# ------------------------------------------------------------------ what users rely on
+
+
+def test_single_run_is_a_plain_job():
+    job = job_of(k8s.example("job.yaml"))["spec"]
+    assert "completionMode" not in job and "completions" not in job and "parallelism" not in job
+    assert job["backoffLimit"] == k8s.BACKOFF_LIMIT
+    assert [r["action"] for r in job["podFailurePolicy"]["rules"]] == ["Ignore", "Ignore", "FailJob"]
+
+
+def test_sweep_is_an_indexed_job_with_one_completion_per_point():
+    job = job_of(k8s.example("sweep.yaml"))["spec"]
+    count = len(sweep.points(load_spec(SWEEP_SPEC)))
+    assert count > 1
+    assert job["completionMode"] == "Indexed"
+    assert job["completions"] == count
+    assert job["parallelism"] == count  # default: every point at once, pods wait for GPUs
+    assert job["backoffLimitPerIndex"] == k8s.BACKOFF_LIMIT
+    assert "backoffLimit" not in job  # with a per-index limit, a global one would cut the sweep short
+    # The CLI agrees on the count (the contract the Slurm templates use too).
+    out = subprocess.run([sys.executable, "-m", "job", "sweep", "count", str(SWEEP_SPEC)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert int(out.stdout) == count
+
+
+def test_options_reach_the_manifest():
+    fresh = fresh_renders()
+    job = job_of(fresh["sweep"])
+    assert job["metadata"]["name"] == "my-sweep"
+    assert job["spec"]["parallelism"] == 2
+    assert job["spec"]["completions"] == len(sweep.points(load_spec(ROOT / "specs" / "smoke-sweep.yaml")))
+    assert job["spec"]["backoffLimitPerIndex"] == 1
+    pod = pod_of(fresh["sweep"])
+    assert pod["terminationGracePeriodSeconds"] == 300
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+    assert claims["results"] == "team-results" and claims["cache"] == "team-cache"
+    resources = pod["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "2", "memory": "12Gi"}, "limits": {"memory": "12Gi", "nvidia.com/gpu": 1}}
+    assert job_of(fresh["single"])["spec"]["backoffLimit"] == 1
+
+
+@pytest.mark.parametrize("file", ["job.yaml", "sweep.yaml"])
+def test_pod_gets_one_gpu_runs_as_the_image_user_and_never_escalates(file):
+    pod = pod_of(k8s.example(file))
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == dockerfile_arg("UID") == k8s.UID
+    assert pod["securityContext"]["fsGroup"] == dockerfile_arg("GID") == k8s.GID  # the claims are writable
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert pod["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("file", ["job.yaml", "sweep.yaml"])
+def test_grace_period_leaves_time_to_checkpoint(file):
+    # SIGTERM waits for the running validation pass and checkpoint; the default 30 s is tight.
+    assert pod_of(k8s.example(file))["terminationGracePeriodSeconds"] == k8s.GRACE_SECONDS >= 60
+
+
+@pytest.mark.parametrize("file", ["job.yaml", "sweep.yaml"])
+def test_failure_policy_retries_preemption_and_fails_fast_on_bad_input(file):
+    job = job_of(k8s.example(file))["spec"]
+    indexed = job.get("completionMode") == "Indexed"
+    rules = job["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [EXIT_INTERRUPTED]
+    assert rules[2]["action"] == ("FailIndex" if indexed else "FailJob")
+    assert rules[2]["onExitCodes"]["values"] == [EXIT_BAD_INPUT, EXIT_DIVERGED]
+    for rule in rules[1:]:
+        codes = rule["onExitCodes"]
+        # What the API server checks and the schema does not: a named container, sorted
+        # unique values, never 0 with In.
+        assert codes["containerName"] == pod_of(k8s.example(file))["containers"][0]["name"]
+        assert codes["operator"] == "In" and 0 not in codes["values"]
+        assert codes["values"] == sorted(set(codes["values"]))
+    # A replacement pod never overlaps the one it replaces (one writer per run directory).
+    assert job["podReplacementPolicy"] == "Failed"
+
+
+def test_the_container_runs_the_spec_from_its_config_map():
+    for file, spec_file, root in [("job.yaml", SINGLE_SPEC, "/results"),
+                                  ("sweep.yaml", SWEEP_SPEC, "/results/sweep-factors")]:  # fmt: skip
+        text = k8s.example(file)
+        config_map = next(d for d in docs(text) if d["kind"] == "ConfigMap")
+        pod = pod_of(text)
+        (container,) = pod["containers"]
+        command = ["lsjob", "run", "/spec/spec.yaml", "--set", f"output.root={root}"]
+        assert k8s.container_command(job_of(text)) == command
+        # The spec ships as written, and is mounted where the command reads it.
+        assert config_map["data"] == {"spec.yaml": spec_file.read_text(encoding="utf-8")}
+        assert config_map["immutable"] is True
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert volumes[mounts["/spec"]]["configMap"]["name"] == config_map["metadata"]["name"]
+        assert "persistentVolumeClaim" in volumes[mounts["/results"]]
+        # The dataset cache: KERAS_HOME is on the cache claim, as in the image.
+        keras_home = {e["name"]: e["value"] for e in container["env"]}["KERAS_HOME"]
+        assert keras_home == dockerfile_env("KERAS_HOME")
+        assert "persistentVolumeClaim" in volumes[mounts[k8s.CACHE_DIR]] and keras_home.startswith(k8s.CACHE_DIR + "/")
+
+
+def test_the_claims_the_jobs_mount_are_the_ones_volumes_yaml_creates():
+    claims = {d["metadata"]["name"]: d["spec"] for d in docs(k8s.example("volumes.yaml"))}
+    for file in ("job.yaml", "sweep.yaml"):
+        used = {v["persistentVolumeClaim"]["claimName"] for v in pod_of(k8s.example(file))["volumes"]
+                if "persistentVolumeClaim" in v}  # fmt: skip
+        assert used == set(claims)
+    # Many pods write results and share one download at once.
+    assert all(spec["accessModes"] == ["ReadWriteMany"] for spec in claims.values())
+
+
+@pytest.mark.parametrize(
+    "root, expected",
+    [("results", "/results"), ("results/sweep-factors", "/results/sweep-factors"), ("runs/a", "/results/runs/a"),
+     (".", "/results")],
+)  # fmt: skip
+def test_a_relative_results_root_lands_on_the_results_volume(root, expected):
+    assert k8s.pod_results_root(Path(root)) == expected
+
+
+@pytest.mark.parametrize("root", ["/scratch/runs", "../elsewhere", "results/../../x"])
+def test_a_results_root_outside_the_volume_is_refused(root):
+    with pytest.raises(SpecError, match="outside the results volume"):
+        k8s.pod_results_root(Path(root))
+
+
+def test_bad_input_is_refused_before_it_reaches_a_cluster(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: '70'\n")
+    with pytest.raises(SpecError) as e:
+        k8s.render(bad, image="x")
+    assert e.value.exit_code == EXIT_BAD_INPUT and "train.epochs" in str(e.value)
+    with pytest.raises(SpecError, match="name"):
+        k8s.render(SINGLE_SPEC, image="x", name="Bad_Name")
+    with pytest.raises(SpecError, match="parallelism"):
+        k8s.render(SINGLE_SPEC, image="x", parallelism=2)
+    with pytest.raises(SpecError, match="image"):
+        k8s.render(SINGLE_SPEC, image="has space")
+
+
+def test_default_name_is_a_valid_job_name():
+    assert k8s.default_name("specs/seed-loss.yaml") == "lsjob-seed-loss"
+    assert k8s.default_name("My_Sweep.v2.yaml") == "lsjob-my-sweep-v2"
+    assert len(k8s.default_name("x" * 100 + ".yaml")) <= 63
+
+
+# ------------------------------------------------------------------ the Dockerfile agrees
+
+
+def dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text(encoding="utf-8")
+
+
+def dockerfile_arg(name: str) -> int:
+    return int(re.search(rf"^ARG {name}=(\d+)$", dockerfile(), re.MULTILINE).group(1))
+
+
+def dockerfile_env(name: str) -> str:
+    return re.search(rf"^(?:ENV|    ) *{name}=(\S+?)( \\)?$", dockerfile(), re.MULTILINE).group(1)
+
+
+def test_dockerfile_matches_what_the_manifests_assume():
+    lines = dockerfile().splitlines()
+    assert "USER ${UID}:${GID}" in lines  # numeric: runAsNonRoot can check it
+    assert 'VOLUME ["/results", "/cache"]' in lines
+    assert 'ENTRYPOINT ["lsjob"]' in lines and 'CMD ["--help"]' in lines
+    # The README's `run specs/seed-loss.yaml` works in the image and writes to /results.
+    assert "COPY specs /specs" in lines and "WORKDIR /" in lines
+    assert k8s.pod_results_root(load_spec(SINGLE_SPEC).output.root) == k8s.RESULTS_DIR
+
+
+# ------------------------------------------------------------------ the command, run here
+
+
+def lsjob_executable() -> list[str]:
+    script = Path(sys.executable).with_name("lsjob")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "job"]
+
+
+def run_manifest_command(text: str, spec_file: Path, results: Path, index: int | None):
+    """The Job's container command as the pod runs it, with the pod's paths swapped for local ones."""
+    pod = pod_of(text)
+    (container,) = pod["containers"]
+    local = {f"{k8s.SPEC_DIR}/{k8s.SPEC_FILE}": str(spec_file)}
+    argv = [local.get(a, a.replace(f"={k8s.RESULTS_DIR}", f"={results}")) for a in container["args"]]
+    assert container["command"] == ["lsjob"]
+    env = {k: v for k, v in os.environ.items() if k not in sweep.INDEX_ENV}
+    env.update({e["name"]: e["value"].replace(k8s.CACHE_DIR, str(results.parent / "cache")) for e in container["env"]})
+    if index is not None:
+        env["JOB_COMPLETION_INDEX"] = str(index)  # what Kubernetes sets in an Indexed Job's pod
+    tiny = ["data.source=synthetic", "data.train_size=128", "data.test_size=32", "train.batch_size=16",
+            "train.epochs=1"]  # fmt: skip
+    argv += [a for s in tiny for a in ("--set", s)]
+    return subprocess.run(
+        [*lsjob_executable(), *argv], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file, spec_file", [("job.yaml", SINGLE_SPEC), ("sweep.yaml", SWEEP_SPEC)])
+def test_the_manifest_command_trains_the_right_run(tmp_path, file, spec_file):
+    text = k8s.example(file)
+    all_points = sweep.points(load_spec(spec_file))
+    index = len(all_points) - 1 if job_of(text)["spec"].get("completionMode") == "Indexed" else None
+    results = tmp_path / "results"
+    proc = run_manifest_command(text, spec_file, results, index)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # Exactly the run the index names, under the spec's root mapped onto the volume.
+    expected = all_points[index or 0]
+    root = results / Path(k8s.pod_results_root(load_spec(spec_file).output.root)).relative_to(k8s.RESULTS_DIR)
+    assert sorted(p.name for p in root.iterdir()) == [expected.run_name]
+    manifest = json.loads((root / expected.run_name / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    if index is not None:
+        assert expected.run_name != all_points[0].run_name  # the index, not a default, chose it
+        assert manifest["sweep"]["index"] == index

