@@ -3,8 +3,9 @@
 An exception raised inside a signal handler surfaces wherever Python happens to be;
 inside TensorFlow's own code it was caught and re-raised as a TypeError. So the
 handler only records the signal, and training checks for it after each batch and
-after each epoch's checkpoint (train.StopOnSignal). A second signal acts at once, as
-if none were handled. No Keras import here: the CLI installs this before the ML stack loads.
+after each epoch's checkpoint (train.StopOnSignal). A second Ctrl-C acts at once; a
+second SIGTERM does not, since a scheduler may send it twice for one stop. No Keras
+import here: the CLI installs this before the ML stack loads.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ def install() -> None:
 
 def _record(signum, frame) -> None:
     global _requested
-    _requested = signal.Signals(signum).name
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _requested = _requested or signal.Signals(signum).name
+    # Ctrl-C twice means now. Repeated SIGTERMs stay graceful: Slurm signals every process
+    # of a job and its batch script forwards the same stop, and schedulers escalate with SIGKILL.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def check() -> None:
     if _requested:
         raise InterruptedRun(f"stopped by {_requested}; re-run the same command to resume")
-

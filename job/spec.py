@@ -200,7 +200,9 @@ def sweepable(path: str) -> str | None:
     if section in UNSWEPT_SECTIONS:
         return f"{section} is the same for every point of a sweep and cannot be swept"
     if section not in sections:
-        return f"not a spec field; sweep keys are dotted paths such as smoothing.factor (sections: {', '.join(sections)})"
+        return (
+            f"not a spec field; sweep keys are dotted paths such as smoothing.factor (sections: {', '.join(sections)})"
+        )
     fields = sections[section].model_fields
     if name not in fields:
         return f"not a spec field; {section} has {', '.join(f'{section}.{f}' for f in fields)}"
@@ -220,9 +222,7 @@ def _construct_mapping(loader, node, deep=False):
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 

@@ -112,7 +112,7 @@ def _run_name(spec: Spec, values: dict[str, Any], index: int) -> str:
     """The derived name plus `-<field>_<value>` for each other swept field, e.g.
     labels-f0.1-s42-lr_0.01: a directory listing shows what each run varied."""
     parts = [spec.run_name]
-    for path, value in values.items():
+    for path in values:
         if path not in NAMED_BY_DEFAULT:
             section, name = path.split(".")
             parts.append(f"{name}_{_slug(getattr(getattr(spec, section), name))}")

@@ -249,7 +249,7 @@ def test_rows_are_sorted_by_method_factor_seed_run(tree):
 
 
 def test_a_running_run_is_only_called_killed_when_its_process_is_provably_gone(tmp_path):
-    alive = write_run(tmp_path, "alive", "labels", 0.1, 0, status="running", done=1)  # lock names this process
+    write_run(tmp_path, "alive", "labels", 0.1, 0, status="running", done=1)  # lock names this process
     elsewhere = write_run(tmp_path, "elsewhere", "labels", 0.1, 1, status="running", done=1)
     set_lock_pid(elsewhere, dead_pid(), host="some-other-node")
     no_lock = write_run(tmp_path, "no-lock", "labels", 0.1, 2, status="running", done=1)

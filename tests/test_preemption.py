@@ -6,8 +6,8 @@ import signal
 import pytest
 
 from job import preemption
-from job.train import StopOnSignal
 from job.errors import EXIT_INTERRUPTED, InterruptedRun
+from job.train import StopOnSignal
 
 
 @pytest.fixture
@@ -26,7 +26,16 @@ def test_sigterm_is_recorded_not_raised_where_it_lands(handlers):
     with pytest.raises(InterruptedRun, match="SIGTERM") as err:
         StopOnSignal().on_train_batch_end(3)
     assert err.value.exit_code == EXIT_INTERRUPTED
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second one acts at once
+
+
+def test_a_second_sigterm_stays_graceful_a_second_ctrl_c_does_not(handlers):
+    preemption.install()
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)  # Slurm's, then the batch script's forward: still a request
+    with pytest.raises(InterruptedRun, match="SIGTERM"):
+        preemption.check()
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)  # the person at the terminal means now
 
 
 def test_the_callback_stops_after_a_batch_and_after_an_epoch(handlers):

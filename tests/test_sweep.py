@@ -44,7 +44,9 @@ def test_each_point_is_an_ordinary_run_in_its_own_directory_named_by_its_values(
 
 
 def test_fields_beyond_method_factor_seed_are_named_too(tmp_path):
-    points = sweep.points(load_spec(write(tmp_path, "sweep: {train.lr: [0.01, 0.1], augment.horizontal_flip: [false]}")))
+    points = sweep.points(
+        load_spec(write(tmp_path, "sweep: {train.lr: [0.01, 0.1], augment.horizontal_flip: [false]}"))
+    )
     assert [p.run_name for p in points] == [
         "labels-f0.1-s42-lr_0.01-horizontal_flip_false",
         "labels-f0.1-s42-lr_0.1-horizontal_flip_false",
@@ -103,7 +105,7 @@ def test_a_bad_value_names_the_point_and_its_values(tmp_path):
 
 
 def test_swept_values_cannot_lead_outside_the_results_root(tmp_path):
-    text = "output: {root: %s}\nsweep: {data.cache_dir: ['../../etc', /abs/path, '..', 'a/../../b']}" % tmp_path
+    text = f"output: {{root: {tmp_path}}}\nsweep: {{data.cache_dir: ['../../etc', /abs/path, '..', 'a/../../b']}}"
     points = sweep.points(load_spec(write(tmp_path, text)))
     for p in points:
         assert p.spec.run_dir.parent == tmp_path and "/" not in p.run_name
@@ -127,7 +129,9 @@ class TestSelect:
 
     @staticmethod
     def grid(n):
-        return sweep.points(load_spec(None, [f"train.seed=0"]).model_copy(update={"sweep": {"train.seed": list(range(n))}}))
+        return sweep.points(
+            load_spec(None, ["train.seed=0"]).model_copy(update={"sweep": {"train.seed": list(range(n))}})
+        )
 
     def test_index_flag_wins_over_the_environment(self):
         pts = self.grid(4)

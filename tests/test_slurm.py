@@ -1,0 +1,286 @@
+"""The Slurm path: slurm/*.sbatch and slurm/submit.sh.
+
+The first tests run the scripts with stand-ins for lsjob, sbatch and scontrol on PATH: the
+signal forwarding, the exit codes and the requeue decision, in seconds, without Slurm.
+The slow ones submit real jobs to a private one-node cluster (tests/slurm_cluster.py):
+they are skipped where Slurm and munge are not installed, and fail instead when
+LSJOB_REQUIRE_SLURM is set (CI installs them and must not pass by skipping).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from slurm_cluster import SlurmCluster, missing_binaries, slurm_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+SLURM = ROOT / "slurm"
+SWEEP_SPEC = ROOT / "specs" / "smoke-sweep.yaml"
+SMOKE_SPEC = ROOT / "specs" / "smoke.yaml"
+# Slurm's options for these tests: the node has no GPU, and 1 CPU a task lets the jobs run side by side.
+SMALL = ["--gres=none", "--cpus-per-task=1", "--mem=1G"]
+# A real lsjob, the one running these tests, for the jobs (sbatch passes PATH on to them).
+BIN = str(Path(sys.executable).parent)
+
+
+def _body(script: Path) -> str:
+    text = script.read_text()
+    return text[text.index("\nset -euo pipefail\n") :]
+
+
+def test_sbatch_scripts_share_their_body():
+    assert _body(SLURM / "train.sbatch") == _body(SLURM / "sweep.sbatch")
+
+
+# --- the scripts outside Slurm, with stand-ins ------------------------------------
+
+
+def _stub(directory: Path, name: str, body: str) -> None:
+    path = directory / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """A bin/ directory put first on PATH, and the env to run the scripts in; stubs log their argv."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir, "scontrol", f'echo "$*" >> {tmp_path}/scontrol.calls\n')
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "41",
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+    }
+    for var in ("LSJOB_RESULTS", "LSJOB_CMD", "LSJOB_OUTPUT_ROOT", "LSJOB_VENV", "LSJOB_THROTTLE"):
+        env.pop(var, None)
+    return bin_dir, env
+
+
+@pytest.mark.parametrize("code", [0, 3, 5, 75])
+def test_sbatch_passes_exit_codes_through_and_requeues_on_75(tmp_path, stubs, code):
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", f'echo "$*" > {tmp_path}/lsjob.args\nexit {code}\n')
+    proc = subprocess.run(
+        ["bash", SLURM / "train.sbatch", "spec.yaml", "--set", "train.seed=1"],
+        cwd=tmp_path, env={**env, "LSJOB_RESULTS": "out"}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == code, proc.stderr
+    assert (tmp_path / "lsjob.args").read_text().split() == [
+        "run", "spec.yaml", "--set", f"output.root={tmp_path}/out", "--set", "train.seed=1",
+    ]  # fmt: skip
+    calls = tmp_path / "scontrol.calls"
+    assert (calls.read_text() if calls.exists() else "") == ("requeue 41\n" if code == 75 else "")
+
+
+def test_sbatch_without_results_env_keeps_the_specs_output_root(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", f'echo "$*" > {tmp_path}/lsjob.args\n')
+    subprocess.run(["bash", SLURM / "sweep.sbatch", "spec.yaml"], cwd=tmp_path, env=env, check=True)
+    assert (tmp_path / "lsjob.args").read_text().split() == ["run", "spec.yaml"]
+
+
+def test_sbatch_forwards_term_once_and_waits_for_the_real_exit_code(tmp_path, stubs):
+    bin_dir, env = stubs
+    # Like lsjob: the first TERM asks for a stop at the end of the step (here 2 s), exit 75.
+    _stub(
+        bin_dir,
+        "lsjob",
+        f"trap 'echo TERM >> {tmp_path}/signals' TERM\n"
+        f"touch {tmp_path}/started\n"
+        f"while [[ ! -s {tmp_path}/signals ]]; do sleep 0.1; done\n"
+        "sleep 2\nexit 75\n",
+    )
+    script = subprocess.Popen(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline and script.poll() is None, "stand-in lsjob never started"
+        time.sleep(0.1)
+    script.send_signal(signal.SIGTERM)  # what --signal=B:TERM and `scancel --batch` do
+    assert script.wait(timeout=30) == 75
+    assert (tmp_path / "signals").read_text() == "TERM\n"
+    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
+
+
+def test_sbatch_container_command_binds_results_at_slash_results(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub(bin_dir, "apptainer", f'printf "%s\\n" "$@" > {tmp_path}/apptainer.args\n')
+    env = {
+        **env,
+        "LSJOB_RESULTS": str(tmp_path / "my results"),
+        "LSJOB_OUTPUT_ROOT": "/results",
+        "LSJOB_CMD": 'apptainer exec --nv --bind "$LSJOB_RESULTS":/results /images/lsjob.sif lsjob',
+    }
+    subprocess.run(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env, check=True)
+    assert (tmp_path / "apptainer.args").read_text().splitlines() == [
+        "exec", "--nv", "--bind", f"{tmp_path}/my results:/results", "/images/lsjob.sif",
+        "lsjob", "run", "spec.yaml", "--set", "output.root=/results",
+    ]  # fmt: skip
+    assert (tmp_path / "my results").is_dir()
+
+
+def test_submit_sizes_the_array_from_the_sweep(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", '[[ "$*" == "sweep count s.yaml" ]] && echo 3\n')
+    _stub(bin_dir, "sbatch", f'echo "$*" > {tmp_path}/sbatch.args\necho "77;cluster"\n')
+    proc = subprocess.run(
+        [SLURM / "submit.sh", "s.yaml", "--gres=none"],
+        cwd=tmp_path, env={**env, "LSJOB_THROTTLE": "2"}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert proc.stdout == "77\n"
+    assert (tmp_path / "sbatch.args").read_text().split() == [
+        "--parsable", "--array=0-2%2", "--gres=none", str(SLURM / "sweep.sbatch"), "s.yaml",
+    ]  # fmt: skip
+    assert (tmp_path / "logs").is_dir()
+
+
+def test_submit_refuses_when_the_count_fails(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", 'echo "lsjob: error: spec file s.yaml does not exist" >&2\nexit 2\n')
+    _stub(bin_dir, "sbatch", f"touch {tmp_path}/sbatch.called\n")
+    proc = subprocess.run(
+        [SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2
+    assert "cannot count the points of s.yaml" in proc.stderr
+    assert not (tmp_path / "sbatch.called").exists()
+
+
+# --- a real Slurm -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    problem = None
+    if missing := missing_binaries():
+        problem = (
+            f"Slurm/munge not installed ({', '.join(missing)} missing; "
+            "apt-get install slurmctld slurmd slurm-client munge)"
+        )
+    elif os.geteuid() != 0:
+        problem = "the private Slurm cluster needs root (slurmd launches the jobs)"
+    if problem:
+        if os.environ.get("LSJOB_REQUIRE_SLURM"):
+            pytest.fail(problem)  # CI must not pass by skipping them
+        pytest.skip(problem)
+    with slurm_cluster() as c:
+        yield c
+
+
+def _job_env(tmp_path: Path) -> dict[str, str]:
+    return {"PATH": f"{BIN}:{os.environ['PATH']}", "LSJOB_RESULTS": str(tmp_path / "results")}
+
+
+def _history_rows(path: Path) -> list[dict]:
+    try:
+        with path.open() as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.slow
+def test_sweep_array_runs_every_point(cluster: SlurmCluster, tmp_path):
+    env = _job_env(tmp_path)
+    # Both import TensorFlow (`lsjob sweep count`): seconds on an idle box, more on a loaded one.
+    count = int(cluster.run("lsjob", "sweep", "count", str(SWEEP_SPEC), env=env, timeout=600))
+    out = cluster.run(str(SLURM / "submit.sh"), str(SWEEP_SPEC), *SMALL, cwd=tmp_path, env=env, timeout=600)
+    array_id = out.strip()
+    assert array_id.isdigit(), out
+
+    cluster.wait_gone(array_id, timeout=20 * 60)
+
+    manifests = sorted((tmp_path / "results").glob("*/manifest.json"))
+    assert len(manifests) == count, [str(m) for m in manifests]
+    for manifest in manifests:
+        assert json.loads(manifest.read_text())["status"] == "completed", manifest
+    for index in range(count):
+        job = cluster.job(f"{array_id}_{index}")
+        assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), job
+        log = tmp_path / "logs" / f"lsjob-sweep_{array_id}_{index}.out"
+        assert f"task {index} restart 0" in log.read_text()
+
+
+@pytest.mark.slow
+def test_interrupted_job_is_requeued_and_resumes(cluster: SlurmCluster, tmp_path):
+    (tmp_path / "logs").mkdir()
+    # Six short epochs (4 steps each): the signal lands after the first and well before the last.
+    overrides = [
+        "train.epochs=6", "data.train_size=64", "data.test_size=32", "train.batch_size=16",
+        "output.run=requeue",
+    ]  # fmt: skip
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    job_id = cluster.sbatch(*SMALL, str(SLURM / "train.sbatch"), str(SMOKE_SPEC), *sets, cwd=tmp_path)
+    run_dir = tmp_path / "results" / "requeue"
+    log = tmp_path / "logs" / f"lsjob_{job_id}.out"
+
+    def first_epoch_done():
+        assert cluster.queued(job_id), f"job {job_id} ended before its first epoch:\n{_read(log)}"
+        return len(_history_rows(run_dir / "history.csv")) >= 1
+
+    cluster.wait_for(first_epoch_done, 10 * 60, "the first epoch's checkpoint")
+    # What the time limit's --signal=B:TERM@300 sends: TERM to the batch shell alone.
+    cluster.run("scancel", "--batch", "--signal=TERM", job_id)
+    cluster.wait_gone(job_id, timeout=15 * 60)
+
+    job = cluster.job(job_id)
+    assert (job["JobState"], job["Restarts"], job["ExitCode"]) == ("COMPLETED", "1", "0:0"), job
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed", manifest
+    first, second = manifest["attempts"]
+    assert first["status"] == "interrupted" and second["status"] == "completed", manifest["attempts"]
+    assert datetime.fromisoformat(second["started"]) > datetime.fromisoformat(first["ended"])
+    assert [row["epoch"] for row in _history_rows(run_dir / "history.csv")] == ["1", "2", "3", "4", "5", "6"]
+    text = log.read_text()
+    assert "restart 0" in text and "requeueing" in text and "restart 1" in text, text
+    assert re.search(r"resuming after epoch [1-5] of 6", (run_dir / "run.log").read_text())
+
+
+@pytest.mark.slow
+def test_time_limit_signal_requeues_array_tasks(cluster: SlurmCluster, tmp_path):
+    """--signal=B:TERM@N before the time limit, then each task requeues itself by its own id.
+
+    A stand-in lsjob keeps this to scheduling: the first attempt of each task waits for the
+    signal and exits 75, the second exits 0 (the real resume is the test above).
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(
+        bin_dir,
+        "lsjob",
+        'mark="$LSJOB_RESULTS/attempts.$SLURM_ARRAY_TASK_ID"\n'
+        'echo x >> "$mark"\n'
+        '[[ $(wc -l < "$mark") -gt 1 ]] && exit 0\n'
+        "trap 'echo stand-in: TERM; exit 75' TERM\n"
+        "while true; do sleep 0.2; done\n",
+    )
+    (tmp_path / "logs").mkdir()
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "LSJOB_RESULTS": str(tmp_path / "results")}
+    # A 2-minute limit and a signal 90 s (Slurm: up to 60 s more) before it: about 30 s in, at most.
+    array_id = cluster.run(
+        "sbatch", "--parsable", "--array=0-1", "--time=2", "--signal=B:TERM@90", *SMALL,
+        str(SLURM / "sweep.sbatch"), "spec.yaml", cwd=tmp_path, env=env,
+    ).strip()  # fmt: skip
+
+    cluster.wait_gone(array_id, timeout=6 * 60)
+
+    for index in range(2):
+        job = cluster.job(f"{array_id}_{index}")
+        assert (job["JobState"], job["Restarts"], job["ExitCode"]) == ("COMPLETED", "1", "0:0"), job
+        text = (tmp_path / "logs" / f"lsjob-sweep_{array_id}_{index}.out").read_text()
+        assert "stand-in: TERM" in text and f"task {index} restart 1" in text, text
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else "(no log)"
