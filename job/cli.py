@@ -115,6 +115,20 @@ def aggregate(
     typer.echo(aggregate_runs(root, out).markdown, nl=False)
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run's directory, e.g. results/labels-f0.1-s42.")],
+):
+    """Regenerate a finished run's reports and plots from its predictions.npz and history.csv (no training code)."""
+    from job.report import regenerate  # matplotlib and scikit-learn: only for this command
+
+    metrics = regenerate(run_dir)
+    typer.echo(
+        f"{run_dir}: reports rewritten (test accuracy {metrics['test_accuracy']:.4f}, "
+        f"NLL {metrics['test_nll']:.4f}, ECE {metrics['test_ece']:.4f})"
+    )
+
+
 @k8s_app.command("render")
 def k8s_render(
     spec: SpecArg,

@@ -1,12 +1,16 @@
-"""Evaluation reports for a finished run: metrics, the tutorial's printout, two plots.
+"""Evaluation reports for a finished run: metrics, calibration, the tutorial's printout, plots.
 
-Only numpy, scikit-learn and matplotlib are used, so reports can be regenerated
-from saved predictions on a machine without the training stack. Every file goes
+Every report is computed from two files the run saves, `predictions.npz` and
+`history.csv`, by `write_reports(run_dir)`: the run itself calls it, and so does
+`lsjob report RUN_DIR` later, on a machine without the training stack (only numpy,
+scipy, scikit-learn and matplotlib here), giving the same files. Every file goes
 through job.atomic: a crash mid-write leaves the previous report, never half a PNG.
 """
 
 from __future__ import annotations
 
+import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -22,11 +26,12 @@ from sklearn.metrics import (
     log_loss,
 )
 
+from job import calibration
 from job.atomic import atomic_path, write_json, write_text
+from job.calibration import clip_probs
 
-# Keras clips probabilities to this epsilon in its cross-entropy; clipping the same
-# way keeps test_nll comparable with the val_nll logged during training.
-PROB_EPSILON = 1e-7
+PREDICTIONS = "predictions.npz"
+HISTORY = "history.csv"
 
 # history key, legend label, line style; the first four are the tutorial's lines.
 # val_nll is the unsmoothed loss, the one number comparable across smoothing methods.
@@ -55,7 +60,7 @@ def classification_metrics(
     )
     metrics = {
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
-        "test_nll": float(log_loss(y_true, _clip_probs(probs), labels=labels)),
+        "test_nll": float(log_loss(y_true, clip_probs(probs), labels=labels)),
         "num_examples": int(len(y_true)),
         "per_class": {name: _scores(report[name]) for name in class_names},
         "macro_avg": _scores(report["macro avg"]),
@@ -129,25 +134,168 @@ def write_confusion_matrix(
     _save_png(fig, path)
 
 
-def write_reports(
-    run_dir: Path,
-    history: Sequence[Mapping[str, float]],
-    y_true: np.ndarray,
-    probs: np.ndarray,
-    class_names: Sequence[str],
-) -> dict:
-    """Write the run's four report files and return the metrics."""
+@dataclass(frozen=True)
+class Predictions:
+    """What predictions.npz holds: the test set's probabilities, and the held-out slice's
+    when temperature scaling is on, so every metric can be recomputed without a GPU."""
+
+    test_probs: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+    holdout_probs: np.ndarray | None = None
+    holdout_labels: np.ndarray | None = None
+
+
+def save_predictions(run_dir: Path, predictions: Predictions) -> None:
+    arrays = {
+        "test_probs": np.asarray(predictions.test_probs, dtype=np.float32),
+        "test_labels": np.asarray(predictions.test_labels, dtype=np.int64),
+        "class_names": np.array(predictions.class_names, dtype=str),
+    }
+    if predictions.holdout_probs is not None:
+        arrays["holdout_probs"] = np.asarray(predictions.holdout_probs, dtype=np.float32)
+        arrays["holdout_labels"] = np.asarray(predictions.holdout_labels, dtype=np.int64)
+    with atomic_path(Path(run_dir) / PREDICTIONS, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def load_predictions(run_dir: Path) -> Predictions:
+    # allow_pickle=False: a results volume is shared; a tampered file must not run code.
+    with np.load(Path(run_dir) / PREDICTIONS, allow_pickle=False) as f:
+        holdout = "holdout_probs" in f.files
+        return Predictions(
+            test_probs=f["test_probs"],
+            test_labels=f["test_labels"],
+            class_names=tuple(str(n) for n in f["class_names"]),
+            holdout_probs=f["holdout_probs"] if holdout else None,
+            holdout_labels=f["holdout_labels"] if holdout else None,
+        )
+
+
+def read_history(path: Path) -> list[dict]:
+    """history.csv as the trainer wrote it: floats written with repr read back exactly."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def calibration_report(predictions: Predictions) -> dict:
+    """calibration.json: the test set's calibration, and before/after temperature scaling
+    fitted on the held-out slice when there is one."""
+    test = calibration.summary(predictions.test_probs, predictions.test_labels)
+    report = {"bins": calibration.BINS, "test": test, "temperature_scaling": None}
+    if predictions.holdout_probs is not None:
+        temperature = calibration.fit_temperature(predictions.holdout_probs, predictions.holdout_labels)
+        scaled = calibration.apply_temperature(predictions.test_probs, temperature)
+        report["temperature_scaling"] = {
+            "temperature": temperature,
+            "holdout_examples": int(len(predictions.holdout_labels)),
+            "holdout_nll_before": calibration.nll(predictions.holdout_probs, predictions.holdout_labels),
+            "holdout_nll_after": calibration.nll(
+                calibration.apply_temperature(predictions.holdout_probs, temperature), predictions.holdout_labels
+            ),
+            "test": calibration.summary(scaled, predictions.test_labels),
+        }
+    return report
+
+
+def write_reliability_diagram(report: dict, path: Path) -> None:
+    """Accuracy per confidence bin against the diagonal, over the confidence histogram;
+    after temperature scaling too when it was fitted."""
+    panels = [("uncalibrated" if report["temperature_scaling"] else "test set", report["test"])]
+    if report["temperature_scaling"]:
+        scaling = report["temperature_scaling"]
+        panels.append((f"temperature scaled, T = {scaling['temperature']:.3f}", scaling["test"]))
+    with matplotlib.style.context("ggplot"):
+        fig = Figure(figsize=(6 * len(panels), 8), layout="constrained")
+        axes = fig.subplots(2, len(panels), squeeze=False, height_ratios=[3, 1.3], sharex=True)
+        for column, (title, summary) in enumerate(panels):
+            _reliability_panel(axes[0, column], axes[1, column], title, summary)
+        fig.suptitle(f"Reliability diagram ({report['bins']} equal-width bins, top-1 confidence)")
+        _save_png(fig, path)
+
+
+def _reliability_panel(top, bottom, title: str, summary: dict) -> None:
+    bins = summary["bins"]
+    width = bins[0]["upper"] - bins[0]["lower"]
+    centers = np.array([(b["lower"] + b["upper"]) / 2 for b in bins])
+    counts = np.array([b["count"] for b in bins])
+    filled = counts > 0
+    accuracy = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
+    confidence = np.array([b["confidence"] if b["count"] else 0.0 for b in bins])
+
+    top.plot([0, 1], [0, 1], linestyle="--", color="0.4", label="perfect calibration")
+    top.bar(centers[filled], accuracy[filled], width=width, edgecolor="black", linewidth=0.5,
+            color="#4C72B0", label="accuracy")  # fmt: skip
+    # The gap to each bin's mean confidence is the error ECE averages.
+    top.bar(centers[filled], confidence[filled] - accuracy[filled], bottom=accuracy[filled], width=width,
+            color="#DD8452", alpha=0.45, edgecolor="#DD8452", hatch="//", label="gap to confidence")  # fmt: skip
+    for x, y, n in zip(centers[filled], accuracy[filled], counts[filled]):
+        top.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
+    top.set(xlim=(0, 1), ylim=(0, 1.05), ylabel="accuracy", title=title)
+    top.text(0.03, 0.95, f"ECE {summary['ece']:.4f}\nMCE {summary['mce']:.4f}\nNLL {summary['nll']:.4f}\n"
+             f"Brier {summary['brier']:.4f}", transform=top.transAxes, va="top", fontsize=9,
+             bbox=dict(facecolor="white", alpha=0.8))  # fmt: skip
+    top.legend(loc="lower right", fontsize=8)
+
+    bottom.bar(centers, counts, width=width, color="#4C72B0", edgecolor="black", linewidth=0.5)
+    bottom.axvline(summary["accuracy"], color="black", linestyle="-", label=f"accuracy {summary['accuracy']:.3f}")
+    bottom.axvline(summary["mean_confidence"], color="#DD8452", linestyle="--",
+                   label=f"mean confidence {summary['mean_confidence']:.3f}")  # fmt: skip
+    bottom.set(xlabel="confidence (top-1 probability)", ylabel="examples")
+    bottom.legend(loc="upper left", fontsize=8)
+
+
+def write_reports(run_dir: Path) -> dict:
+    """Write every report of a run from its predictions.npz and history.csv; returns the metrics."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics, text = classification_metrics(y_true, probs, class_names)
-    y_pred = np.asarray(probs).argmax(axis=1)
+    predictions = load_predictions(run_dir)
+    history = read_history(run_dir / HISTORY)
+    y_true, probs = predictions.test_labels, predictions.test_probs
+    metrics, text = classification_metrics(y_true, probs, predictions.class_names)
+    calibration_json = calibration_report(predictions)
+    test = calibration_json["test"]
+    metrics.update(test_ece=test["ece"], test_mce=test["mce"], test_brier=test["brier"])
+    if calibration_json["temperature_scaling"]:
+        scaled = calibration_json["temperature_scaling"]
+        metrics.update(
+            temperature=scaled["temperature"], test_ece_scaled=scaled["test"]["ece"],
+            test_nll_scaled=scaled["test"]["nll"],
+        )  # fmt: skip
 
     write_text(run_dir / "classification_report.txt", text)
     write_training_plot(history, run_dir / "training.png")
-    write_confusion_matrix(y_true, y_pred, class_names, run_dir / "confusion_matrix.png")
+    write_confusion_matrix(y_true, probs.argmax(axis=1), predictions.class_names, run_dir / "confusion_matrix.png")
+    write_reliability_diagram(calibration_json, run_dir / "reliability.png")
+    write_json(run_dir / "calibration.json", calibration_json)
     # Last, so a metrics.json on disk means the whole report set was written.
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def regenerate(run_dir: Path) -> dict:
+    """`lsjob report`: rewrite a finished run's reports from its saved files. The run's
+    lock is taken, so a run still writing its own reports is never raced."""
+    from job.errors import SpecError
+    from job.rundir import RunDir
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SpecError(f"{run_dir} is not a directory; give a run directory, e.g. results/labels-f0.1-s42")
+    for name in (PREDICTIONS, HISTORY):
+        if not (run_dir / name).is_file():
+            status = (RunDir(run_dir).read_manifest() or {}).get("status", "no manifest")
+            raise SpecError(
+                f"{run_dir} has no {name} (run status: {status}); reports are made from it when a run "
+                "finishes, so finish the run first (runs from before predictions.npz existed cannot be redone)"
+            )
+    claimed = RunDir(run_dir)
+    claimed.claim()
+    try:
+        return write_reports(run_dir)
+    except (OSError, ValueError, KeyError) as e:
+        raise SpecError(f"cannot regenerate the reports of {run_dir}: {type(e).__name__}: {e}") from None
+    finally:
+        claimed.release()
 
 
 def _check_predictions(
@@ -163,12 +311,6 @@ def _check_predictions(
     if len(y_true) and not (0 <= y_true.min() and y_true.max() < len(class_names)):
         raise ValueError(f"y_true labels must lie in [0, {len(class_names)}), got {y_true.min()}..{y_true.max()}")
     return y_true.astype(np.int64), probs
-
-
-def _clip_probs(probs: np.ndarray) -> np.ndarray:
-    """Keep log finite for a confident miss; renormalise so sklearn sees true distributions."""
-    clipped = np.clip(probs, PROB_EPSILON, 1.0)
-    return clipped / clipped.sum(axis=1, keepdims=True)
 
 
 def _scores(row: Mapping[str, float]) -> dict:

@@ -61,17 +61,34 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_po
         log.info("run %s: attempt %d", run_dir.path, len(manifest["attempts"]))
         runtime.configure(spec.runtime, spec.train.seed)
         data = dataset if dataset is not None else load_dataset(spec.data)
+        x_holdout = y_holdout = None
+        if spec.eval.temperature_scaling:
+            data, x_holdout, y_holdout = data.split_holdout(spec.eval.holdout_size)
+            manifest["holdout"] = {
+                "examples": len(y_holdout),
+                "what": "the last training images, excluded from training; temperature scaling is fitted on them",
+            }
         manifest["data"] = data.description
         manifest["devices"] = runtime.devices()
         run_dir.write_manifest(manifest)
 
         result = train(spec, data, run_dir.path)
-        metrics = report.write_reports(run_dir.path, result.history, data.y_test, result.test_probs, data.class_names)
+        holdout_probs = None
+        if x_holdout is not None:
+            holdout_probs = result.model.predict(x_holdout, batch_size=spec.train.eval_batch_size, verbose=0)
+        report.save_predictions(
+            run_dir.path,
+            report.Predictions(result.test_probs, data.y_test, data.class_names, holdout_probs, y_holdout),
+        )
+        metrics = report.write_reports(run_dir.path)
         with atomic.atomic_path(run_dir.path / "model.keras", suffix=".keras") as tmp:
             result.model.save(tmp)
         _finish(manifest, started, "completed")
         manifest.update(
-            epochs_done=len(result.history), test_accuracy=metrics["test_accuracy"], test_nll=metrics["test_nll"]
+            epochs_done=len(result.history),
+            test_accuracy=metrics["test_accuracy"],
+            test_nll=metrics["test_nll"],
+            test_ece=metrics["test_ece"],
         )
         run_dir.write_manifest(manifest)
         # Only now: until the manifest says completed, a re-run resumes from these.

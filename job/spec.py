@@ -94,6 +94,17 @@ class AugmentSpec(Section):
     )
 
 
+class EvalSpec(Section):
+    temperature_scaling: bool = Field(
+        False,
+        description="Fit one softmax temperature on a held-out slice of the training data and report "
+        "calibration (ECE, NLL) before and after. The slice is not trained on.",
+    )
+    holdout_size: int = Field(
+        5000, gt=0, description="With temperature_scaling: the last N training images, held out from training."
+    )
+
+
 class OutputSpec(Section):
     root: PathField = Field(Path("results"), description="Results root; one directory per run inside it.")
     run: str | None = Field(
@@ -136,6 +147,7 @@ class Spec(Section):
     smoothing: SmoothingSpec = Field(default_factory=SmoothingSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     sweep: Grid | list[Grid] | None = Field(

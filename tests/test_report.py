@@ -15,7 +15,12 @@ from matplotlib.figure import Figure
 
 from job.data import CLASS_NAMES
 from job.report import (
+    Predictions,
     classification_metrics,
+    load_predictions,
+    read_history,
+    regenerate,
+    save_predictions,
     write_confusion_matrix,
     write_reports,
     write_training_plot,
@@ -121,19 +126,93 @@ def test_shape_mismatch_is_rejected():
         classification_metrics(np.array([0, 1, 3]), P_SMALL, NAMES_SMALL)
 
 
-@pytest.mark.parametrize("epochs", [1, 5])
-def test_write_reports_writes_all_four_files(tmp_path, epochs):
+def saved_run(run_dir, epochs=3, holdout=False):
+    """A run directory as run.py leaves it before its reports: history.csv and predictions.npz."""
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "manifest.json").write_text('{"status": "completed"}')
+    rows = [{"epoch": e + 1, **row, "lr": 0.005, "seconds": 1.5} for e, row in enumerate(history(epochs))]
+    header = list(rows[0])
+    lines = [",".join(header)] + [",".join(repr(float(r[k])) if k != "epoch" else str(r[k]) for k in header)
+                                  for r in rows]  # fmt: skip
+    (run_dir / "history.csv").write_text("\n".join(lines) + "\n")
     y, probs = cifar_predictions()
-    metrics = write_reports(tmp_path, history(epochs), y, probs, CLASS_NAMES)
+    hold_y, hold_probs = cifar_predictions(seed=1) if holdout else (None, None)
+    save_predictions(run_dir, Predictions(probs, y, CLASS_NAMES, hold_probs, hold_y))
+    return y, probs
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "classification_report.txt", "confusion_matrix.png", "metrics.json", "training.png",
-    ]
+
+REPORT_FILES = [
+    "calibration.json", "classification_report.txt", "confusion_matrix.png", "history.csv", "manifest.json",
+    "metrics.json", "predictions.npz", "reliability.png", "training.png",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("epochs", [1, 5])
+def test_write_reports_writes_every_report_from_the_saved_files(tmp_path, epochs):
+    y, probs = saved_run(tmp_path, epochs)
+    metrics = write_reports(tmp_path)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == REPORT_FILES
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert "accuracy" in (tmp_path / "classification_report.txt").read_text()
-    assert_png(tmp_path / "training.png")
-    assert_png(tmp_path / "confusion_matrix.png")
+    for png in ("training.png", "confusion_matrix.png", "reliability.png"):
+        assert_png(tmp_path / png)
     assert metrics["num_examples"] == len(y)
+    calibration_json = json.loads((tmp_path / "calibration.json").read_text())
+    assert calibration_json["bins"] == 15 and len(calibration_json["test"]["bins"]) == 15
+    assert metrics["test_ece"] == calibration_json["test"]["ece"]
+    assert metrics["test_nll"] == pytest.approx(calibration_json["test"]["nll"], rel=1e-6)
+    assert calibration_json["temperature_scaling"] is None and "temperature" not in metrics
+
+
+def test_predictions_round_trip_and_history_reads_back(tmp_path):
+    y, probs = saved_run(tmp_path, 2, holdout=True)
+    loaded = load_predictions(tmp_path)
+    np.testing.assert_array_equal(loaded.test_labels, y)
+    np.testing.assert_array_equal(loaded.test_probs, probs)
+    assert loaded.class_names == CLASS_NAMES and loaded.holdout_probs.shape == (200, 10)
+    assert read_history(tmp_path / "history.csv")[1]["val_nll"] == history(2)[1]["val_nll"]
+
+
+def test_temperature_scaling_is_reported_before_and_after(tmp_path):
+    saved_run(tmp_path, holdout=True)
+    metrics = write_reports(tmp_path)
+    scaling = json.loads((tmp_path / "calibration.json").read_text())["temperature_scaling"]
+    assert scaling["holdout_examples"] == 200 and scaling["temperature"] == metrics["temperature"] > 0
+    assert scaling["holdout_nll_after"] <= scaling["holdout_nll_before"]
+    assert metrics["test_ece_scaled"] == scaling["test"]["ece"]
+    assert scaling["test"]["accuracy"] == metrics["test_accuracy"]  # one temperature: same argmax
+    assert_png(tmp_path / "reliability.png")
+
+
+def test_regenerate_reproduces_every_file_byte_for_byte(tmp_path):
+    saved_run(tmp_path, holdout=True)
+    write_reports(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for name in ("metrics.json", "reliability.png", "training.png"):
+        (tmp_path / name).unlink()
+    regenerate(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != ".lock"} == before
+
+
+def test_regenerate_refuses_what_it_cannot_redo(tmp_path):
+    from job.errors import SpecError
+
+    with pytest.raises(SpecError, match="is not a directory"):
+        regenerate(tmp_path / "nope")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text('{"status": "running"}')
+    with pytest.raises(SpecError, match=r"has no predictions.npz \(run status: running\)"):
+        regenerate(tmp_path / "run")
+
+
+def test_a_tampered_predictions_file_cannot_run_code(tmp_path):
+    from job.errors import SpecError
+
+    saved_run(tmp_path)
+    np.savez(tmp_path / "predictions.npz", test_probs=np.array([object()], dtype=object))
+    with pytest.raises(SpecError, match="cannot regenerate"):
+        regenerate(tmp_path)
 
 
 def test_training_plot_without_val_nll(tmp_path):

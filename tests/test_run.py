@@ -12,7 +12,8 @@ from job.rundir import RunDir
 
 ARTIFACTS = {
     "spec.yaml", "manifest.json", "history.csv", "metrics.json", "classification_report.txt",
-    "training.png", "confusion_matrix.png", "model.keras", "run.log",
+    "training.png", "confusion_matrix.png", "model.keras", "run.log", "predictions.npz", "calibration.json",
+    "reliability.png",
 }  # fmt: skip
 
 
@@ -52,9 +53,45 @@ def test_results_directory_is_complete(completed):
     assert metrics["test_accuracy"] == manifest["test_accuracy"]
     assert set(metrics["per_class"]) >= {"airplane", "truck"}
     assert "accuracy" in (run_dir / "classification_report.txt").read_text()
-    for png in ("training.png", "confusion_matrix.png"):
+    for png in ("training.png", "confusion_matrix.png", "reliability.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 2/2" in (run_dir / "run.log").read_text()
+    assert metrics["test_ece"] == manifest["test_ece"] and 0 <= metrics["test_ece"] <= 1
+    assert "holdout" not in manifest and "temperature" not in metrics
+
+
+def test_lsjob_report_rewrites_the_same_files_without_the_training_stack(completed, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "done"
+    shutil.copytree(completed.run_dir, copy)
+    reports = ("metrics.json", "calibration.json", "classification_report.txt", "training.png",
+               "confusion_matrix.png", "reliability.png")  # fmt: skip
+    original = {name: (copy / name).read_bytes() for name in reports}
+    for name in reports:
+        (copy / name).unlink()
+    code = (
+        "import sys; from job.cli import main; sys.argv = ['lsjob', 'report', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert not [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules]"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "reports rewritten" in proc.stdout
+    assert {name: (copy / name).read_bytes() for name in reports} == original
+
+
+def test_temperature_scaling_holds_out_the_last_training_images(tiny_spec):
+    spec = tiny_spec("output.run=scaled", "eval.temperature_scaling=true", "eval.holdout_size=32")
+    assert run_mod.execute(spec) == 0
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert manifest["holdout"]["examples"] == 32 and "last 32 train held out" in manifest["data"]
+    metrics = json.loads((spec.run_dir / "metrics.json").read_text())
+    assert metrics["temperature"] > 0 and "test_ece_scaled" in metrics
+    with np.load(spec.run_dir / "predictions.npz") as f:
+        assert f["holdout_probs"].shape == (32, 10) and f["test_probs"].shape == (32, 10)
 
 
 def test_saved_model_reproduces_the_reported_accuracy(completed):
@@ -147,6 +184,12 @@ def test_unwritable_results_root_fails_before_training(tmp_path, tiny_spec):
     (tmp_path / "file").write_text("")
     spec = tiny_spec(f"output.root={tmp_path / 'file' / 'results'}")
     with pytest.raises(SpecError, match="results root"):
+        run_mod.execute(spec)
+
+
+def test_a_holdout_that_leaves_nothing_to_train_on_is_a_clear_error(tiny_spec):
+    spec = tiny_spec("eval.temperature_scaling=true", "eval.holdout_size=128")
+    with pytest.raises(SpecError, match="eval.holdout_size is 128 but there are only 128 training images"):
         run_mod.execute(spec)
 
 

@@ -71,7 +71,7 @@ def test_resolved_yaml_round_trips(tmp_path):
 
 def test_schema_describes_every_section():
     schema = json_schema()
-    assert set(schema["properties"]) == {"data", "smoothing", "train", "augment", "output", "runtime", "sweep"}
+    assert set(schema["properties"]) == {"data", "smoothing", "train", "augment", "eval", "output", "runtime", "sweep"}
     assert "last key varying fastest" in schema["properties"]["sweep"]["description"]
     assert schema["$defs"]["SmoothingSpec"]["properties"]["method"]["enum"] == ["labels", "loss", "none"]
     json.dumps(schema)

@@ -60,6 +60,23 @@ class Dataset:
             self.class_names,
         )
 
+    def split_holdout(self, size: int) -> tuple["Dataset", np.ndarray, np.ndarray]:
+        """Set the last `size` training images aside (for temperature scaling): the
+        dataset without them, and their images and labels. Never trained on."""
+        from job.errors import SpecError
+
+        if not 0 < size < len(self.x_train):
+            raise SpecError(
+                f"eval.holdout_size is {size} but there are only {len(self.x_train)} training images; "
+                "it must leave some to train on"
+            )
+        keep = len(self.x_train) - size
+        rest = Dataset(
+            self.x_train[:keep], self.y_train[:keep], self.x_test, self.y_test,
+            self.description + f", last {size} train held out", self.class_names,
+        )  # fmt: skip
+        return rest, self.x_train[keep:], self.y_train[keep:]
+
 
 def per_pixel_mean(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """The recipe's per-pixel mean image (32, 32, 3), float32.

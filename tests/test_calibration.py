@@ -1,0 +1,79 @@
+"""Calibration metrics against values worked out by hand, and temperature scaling."""
+
+import math
+
+import numpy as np
+import pytest
+
+from job import calibration
+
+# Four examples, two classes. Top-1 confidences 0.9, 0.6, 0.8, 0.55; the second and the
+# fourth are misses. With 15 bins of width 1/15: 0.9 -> bin 13, 0.6 -> bin 8 (0.6 is its
+# upper edge: bins are (lower, upper]), 0.8 -> bin 11, 0.55 -> bin 8.
+PROBS = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.55, 0.45]])
+LABELS = np.array([0, 0, 1, 1])
+
+
+def test_bins_follow_the_lower_exclusive_upper_inclusive_convention():
+    table = calibration.reliability_bins(PROBS, LABELS)
+    assert len(table) == 15 and table[0]["lower"] == 0 and table[-1]["upper"] == 1
+    filled = {i: b for i, b in enumerate(table) if b["count"]}
+    assert sorted(filled) == [8, 11, 13]
+    assert filled[8]["count"] == 2 and filled[8]["confidence"] == pytest.approx(0.575)
+    assert filled[8]["accuracy"] == 0.0
+    assert (filled[11]["accuracy"], filled[13]["accuracy"]) == (1.0, 1.0)
+    assert table[0]["confidence"] is None and table[0]["accuracy"] is None
+
+
+def test_ece_mce_nll_brier_by_hand():
+    s = calibration.summary(PROBS, LABELS)
+    # ECE: bin 8 holds 2 of 4 with gap 0.575, bin 11 gap 0.2, bin 13 gap 0.1.
+    assert s["ece"] == pytest.approx(0.5 * 0.575 + 0.25 * 0.2 + 0.25 * 0.1)
+    assert s["mce"] == pytest.approx(0.575)
+    assert s["nll"] == pytest.approx(-(math.log(0.9) + math.log(0.4) + math.log(0.8) + math.log(0.45)) / 4)
+    # Brier per example: sum over classes of (p - onehot)^2.
+    per_example = [0.1**2 * 2, 0.6**2 * 2, 0.2**2 * 2, 0.55**2 * 2]
+    assert s["brier"] == pytest.approx(sum(per_example) / 4)
+    assert s["accuracy"] == 0.5 and s["mean_confidence"] == pytest.approx((0.9 + 0.6 + 0.8 + 0.55) / 4)
+    assert s["examples"] == 4
+
+
+def test_a_confident_miss_has_a_finite_nll():
+    assert math.isfinite(calibration.nll(np.array([[1.0, 0.0]]), np.array([1])))
+
+
+def test_perfectly_calibrated_predictions_lie_on_the_diagonal():
+    # Confidence c, correct with probability c: every bin's accuracy is its confidence.
+    rng = np.random.default_rng(0)
+    n, k = 200_000, 10
+    conf = rng.uniform(0.1, 1.0, n)
+    labels = rng.integers(0, k, n)
+    correct = rng.uniform(size=n) < conf
+    predicted = np.where(correct, labels, (labels + rng.integers(1, k, n)) % k)
+    probs = np.tile(((1 - conf) / (k - 1))[:, None], (1, k))
+    probs[np.arange(n), predicted] = conf
+    s = calibration.summary(probs, labels)
+    for b in s["bins"]:
+        if b["count"] > 1000:
+            assert b["accuracy"] == pytest.approx(b["confidence"], abs=0.02)
+    assert s["ece"] < 0.01
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_predictions_overconfident():
+    rng = np.random.default_rng(1)
+    n, k = 20_000, 10
+    logits = rng.normal(size=(n, k)) * 2.0
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(k, p=p) for p in calibrated])
+    overconfident = calibration.apply_temperature(calibrated, 0.5)  # logits doubled
+    temperature = calibration.fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(2.0, rel=0.05)
+    rescaled = calibration.apply_temperature(overconfident, temperature)
+    assert calibration.nll(rescaled, labels) < calibration.nll(overconfident, labels)
+    assert calibration.summary(rescaled, labels)["ece"] < calibration.summary(overconfident, labels)["ece"]
+    # One scalar: the predicted class, hence accuracy, never changes.
+    assert (rescaled.argmax(axis=1) == overconfident.argmax(axis=1)).all()
+
+
+def test_temperature_one_changes_nothing():
+    np.testing.assert_allclose(calibration.apply_temperature(PROBS, 1.0), PROBS, atol=1e-12)
