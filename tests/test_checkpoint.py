@@ -42,6 +42,7 @@ def test_keeps_the_newest_two_and_no_temporaries(tmp_path):
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     model, store = small_model(), Checkpoints(tmp_path)
+    train_step(model)  # as in a run: the optimizer's momentum exists before the first save
     store.save(model, 1, [{"epoch": 1}])
     store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
     weights = tmp_path / "epoch-0002" / "state.weights.h5"
