@@ -66,6 +66,30 @@ def run(
 
 
 @app.command()
+def bench(
+    spec: SpecArg,
+    set_: SetOpt = None,
+    index: IndexOpt = None,
+    steps: Annotated[int, typer.Option(min=2, help="Training steps timed after warm-up.")] = 50,
+    warmup: Annotated[int, typer.Option(min=1, help="Steps run first: compilation and warm-up.")] = 10,
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON here instead of to stdout.")] = None,
+):
+    """Time the spec's real training step on synthetic data: a table on stderr, JSON on stdout (or --out)."""
+    point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from job import atomic
+    from job.bench import bench as run_bench
+    from job.bench import table
+
+    result = run_bench(point.spec, steps=steps, warmup=warmup)
+    typer.echo(table(result), err=True)
+    if out is None:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        atomic.write_json(out, result)
+
+
+@app.command()
 def validate(spec: SpecArg, set_: SetOpt = None):
     """Check a spec (every point of a sweep); exit 0 when valid, 2 with every problem listed."""
     resolved = load_spec(spec, set_ or [])

@@ -53,6 +53,29 @@ def devices() -> list[str]:
     return ["unknown"]
 
 
+def device_peak_memory_mb() -> float | None:
+    """Peak accelerator memory of this process so far; None on a CPU or where the backend cannot tell."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_logical_devices("GPU")
+            return tf.config.experimental.get_memory_info(gpus[0].name)["peak"] / 2**20 if gpus else None
+        if backend == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats()
+            return stats["peak_bytes_in_use"] / 2**20 if stats else None
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    except (KeyError, RuntimeError, ValueError):  # a device without memory statistics
+        return None
+    return None
+
+
 def versions() -> dict[str, str]:
     import job
 

@@ -1,0 +1,100 @@
+"""`lsjob bench`: the speed of a spec's real training step, on synthetic data.
+
+Same model, loss, optimizer, augmentation, precision, batch and input path as
+`lsjob run` (train.compile_model and a model.fit on uint8 arrays, like
+train.train), but no validation, checkpoints or results directory: only the
+steps. The first fit call is compilation plus warm-up and is reported apart;
+the timed call's per-step times come from the gaps between batch-end callbacks,
+which wait for the device, so asynchronous backends are timed honestly.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import keras
+import numpy as np
+
+from job import runtime, smoothing
+from job.data import SYNTHETIC_SEED, per_pixel_mean
+from job.data.synthetic import make_synthetic
+from job.spec import Spec
+from job.train import compile_model
+
+
+class _StepClock(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Reading the loss forces the step to finish on the device before the clock reads.
+        float((logs or {}).get("loss", 0.0))
+        self.ends.append(time.perf_counter())
+
+
+def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
+    """Time `steps` training steps after `warmup` ones; returns the figures `lsjob bench` prints."""
+    runtime.configure(spec.runtime, spec.train.seed)
+    batch = spec.train.batch_size
+    per_call = spec.runtime.steps_per_execution
+    # Whole executions only: a partial one would be a second, differently shaped compiled call.
+    steps = max(steps // per_call, 2) * per_call
+    warmup = max(warmup // per_call, 1) * per_call
+    x, y, _, _ = make_synthetic(batch * max(steps, warmup), 1, seed=SYNTHETIC_SEED)
+    targets = smoothing.training_targets(y, 10, spec.smoothing)
+    model = compile_model(spec, per_pixel_mean(x), 10)
+
+    def fit(n: int, clock: _StepClock) -> float:
+        started = time.perf_counter()
+        model.fit(x[: n * batch], targets[: n * batch], batch_size=batch, shuffle=False, epochs=1, verbose=0,
+                  callbacks=[clock])  # fmt: skip
+        clock.ends.insert(0, started)
+        return time.perf_counter() - started
+
+    warm = _StepClock()
+    first_call_s = fit(warmup, warm)
+    timed = _StepClock()
+    total_s = fit(steps, timed)
+    # One callback per execution of steps_per_execution steps.
+    step_s = [b - a for a, b in zip(timed.ends, timed.ends[1:])]
+    step_s = [s / per_call for s in step_s[1:]] or [total_s / steps]  # the first gap includes fit's set-up
+    steady = statistics.median(step_s)
+    return {
+        "backend": keras.backend.backend(),
+        "devices": runtime.devices(),
+        "precision": spec.runtime.mixed_precision,
+        "jit_compile": spec.runtime.jit_compile,
+        "steps_per_execution": per_call,
+        "batch_size": batch,
+        "steps_timed": steps,
+        "images_per_s": batch / steady,
+        "images_per_s_overall": steps * batch / total_s,
+        "step_ms_median": 1000 * steady,
+        "step_ms_p90": 1000 * float(np.percentile(step_s, 90)),
+        "compile_and_warmup_s": first_call_s,
+        "epoch_s_estimate": 50_000 // batch * steady,
+        "host_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_peak_mb": runtime.device_peak_memory_mb(),
+        "versions": runtime.versions(),
+    }
+
+
+def table(result: dict) -> str:
+    rows = [
+        ("backend", result["backend"]),
+        ("device", ", ".join(result["devices"])),
+        ("precision", result["precision"]),
+        ("jit_compile", str(result["jit_compile"])),
+        ("batch size", str(result["batch_size"])),
+        ("images/s (median step)", f"{result['images_per_s']:,.0f}"),
+        ("step ms, median / p90", f"{result['step_ms_median']:.2f} / {result['step_ms_p90']:.2f}"),
+        ("compile + warm-up s", f"{result['compile_and_warmup_s']:.1f}"),
+        ("epoch of 50,000, s", f"{result['epoch_s_estimate']:.1f}"),
+        ("host peak MB", f"{result['host_peak_mb']:,.0f}"),
+        ("device peak MB", "n/a" if result["device_peak_mb"] is None else f"{result['device_peak_mb']:,.0f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
