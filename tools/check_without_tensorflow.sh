@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Proof that the job needs no TensorFlow: a fresh environment with the project's
+# dependencies minus tensorflow, plus JAX, where `import tensorflow` fails, runs a
+# 1-epoch smoke run under KERAS_BACKEND=jax to completion. (The GPU test machine is
+# such an environment: JAX and PyTorch, no TensorFlow.) .ci/run calls this.
+#
+#   tools/check_without_tensorflow.sh [backend]     # jax (default) or torch
+set -euo pipefail
+cd "$(dirname "$0")/.."
+backend=${1:-jax}
+case $backend in
+  jax) engine=jax ;;
+  torch) engine=torch ;;
+  *) echo "usage: $0 [jax|torch]" >&2; exit 2 ;;
+esac
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 -m venv "$work/venv"
+# shellcheck disable=SC1091
+. "$work/venv/bin/activate"
+python -m pip install --quiet --upgrade pip
+# pyproject's own dependency list, so this stays true as it changes; TensorFlow left out.
+mapfile -t deps < <(python - <<'PY'
+import re, tomllib
+for dep in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]:
+    if re.split(r"[<>=!~\[ ;]", dep, maxsplit=1)[0].lower() != "tensorflow":
+        print(dep)
+PY
+)
+python -m pip install --quiet "${deps[@]}" "$engine"
+python -m pip install --quiet --no-deps -e .
+
+if python -c "import tensorflow" 2> /dev/null; then
+  echo "check_without_tensorflow: tensorflow is importable here; the check would prove nothing" >&2
+  exit 1
+fi
+echo "check_without_tensorflow: no tensorflow; lsjob run under KERAS_BACKEND=$backend"
+KERAS_BACKEND=$backend lsjob run specs/smoke.yaml --set train.epochs=1 --set "output.root=$work/results"
+python - "$work/results/smoke/manifest.json" "$backend" <<'PY'
+import json, sys
+manifest = json.load(open(sys.argv[1]))
+assert manifest["status"] == "completed" and manifest["backend"] == sys.argv[2], manifest
+assert "tensorflow" not in manifest["versions"], manifest["versions"]
+print(f"check_without_tensorflow: completed on {manifest['backend']}, test accuracy {manifest['test_accuracy']:.3f}")
+PY
