@@ -14,6 +14,7 @@ import pickle
 import shutil
 import struct
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -427,14 +428,15 @@ def test_download_failure_says_where_to_put_the_file(keras_utils, monkeypatch, t
     assert "Temporary failure in name resolution" in message
     assert "data.path" in message and str(cache / "datasets" / cifar10.ARCHIVE_NAME) in message
     (call,) = calls
+    assert call.pop("cache_subdir").startswith(".download.")  # a private folder, not the real name
     assert call == {
         "fname": cifar10.ARCHIVE_NAME,
         "origin": cifar10.CIFAR10_URL,
         "file_hash": cifar10.CIFAR10_SHA256,
         "hash_algorithm": "sha256",
-        "cache_dir": str(cache),
-        "cache_subdir": "datasets",
+        "cache_dir": str(cache / "datasets"),
     }  # no extract=True: Keras never unpacks the archive
+    assert files_under(cache) == ["datasets"]  # and it is gone after the failure
 
 
 def test_real_download_failure_under_keras_home(keras_utils, monkeypatch, tmp_path):
@@ -459,6 +461,29 @@ def test_download_then_extract(small, cifar_sample, small_tar, trusted, keras_ut
     cache = tmp_path / "cache"
     assert_loaded(cifar10.load_cifar10(None, cache), expected_arrays(cifar_sample, SMALL))
     assert sorted(p.name for p in (cache / "datasets").iterdir()) == sorted([cifar10.ARCHIVE_NAME, BATCHES])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_download_killed_or_corrupted_midway_never_takes_the_real_name(
+    damage, small, small_tar, trusted, keras_utils, monkeypatch, tmp_path
+):
+    trusted(small_tar)
+    seen = []
+
+    def broken_fetch(fname, cache_dir, cache_subdir, **kwargs):
+        # What a transfer cut short, or two writers interleaving, leaves behind.
+        target = os.path.join(cache_dir, cache_subdir, fname)
+        data = small_tar.read_bytes()
+        Path(target).write_bytes(data[: len(data) // 2] if damage == "truncate" else b"x" * 1000)
+        seen.append(target)
+        return target
+
+    monkeypatch.setattr(keras_utils, "get_file", broken_fetch)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError):
+        cifar10.load_cifar10(None, cache)
+    assert Path(seen[0]).parent.parent == cache / "datasets"
+    assert files_under(cache / "datasets") == []  # nothing under the real name, no staging left
 
 
 @pytest.mark.parametrize(

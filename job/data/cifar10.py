@@ -138,38 +138,49 @@ def _load_from_cache(datasets: Path):
         # A download killed midway leaves a short file under the final name; its digest tells.
         if archive.is_file() and sha256_of(archive) == CIFAR10_SHA256:
             return _load_archive(archive, datasets)
-    archive = download_archive(datasets)
-    verify_sha256(archive)
-    return _load_archive(archive, datasets)
+    return _load_archive(download_archive(datasets), datasets)
 
 
 def download_archive(datasets: Path) -> Path:
-    """Fetch the official archive with Keras into `datasets`; DataError when it cannot be had."""
+    """Fetch the official archive with Keras into `datasets`; DataError when it cannot be had.
+
+    Keras writes to its final name as it goes, so it downloads into a private folder;
+    the archive is moved to datasets/ only once its digest checks out. A download
+    killed half-way, or two tasks filling a cold shared cache at once, can then never
+    leave or see a partial archive under the real name.
+    """
     try:
-        # Keras treats a cache folder that does not exist yet as unwritable and goes to /tmp.
         datasets.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        pass
+        staging = Path(tempfile.mkdtemp(prefix=".download.", dir=datasets))
+    except OSError as e:
+        raise DataError(
+            f"cannot write to the dataset cache {datasets} ({e.strerror}); set data.cache_dir to a writable "
+            f"folder, or download {ARCHIVE_NAME} yourself and set data.path to it"
+        ) from None
     log.info("downloading CIFAR-10 from %s into %s", CIFAR10_URL, datasets)
     try:
         from keras.utils import get_file
 
-        # Keras writes to the final name but removes it when the transfer fails, re-downloads
-        # a cached file whose digest is wrong, and we verify the digest again anyway.
         fetched = get_file(
             fname=ARCHIVE_NAME,
             origin=CIFAR10_URL,
             file_hash=CIFAR10_SHA256,
             hash_algorithm="sha256",
-            cache_dir=str(datasets.parent),
-            cache_subdir=datasets.name,
+            cache_dir=str(datasets),
+            cache_subdir=staging.name,
         )
+        verify_sha256(Path(fetched))
+        os.replace(fetched, datasets / ARCHIVE_NAME)
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(
             f"could not download CIFAR-10 from {CIFAR10_URL} ({e}); download {ARCHIVE_NAME} yourself "
             f"and set data.path to it, or put it at {datasets / ARCHIVE_NAME}"
         ) from e
-    return Path(fetched)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return datasets / ARCHIVE_NAME
 
 
 def _load_archive(archive: Path, datasets: Path):
