@@ -199,8 +199,8 @@ def _failure_rules(*, indexed: bool) -> list[dict]:
     """What a failed pod means, first match wins (exit codes: job/errors.py).
 
     Unlisted failures (1 internal error, 3 data problem, 5 run directory busy, an OOM
-    kill) count against the backoff limit. 3 is retried on purpose: a failed download
-    and pods racing to fill a cold cache both end in 3, and a retry finds the cache full.
+    kill) count against the backoff limit. 3 is retried on purpose: a download that
+    failed on a network hiccup ends in 3 and may well work next time.
     """
 
     def on_exit(*codes: int) -> dict:
