@@ -10,6 +10,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DATA = 3
 EXIT_DIVERGED = 4
 EXIT_BUSY = 5
+EXIT_NO_SPACE = 6
 EXIT_INTERRUPTED = 75
 
 
@@ -41,6 +42,12 @@ class RunBusyError(JobError):
     """Another live process holds the run directory."""
 
     exit_code = EXIT_BUSY
+
+
+class NoSpaceError(JobError):
+    """The disk, a quota or a file-size limit ran out while writing; the last checkpoint is intact."""
+
+    exit_code = EXIT_NO_SPACE
 
 
 class InterruptedRun(JobError):

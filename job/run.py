@@ -6,6 +6,7 @@ interrupted or failed one resumes from its last finished epoch.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import socket
@@ -17,7 +18,7 @@ import keras
 
 from job import atomic, report, runtime
 from job.data import load_dataset
-from job.errors import EXIT_OK, InterruptedRun, JobError, SpecError
+from job.errors import EXIT_OK, InterruptedRun, JobError, NoSpaceError, SpecError
 from job.rundir import RunDir, now
 from job.spec import Spec
 from job.train import train
@@ -99,15 +100,42 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_po
         )  # fmt: skip
         return EXIT_OK
     except BaseException as e:
-        status = "interrupted" if isinstance(e, InterruptedRun) else "failed"
-        reason = str(e) if isinstance(e, JobError) else f"{type(e).__name__}: {e}"
+        error = _no_space_error(e, run_dir.path) or e
+        status = "interrupted" if isinstance(error, InterruptedRun) else "failed"
+        reason = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
         _finish(manifest, started, status, reason)
-        run_dir.write_manifest(manifest)
+        try:
+            run_dir.write_manifest(manifest)
+        except OSError as again:  # the disk is still full: the log line must do
+            log.error("could not record the %s run in its manifest: %s", status, again)
         log.error("run %s: %s", status, reason)
+        if error is not e:
+            raise error from e
         raise
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+# Out of space, out of quota, or over a file-size limit (ulimit -f): the same remedy.
+NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# h5py and some Keras paths re-raise with the errno only in the message.
+NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def _no_space_error(error: BaseException, path: Path) -> NoSpaceError | None:
+    seen, visited = error, set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        if isinstance(seen, OSError) and (
+            seen.errno in NO_SPACE_ERRNOS or any(text in str(seen) for text in NO_SPACE_TEXT)
+        ):
+            return NoSpaceError(
+                f"ran out of disk space writing {path} ({seen}); free space there (or raise the quota or "
+                "file-size limit) and re-run the same command: it resumes from the last intact checkpoint"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _start_manifest(spec: Spec, previous: dict | None) -> dict:

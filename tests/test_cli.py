@@ -95,6 +95,23 @@ def test_bad_input_exit_codes_and_no_traceback(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_a_file_size_limit_is_a_clear_no_space_failure_with_its_own_exit_code(tmp_path):
+    import resource
+
+    def limit():  # ulimit -f: the manifest and logs fit, the first checkpoint does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+
+    proc = subprocess.run([sys.executable, "-m", "job", *_args(tmp_path, "limited")], capture_output=True,
+                          text=True, preexec_fn=limit)  # fmt: skip
+    assert proc.returncode == 6, proc.stderr
+    assert "ran out of disk space" in proc.stderr and "Traceback" not in proc.stderr
+    manifest = json.loads((tmp_path / "limited" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "ran out of disk space" in manifest["reason"]
+    checkpoints = tmp_path / "limited" / "checkpoints"
+    assert not checkpoints.exists() or not list(checkpoints.iterdir())  # no torn checkpoint left
+
+
 def test_data_problem_exit_code(tmp_path):
     proc = lsjob(
         "run", "/dev/null", "--set", f"data.path={tmp_path / 'missing.tar.gz'}", "--set", f"output.root={tmp_path}"

@@ -139,6 +139,36 @@ def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatc
     assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
 
 
+def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_a_rerun_resumes(tiny_spec, monkeypatch):
+    import errno
+
+    from job.checkpoint import Checkpoints
+    from job.errors import NoSpaceError
+
+    spec = tiny_spec("output.run=full-disk")
+    real_save = Checkpoints.save
+
+    def save_until_full(self, model, epochs_done, history):
+        if epochs_done == 2:  # the disk fills up half-way through the second checkpoint
+            (self.directory / ".epoch-0002.partial").mkdir()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, model, epochs_done, history)
+
+    monkeypatch.setattr(Checkpoints, "save", save_until_full)
+    with pytest.raises(NoSpaceError, match="ran out of disk space.*re-run the same command") as err:
+        run_mod.execute(spec)
+    assert err.value.exit_code == 6
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "ran out of disk space" in manifest["reason"]
+    assert (spec.run_dir / "checkpoints" / "epoch-0001" / "state.json").is_file()
+
+    monkeypatch.setattr(Checkpoints, "save", real_save)  # space freed
+    assert run_mod.execute(spec) == 0
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
+    assert manifest["epochs_done"] == 2
+
+
 def test_a_second_task_on_the_same_run_is_refused(tmp_path):
     first, second = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
     first.claim()
