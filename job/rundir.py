@@ -29,6 +29,7 @@ MANIFEST = "manifest.json"
 # mid-write also leaves job.atomic's temporary file of spec.yaml or manifest.json.
 PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
+ATOMIC_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")  # job.atomic: .<name>.<random>.tmp<suffix>
 
 
 def now() -> str:
@@ -82,6 +83,14 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode(), 0)
         self._lock_fd = fd
+        self._remove_torn_writes()
+
+    def _remove_torn_writes(self) -> None:
+        # job.atomic's temporary files of a process killed mid-write; ours alone to clear,
+        # since we hold the lock. The files they were replacing are untouched.
+        for leftover in self.path.glob(".*.tmp*"):
+            if ATOMIC_TMP.fullmatch(leftover.name) and leftover.is_file():
+                leftover.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self._lock_fd is not None:

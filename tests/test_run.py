@@ -139,6 +139,48 @@ def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatc
     assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
 
 
+KILL_POINTS = ["mid-epoch", "after-checkpoint", "final-evaluation", "report", "model-save"]
+
+
+@pytest.mark.slow
+def test_killed_at_every_hard_point_then_rerun_ends_exactly_as_a_run_never_killed(completed, tmp_path):
+    """SIGKILL (nothing can be caught or recorded) at five points in turn, one re-run after
+    each; the run then finishes with the uninterrupted run's history, metrics and weights."""
+    import subprocess
+    import sys
+
+    import keras
+    from conftest import ROOT, TINY
+
+    args = [a for item in [*TINY, f"output.root={tmp_path}", "output.run=killed"] for a in ("--set", item)]
+    run_dir = tmp_path / "killed"
+    for point in KILL_POINTS:
+        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_at.py"), point, "run", "/dev/null", *args],
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == -9, (point, proc.stderr[-2000:])
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert manifest["status"] != "completed", point  # killed before it could claim to be done
+    proc = subprocess.run([sys.executable, "-m", "job", "run", "/dev/null", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and len(manifest["attempts"]) == len(KILL_POINTS) + 1
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name] and not (run_dir / "checkpoints").exists()
+
+    def history(directory):
+        return [row.rsplit(",", 1)[0] for row in (directory / "history.csv").read_text().splitlines()]
+
+    straight = completed.run_dir
+    assert history(run_dir) == history(straight)
+    for name in ("metrics.json", "calibration.json"):
+        assert json.loads((run_dir / name).read_text()) == json.loads((straight / name).read_text()), name
+    with np.load(run_dir / "predictions.npz") as a, np.load(straight / "predictions.npz") as b:
+        np.testing.assert_array_equal(a["test_probs"], b["test_probs"])
+    killed_model, straight_model = (keras.saving.load_model(d / "model.keras") for d in (run_dir, straight))
+    for a, b in zip(killed_model.get_weights(), straight_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_a_rerun_resumes(tiny_spec, monkeypatch):
     import errno
 
