@@ -1,16 +1,19 @@
-"""Aggregate a results tree: one row per run, a per-(method, factor) summary, one plot.
+"""Aggregate a results tree: one row per run, a per-(method, factor) summary, plots, a page.
 
 `aggregate(root)` finds every run directory under `root` at any depth and writes
-`aggregate.csv`, `aggregate.md` and `accuracy_vs_factor.png`. Every run directory
+`aggregate.csv`, `aggregate.md`, `accuracy_vs_factor.png`, `ece_vs_factor.png`,
+`labels_vs_loss.png` and `aggregate.html` (job.summary_page). Every run directory
 found gets a row; a run that is not provably complete never counts as completed,
-and only completed runs enter the means and the plot.
+and only completed runs enter the means and the plots.
 
 It only reads: no run's lock is taken (a task starting its run must never find it
 busy because someone is reading it), and neither Keras nor TensorFlow is imported,
 so it runs in seconds on a laptop holding a copy of the results volume.
 
-A new metric (ECE, Brier score, ...) is one more `Metric` in METRICS: it then gets
-its CSV and Markdown columns and its summary statistics.
+A new metric (MCE, NLL after temperature scaling, ...) is one more `Metric` in
+METRICS: it then gets its CSV, Markdown and HTML columns and its summary statistics.
+A plot against the factor is one more entry in FACTOR_PLOTS, a labels-vs-loss
+comparison one more name in COMPARED_METRICS.
 """
 
 from __future__ import annotations
@@ -42,9 +45,15 @@ HISTORY_FILE = "history.csv"
 CSV_NAME = "aggregate.csv"
 MARKDOWN_NAME = "aggregate.md"
 PLOT_NAME = "accuracy_vs_factor.png"
+ECE_PLOT_NAME = "ece_vs_factor.png"
+COMPARISON_PLOT_NAME = "labels_vs_loss.png"
+HTML_NAME = "aggregate.html"
 
 COMPLETED = "completed"
 NO_FACTOR = "none"  # the method whose factor is ignored: a reference line, not a curve
+# Two implementations of one objective (smoothed targets vs a smoothed loss): any
+# difference between them at the same factor is run-to-run noise, or a bug.
+SAME_OBJECTIVE = ("labels", "loss")
 # Display order; also every status a row can have.
 STATUSES = {
     "completed": "finished, and its manifest, metrics.json and history.csv agree",
@@ -92,6 +101,7 @@ class Metric:
     # A completed run must have it, and its manifest must agree. Metrics added later are
     # optional: runs from before they existed stay completed, with an empty cell.
     required: bool = False
+    note: str = ""  # what it is, under the summary table
 
     def show(self, value: float | None) -> str:
         if value is None:
@@ -103,8 +113,24 @@ METRICS = (
     Metric("test_accuracy", "test_accuracy", "test acc (%)", percent=True, digits=2, required=True),
     # The manifest's test_nll: the final model's unsmoothed NLL on the validation set,
     # which in this recipe is the CIFAR-10 test set.
-    Metric("val_nll", "test_nll", "val NLL", digits=4, required=True),
+    Metric("val_nll", "test_nll", "val NLL", digits=4, required=True,
+           note="the final model's unsmoothed NLL on the validation set (the CIFAR-10 test set in this "
+           "recipe), comparable across methods"),
+    Metric("test_ece", "test_ece", "ECE", digits=4,
+           note="expected calibration error on the test set, 15 equal-width bins of top-1 confidence"),
+    Metric("test_brier", "test_brier", "Brier", digits=4, note="multi-class Brier score on the test set"),
+    # Only runs with eval.temperature_scaling have these.
+    Metric("temperature", "temperature", "T", digits=3, note="softmax temperature fitted on the held-out slice"),
+    Metric("test_ece_scaled", "test_ece_scaled", "ECE after T", digits=4, note="test ECE after temperature scaling"),
 )
+METRIC = {m.name: m for m in METRICS}
+COMPARED_METRICS = ("test_accuracy", "test_ece")  # labels vs loss
+# The plots of a metric against the factor: file, metric, title, y-axis label.
+FACTOR_PLOTS = (
+    (PLOT_NAME, "test_accuracy", "Test accuracy", "test accuracy (%)"),
+    (ECE_PLOT_NAME, "test_ece", "Expected calibration error", "ECE (15 equal-width bins of top-1 confidence)"),
+)
+PLOT_TITLE = {metric: title for _, metric, title, _ in FACTOR_PLOTS}
 
 
 @dataclass
@@ -140,6 +166,7 @@ class Stats:
     std: float | None  # sample standard deviation (ddof=1); None for a single run
     min: float
     max: float
+    n: int  # runs it is over: fewer than a group's completed runs when some of them lack the metric
 
 
 @dataclass
@@ -153,6 +180,33 @@ class Group:
     stats: dict[str, Stats]  # Metric.name -> statistics; absent when no completed run has it
 
 
+@dataclass(frozen=True)
+class Difference:
+    """labels minus loss in one metric's mean at one factor, beside each method's seed spread."""
+
+    factor: float
+    metric: str  # Metric.name
+    labels: Stats
+    loss: Stats
+
+    @property
+    def value(self) -> float:
+        return self.labels.mean - self.loss.mean
+
+    @property
+    def se(self) -> float | None:
+        """Standard error of a difference of two means, sqrt(s1²/n1 + s2²/n2); None with one seed."""
+        if self.labels.std is None or self.loss.std is None:
+            return None
+        return math.sqrt(self.labels.std**2 / self.labels.n + self.loss.std**2 / self.loss.n)
+
+    @property
+    def ratio(self) -> float | None:
+        """difference / SE: how many standard errors of seed noise the difference is."""
+        se = self.se
+        return self.value / se if se else None
+
+
 @dataclass
 class Summary:
     """What aggregate() found and wrote; the CLI prints `markdown`."""
@@ -161,6 +215,7 @@ class Summary:
     out: Path
     runs: list[Run]
     groups: list[Group]
+    comparisons: list[Difference]
     warnings: list[str]
     markdown: str
     files: tuple[Path, ...]
@@ -214,7 +269,10 @@ CSV_COLUMNS = tuple(c for c in COLUMNS if c.name)
 
 
 def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Summary:
-    """Read every run under `root`, write the three aggregate files into `out` (default: root)."""
+    """Read every run under `root`, write the aggregate files into `out` (default: root)."""
+    # Imported here, not above: the page is drawn from this module's Summary, Run and tables.
+    from job.summary_page import write_page
+
     root = Path(root)
     out = root if out is None else Path(out)
     runs, warnings = collect(root)
@@ -223,17 +281,22 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
             f"no lsjob runs under {root}: no directory there holds a {MANIFEST}, {SPEC_FILE} or {LOCK}"
         )
     groups = summarize(runs)
+    comparisons = compare(groups)
     warnings += comparison_warnings(runs)
-    markdown = render_markdown(root, runs, groups, warnings)
-    files = (out / CSV_NAME, out / MARKDOWN_NAME, out / PLOT_NAME)
+    markdown = render_markdown(root, runs, groups, comparisons, warnings)
+    names = (CSV_NAME, MARKDOWN_NAME, *(name for name, *_ in FACTOR_PLOTS), COMPARISON_PLOT_NAME, HTML_NAME)
+    summary = Summary(root, out, runs, groups, comparisons, warnings, markdown, tuple(out / n for n in names))
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(files[0], render_csv(runs))
-        write_plot(runs, files[2])
-        write_text(files[1], markdown)
+        write_text(out / CSV_NAME, render_csv(runs))
+        for name, metric, title, ylabel in FACTOR_PLOTS:
+            write_factor_plot(runs, METRIC[metric], title, ylabel, out / name)
+        write_comparison_plot(comparisons, out / COMPARISON_PLOT_NAME)
+        write_page(summary, out / HTML_NAME)  # after the plots: it embeds them
+        write_text(out / MARKDOWN_NAME, markdown)
     except OSError as e:
         raise AggregateError(f"cannot write the aggregate into {out}: {e.strerror or e}") from None
-    return Summary(root, out, runs, groups, warnings, markdown, files)
+    return summary
 
 
 def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
@@ -586,7 +649,22 @@ def summarize(runs: list[Run]) -> list[Group]:
 def _stats(values: list[float]) -> Stats:
     array = np.asarray(values, dtype=np.float64)
     std = float(array.std(ddof=1)) if len(array) > 1 else None
-    return Stats(float(array.mean()), std, float(array.min()), float(array.max()))
+    return Stats(float(array.mean()), std, float(array.min()), float(array.max()), len(array))
+
+
+def compare(groups: list[Group]) -> list[Difference]:
+    """labels minus loss at every factor where both have completed runs with the metric."""
+    by_key = {(g.method, g.factor): g for g in groups}
+    labels, loss = SAME_OBJECTIVE
+    found = []
+    for factor in sorted({g.factor for g in groups if g.method == labels}):
+        if (loss, factor) not in by_key:
+            continue
+        for metric in COMPARED_METRICS:
+            a, b = by_key[(labels, factor)].stats.get(metric), by_key[(loss, factor)].stats.get(metric)
+            if a is not None and b is not None:
+                found.append(Difference(factor, metric, a, b))
+    return found
 
 
 def comparison_warnings(runs: list[Run]) -> list[str]:
@@ -609,7 +687,7 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
         values = Counter(r.settings.get(key, "(absent)") for r in known)
         if len(values) > 1:
             listed = ", ".join(f"{value} ({n} runs)" for value, n in sorted(values.items()))
-            warnings.append(f"completed runs differ in {key}: {listed}; the means and the plot mix them")
+            warnings.append(f"completed runs differ in {key}: {listed}; the means and the plots mix them")
     return warnings
 
 
@@ -640,65 +718,133 @@ def render_csv(runs: list[Run]) -> str:
     return out.getvalue()
 
 
-def render_markdown(root: Path, runs: list[Run], groups: list[Group], warnings: list[str]) -> str:
-    counts = Counter(r.status for r in runs)
-    tally = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
-    lines = [f"# lsjob runs under `{root}`", "", f"{len(runs)} runs: {tally}.", ""]
+@dataclass(frozen=True)
+class Table:
+    """A table as text cells: the Markdown and the HTML page show the same ones."""
 
-    lines += ["## Completed runs by method and factor", ""]
+    header: list[str]
+    rows: list[list[str]]
+    right: list[bool]  # right-aligned (numbers)
+
+
+STATS_NOTE = (
+    "Statistics cover completed runs only; std is the sample standard deviation (n - 1), – for a single "
+    "run; (n=k) marks a statistic over fewer runs than completed: runs from before calibration have no ECE "
+    "or Brier, and only runs with temperature scaling have T."
+)
+COMPARISON_NOTE = (
+    "labels and loss optimise the same objective, so their difference at the same factor should be "
+    "run-to-run noise: compare it with each method's std across seeds and with the standard error of the "
+    "difference, SE = sqrt(std_labels²/n_labels + std_loss²/n_loss); with a few seeds per method, "
+    "a difference / SE between about -3 and +3 is within that noise."
+)
+
+
+def tally(runs: list[Run]) -> str:
+    counts = Counter(r.status for r in runs)
+    return f"{len(runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+
+
+def shown_metrics(runs: list[Run]) -> list[Metric]:
+    """The metrics worth a column: the required ones, and those some run has (no empty T column)."""
+    return [m for m in METRICS if m.required or any(m.name in r.metrics for r in runs)]
+
+
+def metrics_note(metrics: list[Metric]) -> str:
+    return " ".join(f"{m.label}: {m.note}." for m in metrics if m.note)
+
+
+def run_columns(runs: list[Run]) -> list[Column]:
+    """The runs table's displayed columns, leaving out metrics no run has."""
+    hidden = {m.name for m in METRICS} - {m.name for m in shown_metrics(runs)}
+    return [c for c in COLUMNS if c.label is not None and c.name not in hidden]
+
+
+def run_cells(run: Run, columns: list[Column]) -> list[str]:
+    return [c.show(run) if c.show else _text(c.get(run)) for c in columns]
+
+
+def group_table(groups: list[Group], metrics: list[Metric]) -> Table:
     header = ["method", "factor", "completed", "not completed"]
-    for metric in METRICS:
+    for metric in metrics:
         header += [f"{metric.label} mean ± std", f"{metric.label} min – max"]
-    body = []
+    rows = []
     for g in groups:
         cells = [g.method, _show_factor(g.method, g.factor), str(g.completed), str(g.not_completed)]
-        for metric in METRICS:
+        for metric in metrics:
             s = g.stats.get(metric.name)
             if s is None:
                 cells += ["", ""]
-            else:
-                std = "–" if s.std is None else metric.show(s.std)
-                cells += [f"{metric.show(s.mean)} ± {std}", f"{metric.show(s.min)} – {metric.show(s.max)}"]
-        body.append(cells)
-    lines += _table(header, body, right=[False, True, True, True, *[True] * (2 * len(METRICS))])
-    lines += [
-        "",
-        "Statistics cover completed runs only; std is the sample standard deviation (n - 1), "
-        "`–` for a single run. val NLL is the final model's unsmoothed NLL on the validation set "
-        "(the CIFAR-10 test set in this recipe), comparable across methods.",
-        "",
-        "## Runs",
-        "",
-    ]
-    md_columns = [c for c in COLUMNS if c.label is not None]
-    lines += _table(
-        [c.label for c in md_columns],
-        [[c.show(r) if c.show else _text(c.get(r)) for c in md_columns] for r in runs],
-        right=[c.right for c in md_columns],
-    )
-    present = [s for s in STATUSES if counts[s]]
+                continue
+            std = "–" if s.std is None else metric.show(s.std)
+            fewer = f" (n={s.n})" if s.n < g.completed else ""
+            cells += [f"{metric.show(s.mean)} ± {std}{fewer}", f"{metric.show(s.min)} – {metric.show(s.max)}"]
+        rows.append(cells)
+    return Table(header, rows, [False, True, True, True, *[True] * (2 * len(metrics))])
+
+
+def comparison_table(comparisons: list[Difference]) -> Table:
+    labels, loss = SAME_OBJECTIVE
+    header = ["factor", "metric", f"{labels} mean ± std (n)", f"{loss} mean ± std (n)", f"{labels} − {loss}",
+              "SE", "difference / SE"]  # fmt: skip
+    rows = []
+    for d in comparisons:
+        metric = METRIC[d.metric]
+        sign = "+" if d.value > 0 else ""
+        rows.append([
+            f"{d.factor:g}", metric.label, _spread(metric, d.labels), _spread(metric, d.loss),
+            sign + metric.show(d.value), "–" if d.se is None else metric.show(d.se),
+            "–" if d.ratio is None else f"{d.ratio:+.1f}",
+        ])  # fmt: skip
+    return Table(header, rows, [True, False, True, True, True, True, True])
+
+
+def _spread(metric: Metric, s: Stats) -> str:
+    return f"{metric.show(s.mean)} ± {'–' if s.std is None else metric.show(s.std)} ({s.n})"
+
+
+def render_markdown(
+    root: Path, runs: list[Run], groups: list[Group], comparisons: list[Difference], warnings: list[str]
+) -> str:
+    metrics = shown_metrics(runs)
+    lines = [f"# lsjob runs under `{root}`", "", tally(runs) + ".", ""]
+    lines += ["## Completed runs by method and factor", "", *_table(group_table(groups, metrics)), ""]
+    lines += [STATS_NOTE + " " + metrics_note(metrics), ""]
+
+    labels, loss = SAME_OBJECTIVE
+    lines += [f"## {labels} vs {loss} at the same factor", "", COMPARISON_NOTE, ""]
+    if comparisons:
+        lines += _table(comparison_table(comparisons))
+    else:
+        lines += [f"No factor has completed runs of both `{labels}` and `{loss}`."]
+
+    columns = run_columns(runs)
+    lines += ["", "## Runs", ""]
+    rows = [run_cells(r, columns) for r in runs]
+    lines += _table(Table([c.label for c in columns], rows, [c.right for c in columns]))
+    present = [s for s in STATUSES if any(r.status == s for r in runs)]
     lines += ["", "Status: " + "; ".join(f"`{s}`: {STATUSES[s]}" for s in present) + "."]
     if warnings:
         lines += ["", "## Warnings", "", *(f"- {_cell(w)}" for w in warnings)]
     return "\n".join(lines) + "\n"
 
 
-def _table(header: list[str], rows: list[list[str]], right: list[bool]) -> list[str]:
-    rule = ["---:" if r else "---" for r in right]
-    return ["| " + " | ".join(_cell(c) for c in row) + " |" for row in (header, rule, *rows)]
+def _table(table: Table) -> list[str]:
+    rule = ["---:" if r else "---" for r in table.right]
+    return ["| " + " | ".join(_cell(c) for c in row) + " |" for row in (table.header, rule, *table.rows)]
 
 
-def write_plot(runs: list[Run], path: Path) -> None:
-    """Test accuracy against the smoothing factor: a line per method, `none` as a reference band."""
-    done = [r for r in runs if r.completed and r.method is not None and r.factor is not None
-            and "test_accuracy" in r.metrics]  # fmt: skip
-    left_out = len(runs) - len(done)
-    accuracy: dict[str, dict[float, list[float]]] = {}
+def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, path: Path) -> None:
+    """A metric against the smoothing factor: a line per method, `none` as a reference band."""
+    completed = [r for r in runs if r.completed and r.method is not None and r.factor is not None]
+    done = [r for r in completed if metric.name in r.metrics]
+    scale = 100 if metric.percent else 1
+    values: dict[str, dict[float, list[float]]] = {}
     for r in done:
-        accuracy.setdefault(r.method, {}).setdefault(r.factor, []).append(100 * r.metrics["test_accuracy"])
+        values.setdefault(r.method, {}).setdefault(r.factor, []).append(scale * r.metrics[metric.name])
 
-    methods = sorted(m for m in accuracy if m != NO_FACTOR)
-    factors = sorted({f for m in methods for f in accuracy[m]})
+    methods = sorted(m for m in values if m != NO_FACTOR)
+    factors = sorted({f for m in methods for f in values[m]})
     # Methods sharing a factor are drawn a little apart so that their bars and dots stay legible.
     span = (factors[-1] - factors[0]) if len(factors) > 1 else 0.5
     offsets = np.linspace(-1, 1, len(methods)) * 0.01 * span if len(methods) > 1 else [0.0]
@@ -707,7 +853,7 @@ def write_plot(runs: list[Run], path: Path) -> None:
         fig = Figure(figsize=(8, 5.5), layout="constrained")
         ax = fig.add_subplot()
         for method, offset in zip(methods, offsets):
-            points = sorted(accuracy[method].items())
+            points = sorted(values[method].items())
             x = np.array([f for f, _ in points]) + offset
             means = np.array([np.mean(v) for _, v in points])
             low = means - np.array([min(v) for _, v in points])
@@ -720,25 +866,66 @@ def write_plot(runs: list[Run], path: Path) -> None:
             seeds_y = [a for _, v in points for a in v]
             ax.scatter(seeds_x, seeds_y, s=22, color=line.get_color(), edgecolors="white", linewidths=0.6,
                        zorder=4)  # fmt: skip
-        if NO_FACTOR in accuracy:
-            values = [a for v in accuracy[NO_FACTOR].values() for a in v]
-            label = f"{NO_FACTOR} ({len(values)} runs, no smoothing): dashed mean, band min–max"
-            ax.axhline(float(np.mean(values)), color="0.35", linestyle="--", label=label)
-            ax.axhspan(min(values), max(values), color="0.35", alpha=0.15, linewidth=0)
+        if NO_FACTOR in values:
+            reference = [a for v in values[NO_FACTOR].values() for a in v]
+            label = f"{NO_FACTOR} ({len(reference)} runs, no smoothing): dashed mean, band min–max"
+            ax.axhline(float(np.mean(reference)), color="0.35", linestyle="--", label=label)
+            ax.axhspan(min(reference), max(reference), color="0.35", alpha=0.15, linewidth=0)
         if factors:
             ax.set_xticks(factors, [f"{f:g}" for f in factors])
+        if len(factors) == 1:  # else the axis spans only the offsets, and "slightly apart" looks far apart
+            ax.set_xlim(factors[0] - 0.1 * span, factors[0] + 0.1 * span)
         if not done:
-            ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center", va="center")
+            empty = "no completed runs" if not completed else f"no completed run reports {metric.label}"
+            ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center")
         ax.set_xlabel("label-smoothing factor" + (" (methods drawn slightly apart)" if len(methods) > 1 else ""))
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(
-            "Test accuracy vs label-smoothing factor\n"
-            f"{len(done)} completed run(s) plotted; {left_out} left out as not completed"
-        )
+        ax.set_ylabel(ylabel)
+        subtitle = f"{len(done)} completed run(s) plotted; {len(runs) - len(completed)} left out as not completed"
+        if len(completed) > len(done):
+            subtitle += f"\n{len(completed) - len(done)} completed run(s) without {metric.label} left out (older runs)"
+        ax.set_title(f"{title} vs label-smoothing factor\n{subtitle}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize="small")
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+        _save_png(fig, path)
+
+
+def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
+    """labels minus loss per factor, each beside a ±1 std band of either method's seeds around
+    zero: a difference inside the bands is no bigger than run-to-run noise."""
+    labels, loss = SAME_OBJECTIVE
+    width = 0.25
+    with matplotlib.style.context("ggplot"):
+        fig = Figure(figsize=(11, 5), layout="constrained")
+        for ax, name in zip(fig.subplots(1, len(COMPARED_METRICS), squeeze=False)[0], COMPARED_METRICS):
+            metric = METRIC[name]
+            scale = 100 if metric.percent else 1
+            diffs = [d for d in comparisons if d.metric == name]
+            x = np.arange(len(diffs))
+            ax.axhline(0, color="0.3", linewidth=0.8)
+            if diffs:
+                value = np.array([scale * d.value for d in diffs])
+                bars = ax.bar(x - width, value, width, color="0.25", label=f"{labels} − {loss} (difference of means)")
+                ax.bar_label(bars, [metric.show(d.value) for d in diffs], fontsize=8, padding=2)
+                for offset, method, color in ((0.0, labels, "C0"), (width, loss, "C1")):
+                    std = np.array([scale * (getattr(d, method).std or 0.0) for d in diffs])
+                    ax.bar(x + offset, 2 * std, width, bottom=-std, color=color, alpha=0.45,
+                           label=f"±1 std of {method} across seeds (none for a single seed)")  # fmt: skip
+                ax.set_xticks(x, [f"{d.factor:g}" for d in diffs])
+                ax.legend(loc="best", fontsize="small")
+            else:
+                ax.set_xticks([])
+                ax.text(0.5, 0.5, f"no factor has completed {labels} and {loss} runs\nthat report {metric.label}",
+                        transform=ax.transAxes, ha="center", va="center")  # fmt: skip
+            ax.set_xlabel("label-smoothing factor")
+            ax.set_ylabel(f"{labels} − {loss}" + (" (percentage points)" if metric.percent else ""))
+            ax.set_title(f"{PLOT_TITLE.get(name, metric.label)}: {labels} − {loss}")
+        fig.suptitle(f"{labels} vs {loss} at the same factor: the difference beside each method's seed spread")
+        _save_png(fig, path)
+
+
+def _save_png(fig: Figure, path: Path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 # ---------------------------------------------------------------------------- small helpers

@@ -131,9 +131,9 @@ def sweep_list(spec: SpecArg, set_: SetOpt = None):
 @app.command()
 def aggregate(
     root: Annotated[Path, typer.Argument(help="A results root; runs are found at any depth below it.")],
-    out: Annotated[Optional[Path], typer.Option(help="Where the table and plot go (default: ROOT).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where the tables, plots and page go (default: ROOT).")] = None,
 ):
-    """Tabulate every run under ROOT (aggregate.csv, aggregate.md) and plot accuracy against factor."""
+    """Tabulate every run under ROOT (aggregate.csv, .md, .html); plot accuracy and ECE against the factor."""
     from job.aggregate import aggregate as aggregate_runs  # matplotlib: only for this command
 
     typer.echo(aggregate_runs(root, out).markdown, nl=False)

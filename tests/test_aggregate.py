@@ -1,11 +1,15 @@
 """`lsjob aggregate`: fake results trees written the way run.py and report.py write them,
-then every run's status, the statistics, the CSV, the Markdown and the plot checked."""
+then every run's status, the statistics, the labels-vs-loss comparison, the CSV, the
+Markdown, the plots and the HTML page's content checked (tests/test_summary_page.py
+opens the page in a browser)."""
 
 import ast
+import base64
 import copy
 import csv
 import fcntl
 import functools
+import html.parser
 import io
 import json
 import math
@@ -15,12 +19,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import matplotlib.image
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from job import calibration
 from job.aggregate import (
     CSV_COLUMNS,
     METRICS,
@@ -30,7 +36,7 @@ from job.aggregate import (
     collect,
     comparison_warnings,
 )
-from job.atomic import write_json, write_text
+from job.atomic import write_bytes, write_json, write_text
 from job.data import CLASS_NAMES
 from job.errors import EXIT_BAD_INPUT
 from job.report import classification_metrics
@@ -39,7 +45,11 @@ from job.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-OUTPUTS = {"aggregate.csv", "aggregate.md", "accuracy_vs_factor.png"}
+OUTPUTS = {"aggregate.csv", "aggregate.md", "accuracy_vs_factor.png", "ece_vs_factor.png", "labels_vs_loss.png",
+           "aggregate.html"}  # fmt: skip
+# A run's own plots, as report.py writes them on completion; reliability.png since calibration.
+RUN_PLOTS = ("training.png", "reliability.png", "confusion_matrix.png")
+OLD_RUN_PLOTS = ("training.png", "confusion_matrix.png")
 # history.csv's header as job/train.py writes it (checked against the source below,
 # without importing the training stack).
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_nll", "lr", "seconds")
@@ -66,13 +76,45 @@ def predictions(correct):
 
 
 @functools.cache
-def fake_metrics(correct):
-    """metrics.json as report.py computes it (cached: sklearn takes a tenth of a second)."""
-    return classification_metrics(*predictions(correct), CLASS_NAMES)[0]
+def fake_metrics(correct, calibrated=True, temperature=None):
+    """metrics.json as report.py computes it (cached: sklearn takes a tenth of a second).
+
+    calibrated=False: a run made before calibration existed, without the calibration keys.
+    temperature: a run with temperature scaling, as if T had been fitted to that value.
+    """
+    y, probs = predictions(correct)
+    metrics = classification_metrics(y, probs, CLASS_NAMES)[0]
+    if calibrated:
+        test = calibration.summary(probs, y)
+        metrics.update(test_ece=test["ece"], test_mce=test["mce"], test_brier=test["brier"])
+    if temperature is not None:
+        scaled = calibration.summary(calibration.apply_temperature(probs, temperature), y)
+        metrics.update(temperature=temperature, test_ece_scaled=scaled["ece"], test_nll_scaled=scaled["nll"])
+    return metrics
 
 
 def expected_nll(correct):
     return -(correct * math.log(0.9) + (N_TEST - correct) * math.log(0.1 / 9)) / N_TEST
+
+
+def expected_ece(correct):
+    """Every prediction has confidence 0.9, so all fall in one bin: ECE = |accuracy - 0.9|."""
+    return abs(correct / N_TEST - 0.9)
+
+
+def expected_brier(correct):
+    other = 0.1 / 9
+    hit = (0.9 - 1) ** 2 + 9 * other**2
+    miss = 0.9**2 + (other - 1) ** 2 + 8 * other**2  # predicted class, true class, the other eight
+    return (correct * hit + (N_TEST - correct) * miss) / N_TEST
+
+
+@functools.cache
+def tiny_png(seed):
+    """A small real PNG standing in for a run's plot."""
+    out = io.BytesIO()
+    matplotlib.image.imsave(out, np.random.default_rng(seed).random((12, 16)), format="png")
+    return out.getvalue()
 
 
 def history_csv(epochs):
@@ -89,8 +131,10 @@ def dead_pid():
     return proc.pid
 
 
-def write_run(root, rel, method, factor, seed, status="completed", correct=80, done=None, overrides=()):
-    """A run directory as job.run writes it: lock, spec.yaml, history, metrics, manifest."""
+def write_run(root, rel, method, factor, seed, status="completed", correct=80, done=None, overrides=(),
+              calibrated=True, temperature=None):  # fmt: skip
+    """A run directory as job.run writes it: lock, spec.yaml, history, metrics, manifest, and
+    on completion the run's plots (no reliability.png for a run from before calibration)."""
     run_dir = root / rel
     spec = load_spec(None, [
         "data.source=synthetic", f"smoothing.method={method}", f"smoothing.factor={factor}",
@@ -112,7 +156,9 @@ def write_run(root, rel, method, factor, seed, status="completed", correct=80, d
         "backend": "tensorflow", "versions": {}, "git_commit": None,
     }  # fmt: skip
     if status == "completed":
-        metrics = copy.deepcopy(fake_metrics(correct))
+        for name in RUN_PLOTS if calibrated else OLD_RUN_PLOTS:
+            write_bytes(run_dir / name, tiny_png(RUN_PLOTS.index(name)))
+        metrics = copy.deepcopy(fake_metrics(correct, calibrated, temperature))
         write_json(run_dir / "metrics.json", metrics)
         manifest.update(epochs_done=done, test_accuracy=metrics["test_accuracy"], test_nll=metrics["test_nll"])
     elif status == "running":
@@ -141,7 +187,7 @@ EXPECTED = {
     "sweep/labels-f0.2-s8": "incomplete",  # only spec.yaml: stopped while starting
     "sweep/loss-f0.1-s5": "incomplete",  # says completed, but no metrics.json
     "sweep/loss-f0.2-s9": "damaged",  # manifest cut off mid-write
-    "pilot/round-1/labels-f0.3-s1": "completed",  # a nested sub-sweep
+    "pilot/round-1/labels-f0.3-s1": "completed",  # a nested sub-sweep, made before calibration existed
 }  # fmt: skip
 
 
@@ -171,7 +217,8 @@ def built_tree(tmp_path_factory):
     text = (damaged / "manifest.json").read_text()
     (damaged / "manifest.json").write_text(text[: len(text) // 2])
 
-    write_run(root, "pilot/round-1/labels-f0.3-s1", "labels", 0.3, 1, correct=83)
+    # From before calibration existed: completed, with empty calibration cells.
+    write_run(root, "pilot/round-1/labels-f0.3-s1", "labels", 0.3, 1, correct=83, calibrated=False)
     return root
 
 
@@ -224,7 +271,11 @@ def test_rows_carry_the_run_identity_and_progress(tree):
     done = runs["sweep/labels-f0.1-s1"]
     assert (done.method, done.factor, done.seed, done.epochs_done, done.epochs_total) == ("labels", 0.1, 1, 3, 3)
     assert done.duration_s == pytest.approx(124.456) and done.attempts == 1 and len(done.spec_hash) == 16
-    assert done.metrics == pytest.approx({"test_accuracy": 0.82, "val_nll": expected_nll(82)})
+    assert done.metrics == pytest.approx({"test_accuracy": 0.82, "val_nll": expected_nll(82),
+                                          "test_ece": expected_ece(82), "test_brier": expected_brier(82)})  # fmt: skip
+    old = runs["pilot/round-1/labels-f0.3-s1"]
+    assert old.status == "completed"
+    assert old.metrics == pytest.approx({"test_accuracy": 0.83, "val_nll": expected_nll(83)})
     # Unfinished runs: epochs done from history.csv, no metrics at all.
     assert (runs["sweep/labels-f0.3-s0"].epochs_done, runs["sweep/loss-f0.3-s0"].epochs_done) == (1, 2)
     assert runs["sweep/labels-f0.1-s7"].epochs_done == 2
@@ -375,6 +426,90 @@ def test_group_statistics_over_completed_runs(aggregated):
     assert (nothing.completed, nothing.not_completed, nothing.stats) == (1 - 1, 1, {})
 
 
+def test_calibration_statistics_leave_out_runs_from_before_calibration(aggregated):
+    groups = {(g.method, g.factor): g for g in aggregated[1].groups}
+    for key, accuracies in SWEEP.items():
+        ece, brier = groups[key].stats["test_ece"], groups[key].stats["test_brier"]
+        assert ece.mean == pytest.approx(np.mean([expected_ece(c) for c in accuracies]))
+        assert ece.std == pytest.approx(np.std([expected_ece(c) for c in accuracies], ddof=1))
+        assert (ece.min, ece.max, ece.n) == pytest.approx((0.9 - max(accuracies) / 100, 0.9 - min(accuracies) / 100, 3))
+        assert brier.mean == pytest.approx(np.mean([expected_brier(c) for c in accuracies]))
+    # labels 0.1: accuracies 80, 82, 87 -> ECE 0.10, 0.08, 0.03: mean 0.07, std sqrt(13) / 100.
+    assert groups[("labels", 0.1)].stats["test_ece"].mean == pytest.approx(0.07)
+    assert groups[("labels", 0.1)].stats["test_ece"].std == pytest.approx(math.sqrt(13) / 100)
+    # The only completed labels 0.3 run is from before calibration: accuracy, but no ECE.
+    old = groups[("labels", 0.3)].stats
+    assert set(old) == {"test_accuracy", "val_nll"} and old["test_accuracy"].n == 1
+    assert not any("temperature" in g.stats for g in groups.values())
+
+
+def test_labels_vs_loss_differences_beside_the_seed_spread(aggregated):
+    summary = aggregated[1]
+    found = {(d.factor, d.metric): d for d in summary.comparisons}
+    # 0.3: loss has no completed run there, so there is nothing to compare.
+    assert list(found) == [(0.1, "test_accuracy"), (0.1, "test_ece"), (0.2, "test_accuracy"), (0.2, "test_ece")]
+    # Factor 0.1: labels 80, 82, 87 (mean 83, std sqrt(13)); loss 78, 80, 82 (mean 80, std 2).
+    acc = found[(0.1, "test_accuracy")]
+    assert acc.value == pytest.approx(0.03)
+    assert (acc.labels.std, acc.loss.std) == pytest.approx((math.sqrt(13) / 100, 0.02))
+    assert acc.se == pytest.approx(math.sqrt(13 / 3 + 4 / 3) / 100)
+    assert acc.ratio == pytest.approx(3 / math.sqrt(17 / 3))  # 1.26: within seed noise
+    # ECE is 0.9 - accuracy here: labels 0.07, loss 0.10.
+    ece = found[(0.1, "test_ece")]
+    assert (ece.labels.mean, ece.loss.mean, ece.value) == pytest.approx((0.07, 0.10, -0.03))
+    assert ece.se == pytest.approx(acc.se)
+    # Factor 0.2: labels 84, 85, 86 (mean 85, std 1); loss 81, 81, 84 (mean 82, std sqrt(3)).
+    acc2 = found[(0.2, "test_accuracy")]
+    assert (acc2.value, acc2.labels.std, acc2.loss.std) == pytest.approx((0.03, 0.01, math.sqrt(3) / 100))
+    assert acc2.se == pytest.approx(math.sqrt(1 / 3 + 3 / 3) / 100)
+    assert acc2.ratio == pytest.approx(3 / math.sqrt(4 / 3))  # 2.6
+
+    lines = summary.markdown.splitlines()
+    section = lines.index("## labels vs loss at the same factor")
+    assert "same objective" in lines[section + 2]
+    table = [line for line in lines[section:] if line.startswith("| 0.")][:4]
+    assert table == [
+        "| 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 80.00 ± 2.00 (3) | +3.00 | 2.38 | +1.3 |",
+        "| 0.1 | ECE | 0.0700 ± 0.0361 (3) | 0.1000 ± 0.0200 (3) | -0.0300 | 0.0238 | -1.3 |",
+        "| 0.2 | test acc (%) | 85.00 ± 1.00 (3) | 82.00 ± 1.73 (3) | +3.00 | 1.15 | +2.6 |",
+        "| 0.2 | ECE | 0.0500 ± 0.0100 (3) | 0.0800 ± 0.0173 (3) | -0.0300 | 0.0115 | -2.6 |",
+    ]
+
+
+def test_a_single_seed_has_no_spread_to_compare_with(tmp_path):
+    write_run(tmp_path, "labels-f0.1-s0", "labels", 0.1, 0, correct=85)
+    write_run(tmp_path, "loss-f0.1-s0", "loss", 0.1, 0, correct=80)
+    write_run(tmp_path, "loss-f0.1-s1", "loss", 0.1, 1, correct=82)
+    summary = aggregate(tmp_path)
+    acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
+    assert acc.value == pytest.approx(0.04) and acc.labels.std is None and acc.se is None and acc.ratio is None
+    assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 81.00 ± 1.41 (2) | +4.00 | – | – |" in summary.markdown
+
+
+def test_optional_columns_appear_once_some_run_has_them(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, f"labels-f0.1-s{seed}", "labels", 0.1, seed, correct=80 + seed, calibrated=False)
+    markdown = aggregate(tmp_path).markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| run |"))
+    assert "ECE" not in header and "| T |" not in header and "ECE mean" not in markdown  # no empty columns
+    row = next(csv.DictReader(io.StringIO((tmp_path / "aggregate.csv").read_text())))
+    assert row["status"] == "completed" and row["test_ece"] == row["temperature"] == ""  # the CSV keeps them all
+
+    write_run(tmp_path, "labels-f0.1-s2", "labels", 0.1, 2, correct=84, temperature=1.5)
+    summary = aggregate(tmp_path)
+    assert [r.status for r in summary.runs] == ["completed"] * 3
+    new = summary.runs[2]
+    assert new.metrics["temperature"] == 1.5
+    assert new.metrics["test_ece_scaled"] == pytest.approx(fake_metrics(84, True, 1.5)["test_ece_scaled"])
+    lines = summary.markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| run |"))
+    assert "| ECE | Brier | T | ECE after T |" in header
+    assert next(line for line in lines if line.startswith("| labels-f0.1-s2 ")).count("| 1.500 |") == 1
+    # One of three completed runs has ECE: the summary says its statistics stand on one run.
+    group = next(line for line in lines if line.startswith("| labels | 0.1 |"))
+    assert f"| {expected_ece(84):.4f} ± – (n=1) |" in group and "| 1.500 ± – (n=1) |" in group
+
+
 def test_settings_that_change_results_are_flagged(tmp_path):
     for seed in range(2):
         write_run(tmp_path, f"a/labels-f0.1-s{seed}", "labels", 0.1, seed)
@@ -398,8 +533,9 @@ def test_csv_round_trips(aggregated):
     with open(tree / "aggregate.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [c.name for c in CSV_COLUMNS]
-    assert {"run", "method", "factor", "seed", "status", "reason", "test_accuracy", "val_nll", "epochs_done",
-            "epochs_total", "duration_s", "attempts", "spec_hash"} <= set(rows[0])  # fmt: skip
+    assert {"run", "method", "factor", "seed", "status", "reason", "test_accuracy", "val_nll", "test_ece",
+            "test_brier", "temperature", "test_ece_scaled", "epochs_done", "epochs_total", "duration_s",
+            "attempts", "spec_hash"} <= set(rows[0])  # fmt: skip
     assert [row["run"] for row in rows] == [r.run for r in summary.runs]
     for row, run in zip(rows, summary.runs):
         assert row["status"] == run.status and row["method"] == (run.method or "")
@@ -415,6 +551,9 @@ def test_csv_round_trips(aggregated):
     metrics = json.loads((tree / "sweep/loss-f0.2-s2/metrics.json").read_text())
     assert float(row["test_accuracy"]) == metrics["test_accuracy"]
     assert float(row["val_nll"]) == metrics["test_nll"]
+    assert (float(row["test_ece"]), float(row["test_brier"])) == (metrics["test_ece"], metrics["test_brier"])
+    old = next(r for r in rows if r["run"] == "pilot/round-1/labels-f0.3-s1")
+    assert old["status"] == "completed" and old["test_ece"] == old["test_brier"] == ""
 
 
 def test_markdown(aggregated):
@@ -433,29 +572,39 @@ def test_markdown(aggregated):
     assert "16 completed" in text and "1 killed" in text and "1 damaged" in text
 
 
-def test_png_is_a_valid_png(aggregated):
+@pytest.mark.parametrize("name", ["accuracy_vs_factor.png", "ece_vs_factor.png", "labels_vs_loss.png"])
+def test_png_is_a_valid_png(aggregated, name):
     tree, _ = aggregated
-    data = (tree / "accuracy_vs_factor.png").read_bytes()
+    data = (tree / name).read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 1000
-    image = matplotlib.image.imread(tree / "accuracy_vs_factor.png")
+    image = matplotlib.image.imread(tree / name)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def axes_content(ax):
+    return {
+        "title": ax.get_title(),
+        "legend": ax.get_legend_handles_labels()[1],
+        "lines": {line.get_label(): line.get_ydata() for line in ax.get_lines()},
+        "xticks": [t.get_text() for t in ax.get_xticklabels()],
+        "bars": [(p.get_x() + p.get_width() / 2, p.get_y(), p.get_height()) for p in ax.patches],
+        "texts": [t.get_text() for t in ax.texts],
+    }  # fmt: skip
 
 
 @pytest.fixture
 def plots(monkeypatch):
-    """What each saved figure shows: its title, legend labels and horizontal reference lines."""
-    seen = []
+    """What each saved figure shows, by file name: per axes its title, legend labels, lines
+    (horizontal reference lines included), x tick labels, bars and texts."""
+    seen = {}
     savefig = Figure.savefig
 
-    def record(fig, *args, **kwargs):
-        ax = fig.axes[0]
-        seen.append({
-            "title": ax.get_title(),
-            "legend": ax.get_legend_handles_labels()[1],
-            "lines": {line.get_label(): line.get_ydata() for line in ax.get_lines()},
-            "xticks": [t.get_text() for t in ax.get_xticklabels()],
-        })  # fmt: skip
-        return savefig(fig, *args, **kwargs)
+    def record(fig, fname, *args, **kwargs):
+        # atomic_path saves to a temporary name: '.<final name>.<random>.png'.
+        name = next((n for n in OUTPUTS if Path(fname).name.startswith(f".{n}.")), str(fname))
+        seen[name] = [axes_content(ax) for ax in fig.axes]
+        seen[name][0]["suptitle"] = fig.get_suptitle()
+        return savefig(fig, fname, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", record)
     return seen
@@ -463,7 +612,8 @@ def plots(monkeypatch):
 
 def test_plot_shows_completed_runs_and_says_how_many_were_left_out(tree, plots):
     aggregate(tree)
-    (plot,) = plots
+    assert set(plots) == {"accuracy_vs_factor.png", "ece_vs_factor.png", "labels_vs_loss.png"}
+    (plot,) = plots["accuracy_vs_factor.png"]
     assert "16 completed run(s) plotted; 6 left out as not completed" in plot["title"]
     assert [label.split(" (")[0] for label in plot["legend"]] == ["labels", "loss", "none"]
     assert "(7 runs)" in plot["legend"][0] and "(3 runs, no smoothing)" in plot["legend"][2]
@@ -476,15 +626,56 @@ def test_plot_shows_completed_runs_and_says_how_many_were_left_out(tree, plots):
     assert plot["xticks"] == ["0.1", "0.2", "0.3"]
 
 
+def test_ece_plot_leaves_out_runs_without_ece_and_says_so(tree, plots):
+    aggregate(tree)
+    (plot,) = plots["ece_vs_factor.png"]
+    assert plot["title"].startswith("Expected calibration error vs label-smoothing factor\n")
+    assert "15 completed run(s) plotted; 6 left out as not completed" in plot["title"]
+    assert "1 completed run(s) without ECE left out (older runs)" in plot["title"]
+    assert "(6 runs)" in plot["legend"][0]  # labels: the pre-calibration 0.3 run is not among them
+    lines = plot["lines"]
+    labels = next(v for k, v in lines.items() if k.startswith("labels"))
+    assert list(labels) == pytest.approx([0.07, 0.05])
+    loss = next(v for k, v in lines.items() if k.startswith("loss"))
+    assert list(loss) == pytest.approx([0.10, 0.08])
+    none = next(v for k, v in lines.items() if k.startswith("none"))
+    assert list(none) == pytest.approx([0.13, 0.13])  # 75, 77, 79 % accurate at confidence 0.9
+
+
+def test_labels_vs_loss_plot_puts_each_difference_beside_the_seed_spread(tree, plots):
+    aggregate(tree)
+    accuracy, ece = plots["labels_vs_loss.png"]
+    assert "seed spread" in accuracy["suptitle"]
+    assert accuracy["xticks"] == ece["xticks"] == ["0.1", "0.2"]
+    # Per factor: the difference of means, then ±1 std bands of labels and of loss around 0.
+    for ax, scale in ((accuracy, 100), (ece, 1)):
+        bars = ax["bars"]
+        differences, labels, loss = bars[:2], bars[2:4], bars[4:]
+        sign = 1 if scale == 100 else -1  # labels is more accurate here, hence better calibrated
+        assert [height for _, _, height in differences] == pytest.approx([sign * 3 / 100 * scale] * 2)
+        for band, stds in ((labels, [math.sqrt(13), 1.0]), (loss, [2.0, math.sqrt(3)])):
+            expected = [s / 100 * scale for s in stds]
+            assert [height for _, _, height in band] == pytest.approx([2 * s for s in expected])
+            assert [bottom for _, bottom, _ in band] == pytest.approx([-s for s in expected])
+        assert [x for x, _, _ in bars] == pytest.approx([-0.25, 0.75, 0, 1, 0.25, 1.25])
+    assert accuracy["texts"] == ["3.00", "3.00"] and ece["texts"] == ["-0.0300", "-0.0300"]
+
+
 def test_plot_copes_with_no_completed_runs(tmp_path, plots):
     write_run(tmp_path, "run", "labels", 0.1, 0, status="failed", done=1)
     summary = aggregate(tmp_path)
-    assert summary.counts == {"failed": 1} and summary.groups[0].stats == {}
-    assert "0 completed run(s) plotted; 1 left out" in plots[0]["title"] and plots[0]["legend"] == []
-    assert (tmp_path / "accuracy_vs_factor.png").read_bytes().startswith(PNG_MAGIC)
+    assert summary.counts == {"failed": 1} and summary.groups[0].stats == {} and summary.comparisons == []
+    for name in ("accuracy_vs_factor.png", "ece_vs_factor.png"):
+        (plot,) = plots[name]
+        assert "0 completed run(s) plotted; 1 left out" in plot["title"] and plot["legend"] == []
+        assert plot["texts"] == ["no completed runs"]
+    assert all(ax["bars"] == [] and "no factor has completed" in ax["texts"][0] for ax in plots["labels_vs_loss.png"])
+    for name in OUTPUTS - {"aggregate.csv", "aggregate.md", "aggregate.html"}:
+        assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
+    assert "No factor has completed runs of both `labels` and `loss`." in summary.markdown
 
 
-def test_only_the_three_outputs_are_written_to_root(tree):
+def test_only_the_outputs_are_written_to_root(tree):
     before = snapshot(tree)
     summary = aggregate(tree)
     after = snapshot(tree)
@@ -508,6 +699,124 @@ def test_root_that_is_itself_a_run(tmp_path):
     run_dir = write_run(tmp_path, "labels-f0.1-s0", "labels", 0.1, 0)
     runs = aggregate(run_dir, out=tmp_path / "out").runs
     assert [(r.run, r.status) for r in runs] == [(".", "completed")]
+
+
+# ---------------------------------------------------------------------------- the HTML page
+
+
+class Page(html.parser.HTMLParser):
+    """What aggregate.html holds: the runs table's rows, every link and image, any script."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.rows, self.links, self.images, self.scripts, self.cells = [], [], [], 0, None
+        self._table, self._cell = None, None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._table = attrs.get("class")
+        elif tag == "tr" and self._table == "runs" and "data-status" in attrs:
+            self.rows.append({"status": attrs["data-status"], "tone": attrs["class"], "cells": [], "links": []})
+        elif tag == "td" and self._table == "runs" and self.rows:
+            self._cell = []
+        elif tag == "a":
+            self.links.append(attrs["href"])
+            if self._cell is not None:
+                self.rows[-1]["links"].append(attrs["href"])
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "script":
+            self.scripts += 1
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.rows[-1]["cells"].append("".join(self._cell))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def read_page(out):
+    return Page((out / "aggregate.html").read_text(encoding="utf-8"))
+
+
+def test_html_page_lists_every_run_with_its_status_and_reason(aggregated):
+    tree, summary = aggregated
+    page = read_page(tree)
+    assert {row["cells"][0]: row["status"] for row in page.rows} == EXPECTED  # completed, failed, half-written
+    assert [row["cells"][0] for row in page.rows] == [r.run for r in summary.runs]
+    rows = {row["cells"][0]: row for row in page.rows}
+    assert {rows[name]["tone"] for name, status in EXPECTED.items() if status != "completed"} <= {"warn", "bad"}
+    assert rows["sweep/labels-f0.3-s0"]["tone"] == "bad" and rows["sweep/labels-f0.1-s0"]["tone"] == "ok"
+    for run in summary.runs:
+        assert rows[run.run]["cells"][-1] == (run.reason or "")  # the whole reason, not shortened
+    assert "not valid JSON (truncated or half-written?)" in rows["sweep/loss-f0.2-s9"]["cells"][-1]
+    text = (tree / "aggregate.html").read_text(encoding="utf-8")
+    assert "labels vs loss at the same factor" in text and "<td class=\"num\">+1.3</td>" in text
+    assert "16 completed, 1 killed, 1 interrupted, 1 failed, 2 incomplete, 1 damaged" in text
+
+
+def test_html_page_embeds_its_plots_and_fetches_nothing(aggregated):
+    tree, _ = aggregated
+    page = read_page(tree)
+    assert page.scripts == 0
+    embedded = [base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in page.images]
+    names = ["labels_vs_loss.png", "accuracy_vs_factor.png", "ece_vs_factor.png"]
+    assert embedded == [(tree / name).read_bytes() for name in names]
+    text = (tree / "aggregate.html").read_text(encoding="utf-8")
+    for src in page.images:
+        text = text.replace(src, "")  # base64 has slashes of its own
+    assert "//" not in text and "@import" not in text and "url(" not in text  # no URL that leaves the volume
+
+
+def test_html_links_each_run_plot_it_has_relative_to_the_page(aggregated):
+    tree, summary = aggregated
+    rows = {row["cells"][0]: row for row in read_page(tree).rows}
+    for run in summary.runs:
+        has = [name for name in RUN_PLOTS if (run.path / name).is_file()]
+        assert rows[run.run]["links"] == [f"{run.run}/{name}" for name in has]
+    assert len(rows["sweep/labels-f0.1-s0"]["links"]) == 3
+    assert [link.rsplit("/", 1)[1] for link in rows["pilot/round-1/labels-f0.3-s1"]["links"]] == list(OLD_RUN_PLOTS)
+    assert rows["sweep/labels-f0.3-s0"]["links"] == []  # failed: no plots to link
+
+
+def test_html_links_from_an_out_directory_elsewhere(tree, tmp_path):
+    (tree / "sweep/labels-f0.1-s1/training.png").unlink()
+    out = tmp_path / "report" / "html"
+    aggregate(tree, out=out)
+    rows = {row["cells"][0]: row for row in read_page(out).rows}
+    assert rows["sweep/labels-f0.1-s0"]["links"][0] == "../../results/sweep/labels-f0.1-s0/training.png"
+    assert [link.rsplit("/", 1)[1] for link in rows["sweep/labels-f0.1-s1"]["links"]] == list(RUN_PLOTS[1:])
+    links = [link for row in rows.values() for link in row["links"]]
+    # 15 completed runs and 2 that broke after their reports were written have 3 plots each, the
+    # pre-calibration run 2; one was deleted above.
+    assert len(links) == 17 * 3 + 2 - 1 == len([p for p in tree.rglob("*.png") if p.name in RUN_PLOTS])
+    assert all((out / unquote(link)).is_file() for link in links)
+
+
+def test_html_escapes_run_names_and_reasons(tmp_path):
+    done = write_run(tmp_path, "tmp", "labels", 0.1, 0)
+    odd = done.rename(tmp_path / "odd #1 <script>x()")
+    failed = write_run(tmp_path, "failed", "labels", 0.1, 1, status="failed", done=1)
+    reason = '<script>alert("x")</script> & <b>bold</b>\nsecond line'
+    edit_manifest(failed, reason=reason)
+    aggregate(tmp_path)
+    text = (tmp_path / "aggregate.html").read_text(encoding="utf-8")
+    assert "<script" not in text.lower() and "<b>" not in text
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;\nsecond line" in text
+    page = Page(text)
+    rows = {row["cells"][0]: row for row in page.rows}
+    assert page.scripts == 0 and rows["failed"]["cells"][-1] == reason
+    links = rows["odd #1 <script>x()"]["links"]
+    assert links[0] == "odd%20%231%20%3Cscript%3Ex%28%29/training.png"  # '#' must not start a fragment
+    assert all((tmp_path / unquote(link)).is_file() for link in links) and len(links) == 3
+    assert odd.is_dir()
 
 
 # ---------------------------------------------------------------------------- errors
