@@ -87,9 +87,7 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_po
         _finish(manifest, started, "completed")
         manifest.update(
             epochs_done=len(result.history),
-            test_accuracy=metrics["test_accuracy"],
-            test_nll=metrics["test_nll"],
-            test_ece=metrics["test_ece"],
+            **{key: metrics[key] for key in report.MANIFEST_METRICS},
         )
         run_dir.write_manifest(manifest)
         # Only now: until the manifest says completed, a re-run resumes from these.

@@ -24,6 +24,7 @@ from urllib.parse import unquote
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 
 from job import calibration
@@ -589,6 +590,9 @@ def axes_content(ax):
         "xticks": [t.get_text() for t in ax.get_xticklabels()],
         "bars": [(p.get_x() + p.get_width() / 2, p.get_y(), p.get_height()) for p in ax.patches],
         "texts": [t.get_text() for t in ax.texts],
+        # Error bars are LineCollections of vertical segments; single-run dots are PathCollections.
+        "segments": [np.asarray(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection)],
+        "dots": [np.asarray(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)],
     }  # fmt: skip
 
 
@@ -624,6 +628,23 @@ def test_plot_shows_completed_runs_and_says_how_many_were_left_out(tree, plots):
     none = next(v for k, v in lines.items() if k.startswith("none"))
     assert list(none) == pytest.approx([77.0, 77.0])  # a horizontal line at the mean
     assert plot["xticks"] == ["0.1", "0.2", "0.3"]
+
+
+def test_plot_shows_the_spread_across_seeds_not_only_the_mean(tree, plots):
+    aggregate(tree)
+    (plot,) = plots["accuracy_vs_factor.png"]
+    # labels: factor 0.1 holds 80, 82, 87; 0.2 holds 84, 85, 86; 0.3 one run of 83.
+    labels_bars, loss_bars = plot["segments"][:2]
+    np.testing.assert_allclose(labels_bars[:, :, 1], [[80, 87], [84, 86], [83, 83]])
+    assert len(loss_bars) == 2
+    labels_dots = plot["dots"][0]
+    assert sorted(labels_dots[:, 1]) == pytest.approx(sorted([80, 82, 87, 84, 85, 86, 83]))
+    # Each dot sits at its bar's x, a little left of loss's dots at the same factor.
+    assert set(np.round(labels_dots[:, 0], 9)) == set(np.round([seg[0][0] for seg in labels_bars], 9))
+    assert max(labels_dots[:2, 0]) < min(plot["dots"][1][:, 0])
+    # none (75, 77, 79): the band from the lowest to the highest run.
+    (band,) = [(y, h) for _, y, h in plot["bars"]]
+    assert band == pytest.approx((75, 4))
 
 
 def test_ece_plot_leaves_out_runs_without_ece_and_says_so(tree, plots):

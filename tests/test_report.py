@@ -187,12 +187,54 @@ def test_temperature_scaling_is_reported_before_and_after(tmp_path):
 
 def test_regenerate_reproduces_every_file_byte_for_byte(tmp_path):
     saved_run(tmp_path, holdout=True)
-    write_reports(tmp_path)
+    metrics = write_reports(tmp_path)
+    manifest = {"status": "completed", **{k: metrics[k] for k in ("test_accuracy", "test_nll", "test_ece")}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     for name in ("metrics.json", "reliability.png", "training.png"):
         (tmp_path / name).unlink()
     regenerate(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != ".lock"} == before
+
+
+def test_regenerate_brings_the_manifest_metrics_along(tmp_path):
+    # A run finished under older metric code: its manifest repeats values metrics.json no
+    # longer holds once the reports are redone; aggregate would then call the run torn.
+    saved_run(tmp_path)
+    stale = {"status": "completed", "test_accuracy": 0.5, "test_nll": 9.0, "test_ece": 0.9, "epochs_done": 3}
+    (tmp_path / "manifest.json").write_text(json.dumps(stale))
+    metrics = regenerate(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert {k: manifest[k] for k in ("test_accuracy", "test_nll", "test_ece")} == {
+        k: metrics[k] for k in ("test_accuracy", "test_nll", "test_ece")
+    }
+    assert manifest["epochs_done"] == 3 and manifest["status"] == "completed"
+
+
+def test_the_reliability_diagram_draws_the_bins_it_reports():
+    from job import calibration
+    from job.report import _reliability_panel
+
+    y, probs = cifar_predictions(n=2000)
+    summary = calibration.summary(probs, y)
+    fig = Figure()
+    top, bottom = fig.subplots(2)
+    _reliability_panel(top, bottom, "test", summary)
+    filled = [b for b in summary["bins"] if b["count"]]
+    accuracy_bars = [p for p in top.containers[0].patches]
+    assert [round(bar.get_height(), 9) for bar in accuracy_bars] == [round(b["accuracy"], 9) for b in filled]
+    assert [round(bar.get_x() + bar.get_width() / 2, 9) for bar in accuracy_bars] == [
+        round((b["lower"] + b["upper"]) / 2, 9) for b in filled
+    ]
+    # The gap bars run from each bin's accuracy up (or down) to its mean confidence.
+    gaps = top.containers[1].patches
+    assert [round(g.get_y() + g.get_height(), 9) for g in gaps] == [round(b["confidence"], 9) for b in filled]
+    # The diagonal, the bin counts written over the bars, the histogram below.
+    diagonal = top.lines[0]
+    assert list(diagonal.get_xdata()) == [0, 1] and list(diagonal.get_ydata()) == [0, 1]
+    assert [t.get_text() for t in top.texts if t.get_text().isdigit()] == [str(b["count"]) for b in filled]
+    assert [bar.get_height() for bar in bottom.containers[0].patches] == [b["count"] for b in summary["bins"]]
+    assert sum(b["count"] for b in summary["bins"]) == 2000
 
 
 def test_regenerate_refuses_what_it_cannot_redo(tmp_path):

@@ -83,9 +83,21 @@ def test_lsjob_report_rewrites_the_same_files_without_the_training_stack(complet
     assert {name: (copy / name).read_bytes() for name in reports} == original
 
 
-def test_temperature_scaling_holds_out_the_last_training_images(tiny_spec):
+def test_temperature_scaling_holds_out_the_last_training_images(tiny_spec, monkeypatch):
+    from job.data import load_dataset
+
     spec = tiny_spec("output.run=scaled", "eval.temperature_scaling=true", "eval.holdout_size=32")
+    trained_on = []
+    real_train = run_mod.train
+    monkeypatch.setattr(run_mod, "train", lambda spec, data, d: real_train(spec, trained_on.append(data) or data, d))
     assert run_mod.execute(spec) == 0
+    full = load_dataset(spec.data)
+    (seen,) = trained_on
+    assert len(seen.x_train) == len(full.x_train) - 32
+    np.testing.assert_array_equal(seen.x_train, full.x_train[:-32])
+    # Not one held-out image reaches training (the synthetic images are all distinct).
+    held_out = {image.tobytes() for image in full.x_train[-32:]}
+    assert len(held_out) == 32 and not held_out & {image.tobytes() for image in seen.x_train}
     manifest = json.loads((spec.run_dir / "manifest.json").read_text())
     assert manifest["holdout"]["examples"] == 32 and "last 32 train held out" in manifest["data"]
     metrics = json.loads((spec.run_dir / "metrics.json").read_text())
