@@ -216,6 +216,16 @@ def test_eight_tasks_on_one_results_root_never_clobber_or_look_complete_early(tm
     assert sorted(row["run"] for row in rows) == sorted(names)
     assert {row["status"] for row in rows} == {"completed"}
 
+    # A point run again, by --index or by a requeued task's SLURM_ARRAY_TASK_ID, is left as it is.
+    def files(run):  # the lock file names its latest holder; everything else must stay as it was
+        return {p: p.read_bytes() for p in (root / run).rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = files(names[5])
+    for again in (command + ["--index", "5"], command):
+        proc = subprocess.run(again, env={**env, "SLURM_ARRAY_TASK_ID": "5"}, capture_output=True, text=True)
+        assert proc.returncode == 0 and "already complete" in proc.stdout, proc.stderr
+    assert files(names[5]) == before
+
 
 def _read_json_retrying(path):
     # Files are replaced by rename, never rewritten in place, so a read sees a whole file.

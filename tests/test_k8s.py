@@ -252,6 +252,28 @@ def test_bad_input_is_refused_before_it_reaches_a_cluster(tmp_path):
         k8s.render(SINGLE_SPEC, image="has space")
 
 
+def test_the_render_command_prints_what_render_returns_and_refuses_bad_input_with_exit_2(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "job", "k8s", "render", *args], capture_output=True, text=True)
+
+    proc = cli(str(SWEEP_SPEC), "--image", k8s.EXAMPLE_IMAGE, "--parallelism", "3", "--name", "my-sweep")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == k8s.render(SWEEP_SPEC, image=k8s.EXAMPLE_IMAGE, parallelism=3, name="my-sweep")
+    assert job_of(proc.stdout)["spec"]["parallelism"] == 3
+    validate(proc.stdout)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: '70'\n")
+    for args, message in [
+        ([str(bad), "--image", "x"], "train.epochs"),
+        ([str(SINGLE_SPEC), "--image", "x", "--name", "Bad_Name"], "name"),
+        ([str(SINGLE_SPEC)], "--image"),
+        ([str(tmp_path / "missing.yaml"), "--image", "x"], "missing.yaml"),
+    ]:
+        proc = cli(*args)
+        assert proc.returncode == EXIT_BAD_INPUT and message in proc.stderr, (args, proc.stderr)
+        assert proc.stdout == "" and "Traceback" not in proc.stderr
+
+
 def test_default_name_is_a_valid_job_name():
     assert k8s.default_name("specs/seed-loss.yaml") == "lsjob-seed-loss"
     assert k8s.default_name("My_Sweep.v2.yaml") == "lsjob-my-sweep-v2"

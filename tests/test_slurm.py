@@ -42,6 +42,31 @@ def test_sbatch_scripts_share_their_body():
     assert _body(SLURM / "train.sbatch") == _body(SLURM / "sweep.sbatch")
 
 
+def _directives(script: Path) -> dict[str, str]:
+    """The #SBATCH options, as sbatch reads them: only from the comment block before the first command."""
+    options = {}
+    for line in script.read_text().splitlines()[1:]:
+        if line and not line.startswith("#"):
+            break
+        if line.startswith("#SBATCH "):
+            key, _, value = line.removeprefix("#SBATCH ").partition("=")
+            options[key] = value
+    return options
+
+
+@pytest.mark.parametrize("script, log", [("train.sbatch", "logs/%x_%j.out"), ("sweep.sbatch", "logs/%x_%A_%a.out")])
+def test_sbatch_asks_for_a_gpu_a_requeue_and_a_signal_before_the_time_limit(script, log):
+    options = _directives(SLURM / script)
+    assert options["--gres"] == "gpu:1"
+    assert "--requeue" in options and options["--open-mode"] == "append"
+    assert options["--output"] == log
+    # B: the batch shell gets TERM (it forwards it to lsjob), early enough to finish a step.
+    signal_spec = re.fullmatch(r"B:TERM@(\d+)", options["--signal"])
+    assert signal_spec and int(signal_spec[1]) >= 120
+    hours, minutes, seconds = map(int, options["--time"].split(":"))
+    assert hours * 3600 + minutes * 60 + seconds > int(signal_spec[1])
+
+
 # --- the scripts outside Slurm, with stand-ins ------------------------------------
 
 
@@ -145,6 +170,24 @@ def test_submit_sizes_the_array_from_the_sweep(tmp_path, stubs):
     assert (tmp_path / "logs").is_dir()
 
 
+def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path, stubs):
+    bin_dir, env = stubs
+    # The count sees the tasks' overrides, so an override they would refuse stops the submission.
+    _stub(bin_dir, "lsjob", '[[ "$*" == "sweep count s.yaml --set train.seed=7 --set=train.epochs=3" ]] && echo 6\n')
+    _stub(bin_dir, "sbatch", f'printf "%s\\n" "$@" > {tmp_path}/sbatch.args\necho 78\n')
+    proc = subprocess.run(
+        [SLURM / "submit.sh", "s.yaml", "--partition=gpu", "--", "--set", "train.seed=7",
+         "--set=train.epochs=3", "--force"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "78\n"
+    assert (tmp_path / "sbatch.args").read_text().splitlines() == [
+        "--parsable", "--array=0-5", "--partition=gpu", str(SLURM / "sweep.sbatch"), "s.yaml",
+        "--set", "train.seed=7", "--set=train.epochs=3", "--force",
+    ]  # fmt: skip
+
+
 def test_submit_refuses_when_the_count_fails(tmp_path, stubs):
     bin_dir, env = stubs
     _stub(bin_dir, "lsjob", 'echo "lsjob: error: spec file s.yaml does not exist" >&2\nexit 2\n')
@@ -193,7 +236,7 @@ def _history_rows(path: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sweep_array_runs_every_point(cluster: SlurmCluster, tmp_path):
     env = _job_env(tmp_path)
-    # Both import TensorFlow (`lsjob sweep count`): seconds on an idle box, more on a loaded one.
+    # `lsjob sweep count` loads no ML stack, but a loaded 2-core box can still take its time.
     count = int(cluster.run("lsjob", "sweep", "count", str(SWEEP_SPEC), env=env, timeout=600))
     out = cluster.run(str(SLURM / "submit.sh"), str(SWEEP_SPEC), *SMALL, cwd=tmp_path, env=env, timeout=600)
     array_id = out.strip()
