@@ -1,0 +1,191 @@
+"""tools/gpu_check.sh and the wheels it installs on the GPU test machine, checked without a GPU.
+
+The machine has PyTorch and JAX but no TensorFlow, no network and none of keras, optree,
+namex or pydantic: tools/fetch_gpu_wheels.sh brings those as wheels. Its WHEELS list must
+cover every dependency in pyproject.toml that the machine lacks, so that adding one without
+updating the list fails here rather than on the machine. No test here trains anything.
+"""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+from conftest import ROOT
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+GPU_CHECK = ROOT / "tools" / "gpu_check.sh"
+FETCH = ROOT / "tools" / "fetch_gpu_wheels.sh"
+TABLE = ROOT / "tools" / "gpu_check_table.py"
+# The GPU machine's Python: the wheels are fetched for it, its requirement markers evaluated for it.
+DEVICE_ENV = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
+              "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+              "implementation_name": "cpython", "platform_python_implementation": "CPython", "os_name": "posix",
+              "extra": ""}  # fmt: skip
+
+
+def bash_array(script, name: str) -> list[str]:
+    """The words of `NAME=( ... )` in a shell script, comments left out."""
+    found = re.search(rf"^{name}=\(\n(.*?)^\)", script.read_text(), re.MULTILINE | re.DOTALL)
+    assert found, f"{script.name} has no {name}=( ... ) array"
+    return [word for line in found.group(1).splitlines() for word in line.split("#", 1)[0].split()]
+
+
+def wheel_pins() -> dict[str, Version]:
+    pins = {}
+    for word in bash_array(FETCH, "WHEELS"):
+        name, sep, version = word.partition("==")
+        assert sep and version, f"{word}: every wheel is pinned with =="
+        assert canonicalize_name(name) not in pins, f"{name} listed twice: two versions stop pip on the machine"
+        pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def device_has() -> set[str]:
+    return {canonicalize_name(n) for n in bash_array(FETCH, "DEVICE_HAS")}
+
+
+def project_dependencies() -> list[Requirement]:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+
+
+@pytest.mark.parametrize("script", [GPU_CHECK, FETCH], ids=lambda p: p.name)
+def test_scripts_parse(script):
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_wheel_list_is_pinned_and_apart_from_what_the_machine_has():
+    pins, present = wheel_pins(), device_has()
+    assert {"keras", "pydantic", "pydantic-core", "optree", "namex"} <= pins.keys()  # never vacuous
+    assert not pins.keys() & present, "fetched and also listed as present on the machine"
+
+
+def test_wheels_cover_every_project_dependency_but_tensorflow():
+    covered = wheel_pins().keys() | device_has()
+    missing = [str(r) for r in project_dependencies()
+               if canonicalize_name(r.name) != "tensorflow" and canonicalize_name(r.name) not in covered]  # fmt: skip
+    assert not missing, (
+        f"{missing}: not on the GPU machine and not fetched; add a pinned wheel to WHEELS in {FETCH.name} "
+        "(or to DEVICE_HAS if the machine has it)"
+    )
+
+
+def test_wheels_cover_what_the_fetched_packages_need():
+    """Everything a fetched package requires on the machine is fetched too, or there; pins agree.
+
+    Read from this environment's installed copies where they are the pinned version (the fetch
+    script checks the wheels themselves the same way when it downloads them).
+    """
+    pins, present = wheel_pins(), device_has()
+    checked, problems = [], []
+    for name, pin in pins.items():
+        try:
+            if Version(metadata.version(name)) != pin:
+                continue
+        except metadata.PackageNotFoundError:
+            continue
+        checked.append(name)
+        for req in map(Requirement, metadata.requires(name) or []):
+            if req.marker is not None and not req.marker.evaluate(DEVICE_ENV):
+                continue
+            dep = canonicalize_name(req.name)
+            if dep in pins and not req.specifier.contains(pins[dep], prereleases=True):
+                problems.append(f"{name} {pin} needs {req}, but {dep}=={pins[dep]} is pinned")
+            elif dep not in pins and dep not in present:
+                problems.append(f"{name} {pin} needs {req}: neither fetched nor on the machine")
+    if not checked:
+        pytest.skip("none of the pinned versions is installed here to read requirements from")
+    assert not problems, problems
+
+
+def test_gpu_check_refuses_an_unknown_scale(tmp_path):
+    proc = subprocess.run(["bash", str(GPU_CHECK)], env={**os.environ, "GPU_CHECK_SCALE": "huge", "OUT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "GPU_CHECK_SCALE" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_scale_fits_in_eight_minutes():
+    """The budget the script holds itself to, and the step limits inside it."""
+    full = re.search(r"^\s*full\)\n(.*?);;", GPU_CHECK.read_text(), re.MULTILINE | re.DOTALL).group(1)
+    values = dict(re.findall(r"(\w+)=(\d+)", full))
+    budget, bench, run, check = (int(values[k]) for k in ("budget_s", "bench_s", "run_s", "check_s"))
+    assert budget <= 470  # 8 minutes, less the table and a killed step's 5 s of grace
+    assert 2 * check + 15 + 4 * bench + run <= budget  # the checks and one bench run per backend and batch at least
+    assert re.findall(r"\bbatches=\((\d+) (\d+)\)", full) == [("64", "512")]
+
+
+def _bench_json(backend, batch, precision, images_per_s):
+    step_ms = 1000 * batch / images_per_s
+    return {"backend": backend, "devices": ["NVIDIA H100"], "precision": precision, "batch_size": batch,
+            "images_per_s": images_per_s, "step_ms_median": step_ms, "step_ms_p90": 1.1 * step_ms,
+            "compile_and_warmup_s": 21.5, "epoch_s_estimate": 50_000 // batch * step_ms / 1000,
+            "host_peak_mb": 3000.0, "device_peak_mb": 812.0}  # fmt: skip
+
+
+def _table(*args):
+    proc = subprocess.run([sys.executable, str(TABLE), *map(str, args)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_table_shows_every_row_the_run_and_the_projection(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    rows = [
+        ("jax", 64, "off", "ok", 31, ""),
+        ("torch", 64, "off", "ok", 18, ""),
+        ("jax", 512, "bf16", "timeout 35s", 36, "no result within 35 s; last output: (no output)"),
+        ("torch", 64, "bf16", "failed rc=1", 4, "RuntimeError: no bf16 here"),
+    ]
+    (work / "bench.tsv").write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
+    (work / "bench-jax-64-off.json").write_text(json.dumps(_bench_json("jax", 64, "off", 20_000.0)))
+    (work / "bench-torch-64-off.json").write_text(json.dumps(_bench_json("torch", 64, "off", 4_000.0)))
+    assert _table("pick", work, 64).strip() == "jax"
+    assert _table("pick", work, 512).strip() == "jax"  # nothing ran there: the default
+
+    run_dir = work / "results" / "gpu-check"
+    run_dir.mkdir(parents=True)
+    (work / "run.tsv").write_text("jax\t64\tcompleted\t70\t\n")
+    with (run_dir / "history.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_nll", "lr", "seconds"])
+        writer.writerow([1, 2.0, 0.3, 1.9, 0.35, 1.9, 0.005, 30.0])
+        writer.writerow([2, 1.5, 0.5, 1.4, 0.55, 1.4, 0.0025, 10.0])
+    (run_dir / "manifest.json").write_text(json.dumps({"status": "completed", "test_accuracy": 0.55}))
+    (work / "header.txt").write_text("nvidia-smi: NVIDIA H100 80GB HBM3, 81559 MiB, 570.00\n")
+
+    text = _table("table", work, out)
+    lines = text.splitlines()
+    assert lines[0].startswith("nvidia-smi: NVIDIA H100")
+    assert "images/s" in text and "device peak MB" in text
+    table_rows = [line for line in lines if line.startswith(("jax ", "torch "))]
+    assert [r.split()[:3] for r in table_rows] == [
+        ["jax", "float32", "64"], ["jax", "bf16", "512"], ["torch", "float32", "64"], ["torch", "bf16", "64"]
+    ]  # fmt: skip
+    assert "20,000" in table_rows[0] and table_rows[0].endswith("ok")
+    assert table_rows[1].endswith("timeout 35s") and table_rows[3].endswith("failed rc=1")
+    assert "RuntimeError: no bf16 here" in text
+    assert "1: 30.0, 2: 10.0" in text
+    assert "30.0 + 69 x 10.0 = 720 s" in text  # epoch 1 carries the compilation
+    assert (out / "gpu_check.md").read_text() == text
+    saved = json.loads((out / "gpu_check.json").read_text())
+    assert len(saved["bench"]) == 4 and saved["run"]["projected_70_epoch_s"] == 720
+    assert saved["run"]["run_status"] == "completed" and saved["run"]["test_accuracy"] == 0.55
+
+
+def test_table_without_any_result_still_prints(tmp_path):
+    (tmp_path / "bench.tsv").write_text("torch\t64\toff\tskipped: out of time\t0\tthe budget left 3 s\n")
+    text = _table("table", tmp_path, tmp_path)
+    assert "skipped: out of time" in text and "2-epoch run: not started" in text

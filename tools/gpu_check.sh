@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# The project's GPU check, in one go on the GPU test machine (one NVIDIA H100/H200,
+# PyTorch and JAX, no TensorFlow, no network): install the wheels brought in .whl/
+# (tools/fetch_gpu_wheels.sh fetches them), then `lsjob bench` under KERAS_BACKEND=jax
+# and torch at batch 64 and 512 in float32 and bf16, then a 2-epoch `lsjob run` of a
+# full-size synthetic spec (50,000 / 10,000 images, batch 64) under the backend that
+# benched fastest, and one table. Whole script under 8 minutes: every step has its own
+# time limit, cut further to what is left, and a step that fails or runs out of time is
+# a row saying so; the script goes on. Every progress line starts with the time.
+#
+#   bash tools/gpu_check.sh                           # on the GPU machine, from anywhere
+#   GPU_CHECK_SCALE=tiny PYTHON=/tmp/venv-jax/bin/python bash tools/gpu_check.sh   # a few minutes on a CPU
+#
+# Settings (environment):
+#   PYTHON              the Python with the packages (default python3)
+#   GPU_CHECK_SCALE     full (default) or tiny: small batches, steps, data and longer limits, for a CPU
+#   GPU_CHECK_BACKENDS  default "jax torch"
+#   GPU_CHECK_WHEELS    folder of wheels to install first (default .whl; empty: install nothing)
+#   GPU_CHECK_SITE      where they are installed (default /tmp/site), put first on PYTHONPATH
+#   OUT                 where the table, the JSON, the log, history.csv and manifest.json go
+#                       (the device tool brings back what is written there); unset: a temp folder
+# Exit status: 0 when every bench and the run succeeded, 1 when any did not, 2 on bad settings.
+#
+# Everything is inside main, which bash reads whole before running it: the file can be
+# edited (or the checkout updated) while a check is running.
+main() {
+  set -uo pipefail # not -e: a failed step is a row in the table
+  cd "$(dirname "$0")/.." || exit 2
+  repo=$PWD
+  PYTHON=${PYTHON:-python3}
+  scale=${GPU_CHECK_SCALE:-full}
+  read -ra backends <<< "${GPU_CHECK_BACKENDS:-jax torch}"
+  wheels=${GPU_CHECK_WHEELS-.whl}
+  site=${GPU_CHECK_SITE:-/tmp/site}
+  precisions=(off bf16)
+
+  # budget_s: the whole script, table excepted. bench_s, run_s, check_s: one bench run, the
+  # 2-epoch run, one backend's check at most; every step is cut to what budget_s leaves (the
+  # run's time kept back while benching), and a bench run is skipped rather than started
+  # with less than min_bench_s. Full, expected on an H100 (not yet measured there): ~20 s
+  # set-up and checks; a JAX bench run 30-60 s (imports, an eager model build that compiles
+  # each small op, then the step's compilation); a torch one 10-25 s (eager); the run 60-100 s.
+  case $scale in
+    full)
+      batches=(64 512) steps=30 warmup=5 bench_s=60 min_bench_s=15 run_s=130 check_s=30 budget_s=465
+      train_size=50000 test_size=10000 run_batch=64
+      ;;
+    tiny)
+      batches=(8 16) steps=3 warmup=1 bench_s=150 min_bench_s=20 run_s=300 check_s=120 budget_s=1800
+      train_size=256 test_size=128 run_batch=16
+      ;;
+    *)
+      echo "gpu_check: GPU_CHECK_SCALE must be full or tiny, not '$scale'" >&2
+      exit 2
+      ;;
+  esac
+  # The full-size synthetic spec, on top of specs/smoke.yaml (synthetic source, method labels, factor 0.1).
+  spec=specs/smoke.yaml
+  common=(--set "data.train_size=$train_size" --set "data.test_size=$test_size" --set train.epochs=2
+    --set runtime.deterministic=false --set output.run=gpu-check)
+  # Per backend: jax compiles the step with XLA (jit_compile auto); torch runs eagerly, never
+  # torch.compile (auto means eager there too; said outright so the JSON shows it).
+  backend_sets() {
+    sets=()
+    [[ $1 == torch ]] && sets=(--set runtime.jit_compile=false)
+    return 0
+  }
+
+  work=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+  if [[ -n ${OUT:-} ]]; then
+    out=$OUT
+    mkdir -p "$out"
+    trap 'rm -rf "$work"' EXIT
+  else
+    out=$work
+  fi
+  log=$out/gpu_check.log
+  : > "$log"
+
+  say() { printf '%s %s\n' "$(date +%T)" "$*" | tee -a "$log"; }
+  elapsed() { echo $((SECONDS - started)); }
+  # A step's time limit: its own, cut to what the budget leaves after `reserve` seconds.
+  limit() {
+    local own=$1 reserve=$2 left
+    left=$((budget_s - $(elapsed) - reserve))
+    echo $((own < left ? own : left))
+  }
+  # The last meaningful line of a step's output: the error, for the table.
+  last_line() {
+    local line
+    line=$(grep -v '^[[:space:]]*$' "$1" | tail -n 1 | tr '\t' ' ' | cut -c1-200)
+    echo "${line:-(no output)}"
+  }
+  # Append a step's own output to the log, under a heading.
+  keep_log() { { printf -- '----- %s\n' "$1"; cat "$2"; printf -- '----- end of %s\n' "$1"; } >> "$log"; }
+
+  started=$SECONDS
+  say "gpu_check: scale $scale, backends ${backends[*]}, budget $budget_s s; results in $out (work $work)"
+  export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+  export KERAS_HOME=$work/keras # keras.json goes here, not into ~/.keras
+
+  # 1. The wheels the machine lacks.
+  if [[ -n $wheels ]] && compgen -G "$wheels/*.whl" > /dev/null; then
+    say "installing $(compgen -G "$wheels/*.whl" | wc -l) wheels from $wheels/ into $site"
+    if ! timeout 120 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$site" "$wheels"/*.whl > "$work/install.log" 2>&1; then
+      keep_log install "$work/install.log"
+      say "FAILED: pip install of the wheels: $(last_line "$work/install.log")"
+      exit 1
+    fi
+    export PYTHONPATH=$site:$repo${PYTHONPATH:+:$PYTHONPATH}
+  else
+    say "no wheels in '${wheels:-}' to install: using $PYTHON's own packages"
+    export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
+  fi
+
+  # 2. The machine: versions, no TensorFlow, the GPU as nvidia-smi and each backend see it.
+  header=$work/header.txt
+  timeout 60 "$PYTHON" tools/gpu_check_table.py versions > "$header" 2> "$work/versions.log"
+  if command -v nvidia-smi > /dev/null; then
+    gpu=$(timeout 15 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -n 4)
+    echo "nvidia-smi: ${gpu:-no answer}" >> "$header"
+  else
+    echo "nvidia-smi: not found (no NVIDIA driver here)" >> "$header"
+  fi
+  while IFS= read -r line; do say "$line"; done < "$header"
+  [[ -s $work/versions.log ]] && keep_log versions "$work/versions.log"
+  for backend in "${backends[@]}"; do
+    say "checking keras on $backend (limit $check_s s)"
+    if KERAS_BACKEND=$backend timeout -k 5 "$check_s" "$PYTHON" tools/gpu_check_table.py devices \
+      > "$work/check-$backend.log" 2>&1; then
+      line=$(last_line "$work/check-$backend.log")
+    else
+      line="$backend: FAILED: $(last_line "$work/check-$backend.log")"
+    fi
+    keep_log "check $backend" "$work/check-$backend.log"
+    echo "$line" >> "$header"
+    say "$line"
+  done
+
+  # 3. The benches: one process each, each with its own time limit. Backends alternate, so
+  # that one slow backend cannot leave the other without time, and the batch the 2-epoch
+  # run trains at comes first.
+  failures=0
+  for batch in "${batches[@]}"; do
+    for precision in "${precisions[@]}"; do
+      for backend in "${backends[@]}"; do
+        name=bench-$backend-$batch-$precision
+        t=$(limit "$bench_s" $((run_s + 10)))
+        if ((t < min_bench_s)); then
+          say "$name: skipped, ${t} s left for it"
+          printf '%s\t%s\t%s\tskipped: out of time\t0\tthe budget left %s s\n' "$backend" "$batch" "$precision" "$t" \
+            >> "$work/bench.tsv"
+          failures=$((failures + 1))
+          continue
+        fi
+        say "$name: start (limit $t s, $steps steps after $warmup)"
+        t0=$SECONDS
+        backend_sets "$backend"
+        # The precision quoted for YAML: a bare `off` is read as false, which the spec refuses.
+        KERAS_BACKEND=$backend timeout -k 5 "$t" "$PYTHON" -m job bench "$spec" "${common[@]}" "${sets[@]}" \
+          --set "train.batch_size=$batch" --set "runtime.mixed_precision='$precision'" \
+          --steps "$steps" --warmup "$warmup" --out "$work/$name.json" > "$work/$name.log" 2>&1
+        rc=$?
+        wall=$((SECONDS - t0))
+        keep_log "$name" "$work/$name.log"
+        if ((rc == 0)) && [[ -s $work/$name.json ]]; then
+          status=ok detail=""
+          say "$name: ok in $wall s: $("$PYTHON" tools/gpu_check_table.py summary "$work/$name.json")"
+        else
+          if ((rc == 124 || rc == 137)); then
+            status="timeout ${t}s" detail="no result within $t s; last output: $(last_line "$work/$name.log")"
+          else
+            status="failed rc=$rc" detail=$(last_line "$work/$name.log")
+          fi
+          failures=$((failures + 1))
+          say "$name: $status in $wall s: $detail"
+        fi
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$batch" "$precision" "$status" "$wall" "$detail" >> "$work/bench.tsv"
+      done
+    done
+  done
+
+  # 4. Two epochs of the full-size synthetic spec, end to end, on the fastest backend at its batch.
+  run_backend=$("$PYTHON" tools/gpu_check_table.py pick "$work" "$run_batch" 2> /dev/null || echo jax)
+  t=$(limit "$run_s" 5)
+  if ((t < 10)); then
+    say "2-epoch run: skipped, ${t} s left"
+    printf '%s\t%s\tskipped: out of time\t0\t\n' "$run_backend" "$run_batch" >> "$work/run.tsv"
+    failures=$((failures + 1))
+  else
+    say "2-epoch run on $run_backend: start (batch $run_batch, $train_size/$test_size synthetic images, limit $t s)"
+    t0=$SECONDS
+    backend_sets "$run_backend"
+    KERAS_BACKEND=$run_backend timeout -k 5 "$t" "$PYTHON" -m job run "$spec" "${common[@]}" "${sets[@]}" \
+      --set "train.batch_size=$run_batch" --set "output.root=$work/results" 2>&1 |
+      tee "$work/run.log" | while IFS= read -r line; do say "  | $line"; done
+    rc=${PIPESTATUS[0]}
+    wall=$((SECONDS - t0))
+    if ((rc == 0)); then
+      status=completed detail=""
+    elif ((rc == 124 || rc == 137)); then
+      status="timeout ${t}s" detail=$(last_line "$work/run.log")
+    else
+      status="failed rc=$rc" detail=$(last_line "$work/run.log")
+    fi
+    ((rc == 0)) || failures=$((failures + 1))
+    say "2-epoch run: $status in $wall s"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$run_backend" "$run_batch" "$status" "$wall" "$detail" >> "$work/run.tsv"
+    for f in history.csv manifest.json; do
+      [[ -f $work/results/gpu-check/$f && $out != "$work" ]] && cp "$work/results/gpu-check/$f" "$out/$f"
+    done
+  fi
+
+  # 5. One table.
+  say "gpu_check: done in $(elapsed) s; $failures step(s) not ok"
+  echo
+  "$PYTHON" tools/gpu_check_table.py table "$work" "$out" || say "FAILED: the table ($PYTHON tools/gpu_check_table.py)"
+  echo
+  say "table, JSON and log in $out"
+  ((failures == 0))
+}
+
+main "$@"
+exit

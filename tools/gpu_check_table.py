@@ -1,0 +1,194 @@
+"""The table of tools/gpu_check.sh, from what its steps left in its work folder, and its checks.
+
+    python3 tools/gpu_check_table.py versions           # Python and package versions; whether TensorFlow imports
+    KERAS_BACKEND=jax python3 tools/gpu_check_table.py devices   # keras on that backend, the devices it sees
+    python3 tools/gpu_check_table.py summary FILE       # one line of a bench run's JSON
+    python3 tools/gpu_check_table.py pick WORK BATCH    # the backend that benched fastest at BATCH, float32
+    python3 tools/gpu_check_table.py table WORK OUT     # print the table; write gpu_check.md and .json to OUT
+
+WORK holds bench.tsv (one line per bench run: backend, batch, precision, status,
+wall seconds, detail), the runs' JSON (bench-<backend>-<batch>-<precision>.json),
+run.tsv (backend, batch, status, wall seconds, detail), header.txt and the 2-epoch
+run's results folder. Standard library only, but for `devices`: it runs before anything
+is known to work.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import platform
+import sys
+from pathlib import Path
+
+FULL_EPOCHS = 70  # the recipe's epoch count, for the projection
+COLUMNS = ("backend", "precision", "batch", "images/s", "step ms med", "step ms p90", "compile s",
+           "est. epoch s", "device peak MB", "wall s", "status")  # fmt: skip
+
+
+def read_tsv(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+
+
+def bench_rows(work: Path) -> list[dict]:
+    rows = []
+    for backend, batch, precision, status, wall_s, detail in read_tsv(work / "bench.tsv"):
+        result_path = work / f"bench-{backend}-{batch}-{precision}.json"
+        result = json.loads(result_path.read_text()) if status == "ok" and result_path.exists() else None
+        rows.append({"backend": backend, "batch": int(batch), "precision": precision, "status": status,
+                     "wall_s": float(wall_s), "detail": detail, "result": result})  # fmt: skip
+    return sorted(rows, key=lambda r: (r["backend"], r["batch"], r["precision"] != "off", r["precision"]))
+
+
+VERSIONS_OF = ("keras", "pydantic", "pydantic-core", "optree", "namex", "typer", "numpy", "jax", "jaxlib", "torch",
+               "scikit-learn", "matplotlib", "h5py", "pyyaml", "typing-extensions")  # fmt: skip
+
+
+def versions() -> list[str]:
+    found = []
+    for name in VERSIONS_OF:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} -")
+    lines = [f"python {platform.python_version()}; " + ", ".join(found)]
+    try:
+        import tensorflow  # the machine this check is for has none
+    except ImportError as e:
+        lines.append(f"tensorflow: not importable, as intended ({type(e).__name__}: {e})")
+    else:
+        lines.append(f"tensorflow: IMPORTABLE ({tensorflow.__version__}): not the machine this check is for")
+    return lines
+
+
+def devices() -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's job package
+    import keras
+
+    from job import runtime
+
+    return f"keras {keras.__version__} on {keras.backend.backend()}: devices {runtime.devices()}"
+
+
+def summary(path: Path) -> str:
+    r = json.loads(path.read_text())
+    return (f"{r['images_per_s']:,.0f} images/s, step {r['step_ms_median']:.2f} ms median, "
+            f"compile and warm-up {r['compile_and_warmup_s']:.1f} s, on {', '.join(r['devices'])}")  # fmt: skip
+
+
+def pick(work: Path, batch: int) -> str:
+    """The backend with the most images/s at `batch` in float32; jax when none ran."""
+    ok = [r for r in bench_rows(work) if r["result"] and r["batch"] == batch and r["precision"] == "off"]
+    return max(ok, key=lambda r: r["result"]["images_per_s"])["backend"] if ok else "jax"
+
+
+def _number(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    cells = [list(COLUMNS)]
+    for row in rows:
+        r = row["result"] or {}
+        cells.append([
+            row["backend"], {"off": "float32"}.get(row["precision"], row["precision"]), str(row["batch"]),
+            _number(r.get("images_per_s"), 0), _number(r.get("step_ms_median"), 2), _number(r.get("step_ms_p90"), 2),
+            _number(r.get("compile_and_warmup_s")), _number(r.get("epoch_s_estimate")),
+            _number(r.get("device_peak_mb"), 0), _number(row["wall_s"], 0), row["status"],
+        ])  # fmt: skip
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    right = {"batch", "images/s", "step ms med", "step ms p90", "compile s", "est. epoch s", "device peak MB", "wall s"}
+    out = []
+    for n, line in enumerate(cells):
+        out.append("  ".join(c.rjust(w) if COLUMNS[i] in right else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(line, widths))).rstrip())  # fmt: skip
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def run_summary(work: Path) -> dict | None:
+    lines = read_tsv(work / "run.tsv")
+    if not lines:
+        return None
+    backend, batch, status, wall_s, detail = lines[-1]
+    summary = {"backend": backend, "batch": int(batch), "status": status, "wall_s": float(wall_s), "detail": detail}
+    run_dir = work / "results" / "gpu-check"
+    history = run_dir / "history.csv"
+    if history.exists():
+        with history.open() as f:
+            summary["epochs"] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    manifest = run_dir / "manifest.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        summary.update({k: m.get(k) for k in ("status", "test_accuracy", "devices", "versions") if k in m})
+        summary["run_status"] = summary.pop("status")
+        summary["status"] = status
+    seconds = [e["seconds"] for e in summary.get("epochs", [])]
+    if seconds:
+        # Epoch 1 carries the compilation; every later epoch costs what the last one did.
+        summary["projected_70_epoch_s"] = seconds[0] + (FULL_EPOCHS - 1) * seconds[-1]
+        summary["outside_epochs_s"] = summary["wall_s"] - sum(seconds)
+    return summary
+
+
+def run_lines(run: dict | None) -> list[str]:
+    if run is None:
+        return ["2-epoch run: not started"]
+    lines = [f"2-epoch run ({run['backend']}, batch {run['batch']}, float32): {run['status']}, "
+             f"{run['wall_s']:.0f} s end to end" + (f" ({run['detail']})" if run["detail"] else "")]  # fmt: skip
+    epochs = run.get("epochs", [])
+    if epochs:
+        lines.append("  epoch seconds (validation included): "
+                     + ", ".join(f"{int(e['epoch'])}: {e['seconds']:.1f}" for e in epochs)
+                     + f"; start-up, data, final evaluation and reports: {run['outside_epochs_s']:.0f} s")  # fmt: skip
+        last = epochs[-1]
+        lines.append(f"  after epoch {int(last['epoch'])}: accuracy {last['accuracy']:.3f}, "
+                     f"val_accuracy {last['val_accuracy']:.3f}")  # fmt: skip
+        p = run["projected_70_epoch_s"]
+        lines.append(f"  projected {FULL_EPOCHS} epochs: {epochs[0]['seconds']:.1f} + {FULL_EPOCHS - 1} x "
+                     f"{epochs[-1]['seconds']:.1f} = {p:,.0f} s ({p / 60:.1f} min), "
+                     f"plus about {run['outside_epochs_s']:.0f} s outside the epochs")  # fmt: skip
+    return lines
+
+
+def table(work: Path, out: Path) -> int:
+    rows = bench_rows(work)
+    run = run_summary(work)
+    header = (work / "header.txt").read_text().splitlines() if (work / "header.txt").exists() else []
+    notes = [
+        f"  {r['backend']} batch {r['batch']} {r['precision']}: {r['detail']}" for r in rows if r["status"] != "ok"
+    ]
+    text = "\n".join([*header, "", *table_lines(rows), *(["", "not ok:", *notes] if notes else []), "",
+                      *run_lines(run)]) + "\n"  # fmt: skip
+    print(text, end="")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.md").write_text(text)
+    (out / "gpu_check.json").write_text(json.dumps({"header": header, "bench": rows, "run": run}, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["versions"]:
+        print("\n".join(versions()))
+        return 0
+    if argv == ["devices"]:
+        print(devices())
+        return 0
+    if len(argv) == 2 and argv[0] == "summary":
+        print(summary(Path(argv[1])))
+        return 0
+    if len(argv) == 3 and argv[0] == "pick":
+        print(pick(Path(argv[1]), int(argv[2])))
+        return 0
+    if len(argv) == 3 and argv[0] == "table":
+        return table(Path(argv[1]), Path(argv[2]))
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
