@@ -254,6 +254,7 @@ def load_spec(path: str | Path | None, overrides: list[str] = ()) -> Spec:
     doc = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         _apply_override(doc, item)
+    _check_nesting(doc, str(path) if path else "spec")
     try:
         spec = Spec.model_validate(doc)
     except ValidationError as e:
@@ -284,6 +285,8 @@ def _read_yaml(path: Path) -> dict:
         doc = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise SpecError(f"{path} is not valid YAML: {e}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise SpecError(f"{path} nests lists or mappings thousands deep; a spec is {MAX_DEPTH} levels at most") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -291,6 +294,37 @@ def _read_yaml(path: Path) -> dict:
             f"{path}: the spec must be a mapping of sections (data, smoothing, ...), got {type(doc).__name__}"
         )
     return doc
+
+
+# A real spec is 4 levels deep (sweep -> grid -> field -> values); far more is an attack or
+# a mistake, and would only reach pydantic and the sweep expansion as unbounded recursion.
+MAX_DEPTH = 16
+
+
+def _check_nesting(doc: Any, source: str) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH or holding itself through a YAML alias
+    (`a: &x [*x]`); shared aliases are measured once, so an alias bomb costs nothing."""
+    heights: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def height(value: Any, depth: int) -> int:
+        if not isinstance(value, (dict, list)):
+            return 0
+        key = id(value)
+        if key in open_:
+            raise SpecError(f"{source}: a YAML alias makes the document contain itself; write the values out")
+        if key not in heights:
+            if depth >= MAX_DEPTH:
+                raise SpecError(f"{source}: lists or mappings nested more than {MAX_DEPTH} deep; a spec needs 4")
+            open_.add(key)
+            children = value.values() if isinstance(value, dict) else value
+            heights[key] = 1 + max((height(child, depth + 1) for child in children), default=0)
+            open_.discard(key)
+        if depth + heights[key] > MAX_DEPTH:
+            raise SpecError(f"{source}: lists or mappings nested more than {MAX_DEPTH} deep; a spec needs 4")
+        return heights[key]
+
+    height(doc, 0)
 
 
 def _apply_override(doc: dict, item: str) -> None:
@@ -305,6 +339,8 @@ def _apply_override(doc: dict, item: str) -> None:
         value = yaml.load(raw, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise SpecError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    except RecursionError:
+        raise SpecError(f"--set {key.strip()}=...: the value nests thousands deep") from None
     node = doc
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})

@@ -7,6 +7,7 @@ import sys
 import pytest
 from conftest import ROOT
 
+from job import cli, sweep
 from job.errors import EXIT_BAD_INPUT, SpecError
 from job.spec import Spec, json_schema, load_spec
 
@@ -106,21 +107,60 @@ MALFORMED = {
     "python object tag": ("train: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
     "seed too large": ("train: {seed: 99999999999}\n", "train.seed"),
     "zero train size": ("data: {train_size: 0}\n", "data.train_size"),
+    "null section": ("train: null\n", "train"),
+    "integer key": ("{1: 2}\n", "Keys should be strings"),
+    "overflowing float": ("train: {epochs: 1e400}\n", "train.epochs"),
+    "tab indentation": ("train:\n\tepochs: 2\n", "not valid YAML"),
+    "date for seed": ("train: {seed: 2001-12-14}\n", "train.seed"),
+    "binary tag": ("train: !!binary aGVsbG8=\n", "train"),
+    "set tag": ("train: !!set {a, b}\n", "train"),
+    "merge key": ("<<: {train: {epochs: 2}}\n", "not valid YAML"),
+    "self-referencing alias": ("train: {seed: &a [1, *a]}\n", "contain itself"),
+    "alias bomb": ("".join(f"{c}: &{c} [{', '.join([f'*{p}' if p else 'x'] * 9)}]\n"
+                           for p, c in zip(["", *"abcdefgh"], "abcdefghi")), "unknown field"),  # fmt: skip
+    "nested thousands deep": ("train: " + "[" * 3000 + "]" * 3000 + "\n", "thousands deep"),
+    "nested too deep": ("train: " + "{a: " * 20 + "1" + "}" * 20 + "\n", "nested more than 16 deep"),
+    "run name too long": ("output: {run: " + "a" * 300 + "}\n", "output.run"),
+    "zero steps per execution": ("runtime: {steps_per_execution: 0}\n", "runtime.steps_per_execution"),
+    "holdout not an int": ("eval: {temperature_scaling: true, holdout_size: many}\n", "eval.holdout_size"),
+    "sweep of an unknown field": ("sweep: {train.epoch: [1, 2]}\n", "train.epoch"),
+    "sweep of an empty list": ("sweep: {smoothing.factor: []}\n", "smoothing.factor"),
+    "sweep of the output": ("sweep: {output.root: [a, b]}\n", "cannot be swept"),
+    "sweep with a bad value": ("sweep: {smoothing.factor: [0.1, 2.0]}\n", "sweep point 1"),
+    "sweep with twin points": ("sweep: {smoothing.factor: [0.1, 0.1]}\n", "would both write run"),
+    "sweep naming its run": ("output: {run: x}\nsweep: {train.seed: [1, 2]}\n", "output.run"),
+    "sweep not a mapping": ("sweep: smoothing.factor\n", "sweep"),
+    "sweep of numbers": ("sweep: [1, 2]\n", "sweep"),
+}
+# Not text at all, or not a file.
+MALFORMED_FILES = {
+    "not utf-8": (b"train: {epochs: \xff\xfe}\n", "cannot read spec"),
+    "nul bytes": (b"train: {epochs: 2}\x00\n", "not valid YAML"),
 }
 
 
 @pytest.mark.parametrize("text,needle", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_specs_name_the_problem(tmp_path, text, needle):
     with pytest.raises(SpecError) as err:
-        load_spec(write(tmp_path, text))
+        sweep.points(load_spec(write(tmp_path, text)))  # as `lsjob run` does, every sweep point too
     assert needle in str(err.value)
     assert err.value.exit_code == EXIT_BAD_INPUT
 
 
-@pytest.mark.parametrize(
-    "items",
-    [["train.epochs"], ["=3"], ["train..epochs=3"], ["train.epochs=3", "train.epochs.x=3"], ["train.epochs=[1"]],
-)
+@pytest.mark.parametrize("data,needle", MALFORMED_FILES.values(), ids=MALFORMED_FILES.keys())
+def test_malformed_files_name_the_problem(tmp_path, data, needle):
+    (tmp_path / "spec.yaml").write_bytes(data)
+    with pytest.raises(SpecError, match=needle):
+        load_spec(tmp_path / "spec.yaml")
+
+
+MALFORMED_OVERRIDES = [
+    ["train.epochs"], ["=3"], ["train..epochs=3"], ["train.epochs=3", "train.epochs.x=3"], ["train.epochs=[1"],
+    ["sweep.train.seed=[1]"], ["train.seed=" + "[" * 2000 + "]" * 2000], [".".join(["a"] * 40) + "=1"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("items", MALFORMED_OVERRIDES)
 def test_malformed_overrides(items):
     with pytest.raises(SpecError):
         load_spec(None, items)
@@ -146,6 +186,38 @@ def test_cli_refuses_bad_spec_cleanly_and_writes_nothing(tmp_path, command):
     assert proc.returncode == EXIT_BAD_INPUT
     assert "train.epochs" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def _corpus():
+    yield from ((f"spec: {k}", text.encode(), []) for k, (text, _) in MALFORMED.items())
+    yield from ((f"file: {k}", data, []) for k, (data, _) in MALFORMED_FILES.items())
+    yield from ((f"--set: {' '.join(items)[:40]}", b"", items) for items in MALFORMED_OVERRIDES)
+    # YAML that would run a command if it were loaded unsafely: it must not.
+    yield "code in a tag", b"train: !!python/object/apply:os.system ['touch CANARY']\n", []
+    yield "code in an override", b"", ["train.seed=!!python/object/apply:os.system ['touch CANARY']"]
+
+
+CORPUS = list(_corpus())
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_the_whole_bad_input_corpus_through_the_cli(tmp_path, monkeypatch, capsys, command):
+    """Every malformed spec, file and override as users run them: `lsjob run SPEC` exits 2
+    with a message, no traceback, no code run and nothing written."""
+    monkeypatch.chdir(tmp_path)
+    assert len(CORPUS) >= 30 + 2
+    for name, data, items in CORPUS:
+        spec = tmp_path / "spec.yaml"
+        spec.write_bytes(data)
+        sets = [a for item in [*items, f"output.root={tmp_path / 'results'}"] for a in ("--set", item)]
+        monkeypatch.setattr(sys, "argv", ["lsjob", command, str(spec), *(sets if command == "run" else sets[:-2])])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        out, err = capsys.readouterr()
+        assert exited.value.code == EXIT_BAD_INPUT, (name, out, err)
+        assert err.startswith("lsjob: error: ") or "Usage:" in err, (name, err)
+        assert "Traceback" not in err + out, (name, err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"], name
 
 
 def test_cli_show_prints_the_resolved_spec(tmp_path):
