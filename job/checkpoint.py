@@ -1,6 +1,7 @@
-"""End-of-epoch checkpoints that survive being killed at any moment.
+"""Checkpoints that survive being killed at any moment.
 
-A checkpoint is a directory `epoch-NNNN/` holding the weights with the optimizer
+A checkpoint is a directory `epoch-NNNN/` (N epochs done) or `epoch-NNNN-step-SSSSSS/`
+(S steps into epoch N+1; see `output.checkpoint_steps`) holding the weights with the optimizer
 state (Keras's .weights.h5 carries both) and `state.json` (the history so far and
 the weights' sha256). It is built under a temporary name and renamed into place,
 so it either exists whole or not at all; the previous one is deleted only after
@@ -9,7 +10,10 @@ warning, if the newest is damaged.
 
 Keras's BackupAndRestore would restore weights and optimizer but not the rest of
 the training state; the shuffle order and augmentation streams are derived from
-(seed, epoch) instead (see train.py), so these files are all a resume needs.
+(seed, epoch) instead (see train.py), so these files are all a resume needs at an
+epoch's end. Inside an epoch, state.json also carries what is not in the weights file
+and cannot be derived: the random streams' counters and the epoch's running metric
+sums (loss and accuracy so far), so the epoch's history row comes out as if never cut.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -29,18 +34,40 @@ log = logging.getLogger("lsjob")
 KEEP = 2  # the newest and the one before, in case the newest turns out damaged
 
 
+@dataclass
+class MidEpoch:
+    """Where inside an epoch a checkpoint was taken, and the state that goes with it."""
+
+    steps_done: int
+    seed_states: list[list[int]]  # every seed_generator_state variable, in model.variables order
+    metric_values: list[list[float]] = field(default_factory=list)  # model.metrics_variables, in order
+    seconds: float = 0.0  # the epoch's wall time before the checkpoint
+
+
+@dataclass
+class Resume:
+    epochs_done: int = 0
+    history: list[dict] = field(default_factory=list)
+    mid_epoch: MidEpoch | None = None
+
+
 class Checkpoints:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
 
-    def save(self, model: keras.Model, epochs_done: int, history: list[dict]) -> Path:
+    def save(
+        self, model: keras.Model, epochs_done: int, history: list[dict], mid_epoch: MidEpoch | None = None
+    ) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / f"epoch-{epochs_done:04d}"
+        name = f"epoch-{epochs_done:04d}" + (f"-step-{mid_epoch.steps_done:06d}" if mid_epoch else "")
+        final = self.directory / name
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.directory))
         try:
             weights = tmp / "state.weights.h5"
             model.save_weights(weights)
             state = {"epochs_done": epochs_done, "history": history, "weights_sha256": sha256_file(weights)}
+            if mid_epoch is not None:
+                state["mid_epoch"] = vars(mid_epoch)
             (tmp / "state.json").write_text(json.dumps(state, indent=1))
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
@@ -55,8 +82,10 @@ class Checkpoints:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def restore(self, model: keras.Model) -> tuple[int, list[dict]]:
-        """Load the newest intact checkpoint into `model`; (0, []) when there is none."""
+    def restore(self, model: keras.Model) -> Resume:
+        """Load the newest intact checkpoint's weights into `model`; a fresh start when there
+        is none. A mid-epoch checkpoint's other state is returned, for train.py to put back
+        once Keras has begun the epoch (it resets the metrics then)."""
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
         for path in reversed(self._complete()):
@@ -65,11 +94,12 @@ class Checkpoints:
                 weights = path / "state.weights.h5"
                 if sha256_file(weights) != state["weights_sha256"]:
                     raise ValueError("weights do not match their recorded sha256")
+                mid_epoch = MidEpoch(**state["mid_epoch"]) if "mid_epoch" in state else None
                 model.load_weights(weights)
-                return int(state["epochs_done"]), list(state["history"])
+                return Resume(int(state["epochs_done"]), list(state["history"]), mid_epoch)
             except Exception as e:  # any damage: fall back to the previous checkpoint
                 log.warning("checkpoint %s is unusable (%s); trying an older one", path, e)
-        return 0, []
+        return Resume()
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

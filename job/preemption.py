@@ -2,8 +2,9 @@
 
 An exception raised inside a signal handler surfaces wherever Python happens to be;
 inside TensorFlow's own code it was caught and re-raised as a TypeError. So the
-handler only records the signal, and training checks for it after each batch and
-after each epoch's checkpoint (train.StopOnSignal). A second Ctrl-C acts at once; a
+handler only records the signal, and training checks for it between steps, after
+checkpointing the step it stopped at (train.EpochRecorder), and after each epoch's
+checkpoint (train.StopOnSignal). A second Ctrl-C acts at once; a
 second SIGTERM does not, since a scheduler may send it twice for one stop. No Keras
 import here: the CLI installs this before the ML stack loads.
 """
@@ -28,6 +29,11 @@ def _record(signum, frame) -> None:
     # Ctrl-C twice means now. Repeated SIGTERMs stay graceful: Slurm signals every process
     # of a job and its batch script forwards the same stop, and schedulers escalate with SIGKILL.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def requested() -> str | None:
+    """The name of the signal that asked for a stop, if one did."""
+    return _requested
 
 
 def check() -> None:

@@ -300,7 +300,8 @@ def regenerate(run_dir: Path) -> dict:
         # against metrics.json: after a metric change both must move together.
         manifest = claimed.read_manifest()
         fresh = {key: metrics[key] for key in MANIFEST_METRICS}
-        if manifest is not None and manifest.get("status") == "completed" and any(manifest.get(k) != v for k, v in fresh.items()):
+        stale = manifest is not None and any(manifest.get(k) != v for k, v in fresh.items())
+        if stale and manifest.get("status") == "completed":
             claimed.write_manifest({**manifest, **fresh})
         return metrics
     except (OSError, ValueError, KeyError) as e:

@@ -112,6 +112,13 @@ class OutputSpec(Section):
         description="Run directory name (letters, digits, '.', '_', '-'). "
         "Unset: derived from method, factor and seed, e.g. labels-f0.1-s42.",
     )
+    checkpoint_steps: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Also checkpoint every N training steps inside an epoch, for long epochs (0: only at "
+        "epoch ends). A resume from one continues exactly. A stop on SIGTERM checkpoints its step either way.",
+    )
 
     @field_validator("run")
     @classmethod
@@ -286,7 +293,8 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         raise SpecError(f"{path} is not valid YAML: {e}") from None
     except RecursionError:  # PyYAML composes nested collections recursively
-        raise SpecError(f"{path} nests lists or mappings thousands deep; a spec is {MAX_DEPTH} levels at most") from None
+        problem = f"{path} nests lists or mappings thousands deep; a spec has {MAX_DEPTH} levels at most"
+        raise SpecError(problem) from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):

@@ -3,7 +3,10 @@
 Every random stream of an epoch (shuffle order, augmentation, dropout) is derived
 from (seed, epoch) at the start of that epoch. Together with the end-of-epoch
 checkpoint of weights and optimizer, that makes a resumed run continue exactly as
-an uninterrupted one would.
+an uninterrupted one would. Inside an epoch (every `output.checkpoint_steps` steps,
+and always at a stop on SIGTERM) a checkpoint also records how far the random streams
+and the epoch's running metrics have got; the resumed epoch trains on the rest of the
+same order from there.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import keras
 import numpy as np
 
 from job import atomic, preemption, smoothing
-from job.checkpoint import Checkpoints
+from job.checkpoint import Checkpoints, MidEpoch, Resume
 from job.data import Dataset, per_pixel_mean
 from job.errors import DivergedError, SpecError
 from job.model import build_model
@@ -74,33 +77,98 @@ class EpochSeeds(keras.callbacks.Callback):
             state.assign(np.array([epoch_seed(self.seed, epoch, stream), 0], dtype=state.dtype))
 
 
+def _seed_states(model: keras.Model) -> list:
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Like keras's TerminateOnNaN, but the run ends as failed instead of looking finished."""
+
+    # Keras then runs the check in a worker thread, off the training loop: reading the loss
+    # waits for the device, and a synchronous batch-end callback makes every step wait.
+    # The error still surfaces, a step or two later, from the training loop.
+    async_safe = True
+
+    def __init__(self):
+        super().__init__()
+        self.epoch, self.step_offset = 0, 0
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            raise DivergedError(f"loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}")
+            raise DivergedError(f"loss became {loss} at epoch {self.epoch + 1}, step {self.step_offset + batch + 1}")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
 
-class EpochRecorder(keras.callbacks.Callback):
-    """One history row per finished epoch: history.csv, a checkpoint, a log line."""
+class ResumeMidEpoch(keras.callbacks.Callback):
+    """Puts back a mid-epoch checkpoint's random-stream counters and running metric sums,
+    once, when its epoch begins: after EpochSeeds and after Keras has reset the metrics."""
 
-    def __init__(self, history: list[dict], run_dir: Path, checkpoints: Checkpoints, train: TrainSpec):
+    def __init__(self, epoch: int, state: MidEpoch):
         super().__init__()
-        self.history, self.run_dir, self.checkpoints, self.train = history, run_dir, checkpoints, train
+        self.epoch, self.state = epoch, state
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
+        if self.state is None or epoch != self.epoch:
+            return
+        model = self.model
+        seeds, metrics = _seed_states(model), model.metrics_variables
+        if len(seeds) != len(self.state.seed_states) or len(metrics) != len(self.state.metric_values):
+            raise SpecError(
+                f"the mid-epoch checkpoint holds {len(self.state.seed_states)} random streams and "
+                f"{len(self.state.metric_values)} metric values, this model {len(seeds)} and {len(metrics)}: "
+                "it comes from another version of the model; delete the run's checkpoints/ to start over"
+            )
+        for variable, value in zip([*seeds, *metrics], [*self.state.seed_states, *self.state.metric_values]):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+        self.state = None
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """One history row per finished epoch: history.csv, a checkpoint, a log line; and,
+    inside an epoch, a checkpoint every `every` steps and at a stop on SIGTERM, after which
+    the stop is raised. Listed last: an epoch that finished is kept."""
+
+    def __init__(
+        self, history: list[dict], run_dir: Path, checkpoints: Checkpoints, train: TrainSpec, every: int = 0
+    ):
+        super().__init__()
+        self.history, self.run_dir, self.checkpoints, self.train = history, run_dir, checkpoints, train
+        self.every = every
+        self.step_offset, self.seconds_before = 0, 0.0  # set by train() for a resumed epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.started = epoch, time.perf_counter()
+
+    # At a batch's beginning the previous step is complete, so the state saved is the state
+    # after exactly `steps_done` steps (a batch-end hook would make Keras wait on every step).
+    def on_train_batch_begin(self, batch, logs=None):
+        steps_done = self.step_offset + batch
+        stop = preemption.requested()
+        due = self.every and steps_done % self.every == 0
+        if steps_done > self.step_offset and (stop or due):
+            self._save_mid_epoch(steps_done)
+        if stop:
+            preemption.check()
+
+    def _save_mid_epoch(self, steps_done: int) -> None:
+        model = self.model
+        state = MidEpoch(
+            steps_done=steps_done,
+            seed_states=[np.asarray(v).tolist() for v in _seed_states(model)],
+            metric_values=[np.asarray(v).tolist() for v in model.metrics_variables],
+            seconds=self.seconds_before + time.perf_counter() - self.started,
+        )
+        path = self.checkpoints.save(model, self.epoch, self.history, state)
+        log.info("checkpoint %s/%s (epoch %d, step %d)", path.parent.name, path.name, self.epoch + 1, steps_done)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:6]}}
         row["lr"] = learning_rate(epoch, self.train)
-        row["seconds"] = round(time.perf_counter() - self.started, 3)
+        row["seconds"] = round(self.seconds_before + time.perf_counter() - self.started, 3)
         self.history.append(row)
         write_history_csv(self.run_dir / "history.csv", self.history)
         self.checkpoints.save(self.model, epoch + 1, self.history)
@@ -112,10 +180,8 @@ class EpochRecorder(keras.callbacks.Callback):
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """Acts on a recorded SIGTERM between steps; listed after EpochRecorder, so a finished epoch is kept."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        preemption.check()
+    """Acts on a recorded SIGTERM after an epoch's checkpoint (EpochRecorder acts on it
+    between steps, after a mid-epoch checkpoint)."""
 
     def on_epoch_end(self, epoch, logs=None):
         preemption.check()
@@ -158,20 +224,33 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
     log.info(smoothing.describe(data.y_train, data.num_classes, spec.smoothing))
     model = compile_model(spec, per_pixel_mean(data.x_train), data.num_classes)
     checkpoints = Checkpoints(run_dir / "checkpoints")
-    start_epoch, history = checkpoints.restore(model)
-    if start_epoch:
+    resume: Resume = checkpoints.restore(model)
+    start_epoch, history, mid_epoch = resume.epochs_done, resume.history, resume.mid_epoch
+    if mid_epoch is not None:
+        log.info("resuming epoch %d of %d at step %d from %s", start_epoch + 1, spec.train.epochs,
+                 mid_epoch.steps_done, checkpoints.directory)  # fmt: skip
+        write_history_csv(run_dir / "history.csv", history)
+    elif start_epoch:
         log.info("resuming after epoch %d of %d from %s", start_epoch, spec.train.epochs, checkpoints.directory)
         write_history_csv(run_dir / "history.csv", history)
 
     targets = smoothing.training_targets(data.y_train, data.num_classes, spec.smoothing)
     test_targets = smoothing.one_hot(data.y_test, data.num_classes)  # never smoothed
+    recorder = EpochRecorder(history, run_dir, checkpoints, spec.train, every=spec.output.checkpoint_steps)
+    diverged = StopOnNonFiniteLoss()
     callbacks = [
         EpochSeeds(spec.train.seed),
+        ResumeMidEpoch(start_epoch, mid_epoch),  # after EpochSeeds: it moves the streams on
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, spec.train)),
-        StopOnNonFiniteLoss(),
-        EpochRecorder(history, run_dir, checkpoints, spec.train),
+        diverged,
+        recorder,
         StopOnSignal(),  # after the recorder: an epoch that finished is checkpointed
     ]
+    if mid_epoch is not None:
+        # TensorFlow builds the compiled metrics at the first step, after the epoch has begun:
+        # build them now (one test batch, no state kept) so their running sums can be put back.
+        n = min(len(data.x_test), spec.train.eval_batch_size)
+        model.evaluate(data.x_test[:n], test_targets[:n], batch_size=n, verbose=0)
     if sys.stdout.isatty():  # a progress bar for people; logs get one line per epoch instead
         callbacks.append(Progress(spec.train.epochs))
     # One fit call per epoch, on that epoch's order: the shuffle then depends on (seed, epoch)
@@ -179,6 +258,11 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
     # half as fast here on the TensorFlow backend).
     for epoch in range(start_epoch, spec.train.epochs):
         order = epoch_order(spec.train.seed, epoch, len(data.x_train), spec.train.batch_size)
+        # A resumed epoch trains on the rest of its order: the same batches, from that step.
+        skip = mid_epoch.steps_done if mid_epoch is not None and epoch == start_epoch else 0
+        recorder.step_offset = diverged.step_offset = skip
+        recorder.seconds_before = mid_epoch.seconds if skip else 0.0
+        order = order[skip * spec.train.batch_size :]
         model.fit(
             data.x_train[order],
             targets[order],

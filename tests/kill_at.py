@@ -21,23 +21,24 @@ def install(point: str) -> None:
     from job import report, train
     from job.checkpoint import Checkpoints
 
-    if point == "mid-epoch":  # the 3rd step of the 2nd epoch this process trains
+    if point == "mid-epoch":  # after the 3rd step of the 2nd epoch this process trains
         steps = {"n": 0}
-        original_batch_end = train.StopOnSignal.on_train_batch_end
+        original_batch_begin = train.EpochRecorder.on_train_batch_begin
 
-        def on_train_batch_end(self, batch, logs=None):
-            steps["n"] += 1
+        def on_train_batch_begin(self, batch, logs=None):
             if steps["n"] == self.params["steps"] + 3:
                 die()
-            original_batch_end(self, batch, logs)
+            steps["n"] += 1
+            original_batch_begin(self, batch, logs)
 
-        train.StopOnSignal.on_train_batch_end = on_train_batch_end
-    elif point == "after-checkpoint":
+        train.EpochRecorder.on_train_batch_begin = on_train_batch_begin
+    elif point in ("after-checkpoint", "after-step-checkpoint"):  # any checkpoint / a mid-epoch one
         original_save = Checkpoints.save
 
-        def save(self, *args, **kwargs):
-            original_save(self, *args, **kwargs)
-            die()
+        def save(self, model, epochs_done, history, mid_epoch=None):
+            original_save(self, model, epochs_done, history, mid_epoch)
+            if point == "after-checkpoint" or mid_epoch is not None:
+                die()
 
         Checkpoints.save = save
     elif point == "final-evaluation":  # predict runs only for the final test-set probabilities

@@ -1,11 +1,11 @@
-"""End-of-epoch checkpoints: whole or absent, the last two kept, damage detected."""
+"""Checkpoints: whole or absent, the last two kept, damage detected, mid-epoch state kept."""
 
 import logging
 
 import numpy as np
 import pytest
 
-from job.checkpoint import Checkpoints
+from job.checkpoint import Checkpoints, MidEpoch, Resume
 
 keras = pytest.importorskip("keras")
 
@@ -26,7 +26,7 @@ def test_restore_brings_back_weights_optimizer_and_history(tmp_path):
     train_step(model)
     store.save(model, 1, [{"epoch": 1}])
     fresh = small_model(seed=1)
-    assert store.restore(fresh) == (1, [{"epoch": 1}])
+    assert store.restore(fresh) == Resume(1, [{"epoch": 1}])
     for a, b in zip(model.get_weights(), fresh.get_weights()):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):
@@ -48,9 +48,23 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     weights = tmp_path / "epoch-0002" / "state.weights.h5"
     weights.write_bytes(weights.read_bytes()[:100])  # a torn write
     with caplog.at_level(logging.WARNING, logger="lsjob"):
-        assert store.restore(small_model()) == (1, [{"epoch": 1}])
+        assert store.restore(small_model()) == Resume(1, [{"epoch": 1}])
     assert "epoch-0002 is unusable" in caplog.text
 
 
 def test_no_checkpoint_means_a_fresh_start(tmp_path):
-    assert Checkpoints(tmp_path / "none").restore(small_model()) == (0, [])
+    assert Checkpoints(tmp_path / "none").restore(small_model()) == Resume()
+
+
+def test_a_mid_epoch_checkpoint_keeps_its_state_and_sorts_between_epoch_ends(tmp_path):
+    model, store = small_model(), Checkpoints(tmp_path)
+    train_step(model)
+    store.save(model, 1, [{"epoch": 1}])
+    state = MidEpoch(steps_done=120, seed_states=[[7, 240], [9, 120]], metric_values=[[1.5], [64.0]], seconds=3.25)
+    path = store.save(model, 1, [{"epoch": 1}], state)
+    assert path.name == "epoch-0001-step-000120"
+    assert store.restore(small_model()) == Resume(1, [{"epoch": 1}], state)
+    # The end of that epoch is newer than any step inside it, and older checkpoints go.
+    store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001-step-000120", "epoch-0002"]
+    assert store.restore(small_model()).mid_epoch is None

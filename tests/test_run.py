@@ -151,46 +151,92 @@ def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatc
     assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
 
 
-KILL_POINTS = ["mid-epoch", "after-checkpoint", "final-evaluation", "report", "model-save"]
+def _assert_same_run(run_dir, straight):
+    import keras
+
+    def history(directory):  # all but the wall-clock seconds
+        return [row.rsplit(",", 1)[0] for row in (directory / "history.csv").read_text().splitlines()]
+
+    assert history(run_dir) == history(straight)
+    for name in ("metrics.json", "calibration.json"):
+        assert json.loads((run_dir / name).read_text()) == json.loads((straight / name).read_text()), name
+    with np.load(run_dir / "predictions.npz") as a, np.load(straight / "predictions.npz") as b:
+        np.testing.assert_array_equal(a["test_probs"], b["test_probs"])
+    for a, b in zip(*(keras.saving.load_model(d / "model.keras").get_weights() for d in (run_dir, straight))):
+        np.testing.assert_array_equal(a, b)
+
+
+# Each SIGKILL, in this order, and the checkpoint the next attempt resumes from (8-step
+# epochs, output.checkpoint_steps=3: step checkpoints at 3 and 6 of each epoch).
+KILL_POINTS = {
+    "mid-epoch": "resuming after epoch 1 of 2",  # killed at epoch 2 step 3, before its checkpoint
+    "after-checkpoint": "resuming epoch 2 of 2 at step 3",
+    "after-step-checkpoint": "resuming epoch 2 of 2 at step 6",  # from a mid-epoch checkpoint to the next
+    "final-evaluation": "resuming after epoch 2 of 2",
+    "report": "resuming after epoch 2 of 2",
+    "model-save": "resuming after epoch 2 of 2",
+}
 
 
 @pytest.mark.slow
 def test_killed_at_every_hard_point_then_rerun_ends_exactly_as_a_run_never_killed(completed, tmp_path):
-    """SIGKILL (nothing can be caught or recorded) at five points in turn, one re-run after
-    each; the run then finishes with the uninterrupted run's history, metrics and weights."""
+    """SIGKILL (nothing can be caught or recorded) at six points in turn, one re-run after
+    each; the run then finishes with the uninterrupted run's history, metrics and weights.
+    Mid-epoch checkpoints are on: step counters, random streams and the epoch's running
+    loss and accuracy must all come back, or the history and weights would differ."""
     import subprocess
     import sys
 
-    import keras
     from conftest import ROOT, TINY
 
-    args = [a for item in [*TINY, f"output.root={tmp_path}", "output.run=killed"] for a in ("--set", item)]
+    sets = [*TINY, f"output.root={tmp_path}", "output.run=killed", "output.checkpoint_steps=3"]
+    args = [a for item in sets for a in ("--set", item)]
     run_dir = tmp_path / "killed"
-    for point in KILL_POINTS:
+    resumed_from = []
+    for point, next_resume in KILL_POINTS.items():
         proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_at.py"), point, "run", "/dev/null", *args],
                               capture_output=True, text=True)  # fmt: skip
         assert proc.returncode == -9, (point, proc.stderr[-2000:])
         manifest = json.loads((run_dir / "manifest.json").read_text())
         assert manifest["status"] != "completed", point  # killed before it could claim to be done
+        resumed_from.append(next_resume)
     proc = subprocess.run([sys.executable, "-m", "job", "run", "/dev/null", *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed" and len(manifest["attempts"]) == len(KILL_POINTS) + 1
     assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name] and not (run_dir / "checkpoints").exists()
+    # Every attempt logged where it resumed from: each kill point was reached where intended.
+    log = (run_dir / "run.log").read_text()
+    assert [line.split("resuming ", 1)[1].split(" from ")[0] for line in log.splitlines() if "resuming " in line] == [
+        expected.removeprefix("resuming ") for expected in resumed_from
+    ]
+    _assert_same_run(run_dir, completed.run_dir)
 
-    def history(directory):
-        return [row.rsplit(",", 1)[0] for row in (directory / "history.csv").read_text().splitlines()]
 
-    straight = completed.run_dir
-    assert history(run_dir) == history(straight)
-    for name in ("metrics.json", "calibration.json"):
-        assert json.loads((run_dir / name).read_text()) == json.loads((straight / name).read_text()), name
-    with np.load(run_dir / "predictions.npz") as a, np.load(straight / "predictions.npz") as b:
-        np.testing.assert_array_equal(a["test_probs"], b["test_probs"])
-    killed_model, straight_model = (keras.saving.load_model(d / "model.keras") for d in (run_dir, straight))
-    for a, b in zip(killed_model.get_weights(), straight_model.get_weights()):
-        np.testing.assert_array_equal(a, b)
+def test_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_ends_exactly_the_same(completed, tiny_spec,
+                                                                                    monkeypatch):  # fmt: skip
+    from job import preemption, train
+    from job.errors import InterruptedRun
+
+    steps = {"n": 0}
+    original = train.EpochRecorder.on_train_batch_begin
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps["n"] += 1
+        if steps["n"] == 8 + 5:  # as a SIGTERM arriving during epoch 2's 4th step
+            monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+        original(self, batch, logs)
+
+    monkeypatch.setattr(train.EpochRecorder, "on_train_batch_begin", on_train_batch_begin)
+    spec = tiny_spec()
+    with pytest.raises(InterruptedRun, match="SIGTERM"):
+        run_mod.execute(spec)
+    assert sorted(p.name for p in (spec.run_dir / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0001-step-000004"]
+    monkeypatch.setattr(preemption, "_requested", None)
+    monkeypatch.setattr(train.EpochRecorder, "on_train_batch_begin", original)
+    assert run_mod.execute(spec) == 0
+    _assert_same_run(spec.run_dir, completed.run_dir)
 
 
 def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_a_rerun_resumes(tiny_spec, monkeypatch):

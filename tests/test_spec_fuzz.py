@@ -149,7 +149,8 @@ def test_arbitrary_bytes_load_or_are_refused(spec_file, data):
     overrides=st.lists(
         st.builds(lambda key, value: f"{key}={value}",
                   st.one_of(st.sampled_from(FIELD_PATHS), st.text(max_size=12)),
-                  st.one_of(st.text(max_size=12), st.sampled_from(["[1", "{a: 1}", "&a [*a]", "!!python/name:os.system"]))),
+                  st.one_of(st.text(max_size=12),
+                            st.sampled_from(["[1", "{a: 1}", "&a [*a]", "!!python/name:os.system"]))),
         max_size=3,
     )
 )  # fmt: skip

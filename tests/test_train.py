@@ -40,8 +40,25 @@ def test_non_finite_loss_fails_the_run():
     cb = train_mod.StopOnNonFiniteLoss()
     cb.on_epoch_begin(2)
     cb.on_train_batch_end(0, {"loss": 1.5})
-    with pytest.raises(DivergedError, match="epoch 3, batch 5"):
+    with pytest.raises(DivergedError, match="epoch 3, step 5"):
         cb.on_train_batch_end(4, {"loss": float("nan")})
+
+
+def test_a_nan_loss_in_real_training_stops_the_run_though_the_check_runs_off_the_loop(tiny_spec, tmp_path,
+                                                                                      monkeypatch):  # fmt: skip
+    # The check is async_safe (Keras runs it in a worker thread): its error must still end training.
+    from job import runtime
+    from job.data import load_dataset
+
+    spec = tiny_spec()
+    data = load_dataset(spec.data)
+    poisoned = train_mod.smoothing.training_targets(data.y_train, 10, spec.smoothing)
+    poisoned[40:] = np.nan  # in every shuffled batch
+    monkeypatch.setattr(train_mod.smoothing, "training_targets", lambda *args: poisoned)
+    runtime.configure(spec.runtime, spec.train.seed)
+    with pytest.raises(DivergedError, match=r"loss became nan at epoch 1, step \d+"):
+        train_mod.train(spec, data, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()  # the diverged epoch is not checkpointed
 
 
 @pytest.mark.slow
