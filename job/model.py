@@ -1,8 +1,9 @@
 """MiniGoogLeNet, as in the tutorial, with the recipe's preprocessing built in.
 
 The model takes uint8 images. Per-pixel mean subtraction and augmentation
-(random 10% shifts with nearest fill, horizontal flips) are its first layers, so
-they run on the device, are active in training only, and travel with model.keras.
+(random 10% shifts with nearest fill, horizontal flips: job/augment.py) are its
+first layers, so they run on the device, are active in training only, and travel
+with model.keras.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from job.augment import RandomShiftFlip
 from job.spec import AugmentSpec
 
 
@@ -35,12 +37,8 @@ def preprocessing(x, mean_image: np.ndarray, augment: AugmentSpec, seed: int):
     x = layers.Normalization(
         axis=(1, 2, 3), mean=mean_image, variance=np.ones_like(mean_image), dtype="float32", name="mean_subtract"
     )(layers.Rescaling(1.0, dtype="float32", name="to_float")(x))
-    if augment.shift > 0:
-        x = layers.RandomTranslation(
-            augment.shift, augment.shift, fill_mode=augment.fill_mode, seed=seed, dtype="float32", name="shift"
-        )(x)
-    if augment.horizontal_flip:
-        x = layers.RandomFlip("horizontal", seed=seed + 1, dtype="float32", name="flip")(x)
+    if augment.shift > 0 or augment.horizontal_flip:
+        x = RandomShiftFlip(augment.shift, augment.horizontal_flip, augment.fill_mode, seed=seed, name="augment")(x)
     return x
 
 

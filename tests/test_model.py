@@ -35,19 +35,21 @@ def test_mean_subtraction_is_per_pixel():
 
 def test_augmentation_only_in_training(model):
     x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    flip = keras.Model(model.input, model.get_layer("flip").output)
-    inference = np.asarray(flip(x, training=False))
-    np.testing.assert_array_equal(inference, np.asarray(flip(x, training=False)))
-    assert not np.allclose(np.asarray(flip(x, training=True)), inference)
+    augmented = keras.Model(model.input, model.get_layer("augment").output)
+    mean_subtracted = keras.Model(model.input, model.get_layer("mean_subtract").output)
+    np.testing.assert_array_equal(np.asarray(augmented(x, training=False)), np.asarray(mean_subtracted(x)))
+    assert not np.allclose(np.asarray(augmented(x, training=True)), np.asarray(mean_subtracted(x)))
 
 
 def test_augmentation_follows_the_spec():
     layers = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(), seed=1).layers
-    shift = next(layer for layer in layers if layer.name == "shift")
-    assert (shift.height_factor, shift.width_factor, shift.fill_mode) == (0.1, 0.1, "nearest")
-    assert next(layer for layer in layers if layer.name == "flip").mode == "horizontal"
+    augment = next(layer for layer in layers if layer.name == "augment")
+    assert (augment.shift, augment.flip, augment.fill_mode) == (0.1, True, "nearest")
+    assert augment.compute_dtype == "float32"
     bare = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(shift=0, horizontal_flip=False), seed=1)
-    assert not {"shift", "flip"} & {layer.name for layer in bare.layers}
+    assert "augment" not in {layer.name for layer in bare.layers}
+    flip_only = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(shift=0), seed=1).get_layer("augment")
+    assert (flip_only.shift, flip_only.flip) == (0.0, True)
 
 
 def test_softmax_stays_float32_under_mixed_precision():
@@ -58,4 +60,5 @@ def test_softmax_stays_float32_under_mixed_precision():
         keras.config.set_dtype_policy("float32")
     assert model.get_layer("softmax").compute_dtype == "float32"
     assert model.get_layer("mean_subtract").compute_dtype == "float32"
+    assert model.get_layer("augment").compute_dtype == "float32"
     assert model.layers[-3].compute_dtype == "bfloat16"  # the dense layer computes in bf16
