@@ -37,7 +37,7 @@ class _StepClock(keras.callbacks.Callback):
 
 def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     """Time `steps` training steps after `warmup` ones; returns the figures `lsjob bench` prints."""
-    runtime.configure(spec.runtime, spec.train.seed)
+    setup = runtime.configure(spec.runtime, spec.train.seed)
     batch = spec.train.batch_size
     per_call = spec.runtime.steps_per_execution
     # Whole executions only: a partial one would be a second, differently shaped compiled call.
@@ -45,7 +45,8 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     warmup = max(warmup // per_call, 1) * per_call
     x, y, _, _ = make_synthetic(batch * max(steps, warmup), 1, seed=SYNTHETIC_SEED)
     targets = smoothing.training_targets(y, 10, spec.smoothing)
-    model = compile_model(spec, per_pixel_mean(x), 10)
+    with runtime.replica_scope():
+        model = compile_model(spec, per_pixel_mean(x), 10)
 
     def fit(n: int, clock: _StepClock) -> float:
         started = time.perf_counter()
@@ -65,7 +66,9 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     return {
         "backend": keras.backend.backend(),
         "devices": runtime.devices(),
-        "precision": spec.runtime.mixed_precision,
+        "precision": setup.precision,
+        "precision_source": setup.precision_source,
+        "replicas": setup.replicas,
         "jit_compile": spec.runtime.jit_compile,
         "steps_per_execution": per_call,
         "batch_size": batch,
@@ -86,7 +89,8 @@ def table(result: dict) -> str:
     rows = [
         ("backend", result["backend"]),
         ("device", ", ".join(result["devices"])),
-        ("precision", result["precision"]),
+        ("precision", result["precision"] + _chosen_how(result)),
+        ("replicas", str(result.get("replicas", 1))),
         ("jit_compile", str(result["jit_compile"])),
         ("batch size", str(result["batch_size"])),
         ("images/s (median step)", f"{result['images_per_s']:,.0f}"),
@@ -98,3 +102,8 @@ def table(result: dict) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _chosen_how(result: dict) -> str:
+    source = result.get("precision_source", "spec")
+    return "" if source == "spec" else f" ({source})"

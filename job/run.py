@@ -60,7 +60,7 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_po
         atomic.write_text(run_dir.path / "spec.yaml", spec.to_yaml())
         run_dir.write_manifest(manifest)
         log.info("run %s: attempt %d", run_dir.path, len(manifest["attempts"]))
-        runtime.configure(spec.runtime, spec.train.seed)
+        setup = runtime.configure(spec.runtime, spec.train.seed)
         data = dataset if dataset is not None else load_dataset(spec.data)
         x_holdout = y_holdout = None
         if spec.eval.temperature_scaling:
@@ -71,6 +71,13 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_po
             }
         manifest["data"] = data.description
         manifest["devices"] = runtime.devices()
+        manifest["runtime"] = {
+            **setup.describe(),
+            "global_batch": spec.train.batch_size,
+            "per_replica_batch": spec.train.batch_size // setup.replicas,
+            "lr_scaling": spec.train.lr_scaling,
+            "base_lr": spec.train.base_lr,  # epoch 0's learning rate, after scaling
+        }
         run_dir.write_manifest(manifest)
 
         result = train(spec, data, run_dir.path)

@@ -1,4 +1,4 @@
-"""Backend setup: seeds, determinism, precision and device facts.
+"""Backend setup: seeds, determinism, precision, devices and data parallelism.
 
 The only module that may touch a specific backend; everything else speaks Keras 3,
 so KERAS_BACKEND=jax or torch runs the same job.
@@ -6,21 +6,151 @@ so KERAS_BACKEND=jax or torch runs the same job.
 
 from __future__ import annotations
 
+import contextlib
 import platform
+from dataclasses import asdict, dataclass
 
 import keras
 
+from job.errors import SpecError
 from job.spec import RuntimeSpec
 
+POLICY = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
-def configure(runtime: RuntimeSpec, seed: int) -> None:
+
+@dataclass(frozen=True)
+class Setup:
+    """What `configure` chose: recorded in the manifest and the bench JSON."""
+
+    precision: str  # off, bf16 or fp16: runtime.mixed_precision, with auto resolved for this device
+    precision_source: str  # "spec" or "auto: <why>"
+    replicas: int
+    replica_devices: list[str]
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+_strategy = None  # the TensorFlow backend's MirroredStrategy when replicas > 1
+
+
+def configure(runtime: RuntimeSpec, seed: int) -> Setup:
     # Seeds Python, NumPy and the backend: weight init and dropout follow train.seed.
     keras.utils.set_random_seed(seed)
-    keras.config.set_dtype_policy(
-        {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[runtime.mixed_precision]
-    )
+    precision, source = _precision(runtime.mixed_precision)
+    keras.config.set_dtype_policy(POLICY[precision])
     if runtime.deterministic:
         _enable_determinism()
+    replica_devices = _set_up_replicas(runtime.replicas)
+    return Setup(precision, source, len(replica_devices), replica_devices)
+
+
+def replica_count() -> int:
+    """Replicas set up by the last `configure`: 1 unless runtime.replicas asked for more."""
+    if _strategy is not None:
+        return _strategy.num_replicas_in_sync
+    distribution = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    return len(distribution.device_mesh.devices.flatten()) if distribution is not None else 1
+
+
+def replica_scope():
+    """Where the model, its optimizer and their checkpointed state must be created: under
+    TensorFlow's MirroredStrategy its variables are mirrored on every replica. JAX's
+    DataParallel is global (keras.distribution), so there it is nothing."""
+    return _strategy.scope() if _strategy is not None else contextlib.nullcontext()
+
+
+def _precision(asked: str) -> tuple[str, str]:
+    if asked != "auto":
+        return asked, "spec"
+    kind, capability = _accelerator()
+    # bf16 needs no loss scaling and has float32's range; NVIDIA has it from Ampere (8.0) on.
+    if kind == "tpu" or (kind == "gpu" and capability >= (8, 0)):
+        where = f"gpu compute capability {capability[0]}.{capability[1]}" if kind == "gpu" else kind
+        return "bf16", f"auto: {where}"
+    if kind == "gpu" and capability >= (7, 0):  # Volta/Turing: fast fp16 tensor cores, no bf16
+        return "fp16", f"auto: gpu compute capability {capability[0]}.{capability[1]} has no bf16"
+    return "off", f"auto: {kind or 'cpu'}, float32"
+
+
+def _accelerator() -> tuple[str | None, tuple[int, int]]:
+    """('gpu' or 'tpu' or None, compute capability) of the first accelerator."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return "gpu", tuple(details.get("compute_capability", (0, 0)))
+        elif backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform == "tpu":
+                return "tpu", (0, 0)
+            if device.platform == "gpu":
+                major, _, minor = str(getattr(device, "compute_capability", "0.0")).partition(".")
+                return "gpu", (int(major), int(minor or 0))
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return "gpu", tuple(torch.cuda.get_device_capability(0))
+    except (RuntimeError, ValueError, KeyError):
+        pass
+    return None, (0, 0)
+
+
+def _set_up_replicas(replicas: int | str) -> list[str]:
+    global _strategy
+    _strategy = None
+    available = replica_candidates()
+    wanted = len(available) if replicas == "all" else replicas
+    if keras.backend.backend() == "jax":
+        keras.distribution.set_distribution(None)  # one configure per run, some processes run several
+    if wanted == 1:
+        return available[:1]
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax"):
+        raise SpecError(
+            f"runtime.replicas is {replicas}: data parallelism in one run needs the TensorFlow or JAX backend, "
+            f"not {backend}; set runtime.replicas: 1, or run one task per GPU (Slurm array, Indexed Job)"
+        )
+    if wanted > len(available):
+        raise SpecError(
+            f"runtime.replicas is {replicas} but this machine has {len(available)} device(s) for it "
+            f"({', '.join(available)}); lower runtime.replicas or use 'all'"
+        )
+    chosen = available[:wanted]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        _strategy = tf.distribute.MirroredStrategy(chosen)
+    else:
+        import jax
+
+        devices = [d for d in jax.devices() if str(d) in chosen]
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return chosen
+
+
+def replica_candidates() -> list[str]:
+    """The devices replicas may run on: the GPUs (or TPUs), else the CPU devices, so that
+    tests can split a CPU into several (TensorFlow logical devices, XLA's host device count)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")
+        ]
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices()]
+    return devices()[:1]
 
 
 def _enable_determinism() -> None:

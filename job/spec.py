@@ -72,13 +72,28 @@ class SmoothingSpec(Section):
 
 class TrainSpec(Section):
     epochs: int = Field(70, gt=0, le=100_000, description="Epochs; the learning rate reaches 0 at the last.")
-    batch_size: int = Field(64, gt=0, le=65_536, description="Training batch size.")
-    lr: float = Field(5e-3, gt=0.0, le=10.0, description="Initial SGD learning rate.")
+    batch_size: int = Field(
+        64, gt=0, le=65_536,
+        description="Training batch size: the global batch, split evenly across runtime.replicas.",
+    )  # fmt: skip
+    lr: float = Field(5e-3, gt=0.0, le=10.0, description="Initial SGD learning rate (at lr_reference_batch).")
+    lr_scaling: Literal["none", "linear"] = Field(
+        "none",
+        description="none: lr as given, whatever the batch; linear: lr * batch_size / lr_reference_batch "
+        "(the linear scaling rule, for a larger global batch on more replicas).",
+    )
+    lr_reference_batch: int = Field(64, gt=0, le=65_536, description="The batch size lr is meant for.")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     lr_power: float = Field(
         1.0, gt=0.0, le=10.0, description="Polynomial decay power, per epoch: lr * (1 - epoch/epochs) ** power."
     )
     seed: int = Field(42, ge=0, lt=2**31, description="Seeds every random stream: init, shuffle, augmentation.")
+
+    @property
+    def base_lr(self) -> float:
+        """The learning rate at epoch 0, after lr_scaling."""
+        scale = self.batch_size / self.lr_reference_batch if self.lr_scaling == "linear" else 1.0
+        return self.lr * scale
     eval_batch_size: int = Field(
         256, gt=0, le=65_536, description="Batch size for validation and prediction; does not change results."
     )
@@ -86,7 +101,7 @@ class TrainSpec(Section):
 
 class AugmentSpec(Section):
     shift: float = Field(
-        0.1, ge=0.0, le=1.0, description="Random shift, fraction of width and height (RandomTranslation)."
+        0.1, ge=0.0, le=1.0, description="Random shift, at most this fraction of width and height (bilinear)."
     )
     horizontal_flip: bool = Field(True, description="Random horizontal flips (RandomFlip).")
     fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = Field(
@@ -130,14 +145,29 @@ class OutputSpec(Section):
 
 
 class RuntimeSpec(Section):
-    mixed_precision: Literal["off", "bf16", "fp16"] = Field(
-        "off", description="Compute dtype; softmax and loss stay float32. fp16 uses loss scaling."
+    mixed_precision: Literal["off", "bf16", "fp16", "auto"] = Field(
+        "off",
+        description="Compute dtype; softmax and loss stay float32. fp16 uses loss scaling. auto: bf16 on "
+        "GPUs with bf16 (NVIDIA compute capability 8.0+) and TPUs, fp16 on older NVIDIA GPUs (7.x), off on CPUs.",
     )
     jit_compile: Literal["auto"] | bool = Field("auto", description="XLA/JIT compilation of the train step.")
     deterministic: bool = Field(
         False, description="Deterministic ops: two runs (and a resumed run) give identical histories on CPU."
     )
     steps_per_execution: int = Field(1, gt=0, le=10_000, description="Train steps per compiled call.")
+    replicas: int | Literal["all"] = Field(
+        1,
+        description="Data-parallel replicas in one run, one per GPU (CPU devices where there is none): a "
+        "number, or all. TensorFlow: tf.distribute.MirroredStrategy; JAX: keras.distribution.DataParallel. "
+        "train.batch_size is the global batch and must divide evenly.",
+    )
+
+    @field_validator("replicas")
+    @classmethod
+    def _positive_replicas(cls, replicas):
+        if replicas != "all" and not 1 <= replicas <= 4096:
+            raise ValueError("must be a number of devices from 1 up, or all")
+        return replicas
 
 
 # One grid: dotted field path -> the values it takes. Expanded by job.sweep.
@@ -180,6 +210,16 @@ class Spec(Section):
             raise ValueError(
                 "output.run cannot be set in a sweep: each point's directory is named from its values; "
                 "set output.root to keep the sweep's runs together"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_splits_across_replicas(self):
+        replicas = self.runtime.replicas
+        if replicas != "all" and self.train.batch_size % replicas:
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} does not split evenly across runtime.replicas "
+                f"{replicas}: make the global batch a multiple of {replicas}"
             )
         return self
 

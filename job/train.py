@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from job import atomic, preemption, smoothing
+from job import atomic, preemption, runtime, smoothing
 from job.checkpoint import Checkpoints, MidEpoch, Resume
 from job.data import Dataset, per_pixel_mean
 from job.errors import DivergedError, SpecError
@@ -36,7 +36,7 @@ HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val
 
 def learning_rate(epoch: int, train: TrainSpec) -> float:
     """The recipe's polynomial decay, applied per epoch: 5e-3 falling linearly to 0."""
-    return train.lr * (1.0 - epoch / train.epochs) ** train.lr_power
+    return train.base_lr * (1.0 - epoch / train.epochs) ** train.lr_power
 
 
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -203,9 +203,10 @@ class TrainResult:
 
 
 def compile_model(spec: Spec, mean_image: np.ndarray, num_classes: int) -> keras.Model:
+    """The model, compiled; call it (and load checkpoints into it) under runtime.replica_scope()."""
     model = build_model(mean_image, spec.augment, spec.train.seed, num_classes)
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=spec.train.lr, momentum=spec.train.momentum),
+        optimizer=keras.optimizers.SGD(learning_rate=spec.train.base_lr, momentum=spec.train.momentum),
         loss=smoothing.training_loss(spec.smoothing),
         # val_nll: cross-entropy against the hard test labels, comparable across methods.
         metrics=["accuracy", keras.metrics.CategoricalCrossentropy(name="nll")],
@@ -221,10 +222,17 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
             f"the training set has {len(data.x_train)} images, fewer than train.batch_size "
             f"{spec.train.batch_size}: lower the batch size or raise data.train_size"
         )
+    replicas = runtime.replica_count()
+    if spec.train.batch_size % replicas:
+        raise SpecError(
+            f"train.batch_size {spec.train.batch_size} does not split evenly across the {replicas} replicas "
+            "of runtime.replicas: all; make it a multiple of the number of GPUs"
+        )
     log.info(smoothing.describe(data.y_train, data.num_classes, spec.smoothing))
-    model = compile_model(spec, per_pixel_mean(data.x_train), data.num_classes)
     checkpoints = Checkpoints(run_dir / "checkpoints")
-    resume: Resume = checkpoints.restore(model)
+    with runtime.replica_scope():  # mirrored variables, optimizer slots included, on every replica
+        model = compile_model(spec, per_pixel_mean(data.x_train), data.num_classes)
+        resume: Resume = checkpoints.restore(model)
     start_epoch, history, mid_epoch = resume.epochs_done, resume.history, resume.mid_epoch
     if mid_epoch is not None:
         log.info("resuming epoch %d of %d at step %d from %s", start_epoch + 1, spec.train.epochs,

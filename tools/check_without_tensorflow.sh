@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proof that the job needs no TensorFlow: a fresh environment with the project's
 # dependencies minus tensorflow, plus JAX, where `import tensorflow` fails, runs a
-# 1-epoch smoke run under KERAS_BACKEND=jax to completion. (The GPU test machine is
+# 1-epoch smoke run under KERAS_BACKEND=jax to completion, then one with 2 data-parallel
+# replicas on the CPU split in two. (The GPU test machine is
 # such an environment: JAX and PyTorch, no TensorFlow.) .ci/run calls this.
 #
 #   tools/check_without_tensorflow.sh [backend]     # jax (default) or torch
@@ -44,3 +45,18 @@ assert manifest["status"] == "completed" and manifest["backend"] == sys.argv[2],
 assert "tensorflow" not in manifest["versions"], manifest["versions"]
 print(f"check_without_tensorflow: completed on {manifest['backend']}, test accuracy {manifest['test_accuracy']:.3f}")
 PY
+
+if [[ $backend == jax ]]; then
+  # Data parallelism (keras.distribution.DataParallel) on this CPU split into two XLA devices.
+  echo "check_without_tensorflow: 2 replicas under KERAS_BACKEND=jax"
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax lsjob run specs/smoke.yaml \
+    --set train.epochs=1 --set data.train_size=256 --set data.test_size=64 --set runtime.replicas=2 \
+    --set output.run=two-replicas --set "output.root=$work/results"
+  python - "$work/results/two-replicas/manifest.json" << 'PY'
+import json, sys
+manifest = json.load(open(sys.argv[1]))
+setup = manifest["runtime"]
+assert manifest["status"] == "completed" and setup["replicas"] == 2 and setup["per_replica_batch"] == 16, manifest
+print(f"check_without_tensorflow: 2 replicas on {setup['replica_devices']}, global batch {setup['global_batch']}")
+PY
+fi

@@ -1,0 +1,110 @@
+"""Backend setup (job/runtime.py): precision chosen per device, fp16 with loss scaling,
+and data parallelism over several devices in one run (here: CPU devices split in two)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY
+
+from job import runtime
+from job.errors import SpecError
+from job.spec import RuntimeSpec, load_spec
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(autouse=True)
+def float32_afterwards():
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+@pytest.mark.parametrize(
+    "accelerator, expected",
+    [
+        ((None, (0, 0)), ("off", "auto: cpu, float32")),
+        (("gpu", (9, 0)), ("bf16", "auto: gpu compute capability 9.0")),  # H100/H200
+        (("gpu", (8, 0)), ("bf16", "auto: gpu compute capability 8.0")),  # A100
+        (("gpu", (7, 0)), ("fp16", "auto: gpu compute capability 7.0 has no bf16")),  # V100
+        (("gpu", (6, 1)), ("off", "auto: gpu, float32")),
+        (("tpu", (0, 0)), ("bf16", "auto: tpu")),
+    ],
+)
+def test_auto_precision_is_chosen_per_device(monkeypatch, accelerator, expected):
+    monkeypatch.setattr(runtime, "_accelerator", lambda: accelerator)
+    setup = runtime.configure(RuntimeSpec(mixed_precision="auto"), seed=0)
+    assert (setup.precision, setup.precision_source) == expected
+    assert keras.config.dtype_policy().name == runtime.POLICY[expected[0]]
+
+
+def test_an_explicit_precision_is_kept_and_this_cpu_gets_float32_from_auto():
+    assert runtime.configure(RuntimeSpec(mixed_precision="bf16"), seed=0).precision == "bf16"
+    assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    setup = runtime.configure(RuntimeSpec(mixed_precision="auto"), seed=0)
+    assert (setup.precision, setup.replicas) == ("off", 1)
+
+
+def test_fp16_trains_with_loss_scaling_and_the_schedule_reaches_the_real_optimizer(tiny_spec):
+    from job.data import load_dataset, per_pixel_mean
+    from job.train import compile_model, learning_rate
+
+    spec = tiny_spec("runtime.mixed_precision=fp16", "train.epochs=4")
+    runtime.configure(spec.runtime, spec.train.seed)
+    data = load_dataset(spec.data)
+    model = compile_model(spec, per_pixel_mean(data.x_train), 10)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.get_layer("softmax").compute_dtype == "float32"
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, spec.train))
+    targets = np.eye(10, dtype="float32")[data.y_train]
+    history = model.fit(data.x_train, targets, batch_size=16, epochs=2, verbose=0, callbacks=[schedule])
+    assert np.isfinite(history.history["loss"]).all()
+    assert float(model.optimizer.inner_optimizer.learning_rate) == pytest.approx(learning_rate(1, spec.train))
+
+
+def test_linear_lr_scaling_follows_the_global_batch():
+    spec = load_spec(None, ["train.batch_size=512", "train.lr_scaling=linear"])
+    assert spec.train.base_lr == pytest.approx(5e-3 * 8)
+    assert load_spec(None, ["train.batch_size=512"]).train.base_lr == 5e-3  # none: as given
+
+
+def test_replicas_the_spec_cannot_split_or_the_machine_lacks_are_refused():
+    with pytest.raises(SpecError, match="train.batch_size 64 does not split evenly across runtime.replicas 3"):
+        load_spec(None, ["runtime.replicas=3"])
+    with pytest.raises(SpecError, match="runtime.replicas"):
+        load_spec(None, ["runtime.replicas=0"])
+    with pytest.raises(SpecError, match=r"runtime.replicas is 4 but this machine has 1 device\(s\)"):
+        runtime.configure(RuntimeSpec(replicas=4), seed=0)
+    assert runtime.configure(RuntimeSpec(replicas="all"), seed=0).replicas == 1  # one CPU device here
+
+
+# TensorFlow's devices are fixed once it starts: a fresh process splits the CPU in two.
+TWO_CPUS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from job.cli import main
+sys.argv = ["lsjob", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_two_replicas_train_one_run_with_the_global_batch_split_and_recorded(tmp_path):
+    sets = [*TINY, f"output.root={tmp_path}", "output.run=mirrored", "runtime.replicas=2",
+            "train.lr_scaling=linear", "runtime.deterministic=false"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", TWO_CPUS, "run", "/dev/null", *[a for s in sets for a in ("--set", s)]],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "mirrored" / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert manifest["runtime"]["replicas"] == 2 and len(manifest["runtime"]["replica_devices"]) == 2
+    assert manifest["runtime"]["global_batch"] == 16 and manifest["runtime"]["per_replica_batch"] == 8
+    assert manifest["runtime"]["base_lr"] == pytest.approx(5e-3 * 16 / 64)
+    history = (tmp_path / "mirrored" / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and float(history[1].split(",")[-2]) == pytest.approx(5e-3 / 4)
