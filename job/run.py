@@ -1,7 +1,7 @@
 """One run, end to end: claim the directory, load data, train, report, mark complete.
 
 Re-running the same command is always safe: a completed run is left alone, an
-interrupted or failed one resumes from its last finished epoch.
+interrupted or failed one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import keras
 from job import atomic, report, runtime
 from job.data import load_dataset
 from job.errors import EXIT_OK, InterruptedRun, JobError, NoSpaceError, SpecError
-from job.rundir import RunDir, now
+from job.rundir import RunDir, check_writable, now
 from job.spec import Spec
 from job.train import train
 
@@ -30,6 +30,12 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
     """Run `spec`; returns the exit code. `dataset` replaces the spec's data (tests, notebooks);
     `sweep_point` (index and values) is recorded in the manifest of a sweep's run."""
     run_dir = RunDir(spec.run_dir)
+    check_writable(spec.run_dir.parent, create=False)  # a read-only root fails before any download
+    # A peek without the lock: only a run with work left needs its data. The data is loaded
+    # before the run directory exists, so bad or hostile data leaves nothing behind.
+    previous = None if force else run_dir.read_manifest()
+    if dataset is None and not (previous or {}).get("status") == "completed":
+        dataset = load_dataset(spec.data)
     run_dir.claim()
     try:
         return _execute_claimed(spec, run_dir, force, dataset, sweep_point)
@@ -61,7 +67,7 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_po
         run_dir.write_manifest(manifest)
         log.info("run %s: attempt %d", run_dir.path, len(manifest["attempts"]))
         setup = runtime.configure(spec.runtime, spec.train.seed)
-        data = dataset if dataset is not None else load_dataset(spec.data)
+        data = dataset if dataset is not None else load_dataset(spec.data)  # a completed run redone with --force
         x_holdout = y_holdout = None
         if spec.eval.temperature_scaling:
             data, x_holdout, y_holdout = data.split_holdout(spec.eval.holdout_size)

@@ -36,8 +36,22 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def check_writable(root: Path) -> None:
-    """Fail before training, not after 70 epochs, when results cannot be written."""
+def check_writable(root: Path, create: bool = True) -> None:
+    """Fail before training, not after 70 epochs, when results cannot be written. With
+    create=False nothing is made: the nearest existing folder must let the root be created."""
+    if not create:
+        existing = next((p for p in [root, *root.absolute().parents] if p.exists()), Path("/"))
+        if not existing.is_dir():
+            raise SpecError(
+                f"cannot create the results root {root}: {existing} is not a directory; "
+                "set output.root to a writable directory"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            where = "" if existing == root else f" ({existing} cannot hold it)"
+            raise SpecError(
+                f"the results root {root} is not writable{where}; set output.root to a writable directory"
+            )
+        return
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:

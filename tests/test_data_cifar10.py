@@ -545,3 +545,71 @@ def test_leftover_staging_folder_is_not_a_cache(small, small_batches, keras_util
     monkeypatch.setattr(keras_utils, "get_file", offline)
     with pytest.raises(DataError, match="could not download"):
         cifar10.load_cifar10(None, cache)
+
+
+# ---------------------------------------------------------------------------- the corpus, as users meet it
+
+
+def broken_copies(small_batches, workdir):
+    """Every broken or hostile CIFAR-10 copy above, built afresh: (name, data.path, the
+    archive to trust as official or None)."""
+
+    def batches_with(name, change):
+        folder = shutil.copytree(small_batches, workdir / name.replace(" ", "-") / BATCHES)
+        change(folder)
+        return folder
+
+    def rewrite(folder, file, transform):
+        write_pickle(folder / file, transform(pickle.loads((folder / file).read_bytes(), encoding="bytes")))
+
+    marker = workdir / "pwned"
+    for kind, transform in BROKEN.items():
+        yield kind, batches_with(kind, lambda f, t=transform: rewrite(f, "data_batch_3", t)), None
+    payload = Shell(f"touch {marker}")
+    yield "malicious pickle", batches_with("pickle", lambda f: write_pickle(f / "data_batch_2", payload)), None
+    yield "pickle with a payload inside", batches_with(
+        "inside", lambda f: rewrite(f, "data_batch_2", lambda b: {**b, b"labels": payload})), None
+    yield "truncated batch", batches_with(
+        "truncated", lambda f: (f / "test_batch").write_bytes((f / "test_batch").read_bytes()[:5000])), None
+    yield "missing batch", batches_with("missing", lambda f: (f / "data_batch_4").unlink()), None
+    yield "reordered label names", batches_with("meta", lambda f: write_pickle(
+        f / "batches.meta", {b"label_names": [n.encode() for n in reversed(CLASS_NAMES)]})), None
+    empty = workdir / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not CIFAR-10")
+    yield "folder without batches", empty, None
+    yield "path that does not exist", workdir / "nowhere.tar.gz", None
+    for kind, evil in HOSTILE.items():
+        tar = make_tar(workdir / "tars" / kind.replace(" ", "-") / cifar10.ARCHIVE_NAME, small_batches,
+                       [evil(workdir / "outside")])  # fmt: skip
+        yield f"archive member: {kind}", tar, tar
+    garbage = workdir / "garbage" / cifar10.ARCHIVE_NAME
+    garbage.parent.mkdir()
+    garbage.write_bytes(os.urandom(4096))
+    yield "garbage archive", garbage, garbage
+    yield "archive of the wrong checksum", make_tar(workdir / "unofficial" / cifar10.ARCHIVE_NAME, small_batches), None
+
+
+def test_every_broken_or_hostile_copy_through_lsjob_run_exits_3_and_writes_nothing(
+    small, small_batches, monkeypatch, capsys, tmp_path
+):
+    import sys
+
+    from job import cli
+
+    (tmp_path / "outside").mkdir()
+    copies = list(broken_copies(small_batches, tmp_path))
+    assert len(copies) >= 10 + 20
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    for name, path, official in copies:
+        monkeypatch.setattr(cifar10, "CIFAR10_SHA256", sha256(official) if official else cifar10.CIFAR10_SHA256)
+        sets = [f"data.path={path}", f"data.cache_dir={cache}", f"output.root={results}", "output.run=corpus"]
+        monkeypatch.setattr(sys, "argv", ["lsjob", "run", "/dev/null", *[a for s in sets for a in ("--set", s)]])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        out, err = capsys.readouterr()
+        assert exited.value.code == DataError.exit_code, (name, err)
+        assert err.splitlines()[-1].startswith("lsjob: error: ") and "Traceback" not in err + out, (name, err)
+        assert not results.exists(), name  # no run directory for data that never loaded
+        assert not (tmp_path / "pwned").exists() and not list((tmp_path / "outside").iterdir()), name
+        assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()], (name, files_under(cache))
