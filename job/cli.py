@@ -56,7 +56,7 @@ def run(
     """Train (or resume) one run, or one point of a sweep, and write its results directory."""
     point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)
     _setup_logging()
-    # Schedulers preempt with SIGTERM: stop after the current step; finished epochs are checkpointed.
+    # Schedulers preempt with SIGTERM: checkpoint the current step, then stop (train.EpochRecorder).
     preemption.install()
     # TensorFlow's C++ start-up chatter (no CUDA here, plugin notes) buries the epoch lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -51,6 +51,6 @@ class NoSpaceError(JobError):
 
 
 class InterruptedRun(JobError):
-    """SIGTERM/SIGINT arrived; the last finished epoch is checkpointed."""
+    """SIGTERM/SIGINT arrived; the step it stopped at is checkpointed."""
 
     exit_code = EXIT_INTERRUPTED

@@ -2,12 +2,14 @@
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
 from job import preemption
 from job.errors import EXIT_INTERRUPTED, InterruptedRun
-from job.train import StopOnSignal
+from job.spec import TrainSpec
+from job.train import EpochRecorder, StopOnSignal
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def test_sigterm_is_recorded_not_raised_where_it_lands(handlers):
     preemption.check()  # nothing yet
     os.kill(os.getpid(), signal.SIGTERM)  # the handler must not raise inside whatever runs now
     with pytest.raises(InterruptedRun, match="SIGTERM") as err:
-        StopOnSignal().on_train_batch_end(3)
+        preemption.check()
     assert err.value.exit_code == EXIT_INTERRUPTED
 
 
@@ -38,11 +40,33 @@ def test_a_second_sigterm_stays_graceful_a_second_ctrl_c_does_not(handlers):
         os.kill(os.getpid(), signal.SIGINT)  # the person at the terminal means now
 
 
-def test_the_callback_stops_after_a_batch_and_after_an_epoch(handlers):
-    callback = StopOnSignal()
-    callback.on_train_batch_end(0)
-    callback.on_epoch_end(0)
+class RecordedSaves:
+    def __init__(self):
+        self.saves = []
+
+    def save(self, model, epochs_done, history, mid_epoch=None):
+        self.saves.append((epochs_done, mid_epoch))
+        return Path("checkpoints") / f"epoch-{epochs_done:04d}-step-{mid_epoch.steps_done:06d}"
+
+
+def test_a_stop_between_steps_checkpoints_that_step_first_and_after_an_epoch_it_stops(handlers):
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy", metrics=["accuracy"])
+    saves = RecordedSaves()
+    recorder = EpochRecorder([], Path("unused"), saves, TrainSpec())
+    recorder.set_model(model)
+    recorder.on_epoch_begin(4)
+    recorder.on_train_batch_begin(0)
+    StopOnSignal().on_epoch_end(3)  # no stop asked for: nothing happens
     preemption._record(signal.SIGINT, None)
-    for stop in (lambda: callback.on_train_batch_end(1), lambda: callback.on_epoch_end(1)):
-        with pytest.raises(InterruptedRun, match="SIGINT"):
-            stop()
+    recorder.on_epoch_begin(4)
+    with pytest.raises(InterruptedRun, match="SIGINT"):
+        recorder.on_train_batch_begin(0)  # nothing trained in this epoch yet: the last checkpoint stands
+    assert saves.saves == []
+    with pytest.raises(InterruptedRun, match="SIGINT"):
+        recorder.on_train_batch_begin(7)  # 7 steps done in epoch 5: they are saved before the stop
+    ((epochs_done, state),) = saves.saves
+    assert epochs_done == 4 and state.steps_done == 7 and state.seconds >= 0
+    with pytest.raises(InterruptedRun, match="SIGINT"):
+        StopOnSignal().on_epoch_end(4)
