@@ -155,10 +155,15 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def _save_mid_epoch(self, steps_done: int) -> None:
         model = self.model
+        metric_values = [np.asarray(v).tolist() for v in model.metrics_variables]
+        # StopOnNonFiniteLoss runs off the loop and may not have spoken yet: never save a
+        # diverged state (the running loss sum is then NaN or infinite) as a checkpoint.
+        if not np.isfinite(np.asarray(metric_values, dtype=np.float64)).all():
+            raise DivergedError(f"loss became non-finite in epoch {self.epoch + 1} before step {steps_done + 1}")
         state = MidEpoch(
             steps_done=steps_done,
             seed_states=[np.asarray(v).tolist() for v in _seed_states(model)],
-            metric_values=[np.asarray(v).tolist() for v in model.metrics_variables],
+            metric_values=metric_values,
             seconds=self.seconds_before + time.perf_counter() - self.started,
         )
         path = self.checkpoints.save(model, self.epoch, self.history, state)

@@ -61,6 +61,26 @@ def test_a_nan_loss_in_real_training_stops_the_run_though_the_check_runs_off_the
     assert not (tmp_path / "checkpoints").exists()  # the diverged epoch is not checkpointed
 
 
+def test_a_mid_epoch_checkpoint_is_never_taken_of_a_diverged_state(tmp_path):
+    # The non-finite check runs off the loop, so a step checkpoint can fall due before it
+    # has spoken; the checkpoint itself must then refuse.
+    import keras
+
+    from job.checkpoint import Checkpoints
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy")
+    recorder = train_mod.EpochRecorder([], tmp_path, Checkpoints(tmp_path / "checkpoints"), TrainSpec(), every=1)
+    recorder.set_model(model)
+    recorder.on_epoch_begin(0)
+    recorder.on_train_batch_begin(1)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch-0000-step-000001"]
+    model.metrics_variables[0].assign(float("nan"))  # the running loss sum
+    with pytest.raises(DivergedError, match="non-finite in epoch 1 before step 3"):
+        recorder.on_train_batch_begin(2)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch-0000-step-000001"]
+
+
 @pytest.mark.slow
 def test_learns_real_cifar10_pixels(cifar_sample, tiny_spec, tmp_path):
     from job import runtime
