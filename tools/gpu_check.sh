@@ -91,6 +91,17 @@ main() {
     line=$(grep -v '^[[:space:]]*$' "$1" | tail -n 1 | tr '\t' ' ' | cut -c1-200)
     echo "${line:-(no output)}"
   }
+  # A step's row from its exit status: sets status and detail (ok_status when rc is 0).
+  outcome() {
+    local rc=$1 out=$2 t=$3 ok_status=$4
+    if ((rc == 0)); then
+      status=$ok_status detail=""
+    elif ((rc == 124 || rc == 137)); then
+      status="timeout ${t}s" detail="no result within $t s; last output: $(last_line "$out")"
+    else
+      status="failed rc=$rc" detail=$(last_line "$out")
+    fi
+  }
   # Append a step's own output to the log, under a heading.
   keep_log() { { printf -- '----- %s\n' "$1"; cat "$2"; printf -- '----- end of %s\n' "$1"; } >> "$log"; }
 
@@ -164,15 +175,11 @@ main() {
         rc=$?
         wall=$((SECONDS - t0))
         keep_log "$name" "$work/$name.log"
-        if ((rc == 0)) && [[ -s $work/$name.json ]]; then
-          status=ok detail=""
+        ((rc == 0)) && [[ ! -s $work/$name.json ]] && rc=1 # exit 0 without its JSON is no result
+        outcome "$rc" "$work/$name.log" "$t" ok
+        if ((rc == 0)); then
           say "$name: ok in $wall s: $("$PYTHON" tools/gpu_check_table.py summary "$work/$name.json")"
         else
-          if ((rc == 124 || rc == 137)); then
-            status="timeout ${t}s" detail="no result within $t s; last output: $(last_line "$work/$name.log")"
-          else
-            status="failed rc=$rc" detail=$(last_line "$work/$name.log")
-          fi
           failures=$((failures + 1))
           say "$name: $status in $wall s: $detail"
         fi
@@ -197,13 +204,7 @@ main() {
       tee "$work/run.log" | while IFS= read -r line; do say "  | $line"; done
     rc=${PIPESTATUS[0]}
     wall=$((SECONDS - t0))
-    if ((rc == 0)); then
-      status=completed detail=""
-    elif ((rc == 124 || rc == 137)); then
-      status="timeout ${t}s" detail=$(last_line "$work/run.log")
-    else
-      status="failed rc=$rc" detail=$(last_line "$work/run.log")
-    fi
+    outcome "$rc" "$work/run.log" "$t" completed
     ((rc == 0)) || failures=$((failures + 1))
     say "2-epoch run: $status in $wall s"
     printf '%s\t%s\t%s\t%s\t%s\n' "$run_backend" "$run_batch" "$status" "$wall" "$detail" >> "$work/run.tsv"
