@@ -20,7 +20,7 @@ def test_parameter_count_matches_the_tutorial(model):
 
 def test_takes_uint8_and_outputs_probabilities(model):
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    probs = np.asarray(model(x))
+    probs = keras.ops.convert_to_numpy(model(x))
     assert probs.shape == (4, 10) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
@@ -30,15 +30,15 @@ def test_mean_subtraction_is_per_pixel():
     model = build_model(mean, AugmentSpec(), seed=1)
     head = keras.Model(model.input, model.get_layer("mean_subtract").output)
     x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    np.testing.assert_allclose(np.asarray(head(x)), x.astype(np.float32) - mean, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(head(x)), x.astype(np.float32) - mean, atol=1e-4)
 
 
 def test_augmentation_only_in_training(model):
     x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     augmented = keras.Model(model.input, model.get_layer("augment").output)
     mean_subtracted = keras.Model(model.input, model.get_layer("mean_subtract").output)
-    np.testing.assert_array_equal(np.asarray(augmented(x, training=False)), np.asarray(mean_subtracted(x)))
-    assert not np.allclose(np.asarray(augmented(x, training=True)), np.asarray(mean_subtracted(x)))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmented(x, training=False)), keras.ops.convert_to_numpy(mean_subtracted(x)))
+    assert not np.allclose(keras.ops.convert_to_numpy(augmented(x, training=True)), keras.ops.convert_to_numpy(mean_subtracted(x)))
 
 
 def test_augmentation_follows_the_spec():
