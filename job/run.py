@@ -31,19 +31,24 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
     `sweep_point` (index and values) is recorded in the manifest of a sweep's run."""
     run_dir = RunDir(spec.run_dir)
     check_writable(spec.run_dir.parent, create=False)  # a read-only root fails before any download
-    # A peek without the lock: only a run with work left needs its data. The data is loaded
-    # before the run directory exists, so bad or hostile data leaves nothing behind.
+    # A peek without the lock: only a run with work left needs its devices and data. Both are
+    # set up before the run directory exists, so runtime settings this machine cannot honour
+    # and bad or hostile data leave nothing behind.
     previous = None if force else run_dir.read_manifest()
-    if dataset is None and not (previous or {}).get("status") == "completed":
-        dataset = load_dataset(spec.data)
+    setup = None
+    if not (previous or {}).get("status") == "completed":
+        setup = runtime.configure(spec.runtime, spec.train.seed)
+        dataset = dataset if dataset is not None else load_dataset(spec.data)
     run_dir.claim()
     try:
-        return _execute_claimed(spec, run_dir, force, dataset, sweep_point)
+        return _execute_claimed(spec, run_dir, force, dataset, sweep_point, setup)
     finally:
         run_dir.release()
 
 
-def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_point: dict | None) -> int:
+def _execute_claimed(
+    spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_point: dict | None, setup: runtime.Setup | None
+) -> int:
     previous = run_dir.read_manifest() if not force else None
     if previous is not None:
         if previous.get("spec_hash") != spec.content_hash():
@@ -66,8 +71,9 @@ def _execute_claimed(spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_po
         atomic.write_text(run_dir.path / "spec.yaml", spec.to_yaml())
         run_dir.write_manifest(manifest)
         log.info("run %s: attempt %d", run_dir.path, len(manifest["attempts"]))
-        setup = runtime.configure(spec.runtime, spec.train.seed)
-        data = dataset if dataset is not None else load_dataset(spec.data)  # a completed run redone with --force
+        # Already done in execute() unless the run looked complete there and no longer does.
+        setup = setup or runtime.configure(spec.runtime, spec.train.seed)
+        data = dataset if dataset is not None else load_dataset(spec.data)
         x_holdout = y_holdout = None
         if spec.eval.temperature_scaling:
             data, x_holdout, y_holdout = data.split_holdout(spec.eval.holdout_size)

@@ -81,6 +81,15 @@ def test_replicas_the_spec_cannot_split_or_the_machine_lacks_are_refused():
     assert runtime.configure(RuntimeSpec(replicas="all"), seed=0).replicas == 1  # one CPU device here
 
 
+def test_replicas_this_machine_lacks_fail_the_run_before_anything_is_written(tiny_spec):
+    from job import run
+
+    spec = tiny_spec("runtime.replicas=4")
+    with pytest.raises(SpecError, match="runtime.replicas is 4"):
+        run.execute(spec)
+    assert not spec.run_dir.exists()
+
+
 # TensorFlow's devices are fixed once it starts: a fresh process splits the CPU in two.
 TWO_CPUS = """
 import sys
