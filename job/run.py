@@ -1,4 +1,5 @@
-"""One run, end to end: claim the directory, load data, train, report, mark complete.
+"""One run, end to end: set up the devices and load the data, claim the directory, train, report,
+mark complete.
 
 Re-running the same command is always safe: a completed run is left alone, an
 interrupted or failed one resumes from its last checkpoint.
