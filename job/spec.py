@@ -132,7 +132,8 @@ class OutputSpec(Section):
         ge=0,
         le=1_000_000,
         description="Also checkpoint every N training steps inside an epoch, for long epochs (0: only at "
-        "epoch ends). A resume from one continues exactly. A stop on SIGTERM checkpoints its step either way.",
+        "epoch ends); with runtime.steps_per_execution > 1, at the first call boundary at or past every N. "
+        "A resume from one continues exactly. A stop on SIGTERM checkpoints its step either way.",
     )
 
     @field_validator("run")

@@ -138,18 +138,23 @@ class EpochRecorder(keras.callbacks.Callback):
         self.history, self.run_dir, self.checkpoints, self.train = history, run_dir, checkpoints, train
         self.every = every
         self.step_offset, self.seconds_before = 0, 0.0  # set by train() for a resumed epoch
+        self.steps_saved = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.started = epoch, time.perf_counter()
+        self.steps_saved = self.step_offset  # the epoch's steps already in a checkpoint
 
     # At a batch's beginning the previous step is complete, so the state saved is the state
     # after exactly `steps_done` steps (a batch-end hook would make Keras wait on every step).
+    # With runtime.steps_per_execution > 1 Keras calls this only between executions, so a
+    # checkpoint is due at the first one at or past each multiple of `every`, not at exact ones.
     def on_train_batch_begin(self, batch, logs=None):
         steps_done = self.step_offset + batch
         stop = preemption.requested()
-        due = self.every and steps_done % self.every == 0
-        if steps_done > self.step_offset and (stop or due):
+        due = self.every and steps_done // self.every > self.steps_saved // self.every
+        if steps_done > self.steps_saved and (stop or due):
             self._save_mid_epoch(steps_done)
+            self.steps_saved = steps_done
         if stop:
             preemption.check()
 

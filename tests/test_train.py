@@ -81,6 +81,29 @@ def test_a_mid_epoch_checkpoint_is_never_taken_of_a_diverged_state(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch-0000-step-000001"]
 
 
+@pytest.mark.parametrize(
+    ("every", "per_execution", "offset", "expected"),
+    [
+        (3, 1, 0, [3, 6, 9, 12, 15]),
+        (3, 4, 0, [4, 8, 12, 16]),  # Keras calls between executions: the first at or past each multiple
+        (5, 4, 0, [8, 12, 16]),
+        (8, 4, 0, [8, 16]),
+        (3, 2, 4, [6, 10, 12, 16]),  # a resumed epoch, 4 steps in: nothing at 4 itself, again at 6
+    ],
+)
+def test_step_checkpoints_fall_due_every_n_steps_whatever_the_steps_per_execution(
+    tmp_path, every, per_execution, offset, expected
+):
+    recorder = train_mod.EpochRecorder([], tmp_path, None, TrainSpec(), every=every)
+    saved = []
+    recorder._save_mid_epoch = saved.append
+    recorder.step_offset = offset
+    recorder.on_epoch_begin(0)
+    for batch in range(0, 17 - offset, per_execution):
+        recorder.on_train_batch_begin(batch)
+    assert saved == expected
+
+
 @pytest.mark.slow
 def test_learns_real_cifar10_pixels(cifar_sample, tiny_spec, tmp_path):
     from job import runtime
