@@ -4,8 +4,10 @@ Same model, loss, optimizer, augmentation, precision, batch and input path as
 `lsjob run` (train.compile_model and a model.fit on uint8 arrays, like
 train.train), but no validation, checkpoints or results directory: only the
 steps. The first fit call is compilation plus warm-up and is reported apart;
-the timed call's per-step times come from the gaps between batch-end callbacks,
-which wait for the device, so asynchronous backends are timed honestly.
+the timed call's per-step times are the gaps between the moments steps finish on
+the device. The clock reads them off the training loop, so JAX and torch queue
+steps ahead as they do in a run: a clock that waited on each step would add the
+host's per-step work to the device's instead of overlapping the two.
 """
 
 from __future__ import annotations
@@ -25,14 +27,23 @@ from job.train import compile_model
 
 
 class _StepClock(keras.callbacks.Callback):
+    """When each execution of steps finished, by its last step's index."""
+
+    # Keras then calls it from worker threads, after reading the step's logs back from the
+    # device (which waits for the step), while the loop goes on. TensorFlow's Keras is not
+    # thread-safe and reads every step's logs in the loop itself, with or without a clock.
+    async_safe = True
+
     def __init__(self):
         super().__init__()
-        self.ends: list[float] = []
+        self.finished: dict[int, float] = {}
 
     def on_train_batch_end(self, batch, logs=None):
-        # Reading the loss forces the step to finish on the device before the clock reads.
-        float((logs or {}).get("loss", 0.0))
-        self.ends.append(time.perf_counter())
+        float((logs or {}).get("loss", 0.0))  # read back already; if ever not, this waits for it
+        self.finished[batch] = time.perf_counter()
+
+    def ends(self) -> list[float]:
+        return [self.finished[batch] for batch in sorted(self.finished)]  # threads may finish out of order
 
 
 def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
@@ -48,19 +59,16 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     with runtime.replica_scope():
         model = compile_model(spec, per_pixel_mean(x), 10)
 
-    def fit(n: int, clock: _StepClock) -> float:
+    def fit(n: int, clock: _StepClock) -> tuple[float, list[float]]:
         started = time.perf_counter()
         model.fit(x[: n * batch], targets[: n * batch], batch_size=batch, shuffle=False, epochs=1, verbose=0,
                   callbacks=[clock])  # fmt: skip
-        clock.ends.insert(0, started)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, [started, *clock.ends()]
 
-    warm = _StepClock()
-    first_call_s = fit(warmup, warm)
-    timed = _StepClock()
-    total_s = fit(steps, timed)
+    first_call_s, _ = fit(warmup, _StepClock())
+    total_s, ends = fit(steps, _StepClock())
     # One callback per execution of steps_per_execution steps.
-    step_s = [b - a for a, b in zip(timed.ends, timed.ends[1:])]
+    step_s = [b - a for a, b in zip(ends, ends[1:])]
     step_s = [s / per_call for s in step_s[1:]] or [total_s / steps]  # the first gap includes fit's set-up
     steady = statistics.median(step_s)
     return {

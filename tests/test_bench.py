@@ -33,3 +33,31 @@ def test_bench_refuses_a_bad_spec_before_loading_anything(tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 2 and "train.batch_size" in proc.stderr
+
+
+def test_the_step_clock_leaves_the_loop_free_to_queue_steps_ahead(monkeypatch):
+    # A clock that waited on each step in the loop would time the host's per-step work plus
+    # the device's, not the overlapped loop a run has. Keras runs async-safe batch-end
+    # callbacks off the loop where its backend is thread-safe (JAX, torch; TensorFlow is not,
+    # so the backend is made to say so here).
+    import keras
+
+    from job.bench import _StepClock
+
+    class WaitsInTheLoop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    monkeypatch.setattr(keras.src.backend, "IS_THREAD_SAFE", True)
+    assert keras.callbacks.CallbackList([_StepClock()])._async_train
+    assert not keras.callbacks.CallbackList([WaitsInTheLoop()])._async_train
+
+
+def test_the_step_clock_orders_steps_by_index_whatever_order_its_threads_finish_in():
+    from job.bench import _StepClock
+
+    clock = _StepClock()
+    for batch, seconds in [(1, 2.0), (0, 1.0), (3, 4.5), (2, 3.0)]:
+        clock.on_train_batch_end(batch, {"loss": 0.5})
+        clock.finished[batch] = seconds  # when that step was seen to finish
+    assert clock.ends() == [1.0, 2.0, 3.0, 4.5]
