@@ -56,6 +56,10 @@ def epoch_order(seed: int, epoch: int, size: int, batch_size: int) -> np.ndarray
 class Progress(keras.callbacks.ProgbarLogger):
     """Keras's progress bar, counting the run's epochs rather than those of one fit call."""
 
+    # As Keras's own default bar runs (it is added after Keras decides what runs off the
+    # loop): a callback list holding a synchronous batch-end hook makes every step wait.
+    async_safe = True
+
     def __init__(self, epochs: int):
         super().__init__()
         self.total_epochs = epochs

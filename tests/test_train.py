@@ -36,6 +36,32 @@ def test_progress_bar_counts_the_runs_epochs():
     assert bar.epochs == 70
 
 
+@pytest.mark.parametrize("terminal", [False, True])
+def test_the_runs_callbacks_leave_the_loop_free_to_queue_steps_ahead(tiny_spec, tmp_path, monkeypatch, terminal):
+    # One synchronous batch-end hook and Keras makes every step wait for the device
+    # (JAX, torch); with a progress bar on a terminal too. TensorFlow never runs callbacks
+    # off the loop, so the backend is made to say it is thread-safe here.
+    from job import runtime
+    from job.data import load_dataset
+
+    class Captured(Exception):
+        pass
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        raise Captured(callbacks)
+
+    spec = tiny_spec()
+    runtime.configure(spec.runtime, spec.train.seed)
+    monkeypatch.setattr(train_mod.sys.stdout, "isatty", lambda: terminal)
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    with pytest.raises(Captured) as captured:
+        train_mod.train(spec, load_dataset(spec.data), tmp_path)
+    callbacks = captured.value.args[0]
+    assert any(isinstance(c, train_mod.Progress) for c in callbacks) == terminal
+    monkeypatch.setattr(keras.src.backend, "IS_THREAD_SAFE", True)
+    assert keras.callbacks.CallbackList(callbacks)._async_train
+
+
 def test_non_finite_loss_fails_the_run():
     cb = train_mod.StopOnNonFiniteLoss()
     cb.on_epoch_begin(2)
