@@ -295,6 +295,13 @@ _UniqueKeyLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
 )
+# YAML 1.1 also reads yes, no, on and off as booleans, so `mixed_precision: off` arrived as
+# False and was refused; as in YAML 1.2, only true and false are booleans here.
+for _resolvers in _UniqueKeyLoader.yaml_implicit_resolvers.values():  # this class's own copies
+    _resolvers[:] = [(tag, rx) for tag, rx in _resolvers if tag != "tag:yaml.org,2002:bool"]
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> Spec:

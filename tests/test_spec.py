@@ -49,6 +49,15 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     assert load_spec(write(tmp_path, "train: {lr: 5e-3}\n")).train.lr == 5e-3
 
 
+def test_off_is_the_word_off_and_only_true_and_false_are_booleans(tmp_path):
+    # YAML 1.1 would read `off` as False, which mixed_precision refuses ("should be 'off'").
+    spec = load_spec(write(tmp_path, "runtime: {mixed_precision: off, deterministic: true}\n"))
+    assert spec.runtime.mixed_precision == "off" and spec.runtime.deterministic is True
+    assert load_spec(None, ["runtime.mixed_precision=off", "runtime.jit_compile=False"]).runtime.jit_compile is False
+    with pytest.raises(SpecError, match=r"runtime.deterministic: Input should be a valid boolean \(got 'yes'\)"):
+        load_spec(write(tmp_path, "runtime: {deterministic: yes}\n"))
+
+
 def test_derived_run_names_show_method_factor_seed():
     assert load_spec(None, ["smoothing.method=loss", "smoothing.factor=0.2", "train.seed=3"]).run_name == "loss-f0.2-s3"
     assert load_spec(None, ["smoothing.method=none"]).run_name == "none-s42"

@@ -168,9 +168,8 @@ main() {
         say "$name: start (limit $t s, $steps steps after $warmup)"
         t0=$SECONDS
         backend_sets "$backend"
-        # The precision quoted for YAML: a bare `off` is read as false, which the spec refuses.
         KERAS_BACKEND=$backend timeout -k 5 "$t" "$PYTHON" -m job bench "$spec" "${common[@]}" "${sets[@]}" \
-          --set "train.batch_size=$batch" --set "runtime.mixed_precision='$precision'" \
+          --set "train.batch_size=$batch" --set "runtime.mixed_precision=$precision" \
           --steps "$steps" --warmup "$warmup" --out "$work/$name.json" > "$work/$name.log" 2>&1
         rc=$?
         wall=$((SECONDS - t0))
