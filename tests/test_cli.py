@@ -71,7 +71,7 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(tmp_p
     resumed = lsjob(*_args(tmp_path, "preempted"))
     assert resumed.returncode == 0, resumed.stderr
     # SIGTERM checkpoints the step it stopped at: inside epoch 2, or right after epoch 1.
-    assert "resuming epoch 2 at step" in resumed.stderr or "resuming after epoch 1" in resumed.stderr
+    assert "resuming epoch 2 of 2 at step" in resumed.stderr or "resuming after epoch 1 of 2" in resumed.stderr
     straight = lsjob(*_args(tmp_path, "straight"))
     assert straight.returncode == 0, straight.stderr
 
