@@ -280,6 +280,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):  # `? {a: 1}` or `[a]: 1`: a key no field has
+            kind = "mapping" if isinstance(key_node, yaml.MappingNode) else "list"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a {kind} used as a key; keys are field names", key_node.start_mark
+            )
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)

@@ -118,6 +118,8 @@ MALFORMED = {
     "zero train size": ("data: {train_size: 0}\n", "data.train_size"),
     "null section": ("train: null\n", "train"),
     "integer key": ("{1: 2}\n", "Keys should be strings"),
+    "mapping as key": ("? {train: 1}\n: 2\n", "a mapping used as a key"),
+    "list as key": ("[train]: 1\n", "a list used as a key"),
     "overflowing float": ("train: {epochs: 1e400}\n", "train.epochs"),
     "tab indentation": ("train:\n\tepochs: 2\n", "not valid YAML"),
     "date for seed": ("train: {seed: 2001-12-14}\n", "train.seed"),
