@@ -73,7 +73,7 @@ MANIFEST_FIELDS = {
 # Spec fields that do not change what a run computes: runs differing only here compare.
 NOT_COMPARED = {
     "output", "smoothing", "train.seed", "train.eval_batch_size", "data.path", "data.cache_dir",
-    "runtime.jit_compile", "runtime.deterministic", "runtime.steps_per_execution",
+    "runtime.jit_compile", "runtime.deterministic", "runtime.steps_per_execution", "runtime.compile_cache",
 }  # fmt: skip
 LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)")
 MD_REASON_CHARS = 160  # the Markdown table shortens reasons; the CSV keeps them whole

@@ -7,11 +7,16 @@ so KERAS_BACKEND=jax or torch runs the same job.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import platform
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import keras
 
+from job.data.cifar10 import keras_home
 from job.errors import SpecError
 from job.spec import RuntimeSpec
 
@@ -26,15 +31,20 @@ class Setup:
     precision_source: str  # "spec" or "auto: <why>"
     replicas: int
     replica_devices: list[str]
+    compile_cache: str | None  # the folder compiled programs are kept in; None: compiled afresh
+    compile_cache_source: str  # "spec", "auto: <where from>" or why there is none
 
     def describe(self) -> dict:
         return asdict(self)
 
 
 _strategy = None  # the TensorFlow backend's MirroredStrategy when replicas > 1
+log = logging.getLogger("lsjob")
 
 
 def configure(runtime: RuntimeSpec, seed: int) -> Setup:
+    # Before the seed: set_random_seed already compiles on JAX.
+    cache, cache_source = _set_up_compile_cache(runtime.compile_cache)
     # Seeds Python, NumPy and the backend: weight init and dropout follow train.seed.
     keras.utils.set_random_seed(seed)
     precision, source = _precision(runtime.mixed_precision)
@@ -42,7 +52,7 @@ def configure(runtime: RuntimeSpec, seed: int) -> Setup:
     if runtime.deterministic:
         _enable_determinism()
     replica_devices = _set_up_replicas(runtime.replicas)
-    return Setup(precision, source, len(replica_devices), replica_devices)
+    return Setup(precision, source, len(replica_devices), replica_devices, cache, cache_source)
 
 
 def replica_count() -> int:
@@ -71,6 +81,51 @@ def _precision(asked: str) -> tuple[str, str]:
     if kind == "gpu" and capability >= (7, 0):  # Volta/Turing: fast fp16 tensor cores, no bf16
         return "fp16", f"auto: gpu compute capability {capability[0]}.{capability[1]} has no bf16"
     return "off", f"auto: {kind or 'cpu'}, float32"
+
+
+def _set_up_compile_cache(asked: str) -> tuple[str | None, str]:
+    backend = keras.backend.backend()
+    if backend != "jax":
+        # TensorFlow has a persistent XLA cache only behind an undocumented flag read at import.
+        return None, f"not used on the {backend} backend"
+    folder, source = compile_cache_folder(asked)
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()  # JAX opens its cache once per process; some processes run several specs
+    jax.config.update("jax_compilation_cache_dir", str(folder) if folder else None)
+    if folder and "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        # JAX keeps only programs that took a second to compile; the model's many small ones add up.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return (str(folder) if folder else None), source
+
+
+def compile_cache_folder(asked: str) -> tuple[Path | None, str]:
+    """The folder runtime.compile_cache names, created, and how it was chosen; None when off,
+    or when the automatic choice cannot be written to (a warning: the run goes on uncached)."""
+    if asked == "off":
+        return None, "spec: off"
+    if asked == "auto":
+        from_env = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        folder = Path(from_env).expanduser() if from_env else keras_home() / "compile-cache"
+        source = "auto: $JAX_COMPILATION_CACHE_DIR" if from_env else "auto: compile-cache/ in Keras's cache folder"
+    else:
+        folder, source = Path(asked).expanduser(), "spec"
+    folder = folder.absolute()  # the manifest says where, whatever the working directory was
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # JAX itself would fail on each write, and only warn
+            pass
+    except OSError as e:
+        if asked != "auto":
+            raise SpecError(
+                f"runtime.compile_cache is {asked} but compiled programs cannot be kept there "
+                f"({e.strerror or e}); give a folder you can write to, or off"
+            ) from e
+        log.warning("compile cache %s is not writable (%s); compiling afresh (runtime.compile_cache "
+                    "can name another folder)", folder, e.strerror or e)  # fmt: skip
+        return None, f"off: {folder} is not writable"
+    return folder, source
 
 
 def _accelerator() -> tuple[str | None, tuple[int, int]]:

@@ -156,12 +156,29 @@ class RuntimeSpec(Section):
         False, description="Deterministic ops: two runs (and a resumed run) give identical histories on CPU."
     )
     steps_per_execution: int = Field(1, gt=0, le=10_000, description="Train steps per compiled call.")
+    compile_cache: str = Field(
+        "auto",
+        min_length=1,
+        description="A folder where the JAX backend keeps compiled programs between processes, so that a "
+        "sweep's other tasks, a requeued run and a re-run skip compilation (relative: from the working "
+        "directory); off; or auto: $JAX_COMPILATION_CACHE_DIR if set, else compile-cache/ in $KERAS_HOME or "
+        "~/.keras. Whoever can write there can run code in your runs: keep it yours. Not part of the run's "
+        "identity; other backends: not used.",
+    )
     replicas: int | Literal["all"] = Field(
         1,
         description="Data-parallel replicas in one run, one per GPU (CPU devices where there is none): a "
         "number, or all. TensorFlow: tf.distribute.MirroredStrategy; JAX: keras.distribution.DataParallel. "
         "train.batch_size is the global batch and must divide evenly.",
     )
+
+    @field_validator("compile_cache")
+    @classmethod
+    def _cache_keyword_or_folder(cls, cache):
+        # "Off" or "AUTO" would otherwise quietly become a folder of that name.
+        if cache.lower() in ("auto", "off") and cache not in ("auto", "off"):
+            raise ValueError(f"write {cache.lower()} in lower case (or ./{cache} for a folder of that name)")
+        return cache
 
     @field_validator("replicas")
     @classmethod
@@ -248,8 +265,9 @@ class Spec(Section):
 
     def content_hash(self) -> str:
         """Identity of the experiment: everything but where its results go (and, for a
-        sweep point, the sweep it came from, so growing a sweep keeps its finished runs)."""
-        payload = self.model_dump(mode="json", exclude={"output", "sweep"})
+        sweep point, the sweep it came from, so growing a sweep keeps its finished runs)
+        and where compiled programs are cached."""
+        payload = self.model_dump(mode="json", exclude={"output": True, "sweep": True, "runtime": {"compile_cache"}})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -118,3 +118,35 @@ def test_two_replicas_train_one_run_with_the_global_batch_split_and_recorded(tmp
     assert manifest["runtime"]["base_lr"] == pytest.approx(5e-3 * 16 / 64)
     history = (tmp_path / "mirrored" / "history.csv").read_text().splitlines()
     assert len(history) == 3 and float(history[1].split(",")[-2]) == pytest.approx(5e-3 / 4)
+
+
+def test_the_compile_cache_is_a_jax_feature_and_named_as_unused_elsewhere():
+    setup = runtime.configure(RuntimeSpec(compile_cache="/nonexistent/never/created"), seed=0)
+    assert (setup.compile_cache, setup.compile_cache_source) == (None, "not used on the tensorflow backend")
+
+
+def test_the_compile_cache_folder_auto_follows_jax_then_keras_and_a_named_one_is_made(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    folder, source = runtime.compile_cache_folder("auto")
+    assert folder == tmp_path / "keras" / "compile-cache" and folder.is_dir() and source.startswith("auto")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    assert runtime.compile_cache_folder("auto") == (tmp_path / "jax", "auto: $JAX_COMPILATION_CACHE_DIR")
+    assert runtime.compile_cache_folder(str(tmp_path / "mine" / "cc")) == (tmp_path / "mine" / "cc", "spec")
+    assert runtime.compile_cache_folder("off") == (None, "spec: off")
+    monkeypatch.chdir(tmp_path)  # a relative folder is recorded where it is
+    assert runtime.compile_cache_folder("rel/cc") == (tmp_path / "rel" / "cc", "spec")
+    assert sorted(p.name for p in (tmp_path / "mine" / "cc").iterdir()) == []  # the write probe left nothing
+
+
+def test_an_unwritable_compile_cache_fails_when_named_and_is_skipped_with_a_warning_when_automatic(
+    tmp_path, monkeypatch, caplog
+):
+    (tmp_path / "a-file").write_text("")  # a folder cannot be made under a file, even by root
+    blocked = tmp_path / "a-file" / "cache"
+    named = r"runtime.compile_cache is .*a-file/cache .*give a folder you can write to, or off"
+    with pytest.raises(SpecError, match=named):
+        runtime.compile_cache_folder(str(blocked))
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(blocked))
+    assert runtime.compile_cache_folder("auto") == (None, f"off: {blocked} is not writable")
+    assert "compiling afresh" in caplog.text

@@ -257,3 +257,11 @@ def test_readme_documents_every_spec_field():
         fields = schema["$defs"][ref["$ref"].rsplit("/", 1)[1]]["properties"]
         for field in fields:
             assert f"`{section}.{field}`" in readme, f"README's spec table lacks {section}.{field}"
+
+
+def test_the_compile_cache_is_a_keyword_or_a_folder_and_not_part_of_the_run_identity():
+    assert load_spec(None).runtime.compile_cache == "auto"
+    assert load_spec(None, ["runtime.compile_cache=~/cc"]).runtime.compile_cache == "~/cc"
+    assert load_spec(None, ["runtime.compile_cache=/x"]).content_hash() == load_spec(None).content_hash()
+    with pytest.raises(SpecError, match=r"runtime.compile_cache: write off in lower case \(or ./Off"):
+        load_spec(None, ["runtime.compile_cache=Off"])

@@ -2,7 +2,8 @@
 # Proof that the job needs no TensorFlow: a fresh environment with the project's
 # dependencies minus tensorflow, plus JAX, where `import tensorflow` fails, runs a
 # 1-epoch smoke run under KERAS_BACKEND=jax to completion, then one with 2 data-parallel
-# replicas on the CPU split in two. (The GPU test machine is
+# replicas on the CPU split in two; the first leaves its compiled programs in the compile
+# cache (runtime.compile_cache: auto). (The GPU test machine is
 # such an environment: JAX and PyTorch, no TensorFlow.) .ci/run calls this.
 #
 #   tools/check_without_tensorflow.sh [backend]     # jax (default) or torch
@@ -37,12 +38,18 @@ if python -c "import tensorflow" 2> /dev/null; then
   exit 1
 fi
 echo "check_without_tensorflow: no tensorflow; lsjob run under KERAS_BACKEND=$backend"
+export KERAS_HOME=$work/keras # an empty Keras cache folder: JAX's compile cache (auto) starts there
 KERAS_BACKEND=$backend lsjob run specs/smoke.yaml --set train.epochs=1 --set "output.root=$work/results"
-python - "$work/results/smoke/manifest.json" "$backend" <<'PY'
-import json, sys
+python - "$work/results/smoke/manifest.json" "$backend" "$KERAS_HOME/compile-cache" <<'PY'
+import json, os, sys
 manifest = json.load(open(sys.argv[1]))
 assert manifest["status"] == "completed" and manifest["backend"] == sys.argv[2], manifest
 assert "tensorflow" not in manifest["versions"], manifest["versions"]
+if sys.argv[2] == "jax":  # compiled programs kept for the next process
+    assert manifest["runtime"]["compile_cache"] == sys.argv[3], manifest["runtime"]
+    entries = len(os.listdir(sys.argv[3]))
+    assert entries > 10, f"{entries} entries in {sys.argv[3]}"
+    print(f"check_without_tensorflow: {entries} compiled programs cached in {sys.argv[3]}")
 print(f"check_without_tensorflow: completed on {manifest['backend']}, test accuracy {manifest['test_accuracy']:.3f}")
 PY
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 FULL_EPOCHS = 70  # the recipe's epoch count, for the projection
-COLUMNS = ("backend", "precision", "batch", "images/s", "step ms med", "step ms p90", "compile s",
+COLUMNS = ("backend", "precision", "batch", "images/s", "step ms med", "step ms p90", "compile s", "cache",
            "est. epoch s", "device peak MB", "wall s", "status")  # fmt: skip
 
 
@@ -89,6 +89,15 @@ def _number(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _cache(r: dict) -> str:
+    """How the compile time was made: compiled cold, or partly loaded from the compile cache."""
+    if not r:
+        return "-"
+    if not r.get("compile_cache"):
+        return "none"
+    return "cold" if r.get("compile_cache_entries_at_start") == 0 else "warm"
+
+
 def table_lines(rows: list[dict]) -> list[str]:
     cells = [list(COLUMNS)]
     for row in rows:
@@ -96,7 +105,7 @@ def table_lines(rows: list[dict]) -> list[str]:
         cells.append([
             row["backend"], {"off": "float32"}.get(row["precision"], row["precision"]), str(row["batch"]),
             _number(r.get("images_per_s"), 0), _number(r.get("step_ms_median"), 2), _number(r.get("step_ms_p90"), 2),
-            _number(r.get("compile_and_warmup_s")), _number(r.get("epoch_s_estimate")),
+            _number(r.get("compile_and_warmup_s")), _cache(r), _number(r.get("epoch_s_estimate")),
             _number(r.get("device_peak_mb"), 0), _number(row["wall_s"], 0), row["status"],
         ])  # fmt: skip
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]

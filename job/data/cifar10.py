@@ -87,12 +87,15 @@ def load_cifar10(path: Path | None, cache_dir: Path | None) -> tuple[np.ndarray,
 def datasets_dir(cache_dir: Path | None) -> Path:
     """The `datasets` folder of the cache; unset, Keras's own: $KERAS_HOME, else ~/.keras."""
     if cache_dir is None:
-        cache_dir = os.environ.get("KERAS_HOME") or _default_keras_home()
+        cache_dir = keras_home()
     return Path(cache_dir).expanduser() / "datasets"
 
 
-def _default_keras_home() -> Path:
-    # The same fallback Keras uses, so a copy that keras.datasets downloaded is found here.
+def keras_home() -> Path:
+    """Keras's own cache folder: $KERAS_HOME, else ~/.keras (/tmp/.keras where home is read-only),
+    so a copy that keras.datasets downloaded is found here."""
+    if os.environ.get("KERAS_HOME"):
+        return Path(os.environ["KERAS_HOME"]).expanduser()
     home = Path.home()
     return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
 
