@@ -25,6 +25,19 @@ def test_bench_times_the_specs_step_and_writes_only_its_json(tmp_path):
     assert result["images_per_s"] == pytest.approx(16 / (result["step_ms_median"] / 1000))
     assert result["compile_and_warmup_s"] > 0 and result["host_peak_mb"] > 100
     assert "images/s (median step)" in proc.stderr and proc.stdout == ""
+    assert (result["compile_cache"], result["compile_cache_entries_at_start"]) == (None, None)
+    assert "compile cache           not used on the tensorflow backend" in proc.stderr
+
+
+def test_the_bench_table_says_whether_its_compile_time_started_from_a_filled_cache():
+    from job.bench import _cache_how
+
+    jax = {"compile_cache": "/c/keras/compile-cache", "compile_cache_source": "auto: compile-cache/ in Keras's "
+           "cache folder", "compile_cache_entries_at_start": 61}  # fmt: skip
+    assert _cache_how(jax) == (
+        "/c/keras/compile-cache, 61 entries at start (auto: compile-cache/ in Keras's cache folder)"
+    )
+    assert _cache_how({"compile_cache": None, "compile_cache_source": "spec: off"}) == "spec: off"
 
 
 def test_bench_refuses_a_bad_spec_before_loading_anything(tmp_path):
