@@ -50,8 +50,9 @@ class _StepClock(keras.callbacks.Callback):
 def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     """Time `steps` training steps after `warmup` ones; returns the figures `lsjob bench` prints."""
     setup = runtime.configure(spec.runtime, spec.train.seed)
-    # Entries already cached: with some, the compile time below is partly a load time.
-    cached_at_start = len(list(Path(setup.compile_cache).iterdir())) if setup.compile_cache else None
+    # Entries cached before and written during the model's build and warm-up: none written
+    # means every program was loaded, and the compile time below is a load time.
+    cached_at_start = _cache_entries(setup.compile_cache)
     batch = spec.train.batch_size
     per_call = spec.runtime.steps_per_execution
     # Whole executions only: a partial one would be a second, differently shaped compiled call.
@@ -69,6 +70,7 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
         return time.perf_counter() - started, [started, *clock.ends()]
 
     first_call_s, _ = fit(warmup, _StepClock())
+    cached_after_warmup = _cache_entries(setup.compile_cache)
     total_s, ends = fit(steps, _StepClock())
     # One callback per execution of steps_per_execution steps.
     step_s = [b - a for a, b in zip(ends, ends[1:])]
@@ -83,6 +85,7 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
         "compile_cache": setup.compile_cache,
         "compile_cache_source": setup.compile_cache_source,
         "compile_cache_entries_at_start": cached_at_start,
+        "compile_cache_entries_written": None if cached_at_start is None else cached_after_warmup - cached_at_start,
         "jit_compile": spec.runtime.jit_compile,
         "steps_per_execution": per_call,
         "batch_size": batch,
@@ -97,6 +100,10 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
         "device_peak_mb": runtime.device_peak_memory_mb(),
         "versions": runtime.versions(),
     }
+
+
+def _cache_entries(folder: str | None) -> int | None:
+    return len(list(Path(folder).iterdir())) if folder else None
 
 
 def table(result: dict) -> str:
@@ -124,7 +131,9 @@ def _cache_how(result: dict) -> str:
     folder, source = result.get("compile_cache"), result.get("compile_cache_source", "not recorded")
     if not folder:
         return source
-    return f"{folder}, {result.get('compile_cache_entries_at_start')} entries at start ({source})"
+    written = result.get("compile_cache_entries_written")
+    made = "" if written is None else f", {written} written (" + ("compiled)" if written else "all loaded)")
+    return f"{folder}, {result.get('compile_cache_entries_at_start')} entries at start{made} ({source})"
 
 
 def _chosen_how(result: dict) -> str:

@@ -26,17 +26,21 @@ def test_bench_times_the_specs_step_and_writes_only_its_json(tmp_path):
     assert result["compile_and_warmup_s"] > 0 and result["host_peak_mb"] > 100
     assert "images/s (median step)" in proc.stderr and proc.stdout == ""
     assert (result["compile_cache"], result["compile_cache_entries_at_start"]) == (None, None)
+    assert result["compile_cache_entries_written"] is None
     assert "compile cache           not used on the tensorflow backend" in proc.stderr
 
 
-def test_the_bench_table_says_whether_its_compile_time_started_from_a_filled_cache():
+def test_the_bench_table_says_whether_its_compile_time_was_a_compile_or_a_load():
     from job.bench import _cache_how
 
     jax = {"compile_cache": "/c/keras/compile-cache", "compile_cache_source": "auto: compile-cache/ in Keras's "
-           "cache folder", "compile_cache_entries_at_start": 61}  # fmt: skip
+           "cache folder", "compile_cache_entries_at_start": 61, "compile_cache_entries_written": 0}  # fmt: skip
     assert _cache_how(jax) == (
-        "/c/keras/compile-cache, 61 entries at start (auto: compile-cache/ in Keras's cache folder)"
+        "/c/keras/compile-cache, 61 entries at start, 0 written (all loaded) (auto: compile-cache/ in Keras's "
+        "cache folder)"
     )
+    # Entries from another precision or batch: the step itself was compiled.
+    assert "61 entries at start, 4 written (compiled)" in _cache_how({**jax, "compile_cache_entries_written": 4})
     assert _cache_how({"compile_cache": None, "compile_cache_source": "spec: off"}) == "spec: off"
 
 

@@ -133,7 +133,8 @@ def _bench_json(backend, batch, precision, images_per_s):
             "compile_and_warmup_s": 21.5, "epoch_s_estimate": 50_000 // batch * step_ms / 1000,
             "host_peak_mb": 3000.0, "device_peak_mb": 812.0,
             "compile_cache": "/w/keras/compile-cache" if backend == "jax" else None,
-            "compile_cache_entries_at_start": 0 if backend == "jax" else None}  # fmt: skip
+            "compile_cache_entries_at_start": 0 if backend == "jax" else None,
+            "compile_cache_entries_written": 58 if backend == "jax" else None}  # fmt: skip
 
 
 def _table(*args):
@@ -187,6 +188,19 @@ def test_table_shows_every_row_the_run_and_the_projection(tmp_path):
     saved = json.loads((out / "gpu_check.json").read_text())
     assert len(saved["bench"]) == 4 and saved["run"]["projected_70_epoch_s"] == 720
     assert saved["run"]["run_status"] == "completed" and saved["run"]["test_accuracy"] == 0.55
+
+
+def test_table_calls_a_compile_warm_only_when_the_bench_compiled_nothing(tmp_path):
+    # Benches run in one cache: the second finds the first's entries, but its bf16 step is
+    # a new program; only a repeat of the same bench loads everything.
+    rows = [("jax", 64, "off", "ok", 30, ""), ("jax", 64, "bf16", "ok", 30, ""), ("jax", 512, "off", "ok", 9, "")]
+    (tmp_path / "bench.tsv").write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
+    for (backend, batch, precision, *_), at_start, written in zip(rows, (0, 58, 70), (58, 12, 0)):
+        result = {**_bench_json(backend, batch, precision, 20_000.0), "compile_cache_entries_at_start": at_start,
+                  "compile_cache_entries_written": written}  # fmt: skip
+        (tmp_path / f"bench-{backend}-{batch}-{precision}.json").write_text(json.dumps(result))
+    table_rows = [line for line in _table("table", tmp_path, tmp_path).splitlines() if line.startswith("jax ")]
+    assert [row.split()[7] for row in table_rows] == ["cold", "cold", "warm"]
 
 
 def test_table_without_any_result_still_prints(tmp_path):

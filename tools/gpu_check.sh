@@ -109,7 +109,7 @@ main() {
   say "gpu_check: scale $scale, backends ${backends[*]}, budget $budget_s s; results in $out (work $work)"
   export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
   # keras.json goes here, not into ~/.keras; so does JAX's compile cache, which starts empty
-  # and which the JAX benches share (the table's cache column: the first compiled cold).
+  # and which the JAX benches share (the table's cache column: cold where a bench compiled its step).
   export KERAS_HOME=$work/keras
 
   # 1. The wheels the machine lacks.

@@ -90,12 +90,17 @@ def _number(value, digits: int = 1) -> str:
 
 
 def _cache(r: dict) -> str:
-    """How the compile time was made: compiled cold, or partly loaded from the compile cache."""
+    """How the compile time was made: cold when the bench compiled programs (and wrote them
+    to the cache), warm when it loaded every one; entries already there from another
+    precision or batch do not make it warm."""
     if not r:
         return "-"
     if not r.get("compile_cache"):
         return "none"
-    return "cold" if r.get("compile_cache_entries_at_start") == 0 else "warm"
+    written = r.get("compile_cache_entries_written")
+    if written is None:  # a result from before the count was kept
+        return "cold" if r.get("compile_cache_entries_at_start") == 0 else "warm?"
+    return "cold" if written else "warm"
 
 
 def table_lines(rows: list[dict]) -> list[str]:
