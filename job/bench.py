@@ -131,9 +131,10 @@ def _cache_how(result: dict) -> str:
     folder, source = result.get("compile_cache"), result.get("compile_cache_source", "not recorded")
     if not folder:
         return source
-    written = result.get("compile_cache_entries_written")
-    made = "" if written is None else f", {written} written (" + ("compiled)" if written else "all loaded)")
-    return f"{folder}, {result.get('compile_cache_entries_at_start')} entries at start{made} ({source})"
+    written = result["compile_cache_entries_written"]
+    made = "compiled" if written else "all loaded"
+    at_start = result["compile_cache_entries_at_start"]
+    return f"{folder}, {at_start} entries at start, {written} written ({made}) ({source})"
 
 
 def _chosen_how(result: dict) -> str:

@@ -89,15 +89,16 @@ def _set_up_compile_cache(asked: str) -> tuple[str | None, str]:
         # TensorFlow has a persistent XLA cache only behind an undocumented flag read at import.
         return None, f"not used on the {backend} backend"
     folder, source = compile_cache_folder(asked)
+    folder = str(folder) if folder else None
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
     compilation_cache.reset_cache()  # JAX opens its cache once per process; some processes run several specs
-    jax.config.update("jax_compilation_cache_dir", str(folder) if folder else None)
+    jax.config.update("jax_compilation_cache_dir", folder)
     if folder and "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         # JAX keeps only programs that took a second to compile; the model's many small ones add up.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    return (str(folder) if folder else None), source
+    return folder, source
 
 
 def compile_cache_folder(asked: str) -> tuple[Path | None, str]:

@@ -97,10 +97,7 @@ def _cache(r: dict) -> str:
         return "-"
     if not r.get("compile_cache"):
         return "none"
-    written = r.get("compile_cache_entries_written")
-    if written is None:  # a result from before the count was kept
-        return "cold" if r.get("compile_cache_entries_at_start") == 0 else "warm?"
-    return "cold" if written else "warm"
+    return "cold" if r["compile_cache_entries_written"] else "warm"
 
 
 def table_lines(rows: list[dict]) -> list[str]:
