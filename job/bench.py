@@ -111,7 +111,7 @@ def table(result: dict) -> str:
         ("backend", result["backend"]),
         ("device", ", ".join(result["devices"])),
         ("precision", result["precision"] + _chosen_how(result)),
-        ("replicas", str(result.get("replicas", 1))),
+        ("replicas", str(result["replicas"])),
         ("jit_compile", str(result["jit_compile"])),
         ("batch size", str(result["batch_size"])),
         ("images/s (median step)", f"{result['images_per_s']:,.0f}"),
@@ -128,7 +128,7 @@ def table(result: dict) -> str:
 
 def _cache_how(result: dict) -> str:
     # A warm cache makes the compile time a load time: say which one was timed.
-    folder, source = result.get("compile_cache"), result.get("compile_cache_source", "not recorded")
+    folder, source = result["compile_cache"], result["compile_cache_source"]
     if not folder:
         return source
     written = result["compile_cache_entries_written"]
@@ -138,5 +138,5 @@ def _cache_how(result: dict) -> str:
 
 
 def _chosen_how(result: dict) -> str:
-    source = result.get("precision_source", "spec")
+    source = result["precision_source"]
     return "" if source == "spec" else f" ({source})"
