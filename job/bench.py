@@ -1,8 +1,8 @@
 """`lsjob bench`: the speed of a spec's real training step, on synthetic data.
 
 Same model, loss, optimizer, augmentation, precision, batch and input path as
-`lsjob run` (train.compile_model and a model.fit on uint8 arrays, like
-train.train), but no validation, checkpoints or results directory: only the
+`lsjob run` (train.compile_model and a model.fit on uint8 arrays through runtime.feed,
+like train.train), but no validation, checkpoints or results directory: only the
 steps. The first fit call is compilation plus warm-up and is reported apart;
 the timed call's per-step times are the gaps between the moments steps finish on
 the device. The clock reads them off the training loop, so JAX and torch queue
@@ -65,7 +65,7 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
 
     def fit(n: int, clock: _StepClock) -> tuple[float, list[float]]:
         started = time.perf_counter()
-        model.fit(x[: n * batch], targets[: n * batch], batch_size=batch, shuffle=False, epochs=1, verbose=0,
+        model.fit(**runtime.feed(x[: n * batch], targets[: n * batch], batch), shuffle=False, epochs=1, verbose=0,
                   callbacks=[clock])  # fmt: skip
         return time.perf_counter() - started, [started, *clock.ends()]
 

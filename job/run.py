@@ -96,7 +96,8 @@ def _execute_claimed(
         result = train(spec, data, run_dir.path)
         holdout_probs = None
         if x_holdout is not None:
-            holdout_probs = result.model.predict(x_holdout, batch_size=spec.train.eval_batch_size, verbose=0)
+            holdout = runtime.feed(x_holdout, batch_size=spec.train.eval_batch_size)
+            holdout_probs = result.model.predict(**holdout, verbose=0)
         report.save_predictions(
             run_dir.path,
             report.Predictions(result.test_probs, data.y_test, data.class_names, holdout_probs, y_holdout),

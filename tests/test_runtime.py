@@ -150,3 +150,32 @@ def test_an_unwritable_compile_cache_fails_when_named_and_is_skipped_with_a_warn
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(blocked))
     assert runtime.compile_cache_folder("auto") == (None, f"off: {blocked} is not writable")
     assert "compiling afresh" in caplog.text
+
+
+@pytest.mark.parametrize("size, batch", [(256, 64), (100, 32)])
+def test_feed_hands_over_every_example_in_order_in_batches(size, batch):
+    x = np.arange(size * 4, dtype=np.uint8).reshape(size, 2, 2, 1)
+    y = np.eye(4, dtype=np.float32)[np.arange(size) % 4]
+    fed = runtime.feed(x, y, batch)
+    if "batch_size" in fed:  # not TensorFlow: the arrays themselves, for Keras's own path
+        assert fed["x"] is x and fed["y"] is y and fed["batch_size"] == batch
+        return
+    batches = [(bx.numpy(), by.numpy()) for bx, by in fed["x"]]
+    assert [len(bx) for bx, _ in batches] == [batch] * (size // batch) + ([size % batch] if size % batch else [])
+    np.testing.assert_array_equal(np.concatenate([bx for bx, _ in batches]), x)
+    np.testing.assert_array_equal(np.concatenate([by for _, by in batches]), y)
+    # Whole batches only: a static batch dimension, as Keras's own pipeline gives (the same compiled step).
+    assert fed["x"].element_spec[0].shape[0] == (batch if size % batch == 0 else None)
+    predict = runtime.feed(x, batch_size=batch)["x"]
+    np.testing.assert_array_equal(np.concatenate([bx.numpy() for bx in predict]), x)
+
+
+def test_the_tensorflow_feed_runs_without_tf_data_autotuning():
+    # Keras's own pipeline autotunes, and closing each iterator (every fit, evaluate and predict
+    # call) then waited up to tens of seconds for the autotuner's thread on a 2-core CPU.
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("only the TensorFlow backend feeds through tf.data")
+    fed = runtime.feed(np.zeros((8, 2, 2, 1), np.uint8), np.zeros((8, 4), np.float32), 4)["x"]
+    assert fed.options().autotune.enabled is False
+    validation = runtime.validation_feed(np.zeros((8, 2, 2, 1), np.uint8), np.zeros((8, 4), np.float32), 4)
+    assert list(validation) == ["validation_data"] and validation["validation_data"].options().autotune.enabled is False
