@@ -184,9 +184,13 @@ def test_table_shows_every_row_the_run_and_the_projection(tmp_path):
     assert "RuntimeError: no bf16 here" in text
     assert "1: 30.0, 2: 10.0" in text
     assert "30.0 + 69 x 10.0 = 720 s" in text  # epoch 1 carries the compilation
+    # 720 s of epochs and 70 - 40 s outside them, against the goal of 5 minutes at batch 64.
+    assert "projected end to end: 750 s; goal at batch 64 under 300 s: NOT met" in text
+    assert "no bench at batch 512 finished: goal not measured" in text
     assert (out / "gpu_check.md").read_text() == text
     saved = json.loads((out / "gpu_check.json").read_text())
     assert len(saved["bench"]) == 4 and saved["run"]["projected_70_epoch_s"] == 720
+    assert saved["run"]["projected_end_to_end_s"] == 750
     assert saved["run"]["run_status"] == "completed" and saved["run"]["test_accuracy"] == 0.55
 
 
@@ -200,7 +204,23 @@ def test_table_calls_a_compile_warm_only_when_the_bench_compiled_nothing(tmp_pat
                   "compile_cache_entries_written": written}  # fmt: skip
         (tmp_path / f"bench-{backend}-{batch}-{precision}.json").write_text(json.dumps(result))
     table_rows = [line for line in _table("table", tmp_path, tmp_path).splitlines() if line.startswith("jax ")]
-    assert [row.split()[7] for row in table_rows] == ["cold", "cold", "warm"]
+    assert [row.split()[8] for row in table_rows] == ["cold", "cold", "warm"]
+
+
+def test_table_sets_each_bench_against_the_pytorch_anchor_and_judges_the_goal_at_512(tmp_path):
+    # The anchor: 33,400 images/s at batch 512. 16,700 takes twice as long; 25,000 is within 1.5x.
+    rows = [("jax", 512, "off", "ok", 30, ""), ("jax", 512, "bf16", "ok", 30, ""), ("torch", 512, "bf16", "ok", 20, "")]
+    (tmp_path / "bench.tsv").write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
+    for (backend, batch, precision, *_), rate in zip(rows, (16_700.0, 25_000.0, 8_350.0)):
+        result = _bench_json(backend, batch, precision, rate)
+        (tmp_path / f"bench-{backend}-{batch}-{precision}.json").write_text(json.dumps(result))
+    text = _table("table", tmp_path, tmp_path)
+    table_rows = [line for line in text.splitlines() if line.startswith(("jax ", "torch "))]
+    assert [row.split()[4] for row in table_rows] == ["2.00x", "1.34x", "4.00x"]
+    assert "best at batch 512: jax bf16, 1.34x: goal met" in text
+
+    (tmp_path / "bench-jax-512-bf16.json").write_text(json.dumps(_bench_json("jax", 512, "bf16", 20_000.0)))
+    assert "best at batch 512: jax bf16, 1.67x: goal NOT met" in _table("table", tmp_path, tmp_path)
 
 
 def test_table_without_any_result_still_prints(tmp_path):

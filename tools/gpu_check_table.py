@@ -23,8 +23,13 @@ import sys
 from pathlib import Path
 
 FULL_EPOCHS = 70  # the recipe's epoch count, for the projection
-COLUMNS = ("backend", "precision", "batch", "images/s", "step ms med", "step ms p90", "compile s", "cache",
-           "est. epoch s", "device peak MB", "wall s", "status")  # fmt: skip
+# The issue's anchor: a hand-written PyTorch MiniGoogLeNet on one H100 (channels-last, bf16
+# autocast, torch.compile, data and augmentation on the GPU), batch 512, 1.5 s per epoch.
+ANCHOR_IMAGES_PER_S = 33_400
+ANCHOR_GOAL = 1.5  # epoch time at batch 512 within this multiple of the anchor's
+END_TO_END_GOAL_S = 300  # the 70-epoch recipe at batch 64, end to end
+COLUMNS = ("backend", "precision", "batch", "images/s", "x anchor", "step ms med", "step ms p90", "compile s",
+           "cache", "est. epoch s", "device peak MB", "wall s", "status")  # fmt: skip
 
 
 def read_tsv(path: Path) -> list[list[str]]:
@@ -100,18 +105,42 @@ def _cache(r: dict) -> str:
     return "cold" if r["compile_cache_entries_written"] else "warm"
 
 
+def _times_anchor(images_per_s: float | None) -> str:
+    """This epoch's time as a multiple of the anchor's: 1.00x matches it, 2.00x takes twice as long."""
+    return "-" if not images_per_s else f"{ANCHOR_IMAGES_PER_S / images_per_s:.2f}x"
+
+
+def anchor_lines(rows: list[dict]) -> list[str]:
+    """The goal at batch 512: the best epoch there within ANCHOR_GOAL of the anchor's."""
+    lines = [
+        f"x anchor: epoch time over the PyTorch anchor's (H100, batch 512, bf16, torch.compile: "
+        f"{ANCHOR_IMAGES_PER_S:,} images/s, 1.5 s an epoch); goal at batch 512: {ANCHOR_GOAL}x or less"
+    ]
+    at_512 = [r for r in rows if r["result"] and r["batch"] == 512]
+    if at_512:
+        best = max(at_512, key=lambda r: r["result"]["images_per_s"])
+        ratio = ANCHOR_IMAGES_PER_S / best["result"]["images_per_s"]
+        met = "goal met" if ratio <= ANCHOR_GOAL else "goal NOT met"
+        lines.append(f"  best at batch 512: {best['backend']} {best['precision']}, {ratio:.2f}x: {met}")
+    else:
+        lines.append("  no bench at batch 512 finished: goal not measured")
+    return lines
+
+
 def table_lines(rows: list[dict]) -> list[str]:
     cells = [list(COLUMNS)]
     for row in rows:
         r = row["result"] or {}
         cells.append([
             row["backend"], {"off": "float32"}.get(row["precision"], row["precision"]), str(row["batch"]),
-            _number(r.get("images_per_s"), 0), _number(r.get("step_ms_median"), 2), _number(r.get("step_ms_p90"), 2),
+            _number(r.get("images_per_s"), 0), _times_anchor(r.get("images_per_s")),
+            _number(r.get("step_ms_median"), 2), _number(r.get("step_ms_p90"), 2),
             _number(r.get("compile_and_warmup_s")), _cache(r), _number(r.get("epoch_s_estimate")),
             _number(r.get("device_peak_mb"), 0), _number(row["wall_s"], 0), row["status"],
         ])  # fmt: skip
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    right = {"batch", "images/s", "step ms med", "step ms p90", "compile s", "est. epoch s", "device peak MB", "wall s"}
+    right = {"batch", "images/s", "x anchor", "step ms med", "step ms p90", "compile s", "est. epoch s",
+             "device peak MB", "wall s"}  # fmt: skip
     out = []
     for n, line in enumerate(cells):
         out.append("  ".join(c.rjust(w) if COLUMNS[i] in right else c.ljust(w)
@@ -143,6 +172,7 @@ def run_summary(work: Path) -> dict | None:
         # Epoch 1 carries the compilation; every later epoch costs what the last one did.
         summary["projected_70_epoch_s"] = seconds[0] + (FULL_EPOCHS - 1) * seconds[-1]
         summary["outside_epochs_s"] = summary["wall_s"] - sum(seconds)
+        summary["projected_end_to_end_s"] = summary["projected_70_epoch_s"] + summary["outside_epochs_s"]
     return summary
 
 
@@ -163,6 +193,10 @@ def run_lines(run: dict | None) -> list[str]:
         lines.append(f"  projected {FULL_EPOCHS} epochs: {epochs[0]['seconds']:.1f} + {FULL_EPOCHS - 1} x "
                      f"{epochs[-1]['seconds']:.1f} = {p:,.0f} s ({p / 60:.1f} min), "
                      f"plus about {run['outside_epochs_s']:.0f} s outside the epochs")  # fmt: skip
+        total = run["projected_end_to_end_s"]
+        met = "met" if total < END_TO_END_GOAL_S else "NOT met"
+        verdict = met if run["batch"] == 64 else f"not measured (the run was at batch {run['batch']})"
+        lines.append(f"  projected end to end: {total:,.0f} s; goal at batch 64 under {END_TO_END_GOAL_S} s: {verdict}")
     return lines
 
 
@@ -173,8 +207,8 @@ def table(work: Path, out: Path) -> int:
     notes = [
         f"  {r['backend']} batch {r['batch']} {r['precision']}: {r['detail']}" for r in rows if r["status"] != "ok"
     ]
-    text = "\n".join([*header, "", *table_lines(rows), *(["", "not ok:", *notes] if notes else []), "",
-                      *run_lines(run)]) + "\n"  # fmt: skip
+    text = "\n".join([*header, "", *table_lines(rows), "", *anchor_lines(rows),
+                      *(["", "not ok:", *notes] if notes else []), "", *run_lines(run)]) + "\n"  # fmt: skip
     print(text, end="")
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.md").write_text(text)
