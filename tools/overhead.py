@@ -1,32 +1,49 @@
 """Throughput of `lsjob run` and `lsjob bench` against a bare `model.fit` of the same model and data.
 
-    python tools/overhead.py [--train-size 1280] [--test-size 256] [--epochs 3] [--repeats 2]
+    python tools/overhead.py [--train-size 2560] [--test-size 512] [--epochs 3] [--repeats 2]
 
-All sides run in fresh processes, alternating, on the same synthetic data, model,
-loss, optimizer and batch; the bare side is a plain `fit` on numpy arrays with Keras's
-own shuffling and no callbacks. Epoch 1 (tracing) is left out; the figure is the median
-of the remaining epochs' wall times. `lsjob run` is compared with bare epochs that
-validate on the test set as it does; `lsjob bench` (its median step, timed after
-warm-up) with bare epochs that only train.
+All sides run in fresh processes, alternating, on the same synthetic data, model, loss,
+optimizer and batch, under whatever KERAS_BACKEND is set. Three bare fits:
+
+- "bare fit": what a user would write: one `fit` call for all epochs on the numpy
+  arrays, Keras's own shuffling and input pipeline, validating on the test set.
+- "bare fit, lsjob's input": one `fit` call per epoch through runtime.feed, lsjob's
+  input path, validating too: what lsjob's callbacks, history and checkpoints add to it.
+- "bare fit, training only": one `fit` call, no validation: for `lsjob bench`.
+
+An epoch's time runs from the end of the one before to its own end, so everything in
+between counts: for `lsjob run` the next fit call's set-up, validation, history.csv and
+the checkpoint (the gaps between run.log's epoch lines, written after the checkpoint).
+Epoch 1 (tracing) is left out; the figure is the median. `lsjob bench` reports the median
+step after warm-up, so it is set against the bare training-only fit's median step, timed
+by the bench's own clock.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+
+BARE = {
+    "bare fit": [],
+    "bare fit, lsjob's input": ["--lsjob-input"],
+    "bare fit, training only": ["--train-only"],
+}
 
 
 def bare(args) -> None:
+    """One bare side, in this process: prints its epoch times and median step as JSON."""
     import keras
 
     from job import runtime, smoothing
+    from job.bench import _StepClock
     from job.data import load_dataset, per_pixel_mean
     from job.spec import load_spec
     from job.train import compile_model
@@ -35,28 +52,34 @@ def bare(args) -> None:
     runtime.configure(spec.runtime, spec.train.seed)
     data = load_dataset(spec.data)
     model = compile_model(spec, per_pixel_mean(data.x_train), data.num_classes)
-    seconds = []
+    ends = []
 
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
+    class EpochEnds(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            seconds.append(time.perf_counter() - self.t)
+            ends.append(time.perf_counter())
 
-    steps = len(data.x_train) // spec.train.batch_size * spec.train.batch_size  # lsjob drops the partial batch
-    validation = {"validation_data": (data.x_test, smoothing.one_hot(data.y_test, data.num_classes)),
-                  "validation_batch_size": spec.train.eval_batch_size}  # fmt: skip
-    model.fit(
-        data.x_train[:steps],
-        smoothing.training_targets(data.y_train[:steps], data.num_classes, spec.smoothing),
-        batch_size=spec.train.batch_size,
-        epochs=spec.train.epochs,
-        callbacks=[Timer()],
-        verbose=0,
-        **(validation if not args.train_only else {}),
-    )
-    print(json.dumps(seconds))
+    batch, eval_batch = spec.train.batch_size, spec.train.eval_batch_size
+    steps = len(data.x_train) // batch * batch  # lsjob drops the partial batch
+    x, y = data.x_train[:steps], smoothing.training_targets(data.y_train[:steps], data.num_classes, spec.smoothing)
+    x_test, y_test = data.x_test, smoothing.one_hot(data.y_test, data.num_classes)
+    clock = _StepClock()
+    callbacks = [EpochEnds(), clock]
+    if args.lsjob_input:
+        validation = runtime.validation_feed(x_test, y_test, eval_batch)
+        for epoch in range(spec.train.epochs):
+            model.fit(**runtime.feed(x, y, batch), shuffle=False, initial_epoch=epoch, epochs=epoch + 1,
+                      callbacks=callbacks, verbose=0, **validation)  # fmt: skip
+    else:
+        validation = {"validation_data": (x_test, y_test), "validation_batch_size": eval_batch}
+        validation = {} if args.train_only else validation
+        model.fit(x, y, batch_size=batch, epochs=spec.train.epochs, callbacks=callbacks, verbose=0, **validation)
+    # The bench's clock keeps the steps of one epoch (it indexes them by step): the last one's.
+    print(json.dumps({"epochs": _gaps(ends), "step_s": statistics.median(_gaps(clock.ends()))}))
+
+
+def _gaps(ends: list[float]) -> list[float]:
+    """Durations from the moments things ended: for epochs, the first (tracing) has none."""
+    return [b - a for a, b in zip(ends, ends[1:])]
 
 
 def _overrides(args) -> list[str]:
@@ -69,58 +92,75 @@ def _overrides(args) -> list[str]:
     ]
 
 
+def _sets(args) -> list[str]:
+    return [word for s in _overrides(args) for word in ("--set", s)]
+
+
 def lsjob_epochs(args, root: Path, i: int) -> list[float]:
-    sets = [*_overrides(args), f"output.root={root}", f"output.run=r{i}"]
-    cmd = [sys.executable, "-m", "job", "run", "/dev/null", *[x for s in sets for x in ("--set", s)]]
+    cmd = [sys.executable, "-m", "job", "run", "/dev/null", *_sets(args),
+           "--set", f"output.root={root}", "--set", f"output.run=r{i}"]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
-    with open(root / f"r{i}" / "history.csv") as f:
-        return [float(row["seconds"]) for row in csv.DictReader(f)]
+    # "2026-12-05 12:33:40,123 INFO epoch 2/3  loss ...", logged once the epoch's checkpoint is written
+    lines = [line.split() for line in (root / f"r{i}" / "run.log").read_text().splitlines()]
+    ends = [datetime.strptime(f"{w[0]} {w[1]}", "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for w in lines if len(w) > 3 and w[3] == "epoch"]  # fmt: skip
+    assert len(ends) == args.epochs, f"{len(ends)} epoch lines in run.log, expected {args.epochs}"
+    return _gaps(ends)
 
 
-def bare_epochs(args, train_only: bool = False) -> list[float]:
-    cmd = [sys.executable, __file__, "--bare", *sys.argv[1:], *(["--train-only"] if train_only else [])]
+def bare_result(args, flags: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--bare", *sys.argv[1:], *flags]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def bench_step_s(args) -> float:
     """`lsjob bench`'s median step, over an epoch's worth of steps after a warm-up."""
-    steps = args.train_size // args.batch_size
-    sets = [*_overrides(args)]
-    cmd = [sys.executable, "-m", "job", "bench", "/dev/null", *[x for s in sets for x in ("--set", s)],
-           "--steps", str(steps), "--warmup", "5"]  # fmt: skip
+    cmd = [sys.executable, "-m", "job", "bench", "/dev/null", *_sets(args),
+           "--steps", str(args.train_size // args.batch_size), "--warmup", "5"]  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out)["step_ms_median"] / 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-size", type=int, default=1280)
-    parser.add_argument("--test-size", type=int, default=256)
+    parser.add_argument("--train-size", type=int, default=2560)
+    parser.add_argument("--test-size", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--lsjob-input", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
         return bare(args)
 
     images = args.train_size // args.batch_size * args.batch_size
-    times = {"lsjob run": [], "bare fit": [], "lsjob bench": [], "bare fit, training only": []}
+    epochs = {"lsjob run": [], **{name: [] for name in BARE}}
+    steps = {"lsjob bench": [], "bare fit, training only": []}
     with tempfile.TemporaryDirectory() as root:
         for i in range(args.repeats):
-            times["lsjob run"] += lsjob_epochs(args, Path(root), i)[1:]
-            times["bare fit"] += bare_epochs(args)[1:]
-            times["lsjob bench"].append(bench_step_s(args) * (images // args.batch_size))  # as an epoch
-            times["bare fit, training only"] += bare_epochs(args, train_only=True)[1:]
-            print(f"repeat {i + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
-    rates = {k: images / statistics.median(v) for k, v in times.items()}
-    for k, v in times.items():
-        print(f"{k:24s} median epoch {statistics.median(v):7.2f}s  {rates[k]:7.1f} images/s  (samples: {len(v)})")
+            epochs["lsjob run"] += lsjob_epochs(args, Path(root), i)
+            for name, flags in BARE.items():
+                result = bare_result(args, flags)
+                epochs[name] += result["epochs"]
+                if name in steps:
+                    steps[name].append(result["step_s"])
+            steps["lsjob bench"].append(bench_step_s(args))
+            print(f"repeat {i + 1}/{args.repeats}: epochs " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in epochs.items())
+                  + "; steps " + ", ".join(f"{k} {1000 * v[-1]:.0f}ms" for k, v in steps.items()))  # fmt: skip
+    rates = {k: images / statistics.median(v) for k, v in epochs.items()}
+    for k, v in epochs.items():
+        print(f"{k:24s} median epoch {statistics.median(v):7.2f}s (min {min(v):.2f}, max {max(v):.2f})  "
+              f"{rates[k]:7.1f} images/s  (samples: {len(v)})")  # fmt: skip
+    step_rates = {k: args.batch_size / statistics.median(v) for k, v in steps.items()}
+    for k, v in steps.items():
+        print(f"{k:24s} median step {1000 * statistics.median(v):7.1f}ms  {step_rates[k]:7.1f} images/s")
     print(f"lsjob run / bare fit throughput: {rates['lsjob run'] / rates['bare fit']:.3f}")
-    print(f"lsjob bench / bare fit (training only) throughput: "
-          f"{rates['lsjob bench'] / rates['bare fit, training only']:.3f}")  # fmt: skip
+    print(f"lsjob run / bare fit, lsjob's input throughput: {rates['lsjob run'] / rates[list(BARE)[1]]:.3f}")
+    print(f"lsjob bench / bare fit (training only), median step: "
+          f"{step_rates['lsjob bench'] / step_rates['bare fit, training only']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
