@@ -167,6 +167,13 @@ def test_table_shows_every_row_the_run_and_the_projection(tmp_path):
         writer.writerow([1, 2.0, 0.3, 1.9, 0.35, 1.9, 0.005, 30.0])
         writer.writerow([2, 1.5, 0.5, 1.4, 0.55, 1.4, 0.0025, 10.0])
     (run_dir / "manifest.json").write_text(json.dumps({"status": "completed", "test_accuracy": 0.55}))
+    # Epoch 2's line comes 10.5 s after epoch 1's: its 10 s in history.csv, then its checkpoint.
+    (run_dir / "run.log").write_text(
+        "2026-12-05 13:53:02,000 INFO run /w/results/gpu-check: attempt 1\n"
+        "2026-12-05 13:53:32,000 INFO epoch 1/2  loss 2.0000  acc 0.3000  ...  30.0s\n"
+        "2026-12-05 13:53:42,500 INFO epoch 2/2  loss 1.5000  acc 0.5000  ...  10.0s\n"
+        "2026-12-05 13:53:50,000 INFO completed: test accuracy 0.5500, test NLL 1.4000 -> /w/results/gpu-check\n"
+    )
     (work / "header.txt").write_text("nvidia-smi: NVIDIA H100 80GB HBM3, 81559 MiB, 570.00\n")
 
     text = _table("table", work, out)
@@ -183,15 +190,21 @@ def test_table_shows_every_row_the_run_and_the_projection(tmp_path):
     assert table_rows[1].endswith("timeout 35s") and table_rows[3].endswith("failed rc=1")
     assert "RuntimeError: no bf16 here" in text
     assert "1: 30.0, 2: 10.0" in text
-    assert "30.0 + 69 x 10.0 = 720 s" in text  # epoch 1 carries the compilation
-    # 720 s of epochs and 70 - 40 s outside them, against the goal of 5 minutes at batch 64.
-    assert "projected end to end: 750 s; goal at batch 64 under 300 s: NOT met" in text
+    # The 70 s run, and 68 more epochs of 10.5 s, against the goal of 5 minutes at batch 64.
+    assert "epoch 2, checkpoint to checkpoint: 10.5 s; projected 70 epochs end to end: 70 + 68 x 10.5 = 784 s" in text
+    assert "(13.1 min); goal at batch 64 under 300 s: NOT met" in text
     assert "no bench at batch 512 finished: goal not measured" in text
     assert (out / "gpu_check.md").read_text() == text
     saved = json.loads((out / "gpu_check.json").read_text())
-    assert len(saved["bench"]) == 4 and saved["run"]["projected_70_epoch_s"] == 720
-    assert saved["run"]["projected_end_to_end_s"] == 750
+    assert len(saved["bench"]) == 4 and saved["run"]["epoch_cycle_s"] == 10.5
+    assert saved["run"]["projected_end_to_end_s"] == 784
     assert saved["run"]["run_status"] == "completed" and saved["run"]["test_accuracy"] == 0.55
+
+    # 40 s for the 2-epoch run and 3 s an epoch after: 244 s for the recipe, within the goal.
+    (work / "run.tsv").write_text("jax\t64\tcompleted\t40\t\n")
+    log = (run_dir / "run.log").read_text().replace("13:53:42,500", "13:53:35,000")
+    (run_dir / "run.log").write_text(log)
+    assert "40 + 68 x 3.0 = 244 s (4.1 min); goal at batch 64 under 300 s: met" in _table("table", work, out)
 
 
 def test_table_calls_a_compile_warm_only_when_the_bench_compiled_nothing(tmp_path):

@@ -17,7 +17,7 @@
 #   GPU_CHECK_BACKENDS  default "jax torch"
 #   GPU_CHECK_WHEELS    folder of wheels to install first (default .whl; empty: install nothing)
 #   GPU_CHECK_SITE      where they are installed (default /tmp/site), put first on PYTHONPATH
-#   OUT                 where the table, the JSON, the log, history.csv and manifest.json go
+#   OUT                 where the table, the JSON, the log and the run's history.csv, manifest.json and run.log go
 #                       (the device tool brings back what is written there); unset: a temp folder
 # Exit status: 0 when every bench and the run succeeded, 1 when any did not, 2 on bad settings.
 #
@@ -210,7 +210,7 @@ main() {
     ((rc == 0)) || failures=$((failures + 1))
     say "2-epoch run: $status in $wall s"
     printf '%s\t%s\t%s\t%s\t%s\n' "$run_backend" "$run_batch" "$status" "$wall" "$detail" >> "$work/run.tsv"
-    for f in history.csv manifest.json; do
+    for f in history.csv manifest.json run.log; do
       [[ -f $work/results/gpu-check/$f && $out != "$work" ]] && cp "$work/results/gpu-check/$f" "$out/$f"
     done
   fi
