@@ -65,8 +65,8 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
 
     def fit(n: int, clock: _StepClock) -> tuple[float, list[float]]:
         started = time.perf_counter()
-        model.fit(**runtime.feed(x[: n * batch], targets[: n * batch], batch), shuffle=False, epochs=1, verbose=0,
-                  callbacks=[clock])  # fmt: skip
+        fed = runtime.feed(x[: n * batch], targets[: n * batch], batch_size=batch)
+        model.fit(**fed, shuffle=False, epochs=1, verbose=0, callbacks=[clock])
         return time.perf_counter() - started, [started, *clock.ends()]
 
     first_call_s, _ = fit(warmup, _StepClock())

@@ -70,17 +70,16 @@ def replica_scope():
     return _strategy.scope() if _strategy is not None else contextlib.nullcontext()
 
 
-def feed(x, y=None, batch_size: int = 32) -> dict:
+def feed(x, y=None, *, batch_size: int) -> dict:
     """Keyword arguments that hand in-memory arrays to model.fit, evaluate or predict, in
-    order, `batch_size` at a time.
+    order, `batch_size` at a time: on JAX and torch the arrays themselves, for Keras's own path.
 
-    Elsewhere the arrays go as they are. On TensorFlow they go as a tf.data pipeline with
-    tf.data's autotuning off: Keras's own pipeline for arrays autotunes, and closing one of
-    its iterators (so every fit, evaluate and predict call, twice an epoch in a run) waits
-    for the autotuner's thread to wake, which sleeps for up to tens of seconds. On this
-    project's 2-core CPU (TensorFlow 2.21) a 20-step epoch took 12 s, plus 6 to 21 s idle
-    in 2 or 3 epochs of 5; with the autotuner off, never. Nothing here needs autotuning: the
-    batches are slices of arrays in memory, and two are kept ready ahead.
+    On TensorFlow, a tf.data pipeline with tf.data's autotuning off. Keras's own pipeline for
+    arrays autotunes, and closing one of its iterators (every fit, evaluate and predict call:
+    twice an epoch in a run) waits for the autotuner's thread to wake, which sleeps for up to
+    tens of seconds. On this project's 2-core CPU (TensorFlow 2.21) a 20-step epoch took 12 s,
+    plus 6 to 21 s idle in 2 or 3 epochs of 5; with the autotuner off, never. Nothing here
+    needs autotuning: the batches are slices of arrays in memory, and two are kept ready ahead.
     """
     if keras.backend.backend() != "tensorflow":
         return {"x": x, "batch_size": batch_size, **({} if y is None else {"y": y})}
@@ -98,9 +97,9 @@ def feed(x, y=None, batch_size: int = 32) -> dict:
     return {"x": batches.with_options(options)}
 
 
-def validation_feed(x, y, batch_size: int) -> dict:
+def validation_feed(x, y, *, batch_size: int) -> dict:
     """`feed` for model.fit's validation_data (and validation_batch_size)."""
-    fed = feed(x, y, batch_size)
+    fed = feed(x, y, batch_size=batch_size)
     if "batch_size" in fed:
         return {"validation_data": (fed["x"], fed["y"]), "validation_batch_size": batch_size}
     return {"validation_data": fed["x"]}

@@ -272,13 +272,13 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
         # TensorFlow builds the compiled metrics at the first step, after the epoch has begun:
         # build them now (one test batch, no state kept) so their running sums can be put back.
         n = min(len(data.x_test), spec.train.eval_batch_size)
-        model.evaluate(**runtime.feed(data.x_test[:n], test_targets[:n], n), verbose=0)
+        model.evaluate(**runtime.feed(data.x_test[:n], test_targets[:n], batch_size=n), verbose=0)
     if sys.stdout.isatty():  # a progress bar for people; logs get one line per epoch instead
         callbacks.append(Progress(spec.train.epochs))
     # One fit call per epoch, on that epoch's order: the shuffle then depends on (seed, epoch)
     # alone. runtime.feed hands the arrays over (a PyDataset measured half as fast here on the
     # TensorFlow backend).
-    validation = runtime.validation_feed(data.x_test, test_targets, spec.train.eval_batch_size)
+    validation = runtime.validation_feed(data.x_test, test_targets, batch_size=spec.train.eval_batch_size)
     for epoch in range(start_epoch, spec.train.epochs):
         order = epoch_order(spec.train.seed, epoch, len(data.x_train), spec.train.batch_size)
         # A resumed epoch trains on the rest of its order: the same batches, from that step.
@@ -287,7 +287,7 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
         recorder.seconds_before = mid_epoch.seconds if skip else 0.0
         order = order[skip * spec.train.batch_size :]
         model.fit(
-            **runtime.feed(data.x_train[order], targets[order], spec.train.batch_size),
+            **runtime.feed(data.x_train[order], targets[order], batch_size=spec.train.batch_size),
             shuffle=False,
             initial_epoch=epoch,
             epochs=epoch + 1,

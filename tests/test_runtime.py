@@ -156,7 +156,7 @@ def test_an_unwritable_compile_cache_fails_when_named_and_is_skipped_with_a_warn
 def test_feed_hands_over_every_example_in_order_in_batches(size, batch):
     x = np.arange(size * 4, dtype=np.uint8).reshape(size, 2, 2, 1)
     y = np.eye(4, dtype=np.float32)[np.arange(size) % 4]
-    fed = runtime.feed(x, y, batch)
+    fed = runtime.feed(x, y, batch_size=batch)
     if "batch_size" in fed:  # not TensorFlow: the arrays themselves, for Keras's own path
         assert fed["x"] is x and fed["y"] is y and fed["batch_size"] == batch
         return
@@ -175,7 +175,7 @@ def test_the_tensorflow_feed_runs_without_tf_data_autotuning():
     # call) then waited up to tens of seconds for the autotuner's thread on a 2-core CPU.
     if keras.backend.backend() != "tensorflow":
         pytest.skip("only the TensorFlow backend feeds through tf.data")
-    fed = runtime.feed(np.zeros((8, 2, 2, 1), np.uint8), np.zeros((8, 4), np.float32), 4)["x"]
+    fed = runtime.feed(np.zeros((8, 2, 2, 1), np.uint8), np.zeros((8, 4), np.float32), batch_size=4)["x"]
     assert fed.options().autotune.enabled is False
-    validation = runtime.validation_feed(np.zeros((8, 2, 2, 1), np.uint8), np.zeros((8, 4), np.float32), 4)
+    validation = runtime.validation_feed(np.zeros((8, 2, 2, 1), np.uint8), np.zeros((8, 4), np.float32), batch_size=4)
     assert list(validation) == ["validation_data"] and validation["validation_data"].options().autotune.enabled is False

@@ -9,8 +9,8 @@
 WORK holds bench.tsv (one line per bench run: backend, batch, precision, status,
 wall seconds, detail), the runs' JSON (bench-<backend>-<batch>-<precision>.json),
 run.tsv (backend, batch, status, wall seconds, detail), header.txt and the 2-epoch
-run's results folder (history.csv, manifest.json, run.log). Standard library only, but for `devices`: it runs before anything
-is known to work.
+run's results folder (history.csv, manifest.json, run.log). Standard library only, but
+for `devices`: it runs before anything is known to work.
 """
 
 from __future__ import annotations

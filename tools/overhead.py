@@ -65,9 +65,9 @@ def bare(args) -> None:
     clock = _StepClock()
     callbacks = [EpochEnds(), clock]
     if args.lsjob_input:
-        validation = runtime.validation_feed(x_test, y_test, eval_batch)
+        validation = runtime.validation_feed(x_test, y_test, batch_size=eval_batch)
         for epoch in range(spec.train.epochs):
-            model.fit(**runtime.feed(x, y, batch), shuffle=False, initial_epoch=epoch, epochs=epoch + 1,
+            model.fit(**runtime.feed(x, y, batch_size=batch), shuffle=False, initial_epoch=epoch, epochs=epoch + 1,
                       callbacks=callbacks, verbose=0, **validation)  # fmt: skip
     else:
         validation = {"validation_data": (x_test, y_test), "validation_batch_size": eval_batch}
