@@ -28,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
+
+from gpu_check_table import epoch_ends  # tools/, beside this script: run.log's epoch lines, read once
 
 BARE = {
     "bare fit": [],
@@ -100,15 +101,12 @@ def lsjob_epochs(args, root: Path, i: int) -> list[float]:
     cmd = [sys.executable, "-m", "job", "run", "/dev/null", *_sets(args),
            "--set", f"output.root={root}", "--set", f"output.run=r{i}"]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
-    # "2026-12-05 12:33:40,123 INFO epoch 2/3  loss ...", logged once the epoch's checkpoint is written
-    lines = [line.split() for line in (root / f"r{i}" / "run.log").read_text().splitlines()]
-    ends = [datetime.strptime(f"{w[0]} {w[1]}", "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            for w in lines if len(w) > 3 and w[3] == "epoch"]  # fmt: skip
+    ends = epoch_ends(root / f"r{i}" / "run.log")  # each logged once the epoch's checkpoint is written
     assert len(ends) == args.epochs, f"{len(ends)} epoch lines in run.log, expected {args.epochs}"
     return _gaps(ends)
 
 
-def bare_result(args, flags: list[str]) -> dict:
+def bare_result(flags: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--bare", *sys.argv[1:], *flags]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -143,7 +141,7 @@ def main() -> None:
         for i in range(args.repeats):
             epochs["lsjob run"] += lsjob_epochs(args, Path(root), i)
             for name, flags in BARE.items():
-                result = bare_result(args, flags)
+                result = bare_result(flags)
                 epochs[name] += result["epochs"]
                 if name in steps:
                     steps[name].append(result["step_s"])
