@@ -7,20 +7,26 @@ do and nothing more. Most tests shrink ROWS_PER_BATCH to 1,000 (the 5,000-image
 sample makes five distinct train batches); one runs at the official counts.
 """
 
+import errno
+import fcntl
 import hashlib
 import io
+import logging
 import os
 import pickle
 import shutil
 import struct
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from job import preemption
 from job.data import CLASS_NAMES, cifar10
-from job.errors import DataError
+from job.errors import DataError, InterruptedRun
 
 SMALL = 1000
 RECONSTRUCT = np.empty(0, dtype=np.uint8).__reduce__()[0]
@@ -545,6 +551,133 @@ def test_leftover_staging_folder_is_not_a_cache(small, small_batches, keras_util
     monkeypatch.setattr(keras_utils, "get_file", offline)
     with pytest.raises(DataError, match="could not download"):
         cifar10.load_cifar10(None, cache)
+
+
+def fetch_counting(small_tar, calls, delay=0.0):
+    """A get_file that 'downloads' small_tar, slowly, and counts its calls."""
+
+    def fetch(fname, cache_dir, cache_subdir, **kwargs):
+        calls.append(threading.current_thread().name)
+        time.sleep(delay)
+        target = os.path.join(cache_dir, cache_subdir, fname)
+        shutil.copyfile(small_tar, target)
+        return target
+
+    return fetch
+
+
+def test_tasks_starting_together_on_a_cold_cache_download_once(
+    small, cifar_sample, small_tar, trusted, keras_utils, monkeypatch, tmp_path
+):
+    # A sweep's tasks start at once on one shared cache: the first fetches, the others wait for it.
+    trusted(small_tar)
+    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.05)
+    calls = []
+    monkeypatch.setattr(keras_utils, "get_file", fetch_counting(small_tar, calls, delay=0.5))
+    cache, results, errors = tmp_path / "cache", {}, []
+
+    def task(i):
+        try:
+            results[i] = cifar10.load_cifar10(None, cache)
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=task, args=(i,), name=f"task{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 3
+    assert len(calls) == 1, calls
+    for arrays in results.values():
+        assert_loaded(arrays, expected_arrays(cifar_sample, SMALL))
+    # The lock is gone with its holder: the cache holds the archive and its extraction alone.
+    assert sorted(p.name for p in (cache / "datasets").iterdir()) == sorted([cifar10.ARCHIVE_NAME, BATCHES])
+
+
+def hold_cache_lock(datasets):
+    datasets.mkdir(parents=True, exist_ok=True)
+    fd = os.open(datasets / cifar10.CACHE_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_a_waiting_task_goes_on_once_the_lock_is_let_go(
+    small, cifar_sample, small_tar, trusted, keras_utils, monkeypatch, caplog, tmp_path
+):
+    trusted(small_tar)
+    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.05)
+    calls = []
+    monkeypatch.setattr(keras_utils, "get_file", fetch_counting(small_tar, calls))
+    datasets = tmp_path / "cache" / "datasets"
+    holder = hold_cache_lock(datasets)  # a holder that dies leaving nothing in the cache
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(cifar10.load_cifar10(None, tmp_path / "cache")))
+    with caplog.at_level(logging.INFO, logger="lsjob"):
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while "waiting for it" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "another process is filling the CIFAR-10 cache" in caplog.text
+        assert calls == []  # waits rather than fetching beside the holder
+        os.close(holder)  # the kernel lets go of a flock when its process dies, as here
+        waiter.join(60)
+    assert len(calls) == 1
+    assert_loaded(result[0], expected_arrays(cifar_sample, SMALL))
+
+
+def test_a_stop_while_waiting_for_the_lock_stops_at_once(small, keras_utils, monkeypatch, tmp_path):
+    monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+    monkeypatch.setattr(keras_utils, "get_file", offline)
+    datasets = tmp_path / "cache" / "datasets"
+    holder = hold_cache_lock(datasets)
+    try:
+        with pytest.raises(InterruptedRun, match="SIGTERM"):
+            cifar10.load_cifar10(None, tmp_path / "cache")
+    finally:
+        os.close(holder)
+
+
+def test_a_filesystem_without_locks_still_loads(
+    small, cifar_sample, small_tar, trusted, keras_utils, monkeypatch, caplog, tmp_path
+):
+    trusted(small_tar)
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(cifar10.fcntl, "flock", no_locks)
+    calls = []
+    monkeypatch.setattr(keras_utils, "get_file", fetch_counting(small_tar, calls))
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.WARNING, logger="lsjob"):
+        assert_loaded(cifar10.load_cifar10(None, cache), expected_arrays(cifar_sample, SMALL))
+    assert "cannot lock the dataset cache" in caplog.text and "No locks available" in caplog.text
+    assert sorted(p.name for p in (cache / "datasets").iterdir()) == sorted([cifar10.ARCHIVE_NAME, BATCHES])
+
+
+def test_an_incomplete_folder_under_the_final_name_is_moved_aside_once(
+    small, cifar_sample, small_batches, small_tar, trusted, no_download, monkeypatch, caplog, tmp_path
+):
+    # What an interrupted Keras 2 load_data() leaves: some batches under the final name.
+    trusted(small_tar)
+    datasets = tmp_path / "cache" / "datasets"
+    (datasets / BATCHES).mkdir(parents=True)
+    shutil.copyfile(small_batches / "data_batch_1", datasets / BATCHES / "data_batch_1")
+    shutil.copyfile(small_tar, datasets / cifar10.ARCHIVE_NAME)
+    expected = expected_arrays(cifar_sample, SMALL)
+    with caplog.at_level(logging.WARNING, logger="lsjob"):
+        assert_loaded(cifar10.load_cifar10(None, tmp_path / "cache"), expected)
+    (aside,) = datasets.glob(f"{BATCHES}.incomplete-*")
+    assert [p.name for p in aside.iterdir()] == ["data_batch_1"]  # kept, not deleted
+    assert f"moved {datasets / BATCHES} aside to {aside}" in caplog.text
+    assert (datasets / BATCHES / "test_batch").is_file()
+
+    def no_extraction(*args):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(cifar10, "safe_extract", no_extraction)  # the next run reads the cache
+    assert_loaded(cifar10.load_cifar10(None, tmp_path / "cache"), expected)
 
 
 # ---------------------------------------------------------------------------- the corpus, as users meet it

@@ -10,6 +10,8 @@ expected; the original exception stays as its __cause__ for debugging.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import logging
 import os
@@ -17,11 +19,13 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import time
 import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from job import preemption
 from job.atomic import fsync_dir, sha256_file
 from job.data import CLASS_NAMES
 from job.errors import DataError
@@ -59,6 +63,10 @@ KERAS_ARCHIVES = (
 )
 
 _CHUNK = 1 << 20  # bytes per read when hashing or copying an archive
+# Held while one process fills the cache (download, extraction): the tasks of a sweep that
+# start together on a cold shared cache wait for it instead of each fetching 170 MB.
+CACHE_LOCK = ".cifar-10.lock"
+LOCK_POLL_S = 1.0
 
 
 def load_cifar10(path: Path | None, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -77,7 +85,8 @@ def load_cifar10(path: Path | None, cache_dir: Path | None) -> tuple[np.ndarray,
         return read_batch_dir(batches)
     if path.is_file():
         verify_sha256(path)
-        return _load_archive(path, datasets)
+        with _cache_lock(datasets):
+            return _load_archive(path, datasets)
     raise DataError(
         f"data.path {path} does not exist; expected the official {ARCHIVE_NAME} "
         f"or an extracted {BATCHES_DIR}/ directory (or the directory holding it)"
@@ -136,12 +145,76 @@ def _load_from_cache(datasets: Path):
     batches = _cached_batches(datasets)
     if batches is not None:
         return _read_cached(batches)
-    for name in KERAS_ARCHIVES:
-        archive = datasets / name
-        # A download killed midway leaves a short file under the final name; its digest tells.
-        if archive.is_file() and sha256_of(archive) == CIFAR10_SHA256:
-            return _load_archive(archive, datasets)
-    return _load_archive(download_archive(datasets), datasets)
+    with _cache_lock(datasets):
+        batches = _cached_batches(datasets)  # filled while this process waited for the lock
+        if batches is not None:
+            return _read_cached(batches)
+        for name in KERAS_ARCHIVES:
+            archive = datasets / name
+            # A download killed midway leaves a short file under the final name; its digest tells.
+            if archive.is_file() and sha256_of(archive) == CIFAR10_SHA256:
+                return _load_archive(archive, datasets)
+        return _load_archive(download_archive(datasets), datasets)
+
+
+@contextlib.contextmanager
+def _cache_lock(datasets: Path):
+    """One process at a time fills the cache; the others wait, then find its work done.
+
+    A flock on datasets/.cifar-10.lock, so the kernel drops it when its holder dies; the
+    holder deletes the file as it lets go, so the cache holds nothing of it afterwards.
+    Where no lock can be had (a cache that cannot be written, a filesystem without locks)
+    each process goes on alone: correct, only not shared. A stop (SIGTERM) while waiting
+    stops the run at once.
+    """
+    lock = datasets / CACHE_LOCK
+    try:
+        datasets.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(lock)
+    except OSError:
+        fd = None  # download_archive says what is wrong with the folder, if it comes to that
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)  # still held: a process waiting on this file will see it gone and retry
+            os.close(fd)  # closing drops the flock
+
+
+def _acquire(lock: Path) -> int | None:
+    """An open descriptor of `lock`, flocked; None where the filesystem has no locks."""
+    waiting = False
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not waiting:
+                        log.info("another process is filling the CIFAR-10 cache %s; waiting for it", lock.parent)
+                        waiting = True
+                    preemption.check()
+                    time.sleep(LOCK_POLL_S)
+        except OSError as e:  # e.g. ENOLCK on an NFS mount without a lock manager
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            log.warning("cannot lock the dataset cache %s (%s); going on without the lock", lock.parent, e)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        # Locked; but if the holder before us deleted the file as it let go, this lock is on
+        # a name no one else will open: start again on the file now there.
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def download_archive(datasets: Path) -> Path:
@@ -187,7 +260,8 @@ def download_archive(datasets: Path) -> Path:
 
 
 def _load_archive(archive: Path, datasets: Path):
-    """Arrays from a verified archive, by way of the cache: reuse its extraction or make one."""
+    """Arrays from a verified archive, by way of the cache: reuse its extraction or make one.
+    Call it holding the cache lock."""
     batches = _cached_batches(datasets)
     if batches is not None:
         return _read_cached(batches)
@@ -233,11 +307,19 @@ def _extract_to_temp(archive: Path, datasets: Path):
 
 
 def _publish(batches: Path, dest: Path) -> None:
+    # An incomplete folder under the final name (an extraction cut short by an older Keras)
+    # would block the rename on every run: moved aside, never deleted, since it is not ours.
+    if dest.is_dir() and _find_batches(dest, complete=True) is None:
+        aside = dest.with_name(f"{dest.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            os.rename(dest, aside)
+            log.warning("moved %s aside to %s: an incomplete extraction, safe to delete", dest, aside)
     try:
         os.rename(batches, dest)
     except OSError as e:
-        # Another process may have published first; either way this run has its arrays,
-        # and a cache that could not be updated only costs the next run an extraction.
+        # Another process may have published first (where the cache could not be locked);
+        # either way this run has its arrays, and a cache that could not be updated only
+        # costs the next run an extraction.
         if _find_batches(dest, complete=True) is None:
             log.warning("could not put the extracted CIFAR-10 at %s (%s); it will be extracted again", dest, e)
         return
