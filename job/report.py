@@ -10,6 +10,7 @@ through job.atomic: a crash mid-write leaves the previous report, never half a P
 from __future__ import annotations
 
 import csv
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -304,7 +305,8 @@ def regenerate(run_dir: Path) -> dict:
         if stale and manifest.get("status") == "completed":
             claimed.write_manifest({**manifest, **fresh})
         return metrics
-    except (OSError, ValueError, KeyError) as e:
+    # BadZipFile, EOFError: a predictions.npz cut short (a results volume copied in part).
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise SpecError(f"cannot regenerate the reports of {run_dir}: {type(e).__name__}: {e}") from None
     finally:
         claimed.release()

@@ -257,6 +257,26 @@ def test_a_tampered_predictions_file_cannot_run_code(tmp_path):
         regenerate(tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bit rot"])
+def test_a_damaged_predictions_file_is_a_clear_error_and_changes_nothing(tmp_path, damage):
+    from job.errors import SpecError
+
+    saved_run(tmp_path)
+    regenerate(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    data = bytearray((tmp_path / "predictions.npz").read_bytes())
+    if damage == "truncated":  # a results volume copied in part
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2 : len(data) // 2 + 50] = b"x" * 50
+    (tmp_path / "predictions.npz").write_bytes(bytes(data))
+    with pytest.raises(SpecError, match=r"cannot regenerate the reports of .*BadZipFile"):
+        regenerate(tmp_path)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    kept = lambda files: {k: v for k, v in files.items() if k not in ("predictions.npz", ".lock")}  # noqa: E731
+    assert kept(after) == kept(before)
+
+
 def test_training_plot_without_val_nll(tmp_path):
     write_training_plot(history(3, with_nll=False), tmp_path / "t.png", title="No NLL")
     assert_png(tmp_path / "t.png")
