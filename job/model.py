@@ -63,3 +63,11 @@ def build_model(mean_image: np.ndarray, augment: AugmentSpec, seed: int, num_cla
     # Softmax in float32 under mixed precision, so probabilities and the loss keep their range.
     outputs = layers.Activation("softmax", dtype="float32", name="softmax")(x)
     return keras.Model(inputs, outputs, name="minigooglenet")
+
+
+def synchronize_batch_norm(model: keras.Model, synchronized: bool) -> None:
+    """Share BatchNormalization's batch statistics across replicas while training (see
+    runtime.sync_batch_norm), or stop: a saved model that says so loads on TensorFlow alone."""
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.synchronized = synchronized

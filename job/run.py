@@ -20,6 +20,7 @@ import keras
 from job import atomic, report, runtime
 from job.data import load_dataset
 from job.errors import EXIT_OK, InterruptedRun, JobError, NoSpaceError, SpecError
+from job.model import synchronize_batch_norm
 from job.rundir import RunDir, check_writable, now
 from job.spec import Spec
 from job.train import train
@@ -103,6 +104,7 @@ def _execute_claimed(
             report.Predictions(result.test_probs, data.y_test, data.class_names, holdout_probs, y_holdout),
         )
         metrics = report.write_reports(run_dir.path)
+        synchronize_batch_norm(result.model, False)  # training is over: model.keras loads on any backend
         with atomic.atomic_path(run_dir.path / "model.keras", suffix=".keras") as tmp:
             result.model.save(tmp)
         _finish(manifest, started, "completed")

@@ -27,7 +27,7 @@ from job import atomic, preemption, runtime, smoothing
 from job.checkpoint import Checkpoints, MidEpoch, Resume
 from job.data import Dataset, per_pixel_mean
 from job.errors import DivergedError, SpecError
-from job.model import build_model
+from job.model import build_model, synchronize_batch_norm
 from job.spec import Spec, TrainSpec
 
 log = logging.getLogger("lsjob")
@@ -219,6 +219,7 @@ class TrainResult:
 def compile_model(spec: Spec, mean_image: np.ndarray, num_classes: int) -> keras.Model:
     """The model, compiled; call it (and load checkpoints into it) under runtime.replica_scope()."""
     model = build_model(mean_image, spec.augment, spec.train.seed, num_classes)
+    synchronize_batch_norm(model, runtime.sync_batch_norm())
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=spec.train.base_lr, momentum=spec.train.momentum),
         loss=smoothing.training_loss(spec.smoothing),

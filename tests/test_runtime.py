@@ -118,6 +118,25 @@ def test_two_replicas_train_one_run_with_the_global_batch_split_and_recorded(tmp
     assert manifest["runtime"]["base_lr"] == pytest.approx(5e-3 * 16 / 64)
     history = (tmp_path / "mirrored" / "history.csv").read_text().splitlines()
     assert len(history) == 3 and float(history[1].split(",")[-2]) == pytest.approx(5e-3 / 4)
+    # Every replica normalises with the same batch statistics (synchronized across replicas,
+    # as on one GPU), so they keep one set of moving statistics: the model saved is the
+    # model that made predictions.npz and the metrics, and it loads on any backend.
+    check = (
+        "import sys, numpy as np, keras, job.augment\n"
+        "from job.data import load_dataset\n"
+        "from job.spec import load_spec\n"
+        "run = sys.argv[1]\n"
+        "spec = load_spec(run + '/spec.yaml')\n"
+        "model = keras.saving.load_model(run + '/model.keras')\n"
+        "assert not any(getattr(l, 'synchronized', False) for l in model.layers)\n"
+        "probs = model.predict(load_dataset(spec.data).x_test, batch_size=spec.train.eval_batch_size, verbose=0)\n"
+        "saved = np.load(run + '/predictions.npz')['test_probs']\n"
+        "print(float(np.abs(probs - saved).max()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", check, str(tmp_path / "mirrored")], capture_output=True, text=True,
+                          cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.split()[-1]) < 1e-5
 
 
 def test_the_compile_cache_is_a_jax_feature_and_named_as_unused_elsewhere():
