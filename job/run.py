@@ -23,7 +23,7 @@ from job.errors import EXIT_OK, InterruptedRun, JobError, NoSpaceError, SpecErro
 from job.model import synchronize_batch_norm
 from job.rundir import RunDir, check_writable, now
 from job.spec import Spec
-from job.train import train
+from job.train import check_fits, train
 
 log = logging.getLogger("lsjob")
 
@@ -35,12 +35,14 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
     check_writable(spec.run_dir.parent, create=False)  # a read-only root fails before any download
     # A peek without the lock: only a run with work left needs its devices and data. Both are
     # set up before the run directory exists, so runtime settings this machine cannot honour
-    # and bad or hostile data leave nothing behind.
+    # and bad or hostile data leave nothing behind (nor a failed run that would refuse the
+    # corrected spec as a different one).
     previous = None if force else run_dir.read_manifest()
     setup = None
     if not (previous or {}).get("status") == "completed":
         setup = runtime.configure(spec.runtime, spec.train.seed)
         dataset = dataset if dataset is not None else load_dataset(spec.data)
+        check_fits(spec, len(dataset.x_train))
     run_dir.claim()
     try:
         return _execute_claimed(spec, run_dir, force, dataset, sweep_point, setup)

@@ -22,6 +22,7 @@ from job.errors import SpecError
 # Lax only where YAML cannot express the type: paths arrive as strings.
 PathField = Annotated[Path, Field(strict=False)]
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TRAIN_IMAGES = 50_000  # CIFAR-10's training set, and the synthetic set's size unless data.train_size says
 
 
 class Section(BaseModel):
@@ -238,6 +239,26 @@ class Spec(Section):
             raise ValueError(
                 f"train.batch_size {self.train.batch_size} does not split evenly across runtime.replicas "
                 f"{replicas}: make the global batch a multiple of {replicas}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _training_set_fits(self):
+        # Known from the spec alone, so `lsjob validate` says so and `run` writes nothing.
+        images = self.data.train_size or TRAIN_IMAGES
+        sized = f"data.train_size {self.data.train_size}" if self.data.train_size else f"all {TRAIN_IMAGES:,}"
+        if self.eval.temperature_scaling:
+            if self.eval.holdout_size >= images:
+                raise ValueError(
+                    f"eval.holdout_size {self.eval.holdout_size} leaves no training images out of {sized}: "
+                    "lower eval.holdout_size or raise data.train_size"
+                )
+            images -= self.eval.holdout_size
+            sized += f" less eval.holdout_size {self.eval.holdout_size}"
+        if images < self.train.batch_size:
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} is more than the {images:,} training images "
+                f"({sized}): lower train.batch_size or raise data.train_size"
             )
         return self
 

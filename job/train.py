@@ -231,18 +231,35 @@ def compile_model(spec: Spec, mean_image: np.ndarray, num_classes: int) -> keras
     return model
 
 
-def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
-    if len(data.x_train) < spec.train.batch_size:
+def check_fits(spec: Spec, train_images: int) -> None:
+    """Bad input that only the data and the machine reveal (the spec's own sizes are checked as
+    it is read); run.py checks it before the run directory exists. `train_images`: before the
+    holdout of temperature scaling is set aside."""
+    holdout = spec.eval.holdout_size if spec.eval.temperature_scaling else 0
+    left = max(train_images - holdout, 0)
+    if left < spec.train.batch_size:
+        held = f", {holdout} of them held out by eval.holdout_size, leaving {left}" if holdout else ""
         raise SpecError(
-            f"the training set has {len(data.x_train)} images, fewer than train.batch_size "
-            f"{spec.train.batch_size}: lower the batch size or raise data.train_size"
+            f"the training set has {train_images} images{held}, fewer than train.batch_size "
+            f"{spec.train.batch_size}: lower the batch size or use more data"
         )
+    check_replicas(spec)
+
+
+def check_replicas(spec: Spec) -> None:
+    """The global batch must split evenly across the replicas `runtime.configure` set up: with
+    runtime.replicas: all, only the machine tells how many there are."""
     replicas = runtime.replica_count()
     if spec.train.batch_size % replicas:
         raise SpecError(
             f"train.batch_size {spec.train.batch_size} does not split evenly across the {replicas} replicas "
             "of runtime.replicas: all; make it a multiple of the number of GPUs"
         )
+
+
+def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
+    """Train on `data` (its holdout already set aside); check_fits first."""
+    check_replicas(spec)
     log.info(smoothing.describe(data.y_train, data.num_classes, spec.smoothing))
     checkpoints = Checkpoints(run_dir / "checkpoints")
     with runtime.replica_scope():  # mirrored variables, optimizer slots included, on every replica

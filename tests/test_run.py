@@ -318,14 +318,23 @@ def test_unwritable_results_root_fails_before_training(tmp_path, tiny_spec):
 
 
 def test_a_holdout_that_leaves_nothing_to_train_on_is_a_clear_error(tiny_spec):
-    spec = tiny_spec("eval.temperature_scaling=true", "eval.holdout_size=128")
-    with pytest.raises(SpecError, match="eval.holdout_size is 128 but there are only 128 training images"):
-        run_mod.execute(spec)
+    with pytest.raises(SpecError, match="eval.holdout_size 128 leaves no training images"):
+        tiny_spec("eval.temperature_scaling=true", "eval.holdout_size=128")
 
 
 def test_too_few_images_for_a_batch_is_a_clear_error(tiny_spec):
-    with pytest.raises(SpecError, match="train.batch_size"):
-        run_mod.execute(tiny_spec("data.train_size=8"))
+    with pytest.raises(SpecError, match="train.batch_size 16 is more than the 8 training images"):
+        tiny_spec("data.train_size=8")
+
+
+def test_data_given_in_place_of_the_spec_is_still_checked_before_the_run_directory_exists(tiny_spec):
+    # A dataset handed to execute() (tests, notebooks) is not the spec's: its size is known only there.
+    from job.data import load_dataset
+
+    spec = tiny_spec()
+    with pytest.raises(SpecError, match="the training set has 8 images, fewer than train.batch_size 16"):
+        run_mod.execute(spec, dataset=load_dataset(spec.data).head(8, None))
+    assert not spec.run_dir.exists()  # so the corrected call is not refused as a different run
 
 
 def test_force_starts_over(completed):

@@ -139,6 +139,18 @@ def test_two_replicas_train_one_run_with_the_global_batch_split_and_recorded(tmp
     assert float(proc.stdout.split()[-1]) < 1e-5
 
 
+def test_a_batch_that_all_the_replicas_cannot_split_is_refused_before_the_run_directory_exists(tmp_path):
+    # runtime.replicas: all -- only the machine says how many: checked after set-up, before the claim.
+    sets = [*TINY, f"output.root={tmp_path}", "output.run=odd", "runtime.replicas=all", "train.batch_size=15"]
+    proc = subprocess.run(
+        [sys.executable, "-c", TWO_CPUS, "run", "/dev/null", *[a for s in sets for a in ("--set", s)]],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "train.batch_size 15 does not split evenly across the 2 replicas" in proc.stderr
+    assert not (tmp_path / "odd").exists()
+
+
 def test_the_compile_cache_is_a_jax_feature_and_named_as_unused_elsewhere():
     setup = runtime.configure(RuntimeSpec(compile_cache="/nonexistent/never/created"), seed=0)
     assert (setup.compile_cache, setup.compile_cache_source) == (None, "not used on the tensorflow backend")

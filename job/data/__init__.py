@@ -99,7 +99,9 @@ def load_dataset(spec) -> Dataset:
     if spec.source == "synthetic":
         from job.data.synthetic import make_synthetic
 
-        train, test = spec.train_size or 50_000, spec.test_size or 10_000
+        from job.spec import TRAIN_IMAGES
+
+        train, test = spec.train_size or TRAIN_IMAGES, spec.test_size or 10_000
         arrays = make_synthetic(train, test, seed=SYNTHETIC_SEED)
         return Dataset(*arrays, description=f"synthetic CIFAR-shaped, {train} train + {test} test")
 
