@@ -91,8 +91,12 @@ def render(
         raise SpecError("parallelism applies to sweep specs and must be at least 1")
     if backoff_limit < 0 or grace_seconds < 0:
         raise SpecError("the backoff limit and the grace period cannot be negative")
-    name = name or default_name(path)
-    for label, value in (("name", name), ("results claim", results_claim), ("cache claim", cache_claim)):
+    # An Indexed Job's pods are named (hostname) <name>-<index>: a label, which must fit in 63.
+    longest = 63 - (len(f"-{count - 1}") if count is not None else 0)
+    name = name or default_name(path, longest)
+    _check_name("name", name, longest, f" (its pods are named {name}-<index> up to {name}-{count - 1}, "
+                "at most 63)" if count is not None else "")  # fmt: skip
+    for label, value in (("results claim", results_claim), ("cache claim", cache_claim)):
         _check_name(label, value)
     if not image or any(c.isspace() for c in image):
         raise SpecError(f"image {image!r} is not an image reference")
@@ -170,10 +174,10 @@ def render_volumes(
     return header + _dump([claim(results_claim, results_size), claim(cache_claim, cache_size)])
 
 
-def default_name(spec_path: str | Path) -> str:
+def default_name(spec_path: str | Path, longest: int = 63) -> str:
     """`lsjob-<spec file stem>`, made a valid Job name: specs/seed-loss.yaml -> lsjob-seed-loss."""
     stem = re.sub(r"[^a-z0-9]+", "-", Path(spec_path).stem.lower()).strip("-")
-    return f"lsjob-{stem}"[:63].rstrip("-")
+    return f"lsjob-{stem}"[:longest].rstrip("-")
 
 
 def container_command(manifest: dict) -> list[str]:
@@ -257,12 +261,12 @@ def _pod(name, image, args, results_claim, cache_claim, grace_seconds, cpu, memo
     }
 
 
-def _check_name(label: str, value: str) -> None:
+def _check_name(label: str, value: str, longest: int = 63, why: str = "") -> None:
     # Job names become pod labels: a DNS-1123 label, at most 63 characters.
-    if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
+    if len(value) > longest or not _DNS_LABEL.fullmatch(value):
         raise SpecError(
-            f"{label} {value!r} must be at most 63 lowercase letters, digits or '-', "
-            "starting and ending with a letter or digit"
+            f"{label} {value!r} must be at most {longest} lowercase letters, digits or '-', "
+            f"starting and ending with a letter or digit{why}"
         )
 
 

@@ -280,6 +280,23 @@ def test_default_name_is_a_valid_job_name():
     assert len(k8s.default_name("x" * 100 + ".yaml")) <= 63
 
 
+def test_an_indexed_jobs_pod_names_fit_in_a_label(tmp_path):
+    # Kubernetes names an Indexed Job's pods <job name>-<index> and refuses the Job when the
+    # last one would pass 63 characters, after the ConfigMap has been created.
+    count = len(sweep.points(load_spec(SWEEP_SPEC)))
+    long_spec = tmp_path / ("label-smoothing-factor-sweep-over-methods-and-seeds-for-the-paper-v2" + ".yaml")
+    long_spec.write_text(SWEEP_SPEC.read_text())
+    (_, job) = yaml.safe_load_all(k8s.render(long_spec, image="r/l:1"))
+    name = job["metadata"]["name"]
+    assert len(f"{name}-{count - 1}") <= 63 and name.startswith("lsjob-label-smoothing")
+    single = tmp_path / ("x" * 100 + ".yaml")
+    single.write_text("train: {epochs: 1}\n")
+    (_, job) = yaml.safe_load_all(k8s.render(single, image="r/l:1"))
+    assert len(job["metadata"]["name"]) == 63  # no pods named by index: the whole label
+    with pytest.raises(SpecError, match=rf"at most {63 - len(str(count - 1)) - 1} .* up to lsjob-a+-{count - 1}"):
+        k8s.render(SWEEP_SPEC, image="r/l:1", name="lsjob-" + "a" * 57)
+
+
 # ------------------------------------------------------------------ the Dockerfile agrees
 
 
