@@ -26,7 +26,7 @@ import yaml
 
 from job import __version__, sweep
 from job.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, SpecError
-from job.spec import load_spec
+from job.spec import load_spec, yaml_string
 
 # The image's `lsjob` user (Dockerfile ARG UID/GID); the pod runs as the same ids.
 UID = GID = 1000
@@ -110,7 +110,7 @@ def render(
         "immutable": True,
         "data": {SPEC_FILE: path.read_text(encoding="utf-8")},  # as written, comments and all
     }
-    args = ["run", f"{SPEC_DIR}/{SPEC_FILE}", "--set", f"output.root={pod_results_root(spec.output.root)}"]
+    args = ["run", f"{SPEC_DIR}/{SPEC_FILE}", "--set", f"output.root={yaml_string(pod_results_root(spec.output.root))}"]
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",

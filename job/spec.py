@@ -437,6 +437,7 @@ def _apply_override(doc: dict, item: str) -> None:
         raise SpecError(f"--set {item!r}: the sweep cannot be changed with --set; edit the spec file")
     try:
         value = yaml.load(raw, Loader=_UniqueKeyLoader)
+        _refuse_comment(item, raw)
     except yaml.YAMLError as e:
         raise SpecError(f"--set {item!r}: value is not valid YAML: {e}") from None
     except RecursionError:
@@ -448,6 +449,29 @@ def _apply_override(doc: dict, item: str) -> None:
             raise SpecError(f"--set {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def yaml_string(text: str) -> str:
+    """`text` as a --set value that reads back as exactly this string: plain where YAML
+    would read it so, else single-quoted (a path with ' #' or ': ' in it, say)."""
+    try:
+        plain = yaml.safe_load(text) == text and "#" not in text
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else "'" + text.replace("'", "''") + "'"
+
+
+def _refuse_comment(item: str, raw: str) -> None:
+    """YAML drops ` #...` as a comment: `output.root=/scratch/exp #2` would mean /scratch/exp."""
+    tokens = [t for t in yaml.scan(raw) if not isinstance(t, (yaml.StreamStartToken, yaml.StreamEndToken))]
+    rest = raw[max((t.end_mark.index for t in tokens), default=0) :].strip()
+    if rest.startswith("#"):
+        key = item.partition("=")[0].strip()
+        quoted = "'" + raw.strip().replace("'", "''") + "'"
+        raise SpecError(
+            f"--set {item!r}: YAML reads {rest!r} as a comment and drops it; to keep it, quote the value: "
+            f"--set \"{key}={quoted}\""
+        )
 
 
 def describe_errors(error: ValidationError, source: str) -> str:

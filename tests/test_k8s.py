@@ -274,6 +274,16 @@ def test_the_render_command_prints_what_render_returns_and_refuses_bad_input_wit
         assert proc.stdout == "" and "Traceback" not in proc.stderr
 
 
+def test_a_results_root_that_yaml_would_misread_reaches_the_pod_whole(tmp_path):
+    spec = tmp_path / "odd.yaml"
+    spec.write_text("output: {root: 'results/run #1: it''s'}\n")
+    (_, job) = yaml.safe_load_all(k8s.render(spec, image="r/l:1"))
+    override = k8s.container_command(job)[-1]
+    assert load_spec(None, [override]).output.root == Path("/results/run #1: it's")
+    (_, job) = yaml.safe_load_all(k8s.render(SWEEP_SPEC, image="r/l:1"))
+    assert k8s.container_command(job)[-1] == "output.root=/results/sweep-factors"  # plain where it can be
+
+
 def test_default_name_is_a_valid_job_name():
     assert k8s.default_name("specs/seed-loss.yaml") == "lsjob-seed-loss"
     assert k8s.default_name("My_Sweep.v2.yaml") == "lsjob-my-sweep-v2"

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from slurm_cluster import SlurmCluster, missing_binaries, slurm_cluster
 
+from job.spec import load_spec
+
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
 SWEEP_SPEC = ROOT / "specs" / "smoke-sweep.yaml"
@@ -103,7 +105,7 @@ def test_sbatch_passes_exit_codes_through_and_requeues_on_75(tmp_path, stubs, co
     )  # fmt: skip
     assert proc.returncode == code, proc.stderr
     assert (tmp_path / "lsjob.args").read_text().split() == [
-        "run", "spec.yaml", "--set", f"output.root={tmp_path}/out", "--set", "train.seed=1",
+        "run", "spec.yaml", "--set", f"output.root='{tmp_path}/out'", "--set", "train.seed=1",
     ]  # fmt: skip
     calls = tmp_path / "scontrol.calls"
     assert (calls.read_text() if calls.exists() else "") == ("requeue 41\n" if code == 75 else "")
@@ -150,9 +152,21 @@ def test_sbatch_container_command_binds_results_at_slash_results(tmp_path, stubs
     subprocess.run(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env, check=True)
     assert (tmp_path / "apptainer.args").read_text().splitlines() == [
         "exec", "--nv", "--bind", f"{tmp_path}/my results:/results", "/images/lsjob.sif",
-        "lsjob", "run", "spec.yaml", "--set", "output.root=/results",
+        "lsjob", "run", "spec.yaml", "--set", "output.root='/results'",
     ]  # fmt: skip
     assert (tmp_path / "my results").is_dir()
+
+
+def test_sbatch_passes_a_results_root_that_yaml_would_misread_quoted(tmp_path, stubs):
+    # --set values are YAML: unquoted, " #1" would be a comment and the results would land in "runs".
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", f'printf "%s\\n" "$@" > {tmp_path}/lsjob.args\n')
+    results = tmp_path / "runs #1: it's"
+    env = {**env, "LSJOB_RESULTS": str(results)}
+    subprocess.run(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env, check=True)
+    override = (tmp_path / "lsjob.args").read_text().splitlines()[3]
+    assert load_spec(None, [override]).output.root == results
+    assert results.is_dir()
 
 
 def test_submit_sizes_the_array_from_the_sweep(tmp_path, stubs):

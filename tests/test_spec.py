@@ -1,8 +1,10 @@
 """The spec: recipe defaults, overrides, and clear refusals of bad input."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -177,6 +179,26 @@ MALFORMED_OVERRIDES = [
     ["train.epochs"], ["=3"], ["train..epochs=3"], ["train.epochs=3", "train.epochs.x=3"], ["train.epochs=[1"],
     ["sweep.train.seed=[1]"], ["train.seed=" + "[" * 2000 + "]" * 2000], [".".join(["a"] * 40) + "=1"],
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "item, kept",
+    [("output.root=/scratch/exp #2", "/scratch/exp #2"), ("output.root=#1", "#1"),
+     ("output.root=runs # tmp", "runs # tmp")],  # fmt: skip
+)
+def test_an_override_yaml_would_cut_at_a_comment_is_refused_with_its_quoted_form(item, kept):
+    with pytest.raises(SpecError, match="as a comment and drops it") as err:
+        load_spec(None, [item])
+    quoted = re.search(r'--set "(.*)"$', str(err.value))[1]
+    assert str(getattr(load_spec(None, [quoted]).output, item.split(".")[1].split("=")[0])) == kept
+    assert load_spec(None, ["output.root=a#b"]).output.root == Path("a#b")  # no space: no comment
+
+
+@pytest.mark.parametrize("text", ["/results", "/scratch/exp #2", "a: b", "it's", "#", "true", "2024", " x "])
+def test_yaml_string_reads_back_as_the_same_string(text):
+    from job.spec import yaml_string
+
+    assert load_spec(None, ["output.run=x", f"output.root={yaml_string(text)}"]).output.root == Path(text)
 
 
 @pytest.mark.parametrize("items", MALFORMED_OVERRIDES)
