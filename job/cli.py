@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from job import k8s, preemption, sweep
-from job.errors import JobError
+from job.errors import JobError, SpecError
 from job.spec import json_schema, load_spec
 
 app = typer.Typer(
@@ -76,6 +76,8 @@ def bench(
 ):
     """Time the spec's real training step on synthetic data: a table on stderr, JSON on stdout (or --out)."""
     point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)
+    if out is not None:  # before minutes of benchmarking, not after
+        _check_out_file(out)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from job import atomic
     from job.bench import bench as run_bench
@@ -85,8 +87,22 @@ def bench(
     typer.echo(table(result), err=True)
     if out is None:
         typer.echo(json.dumps(result, indent=2))
-    else:
+        return
+    try:
         atomic.write_json(out, result)
+    except OSError as e:  # the figures are not lost: they go to stdout instead
+        typer.echo(json.dumps(result, indent=2))
+        raise SpecError(f"--out {out}: cannot write it ({e.strerror or e}); the JSON went to stdout") from None
+
+
+def _check_out_file(out: Path) -> None:
+    if out.is_dir():
+        raise SpecError(f"--out {out} is a directory; name a file, e.g. {out / 'bench.json'}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise SpecError(f"--out {out}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SpecError(f"--out {out}: the folder {folder} is not writable")
 
 
 @app.command()

@@ -52,6 +52,20 @@ def test_bench_refuses_a_bad_spec_before_loading_anything(tmp_path):
     assert proc.returncode == 2 and "train.batch_size" in proc.stderr
 
 
+@pytest.mark.parametrize("where, message", [
+    ("missing/bench.json", "the folder missing does not exist"),
+    (".", "is a directory; name a file"),
+])  # fmt: skip
+def test_bench_refuses_an_out_file_it_could_not_write_before_benchmarking(tmp_path, where, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "job", "bench", str(ROOT / "specs" / "smoke.yaml"), "--out", where],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "images/s" not in proc.stderr  # refused before any step
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_step_clock_leaves_the_loop_free_to_queue_steps_ahead(monkeypatch):
     # A clock that waited on each step in the loop would time the host's per-step work plus
     # the device's, not the overlapped loop a run has. Keras runs async-safe batch-end
