@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from job.atomic import fsync_dir, sha256_file
 
 log = logging.getLogger("lsjob")
 KEEP = 2  # the newest and the one before, in case the newest turns out damaged
+TORN_SAVE = re.compile(r"\.epoch-\d{4,}(-step-\d{6,})?\.[A-Za-z0-9_]+")  # save()'s temporary folders
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Checkpoints:
         once Keras has begun the epoch (it resets the metrics then)."""
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
+        self._remove_torn_saves()
         for path in reversed(self._complete()):
             try:
                 state = json.loads((path / "state.json").read_text())
@@ -103,6 +106,15 @@ class Checkpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _remove_torn_saves(self) -> None:
+        # A save killed midway (SIGKILL at the end of a grace period, the OOM killer) leaves
+        # its temporary folder, often a partial weights file of many MB; the run is claimed
+        # by this process, so they are ours to clear.
+        if self.directory.is_dir():
+            for torn in self.directory.glob(".epoch-*"):
+                if TORN_SAVE.fullmatch(torn.name) and torn.is_dir():
+                    shutil.rmtree(torn, ignore_errors=True)
 
     def _complete(self) -> list[Path]:
         if not self.directory.is_dir():

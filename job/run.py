@@ -61,6 +61,8 @@ def _execute_claimed(
                 f"this spec {spec.content_hash()}); use another output.run, or --force to discard that run"
             )
         if previous.get("status") == "completed":
+            # Removed after the manifest said completed: a process killed in between left them.
+            shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
             print(f"{run_dir.path} is already complete; nothing to do (--force runs it again from scratch)")
             return EXIT_OK
     if force:

@@ -52,6 +52,18 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     assert "epoch-0002 is unusable" in caplog.text
 
 
+def test_a_save_killed_midway_leaves_nothing_once_the_run_resumes(tmp_path):
+    model, store = small_model(), Checkpoints(tmp_path)
+    train_step(model)
+    store.save(model, 1, [{"epoch": 1}])
+    for torn in (".epoch-0002.k1ll3d_x", ".epoch-0001-step-000040.a8b_q0"):  # what SIGKILL mid-save leaves
+        (tmp_path / torn).mkdir()
+        (tmp_path / torn / "state.weights.h5").write_bytes(b"\0" * 1000)
+    (tmp_path / ".epochs-notes").mkdir()  # not a save's: left alone
+    assert store.restore(small_model()) == Resume(1, [{"epoch": 1}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".epochs-notes", "epoch-0001"]
+
+
 def test_no_checkpoint_means_a_fresh_start(tmp_path):
     assert Checkpoints(tmp_path / "none").restore(small_model()) == Resume()
 

@@ -337,6 +337,13 @@ def test_data_given_in_place_of_the_spec_is_still_checked_before_the_run_directo
     assert not spec.run_dir.exists()  # so the corrected call is not refused as a different run
 
 
+def test_checkpoints_left_by_a_process_killed_after_completing_are_cleared_by_a_rerun(completed):
+    # Killed between writing the completed manifest and removing checkpoints/.
+    (completed.run_dir / "checkpoints" / "epoch-0002").mkdir(parents=True)
+    assert run_mod.execute(completed) == 0
+    assert not (completed.run_dir / "checkpoints").exists()
+
+
 def test_force_starts_over(completed):
     # Last in this module: it replaces the shared run the tests above read.
     first = json.loads((completed.run_dir / "manifest.json").read_text())
