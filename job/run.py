@@ -125,7 +125,7 @@ def _execute_claimed(
         )  # fmt: skip
         return EXIT_OK
     except BaseException as e:
-        error = _no_space_error(e, run_dir.path) or e
+        error = _no_space_error(e, run_dir.path) or _second_ctrl_c(e) or e
         status = "interrupted" if isinstance(error, InterruptedRun) else "failed"
         reason = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
         _finish(manifest, started, status, reason)
@@ -183,6 +183,14 @@ def _start_manifest(spec: Spec, previous: dict | None) -> dict:
         "versions": runtime.versions(),
         "git_commit": _git_commit(),
     }
+
+
+def _second_ctrl_c(error: BaseException) -> InterruptedRun | None:
+    # The first Ctrl-C asks for a stop at the next step (job.preemption); a second one stops at
+    # once, wherever Python is. Still an interruption to resume, not a failure.
+    if isinstance(error, KeyboardInterrupt):
+        return InterruptedRun("stopped at once by a second Ctrl-C; re-run the same command to resume")
+    return None
 
 
 def _finish(manifest: dict, started: float, status: str, reason: str | None = None) -> None:

@@ -151,6 +151,22 @@ def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatc
     assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
 
 
+def test_a_second_ctrl_c_stops_at_once_as_an_interruption_to_resume(tiny_spec, monkeypatch):
+    from job.errors import EXIT_INTERRUPTED, InterruptedRun
+
+    spec = tiny_spec("train.epochs=1")
+
+    def second_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt  # what job.preemption lets the second SIGINT raise, anywhere
+
+    monkeypatch.setattr(run_mod, "train", second_ctrl_c)
+    with pytest.raises(InterruptedRun, match="second Ctrl-C") as err:
+        run_mod.execute(spec)
+    assert err.value.exit_code == EXIT_INTERRUPTED
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and "second Ctrl-C" in manifest["reason"]
+
+
 def _assert_same_run(run_dir, straight):
     import keras
 
