@@ -556,6 +556,8 @@ def _settings(spec: dict, prefix: str = "") -> dict[str, str]:
             flat.update(_settings(value, dotted + "."))
         else:
             flat[dotted] = json.dumps(value, sort_keys=True)
+    if not prefix and flat.get("eval.temperature_scaling") != "true":
+        flat.pop("eval.holdout_size", None)  # holds nothing out without temperature scaling
     return flat
 
 

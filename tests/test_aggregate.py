@@ -521,6 +521,17 @@ def test_settings_that_change_results_are_flagged(tmp_path):
     assert any("seed 0 completed 2 times" in w for w in warnings)
 
 
+def test_the_holdout_size_is_compared_only_where_temperature_scaling_uses_it(tmp_path):
+    write_run(tmp_path, "a/labels-f0.1-s0", "labels", 0.1, 0, overrides=["eval.holdout_size=1000"])
+    write_run(tmp_path, "a/labels-f0.1-s1", "labels", 0.1, 1)  # 5000, unused
+    assert not any("holdout_size" in w for w in comparison_warnings(collect(tmp_path)[0]))
+    write_run(tmp_path, "b/labels-f0.1-s2", "labels", 0.1, 2,
+              overrides=["eval.temperature_scaling=true", "eval.holdout_size=1000"])  # fmt: skip
+    write_run(tmp_path, "b/labels-f0.1-s3", "labels", 0.1, 3, overrides=["eval.temperature_scaling=true"])
+    warnings = comparison_warnings(collect(tmp_path / "b")[0])
+    assert any("eval.holdout_size" in w and "1000 (1 runs)" in w and "5000 (1 runs)" in w for w in warnings)
+
+
 def test_a_clean_sweep_has_no_warnings(aggregated):
     assert aggregated[1].warnings == []
     assert "## Warnings" not in aggregated[1].markdown
