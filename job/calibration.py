@@ -15,6 +15,7 @@ BINS = 15
 # Keras clips probabilities to this epsilon in its cross-entropy; clipping the same
 # way keeps test NLL comparable with the val_nll logged during training.
 PROB_EPSILON = 1e-7
+LOGIT_FLOOR = float(np.finfo(np.float32).tiny)
 # Temperatures searched, as log T: 0.05 to 20 covers any network worth calibrating.
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
 
@@ -87,8 +88,13 @@ def summary(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict:
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / T), with log-probabilities standing in for the logits (same softmax)."""
-    logits = np.log(clip_probs(probs)) / temperature
+    """softmax(logits / T), with log-probabilities standing in for the logits (same softmax).
+
+    Floored at float32's smallest normal number, below which the saved float32 softmax
+    holds nothing: PROB_EPSILON's floor would cap every gap between logits at 16 and fit
+    too low a T for a confident model (3.1 where the logits give 4.0)."""
+    p = np.asarray(probs, dtype=np.float64)
+    logits = np.log(np.maximum(p, LOGIT_FLOOR)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     scaled = np.exp(logits)
     return scaled / scaled.sum(axis=1, keepdims=True)

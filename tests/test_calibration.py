@@ -75,5 +75,28 @@ def test_temperature_scaling_recovers_the_temperature_that_made_predictions_over
     assert (rescaled.argmax(axis=1) == overconfident.argmax(axis=1)).all()
 
 
+@pytest.mark.parametrize("scale", [6, 10])
+def test_the_temperature_of_a_very_confident_model_matches_the_one_its_logits_give(scale):
+    # Probabilities far below the NLL's 1e-7 floor still carry the logits' gaps.
+    rng = np.random.default_rng(1)
+    n, k = 10_000, 10
+    labels = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), labels] += 2.5
+    logits *= scale
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = (np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)).astype(np.float32)  # as saved
+
+    def nll_of_logits(t):
+        z = logits / t
+        z -= z.max(axis=1, keepdims=True)
+        return np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(n), labels])
+
+    from scipy.optimize import minimize_scalar
+
+    best = minimize_scalar(lambda lt: nll_of_logits(np.exp(lt)), bounds=calibration.LOG_T_BOUNDS, method="bounded")
+    assert calibration.fit_temperature(probs, labels) == pytest.approx(np.exp(best.x), rel=0.01)
+
+
 def test_temperature_one_changes_nothing():
     np.testing.assert_allclose(calibration.apply_temperature(PROBS, 1.0), PROBS, atol=1e-12)
