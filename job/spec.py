@@ -206,7 +206,7 @@ class Spec(Section):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
-    sweep: Grid | list[Grid] | None = Field(
+    sweep: Grid | Annotated[list[Grid], Field(min_length=1)] | None = Field(
         None,
         description="A grid of runs over spec fields by dotted path, or a list of grids run one after another. "
         "Points are numbered grid by grid, keys in the order written, the last key varying fastest; "
@@ -367,8 +367,11 @@ def _check_overrides_against_sweep(spec: Spec, overrides: list[str]) -> None:
     swept = {key for grid in spec.grids for key in grid}
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if key in swept:
-            raise SpecError(f"--set {item!r}: {key} is swept by this spec, so --set cannot fix it")
+        # A whole section too: --set 'smoothing={factor: 0.5}' where smoothing.factor is swept.
+        covered = sorted(k for k in swept if k == key or k.startswith(key + "."))
+        if covered:
+            swept_here = f"{covered[0]} is" if len(covered) == 1 else f"{', '.join(covered)} are"
+            raise SpecError(f"--set {item!r}: {swept_here} swept by this spec, so --set cannot fix it")
 
 
 def _read_yaml(path: Path) -> dict:

@@ -146,6 +146,8 @@ MALFORMED = {
         "more than the 50 training images (data.train_size 1000 less eval.holdout_size 950)"),
     "sweep of an unknown field": ("sweep: {train.epoch: [1, 2]}\n", "train.epoch"),
     "sweep of an empty list": ("sweep: {smoothing.factor: []}\n", "smoothing.factor"),
+    "sweep of no grids": ("sweep: []\n", "sweep"),
+    "sweep of an empty grid": ("sweep: {}\n", "sweep"),
     "sweep of the output": ("sweep: {output.root: [a, b]}\n", "cannot be swept"),
     "sweep with a bad value": ("sweep: {smoothing.factor: [0.1, 2.0]}\n", "sweep point 1"),
     "sweep with twin points": ("sweep: {smoothing.factor: [0.1, 0.1]}\n", "would both write run"),

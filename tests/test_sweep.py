@@ -119,6 +119,8 @@ def test_set_cannot_change_the_sweep_or_a_swept_field(tmp_path):
     path = write(tmp_path, GRID)
     with pytest.raises(SpecError, match="smoothing.factor is swept by this spec"):
         load_spec(path, ["smoothing.factor=0.3"])
+    with pytest.raises(SpecError, match="smoothing.factor, smoothing.method are swept by this spec"):  # a section
+        load_spec(path, ["smoothing={method: loss, factor: 0.5}"])
     with pytest.raises(SpecError, match="the sweep cannot be changed with --set"):
         load_spec(path, ["sweep.train.seed=[3]"])
     assert {p.spec.train.epochs for p in sweep.points(load_spec(path, ["train.epochs=3"]))} == {3}
