@@ -63,9 +63,11 @@ def points(spec: Spec) -> list[Point]:
 
 
 def select(all_points: list[Point], index: int | None, environ: Mapping[str, str] = os.environ) -> Point:
-    """The point this task trains: --index, else the scheduler's array index."""
+    """The point this task trains: --index, else the scheduler's array index (of a sweep only:
+    an array over plain spec files, `lsjob run run-$SLURM_ARRAY_TASK_ID.yaml`, is not indexing)."""
     source = "--index"
-    if index is None:
+    plain = len(all_points) == 1 and not all_points[0].values
+    if index is None and not plain:
         for var in INDEX_ENV:
             raw = environ.get(var, "").strip()
             if raw:

@@ -161,8 +161,14 @@ class TestSelect:
         with pytest.raises(SpecError, match=r"a sweep of 4 runs: pick one with --index 0..3"):
             sweep.select(self.grid(4), None, {})
 
-    def test_a_plain_spec_is_point_zero(self):
+    def test_a_plain_spec_is_point_zero_whatever_array_task_runs_it(self):
         assert sweep.select(self.points, None, {}).index == 0
-        assert sweep.select(self.points, None, {"SLURM_ARRAY_TASK_ID": "0"}).index == 0
-        with pytest.raises(SpecError, match=r"SLURM_ARRAY_TASK_ID 1 is out of range: the spec has 1 point \(0..0\)"):
-            sweep.select(self.points, None, {"SLURM_ARRAY_TASK_ID": "1"})
+        # An array over spec files: `lsjob run run-$SLURM_ARRAY_TASK_ID.yaml`.
+        assert sweep.select(self.points, None, {"SLURM_ARRAY_TASK_ID": "7"}).index == 0
+        assert sweep.select(self.points, None, {"JOB_COMPLETION_INDEX": "x"}).index == 0
+        with pytest.raises(SpecError, match=r"--index 1 is out of range: the spec has 1 point \(0..0\)"):
+            sweep.select(self.points, 1, {})
+        one_point_sweep = sweep.points(load_spec(None, ["train.epochs=1"]).model_copy(
+            update={"sweep": {"train.seed": [5]}}))  # fmt: skip
+        with pytest.raises(SpecError, match=r"SLURM_ARRAY_TASK_ID 1 is out of range: the spec has 1 point"):
+            sweep.select(one_point_sweep, None, {"SLURM_ARRAY_TASK_ID": "1"})
