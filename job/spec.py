@@ -470,10 +470,9 @@ def _refuse_comment(item: str, raw: str) -> None:
     rest = raw[max((t.end_mark.index for t in tokens), default=0) :].strip()
     if rest.startswith("#"):
         key = item.partition("=")[0].strip()
-        quoted = "'" + raw.strip().replace("'", "''") + "'"
         raise SpecError(
             f"--set {item!r}: YAML reads {rest!r} as a comment and drops it; to keep it, quote the value: "
-            f"--set \"{key}={quoted}\""
+            f"--set \"{key}={yaml_string(raw.strip())}\""
         )
 
 
