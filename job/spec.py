@@ -477,7 +477,13 @@ def _refuse_comment(item: str, raw: str) -> None:
 
 
 def describe_errors(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: {error.error_count()} problem(s)"]
+    problems = problem_lines(error)
+    return "\n".join([f"{source}: {len(problems)} problem(s)", *(f"  {line}" for line in problems)])
+
+
+def problem_lines(error: ValidationError) -> list[str]:
+    """One line per problem, `field.path: message (got value)`."""
+    lines = []
     for e in error.errors(include_url=False):
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         message = e["msg"].removeprefix("Value error, ")
@@ -486,8 +492,8 @@ def describe_errors(error: ValidationError, source: str) -> str:
         # A whole section as "input" says nothing useful; a scalar does.
         quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict)
         got = "" if quiet else f" (got {_short(e.get('input'))})"
-        lines.append(f"  {where}: {message}{got}")
-    return "\n".join(lines)
+        lines.append(f"{where}: {message}{got}")
+    return lines
 
 
 def _short(value: Any) -> str:

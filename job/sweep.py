@@ -25,12 +25,14 @@ from typing import Any, Mapping
 from pydantic import ValidationError
 
 from job.errors import SpecError
-from job.spec import RUN_NAME, Spec, describe_errors
+from job.spec import RUN_NAME, Spec, problem_lines
 
 # The array-task index variables of the schedulers we document, in the order read.
 INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
 # Already in every derived run name (method-f<factor>-s<seed>).
 NAMED_BY_DEFAULT = ("smoothing.method", "smoothing.factor", "train.seed")
+# An invalid sweep names at most this many points per problem.
+SHOWN_INDICES = 10
 
 
 @dataclass(frozen=True)
@@ -49,15 +51,22 @@ class Point:
 
 
 def points(spec: Spec) -> list[Point]:
-    """Every point of the spec, validated; a spec without a sweep is one point."""
+    """Every point of the spec, validated; a spec without a sweep is one point.
+    Every invalid point is reported at once, so one fix round covers the whole grid."""
     if spec.sweep is None:
         return [Point(0, {}, spec)]
     base = spec.model_dump(mode="json", exclude={"sweep"})
+    combos = [dict(zip(grid, combo)) for grid in spec.grids for combo in itertools.product(*grid.values())]
     result: list[Point] = []
-    for grid in spec.grids:
-        keys = list(grid)
-        for combo in itertools.product(*(grid[k] for k in keys)):
-            result.append(_point(base, len(result), dict(zip(keys, combo))))
+    problems: dict[str, list[int]] = {}  # problem line -> the points that have it
+    for index, values in enumerate(combos):
+        try:
+            result.append(_point(base, index, values))
+        except _InvalidPoint as e:
+            for line in e.problems:
+                problems.setdefault(line, []).append(index)
+    if problems:
+        raise SpecError(_describe_invalid(problems, combos))
     _refuse_shared_directories(result)
     return result
 
@@ -92,25 +101,29 @@ def select(all_points: list[Point], index: int | None, environ: Mapping[str, str
     return all_points[index]
 
 
+class _InvalidPoint(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+
 def _point(base: dict, index: int, values: dict[str, Any]) -> Point:
     doc = copy.deepcopy(base)
     for path, value in values.items():
         section, name = path.split(".")
         doc[section][name] = value
-    spec = _validate(doc, index, values)
-    doc["output"]["run"] = _run_name(spec, values, index)
-    return Point(index, values, _validate(doc, index, values))
+    spec = _validate(doc)
+    doc["output"]["run"] = _run_name(spec, values)
+    return Point(index, values, _validate(doc))
 
 
-def _validate(doc: dict, index: int, values: dict) -> Spec:
+def _validate(doc: dict) -> Spec:
     try:
         return Spec.model_validate(doc)
     except ValidationError as e:
-        shown = ", ".join(f"{k}={show_value(v)}" for k, v in values.items())
-        raise SpecError(describe_errors(e, source=f"sweep point {index} ({shown})")) from None
+        raise _InvalidPoint(problem_lines(e)) from None
 
 
-def _run_name(spec: Spec, values: dict[str, Any], index: int) -> str:
+def _run_name(spec: Spec, values: dict[str, Any]) -> str:
     """The derived name plus `-<field>_<value>` for each other swept field, e.g.
     labels-f0.1-s42-lr_0.01: a directory listing shows what each run varied."""
     parts = [spec.run_name]
@@ -120,10 +133,26 @@ def _run_name(spec: Spec, values: dict[str, Any], index: int) -> str:
             parts.append(f"{name}_{_slug(getattr(getattr(spec, section), name))}")
     name = "-".join(parts)
     if not RUN_NAME.fullmatch(name):
-        raise SpecError(
-            f"sweep point {index}: run name {name!r} is longer than 128 characters; sweep fewer fields per grid"
+        raise _InvalidPoint(
+            [f"output.run: the derived run name is longer than 128 characters; sweep fewer fields per grid ({name!r})"]
         )
     return name
+
+
+def _describe_invalid(problems: dict[str, list[int]], combos: list[dict[str, Any]]) -> str:
+    """Each distinct problem once, with the points that have it and the values of the first."""
+    bad = len({i for indices in problems.values() for i in indices})
+    lines = [f"sweep: {bad} of {len(combos)} points invalid"]
+    for line, indices in problems.items():
+        shown = ", ".join(str(i) for i in indices[:SHOWN_INDICES])
+        if len(indices) > SHOWN_INDICES:
+            shown += f", ... ({len(indices)} in all)"
+        first = ", ".join(f"{k}={show_value(v)}" for k, v in combos[indices[0]].items())
+        if len(indices) == 1:
+            lines += [f"  {line}", f"    in point {shown} ({first})"]
+        else:
+            lines += [f"  {line}", f"    in points {shown}; point {indices[0]} is {first}"]
+    return "\n".join(lines)
 
 
 def _slug(value: Any) -> str:

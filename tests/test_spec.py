@@ -149,7 +149,7 @@ MALFORMED = {
     "sweep of no grids": ("sweep: []\n", "sweep"),
     "sweep of an empty grid": ("sweep: {}\n", "sweep"),
     "sweep of the output": ("sweep: {output.root: [a, b]}\n", "cannot be swept"),
-    "sweep with a bad value": ("sweep: {smoothing.factor: [0.1, 2.0]}\n", "sweep point 1"),
+    "sweep with a bad value": ("sweep: {smoothing.factor: [0.1, 2.0]}\n", "in point 1 (smoothing.factor=2"),
     "sweep with twin points": ("sweep: {smoothing.factor: [0.1, 0.1]}\n", "would both write run"),
     "sweep naming its run": ("output: {run: x}\nsweep: {train.seed: [1, 2]}\n", "output.run"),
     "sweep not a mapping": ("sweep: smoothing.factor\n", "sweep"),

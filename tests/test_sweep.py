@@ -100,8 +100,39 @@ def test_a_malformed_sweep_is_refused_naming_the_key(tmp_path, text, problem):
 
 def test_a_bad_value_names_the_point_and_its_values(tmp_path):
     spec = load_spec(write(tmp_path, "sweep: {smoothing.factor: [0.1, 1.5]}"))
-    with pytest.raises(SpecError, match=r"sweep point 1 \(smoothing.factor=1.5\).*\n  smoothing.factor: .*less than 1"):
+    with pytest.raises(SpecError) as err:
         sweep.points(spec)
+    assert str(err.value).splitlines() == [
+        "sweep: 1 of 2 points invalid",
+        "  smoothing.factor: Input should be less than 1 (got 1.5)",
+        "    in point 1 (smoothing.factor=1.5)",
+    ]
+
+
+def test_every_bad_point_is_reported_at_once_each_problem_once(tmp_path):
+    text = "sweep: {smoothing.factor: [0.1, 1.5], train.batch_size: [64, 0], train.seed: [1, 2]}"
+    with pytest.raises(SpecError) as err:
+        sweep.points(load_spec(write(tmp_path, text)))
+    assert str(err.value).splitlines() == [
+        "sweep: 6 of 8 points invalid",
+        "  train.batch_size: Input should be greater than 0 (got 0)",
+        "    in points 2, 3, 6, 7; point 2 is smoothing.factor=0.1, train.batch_size=0, train.seed=1",
+        "  smoothing.factor: Input should be less than 1 (got 1.5)",
+        "    in points 4, 5, 6, 7; point 4 is smoothing.factor=1.5, train.batch_size=64, train.seed=1",
+    ]
+
+
+def test_a_long_list_of_bad_points_is_cut_short(tmp_path):
+    text = "sweep: {smoothing.factor: [1.5], train.seed: [" + ", ".join(map(str, range(30))) + "]}"
+    with pytest.raises(SpecError) as err:
+        sweep.points(load_spec(write(tmp_path, text)))
+    assert "in points 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ... (30 in all); point 0 is" in str(err.value)
+
+
+def test_a_run_name_too_long_for_a_directory_is_refused(tmp_path):
+    long = "x" * 130
+    with pytest.raises(SpecError, match=r"1 of 2 points invalid\n  output.run: .*longer than 128 characters"):
+        sweep.points(load_spec(write(tmp_path, f"sweep: {{data.cache_dir: [short, {long}]}}")))
 
 
 def test_swept_values_cannot_lead_outside_the_results_root(tmp_path):
