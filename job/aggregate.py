@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from job.atomic import atomic_path, write_text
+from job.atomic import atomic_path, file_set, write_text
 from job.errors import EXIT_BAD_INPUT, JobError
 from job.rundir import LOCK, MANIFEST
 
@@ -288,14 +288,18 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     summary = Summary(root, out, runs, groups, comparisons, warnings, markdown, tuple(out / n for n in names))
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / CSV_NAME, render_csv(runs))
-        for name, metric, title, ylabel in FACTOR_PLOTS:
-            write_factor_plot(runs, METRIC[metric], title, ylabel, out / name)
-        write_comparison_plot(comparisons, out / COMPARISON_PLOT_NAME)
-        write_page(summary, out / HTML_NAME)  # after the plots: it embeds them
-        write_text(out / MARKDOWN_NAME, markdown)
+        with file_set(out) as files:  # a failure leaves the previous aggregate whole, not half replaced
+            write_text(files.path(CSV_NAME), render_csv(runs))
+            for name, metric, title, ylabel in FACTOR_PLOTS:
+                write_factor_plot(runs, METRIC[metric], title, ylabel, files.path(name))
+            write_comparison_plot(comparisons, files.path(COMPARISON_PLOT_NAME))
+            write_page(summary, files.path(HTML_NAME), plots=files.staging)  # after the plots: it embeds them
+            write_text(files.path(MARKDOWN_NAME), markdown)
     except OSError as e:
-        raise AggregateError(f"cannot write the aggregate into {out}: {e.strerror or e}") from None
+        where = f" ({e.filename})" if e.filename else ""
+        raise AggregateError(
+            f"cannot write the aggregate into {out}: {e.strerror or e}{where}; the files there are unchanged"
+        ) from None
     return summary
 
 
@@ -503,11 +507,25 @@ def _history_epochs(path: Path) -> int:
     try:
         rows = [row for row in csv.DictReader(io.StringIO(text)) if any(row.values())]
         epochs = [int(row["epoch"]) for row in rows]
+        for number, row in enumerate(rows, start=1):
+            _history_row(row, number)
     except (csv.Error, KeyError, TypeError, ValueError) as e:
         raise _Unreadable(f"{HISTORY_FILE} is unreadable: {_why(e)}") from None
     if epochs != list(range(1, len(epochs) + 1)):
         raise _Unreadable(f"{HISTORY_FILE} does not number its epochs 1..{len(epochs)}")
     return len(epochs)
+
+
+def _history_row(row: dict, number: int) -> None:
+    """A row the trainer wrote whole: every column of the header, each a number."""
+    if None in row or None in row.values():
+        more = "more" if None in row else "fewer"
+        raise ValueError(f"row {number} has {more} fields than the header (a copy cut short?)")
+    for name, value in row.items():
+        try:
+            float(value)
+        except ValueError:
+            raise ValueError(f"row {number} has {name} {value!r}, not a number") from None
 
 
 def _epochs_so_far(path: Path) -> int | None:

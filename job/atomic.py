@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +18,7 @@ from typing import Iterator
 # mkstemp creates 0600 files; results should get the usual permissions for the umask.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+STAGING_PREFIX = ".staging."
 
 
 @contextlib.contextmanager
@@ -39,6 +41,42 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         tmp_path.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+class FileSet:
+    """Files written into a staging folder, to replace their namesakes together."""
+
+    def __init__(self, staging: Path):
+        self.staging = staging
+        self.names: list[str] = []
+
+    def path(self, name: str) -> Path:
+        """Where to write `name`; files are put in place in the order first asked for."""
+        if name not in self.names:
+            self.names.append(name)
+        return self.staging / name
+
+
+@contextlib.contextmanager
+def file_set(folder: str | os.PathLike) -> Iterator[FileSet]:
+    """Write several files as one set: on success each replaces its namesake in `folder`;
+    on any failure (a full disk halfway through) none does and the old set stays whole.
+    One atomic write per file would leave old and new files mixed, describing different
+    results. The renames themselves need no space, so once every file is written the set
+    goes in place. A hidden `.staging.*.tmp` folder is left only by a killed process."""
+    folder = Path(folder)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=".tmp", dir=folder))
+    try:
+        files = FileSet(staging)
+        yield files
+        for name in files.names:
+            with open(staging / name, "rb+") as f:
+                os.fsync(f.fileno())
+        for name in files.names:
+            os.replace(staging / name, folder / name)
+        fsync_dir(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

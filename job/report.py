@@ -3,13 +3,15 @@
 Every report is computed from two files the run saves, `predictions.npz` and
 `history.csv`, by `write_reports(run_dir)`: the run itself calls it, and so does
 `lsjob report RUN_DIR` later, on a machine without the training stack (only numpy,
-scipy, scikit-learn and matplotlib here), giving the same files. Every file goes
-through job.atomic: a crash mid-write leaves the previous report, never half a PNG.
+scipy, scikit-learn and matplotlib here), giving the same files. The files are written as one set
+(job.atomic.file_set): a crash or a full disk mid-write leaves the previous reports,
+never half a PNG nor a mix of old and new files.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from sklearn.metrics import (
 )
 
 from job import calibration
-from job.atomic import atomic_path, write_json, write_text
+from job.atomic import atomic_path, file_set, write_json, write_text
 from job.calibration import clip_probs
 
 PREDICTIONS = "predictions.npz"
@@ -53,11 +55,10 @@ def classification_metrics(
     labels = list(range(len(class_names)))
     y_pred = probs.argmax(axis=1)
 
-    # Explicit labels keep every class in the report and the matrix even when a
-    # small test split lacks some; zero_division=0 lets an untrained model through.
+    # Explicit labels keep every class in the report and the matrix even when a small
+    # test split lacks some; zero_division=0 lets an untrained model through.
     report = classification_report(
-        y_true, y_pred, labels=labels, target_names=list(class_names),
-        output_dict=True, zero_division=0,
+        y_true, y_pred, labels=labels, target_names=list(class_names), output_dict=True, zero_division=0
     )
     metrics = {
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
@@ -174,9 +175,20 @@ def load_predictions(run_dir: Path) -> Predictions:
 
 
 def read_history(path: Path) -> list[dict]:
-    """history.csv as the trainer wrote it: floats written with repr read back exactly."""
+    """history.csv as the trainer wrote it: floats written with repr read back exactly.
+    A damaged row (a copy cut short) is a ValueError naming its line."""
+    rows = []
     with open(path, newline="", encoding="utf-8") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        for row in reader:
+            # csv fills a short row with None and gathers a long one's extra fields under None.
+            if None in row or None in row.values():
+                raise ValueError(f"{path.name} line {reader.line_num} has not as many fields as its header")
+            try:
+                rows.append({k: float(v) for k, v in row.items()})
+            except ValueError as e:
+                raise ValueError(f"{path.name} line {reader.line_num}: {e}") from None
+    return rows
 
 
 def calibration_report(predictions: Predictions) -> dict:
@@ -267,13 +279,15 @@ def write_reports(run_dir: Path) -> dict:
             test_nll_scaled=scaled["test"]["nll"],
         )  # fmt: skip
 
-    write_text(run_dir / "classification_report.txt", text)
-    write_training_plot(history, run_dir / "training.png")
-    write_confusion_matrix(y_true, probs.argmax(axis=1), predictions.class_names, run_dir / "confusion_matrix.png")
-    write_reliability_diagram(calibration_json, run_dir / "reliability.png")
-    write_json(run_dir / "calibration.json", calibration_json)
-    # Last, so a metrics.json on disk means the whole report set was written.
-    write_json(run_dir / "metrics.json", metrics)
+    with file_set(run_dir) as files:
+        write_text(files.path("classification_report.txt"), text)
+        write_training_plot(history, files.path("training.png"))
+        predicted = probs.argmax(axis=1)
+        write_confusion_matrix(y_true, predicted, predictions.class_names, files.path("confusion_matrix.png"))
+        write_reliability_diagram(calibration_json, files.path("reliability.png"))
+        write_json(files.path("calibration.json"), calibration_json)
+        # Put in place last, so a metrics.json on disk means the whole report set is there.
+        write_json(files.path("metrics.json"), metrics)
     return metrics
 
 
@@ -286,20 +300,26 @@ def regenerate(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SpecError(f"{run_dir} is not a directory; give a run directory, e.g. results/labels-f0.1-s42")
+    claimed = RunDir(run_dir)
+    damaged = "restore manifest.json from a copy of the run, or delete it to rewrite the reports without it"
     for name in (PREDICTIONS, HISTORY):
         if not (run_dir / name).is_file():
-            status = (RunDir(run_dir).read_manifest() or {}).get("status", "no manifest")
+            status = (claimed.read_manifest(damaged) or {}).get("status", "no manifest")
             raise SpecError(
                 f"{run_dir} has no {name} (run status: {status}); reports are made from it when a run "
                 "finishes, so finish the run first (runs from before predictions.npz existed cannot be redone)"
             )
-    claimed = RunDir(run_dir)
-    claimed.claim()
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise SpecError(
+            f"{run_dir} is not writable, so its reports cannot be rewritten there; "
+            "copy the run directory somewhere writable and run `lsjob report` on the copy"
+        )
+    claimed.lock()
     try:
+        manifest = claimed.read_manifest(damaged)  # before any report is rewritten
         metrics = write_reports(run_dir)
         # The manifest carries copies of the headline metrics, and aggregate checks them
         # against metrics.json: after a metric change both must move together.
-        manifest = claimed.read_manifest()
         fresh = {key: metrics[key] for key in MANIFEST_METRICS}
         stale = manifest is not None and any(manifest.get(k) != v for k, v in fresh.items())
         if stale and manifest.get("status") == "completed":

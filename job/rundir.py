@@ -30,6 +30,7 @@ MANIFEST = "manifest.json"
 PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
 ATOMIC_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")  # job.atomic: .<name>.<random>.tmp<suffix>
+STAGING_TMP = re.compile(re.escape(atomic.STAGING_PREFIX) + r"[^./]+\.tmp")
 
 
 def now() -> str:
@@ -80,6 +81,11 @@ class RunDir:
                 "Choose another output.run or output.root"
             )
         self.path.mkdir(exist_ok=True)
+        self.lock()
+
+    def lock(self) -> None:
+        """Take the lock of an existing run directory (claim's last step; `lsjob report`
+        takes it alone: rewriting a run's reports needs only that folder)."""
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,7 +109,9 @@ class RunDir:
         # job.atomic's temporary files of a process killed mid-write; ours alone to clear,
         # since we hold the lock. The files they were replacing are untouched.
         for leftover in self.path.glob(".*.tmp*"):
-            if ATOMIC_TMP.fullmatch(leftover.name) and leftover.is_file():
+            if STAGING_TMP.fullmatch(leftover.name) and leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)  # atomic.file_set's, of a report set
+            elif ATOMIC_TMP.fullmatch(leftover.name) and leftover.is_file():
                 leftover.unlink(missing_ok=True)
 
     def release(self) -> None:
@@ -111,16 +119,22 @@ class RunDir:
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = None
 
-    def read_manifest(self) -> dict | None:
+    def read_manifest(self, advice: str = "move it away or pass --force to start the run afresh") -> dict | None:
+        """The manifest; None when there is none. A damaged one is a SpecError ending in `advice`."""
         try:
-            return json.loads(self.manifest_path.read_text())
+            manifest = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
             raise SpecError(
-                f"{self.manifest_path} is unreadable ({e}); this run directory is damaged: "
-                "move it away or pass --force to start the run afresh"
+                f"{self.manifest_path} is unreadable ({e}); the run directory is damaged: {advice}"
             ) from None
+        if not isinstance(manifest, dict):
+            raise SpecError(
+                f"{self.manifest_path} holds a JSON {type(manifest).__name__}, not an object; "
+                f"the run directory is damaged: {advice}"
+            )
+        return manifest
 
     def write_manifest(self, manifest: dict) -> None:
         atomic.write_json(self.manifest_path, manifest)

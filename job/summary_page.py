@@ -75,12 +75,14 @@ nav a { margin-right: 1em; }
 """.strip()
 
 
-def write_page(summary: Summary, path: Path) -> None:
-    write_text(path, render_page(summary))
+def write_page(summary: Summary, path: Path, plots: Path | None = None) -> None:
+    write_text(path, render_page(summary, plots))
 
 
-def render_page(summary: Summary) -> str:
+def render_page(summary: Summary, plots: Path | None = None) -> str:
+    """The page, with the aggregate plots embedded from `plots` (default: where it goes)."""
     runs, out = summary.runs, summary.out
+    plots = out if plots is None else plots
     metrics = shown_metrics(runs)
     labels, loss = SAME_OBJECTIVE
     title = f"lsjob runs under {summary.root}"
@@ -113,11 +115,12 @@ def render_page(summary: Summary) -> str:
         parts += [_table(comparison_table(summary.comparisons))]
     else:
         parts += [f"<p>No factor has completed runs of both <code>{_e(labels)}</code> and <code>{_e(loss)}</code>.</p>"]
-    parts += [_figure(out / COMPARISON_PLOT_NAME, f"{labels} minus {loss} at each factor beside the seed spread")]
+    parts += [_figure(plots / COMPARISON_PLOT_NAME, f"{labels} minus {loss} at each factor beside the seed spread")]
 
     parts += ['<h2 id="plots">Plots</h2>']
-    parts += [_figure(out / PLOT_NAME, "test accuracy against the label-smoothing factor, per method")]
-    parts += [_figure(out / ECE_PLOT_NAME, "expected calibration error against the label-smoothing factor, per method")]
+    parts += [_figure(plots / PLOT_NAME, "test accuracy against the label-smoothing factor, per method")]
+    ece_caption = "expected calibration error against the label-smoothing factor, per method"
+    parts += [_figure(plots / ECE_PLOT_NAME, ece_caption)]
 
     parts += ['<h2 id="runs">Runs</h2>', _runs_table(runs, out)]
     present = [s for s in STATUSES if any(r.status == s for r in runs)]

@@ -360,6 +360,9 @@ def test_a_starting_run_with_a_live_lock_is_running(tmp_path):
         (lambda d: (d / "metrics.json").write_text('{"test_accuracy": 0.8'), "metrics.json is unreadable"),
         (lambda d: (d / "history.csv").unlink(), "no history.csv"),
         (lambda d: (d / "history.csv").write_text(history_csv(2)), "history.csv has 2 epochs"),
+        # A copy cut short mid-row: three rows numbered 1..3, the last without its end.
+        (lambda d: (d / "history.csv").write_text(history_csv(3)[:-20]), "row 3 has fewer fields"),
+        (lambda d: (d / "history.csv").write_text(history_csv(3).replace(",12.5\n", ",x\n")), "seconds 'x'"),
         (lambda d: edit_manifest(d, epochs_done=2), "only 2 of 3 epochs"),
         (lambda d: edit_manifest(d, test_accuracy=0.99), "the manifest 0.99"),
         (lambda d: edit_manifest(d, test_accuracy=None), "the manifest has no test_accuracy"),
@@ -870,6 +873,23 @@ def test_missing_root_and_unwritable_out(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(AggregateError, match="cannot write the aggregate"):
         aggregate(tmp_path / "results", out=tmp_path / "file" / "out")
+
+
+def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    import job.summary_page
+
+    write_run(tmp_path, "results/a", "labels", 0.1, 0)
+    aggregate(tmp_path / "results", out=tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    write_run(tmp_path, "results/b", "loss", 0.1, 0)  # every file of the next aggregate differs
+
+    def full_disk(*args, **kwargs):  # the page is written after the CSV and the plots
+        raise OSError(28, "No space left on device", "aggregate.html")
+
+    monkeypatch.setattr(job.summary_page, "write_page", full_disk)
+    with pytest.raises(AggregateError, match=r"No space left on device \(aggregate.html\); the files there are unchanged"):
+        aggregate(tmp_path / "results", out=tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # no staging folder either
 
 
 def test_a_folder_that_keeps_a_spec_beside_its_runs_is_not_a_run(tmp_path):

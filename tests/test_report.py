@@ -248,6 +248,76 @@ def test_regenerate_refuses_what_it_cannot_redo(tmp_path):
         regenerate(tmp_path / "run")
 
 
+def contents(run_dir):
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != ".lock"}
+
+
+def test_a_damaged_manifest_is_refused_before_any_report_is_rewritten(tmp_path):
+    from job.errors import SpecError
+
+    saved_run(tmp_path)
+    regenerate(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"status": "comp')  # a copy cut short
+    (tmp_path / "metrics.json").unlink()
+    before = contents(tmp_path)
+    with pytest.raises(SpecError) as err:
+        regenerate(tmp_path)
+    assert "manifest.json is unreadable" in str(err.value) and "restore manifest.json" in str(err.value)
+    assert "--force" not in str(err.value)  # run's advice: it would wipe the finished run
+    assert contents(tmp_path) == before
+
+
+def test_reports_are_rewritten_for_a_run_that_lost_its_manifest(tmp_path):
+    saved_run(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    regenerate(tmp_path)
+    assert (tmp_path / "metrics.json").is_file() and not (tmp_path / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("row", ["1,2.3,0.5", "1,2.3,0.5,1.9,0.4,1.8,0.005,1.5,extra", "1,2.3,x,1.9,0.4,1.8,0.005,1.5"])
+def test_a_damaged_history_is_a_clear_error_and_changes_nothing(tmp_path, row):
+    from job.errors import SpecError
+
+    saved_run(tmp_path)
+    regenerate(tmp_path)
+    before = contents(tmp_path)
+    with open(tmp_path / "history.csv", "a") as f:
+        f.write(row + "\n")
+    with pytest.raises(SpecError, match=r"cannot regenerate the reports of .*history.csv line 5"):
+        regenerate(tmp_path)
+    assert {k: v for k, v in contents(tmp_path).items() if k != "history.csv"} == {
+        k: v for k, v in before.items() if k != "history.csv"
+    }
+
+
+def test_a_failure_midway_keeps_the_previous_report_set_whole(tmp_path, monkeypatch):
+    import job.report
+
+    saved_run(tmp_path)
+    regenerate(tmp_path)
+    before = contents(tmp_path)
+    y, probs = cifar_predictions(seed=5)  # new predictions: every report would change
+    save_predictions(tmp_path, Predictions(probs, y, CLASS_NAMES))
+    before["predictions.npz"] = (tmp_path / "predictions.npz").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(job.report, "write_reliability_diagram", full_disk)  # after two files are written
+    with pytest.raises(OSError, match="No space left"):
+        write_reports(tmp_path)
+    assert contents(tmp_path) == before  # old set whole, no staging folder left
+
+
+def test_a_killed_report_writer_leaves_nothing_the_next_one_keeps(tmp_path):
+    saved_run(tmp_path)
+    leftover = tmp_path / ".staging.abc123.tmp"
+    leftover.mkdir()
+    (leftover / "metrics.json").write_text("{}")
+    regenerate(tmp_path)
+    assert not leftover.exists()
+
+
 def test_a_tampered_predictions_file_cannot_run_code(tmp_path):
     from job.errors import SpecError
 
