@@ -3,7 +3,8 @@
 The model takes uint8 images. Per-pixel mean subtraction and augmentation
 (random 10% shifts with nearest fill, horizontal flips: job/augment.py) are its
 first layers, so they run on the device, are active in training only, and travel
-with model.keras.
+with model.keras. Everything model.keras names is registered here: `import job.model`
+before keras.saving.load_model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from keras import layers
 
 from job.augment import RandomShiftFlip
+from job.calibration import PROB_EPSILON
 from job.spec import AugmentSpec
 
 
@@ -71,3 +73,18 @@ def synchronize_batch_norm(model: keras.Model, synchronized: bool) -> None:
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.synchronized = synchronized
+
+
+def validation_nll() -> keras.metrics.Metric:
+    """The `nll` metric (logged as val_nll): cross-entropy against the hard labels, with
+    probabilities clipped at calibration.PROB_EPSILON as the reports clip them. Unclipped,
+    TensorFlow reaches past the softmax to its logits and counts a confident miss in full
+    (1e21 after a divergence) while JAX and PyTorch cap it at -log(1e-7) = 16.1: clipped,
+    it is one number on every backend, and the reports' test NLL of the same model."""
+    return keras.metrics.MeanMetricWrapper(clipped_cross_entropy, name="nll")
+
+
+@keras.saving.register_keras_serializable(package="lsjob")
+def clipped_cross_entropy(y_true, y_pred):
+    clipped = keras.ops.clip(y_pred, PROB_EPSILON, 1.0 - PROB_EPSILON)
+    return keras.losses.categorical_crossentropy(y_true, clipped)

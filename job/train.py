@@ -27,7 +27,7 @@ from job import atomic, preemption, runtime, smoothing
 from job.checkpoint import Checkpoints, MidEpoch, Resume
 from job.data import Dataset, per_pixel_mean
 from job.errors import DivergedError, SpecError
-from job.model import build_model, synchronize_batch_norm
+from job.model import build_model, synchronize_batch_norm, validation_nll
 from job.spec import Spec, TrainSpec
 
 log = logging.getLogger("lsjob")
@@ -224,7 +224,7 @@ def compile_model(spec: Spec, mean_image: np.ndarray, num_classes: int) -> keras
         optimizer=keras.optimizers.SGD(learning_rate=spec.train.base_lr, momentum=spec.train.momentum),
         loss=smoothing.training_loss(spec.smoothing),
         # val_nll: cross-entropy against the hard test labels, comparable across methods.
-        metrics=["accuracy", keras.metrics.CategoricalCrossentropy(name="nll")],
+        metrics=["accuracy", validation_nll()],
         jit_compile=spec.runtime.jit_compile,
         steps_per_execution=spec.runtime.steps_per_execution,
     )

@@ -63,3 +63,20 @@ def test_softmax_stays_float32_under_mixed_precision():
     assert model.get_layer("mean_subtract").compute_dtype == "float32"
     assert model.get_layer("augment").compute_dtype == "float32"
     assert model.layers[-3].compute_dtype == "bfloat16"  # the dense layer computes in bf16
+
+
+def test_validation_nll_counts_a_confident_miss_as_the_reports_do():
+    # Unclipped, TensorFlow's cross-entropy reads the softmax's logits and counts these
+    # misses at 200 each; the reports (from the saved probabilities) and JAX say 16.1.
+    from job.calibration import nll
+    from job.model import validation_nll
+
+    logits = keras.Input((10,))
+    softmax = keras.Model(logits, keras.layers.Activation("softmax")(logits))
+    softmax.compile(loss="categorical_crossentropy", metrics=[validation_nll()])
+    x = np.zeros((4, 10), np.float32)
+    x[:, 0] = 200.0  # every image confidently class 0
+    y = np.array([0, 1, 2, 0])
+    logged = softmax.evaluate(x, np.eye(10, dtype=np.float32)[y], verbose=0, return_dict=True)["nll"]
+    assert logged == pytest.approx(nll(softmax.predict(x, verbose=0), y), rel=1e-5)
+    assert logged == pytest.approx(-np.log(1e-7) / 2, rel=1e-5)

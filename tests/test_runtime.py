@@ -122,7 +122,7 @@ def test_two_replicas_train_one_run_with_the_global_batch_split_and_recorded(tmp
     # as on one GPU), so they keep one set of moving statistics: the model saved is the
     # model that made predictions.npz and the metrics, and it loads on any backend.
     check = (
-        "import sys, numpy as np, keras, job.augment\n"
+        "import sys, numpy as np, keras, job.model\n"
         "from job.data import load_dataset\n"
         "from job.spec import load_spec\n"
         "run = sys.argv[1]\n"
