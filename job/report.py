@@ -60,19 +60,30 @@ def classification_metrics(
     report = classification_report(
         y_true, y_pred, labels=labels, target_names=list(class_names), output_dict=True, zero_division=0
     )
+    per_class = {name: _scores(report[name]) for name in class_names}
+    # Averages over the classes the test split has: a class with no test images has no
+    # recall, and sklearn's 0 for it would pull the macro average down.
+    present = sorted(set(y_true.tolist()))
+    averages = classification_report(y_true, y_pred, labels=present, output_dict=True, zero_division=0)
     metrics = {
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
         "test_nll": float(log_loss(y_true, clip_probs(probs), labels=labels)),
         "num_examples": int(len(y_true)),
-        "per_class": {name: _scores(report[name]) for name in class_names},
-        "macro_avg": _scores(report["macro avg"]),
-        "weighted_avg": _scores(report["weighted avg"]),
+        "per_class": per_class,
+        "macro_avg": _scores(averages["macro avg"]),
+        "weighted_avg": _scores(averages["weighted avg"]),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
     # Two digits, as the tutorial prints it; metrics.json keeps full precision.
     text = classification_report(
         y_true, y_pred, labels=labels, target_names=list(class_names), zero_division=0
     )
+    absent = [name for i, name in enumerate(class_names) if i not in present]
+    if absent:
+        text += (
+            f"\nNo test images of {', '.join(absent)}: sklearn's averages above count them as 0; "
+            f"metrics.json averages over the {len(present)} other classes.\n"
+        )
     return metrics, text
 
 

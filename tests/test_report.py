@@ -110,6 +110,16 @@ def test_classes_absent_from_y_true():
     assert "truck" in text
 
 
+def test_averages_leave_out_classes_without_test_images():
+    # A small test split of real CIFAR-10 (its first N images) lacks some classes.
+    y = np.array([0, 1, 2, 3, 4] * 4)
+    metrics, text = classification_metrics(y, np.eye(10)[y] * 0.9 + 0.01, CLASS_NAMES)
+    assert metrics["macro_avg"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 20}
+    assert metrics["weighted_avg"] == metrics["macro_avg"]
+    assert metrics["per_class"]["truck"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert "No test images of dog, frog, horse, ship, truck" in text and "over the 5 other classes" in text
+
+
 def test_report_text_is_the_tutorials_printout():
     y, probs = cifar_predictions()
     _, text = classification_metrics(y, probs, CLASS_NAMES)
