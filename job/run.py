@@ -55,7 +55,7 @@ def _execute_claimed(
 ) -> int:
     previous = run_dir.read_manifest() if not force else None
     if previous is not None:
-        if previous.get("spec_hash") != spec.content_hash():
+        if previous.get("spec_hash") not in spec.identity_hashes():
             raise SpecError(
                 f"{run_dir.path} holds a run of a different spec (hash {previous.get('spec_hash')}, "
                 f"this spec {spec.content_hash()}); use another output.run, or --force to discard that run"

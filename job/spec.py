@@ -22,6 +22,10 @@ from job.errors import SpecError
 # Lax only where YAML cannot express the type: paths arrive as strings.
 PathField = Annotated[Path, Field(strict=False)]
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Not part of a run's identity (Spec.content_hash): fields that cannot change its results.
+IDENTITY_EXCLUDES = {
+    "output": True, "sweep": True, "runtime": {"compile_cache"}, "data": {"cache_dir"}, "train": {"eval_batch_size"},
+}  # fmt: skip
 TRAIN_IMAGES = 50_000  # CIFAR-10's training set, and the synthetic set's size unless data.train_size says
 
 
@@ -285,10 +289,19 @@ class Spec(Section):
         return yaml.safe_dump(self.model_dump(mode="json", exclude=exclude), sort_keys=False)
 
     def content_hash(self) -> str:
-        """Identity of the experiment: everything but where its results go (and, for a
-        sweep point, the sweep it came from, so growing a sweep keeps its finished runs)
-        and where compiled programs are cached."""
-        payload = self.model_dump(mode="json", exclude={"output": True, "sweep": True, "runtime": {"compile_cache"}})
+        """Identity of the experiment: whatever can change its results. Left out: where its
+        results, its downloaded data and compiled programs are kept, the evaluation batch
+        size (a requeued task on a smaller GPU may lower it and still resume), and for a
+        sweep point the sweep it came from (growing a sweep keeps its finished runs)."""
+        return self._hash(IDENTITY_EXCLUDES)
+
+    def identity_hashes(self) -> set[str]:
+        """content_hash, and the hash lsjob 0.1.0 gave the same spec (which still counted the
+        evaluation batch size and the cache folder): a run it made resumes, or stays complete."""
+        return {self.content_hash(), self._hash({"output": True, "sweep": True, "runtime": {"compile_cache"}})}
+
+    def _hash(self, exclude: dict) -> str:
+        payload = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

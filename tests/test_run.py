@@ -132,6 +132,33 @@ def test_a_different_spec_under_the_same_name_is_refused(completed):
         run_mod.execute(changed)
 
 
+def test_a_change_that_cannot_alter_results_resumes_the_same_run(tiny_spec, monkeypatch, tmp_path):
+    # A requeued task on a smaller GPU lowers its evaluation batch; the cache moved.
+    spec = tiny_spec("train.epochs=1")
+    monkeypatch.setattr(run_mod, "train", lambda *a, **k: (_ for _ in ()).throw(DivergedError("nan")))
+    with pytest.raises(DivergedError):
+        run_mod.execute(spec)
+    monkeypatch.undo()
+    moved = tiny_spec("train.epochs=1", "train.eval_batch_size=8", f"data.cache_dir={tmp_path / 'cache'}")
+    assert run_mod.execute(moved) == 0
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
+
+
+def test_a_run_made_by_lsjob_0_1_0_stays_complete(completed, capsys):
+    # 0.1.0 hashed the evaluation batch size and the cache folder into the identity too.
+    manifest_path = completed.run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    old = completed._hash({"output": True, "sweep": True, "runtime": {"compile_cache"}})
+    assert old != completed.content_hash()
+    manifest_path.write_text(json.dumps({**manifest, "spec_hash": old}))
+    try:
+        assert run_mod.execute(completed) == 0
+        assert "already complete" in capsys.readouterr().out
+    finally:
+        manifest_path.write_text(json.dumps(manifest))
+
+
 def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatch):
     spec = tiny_spec("train.epochs=1")
 

@@ -69,10 +69,18 @@ def test_method_none_ignores_the_factor():
     assert load_spec(None, ["smoothing.method=none"]).smoothing.effective_factor == 0.0
 
 
-def test_hash_ignores_where_results_go_but_not_the_experiment():
+def test_hash_ignores_what_cannot_change_results_but_not_the_experiment():
     base = load_spec(None)
-    assert base.content_hash() == load_spec(None, ["output.root=/elsewhere", "output.run=x"]).content_hash()
-    assert base.content_hash() != load_spec(None, ["train.epochs=2"]).content_hash()
+    for neutral in (["output.root=/elsewhere", "output.run=x"], ["data.cache_dir=/c"], ["train.eval_batch_size=64"]):
+        assert load_spec(None, neutral).content_hash() == base.content_hash(), neutral
+    for change in (["train.epochs=2"], ["data.path=/c/cifar-10-python.tar.gz"], ["runtime.mixed_precision=bf16"]):
+        assert load_spec(None, change).content_hash() != base.content_hash(), change
+
+
+def test_the_hashes_lsjob_0_1_0_gave_still_name_the_same_spec():
+    # As 0.1.0 computed them (the evaluation batch size and the cache folder included).
+    assert "df2b159edd972a9b" in load_spec(None).identity_hashes()
+    assert "590d8212e65c0042" in load_spec(None, ["train.eval_batch_size=128", "data.cache_dir=/c"]).identity_hashes()
 
 
 def test_resolved_yaml_round_trips(tmp_path):
