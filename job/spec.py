@@ -126,7 +126,9 @@ class EvalSpec(Section):
 
 
 class OutputSpec(Section):
-    root: PathField = Field(Path("results"), description="Results root; one directory per run inside it.")
+    root: PathField = Field(
+        Path("results"), description="Results root; one directory per run inside it. A leading ~ is your home."
+    )
     run: str | None = Field(
         None,
         description="Run directory name (letters, digits, '.', '_', '-'). "
@@ -148,6 +150,12 @@ class OutputSpec(Section):
         if run is not None and not RUN_NAME.fullmatch(run):
             raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return run
+
+    @field_validator("root")
+    @classmethod
+    def _expand_home(cls, root: Path) -> Path:
+        # As the data and cache paths are: unexpanded, `~/results` made a folder named ~.
+        return root.expanduser()
 
 
 class RuntimeSpec(Section):

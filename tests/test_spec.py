@@ -305,3 +305,9 @@ def test_the_compile_cache_is_a_keyword_or_a_folder_and_not_part_of_the_run_iden
     assert load_spec(None, ["runtime.compile_cache=/x"]).content_hash() == load_spec(None).content_hash()
     with pytest.raises(SpecError, match=r"runtime.compile_cache: write off in lower case \(or ./Off"):
         load_spec(None, ["runtime.compile_cache=Off"])
+
+
+def test_a_results_root_under_home_is_expanded(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    spec = load_spec(None, ["output.root=~/lsjob-results", "output.run=r"])
+    assert spec.run_dir == tmp_path / "lsjob-results" / "r"
