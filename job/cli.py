@@ -40,6 +40,13 @@ IndexOpt = Annotated[
         show_default=False,
     ),
 ]
+# show reads no array-task variable: it prints what you ask for, in a job or not.
+ShowIndexOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--index", help="Print that point of a sweep spec instead (default: the spec itself).", show_default=False
+    ),
+]
 sweep_app = typer.Typer(help="Inspect a sweep spec's points (every spec is a sweep of at least one point).")
 app.add_typer(sweep_app, name="sweep")
 k8s_app = typer.Typer(help="Kubernetes manifests for a spec (see k8s/README.md).")
@@ -117,7 +124,7 @@ def validate(spec: SpecArg, set_: SetOpt = None):
 
 
 @app.command()
-def show(spec: SpecArg, set_: SetOpt = None, index: IndexOpt = None):
+def show(spec: SpecArg, set_: SetOpt = None, index: ShowIndexOpt = None):
     """Print the resolved spec (defaults filled in, overrides applied) as YAML; --index: one sweep point's."""
     resolved = load_spec(spec, set_ or [])
     if index is not None:

@@ -128,6 +128,15 @@ def test_help_lists_the_commands():
         assert command in proc.stdout
 
 
+def test_show_prints_the_spec_asked_for_even_inside_an_array_task():
+    sweep = str(ROOT / "specs" / "smoke-sweep.yaml")
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "COLUMNS": "200"}
+    whole = lsjob("show", sweep, env=env)
+    assert whole.returncode == 0 and "sweep:" in whole.stdout
+    assert "SLURM_ARRAY_TASK_ID" not in lsjob("show", "--help", env=env).stdout  # as run's --index has it
+    assert "SLURM_ARRAY_TASK_ID" in lsjob("run", "--help", env=env).stdout
+
+
 def test_inspecting_commands_do_not_load_the_ml_stack():
     # validate, show, schema and sweep count run on login nodes and in submit scripts: instant.
     code = "import sys, job.cli; print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))"
