@@ -67,6 +67,7 @@ def run(
     preemption.install()
     # TensorFlow's C++ start-up chatter (no CUDA here, plugin notes) buries the epoch lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _load_keras()
     from job.run import execute  # imports the ML stack; keep validate/show/schema instant
 
     raise typer.Exit(execute(point.spec, force=force, sweep_point=_point_record(point)))
@@ -86,6 +87,7 @@ def bench(
     if out is not None:  # before minutes of benchmarking, not after
         _check_out_file(out)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _load_keras()
     from job import atomic
     from job.bench import bench as run_bench
     from job.bench import table
@@ -100,6 +102,19 @@ def bench(
     except OSError as e:  # the figures are not lost: they go to stdout instead
         typer.echo(json.dumps(result, indent=2))
         raise SpecError(f"--out {out}: cannot write it ({e.strerror or e}); the JSON went to stdout") from None
+
+
+def _load_keras() -> None:
+    """Import Keras: a backend that is missing or misspelt is a setup error, exit 2 with one
+    line, not a traceback under exit 1 (a bug) that a Job would retry."""
+    try:
+        import keras  # noqa: F401
+    except (ImportError, ValueError) as e:
+        backend = os.environ.get("KERAS_BACKEND") or "the one in ~/.keras/keras.json, else tensorflow"
+        raise SpecError(
+            f"Keras cannot load its backend (KERAS_BACKEND: {backend}): {type(e).__name__}: {e}; install that "
+            "backend, or set KERAS_BACKEND to one that is installed (tensorflow, jax or torch)"
+        ) from None
 
 
 def _check_out_file(out: Path) -> None:

@@ -137,6 +137,15 @@ def test_show_prints_the_spec_asked_for_even_inside_an_array_task():
     assert "SLURM_ARRAY_TASK_ID" in lsjob("run", "--help", env=env).stdout
 
 
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_a_keras_backend_that_cannot_load_is_bad_setup_not_a_bug(command, tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "nosuchbackend"}
+    proc = lsjob(command, str(ROOT / "specs" / "smoke.yaml"), "--set", f"output.root={tmp_path / 'r'}", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Keras cannot load its backend (KERAS_BACKEND: nosuchbackend)" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_inspecting_commands_do_not_load_the_ml_stack():
     # validate, show, schema and sweep count run on login nodes and in submit scripts: instant.
     code = "import sys, job.cli; print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))"
