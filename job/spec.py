@@ -225,6 +225,39 @@ class Spec(Section):
         "each point is an ordinary run in its own directory under output.root.",
     )
 
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep_shape(cls, sweep):
+        # Checked before pydantic tries each side of the union, whose errors name its
+        # internal types (sweep.dict[str,list[any]]...) and report every problem twice.
+        if sweep is None:
+            return sweep
+        example = "e.g. {smoothing.factor: [0.05, 0.1]}"
+        if isinstance(sweep, list):
+            if not sweep:
+                raise ValueError(f"an empty list of grids; give at least one grid, {example}")
+            grids = [(f"grid {i}", grid) for i, grid in enumerate(sweep)]
+        elif isinstance(sweep, dict):
+            grids = [("the grid", sweep)]
+        else:
+            raise ValueError(f"must map dotted field paths to lists of values, {example}, or list such grids")
+        problems = []
+        for name, grid in grids:
+            if not isinstance(grid, dict):
+                problems.append(f"{name} is {_short(grid)}, not a mapping of field paths to lists of values")
+            elif not grid:
+                problems.append(f"{name} is empty; give at least one field, {example}")
+            for path, values in grid.items() if isinstance(grid, dict) else ():
+                if not isinstance(path, str):
+                    problems.append(f"{_short(path)}: a key is a dotted field path, such as smoothing.factor")
+                elif not isinstance(values, list):
+                    problems.append(f"{path}: give a list of values, e.g. [{_short(values)}]")
+                elif not values:
+                    problems.append(f"{path}: the list of values is empty")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return sweep
+
     @field_validator("sweep")
     @classmethod
     def _sweep_names_fields(cls, sweep):
