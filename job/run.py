@@ -42,7 +42,7 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
     if not (previous or {}).get("status") == "completed":
         setup = runtime.configure(spec.runtime, spec.train.seed)
         dataset = dataset if dataset is not None else load_dataset(spec.data)
-        check_fits(spec, len(dataset.x_train))
+        check_fits(spec, len(dataset.x_train), len(dataset.x_test))
     run_dir.claim()
     try:
         return _execute_claimed(spec, run_dir, force, dataset, sweep_point, setup)

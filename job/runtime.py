@@ -43,6 +43,12 @@ log = logging.getLogger("lsjob")
 
 
 def configure(runtime: RuntimeSpec, seed: int) -> Setup:
+    if runtime.steps_per_execution > 1 and keras.backend.backend() == "torch":
+        # Keras refuses it only when the first step is built, after the run directory is made.
+        raise SpecError(
+            f"runtime.steps_per_execution is {runtime.steps_per_execution}, but Keras's PyTorch backend runs "
+            "one step per call; set runtime.steps_per_execution: 1, or use the JAX or TensorFlow backend"
+        )
     # Before the seed: set_random_seed already compiles on JAX.
     cache, cache_source = _set_up_compile_cache(runtime.compile_cache)
     # Seeds Python, NumPy and the backend: weight init and dropout follow train.seed.

@@ -231,7 +231,7 @@ def compile_model(spec: Spec, mean_image: np.ndarray, num_classes: int) -> keras
     return model
 
 
-def check_fits(spec: Spec, train_images: int) -> None:
+def check_fits(spec: Spec, train_images: int, test_images: int) -> None:
     """Bad input that only the data and the machine reveal (the spec's own sizes are checked as
     it is read); run.py checks it before the run directory exists. `train_images`: before the
     holdout of temperature scaling is set aside."""
@@ -243,10 +243,10 @@ def check_fits(spec: Spec, train_images: int) -> None:
             f"the training set has {train_images} images{held}, fewer than train.batch_size "
             f"{spec.train.batch_size}: lower the batch size or use more data"
         )
-    check_replicas(spec)
+    check_replicas(spec, test_images)
 
 
-def check_replicas(spec: Spec) -> None:
+def check_replicas(spec: Spec, test_images: int) -> None:
     """The global batch must split evenly across the replicas `runtime.configure` set up: with
     runtime.replicas: all, only the machine tells how many there are."""
     replicas = runtime.replica_count()
@@ -255,11 +255,26 @@ def check_replicas(spec: Spec) -> None:
             f"train.batch_size {spec.train.batch_size} does not split evenly across the {replicas} replicas "
             "of runtime.replicas: all; make it a multiple of the number of GPUs"
         )
+    if replicas == 1 or keras.backend.backend() != "jax":
+        return
+    # JAX's DataParallel splits every evaluation batch, the last, shorter one too (TensorFlow's
+    # MirroredStrategy pads it): found only at the first validation, after an epoch of training.
+    sizes = {"train.eval_batch_size": spec.train.eval_batch_size, "the test set": test_images}
+    if spec.eval.temperature_scaling:
+        sizes["eval.holdout_size"] = spec.eval.holdout_size
+    uneven = [f"{name} ({size})" for name, size in sizes.items() if size % replicas]
+    if uneven:
+        raise SpecError(
+            f"on the JAX backend every evaluation batch is split across the {replicas} replicas, the last one "
+            f"too, so {' and '.join(uneven)} must be a multiple of {replicas}: use a number of GPUs that "
+            "divides them, make them multiples (data.test_size, train.eval_batch_size), or use the "
+            "TensorFlow backend"
+        )
 
 
 def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
     """Train on `data` (its holdout already set aside); check_fits first."""
-    check_replicas(spec)
+    check_replicas(spec, len(data.x_test))
     log.info(smoothing.describe(data.y_train, data.num_classes, spec.smoothing))
     checkpoints = Checkpoints(run_dir / "checkpoints")
     with runtime.replica_scope():  # mirrored variables, optimizer slots included, on every replica

@@ -81,6 +81,13 @@ def test_replicas_the_spec_cannot_split_or_the_machine_lacks_are_refused():
     assert runtime.configure(RuntimeSpec(replicas="all"), seed=0).replicas == 1  # one CPU device here
 
 
+def test_several_steps_per_call_on_pytorch_are_refused_before_anything_is_set_up(monkeypatch):
+    # Keras refuses it only when it builds the first step, after the run directory exists.
+    monkeypatch.setattr(runtime.keras.backend, "backend", lambda: "torch")
+    with pytest.raises(SpecError, match="steps_per_execution is 2, but Keras's PyTorch backend runs one step"):
+        runtime.configure(RuntimeSpec(steps_per_execution=2), seed=0)
+
+
 def test_replicas_this_machine_lacks_fail_the_run_before_anything_is_written(tiny_spec):
     from job import run
 

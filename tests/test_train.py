@@ -1,6 +1,7 @@
 """The training loop: schedule, data order, exact resumability, learning real pixels."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,28 @@ from job.errors import DivergedError
 from job.spec import TrainSpec
 
 keras = pytest.importorskip("keras")
+
+
+@pytest.mark.parametrize(
+    "sets, test_images, uneven",
+    [
+        ([], 127, "the test set (127)"),
+        (["train.eval_batch_size=255"], 128, "train.eval_batch_size (255)"),
+        (["eval.temperature_scaling=true", "eval.holdout_size=501"], 128, "eval.holdout_size (501)"),
+    ],
+)
+def test_jax_replicas_refuse_evaluation_batches_they_cannot_split(monkeypatch, sets, test_images, uneven):
+    from job import runtime
+    from job.errors import SpecError
+    from job.spec import load_spec
+
+    spec = load_spec(None, sets)
+    monkeypatch.setattr(runtime, "replica_count", lambda: 2)
+    monkeypatch.setattr(train_mod.keras.backend, "backend", lambda: "tensorflow")
+    train_mod.check_replicas(spec, test_images)  # MirroredStrategy pads the last batch
+    monkeypatch.setattr(train_mod.keras.backend, "backend", lambda: "jax")
+    with pytest.raises(SpecError, match=rf"JAX backend .* 2 replicas.*{re.escape(uneven)} must be a multiple of 2"):
+        train_mod.check_replicas(spec, test_images)
 
 
 def test_learning_rate_decays_linearly_to_zero_per_epoch():

@@ -66,4 +66,17 @@ setup = manifest["runtime"]
 assert manifest["status"] == "completed" and setup["replicas"] == 2 and setup["per_replica_batch"] == 16, manifest
 print(f"check_without_tensorflow: 2 replicas on {setup['replica_devices']}, global batch {setup['global_batch']}")
 PY
+  # DataParallel splits the last, shorter evaluation batch too: a test set of 63 is refused
+  # before the run directory is made, not after an epoch of training.
+  status=0
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax lsjob run specs/smoke.yaml \
+    --set data.train_size=256 --set data.test_size=63 --set runtime.replicas=2 \
+    --set output.run=odd-test-set --set "output.root=$work/results" 2> "$work/odd.err" || status=$?
+  if [[ $status != 2 ]] || ! grep -q "the test set (63) must be a multiple of 2" "$work/odd.err" \
+    || [[ -e $work/results/odd-test-set ]]; then
+    echo "check_without_tensorflow: an odd test set over 2 replicas was not refused up front (exit $status)" >&2
+    cat "$work/odd.err" >&2
+    exit 1
+  fi
+  echo "check_without_tensorflow: a test set that 2 replicas cannot split is refused up front"
 fi
