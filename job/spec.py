@@ -168,7 +168,9 @@ class RuntimeSpec(Section):
     deterministic: bool = Field(
         False, description="Deterministic ops: two runs (and a resumed run) give identical histories on CPU."
     )
-    steps_per_execution: int = Field(1, gt=0, le=10_000, description="Train steps per compiled call.")
+    steps_per_execution: int = Field(
+        1, gt=0, le=10_000, description="Train steps per compiled call (TensorFlow and JAX; PyTorch takes only 1)."
+    )
     compile_cache: str = Field(
         "auto",
         min_length=1,
