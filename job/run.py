@@ -22,7 +22,7 @@ from job.data import load_dataset
 from job.errors import EXIT_OK, InterruptedRun, JobError, NoSpaceError, SpecError
 from job.model import synchronize_batch_norm
 from job.rundir import RunDir, check_writable, now
-from job.spec import Spec
+from job.spec import Spec, load_spec
 from job.train import check_fits, train
 
 log = logging.getLogger("lsjob")
@@ -50,12 +50,25 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         run_dir.release()
 
 
+def _same_experiment(previous: dict, run_dir: RunDir, spec: Spec) -> bool:
+    """Whether the run in `run_dir` is this spec's. Its manifest's hash says so at once; else
+    its spec.yaml (written with the manifest at every attempt) hashed as this version of lsjob
+    hashes: an older version's hash still counted fields that cannot change the results."""
+    if previous.get("spec_hash") == spec.content_hash():
+        return True
+    try:
+        made = load_spec(run_dir.path / "spec.yaml")
+    except SpecError:
+        return False
+    return made.content_hash() == spec.content_hash()
+
+
 def _execute_claimed(
     spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_point: dict | None, setup: runtime.Setup | None
 ) -> int:
     previous = run_dir.read_manifest() if not force else None
     if previous is not None:
-        if previous.get("spec_hash") not in spec.identity_hashes():
+        if not _same_experiment(previous, run_dir, spec):
             raise SpecError(
                 f"{run_dir.path} holds a run of a different spec (hash {previous.get('spec_hash')}, "
                 f"this spec {spec.content_hash()}); use another output.run, or --force to discard that run"

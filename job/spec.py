@@ -336,15 +336,7 @@ class Spec(Section):
         results, its downloaded data and compiled programs are kept, the evaluation batch
         size (a requeued task on a smaller GPU may lower it and still resume), and for a
         sweep point the sweep it came from (growing a sweep keeps its finished runs)."""
-        return self._hash(IDENTITY_EXCLUDES)
-
-    def identity_hashes(self) -> set[str]:
-        """content_hash, and the hash lsjob 0.1.0 gave the same spec (which still counted the
-        evaluation batch size and the cache folder): a run it made resumes, or stays complete."""
-        return {self.content_hash(), self._hash({"output": True, "sweep": True, "runtime": {"compile_cache"}})}
-
-    def _hash(self, exclude: dict) -> str:
-        payload = self.model_dump(mode="json", exclude=exclude)
+        payload = self.model_dump(mode="json", exclude=IDENTITY_EXCLUDES)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

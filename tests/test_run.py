@@ -1,5 +1,6 @@
 """A run end to end: the results directory, re-runs, and refusals that protect results."""
 
+import hashlib
 import json
 import os
 
@@ -9,6 +10,7 @@ import pytest
 from job import run as run_mod
 from job.errors import DivergedError, RunBusyError, SpecError
 from job.rundir import RunDir
+from job.spec import load_spec
 
 ARTIFACTS = {
     "spec.yaml", "manifest.json", "history.csv", "metrics.json", "classification_report.txt",
@@ -145,15 +147,21 @@ def test_a_change_that_cannot_alter_results_resumes_the_same_run(tiny_spec, monk
     assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
 
 
-def test_a_run_made_by_lsjob_0_1_0_stays_complete(completed, capsys):
-    # 0.1.0 hashed the evaluation batch size and the cache folder into the identity too.
+def hash_0_1_0(spec):
+    """Spec.content_hash as lsjob 0.1.0 computed it: the evaluation batch and the cache folder counted."""
+    payload = spec.model_dump(mode="json", exclude={"output": True, "sweep": True, "runtime": {"compile_cache"}})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("change", [[], ["train.eval_batch_size=8"], ["data.cache_dir=/elsewhere"]])
+def test_a_run_made_by_lsjob_0_1_0_is_still_this_specs(completed, capsys, change):
+    assert hash_0_1_0(load_spec(None)) == "df2b159edd972a9b"  # what 0.1.0 wrote for the default spec
     manifest_path = completed.run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    old = completed._hash({"output": True, "sweep": True, "runtime": {"compile_cache"}})
-    assert old != completed.content_hash()
-    manifest_path.write_text(json.dumps({**manifest, "spec_hash": old}))
+    manifest_path.write_text(json.dumps({**manifest, "spec_hash": hash_0_1_0(completed)}))
     try:
-        assert run_mod.execute(completed) == 0
+        again = load_spec(completed.run_dir / "spec.yaml", change)
+        assert run_mod.execute(again) == 0
         assert "already complete" in capsys.readouterr().out
     finally:
         manifest_path.write_text(json.dumps(manifest))

@@ -77,12 +77,6 @@ def test_hash_ignores_what_cannot_change_results_but_not_the_experiment():
         assert load_spec(None, change).content_hash() != base.content_hash(), change
 
 
-def test_the_hashes_lsjob_0_1_0_gave_still_name_the_same_spec():
-    # As 0.1.0 computed them (the evaluation batch size and the cache folder included).
-    assert "df2b159edd972a9b" in load_spec(None).identity_hashes()
-    assert "590d8212e65c0042" in load_spec(None, ["train.eval_batch_size=128", "data.cache_dir=/c"]).identity_hashes()
-
-
 def test_resolved_yaml_round_trips(tmp_path):
     spec = load_spec(ROOT / "specs/smoke.yaml")
     again = load_spec(write(tmp_path, spec.to_yaml()))
