@@ -61,10 +61,11 @@ def classification_metrics(
         y_true, y_pred, labels=labels, target_names=list(class_names), output_dict=True, zero_division=0
     )
     per_class = {name: _scores(report[name]) for name in class_names}
-    # Averages over the classes the test split has: a class with no test images has no
-    # recall, and sklearn's 0 for it would pull the macro average down.
-    present = sorted(set(y_true.tolist()))
-    averages = classification_report(y_true, y_pred, labels=present, output_dict=True, zero_division=0)
+    # Averages over the classes in play, sklearn's default set: those the test split has or
+    # the model predicted. A class with neither has no precision or recall at all, and the 0
+    # the explicit labels give it would pull a small split's macro average down.
+    in_play = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    averages = classification_report(y_true, y_pred, labels=in_play, output_dict=True, zero_division=0)
     metrics = {
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
         "test_nll": float(log_loss(y_true, clip_probs(probs), labels=labels)),
@@ -78,11 +79,11 @@ def classification_metrics(
     text = classification_report(
         y_true, y_pred, labels=labels, target_names=list(class_names), zero_division=0
     )
-    absent = [name for i, name in enumerate(class_names) if i not in present]
-    if absent:
+    idle = [name for i, name in enumerate(class_names) if i not in in_play]
+    if idle:
         text += (
-            f"\nNo test images of {', '.join(absent)}: sklearn's averages above count them as 0; "
-            f"metrics.json averages over the {len(present)} other classes.\n"
+            f"\n{', '.join(idle)}: no test images and never predicted. The averages above count them "
+            f"as 0; metrics.json averages over the {len(in_play)} other classes.\n"
         )
     return metrics, text
 

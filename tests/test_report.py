@@ -110,14 +110,26 @@ def test_classes_absent_from_y_true():
     assert "truck" in text
 
 
-def test_averages_leave_out_classes_without_test_images():
+def test_averages_leave_out_classes_neither_in_the_test_split_nor_predicted():
     # A small test split of real CIFAR-10 (its first N images) lacks some classes.
     y = np.array([0, 1, 2, 3, 4] * 4)
     metrics, text = classification_metrics(y, np.eye(10)[y] * 0.9 + 0.01, CLASS_NAMES)
     assert metrics["macro_avg"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 20}
     assert metrics["weighted_avg"] == metrics["macro_avg"]
     assert metrics["per_class"]["truck"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert "No test images of dog, frog, horse, ship, truck" in text and "over the 5 other classes" in text
+    assert "dog, frog, horse, ship, truck: no test images and never predicted" in text
+    assert "over the 5 other classes" in text
+
+
+def test_a_class_predicted_but_absent_counts_its_wrong_predictions():
+    # Half the images sent to truck, which the split lacks: its precision 0 is a measurement.
+    y = np.array([0, 1, 2, 3, 4] * 4)
+    predicted = y.copy()
+    predicted[::2] = 9
+    metrics, text = classification_metrics(y, np.eye(10)[predicted] * 0.9 + 0.01, CLASS_NAMES)
+    assert metrics["test_accuracy"] == 0.5
+    assert metrics["macro_avg"]["precision"] == pytest.approx(5 / 6)  # five classes right every time, truck never
+    assert "dog, frog, horse, ship: no test images" in text and "over the 6 other classes" in text
 
 
 def test_report_text_is_the_tutorials_printout():
