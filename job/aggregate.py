@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 
 from job.atomic import atomic_path, file_set, write_text
 from job.errors import EXIT_BAD_INPUT, JobError
-from job.rundir import LOCK, MANIFEST
+from job.rundir import LOCK, MANIFEST, STAGING_TMP
 
 SPEC_FILE = "spec.yaml"
 METRICS_FILE = "metrics.json"
@@ -347,7 +347,8 @@ def _find_runs(directory: Path, warnings: list[str]) -> list[tuple[Path, bool]]:
             is_dir = entry.is_dir(follow_symlinks=False)
         except OSError:
             is_dir = False
-        if is_dir:
+        # Another aggregate's (or report's) staging folder comes and goes: never a run.
+        if is_dir and not STAGING_TMP.fullmatch(entry.name):
             found += _find_runs(Path(entry.path), warnings)
     if not found and names & {SPEC_FILE, LOCK}:
         return [(directory, False)]

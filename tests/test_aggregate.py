@@ -27,6 +27,7 @@ import pytest
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 
+import job.aggregate
 from job import calibration
 from job.aggregate import (
     CSV_COLUMNS,
@@ -890,6 +891,19 @@ def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch)
     with pytest.raises(AggregateError, match=r"No space left on device \(aggregate.html\); the files there are unch"):
         aggregate(tmp_path / "results", out=tmp_path / "out")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # no staging folder either
+
+
+def test_another_aggregates_staging_folder_is_not_searched(tmp_path, monkeypatch):
+    # A second `lsjob aggregate` of the same root writes its set in a staging folder there,
+    # and deletes it while this one may be listing it.
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    staging = tmp_path / ".staging.x1y2z3.tmp"
+    staging.mkdir()
+    listed = []
+    real_find = job.aggregate._find_runs
+    monkeypatch.setattr(job.aggregate, "_find_runs", lambda d, w: listed.append(d.name) or real_find(d, w))
+    runs, warnings = collect(tmp_path)
+    assert [r.run for r in runs] == ["a"] and warnings == [] and staging.name not in listed
 
 
 def test_a_folder_that_keeps_a_spec_beside_its_runs_is_not_a_run(tmp_path):
