@@ -12,6 +12,7 @@ host's per-step work to the device's instead of overlapping the two.
 
 from __future__ import annotations
 
+import logging
 import resource
 import statistics
 import time
@@ -25,6 +26,8 @@ from job.data import SYNTHETIC_SEED, per_pixel_mean
 from job.data.synthetic import make_synthetic
 from job.spec import Spec
 from job.train import compile_model
+
+log = logging.getLogger("lsjob")
 
 
 class _StepClock(keras.callbacks.Callback):
@@ -58,6 +61,9 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     # Whole executions only: a partial one would be a second, differently shaped compiled call.
     steps = max(steps // per_call, 2) * per_call
     warmup = max(warmup // per_call, 1) * per_call
+    # Progress on stderr: a bench killed at a time limit shows which stage it had reached.
+    log.info("bench: %s on %s, batch %d, %s; building the model", keras.backend.backend(),
+             ", ".join(runtime.devices()), batch, setup.precision)  # fmt: skip
     x, y, _, _ = make_synthetic(batch * max(steps, warmup), 1, seed=SYNTHETIC_SEED)
     targets = smoothing.training_targets(y, 10, spec.smoothing)
     with runtime.replica_scope():
@@ -69,8 +75,10 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
         model.fit(**fed, shuffle=False, epochs=1, verbose=0, callbacks=[clock])
         return time.perf_counter() - started, [started, *clock.ends()]
 
+    log.info("bench: compiling the training step and %d warm-up steps", warmup)
     first_call_s, _ = fit(warmup, _StepClock())
     cached_after_warmup = _cache_entries(setup.compile_cache)
+    log.info("bench: compiled and warmed up in %.1f s; timing %d steps", first_call_s, steps)
     total_s, ends = fit(steps, _StepClock())
     # One callback per execution of steps_per_execution steps.
     step_s = [b - a for a, b in zip(ends, ends[1:])]

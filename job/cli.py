@@ -86,6 +86,7 @@ def bench(
     point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)
     if out is not None:  # before minutes of benchmarking, not after
         _check_out_file(out)
+    _setup_logging()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _load_keras()
     from job import atomic

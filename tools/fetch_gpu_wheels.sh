@@ -3,7 +3,8 @@
 # tools/gpu_check.sh can install them there offline. That machine has Python 3.12,
 # PyTorch, JAX, numpy, scikit-learn, matplotlib, h5py, pyyaml and typer, but neither
 # TensorFlow nor keras, optree, namex or pydantic. Run from anywhere, before a device
-# session; the wheels land in .whl/ at the repo root (ignored through .git/info/exclude).
+# session; the wheels land in .whl/ at the repo root (ignored through .git/info/exclude,
+# so the device call must name .whl in its carry).
 #
 #   tools/fetch_gpu_wheels.sh
 #   WHEEL_DIR=/tmp/whl311 WHEEL_PYTHON=3.11 tools/fetch_gpu_wheels.sh   # the same set for another Python
@@ -12,6 +13,17 @@
 # pyproject.toml except tensorflow, and everything a fetched wheel requires, must be
 # in one of them. Keep one version of each: two versions of one package stop pip.
 set -euo pipefail
+case ${1:-} in
+  "") ;;
+  -h | --help)
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+    exit 0
+    ;;
+  *)
+    echo "fetch_gpu_wheels: takes no arguments, only WHEEL_DIR, WHEEL_PYTHON and PYTHON from the environment" >&2
+    exit 2
+    ;;
+esac
 cd "$(dirname "$0")/.."
 
 # The wheels to bring, pinned. pydantic-core must be the exact version pydantic pins.

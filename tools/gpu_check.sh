@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The project's GPU check, in one go on the GPU test machine (one NVIDIA H100/H200,
 # PyTorch and JAX, no TensorFlow, no network): install the wheels brought in .whl/
-# (tools/fetch_gpu_wheels.sh fetches them), then `lsjob bench` under KERAS_BACKEND=jax
-# and torch at batch 64 and 512 in float32 and bf16, then a 2-epoch `lsjob run` of a
-# full-size synthetic spec (50,000 / 10,000 images, batch 64) under the backend that
-# benched fastest, and one table. Whole script under 8 minutes: every step has its own
-# time limit, cut further to what is left, and a step that fails or runs out of time is
-# a row saying so; the script goes on. Every progress line starts with the time.
+# (tools/fetch_gpu_wheels.sh fetches them; .whl/ is git-ignored, so the device call must
+# name it in carry), then `lsjob bench` under KERAS_BACKEND=jax and torch at batch 64 and
+# 512 in float32 and bf16, most important first (512 bf16, the anchor's setting; then 64
+# float32, which the 2-epoch run is picked from), then a 2-epoch `lsjob run` of a full-size
+# synthetic spec (50,000 / 10,000 images, batch 64) under the backend and precision that
+# benched fastest at 64, and one table. Whole script under 8 minutes: every step has its
+# own time limit, cut further to what is left, and a step that fails or runs out of time
+# is a row saying so; the script goes on. Every progress line starts with the time, and
+# the table is rewritten into OUT after every step, so a kill at the device's time limit
+# still leaves it.
 #
 #   bash tools/gpu_check.sh                           # on the GPU machine, from anywhere
 #   GPU_CHECK_SCALE=tiny PYTHON=/tmp/venv-jax/bin/python bash tools/gpu_check.sh   # a few minutes on a CPU
@@ -32,22 +36,22 @@ main() {
   read -ra backends <<< "${GPU_CHECK_BACKENDS:-jax torch}"
   wheels=${GPU_CHECK_WHEELS-.whl}
   site=${GPU_CHECK_SITE:-/tmp/site}
-  precisions=(off bf16)
 
   # budget_s: the whole script, table excepted. bench_s, run_s, check_s: one bench run, the
-  # 2-epoch run, one backend's check at most; every step is cut to what budget_s leaves (the
-  # run's time kept back while benching), and a bench run is skipped rather than started
+  # 2-epoch run, one backend's check at most; first_jax_s: the first JAX bench, which fills
+  # the compile cache the later ones load from. Every step is cut to what budget_s leaves
+  # (the run's time kept back while benching), and a bench run is skipped rather than started
   # with less than min_bench_s. Full, expected on an H100 (not yet measured there): ~20 s
   # set-up and checks; a JAX bench run 30-60 s (imports, an eager model build that compiles
   # each small op, then the step's compilation); a torch one 10-25 s (eager); the run 60-100 s.
   case $scale in
     full)
-      batches=(64 512) steps=30 warmup=5 bench_s=60 min_bench_s=15 run_s=130 check_s=30 budget_s=465
-      train_size=50000 test_size=10000 run_batch=64
+      batches=(64 512) steps=30 warmup=5 bench_s=60 first_jax_s=90 min_bench_s=15 run_s=130 check_s=25
+      budget_s=465 train_size=50000 test_size=10000 run_batch=64
       ;;
     tiny)
-      batches=(8 16) steps=3 warmup=1 bench_s=150 min_bench_s=20 run_s=300 check_s=120 budget_s=1800
-      train_size=256 test_size=128 run_batch=16
+      batches=(8 16) steps=3 warmup=1 bench_s=150 first_jax_s=150 min_bench_s=20 run_s=300 check_s=120
+      budget_s=1800 train_size=256 test_size=128 run_batch=8
       ;;
     *)
       echo "gpu_check: GPU_CHECK_SCALE must be full or tiny, not '$scale'" >&2
@@ -88,7 +92,7 @@ main() {
   # The last meaningful line of a step's output: the error, for the table.
   last_line() {
     local line
-    line=$(grep -v '^[[:space:]]*$' "$1" | tail -n 1 | tr '\t' ' ' | cut -c1-200)
+    line=$(grep -v '^[[:space:]]*$' "$1" | tail -n 1 | tr '\t\r' '  ' | cut -c1-200)
     echo "${line:-(no output)}"
   }
   # A step's row from its exit status: sets status and detail (ok_status when rc is 0).
@@ -104,6 +108,8 @@ main() {
   }
   # Append a step's own output to the log, under a heading.
   keep_log() { { printf -- '----- %s\n' "$1"; cat "$2"; printf -- '----- end of %s\n' "$1"; } >> "$log"; }
+  # The table so far, into OUT: what comes back if the command is killed before the end.
+  render() { "$PYTHON" tools/gpu_check_table.py table "$work" "$out" > /dev/null 2>&1 || true; }
 
   started=$SECONDS
   say "gpu_check: scale $scale, backends ${backends[*]}, budget $budget_s s; results in $out (work $work)"
@@ -125,6 +131,13 @@ main() {
   else
     say "no wheels in '${wheels:-}' to install: using $PYTHON's own packages"
     export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  # Everything lsjob imports, found without importing it (keras alone would look for TensorFlow).
+  if ! missing=$("$PYTHON" -c 'import importlib.util as u
+m = [n for n in ("keras", "optree", "pydantic", "typer", "yaml", "sklearn", "matplotlib", "h5py") if u.find_spec(n) is None]
+print(" ".join(m)); raise SystemExit(bool(m))' 2>&1); then
+    say "FAILED: $PYTHON lacks $missing: fetch the wheels (tools/fetch_gpu_wheels.sh) and carry .whl to the machine"
+    exit 1
   fi
 
   # 2. The machine: versions, no TensorFlow, the GPU as nvidia-smi and each backend see it.
@@ -151,65 +164,76 @@ main() {
     say "$line"
   done
 
-  # 3. The benches: one process each, each with its own time limit. Backends alternate, so
-  # that one slow backend cannot leave the other without time, and the batch the 2-epoch
-  # run trains at comes first.
+  # 3. The benches: one process each, each with its own time limit, most important first:
+  # batch 512 in bf16 (the anchor's setting), then the run's batch in float32 and bf16 (the
+  # run is picked from them), then 512 in float32. Backends alternate, so that one slow
+  # backend cannot leave the other without time.
   failures=0
-  for batch in "${batches[@]}"; do
-    for precision in "${precisions[@]}"; do
-      for backend in "${backends[@]}"; do
-        name=bench-$backend-$batch-$precision
-        t=$(limit "$bench_s" $((run_s + 10)))
-        if ((t < min_bench_s)); then
-          say "$name: skipped, ${t} s left for it"
-          printf '%s\t%s\t%s\tskipped: out of time\t0\tthe budget left %s s\n' "$backend" "$batch" "$precision" "$t" \
-            >> "$work/bench.tsv"
-          failures=$((failures + 1))
-          continue
-        fi
-        say "$name: start (limit $t s, $steps steps after $warmup)"
-        t0=$SECONDS
-        backend_sets "$backend"
-        KERAS_BACKEND=$backend timeout -k 5 "$t" "$PYTHON" -m job bench "$spec" "${common[@]}" "${sets[@]}" \
-          --set "train.batch_size=$batch" --set "runtime.mixed_precision=$precision" \
-          --steps "$steps" --warmup "$warmup" --out "$work/$name.json" > "$work/$name.log" 2>&1
-        rc=$?
-        wall=$((SECONDS - t0))
-        keep_log "$name" "$work/$name.log"
-        ((rc == 0)) && [[ ! -s $work/$name.json ]] && rc=1 # exit 0 without its JSON is no result
-        outcome "$rc" "$work/$name.log" "$t" ok
-        if ((rc == 0)); then
-          say "$name: ok in $wall s: $("$PYTHON" tools/gpu_check_table.py summary "$work/$name.json")"
-        else
-          failures=$((failures + 1))
-          say "$name: $status in $wall s: $detail"
-        fi
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$batch" "$precision" "$status" "$wall" "$detail" >> "$work/bench.tsv"
-      done
+  small=${batches[0]} big=${batches[1]}
+  jax_benched=0
+  for setting in "$big bf16" "$small off" "$small bf16" "$big off"; do
+    read -r batch precision <<< "$setting"
+    for backend in "${backends[@]}"; do
+      name=bench-$backend-$batch-$precision
+      own=$bench_s
+      [[ $backend == jax ]] && ((jax_benched == 0)) && own=$first_jax_s
+      t=$(limit "$own" $((run_s + 10)))
+      if ((t < min_bench_s)); then
+        say "$name: skipped, ${t} s left for it"
+        printf '%s\t%s\t%s\tskipped: out of time\t0\tthe budget left %s s\n' "$backend" "$batch" "$precision" "$t" \
+          >> "$work/bench.tsv"
+        failures=$((failures + 1))
+        continue
+      fi
+      [[ $backend == jax ]] && jax_benched=1
+      say "$name: start (limit $t s, $steps steps after $warmup)"
+      t0=$SECONDS
+      backend_sets "$backend"
+      KERAS_BACKEND=$backend timeout -k 5 "$t" "$PYTHON" -m job bench "$spec" "${common[@]}" "${sets[@]}" \
+        --set "train.batch_size=$batch" --set "runtime.mixed_precision=$precision" \
+        --steps "$steps" --warmup "$warmup" --out "$work/$name.json" > "$work/$name.log" 2>&1
+      rc=$?
+      wall=$((SECONDS - t0))
+      keep_log "$name" "$work/$name.log"
+      ((rc == 0)) && [[ ! -s $work/$name.json ]] && rc=1 # exit 0 without its JSON is no result
+      outcome "$rc" "$work/$name.log" "$t" ok
+      if ((rc == 0)); then
+        say "$name: ok in $wall s: $("$PYTHON" tools/gpu_check_table.py summary "$work/$name.json")"
+      else
+        failures=$((failures + 1))
+        say "$name: $status in $wall s: $detail"
+      fi
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$batch" "$precision" "$status" "$wall" "$detail" >> "$work/bench.tsv"
+      render
     done
   done
 
-  # 4. Two epochs of the full-size synthetic spec, end to end, on the fastest backend at its batch.
-  run_backend=$("$PYTHON" tools/gpu_check_table.py pick "$work" "$run_batch" 2> /dev/null || echo jax)
+  # 4. Two epochs of the full-size synthetic spec, end to end, with the backend and precision
+  # that benched fastest at its batch.
+  read -r run_backend run_precision <<< "$("$PYTHON" tools/gpu_check_table.py pick "$work" "$run_batch" 2> /dev/null ||
+    echo jax off)"
   t=$(limit "$run_s" 5)
   if ((t < 10)); then
     say "2-epoch run: skipped, ${t} s left"
-    printf '%s\t%s\tskipped: out of time\t0\t\n' "$run_backend" "$run_batch" >> "$work/run.tsv"
+    printf '%s\t%s\t%s\tskipped: out of time\t0\t\n' "$run_backend" "$run_batch" "$run_precision" >> "$work/run.tsv"
     failures=$((failures + 1))
   else
-    say "2-epoch run on $run_backend: start (batch $run_batch, $train_size/$test_size synthetic images, limit $t s)"
+    say "2-epoch run on $run_backend, $run_precision: start (batch $run_batch, $train_size/$test_size synthetic" \
+      "images, limit $t s)"
     t0=$SECONDS
     backend_sets "$run_backend"
     # Compiled afresh, as the first run of a sweep is: the end-to-end figure includes all of it.
     KERAS_BACKEND=$run_backend timeout -k 5 "$t" "$PYTHON" -m job run "$spec" "${common[@]}" "${sets[@]}" \
-      --set "train.batch_size=$run_batch" --set "output.root=$work/results" --set runtime.compile_cache=off 2>&1 |
+      --set "train.batch_size=$run_batch" --set "runtime.mixed_precision=$run_precision" \
+      --set "output.root=$work/results" --set runtime.compile_cache=off 2>&1 |
       tee "$work/run.log" | while IFS= read -r line; do say "  | $line"; done
     rc=${PIPESTATUS[0]}
     wall=$((SECONDS - t0))
     outcome "$rc" "$work/run.log" "$t" completed
     ((rc == 0)) || failures=$((failures + 1))
     say "2-epoch run: $status in $wall s"
-    printf '%s\t%s\t%s\t%s\t%s\n' "$run_backend" "$run_batch" "$status" "$wall" "$detail" >> "$work/run.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$run_backend" "$run_batch" "$run_precision" "$status" "$wall" "$detail" \
+      >> "$work/run.tsv"
     for f in history.csv manifest.json run.log; do
       [[ -f $work/results/gpu-check/$f && $out != "$work" ]] && cp "$work/results/gpu-check/$f" "$out/$f"
     done

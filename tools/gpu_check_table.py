@@ -3,12 +3,12 @@
     python3 tools/gpu_check_table.py versions           # Python and package versions; whether TensorFlow imports
     KERAS_BACKEND=jax python3 tools/gpu_check_table.py devices   # keras on that backend, the devices it sees
     python3 tools/gpu_check_table.py summary FILE       # one line of a bench run's JSON
-    python3 tools/gpu_check_table.py pick WORK BATCH    # the backend that benched fastest at BATCH, float32
+    python3 tools/gpu_check_table.py pick WORK BATCH    # the backend and precision that benched fastest at BATCH
     python3 tools/gpu_check_table.py table WORK OUT     # print the table; write gpu_check.md and .json to OUT
 
 WORK holds bench.tsv (one line per bench run: backend, batch, precision, status,
 wall seconds, detail), the runs' JSON (bench-<backend>-<batch>-<precision>.json),
-run.tsv (backend, batch, status, wall seconds, detail), header.txt and the 2-epoch
+run.tsv (backend, batch, precision, status, wall seconds, detail), header.txt and the 2-epoch
 run's results folder (history.csv, manifest.json, run.log). Standard library only, but
 for `devices`: it runs before anything is known to work.
 """
@@ -36,7 +36,9 @@ COLUMNS = ("backend", "precision", "batch", "images/s", "x anchor", "step ms med
 def read_tsv(path: Path) -> list[list[str]]:
     if not path.exists():
         return []
-    return [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    # Only tabs and newlines separate: a detail line may hold anything else, cut mid-character.
+    text = path.read_bytes().decode("utf-8", errors="replace")  # read_text would turn a lone \r into a line end
+    return [line.split("\t") for line in text.split("\n") if line.strip()]
 
 
 def bench_rows(work: Path) -> list[dict]:
@@ -86,9 +88,21 @@ def summary(path: Path) -> str:
 
 
 def pick(work: Path, batch: int) -> str:
-    """The backend with the most images/s at `batch` in float32; jax when none ran."""
-    ok = [r for r in bench_rows(work) if r["result"] and r["batch"] == batch and r["precision"] == "off"]
-    return max(ok, key=lambda r: r["result"]["images_per_s"])["backend"] if ok else "jax"
+    """The backend and precision with the most images/s at `batch`; jax in float32 when none ran."""
+    ok = [r for r in bench_rows(work) if r["result"] and r["batch"] == batch]
+    best = max(ok, key=lambda r: r["result"]["images_per_s"]) if ok else {"backend": "jax", "precision": "off"}
+    return f"{best['backend']} {best['precision']}"
+
+
+def shown(precision: str) -> str:
+    return {"off": "float32"}.get(precision, precision)
+
+
+def gpu_name(header: list[str]) -> str | None:
+    """The GPU nvidia-smi named in the header, None without one."""
+    line = next((h for h in header if h.startswith("nvidia-smi: ")), "")
+    name = line.removeprefix("nvidia-smi: ").split(",")[0].strip()
+    return name if name and not name.startswith(("not found", "no answer")) else None
 
 
 def _number(value, digits: int = 1) -> str:
@@ -111,7 +125,7 @@ def _times_anchor(images_per_s: float | None) -> str:
     return "-" if not images_per_s else f"{ANCHOR_IMAGES_PER_S / images_per_s:.2f}x"
 
 
-def anchor_lines(rows: list[dict]) -> list[str]:
+def anchor_lines(rows: list[dict], gpu: str | None = None) -> list[str]:
     """The goal at batch 512: the best epoch there within ANCHOR_GOAL of the anchor's."""
     lines = [
         f"x anchor: epoch time over the PyTorch anchor's (H100, batch 512, bf16, torch.compile: "
@@ -122,7 +136,9 @@ def anchor_lines(rows: list[dict]) -> list[str]:
         best = max(at_512, key=lambda r: r["result"]["images_per_s"])
         ratio = ANCHOR_IMAGES_PER_S / best["result"]["images_per_s"]
         met = "goal met" if ratio <= ANCHOR_GOAL else "goal NOT met"
-        lines.append(f"  best at batch 512: {best['backend']} {best['precision']}, {ratio:.2f}x: {met}")
+        if gpu is None or "H100" not in gpu:  # an H200's faster memory, say, flatters the ratio
+            met += f" (but the anchor is an H100's figure and this ran on {gpu or 'no NVIDIA GPU'})"
+        lines.append(f"  best at batch 512: {best['backend']} {shown(best['precision'])}, {ratio:.2f}x: {met}")
     else:
         lines.append("  no bench at batch 512 finished: goal not measured")
     return lines
@@ -133,7 +149,7 @@ def table_lines(rows: list[dict]) -> list[str]:
     for row in rows:
         r = row["result"] or {}
         cells.append([
-            row["backend"], {"off": "float32"}.get(row["precision"], row["precision"]), str(row["batch"]),
+            row["backend"], shown(row["precision"]), str(row["batch"]),
             _number(r.get("images_per_s"), 0), _times_anchor(r.get("images_per_s")),
             _number(r.get("step_ms_median"), 2), _number(r.get("step_ms_p90"), 2),
             _number(r.get("compile_and_warmup_s")), _cache(r), _number(r.get("epoch_s_estimate")),
@@ -155,8 +171,9 @@ def run_summary(work: Path) -> dict | None:
     lines = read_tsv(work / "run.tsv")
     if not lines:
         return None
-    backend, batch, status, wall_s, detail = lines[-1]
-    summary = {"backend": backend, "batch": int(batch), "status": status, "wall_s": float(wall_s), "detail": detail}
+    backend, batch, precision, status, wall_s, detail = lines[-1]
+    summary = {"backend": backend, "batch": int(batch), "precision": precision, "status": status,
+               "wall_s": float(wall_s), "detail": detail}  # fmt: skip
     run_dir = work / "results" / "gpu-check"
     history = run_dir / "history.csv"
     if history.exists():
@@ -186,7 +203,7 @@ def epoch_ends(run_log: Path) -> list[float]:
     """When run.log says each epoch ended ("2026-12-05 13:53:20,123 INFO epoch 1/2 ..."), in seconds."""
     if not run_log.exists():
         return []
-    words = [line.split() for line in run_log.read_text().splitlines()]
+    words = [line.split() for line in run_log.read_text(errors="replace").splitlines()]
     return [datetime.strptime(f"{w[0]} {w[1]}", "%Y-%m-%d %H:%M:%S,%f").timestamp()
             for w in words if len(w) > 3 and w[2:4] == ["INFO", "epoch"]]  # fmt: skip
 
@@ -194,7 +211,7 @@ def epoch_ends(run_log: Path) -> list[float]:
 def run_lines(run: dict | None) -> list[str]:
     if run is None:
         return ["2-epoch run: not started"]
-    lines = [f"2-epoch run ({run['backend']}, batch {run['batch']}, float32): {run['status']}, "
+    lines = [f"2-epoch run ({run['backend']}, batch {run['batch']}, {shown(run['precision'])}): {run['status']}, "
              f"{run['wall_s']:.0f} s end to end" + (f" ({run['detail']})" if run["detail"] else "")]  # fmt: skip
     epochs = run.get("epochs", [])
     if epochs:
@@ -207,7 +224,12 @@ def run_lines(run: dict | None) -> list[str]:
     if "epoch_cycle_s" in run:
         done, cycle, total = run["epochs_logged"], run["epoch_cycle_s"], run["projected_end_to_end_s"]
         met = "met" if total < END_TO_END_GOAL_S else "NOT met"
-        verdict = met if run["batch"] == 64 else f"not measured (the run was at batch {run['batch']})"
+        if run["status"] != "completed":  # its wall time is where it was stopped, not its end
+            verdict = f"not judged (the run did not complete: {run['status']})"
+        elif run["batch"] != 64:
+            verdict = f"not measured (the run was at batch {run['batch']})"
+        else:
+            verdict = met
         lines.append(f"  epoch {done}, checkpoint to checkpoint: {cycle:.1f} s; projected {FULL_EPOCHS} epochs end "
                      f"to end: {run['wall_s']:.0f} + {FULL_EPOCHS - done} x {cycle:.1f} = {total:,.0f} s "
                      f"({total / 60:.1f} min); goal at batch 64 under {END_TO_END_GOAL_S} s: {verdict}")  # fmt: skip
@@ -217,11 +239,11 @@ def run_lines(run: dict | None) -> list[str]:
 def table(work: Path, out: Path) -> int:
     rows = bench_rows(work)
     run = run_summary(work)
-    header = (work / "header.txt").read_text().splitlines() if (work / "header.txt").exists() else []
+    header = (work / "header.txt").read_text(errors="replace").splitlines() if (work / "header.txt").exists() else []
     notes = [
         f"  {r['backend']} batch {r['batch']} {r['precision']}: {r['detail']}" for r in rows if r["status"] != "ok"
     ]
-    text = "\n".join([*header, "", *table_lines(rows), "", *anchor_lines(rows),
+    text = "\n".join([*header, "", *table_lines(rows), "", *anchor_lines(rows, gpu_name(header)),
                       *(["", "not ok:", *notes] if notes else []), "", *run_lines(run)]) + "\n"  # fmt: skip
     print(text, end="")
     out.mkdir(parents=True, exist_ok=True)
