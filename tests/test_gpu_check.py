@@ -290,3 +290,12 @@ def test_table_without_any_result_still_prints(tmp_path):
     (tmp_path / "bench.tsv").write_text("torch\t64\toff\tskipped: out of time\t0\tthe budget left 3 s\n")
     text = _table("table", tmp_path, tmp_path)
     assert "skipped: out of time" in text and "2-epoch run: not started" in text
+
+
+def test_fetching_the_wheels_explains_itself_and_takes_no_arguments():
+    # --help must not start a download.
+    shown = subprocess.run(["bash", str(FETCH), "--help"], capture_output=True, text=True, timeout=30, check=False)
+    assert shown.returncode == 0 and shown.stdout.startswith("Fetch, on a machine with PyPI")
+    assert "carry" in shown.stdout
+    wrong = subprocess.run(["bash", str(FETCH), "3.12"], capture_output=True, text=True, timeout=30, check=False)
+    assert wrong.returncode == 2 and "takes no arguments" in wrong.stderr
