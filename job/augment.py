@@ -7,9 +7,12 @@ training step compile in 37 s instead of 11 s and every batch-64 step 45% slower
 this CPU; a gather is no friend of a GPU either. A shift is separable, so here it is
 two small matrix products per image: out = Wy @ image @ Wx^T, where row o of Wy holds
 the bilinear weights of source row o - dy (with the fill mode deciding what lies
-beyond the edge). A flip is Wx's rows reversed. Same distribution of outputs as
-ImageDataGenerator(width_shift_range, height_shift_range, horizontal_flip,
-fill_mode) in the tutorial; keras.ops only, so every backend runs it.
+beyond the edge). A flip is Wx's rows reversed. With the tutorial's fill_mode
+"nearest" (and with "reflect"), the same distribution of outputs as its
+ImageDataGenerator(width_shift_range, height_shift_range, horizontal_flip, fill_mode),
+checked against scipy.ndimage.affine_transform(order=1). "constant" and "wrap" follow
+scipy's grid-constant and grid-wrap, where ImageDataGenerator's scipy modes differ in
+a one-pixel border. keras.ops only, so every backend runs it.
 """
 
 from __future__ import annotations
