@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 
 from job.atomic import atomic_path, file_set, write_text
 from job.errors import EXIT_BAD_INPUT, JobError
+from job.history import check_row
 from job.rundir import LOCK, MANIFEST, STAGING_TMP
 
 SPEC_FILE = "spec.yaml"
@@ -509,24 +510,12 @@ def _history_epochs(path: Path) -> int:
         rows = [row for row in csv.DictReader(io.StringIO(text)) if any(row.values())]
         epochs = [int(row["epoch"]) for row in rows]
         for number, row in enumerate(rows, start=1):
-            _history_row(row, number)
+            check_row(row, number)
     except (csv.Error, KeyError, TypeError, ValueError) as e:
         raise _Unreadable(f"{HISTORY_FILE} is unreadable: {_why(e)}") from None
     if epochs != list(range(1, len(epochs) + 1)):
         raise _Unreadable(f"{HISTORY_FILE} does not number its epochs 1..{len(epochs)}")
     return len(epochs)
-
-
-def _history_row(row: dict, number: int) -> None:
-    """A row the trainer wrote whole: every column of the header, each a number."""
-    if None in row or None in row.values():
-        more = "more" if None in row else "fewer"
-        raise ValueError(f"row {number} has {more} fields than the header (a copy cut short?)")
-    for name, value in row.items():
-        try:
-            float(value)
-        except ValueError:
-            raise ValueError(f"row {number} has {name} {value!r}, not a number") from None
 
 
 def _epochs_so_far(path: Path) -> int | None:

@@ -10,7 +10,6 @@ never half a PNG nor a mix of old and new files.
 
 from __future__ import annotations
 
-import csv
 import os
 import zipfile
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from sklearn.metrics import (
 from job import calibration
 from job.atomic import atomic_path, file_set, write_json, write_text
 from job.calibration import clip_probs
+from job.history import read_history
 
 PREDICTIONS = "predictions.npz"
 HISTORY = "history.csv"
@@ -184,23 +184,6 @@ def load_predictions(run_dir: Path) -> Predictions:
             holdout_probs=f["holdout_probs"] if holdout else None,
             holdout_labels=f["holdout_labels"] if holdout else None,
         )
-
-
-def read_history(path: Path) -> list[dict]:
-    """history.csv as the trainer wrote it: floats written with repr read back exactly.
-    A damaged row (a copy cut short) is a ValueError naming its line."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            # csv fills a short row with None and gathers a long one's extra fields under None.
-            if None in row or None in row.values():
-                raise ValueError(f"{path.name} line {reader.line_num} has not as many fields as its header")
-            try:
-                rows.append({k: float(v) for k, v in row.items()})
-            except ValueError as e:
-                raise ValueError(f"{path.name} line {reader.line_num}: {e}") from None
-    return rows
 
 
 def calibration_report(predictions: Predictions) -> dict:

@@ -1,0 +1,39 @@
+"""history.csv, read back: one row per epoch as the trainer wrote it (train.write_history_csv).
+
+`lsjob report` reads it to redraw the training plot and `lsjob aggregate` to count a run's
+epochs; both must tell a copy cut short from a whole file the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def check_row(row: dict, number: int) -> None:
+    """A row the trainer wrote whole: every column of the header, each a number. `row` as
+    csv.DictReader gives it, which fills a short row with None and gathers a long one's extra
+    fields under the key None."""
+    if None in row or None in row.values():
+        more = "more" if None in row else "fewer"
+        raise ValueError(f"row {number} has {more} fields than the header (a copy cut short?)")
+    for name, value in row.items():
+        try:
+            float(value)
+        except ValueError:
+            raise ValueError(f"row {number} has {name} {value!r}, not a number") from None
+
+
+def read_history(path: Path) -> list[dict]:
+    """Every row, its values as floats (written with repr, so read back exactly). A damaged
+    row is a ValueError naming the file, its line and what is wrong."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        for number, row in enumerate(reader, start=1):
+            try:
+                check_row(row, number)
+            except ValueError as e:
+                raise ValueError(f"{path.name} line {reader.line_num}: {e}") from None
+            rows.append({k: float(v) for k, v in row.items()})
+    return rows
