@@ -46,7 +46,7 @@ class Point:
         return self.spec.run_name
 
     def describe(self) -> str:
-        shown = ", ".join(f"{k}={show_value(v)}" for k, v in self.values.items())
+        shown = show_values(self.values)
         return f"{self.run_name} ({shown})" if shown else self.run_name
 
 
@@ -147,7 +147,7 @@ def _describe_invalid(problems: dict[str, list[int]], combos: list[dict[str, Any
         shown = ", ".join(str(i) for i in indices[:SHOWN_INDICES])
         if len(indices) > SHOWN_INDICES:
             shown += f", ... ({len(indices)} in all)"
-        first = ", ".join(f"{k}={show_value(v)}" for k, v in combos[indices[0]].items())
+        first = show_values(combos[indices[0]])
         if len(indices) == 1:
             lines += [f"  {line}", f"    in point {shown} ({first})"]
         else:
@@ -167,6 +167,11 @@ def _slug(value: Any) -> str:
 
 def show_value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def show_values(values: dict[str, Any]) -> str:
+    """`field=value, ...` of a point's swept fields."""
+    return ", ".join(f"{k}={show_value(v)}" for k, v in values.items())
 
 
 def _refuse_shared_directories(all_points: list[Point]) -> None:
