@@ -26,9 +26,10 @@ import os
 import re
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import matplotlib.style
 import numpy as np
@@ -114,11 +115,22 @@ METRICS = (
     Metric("test_accuracy", "test_accuracy", "test acc (%)", percent=True, digits=2, required=True),
     # The manifest's test_nll: the final model's unsmoothed NLL on the validation set,
     # which in this recipe is the CIFAR-10 test set.
-    Metric("val_nll", "test_nll", "val NLL", digits=4, required=True,
-           note="the final model's unsmoothed NLL on the validation set (the CIFAR-10 test set in this "
-           "recipe), comparable across methods"),
-    Metric("test_ece", "test_ece", "ECE", digits=4,
-           note="expected calibration error on the test set, 15 equal-width bins of top-1 confidence"),
+    Metric(
+        "val_nll",
+        "test_nll",
+        "val NLL",
+        digits=4,
+        required=True,
+        note="the final model's unsmoothed NLL on the validation set (the CIFAR-10 test set in this "
+        "recipe), comparable across methods",
+    ),
+    Metric(
+        "test_ece",
+        "test_ece",
+        "ECE",
+        digits=4,
+        note="expected calibration error on the test set, 15 equal-width bins of top-1 confidence",
+    ),
     Metric("test_brier", "test_brier", "Brier", digits=4, note="multi-class Brier score on the test set"),
     # Only runs with eval.temperature_scaling have these.
     Metric("temperature", "temperature", "T", digits=3, note="softmax temperature fitted on the held-out slice"),
@@ -278,9 +290,7 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     out = root if out is None else Path(out)
     runs, warnings = collect(root)
     if not runs:
-        raise NoRunsError(
-            f"no lsjob runs under {root}: no directory there holds a {MANIFEST}, {SPEC_FILE} or {LOCK}"
-        )
+        raise NoRunsError(f"no lsjob runs under {root}: no directory there holds a {MANIFEST}, {SPEC_FILE} or {LOCK}")
     groups = summarize(runs)
     comparisons = compare(groups)
     warnings += comparison_warnings(runs)

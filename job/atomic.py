@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # mkstemp creates 0600 files; results should get the usual permissions for the umask.
 _UMASK = os.umask(0)

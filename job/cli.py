@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,11 +29,11 @@ log = logging.getLogger("lsjob")
 
 SpecArg = Annotated[Path, typer.Argument(help="The run spec (YAML). `lsjob schema` describes every field.")]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", help="Override a spec field, e.g. --set train.epochs=2 (repeatable; YAML-typed value)."),
 ]
 IndexOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--index",
         help="Which point of a sweep spec. Default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX.",
@@ -42,7 +42,7 @@ IndexOpt = Annotated[
 ]
 # show reads no array-task variable: it prints what you ask for, in a job or not.
 ShowIndexOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--index", help="Print that point of a sweep spec instead (default: the spec itself).", show_default=False
     ),
@@ -80,7 +80,7 @@ def bench(
     index: IndexOpt = None,
     steps: Annotated[int, typer.Option(min=2, help="Training steps timed after warm-up.")] = 50,
     warmup: Annotated[int, typer.Option(min=1, help="Steps run first: compilation and warm-up.")] = 10,
-    out: Annotated[Optional[Path], typer.Option(help="Write the JSON here instead of to stdout.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON here instead of to stdout.")] = None,
 ):
     """Time the spec's real training step on synthetic data: a table on stderr, JSON on stdout (or --out)."""
     point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)
@@ -170,7 +170,7 @@ def sweep_list(spec: SpecArg, set_: SetOpt = None):
 @app.command()
 def aggregate(
     root: Annotated[Path, typer.Argument(help="A results root; runs are found at any depth below it.")],
-    out: Annotated[Optional[Path], typer.Option(help="Where the tables, plots and page go (default: ROOT).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where the tables, plots and page go (default: ROOT).")] = None,
 ):
     """Tabulate every run under ROOT (aggregate.csv, .md, .html); plot accuracy and ECE against the factor."""
     from job.aggregate import aggregate as aggregate_runs  # matplotlib: only for this command
@@ -196,8 +196,8 @@ def report(
 def k8s_render(
     spec: SpecArg,
     image: Annotated[str, typer.Option(help="The image built from the Dockerfile, e.g. REGISTRY/lsjob:0.1.0.")],
-    name: Annotated[Optional[str], typer.Option(help="Job name. Default: lsjob-<spec file name>.")] = None,
-    parallelism: Annotated[Optional[int], typer.Option(min=1, help="Sweep points at once. Default: all.")] = None,
+    name: Annotated[str | None, typer.Option(help="Job name. Default: lsjob-<spec file name>.")] = None,
+    parallelism: Annotated[int | None, typer.Option(min=1, help="Sweep points at once. Default: all.")] = None,
     results_claim: Annotated[str, typer.Option(help="PVC mounted at /results.")] = k8s.RESULTS_CLAIM,
     cache_claim: Annotated[str, typer.Option(help="PVC for the dataset cache.")] = k8s.CACHE_CLAIM,
 ):

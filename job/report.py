@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib.style
 import numpy as np
@@ -47,9 +47,7 @@ _SERIES = (
 )
 
 
-def classification_metrics(
-    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
-) -> tuple[dict, str]:
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> tuple[dict, str]:
     """metrics dict for metrics.json and sklearn's classification_report text."""
     y_true, probs = _check_predictions(y_true, probs, class_names)
     labels = list(range(len(class_names)))
@@ -76,9 +74,7 @@ def classification_metrics(
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
     # Two digits, as the tutorial prints it; metrics.json keeps full precision.
-    text = classification_report(
-        y_true, y_pred, labels=labels, target_names=list(class_names), zero_division=0
-    )
+    text = classification_report(y_true, y_pred, labels=labels, target_names=list(class_names), zero_division=0)
     idle = [name for i, name in enumerate(class_names) if i not in in_play]
     if idle:
         text += (

@@ -49,9 +49,7 @@ def check_writable(root: Path, create: bool = True) -> None:
             )
         if not os.access(existing, os.W_OK | os.X_OK):
             where = "" if existing == root else f" ({existing} cannot hold it)"
-            raise SpecError(
-                f"the results root {root} is not writable{where}; set output.root to a writable directory"
-            )
+            raise SpecError(f"the results root {root} is not writable{where}; set output.root to a writable directory")
         return
     try:
         root.mkdir(parents=True, exist_ok=True)

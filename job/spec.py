@@ -93,15 +93,15 @@ class TrainSpec(Section):
         1.0, gt=0.0, le=10.0, description="Polynomial decay power, per epoch: lr * (1 - epoch/epochs) ** power."
     )
     seed: int = Field(42, ge=0, lt=2**31, description="Seeds every random stream: init, shuffle, augmentation.")
+    eval_batch_size: int = Field(
+        256, gt=0, le=65_536, description="Batch size for validation and prediction; does not change results."
+    )
 
     @property
     def base_lr(self) -> float:
         """The learning rate at epoch 0, after lr_scaling."""
         scale = self.batch_size / self.lr_reference_batch if self.lr_scaling == "linear" else 1.0
         return self.lr * scale
-    eval_batch_size: int = Field(
-        256, gt=0, le=65_536, description="Batch size for validation and prediction; does not change results."
-    )
 
 
 class AugmentSpec(Section):
@@ -520,7 +520,7 @@ def _refuse_comment(item: str, raw: str) -> None:
         key = item.partition("=")[0].strip()
         raise SpecError(
             f"--set {item!r}: YAML reads {rest!r} as a comment and drops it; to keep it, quote the value: "
-            f"--set \"{key}={yaml_string(raw.strip())}\""
+            f'--set "{key}={yaml_string(raw.strip())}"'
         )
 
 

@@ -135,9 +135,7 @@ class EpochRecorder(keras.callbacks.Callback):
     inside an epoch, a checkpoint every `every` steps and at a stop on SIGTERM, after which
     the stop is raised. Listed last: an epoch that finished is kept."""
 
-    def __init__(
-        self, history: list[dict], run_dir: Path, checkpoints: Checkpoints, train: TrainSpec, every: int = 0
-    ):
+    def __init__(self, history: list[dict], run_dir: Path, checkpoints: Checkpoints, train: TrainSpec, every: int = 0):
         super().__init__()
         self.history, self.run_dir, self.checkpoints, self.train = history, run_dir, checkpoints, train
         self.every = every

@@ -794,7 +794,7 @@ def test_html_page_lists_every_run_with_its_status_and_reason(aggregated):
         assert rows[run.run]["cells"][-1] == (run.reason or "")  # the whole reason, not shortened
     assert "not valid JSON (truncated or half-written?)" in rows["sweep/loss-f0.2-s9"]["cells"][-1]
     text = (tree / "aggregate.html").read_text(encoding="utf-8")
-    assert "labels vs loss at the same factor" in text and "<td class=\"num\">+1.3</td>" in text
+    assert "labels vs loss at the same factor" in text and '<td class="num">+1.3</td>' in text
     assert "16 completed, 1 killed, 1 interrupted, 1 failed, 2 incomplete, 1 damaged" in text
 
 

@@ -712,13 +712,25 @@ def broken_copies(small_batches, workdir):
         yield kind, batches_with(kind, lambda f, t=transform: rewrite(f, "data_batch_3", t)), None
     payload = Shell(f"touch {marker}")
     yield "malicious pickle", batches_with("pickle", lambda f: write_pickle(f / "data_batch_2", payload)), None
-    yield "pickle with a payload inside", batches_with(
-        "inside", lambda f: rewrite(f, "data_batch_2", lambda b: {**b, b"labels": payload})), None
-    yield "truncated batch", batches_with(
-        "truncated", lambda f: (f / "test_batch").write_bytes((f / "test_batch").read_bytes()[:5000])), None
+    yield (
+        "pickle with a payload inside",
+        batches_with("inside", lambda f: rewrite(f, "data_batch_2", lambda b: {**b, b"labels": payload})),
+        None,
+    )
+    yield (
+        "truncated batch",
+        batches_with("truncated", lambda f: (f / "test_batch").write_bytes((f / "test_batch").read_bytes()[:5000])),
+        None,
+    )
     yield "missing batch", batches_with("missing", lambda f: (f / "data_batch_4").unlink()), None
-    yield "reordered label names", batches_with("meta", lambda f: write_pickle(
-        f / "batches.meta", {b"label_names": [n.encode() for n in reversed(CLASS_NAMES)]})), None
+    yield (
+        "reordered label names",
+        batches_with(
+            "meta",
+            lambda f: write_pickle(f / "batches.meta", {b"label_names": [n.encode() for n in reversed(CLASS_NAMES)]}),
+        ),
+        None,
+    )
     empty = workdir / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("not CIFAR-10")

@@ -269,8 +269,10 @@ def test_table_sets_each_bench_against_the_pytorch_anchor_and_judges_the_goal_at
     text = _table("table", tmp_path, tmp_path)
     table_rows = [line for line in text.splitlines() if line.startswith(("jax ", "torch "))]
     assert [row.split()[4] for row in table_rows] == ["2.00x", "1.34x", "4.00x"]
-    assert "best at batch 512: jax bf16, 1.34x: goal met (but the anchor is an H100's figure and this ran on no " \
+    assert (
+        "best at batch 512: jax bf16, 1.34x: goal met (but the anchor is an H100's figure and this ran on no "
         "NVIDIA GPU)" in text
+    )
     (tmp_path / "header.txt").write_text("nvidia-smi: NVIDIA H200, 143771 MiB, 570.00\n")
     assert "1.34x: goal met (but the anchor is an H100's figure and this ran on NVIDIA H200)" in _table(
         "table", tmp_path, tmp_path

@@ -1,5 +1,6 @@
-"""Linters over the files that are not Python: the Dockerfile, shell and Slurm scripts,
-every YAML file, and the Kubernetes manifests against the Kubernetes API schema.
+"""Linters: ruff over the Python (its rules and its formatting, pyproject.toml's [tool.ruff]),
+and over the rest: the Dockerfile, shell and Slurm scripts, every YAML file, and the
+Kubernetes manifests against the Kubernetes API schema.
 
 The tools are test dependencies (the `test` extra): a missing one fails, naming the
 package to install, so a check is never skipped without anyone noticing.
@@ -45,6 +46,14 @@ def tool(name: str, package: str) -> str:
 
 def run(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_python_passes_ruff_and_is_formatted_by_it():
+    ruff = tool("ruff", "ruff")
+    for argv in ([ruff, "check", "--no-cache", "."], [ruff, "format", "--check", "--no-cache", "."]):
+        proc = run(argv)
+        # `ruff format --diff .` shows what to change; `ruff format .` changes it.
+        assert proc.returncode == 0, f"{' '.join(argv[1:])}:\n{proc.stdout}{proc.stderr}"
 
 
 def test_dockerfile_passes_hadolint():

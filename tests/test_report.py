@@ -38,8 +38,12 @@ NAMES_SMALL = ("a", "b", "c")
 def history(epochs, with_nll=True):
     rows = []
     for e in range(epochs):
-        row = {"loss": 2.0 - 0.1 * e, "accuracy": 0.3 + 0.05 * e,
-               "val_loss": 2.1 - 0.1 * e, "val_accuracy": 0.28 + 0.05 * e}
+        row = {
+            "loss": 2.0 - 0.1 * e,
+            "accuracy": 0.3 + 0.05 * e,
+            "val_loss": 2.1 - 0.1 * e,
+            "val_accuracy": 0.28 + 0.05 * e,
+        }
         if with_nll:
             row["val_nll"] = 1.8 - 0.1 * e
         rows.append(row)

@@ -131,21 +131,30 @@ MALFORMED = {
     "set tag": ("train: !!set {a, b}\n", "train"),
     "merge key": ("<<: {train: {epochs: 2}}\n", "not valid YAML"),
     "self-referencing alias": ("train: {seed: &a [1, *a]}\n", "contain itself"),
-    "alias bomb": ("".join(f"{c}: &{c} [{', '.join([f'*{p}' if p else 'x'] * 9)}]\n"
-                           for p, c in zip(["", *"abcdefgh"], "abcdefghi")), "unknown field"),  # fmt: skip
+    "alias bomb": (
+        "".join(
+            f"{c}: &{c} [{', '.join([f'*{p}' if p else 'x'] * 9)}]\n" for p, c in zip(["", *"abcdefgh"], "abcdefghi")
+        ),
+        "unknown field",
+    ),
     "nested thousands deep": ("train: " + "[" * 3000 + "]" * 3000 + "\n", "thousands deep"),
     "nested too deep": ("train: " + "{a: " * 20 + "1" + "}" * 20 + "\n", "nested more than 16 deep"),
     "run name too long": ("output: {run: " + "a" * 300 + "}\n", "output.run"),
     "zero steps per execution": ("runtime: {steps_per_execution: 0}\n", "runtime.steps_per_execution"),
     "holdout not an int": ("eval: {temperature_scaling: true, holdout_size: many}\n", "eval.holdout_size"),
-    "holdout of everything": ("data: {train_size: 512}\neval: {temperature_scaling: true}\n",
-                              "eval.holdout_size 5000 leaves no training images out of data.train_size 512"),
+    "holdout of everything": (
+        "data: {train_size: 512}\neval: {temperature_scaling: true}\n",
+        "eval.holdout_size 5000 leaves no training images out of data.train_size 512",
+    ),
     "holdout of the full set": ("eval: {temperature_scaling: true, holdout_size: 50000}\n", "out of all 50,000"),
-    "batch above the data": ("data: {train_size: 100}\ntrain: {batch_size: 128}\n",
-                             "train.batch_size 128 is more than the 100 training images"),
+    "batch above the data": (
+        "data: {train_size: 100}\ntrain: {batch_size: 128}\n",
+        "train.batch_size 128 is more than the 100 training images",
+    ),
     "batch above what the holdout leaves": (
         "data: {train_size: 1000}\ntrain: {batch_size: 64}\neval: {temperature_scaling: true, holdout_size: 950}\n",
-        "more than the 50 training images (data.train_size 1000 less eval.holdout_size 950)"),
+        "more than the 50 training images (data.train_size 1000 less eval.holdout_size 950)",
+    ),
     "sweep of an unknown field": ("sweep: {train.epoch: [1, 2]}\n", "train.epoch"),
     "sweep of an empty list": ("sweep: {smoothing.factor: []}\n", "smoothing.factor"),
     "sweep of no grids": ("sweep: []\n", "sweep"),
@@ -187,8 +196,11 @@ MALFORMED_OVERRIDES = [
 
 @pytest.mark.parametrize(
     "item, kept",
-    [("output.root=/scratch/exp #2", "/scratch/exp #2"), ("output.root=#1", "#1"),
-     ("output.root=runs # tmp", "runs # tmp")],  # fmt: skip
+    [
+        ("output.root=/scratch/exp #2", "/scratch/exp #2"),
+        ("output.root=#1", "#1"),
+        ("output.root=runs # tmp", "runs # tmp"),
+    ],
 )
 def test_an_override_yaml_would_cut_at_a_comment_is_refused_with_its_quoted_form(item, kept):
     with pytest.raises(SpecError, match="as a comment and drops it") as err:
@@ -268,7 +280,8 @@ def test_the_whole_bad_input_corpus_through_the_cli(tmp_path, monkeypatch, capsy
 def test_cli_show_prints_the_resolved_spec(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "job", "show", str(ROOT / "specs/seed-loss.yaml"), "--set", "train.epochs=3"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     shown = load_spec(write(tmp_path, proc.stdout))

@@ -121,11 +121,11 @@ def test_mutated_shipped_specs_load_or_are_refused(spec_file, original, edits):
     for where, how, piece in edits:
         i = int(where * len(text))
         if how == "delete":
-            text = text[:i] + text[i + len(piece):]
+            text = text[:i] + text[i + len(piece) :]
         elif how == "insert":
             text = text[:i] + piece + text[i:]
         else:
-            text = text[:i] + piece + text[i + len(piece):]
+            text = text[:i] + piece + text[i + len(piece) :]
     load_or_refuse(spec_file, text)
 
 

@@ -47,7 +47,7 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def head(self, train_size: int | None, test_size: int | None) -> "Dataset":
+    def head(self, train_size: int | None, test_size: int | None) -> Dataset:
         """The first `train_size`/`test_size` examples in their stored order (None: all)."""
         return Dataset(
             self.x_train[:train_size],
@@ -60,7 +60,7 @@ class Dataset:
             self.class_names,
         )
 
-    def split_holdout(self, size: int) -> tuple["Dataset", np.ndarray, np.ndarray]:
+    def split_holdout(self, size: int) -> tuple[Dataset, np.ndarray, np.ndarray]:
         """Set the last `size` training images aside (for temperature scaling): the
         dataset without them, and their images and labels. Never trained on."""
         from job.errors import SpecError
@@ -98,7 +98,6 @@ def load_dataset(spec) -> Dataset:
 
     if spec.source == "synthetic":
         from job.data.synthetic import make_synthetic
-
         from job.spec import TRAIN_IMAGES
 
         train, test = spec.train_size or TRAIN_IMAGES, spec.test_size or 10_000
