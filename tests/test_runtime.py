@@ -146,6 +146,17 @@ def test_two_replicas_train_one_run_with_the_global_batch_split_and_recorded(tmp
     assert float(proc.stdout.split()[-1]) < 1e-5
 
 
+@pytest.mark.slow
+def test_two_replicas_make_the_same_training_step_as_one():
+    # tests/replica_step.py: one step of the compiled model from the same weights and batch, each
+    # smoothing method; tools/check_without_tensorflow.sh runs it on JAX.
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "replica_step.py")], capture_output=True, text=True,
+                          cwd=ROOT)  # fmt: skip
+    verdicts = [line for line in proc.stdout.splitlines() if line.startswith("replica_step: tensorflow")]
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert len(verdicts) == 4 and all(line.endswith(": the same") for line in verdicts), proc.stdout
+
+
 def test_a_batch_that_all_the_replicas_cannot_split_is_refused_before_the_run_directory_exists(tmp_path):
     # runtime.replicas: all -- only the machine says how many: checked after set-up, before the claim.
     sets = [*TINY, f"output.root={tmp_path}", "output.run=odd", "runtime.replicas=all", "train.batch_size=15"]

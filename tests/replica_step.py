@@ -1,0 +1,95 @@
+"""One training step of the job's compiled model on 1 replica and on 2, from the same weights
+and batch: 2 replicas must make the same update (a gradient summed twice, or batch statistics
+taken per replica, would not). Run as a script on a CPU split in two, on any backend:
+
+    python tests/replica_step.py                      # TensorFlow: two logical CPU devices
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax python tests/replica_step.py
+
+tests/test_runtime.py runs it on TensorFlow, tools/check_without_tensorflow.sh on JAX.
+Exit status 0 when every smoothing method's updates agree, 1 (with the figures) when not.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    # TensorFlow fixes its devices when it first uses one: split the CPU before Keras loads.
+    import tensorflow as tf
+
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+import keras  # noqa: E402
+
+from job import runtime, smoothing  # noqa: E402
+from job.data import per_pixel_mean  # noqa: E402
+from job.spec import load_spec  # noqa: E402
+from job.train import compile_model  # noqa: E402
+
+BATCH = 16
+# The largest relative difference of a step allowed. Sums in another order differ in the last
+# bits (JAX: 8e-6 for the weights). TensorFlow's synchronized batch normalization (Keras's)
+# takes the variance as E[x^2] - E[x]^2, which in float32 moves the weights' step by 5e-4 on
+# one replica alone, 2e-3 on two (measured). Errors measured against these: a gradient summed
+# over the replicas, not averaged, 1.0; per-replica batch statistics, 0.6 for the weights and
+# 1e-2 for the moving statistics.
+TOLERANCE = {"weights": 1e-2, "moving statistics": 1e-4}
+
+
+def one_step(method: str, replicas: int, x: np.ndarray, labels: np.ndarray) -> dict[str, tuple[list, list]]:
+    """For the trainable weights and for the moving statistics: their values before and after."""
+    spec = load_spec(
+        None,
+        [f"smoothing.method={method}", f"runtime.replicas={replicas}", f"train.batch_size={BATCH}",
+         "augment.shift=0.0", "augment.horizontal_flip=false", "runtime.deterministic=false"],
+    )  # fmt: skip
+    runtime.configure(spec.runtime, spec.train.seed)
+    with runtime.replica_scope():
+        model = compile_model(spec, per_pixel_mean(x), 10)
+    # Dropout draws its masks per replica: no two layouts could compare with it on.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    # Every convolution feeds a batch normalization, so its bias has no gradient, only noise.
+    noise = {id(layer.bias) for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+    # Apart: the moving statistics' step is far larger and would hide the weights'.
+    groups = {
+        "weights": [v for v in model.trainable_weights if id(v) not in noise],
+        "moving statistics": model.non_trainable_weights,
+    }
+    before = {name: [keras.ops.convert_to_numpy(v) for v in group] for name, group in groups.items()}
+    targets = smoothing.training_targets(labels, 10, spec.smoothing)
+    model.fit(**runtime.feed(x, targets, batch_size=BATCH), shuffle=False, epochs=1, verbose=0)
+    return {name: (before[name], [keras.ops.convert_to_numpy(v) for v in group]) for name, group in groups.items()}
+
+
+def main() -> int:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (BATCH, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, BATCH)
+    failed = False
+    for method in ("labels", "loss"):
+        one, two = one_step(method, 1, x, labels), one_step(method, 2, x, labels)
+        for group, (one_before, one_after) in one.items():
+            two_before, two_after = two[group]
+            if not all(np.array_equal(a, b) for a, b in zip(one_before, two_before)):
+                print(f"replica_step: {method}: the {group} of the two models started from different values")
+                failed = True
+                continue
+            step_one = np.concatenate([(a - b).ravel() for a, b in zip(one_after, one_before)])
+            step_two = np.concatenate([(a - b).ravel() for a, b in zip(two_after, two_before)])
+            gap = float(np.linalg.norm(step_one - step_two) / np.linalg.norm(step_one))
+            verdict = "the same" if gap < TOLERANCE[group] else "DIFFERENT"
+            print(f"replica_step: {keras.backend.backend()}, smoothing.method {method}, the step of the {group}: "
+                  f"2 replicas vs 1 differ by {gap:.2e} (relative): {verdict}")  # fmt: skip
+            failed |= gap >= TOLERANCE[group]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
