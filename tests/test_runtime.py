@@ -151,7 +151,7 @@ def test_two_replicas_make_the_same_training_step_as_one():
     # tests/replica_step.py: one step of the compiled model from the same weights and batch, each
     # smoothing method; tools/check_without_tensorflow.sh runs it on JAX.
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "replica_step.py")], capture_output=True, text=True,
-                          cwd=ROOT)  # fmt: skip
+                          cwd=ROOT, timeout=600)  # fmt: skip
     verdicts = [line for line in proc.stdout.splitlines() if line.startswith("replica_step: tensorflow")]
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert len(verdicts) == 4 and all(line.endswith(": the same") for line in verdicts), proc.stdout

@@ -140,6 +140,30 @@ def test_sbatch_forwards_term_once_and_waits_for_the_real_exit_code(tmp_path, st
     assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
 
 
+def test_sbatch_waits_for_lsjob_when_term_reaches_every_process(tmp_path, stubs):
+    # A plain scancel, the hard time limit and most preemption signal the whole job, the
+    # script's own children too: it must still wait for lsjob's step and requeue on its 75.
+    bin_dir, env = stubs
+    _stub(
+        bin_dir,
+        "lsjob",
+        f"trap 'echo TERM >> {tmp_path}/signals' TERM\n"
+        f"touch {tmp_path}/started\n"
+        f"while [[ ! -s {tmp_path}/signals ]]; do sleep 0.1; done\n"
+        "sleep 2\nexit 75\n",
+    )
+    script = subprocess.Popen(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env,
+                              start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline and script.poll() is None, "stand-in lsjob never started"
+        time.sleep(0.1)
+    time.sleep(0.3)  # into the script's `sleep`
+    os.killpg(script.pid, signal.SIGTERM)
+    assert script.wait(timeout=30) == 75
+    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
+
+
 def test_sbatch_stopped_before_lsjob_starts_still_requeues(tmp_path, stubs):
     # TERM in the script's first moments (here from the venv's activate, sourced before lsjob
     # starts): the trap must already be there, or bash dies of it and nothing requeues.
@@ -148,7 +172,7 @@ def test_sbatch_stopped_before_lsjob_starts_still_requeues(tmp_path, stubs):
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "activate").write_text("kill -TERM $$\n")
     # Like Python before lsjob installs its handler: TERM kills it.
-    _stub(bin_dir, "lsjob", f"touch {tmp_path}/started\nsleep 30\n")
+    _stub(bin_dir, "lsjob", f"touch {tmp_path}/started\nexec sleep 30\n")
     proc = subprocess.run(
         ["bash", SLURM / "train.sbatch", "spec.yaml"],
         cwd=tmp_path, env={**env, "LSJOB_VENV": str(venv)}, capture_output=True, text=True, timeout=20, check=False,
@@ -160,7 +184,7 @@ def test_sbatch_stopped_before_lsjob_starts_still_requeues(tmp_path, stubs):
 
 def test_sbatch_requeues_when_term_kills_lsjob_before_its_handler(tmp_path, stubs):
     bin_dir, env = stubs
-    _stub(bin_dir, "lsjob", f"touch {tmp_path}/started\nsleep 30\n")  # no handler yet: TERM kills it
+    _stub(bin_dir, "lsjob", f"touch {tmp_path}/started\nexec sleep 30\n")  # no handler yet: TERM kills it
     script = subprocess.Popen(["bash", SLURM / "sweep.sbatch", "spec.yaml"], cwd=tmp_path, env=env)
     deadline = time.monotonic() + 30
     while not (tmp_path / "started").exists():
@@ -169,6 +193,30 @@ def test_sbatch_requeues_when_term_kills_lsjob_before_its_handler(tmp_path, stub
     script.send_signal(signal.SIGTERM)
     assert script.wait(timeout=30) == 75
     assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
+
+
+def test_sbatch_survives_term_inside_a_command_substitution(tmp_path, stubs):
+    # Slurm's TERM while the script runs $(hostname): bash 5.2 misparsed the rest of a command
+    # holding a second $(...) and exited 2, as if the spec were bad.
+    bin_dir, env = stubs
+    _stub(bin_dir, "hostname", "kill -TERM $PPID\nsleep 0.2\necho node1\n")
+    _stub(bin_dir, "lsjob", "exec sleep 30\n")
+    proc = subprocess.run(["bash", SLURM / "sweep.sbatch", "spec.yaml"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=20, check=False)  # fmt: skip
+    assert proc.returncode == 75, proc
+    assert "on node1 at" in proc.stdout
+    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
+
+
+def test_sbatch_keeps_the_exit_code_of_an_lsjob_that_ends_as_term_arrives(tmp_path, stubs):
+    # The TERM and lsjob's exit at once: a trap-shortened `wait` lost that status (143 for 0).
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", "kill -TERM $PPID\nexit 0\n")
+    for _ in range(3):
+        proc = subprocess.run(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=20, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc
+    assert not (tmp_path / "scontrol.calls").exists()
 
 
 def test_sbatch_does_not_requeue_a_term_it_was_not_asked_to_pass_on(tmp_path, stubs):
