@@ -238,6 +238,26 @@ def test_a_results_root_outside_the_volume_is_refused(root):
         k8s.pod_results_root(Path(root))
 
 
+@pytest.mark.parametrize(
+    "data, refused",
+    [("cache_dir: /scratch/me/keras", "data.cache_dir /scratch/me/keras"), ("cache_dir: keras", "data.cache_dir keras"),
+     ("path: /data/cifar-10-python.tar.gz", "data.path /data/cifar-10-python.tar.gz"),
+     ("path: /cache/../etc/x.tar.gz", "data.path /cache/../etc/x.tar.gz")],
+)  # fmt: skip
+def test_data_folders_the_pod_does_not_mount_are_refused(tmp_path, data, refused):
+    spec = tmp_path / "slurm-spec.yaml"
+    spec.write_text(f"data:\n  {data}\nsweep:\n  smoothing.factor: [0.0, 0.1]\n")
+    with pytest.raises(SpecError, match="is not on a volume of the pod") as e:
+        k8s.render(spec, image="x")
+    assert str(e.value).startswith(refused)
+
+
+def test_data_folders_on_the_claims_are_kept(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("data:\n  path: /cache/keras/datasets/cifar-10-python.tar.gz\n  cache_dir: /results/keras\n")
+    assert "/cache/keras/datasets/cifar-10-python.tar.gz" in k8s.render(spec, image="x")
+
+
 def test_bad_input_is_refused_before_it_reaches_a_cluster(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochs: '70'\n")
