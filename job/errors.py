@@ -20,6 +20,13 @@ class JobError(Exception):
     exit_code = EXIT_INTERNAL
 
 
+class StorageError(JobError):
+    """The storage failed in a way that may pass (an I/O error, a stale NFS handle, a timeout):
+    not the spec's fault, so not exit 2, which schedulers never retry."""
+
+    exit_code = EXIT_INTERNAL
+
+
 class SpecError(JobError):
     """The spec or a CLI override is invalid."""
 

@@ -20,7 +20,7 @@ import socket
 from pathlib import Path
 
 from job import atomic
-from job.errors import RunBusyError, SpecError
+from job.errors import RunBusyError, SpecError, StorageError
 
 log = logging.getLogger("lsjob")
 LOCK = ".lock"
@@ -31,6 +31,24 @@ PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
 ATOMIC_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")  # job.atomic: .<name>.<random>.tmp<suffix>
 STAGING_TMP = re.compile(re.escape(atomic.STAGING_PREFIX) + r"[^./]+\.tmp")
+
+
+# Storage faults that may pass (NFS under load, a server restart, a failing disk): reported as
+# such, exit 1, rather than as bad input (exit 2, never retried) or a damaged run (whose advice,
+# --force, would discard it).
+PASSING_ERRNOS = {
+    errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN, errno.EAGAIN, errno.EINTR, errno.EHOSTDOWN,
+    errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
+}  # fmt: skip
+
+
+def storage_fault(path: Path, error: OSError) -> StorageError | None:
+    if error.errno not in PASSING_ERRNOS:
+        return None
+    return StorageError(
+        f"{path}: {error.strerror or error} (the storage failed, not the spec); run the same command again "
+        "once the storage is healthy: a run resumes where it stopped"
+    )
 
 
 def now() -> str:
@@ -54,7 +72,7 @@ def check_writable(root: Path, create: bool = True) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SpecError(
+        raise storage_fault(root, e) or SpecError(
             f"cannot create the results root {root}: {e.strerror}; set output.root to a writable directory"
         ) from None
     if not os.access(root, os.W_OK | os.X_OK):
@@ -124,7 +142,8 @@ class RunDir:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            raise SpecError(
+            fault = storage_fault(self.manifest_path, e) if isinstance(e, OSError) else None
+            raise fault or SpecError(
                 f"{self.manifest_path} is unreadable ({e}); the run directory is damaged: {advice}"
             ) from None
         if not isinstance(manifest, dict):

@@ -1,14 +1,16 @@
 """A run end to end: the results directory, re-runs, and refusals that protect results."""
 
+import errno
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from job import run as run_mod
-from job.errors import DivergedError, RunBusyError, SpecError
+from job.errors import DivergedError, RunBusyError, SpecError, StorageError
 from job.rundir import RunDir
 from job.spec import load_spec
 
@@ -366,6 +368,29 @@ def test_unwritable_results_root_fails_before_training(tmp_path, tiny_spec):
     spec = tiny_spec(f"output.root={tmp_path / 'file' / 'results'}")
     with pytest.raises(SpecError, match="results root"):
         run_mod.execute(spec)
+
+
+@pytest.mark.parametrize("code, error, exit_code", [(errno.ESTALE, StorageError, 1), (errno.EACCES, SpecError, 2)])
+def test_a_storage_fault_is_not_called_bad_input_nor_a_damaged_run(tmp_path, monkeypatch, code, error, exit_code):
+    # A stale NFS handle or an I/O error may pass: exit 1 (retried by k8s/), never 2 (failed for
+    # good) nor "damaged: pass --force", which would discard a healthy run.
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    run_dir = RunDir(tmp_path / "root" / "r")
+    with monkeypatch.context() as m:
+        m.setattr(Path, "mkdir", fail)
+        with pytest.raises(error) as err:
+            run_dir.claim()
+    assert err.value.exit_code == exit_code and "--force" not in str(err.value)
+    run_dir.claim()
+    run_dir.write_manifest({"status": "running"})
+    run_dir.release()
+    monkeypatch.setattr(Path, "read_text", fail)
+    with pytest.raises(error) as err:
+        run_dir.read_manifest()
+    assert err.value.exit_code == exit_code
+    assert ("--force" in str(err.value)) == (error is SpecError)
 
 
 def test_a_holdout_that_leaves_nothing_to_train_on_is_a_clear_error(tiny_spec):
