@@ -4,6 +4,8 @@ Schedulers key retries off these codes: bad input (2) and data problems (3) fail
 fast, an interrupted run (75, EX_TEMPFAIL) is requeued and resumes.
 """
 
+import errno
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
@@ -12,6 +14,10 @@ EXIT_DIVERGED = 4
 EXIT_BUSY = 5
 EXIT_NO_SPACE = 6
 EXIT_INTERRUPTED = 75
+
+
+# Out of space, out of quota, or over a file-size limit (ulimit -f): the same remedy.
+NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class JobError(Exception):

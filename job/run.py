@@ -7,7 +7,6 @@ interrupted or failed one resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import errno
 import logging
 import shutil
 import socket
@@ -19,7 +18,7 @@ import keras
 
 from job import atomic, report, runtime
 from job.data import load_dataset
-from job.errors import EXIT_OK, InterruptedRun, JobError, NoSpaceError, SpecError
+from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpaceError, SpecError
 from job.model import synchronize_batch_norm
 from job.rundir import RunDir, check_writable, now
 from job.spec import Spec, load_spec
@@ -155,8 +154,6 @@ def _execute_claimed(
         handler.close()
 
 
-# Out of space, out of quota, or over a file-size limit (ulimit -f): the same remedy.
-NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # h5py and some Keras paths re-raise with the errno only in the message.
 NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
 

@@ -11,6 +11,7 @@ expected; the original exception stays as its __cause__ for debugging.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import logging
@@ -20,6 +21,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
@@ -28,7 +30,7 @@ import numpy as np
 from job import preemption
 from job.atomic import fsync_dir, sha256_file
 from job.data import CLASS_NAMES
-from job.errors import DataError
+from job.errors import NO_SPACE_ERRNOS, DataError, JobError, NoSpaceError
 
 log = logging.getLogger("lsjob")
 
@@ -67,20 +69,45 @@ _CHUNK = 1 << 20  # bytes per read when hashing or copying an archive
 # start together on a cold shared cache wait for it instead of each fetching 170 MB.
 CACHE_LOCK = ".cifar-10.lock"
 LOCK_POLL_S = 1.0
+# No byte for this long and a download is given up (exit 3): a server that stops answering
+# would otherwise hold every task of a sweep, waiting on the cache lock, until its time limit.
+DOWNLOAD_STALL_S = 60.0
+DOWNLOAD_LOG_S = 30.0
+# What a fill of the cache needs there: the archive and its extraction.
+CACHE_NEEDS = "about 350 MB (the 170 MB archive and its 180 MB extraction)"
+# A download or extraction folder in which nothing changed for this long was left by a
+# process that died (a live download writes every second, or gives up within a minute).
+LEFTOVER_AGE_S = 600.0
 
 
 def load_cifar10(path: Path | None, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """x_train uint8 (50000,32,32,3), y_train uint8 (50000,), x_test uint8 (10000,32,32,3), y_test uint8 (10000,)"""
     datasets = datasets_dir(cache_dir)
+    try:
+        return _load(None if path is None else Path(path).expanduser(), datasets)
+    except OSError as e:  # checking a folder it may not enter, or reading a file it may not read
+        raise _unreadable(e.filename or datasets, e) from e
+
+
+def _unreadable(path, error: OSError) -> DataError:
+    denied = error.errno in (errno.EACCES, errno.EPERM)
+    fix = "make it readable" if denied else "check the storage"
+    return DataError(
+        f"cannot read {path} ({error.strerror or error}) as user {os.getuid()}; {fix}, or point data.path "
+        "or data.cache_dir elsewhere"
+    )
+
+
+def _load(path: Path | None, datasets: Path):
     if path is None:
         return _load_from_cache(datasets)
-    path = Path(path).expanduser()
     if path.is_dir():
         batches = _find_batches(path, complete=False)
         if batches is None:
+            hint = f"; it holds {ARCHIVE_NAME}: set data.path to that file" if (path / ARCHIVE_NAME).is_file() else ""
             raise DataError(
                 f"data.path {path} holds no CIFAR-10 batches: expected {', '.join(_batch_files())} "
-                f"in it or in its {BATCHES_DIR}/ subdirectory"
+                f"in it or in its {BATCHES_DIR}/ subdirectory{hint}"
             )
         return read_batch_dir(batches)
     if path.is_file():
@@ -138,6 +165,8 @@ def _read_cached(batches: Path):
     try:
         return read_batch_dir(batches)
     except DataError as e:
+        if isinstance(e.__cause__, OSError):  # unreadable (another user's cache?), not damaged
+            raise
         raise DataError(f"{e}; the cached copy in {batches} is damaged: delete it to fetch CIFAR-10 again") from e
 
 
@@ -176,8 +205,10 @@ def _cache_lock(datasets: Path):
     try:
         datasets.mkdir(parents=True, exist_ok=True)
         fd = _acquire(lock)
-    except OSError:
-        fd = None  # download_archive says what is wrong with the folder, if it comes to that
+    except OSError as e:  # download_archive says what is wrong with the folder, if it comes to that
+        log.warning("cannot lock the dataset cache %s (%s); going on without the lock", datasets, e)
+        fd = None
+    _clear_leftovers(datasets)
     try:
         yield
     finally:
@@ -185,6 +216,20 @@ def _cache_lock(datasets: Path):
             with contextlib.suppress(OSError):
                 os.unlink(lock)  # still held: a process waiting on this file will see it gone and retry
             os.close(fd)  # closing drops the flock
+
+
+def _clear_leftovers(datasets: Path) -> None:
+    """Delete the download and extraction folders of processes that died (SIGKILL) in them:
+    170-180 MB each, never reused. One still in use is always younger than LEFTOVER_AGE_S."""
+    for folder in [*datasets.glob(".download.*"), *datasets.glob(f".{BATCHES_DIR}.*.partial")]:
+        try:
+            newest = max(p.lstat().st_mtime for p in [folder, *folder.rglob("*")])
+        except OSError:
+            continue  # gone meanwhile, or not ours to look into
+        if time.time() - newest > LEFTOVER_AGE_S:
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                log.info("deleted %s, left by a process that died filling the cache", folder)
 
 
 def _acquire(lock: Path) -> int | None:
@@ -223,13 +268,12 @@ def _acquire(lock: Path) -> int | None:
 
 
 def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
-    """Fetch the official archive with Keras into `datasets`; DataError when it cannot be had.
+    """Fetch the official archive into `datasets`; DataError when it cannot be had.
 
-    Keras writes to its final name as it goes, so it downloads into a private folder;
-    the archive is moved to datasets/ only once its digest checks out. A download
-    killed half-way, or two tasks filling a cold shared cache at once, can then never
-    leave or see a partial archive under the real name. `rejected`: archives found in the
-    cache whose digest is wrong, named in the error when the download fails.
+    It downloads into a private folder, and the archive is moved to datasets/ only once its
+    digest checks out. A download killed half-way, or two tasks filling a cold shared cache
+    at once, can then never leave or see a partial archive under the real name. `rejected`:
+    archives found in the cache whose digest is wrong, named in the error when the download fails.
     """
     try:
         datasets.mkdir(parents=True, exist_ok=True)
@@ -241,21 +285,15 @@ def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
         ) from None
     log.info("downloading CIFAR-10 from %s into %s", CIFAR10_URL, datasets)
     try:
-        from keras.utils import get_file
-
-        fetched = get_file(
-            fname=ARCHIVE_NAME,
-            origin=CIFAR10_URL,
-            file_hash=CIFAR10_SHA256,
-            hash_algorithm="sha256",
-            cache_dir=str(datasets),
-            cache_subdir=staging.name,
-        )
-        verify_sha256(Path(fetched))
+        fetched = staging / ARCHIVE_NAME
+        fetch(CIFAR10_URL, fetched)
+        verify_sha256(fetched)
         os.replace(fetched, datasets / ARCHIVE_NAME)
-    except DataError:
+    except JobError:  # a stop request, a wrong digest
         raise
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+            raise _no_space(datasets, e) from e
         if rejected:
             bad = ", ".join(str(p) for p in rejected)
             where = f"replace {bad} with it: that copy is not the official archive (its sha256 differs; cut short?)"
@@ -268,6 +306,32 @@ def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return datasets / ARCHIVE_NAME
+
+
+def fetch(url: str, dest: Path) -> None:
+    """Stream `url` into the new file `dest`, checking for a stop request (SIGTERM) between
+    chunks. Ours, not Keras's get_file: that has no timeout (a stalled server hangs every task
+    waiting on the cache lock), cannot be stopped before it ends, and draws a progress bar
+    into batch logs."""
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_STALL_S) as response, open(dest, "xb") as out:
+        size = int(response.headers.get("Content-Length") or 0)
+        done, reported = 0, time.monotonic()
+        while chunk := response.read(1 << 16):
+            out.write(chunk)
+            done += len(chunk)
+            preemption.check()
+            if time.monotonic() - reported >= DOWNLOAD_LOG_S:
+                reported = time.monotonic()
+                log.info("downloaded %.0f of %s MB", done / 1e6, f"{size / 1e6:.0f}" if size else "?")
+    if size and done != size:
+        raise OSError(f"the connection closed after {done} of {size} bytes")
+
+
+def _no_space(datasets: Path, error: OSError) -> NoSpaceError:
+    return NoSpaceError(
+        f"ran out of space filling the dataset cache {datasets} ({error.strerror or error}); CIFAR-10 needs "
+        f"{CACHE_NEEDS} there: free space, or set data.cache_dir to a folder with room, and re-run"
+    )
 
 
 def _load_archive(archive: Path, datasets: Path):
@@ -375,6 +439,8 @@ def safe_extract(tar_path: Path, dest_dir: Path) -> Path:
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(f"{tar_path} is not a readable {ARCHIVE_NAME} (truncated or corrupt: {e})") from e
     except OSError as e:
+        if e.errno in NO_SPACE_ERRNOS:
+            raise _no_space(dest_dir, e) from e
         raise DataError(f"could not extract {tar_path} into {dest_dir}: {e}") from e
     batches = dest_dir / BATCHES_DIR
     if not batches.is_dir():
@@ -444,7 +510,11 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def _unpickle(path: Path):
     try:
-        with open(path, "rb") as f:
+        f = open(path, "rb")  # apart: a file that cannot be opened is unreadable, not damaged
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    try:
+        with f:
             # The batches were pickled by Python 2: its strings are bytes here, as they were there.
             return RestrictedUnpickler(f, encoding="bytes").load()
     except Exception as e:
