@@ -67,3 +67,21 @@ class InterruptedRun(JobError):
     """SIGTERM/SIGINT arrived; the step it stopped at is checkpointed."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+# Storage faults that may pass (NFS under load, a server restart, a failing disk): reported as
+# such, exit 1, rather than as bad input (exit 2, never retried), a data problem (3), or a
+# damaged run (whose advice, --force, would discard it).
+PASSING_ERRNOS = {
+    errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN, errno.EAGAIN, errno.EINTR, errno.EHOSTDOWN,
+    errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
+}  # fmt: skip
+
+
+def storage_fault(path, error: OSError) -> StorageError | None:
+    if error.errno not in PASSING_ERRNOS:
+        return None
+    return StorageError(
+        f"{path}: {error.strerror or error} (the storage failed, not the spec); run the same command again "
+        "once the storage is healthy: a run resumes where it stopped"
+    )

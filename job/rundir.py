@@ -20,7 +20,7 @@ import socket
 from pathlib import Path
 
 from job import atomic
-from job.errors import RunBusyError, SpecError, StorageError
+from job.errors import RunBusyError, SpecError, storage_fault
 
 log = logging.getLogger("lsjob")
 LOCK = ".lock"
@@ -31,24 +31,6 @@ PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
 ATOMIC_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")  # job.atomic: .<name>.<random>.tmp<suffix>
 STAGING_TMP = re.compile(re.escape(atomic.STAGING_PREFIX) + r"[^./]+\.tmp")
-
-
-# Storage faults that may pass (NFS under load, a server restart, a failing disk): reported as
-# such, exit 1, rather than as bad input (exit 2, never retried) or a damaged run (whose advice,
-# --force, would discard it).
-PASSING_ERRNOS = {
-    errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN, errno.EAGAIN, errno.EINTR, errno.EHOSTDOWN,
-    errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
-}  # fmt: skip
-
-
-def storage_fault(path: Path, error: OSError) -> StorageError | None:
-    if error.errno not in PASSING_ERRNOS:
-        return None
-    return StorageError(
-        f"{path}: {error.strerror or error} (the storage failed, not the spec); run the same command again "
-        "once the storage is healthy: a run resumes where it stopped"
-    )
 
 
 def now() -> str:

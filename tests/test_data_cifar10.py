@@ -27,7 +27,7 @@ import pytest
 
 from job import preemption
 from job.data import CLASS_NAMES, cifar10
-from job.errors import DataError, InterruptedRun, NoSpaceError
+from job.errors import DataError, InterruptedRun, NoSpaceError, StorageError
 
 SMALL = 1000
 RECONSTRUCT = np.empty(0, dtype=np.uint8).__reduce__()[0]
@@ -456,7 +456,7 @@ def test_real_download_failure_under_keras_home(monkeypatch, tmp_path):
 def server():
     """A local HTTP server for the real fetch: serve(body, declared=None, stall=False) -> its URL.
     `declared`: the Content-Length sent (a connection cut short sends more than it gives);
-    `stall`: send the headers, then nothing, as a server that stops answering."""
+    `stall`: after the body, send nothing more and keep the connection, as a server that stops answering."""
     import http.server
 
     release = threading.Event()
@@ -468,10 +468,10 @@ def server():
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body) if declared is None else declared))
                 self.end_headers()
-                if stall:
-                    release.wait(30)
-                    return
                 self.wfile.write(body)
+                if stall:
+                    self.wfile.flush()
+                    release.wait(30)
 
             def log_message(self, *args):
                 pass
@@ -524,6 +524,46 @@ def test_a_stop_during_the_download_stops_it_and_leaves_nothing(small, small_tar
     with pytest.raises(InterruptedRun, match="SIGTERM"):
         cifar10.load_cifar10(None, tmp_path / "cache")
     assert files_under(tmp_path / "cache") == ["datasets"]
+
+
+@pytest.mark.parametrize("sent", [0, 1024])
+def test_a_stop_during_a_stalled_or_slow_download_is_a_stop_at_once(sent, small, small_tar, trusted, server,
+                                                                    monkeypatch, tmp_path):  # fmt: skip
+    # SIGTERM while the server sends nothing (it ended as the timeout did: exit 3, never requeued),
+    # or while a slow link has sent less than a read's worth (it waited for all 64 KB).
+    trusted(small_tar)
+    data = small_tar.read_bytes()
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", server(data[:sent], declared=len(data), stall=True))
+    monkeypatch.setattr(cifar10, "DOWNLOAD_STALL_S", 0.5 if sent == 0 else 20.0)
+    monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+    started = time.monotonic()
+    with pytest.raises(InterruptedRun, match="SIGTERM"):
+        cifar10.load_cifar10(None, tmp_path / "cache")
+    assert time.monotonic() - started < 10
+    assert files_under(tmp_path / "cache") == ["datasets"]
+
+
+@pytest.mark.parametrize(
+    "code, error, exit_code", [(errno.ESTALE, StorageError, 1), (errno.EDQUOT, NoSpaceError, 6),
+                               (errno.EACCES, DataError, 3)]
+)  # fmt: skip
+def test_what_fails_while_the_cache_is_searched_gets_its_own_exit_code(code, error, exit_code, monkeypatch, tmp_path):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "cache" / "datasets"))
+
+    monkeypatch.setattr(cifar10, "_cached_batches", fail)
+    with pytest.raises(error) as err:
+        cifar10.load_cifar10(None, tmp_path / "cache")
+    assert type(err.value) is error and err.value.exit_code == exit_code
+
+
+def test_an_inode_quota_when_the_download_folder_is_made_is_exit_6(monkeypatch, tmp_path):
+    def quota(*args, **kwargs):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(cifar10.tempfile, "mkdtemp", quota)
+    with pytest.raises(NoSpaceError, match="Disk quota exceeded"):
+        cifar10.load_cifar10(None, tmp_path / "cache")
 
 
 @pytest.mark.parametrize("stage", ["download", "extraction"])

@@ -30,7 +30,7 @@ import numpy as np
 from job import preemption
 from job.atomic import fsync_dir, sha256_file
 from job.data import CLASS_NAMES
-from job.errors import NO_SPACE_ERRNOS, DataError, JobError, NoSpaceError
+from job.errors import NO_SPACE_ERRNOS, DataError, JobError, NoSpaceError, storage_fault
 
 log = logging.getLogger("lsjob")
 
@@ -85,8 +85,11 @@ def load_cifar10(path: Path | None, cache_dir: Path | None) -> tuple[np.ndarray,
     datasets = datasets_dir(cache_dir)
     try:
         return _load(None if path is None else Path(path).expanduser(), datasets)
-    except OSError as e:  # checking a folder it may not enter, or reading a file it may not read
-        raise _unreadable(e.filename or datasets, e) from e
+    except OSError as e:  # a folder it may not enter, a file it may not read, a full or failing disk
+        where = e.filename or datasets
+        if e.errno in NO_SPACE_ERRNOS:
+            raise _no_space(datasets, e) from e
+        raise storage_fault(where, e) or _unreadable(where, e) from e
 
 
 def _unreadable(path, error: OSError) -> DataError:
@@ -221,12 +224,19 @@ def _cache_lock(datasets: Path):
 def _clear_leftovers(datasets: Path) -> None:
     """Delete the download and extraction folders of processes that died (SIGKILL) in them:
     170-180 MB each, never reused. One still in use is always younger than LEFTOVER_AGE_S."""
-    for folder in [*datasets.glob(".download.*"), *datasets.glob(f".{BATCHES_DIR}.*.partial")]:
+    try:
+        # "Now" by the storage's clock, which set the folders' times, not this node's.
+        with tempfile.NamedTemporaryFile(prefix=".clock.", dir=datasets) as probe:
+            now = os.fstat(probe.fileno()).st_mtime
+        leftovers = [*datasets.glob(".download.*"), *datasets.glob(f".{BATCHES_DIR}.*.partial")]
+    except OSError:
+        return  # a cache this process cannot write: not its to clean
+    for folder in leftovers:
         try:
             newest = max(p.lstat().st_mtime for p in [folder, *folder.rglob("*")])
         except OSError:
             continue  # gone meanwhile, or not ours to look into
-        if time.time() - newest > LEFTOVER_AGE_S:
+        if now - newest > LEFTOVER_AGE_S:
             shutil.rmtree(folder, ignore_errors=True)
             if not folder.exists():
                 log.info("deleted %s, left by a process that died filling the cache", folder)
@@ -279,6 +289,8 @@ def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
         datasets.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download.", dir=datasets))
     except OSError as e:
+        if e.errno in NO_SPACE_ERRNOS:  # an inode quota, often
+            raise _no_space(datasets, e) from e
         raise DataError(
             f"cannot write to the dataset cache {datasets} ({e.strerror}); set data.cache_dir to a writable "
             f"folder, or download {ARCHIVE_NAME} yourself and set data.path to it"
@@ -292,6 +304,7 @@ def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
     except JobError:  # a stop request, a wrong digest
         raise
     except Exception as e:
+        preemption.check()  # a SIGTERM during a stall ends as the timeout does: a stop, not a failure
         if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
             raise _no_space(datasets, e) from e
         if rejected:
@@ -316,7 +329,8 @@ def fetch(url: str, dest: Path) -> None:
     with urllib.request.urlopen(url, timeout=DOWNLOAD_STALL_S) as response, open(dest, "xb") as out:
         size = int(response.headers.get("Content-Length") or 0)
         done, reported = 0, time.monotonic()
-        while chunk := response.read(1 << 16):
+        # read1: what has arrived, up to 64 KB; read() would wait for all 64 KB on a slow link.
+        while chunk := response.read1(1 << 16):
             out.write(chunk)
             done += len(chunk)
             preemption.check()
@@ -398,7 +412,10 @@ def _publish(batches: Path, dest: Path) -> None:
         if _find_batches(dest, complete=True) is None:
             log.warning("could not put the extracted CIFAR-10 at %s (%s); it will be extracted again", dest, e)
         return
-    fsync_dir(dest.parent)
+    try:
+        fsync_dir(dest.parent)
+    except OSError as e:  # the arrays are in hand; at worst a crash now costs the next run an extraction
+        log.warning("could not sync %s after publishing CIFAR-10 there (%s)", dest.parent, e)
 
 
 # ---------------------------------------------------------------------------- the archive
