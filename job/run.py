@@ -39,8 +39,11 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
     previous = None if force else run_dir.read_manifest()
     setup = None
     if not (previous or {}).get("status") == "completed":
-        setup = runtime.configure(spec.runtime, spec.train.seed)
-        dataset = dataset if dataset is not None else load_dataset(spec.data)
+        try:
+            setup = runtime.configure(spec.runtime, spec.train.seed)
+            dataset = dataset if dataset is not None else load_dataset(spec.data)
+        except KeyboardInterrupt as e:  # a second Ctrl-C in a download: nothing started, nothing lost
+            raise _second_ctrl_c(e) from None
         check_fits(spec, len(dataset.x_train), len(dataset.x_test))
     run_dir.claim()
     try:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from job import run as run_mod
-from job.errors import DivergedError, RunBusyError, SpecError, StorageError
+from job.errors import DivergedError, InterruptedRun, RunBusyError, SpecError, StorageError
 from job.rundir import RunDir
 from job.spec import load_spec
 
@@ -202,6 +202,19 @@ def test_a_second_ctrl_c_stops_at_once_as_an_interruption_to_resume(tiny_spec, m
     assert err.value.exit_code == EXIT_INTERRUPTED
     manifest = json.loads((spec.run_dir / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and "second Ctrl-C" in manifest["reason"]
+
+
+def test_a_second_ctrl_c_while_the_data_loads_is_an_interruption_with_nothing_written(tiny_spec, monkeypatch):
+    # Before the run is claimed (a download of minutes): a traceback until now.
+    spec = tiny_spec()
+
+    def second_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "load_dataset", second_ctrl_c)
+    with pytest.raises(InterruptedRun, match="second Ctrl-C") as err:
+        run_mod.execute(spec)
+    assert err.value.exit_code == 75 and not spec.run_dir.exists()
 
 
 def _assert_same_run(run_dir, straight):
