@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,7 +179,7 @@ def test_sbatch_stopped_before_lsjob_starts_still_requeues(tmp_path, stubs):
         cwd=tmp_path, env={**env, "LSJOB_VENV": str(venv)}, capture_output=True, text=True, timeout=20, check=False,
     )  # fmt: skip
     assert proc.returncode == 75, proc
-    assert "nothing to checkpoint" in proc.stdout
+    assert "killed by the TERM passed on before it could act on it" in proc.stdout
     assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
 
 
@@ -196,15 +197,16 @@ def test_sbatch_requeues_when_term_kills_lsjob_before_its_handler(tmp_path, stub
 
 
 def test_sbatch_survives_term_inside_a_command_substitution(tmp_path, stubs):
-    # Slurm's TERM while the script runs $(hostname): bash 5.2 misparsed the rest of a command
-    # holding a second $(...) and exited 2, as if the spec were bad.
+    # Slurm's TERM while the script runs a $(...): with a second $(...) in the same command,
+    # bash 5.2 misparsed the rest of it and exited 2, as if the spec were bad.
     bin_dir, env = stubs
-    _stub(bin_dir, "hostname", "kill -TERM $PPID\nsleep 0.2\necho node1\n")
+    realpath = shutil.which("realpath")
+    _stub(bin_dir, "realpath", f'kill -TERM $PPID\nsleep 0.2\nexec {realpath} "$@"\n')
     _stub(bin_dir, "lsjob", "exec sleep 30\n")
-    proc = subprocess.run(["bash", SLURM / "sweep.sbatch", "spec.yaml"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=20, check=False)  # fmt: skip
+    proc = subprocess.run(["bash", SLURM / "sweep.sbatch", "spec.yaml"], cwd=tmp_path,
+                          env={**env, "LSJOB_RESULTS": "out"}, capture_output=True, text=True, timeout=20,
+                          check=False)  # fmt: skip
     assert proc.returncode == 75, proc
-    assert "on node1 at" in proc.stdout
     assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
 
 
@@ -429,6 +431,38 @@ def test_time_limit_signal_requeues_array_tasks(cluster: SlurmCluster, tmp_path)
         assert (job["JobState"], job["Restarts"], job["ExitCode"]) == ("COMPLETED", "1", "0:0"), job
         text = (tmp_path / "logs" / f"lsjob-sweep_{array_id}_{index}.out").read_text()
         assert "stand-in: TERM" in text and f"task {index} restart 1" in text, text
+
+
+@pytest.mark.slow
+def test_a_stop_reaches_lsjob_started_through_srun(cluster: SlurmCluster, tmp_path):
+    """LSJOB_CMD='srun ... lsjob', as the Pyxis example: srun answers a TERM by killing its
+    tasks, so the script must have Slurm signal the step instead, or the step's work is lost."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(
+        bin_dir,
+        "lsjob",
+        'mark="$LSJOB_RESULTS/attempts"\n'
+        'echo x >> "$mark"\n'
+        '[[ $(wc -l < "$mark") -gt 1 ]] && exit 0\n'
+        "trap 'echo stand-in: checkpointed on TERM; exit 75' TERM\n"
+        'touch "$LSJOB_RESULTS/started"\n'
+        "while true; do sleep 0.2; done\n",
+    )
+    (tmp_path / "logs").mkdir()
+    results = tmp_path / "results"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "LSJOB_RESULTS": str(results),
+           "LSJOB_CMD": "srun --ntasks=1 lsjob"}  # fmt: skip
+    job_id = cluster.run("sbatch", "--parsable", *SMALL, str(SLURM / "train.sbatch"), "spec.yaml", cwd=tmp_path,
+                         env=env).strip()  # fmt: skip
+    log = tmp_path / "logs" / f"lsjob_{job_id}.out"
+    cluster.wait_for(lambda: (results / "started").exists(), 5 * 60, f"the stand-in's start:\n{_read(log)}")
+    cluster.run("scancel", "--batch", "--signal=TERM", job_id)  # what --signal=B:TERM@300 does
+    cluster.wait_gone(job_id, timeout=6 * 60)
+    job = cluster.job(job_id)
+    text = _read(log)
+    assert "stand-in: checkpointed on TERM" in text and "forcing job termination" not in text, text
+    assert (job["JobState"], job["Restarts"], job["ExitCode"]) == ("COMPLETED", "1", "0:0"), (job, text)
 
 
 def _read(path: Path) -> str:
