@@ -87,8 +87,9 @@ def render(
     """
     path = Path(spec_path)
     spec = load_spec(path)
-    count = len(sweep.points(spec)) if spec.sweep is not None else None
-    for point in sweep.points(spec):
+    points = sweep.points(spec)
+    count = len(points) if spec.sweep is not None else None
+    for point in points:
         check_data_paths(point.spec.data)
     if parallelism is not None and (count is None or parallelism < 1):
         raise SpecError("parallelism applies to sweep specs and must be at least 1")

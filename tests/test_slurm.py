@@ -119,8 +119,7 @@ def test_sbatch_without_results_env_keeps_the_specs_output_root(tmp_path, stubs)
     assert (tmp_path / "lsjob.args").read_text().split() == ["run", "spec.yaml"]
 
 
-def test_sbatch_forwards_term_once_and_waits_for_the_real_exit_code(tmp_path, stubs):
-    bin_dir, env = stubs
+def _stub_lsjob_that_checkpoints_on_term(bin_dir: Path, tmp_path: Path) -> None:
     # Like lsjob: the first TERM asks for a stop at the end of the step (here 2 s), exit 75.
     _stub(
         bin_dir,
@@ -130,11 +129,21 @@ def test_sbatch_forwards_term_once_and_waits_for_the_real_exit_code(tmp_path, st
         f"while [[ ! -s {tmp_path}/signals ]]; do sleep 0.1; done\n"
         "sleep 2\nexit 75\n",
     )
-    script = subprocess.Popen(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env)
+
+
+def _wait_until_started(script: subprocess.Popen, tmp_path: Path) -> None:
+    """Until the stand-in lsjob has touched `started`."""
     deadline = time.monotonic() + 30
     while not (tmp_path / "started").exists():
         assert time.monotonic() < deadline and script.poll() is None, "stand-in lsjob never started"
         time.sleep(0.1)
+
+
+def test_sbatch_forwards_term_once_and_waits_for_the_real_exit_code(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_lsjob_that_checkpoints_on_term(bin_dir, tmp_path)
+    script = subprocess.Popen(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env)
+    _wait_until_started(script, tmp_path)
     script.send_signal(signal.SIGTERM)  # what --signal=B:TERM and `scancel --batch` do
     assert script.wait(timeout=30) == 75
     assert (tmp_path / "signals").read_text() == "TERM\n"
@@ -145,20 +154,10 @@ def test_sbatch_waits_for_lsjob_when_term_reaches_every_process(tmp_path, stubs)
     # A plain scancel, the hard time limit and most preemption signal the whole job, the
     # script's own children too: it must still wait for lsjob's step and requeue on its 75.
     bin_dir, env = stubs
-    _stub(
-        bin_dir,
-        "lsjob",
-        f"trap 'echo TERM >> {tmp_path}/signals' TERM\n"
-        f"touch {tmp_path}/started\n"
-        f"while [[ ! -s {tmp_path}/signals ]]; do sleep 0.1; done\n"
-        "sleep 2\nexit 75\n",
-    )
+    _stub_lsjob_that_checkpoints_on_term(bin_dir, tmp_path)
     script = subprocess.Popen(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env,
                               start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "started").exists():
-        assert time.monotonic() < deadline and script.poll() is None, "stand-in lsjob never started"
-        time.sleep(0.1)
+    _wait_until_started(script, tmp_path)
     time.sleep(0.3)  # into the script's `sleep`
     os.killpg(script.pid, signal.SIGTERM)
     assert script.wait(timeout=30) == 75
@@ -187,10 +186,7 @@ def test_sbatch_requeues_when_term_kills_lsjob_before_its_handler(tmp_path, stub
     bin_dir, env = stubs
     _stub(bin_dir, "lsjob", f"touch {tmp_path}/started\nexec sleep 30\n")  # no handler yet: TERM kills it
     script = subprocess.Popen(["bash", SLURM / "sweep.sbatch", "spec.yaml"], cwd=tmp_path, env=env)
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "started").exists():
-        assert time.monotonic() < deadline and script.poll() is None, "stand-in lsjob never started"
-        time.sleep(0.1)
+    _wait_until_started(script, tmp_path)
     script.send_signal(signal.SIGTERM)
     assert script.wait(timeout=30) == 75
     assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
