@@ -200,10 +200,33 @@ def k8s_render(
     parallelism: Annotated[int | None, typer.Option(min=1, help="Sweep points at once. Default: all.")] = None,
     results_claim: Annotated[str, typer.Option(help="PVC mounted at /results.")] = k8s.RESULTS_CLAIM,
     cache_claim: Annotated[str, typer.Option(help="PVC for the dataset cache.")] = k8s.CACHE_CLAIM,
+    gpus: Annotated[
+        int | None, typer.Option(min=1, help="GPUs per pod. Default: runtime.replicas (needed when that is all).")
+    ] = None,
+    cpu: Annotated[str | None, typer.Option(help=f"CPUs per pod. Default: {k8s.CPU_PER_GPU} per GPU.")] = None,
+    memory: Annotated[
+        str | None, typer.Option(help=f"Memory per pod (request = limit). Default: {k8s.MEMORY_PER_GPU_GI}Gi per GPU.")
+    ] = None,
+    grace_seconds: Annotated[
+        int, typer.Option(min=1, help="Seconds from SIGTERM to kill: time to finish a step and checkpoint.")
+    ] = k8s.GRACE_SECONDS,
+    backoff_limit: Annotated[
+        int, typer.Option(min=0, help="Retries per sweep point of failures that may pass (exit 1, 3, 5, 6, OOM).")
+    ] = k8s.BACKOFF_LIMIT,
 ):
     """Print a ConfigMap holding the spec and a Job (an Indexed Job for a sweep), for `kubectl apply -f -`."""
     manifests = k8s.render(
-        spec, image=image, name=name, parallelism=parallelism, results_claim=results_claim, cache_claim=cache_claim
+        spec,
+        image=image,
+        name=name,
+        parallelism=parallelism,
+        results_claim=results_claim,
+        cache_claim=cache_claim,
+        gpus=gpus,
+        cpu=cpu,
+        memory=memory,
+        grace_seconds=grace_seconds,
+        backoff_limit=backoff_limit,
     )
     typer.echo(manifests, nl=False)
 

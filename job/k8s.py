@@ -47,10 +47,14 @@ MIN_KUBERNETES = "1.33"
 # a slow network volume. Being killed after it loses nothing already checkpointed.
 GRACE_SECONDS = 120
 BACKOFF_LIMIT = 3
-# A full-size run peaks at 1.6 GB of host memory on CPU (tools/peak_rss.py); CUDA's host
-# side adds a few GB. Limit = request: the pod is never killed for memory it was promised.
-CPU = "4"
-MEMORY = "8Gi"
+# Per GPU the pod asks for. A full-size run peaks at 1.6 GB of host memory on CPU
+# (tools/peak_rss.py); CUDA's host side adds a few GB. Limit = request: the pod is never
+# killed for memory it was promised.
+CPU_PER_GPU = 4
+MEMORY_PER_GPU_GI = 8
+# Kubernetes quantities, as the API server takes them for these two resources.
+_CPU_QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)m?")
+_MEMORY_QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)([KMGTPE]i?|k)?")
 
 EXAMPLE_IMAGE = f"registry.example.com/lsjob:{__version__}"
 RESULTS_CLAIM = "lsjob-results"
@@ -75,15 +79,18 @@ def render(
     cache_claim: str = CACHE_CLAIM,
     backoff_limit: int = BACKOFF_LIMIT,
     grace_seconds: int = GRACE_SECONDS,
-    cpu: str = CPU,
-    memory: str = MEMORY,
+    gpus: int | None = None,
+    cpu: str | None = None,
+    memory: str | None = None,
 ) -> str:
     """The ConfigMap and Job for the spec at `spec_path`, as multi-document YAML.
 
     The spec is validated here, every sweep point included, so a bad one is refused
     before it reaches a cluster. parallelism: sweep points running at once (default:
     all; pods beyond the free GPUs wait in Pending). backoff_limit: retries of failures
-    the job cannot explain (exit 1, 3, 5, 6, an OOM kill), per sweep point.
+    the job cannot explain (exit 1, 3, 5, 6, an OOM kill), per sweep point. gpus: per pod,
+    by default the spec's runtime.replicas (required when that is `all`). cpu, memory:
+    per pod, by default CPU_PER_GPU and MEMORY_PER_GPU_GI times the GPUs.
     """
     path = Path(spec_path)
     spec = load_spec(path)
@@ -95,6 +102,11 @@ def render(
         raise SpecError("parallelism applies to sweep specs and must be at least 1")
     if backoff_limit < 0 or grace_seconds < 0:
         raise SpecError("the backoff limit and the grace period cannot be negative")
+    gpus = pod_gpus([point.spec.runtime.replicas for point in points], gpus)
+    cpu = cpu or str(CPU_PER_GPU * gpus)
+    memory = memory or f"{MEMORY_PER_GPU_GI * gpus}Gi"
+    _check_quantity("cpu", cpu, _CPU_QUANTITY, "4 or 3500m")
+    _check_quantity("memory", memory, _MEMORY_QUANTITY, "16Gi or 16000M")
     # An Indexed Job's pods are named (hostname) <name>-<index>: a label, which must fit in 63.
     longest = 63 - (len(f"-{count - 1}") if count is not None else 0)
     name = name or default_name(path, longest)
@@ -127,7 +139,7 @@ def render(
             "podFailurePolicy": {"rules": _failure_rules(indexed=count is not None)},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": _pod(name, image, args, results_claim, cache_claim, grace_seconds, cpu, memory),
+                "spec": _pod(name, image, args, results_claim, cache_claim, grace_seconds, gpus, cpu, memory),
             },
         },
     }
@@ -150,6 +162,32 @@ def pod_results_root(root: Path) -> str:
     if parts[:1] == ("results",):
         parts = parts[1:]
     return str(PurePosixPath(RESULTS_DIR, *parts))
+
+
+def pod_gpus(replicas: list[int | str], gpus: int | None) -> int:
+    """The GPUs each pod asks for: what the spec's runtime.replicas trains on, one per replica.
+
+    A run refuses to start with fewer devices than runtime.replicas, and more would sit idle,
+    so a count that differs from it is refused here rather than by every pod of the Job.
+    """
+    counts = sorted({r for r in replicas if r != "all"})
+    if gpus is not None and gpus < 1:
+        raise SpecError(f"--gpus {gpus}: a pod needs at least 1 GPU")
+    if len(counts) > 1:
+        raise SpecError(
+            f"the sweep's points ask for different runtime.replicas ({', '.join(map(str, counts))}), but the pods "
+            "of one Job all get the same GPUs; render one spec per replica count"
+        )
+    if counts and gpus is not None and gpus != counts[0]:
+        raise SpecError(
+            f"--gpus {gpus} but runtime.replicas is {counts[0]}: each replica takes one GPU; set runtime.replicas "
+            f"to {gpus} (or all), or leave --gpus out"
+        )
+    if counts:
+        return counts[0]
+    if gpus is None:
+        raise SpecError("runtime.replicas is all: say how many GPUs each pod gets with --gpus N")
+    return gpus
 
 
 def check_data_paths(data) -> None:
@@ -245,7 +283,7 @@ def _failure_rules(*, indexed: bool) -> list[dict]:
     ]
 
 
-def _pod(name, image, args, results_claim, cache_claim, grace_seconds, cpu, memory) -> dict:
+def _pod(name, image, args, results_claim, cache_claim, grace_seconds, gpus, cpu, memory) -> dict:
     container = {
         "name": CONTAINER,
         "image": image,
@@ -254,7 +292,7 @@ def _pod(name, image, args, results_claim, cache_claim, grace_seconds, cpu, memo
         "env": [{"name": "KERAS_HOME", "value": KERAS_HOME}],
         "resources": {
             "requests": {"cpu": cpu, "memory": memory},
-            "limits": {"memory": memory, "nvidia.com/gpu": 1},
+            "limits": {"memory": memory, "nvidia.com/gpu": gpus},
         },
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [
@@ -285,6 +323,12 @@ def _pod(name, image, args, results_claim, cache_claim, grace_seconds, cpu, memo
             {"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}},
         ],
     }
+
+
+def _check_quantity(label: str, value: str, quantity: re.Pattern, example: str) -> None:
+    # Refused here rather than by kubectl apply, after the ConfigMap has been created.
+    if not quantity.fullmatch(value) or float(re.match(r"[\d.]+", value)[0]) == 0:
+        raise SpecError(f"{label} {value!r} is not a Kubernetes quantity above zero, such as {example}")
 
 
 def _check_name(label: str, value: str, longest: int = 63, why: str = "") -> None:

@@ -152,6 +152,53 @@ def test_options_reach_the_manifest():
     assert job_of(fresh["single"])["spec"]["backoffLimit"] == 1
 
 
+def resources_for(tmp_path, runtime: str, **options) -> dict:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"runtime:\n{runtime}\n")
+    return pod_of(k8s.render(spec, image="r/l:1", **options))["containers"][0]["resources"]
+
+
+def test_a_multi_gpu_run_gets_a_gpu_per_replica_and_resources_to_match(tmp_path):
+    assert resources_for(tmp_path, "  replicas: 4") == {
+        "requests": {"cpu": "16", "memory": "32Gi"},
+        "limits": {"memory": "32Gi", "nvidia.com/gpu": 4},
+    }
+    assert resources_for(tmp_path, "  replicas: all", gpus=8)["limits"]["nvidia.com/gpu"] == 8
+    assert resources_for(tmp_path, "  replicas: 2", gpus=2, cpu="3500m", memory="20Gi") == {
+        "requests": {"cpu": "3500m", "memory": "20Gi"},
+        "limits": {"memory": "20Gi", "nvidia.com/gpu": 2},
+    }
+    validate(k8s.render(tmp_path / "spec.yaml", image="r/l:1", gpus=2, cpu="3500m", memory="20Gi"))
+
+
+@pytest.mark.parametrize(
+    "runtime, options, message",
+    [
+        # The run would refuse to start on fewer devices, or leave GPUs idle on more.
+        ("  replicas: 4", {"gpus": 2}, "--gpus 2 but runtime.replicas is 4"),
+        ("  replicas: 1", {"gpus": 2}, "--gpus 2 but runtime.replicas is 1"),
+        ("  replicas: all", {}, "--gpus N"),
+        ("  replicas: all", {"gpus": 0}, "at least 1 GPU"),
+        ("  replicas: 1", {"cpu": "0"}, "cpu '0'"),
+        ("  replicas: 1", {"cpu": "four"}, "cpu 'four'"),
+        ("  replicas: 1", {"memory": "8GB"}, "memory '8GB'"),
+        ("  replicas: 1", {"memory": "0Gi"}, "memory '0Gi'"),
+    ],
+)
+def test_gpus_cpu_and_memory_that_cannot_work_are_refused(tmp_path, runtime, options, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        resources_for(tmp_path, runtime, **options)
+
+
+def test_a_sweep_over_replica_counts_is_refused_since_its_pods_share_one_template(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("sweep:\n  runtime.replicas: [1, 2]\n")
+    with pytest.raises(SpecError, match=r"different runtime.replicas \(1, 2\).*one spec per replica count"):
+        k8s.render(spec, image="r/l:1")
+    spec.write_text("runtime:\n  replicas: 2\nsweep:\n  smoothing.factor: [0.1, 0.2]\n")
+    assert pod_of(k8s.render(spec, image="r/l:1"))["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+
+
 @pytest.mark.parametrize("file", ["job.yaml", "sweep.yaml"])
 def test_pod_gets_one_gpu_runs_as_the_image_user_and_never_escalates(file):
     pod = pod_of(k8s.example(file))
@@ -276,9 +323,18 @@ def test_the_render_command_prints_what_render_returns_and_refuses_bad_input_wit
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "job", "k8s", "render", *args], capture_output=True, text=True)
 
-    proc = cli(str(SWEEP_SPEC), "--image", k8s.EXAMPLE_IMAGE, "--parallelism", "3", "--name", "my-sweep")
+    options = {
+        "parallelism": 3,
+        "name": "my-sweep",
+        "cpu": "6",
+        "memory": "10Gi",
+        "grace_seconds": 200,
+        "backoff_limit": 0,
+    }
+    args = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
+    proc = cli(str(SWEEP_SPEC), "--image", k8s.EXAMPLE_IMAGE, *args)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == k8s.render(SWEEP_SPEC, image=k8s.EXAMPLE_IMAGE, parallelism=3, name="my-sweep")
+    assert proc.stdout == k8s.render(SWEEP_SPEC, image=k8s.EXAMPLE_IMAGE, **options)
     assert job_of(proc.stdout)["spec"]["parallelism"] == 3
     validate(proc.stdout)
     bad = tmp_path / "bad.yaml"
@@ -287,6 +343,9 @@ def test_the_render_command_prints_what_render_returns_and_refuses_bad_input_wit
         ([str(bad), "--image", "x"], "train.epochs"),
         ([str(SINGLE_SPEC), "--image", "x", "--name", "Bad_Name"], "name"),
         ([str(SINGLE_SPEC)], "--image"),
+        ([str(SINGLE_SPEC), "--image", "x", "--gpus", "2"], "--gpus 2 but runtime.replicas is 1"),
+        ([str(SINGLE_SPEC), "--image", "x", "--memory", "lots"], "memory 'lots'"),
+        ([str(SINGLE_SPEC), "--image", "x", "--grace-seconds", "0"], "--grace-seconds"),
         ([str(tmp_path / "missing.yaml"), "--image", "x"], "missing.yaml"),
     ]:
         proc = cli(*args)
