@@ -6,6 +6,12 @@
 found gets a row; a run that is not provably complete never counts as completed,
 and only completed runs enter the means and the plots.
 
+Runs are grouped by method and factor, and by every setting that changes results and
+differs between the completed runs (a sweep's `train.lr`, the backend, the precision a
+run computed in): each such setting gets a column, and each of its values a group, a
+line in the plots and its own labels-vs-loss comparison, so that the spread of a group
+is seed noise and nothing else.
+
 It only reads: no run's lock is taken (a task starting its run must never find it
 busy because someone is reading it), and neither Keras nor TensorFlow is imported,
 so it runs in seconds on a laptop holding a copy of the results volume.
@@ -37,9 +43,10 @@ import yaml
 from matplotlib.figure import Figure
 
 from job.atomic import atomic_path, file_set, write_text
-from job.errors import EXIT_BAD_INPUT, JobError
+from job.errors import EXIT_BAD_INPUT, NO_SPACE_ERRNOS, JobError, NoSpaceError, storage_fault
 from job.history import check_row
 from job.rundir import LOCK, MANIFEST, STAGING_TMP
+from job.spec import Spec
 
 SPEC_FILE = "spec.yaml"
 METRICS_FILE = "metrics.json"
@@ -73,10 +80,15 @@ MANIFEST_FIELDS = {
     "epochs": int, "spec_hash": str, "attempts": list, "duration_s": float,
 }  # fmt: skip
 # Spec fields that do not change what a run computes: runs differing only here compare.
+# (mixed_precision and replicas are compared as the manifest resolved them: PRECISION, REPLICAS.)
 NOT_COMPARED = {
-    "output", "smoothing", "train.seed", "train.eval_batch_size", "data.path", "data.cache_dir",
+    "output", "smoothing", "sweep", "train.seed", "train.eval_batch_size", "data.path", "data.cache_dir",
     "runtime.jit_compile", "runtime.deterministic", "runtime.steps_per_execution", "runtime.compile_cache",
+    "runtime.mixed_precision", "runtime.replicas",
 }  # fmt: skip
+BACKEND, PRECISION, REPLICAS = "backend", "runtime.precision", "runtime.replicas"
+ABSENT = "(absent)"  # a setting a run's spec does not have
+UNKNOWN = "?"  # a run without a readable spec.yaml
 LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)")
 MD_REASON_CHARS = 160  # the Markdown table shortens reasons; the CSV keeps them whole
 
@@ -163,14 +175,17 @@ class Run:
     attempts: int | None = None
     spec_hash: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # completed runs only
-    settings: dict[str, str] | None = None  # spec.yaml's result-changing fields, for comparisons
+    settings: dict[str, str] | None = None  # result-changing fields as JSON text, for comparisons
+    # The settings that differ between the completed runs, and this run's values of them
+    # (JSON text, ABSENT or UNKNOWN): with method and factor, they make its group.
+    varied: tuple[tuple[str, str], ...] = ()
 
     @property
     def completed(self) -> bool:
         return self.status == COMPLETED
 
     def sort_key(self) -> tuple:
-        return (*_group_key(self.method, self.factor), self.seed is None, self.seed or 0, self.run)
+        return (*_group_key(self.method, self.factor, self.varied), self.seed is None, self.seed or 0, self.run)
 
 
 @dataclass(frozen=True)
@@ -184,10 +199,11 @@ class Stats:
 
 @dataclass
 class Group:
-    """The runs of one (method, factor); statistics over the completed ones."""
+    """The runs of one (method, factor, varied settings); statistics over the completed ones."""
 
     method: str
     factor: float
+    varied: tuple[tuple[str, str], ...]  # as Run.varied
     completed: int
     not_completed: int
     stats: dict[str, Stats]  # Metric.name -> statistics; absent when no completed run has it
@@ -198,6 +214,7 @@ class Difference:
     """labels minus loss in one metric's mean at one factor, beside each method's seed spread."""
 
     factor: float
+    varied: tuple[tuple[str, str], ...]  # the settings both sides share, as Run.varied
     metric: str  # Metric.name
     labels: Stats
     loss: Stats
@@ -278,6 +295,17 @@ COLUMNS = (
 CSV_COLUMNS = tuple(c for c in COLUMNS if c.name)
 
 
+def _with_settings(columns: tuple[Column, ...] | list[Column], runs: list[Run], csv: bool) -> list[Column]:
+    """The columns, with one per varied setting after the seed (empty in the CSV where unknown)."""
+    keys = [key for key, _ in runs[0].varied] if runs else []
+    added = [
+        Column(key, lambda r, i=i: _csv_value(r.varied[i][1]) if csv else _show_value(r.varied[i][1]), key)
+        for i, key in enumerate(keys)
+    ]
+    at = next(i for i, c in enumerate(columns) if c.name == "seed") + 1
+    return [*columns[:at], *added, *columns[at:]]
+
+
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -287,10 +315,11 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     from job.summary_page import write_page
 
     root = Path(root)
-    out = root if out is None else Path(out)
     runs, warnings = collect(root)
     if not runs:
         raise NoRunsError(f"no lsjob runs under {root}: no directory there holds a {MANIFEST}, {SPEC_FILE} or {LOCK}")
+    out = root if out is None else Path(out)
+    _refuse_run_directory(out, runs)
     groups = summarize(runs)
     comparisons = compare(groups)
     warnings += comparison_warnings(runs)
@@ -307,11 +336,26 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
             write_page(summary, files.path(HTML_NAME), plots=files.staging)  # after the plots: it embeds them
             write_text(files.path(MARKDOWN_NAME), markdown)
     except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        raise AggregateError(
-            f"cannot write the aggregate into {out}: {e.strerror or e}{where}; the files there are unchanged"
+        kept = "the files there are unchanged"
+        if e.errno in NO_SPACE_ERRNOS:
+            raise NoSpaceError(f"cannot write the aggregate into {out}: {e.strerror}; {kept}: free space and "
+                               "run it again, or pass --out DIR to write it elsewhere") from None  # fmt: skip
+        raise storage_fault(out, e) or AggregateError(
+            f"cannot write the aggregate into {out}: {e.strerror or e}; {kept}; pass --out DIR to write it elsewhere"
         ) from None
     return summary
+
+
+def _refuse_run_directory(out: Path, runs: list[Run]) -> None:
+    """A run directory holds only what its run writes: anything else there, and a run that
+    stopped while starting no longer resumes ("not an lsjob run directory")."""
+    where = out.resolve()
+    for run in runs:
+        if where == run.path.resolve() or run.path.resolve() in where.parents:
+            raise AggregateError(
+                f"{out} is inside the run directory {run.path}, where aggregate does not write; give the folder "
+                "holding the runs, or pass --out DIR"
+            )
 
 
 def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
@@ -328,8 +372,22 @@ def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
             runs.append(read_run(path, root, has_manifest))
         except Exception as e:  # noqa: BLE001 - one odd directory must not hide all the others
             runs.append(Run(path, _relative(path, root), "damaged", f"could not be read ({type(e).__name__}: {e})"))
+    keys = varied_settings(runs)
+    for run in runs:
+        run.varied = tuple((key, _setting(run, key)) for key in keys)
     runs.sort(key=Run.sort_key)
     return runs, warnings
+
+
+def varied_settings(runs: list[Run]) -> list[str]:
+    """The result-changing settings whose values differ between the completed runs."""
+    known = [r for r in runs if r.completed and r.settings is not None]
+    keys = sorted({key for r in known for key in r.settings})
+    return [key for key in keys if len({r.settings.get(key, ABSENT) for r in known}) > 1]
+
+
+def _setting(run: Run, key: str) -> str:
+    return UNKNOWN if run.settings is None else run.settings.get(key, ABSENT)
 
 
 # ---------------------------------------------------------------------------- finding runs
@@ -383,7 +441,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
     spec = _read_spec(path)
     if spec is not None:
         _identity_from_spec(run, spec)
-        run.settings = _settings(spec)
+        run.settings = _settings(_with_defaults(spec))
 
     if not has_manifest:
         run.epochs_done = _epochs_so_far(path)
@@ -406,6 +464,8 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
         return run
 
     run.method, run.factor, run.seed = manifest["method"], float(manifest["factor"]), manifest["seed"]
+    if run.settings is not None:
+        run.settings.update(_resolved_settings(manifest))
     run.epochs_total, run.spec_hash = manifest["epochs"], manifest["spec_hash"]
     run.duration_s, run.attempts = float(manifest["duration_s"]), len(manifest["attempts"])
     status = manifest["status"]
@@ -563,8 +623,18 @@ def _identity_from_spec(run: Run, spec: dict) -> None:
         run.epochs_total = train["epochs"]
 
 
+def _with_defaults(spec: dict) -> dict:
+    """spec.yaml with the fields a run of an older version did not write filled in with the
+    defaults it ran with; as written where it no longer validates (a field since renamed)."""
+    try:
+        return Spec.model_validate(spec).model_dump(mode="json")
+    except (ValueError, JobError):
+        return spec
+
+
 def _settings(spec: dict, prefix: str = "") -> dict[str, str]:
-    """spec.yaml flattened to dotted keys, without the fields that do not change results."""
+    """spec.yaml flattened to dotted keys, without the fields that do not change results; the
+    precision and replica count as asked for, until the manifest says what they resolved to."""
     flat = {}
     for key, value in spec.items():
         dotted = f"{prefix}{key}"
@@ -574,9 +644,27 @@ def _settings(spec: dict, prefix: str = "") -> dict[str, str]:
             flat.update(_settings(value, dotted + "."))
         else:
             flat[dotted] = json.dumps(value, sort_keys=True)
-    if not prefix and flat.get("eval.temperature_scaling") != "true":
-        flat.pop("eval.holdout_size", None)  # holds nothing out without temperature scaling
+    if not prefix:
+        if flat.get("eval.temperature_scaling") != "true":
+            flat.pop("eval.holdout_size", None)  # holds nothing out without temperature scaling
+        runtime = spec.get("runtime") if isinstance(spec.get("runtime"), dict) else {}
+        flat[PRECISION] = json.dumps(runtime.get("mixed_precision", "off"))
+        flat[REPLICAS] = json.dumps(runtime.get("replicas", 1))
     return flat
+
+
+def _resolved_settings(manifest: dict) -> dict[str, str]:
+    """What the run computed with, from its manifest: the backend, and the precision and
+    replica count that `auto` and `all` became on its machine (same spec, another result)."""
+    resolved = {}
+    if isinstance(manifest.get("backend"), str):
+        resolved[BACKEND] = json.dumps(manifest["backend"])
+    runtime = manifest.get("runtime") if isinstance(manifest.get("runtime"), dict) else {}
+    if isinstance(runtime.get("precision"), str):
+        resolved[PRECISION] = json.dumps(runtime["precision"])
+    if _is(runtime.get("replicas"), int):
+        resolved[REPLICAS] = json.dumps(runtime["replicas"])
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -644,25 +732,39 @@ def _flock_held(lock: Path) -> bool:
 # ---------------------------------------------------------------------------- summaries
 
 
-def _group_key(method: str | None, factor: float | None) -> tuple:
-    return (method is None, method or "", factor is None, factor or 0.0)
+def _group_key(method: str | None, factor: float | None, varied: tuple = ()) -> tuple:
+    # Each setting's block together, then method and factor as in a sweep without one.
+    settings = tuple(_value_order(value) for _, value in varied)
+    return (settings, method is None, method or "", factor is None, factor or 0.0)
+
+
+def _value_order(text: str) -> tuple:
+    """Numbers in numeric order (0.005 < 0.05 < 1 < 10), then text, then absent or unknown."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return (3, 0.0, text)
+    if _is(value, float):
+        return (0, float(value), "")
+    return (1, 0.0, value) if isinstance(value, str) else (2, 0.0, text)
 
 
 def summarize(runs: list[Run]) -> list[Group]:
-    """One Group per (method, factor) that any run has, statistics over its completed runs."""
-    by_key: dict[tuple[str, float], list[Run]] = {}
+    """One Group per (method, factor, varied settings) that any run has, statistics over its
+    completed runs."""
+    by_key: dict[tuple, list[Run]] = {}
     for run in runs:
         if run.method is not None and run.factor is not None:
-            by_key.setdefault((run.method, run.factor), []).append(run)
+            by_key.setdefault((run.method, run.factor, run.varied), []).append(run)
     groups = []
-    for (method, factor), members in sorted(by_key.items(), key=lambda item: _group_key(*item[0])):
+    for (method, factor, varied), members in sorted(by_key.items(), key=lambda item: _group_key(*item[0])):
         done = [r for r in members if r.completed]
         stats = {}
         for metric in METRICS:
             values = [r.metrics[metric.name] for r in done if metric.name in r.metrics]
             if values:
                 stats[metric.name] = _stats(values)
-        groups.append(Group(method, factor, len(done), len(members) - len(done), stats))
+        groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats))
     return groups
 
 
@@ -673,17 +775,18 @@ def _stats(values: list[float]) -> Stats:
 
 
 def compare(groups: list[Group]) -> list[Difference]:
-    """labels minus loss at every factor where both have completed runs with the metric."""
-    by_key = {(g.method, g.factor): g for g in groups}
+    """labels minus loss at every factor and varied settings where both have completed runs
+    with the metric."""
+    by_key = {(g.method, g.factor, g.varied): g for g in groups}
     labels, loss = SAME_OBJECTIVE
     found = []
-    for factor in sorted({g.factor for g in groups if g.method == labels}):
-        if (loss, factor) not in by_key:
+    for g in groups:  # in the groups' order: by settings, then factor
+        if g.method != labels or (loss, g.factor, g.varied) not in by_key:
             continue
         for metric in COMPARED_METRICS:
-            a, b = by_key[(labels, factor)].stats.get(metric), by_key[(loss, factor)].stats.get(metric)
+            a, b = g.stats.get(metric), by_key[(loss, g.factor, g.varied)].stats.get(metric)
             if a is not None and b is not None:
-                found.append(Difference(factor, metric, a, b))
+                found.append(Difference(g.factor, g.varied, metric, a, b))
     return found
 
 
@@ -693,7 +796,8 @@ def comparison_warnings(runs: list[Run]) -> list[str]:
 
 
 def _settings_warnings(runs: list[Run]) -> list[str]:
-    """Completed runs whose specs differ in more than seed and smoothing: their means mix settings."""
+    """Completed runs whose settings differ in more than seed and smoothing: each value is a group
+    of its own, which the reader should know, the more so where it was not meant (two backends)."""
     done = [r for r in runs if r.completed]
     known = [r for r in done if r.settings is not None]
     warnings = []
@@ -707,7 +811,10 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
         values = Counter(r.settings.get(key, "(absent)") for r in known)
         if len(values) > 1:
             listed = ", ".join(f"{value} ({n} runs)" for value, n in sorted(values.items()))
-            warnings.append(f"completed runs differ in {key}: {listed}; the means and the plots mix them")
+            warnings.append(
+                f"completed runs differ in {key}: {listed}; each value is a group of its own in the tables "
+                "and the plots, with a column for it"
+            )
     return warnings
 
 
@@ -715,11 +822,11 @@ def _duplicate_warnings(runs: list[Run]) -> list[str]:
     seen: dict[tuple, list[str]] = {}
     for run in runs:
         if run.completed:
-            seen.setdefault((run.method, run.factor, run.seed), []).append(run.run)
+            seen.setdefault((run.method, run.factor, run.varied, run.seed), []).append(run.run)
     return [
-        f"{method} factor {_show_factor(method, factor) or '-'} seed {seed} completed {len(paths)} times "
-        f"({', '.join(paths)}); each counts in the mean"
-        for (method, factor, seed), paths in seen.items()
+        f"{method} factor {_show_factor(method, factor) or '-'}{_show_varied(varied, ', ')} seed {seed} "
+        f"completed {len(paths)} times ({', '.join(paths)}); each counts in the mean"
+        for (method, factor, varied, seed), paths in seen.items()
         if len(paths) > 1
     ]
 
@@ -731,10 +838,11 @@ def render_csv(runs: list[Run]) -> str:
     """One row per run, every column, floats at full (round-trip) precision, empty for unknown."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([c.name for c in CSV_COLUMNS])
+    columns = _with_settings(CSV_COLUMNS, runs, csv=True)
+    writer.writerow([c.name for c in columns])
     for run in runs:
         writer.writerow(["" if (v := c.get(run)) is None else repr(v) if isinstance(v, float) else v
-                         for c in CSV_COLUMNS])  # fmt: skip
+                         for c in columns])  # fmt: skip
     return out.getvalue()
 
 
@@ -777,7 +885,7 @@ def metrics_note(metrics: list[Metric]) -> str:
 def run_columns(runs: list[Run]) -> list[Column]:
     """The runs table's displayed columns, leaving out metrics no run has."""
     hidden = {m.name for m in METRICS} - {m.name for m in shown_metrics(runs)}
-    return [c for c in COLUMNS if c.label is not None and c.name not in hidden]
+    return [c for c in _with_settings(COLUMNS, runs, csv=False) if c.label is not None and c.name not in hidden]
 
 
 def run_cells(run: Run, columns: list[Column]) -> list[str]:
@@ -785,12 +893,14 @@ def run_cells(run: Run, columns: list[Column]) -> list[str]:
 
 
 def group_table(groups: list[Group], metrics: list[Metric]) -> Table:
-    header = ["method", "factor", "completed", "not completed"]
+    keys = [key for key, _ in groups[0].varied] if groups else []
+    header = ["method", "factor", *keys, "completed", "not completed"]
     for metric in metrics:
         header += [f"{metric.label} mean ± std", f"{metric.label} min – max"]
     rows = []
     for g in groups:
-        cells = [g.method, _show_factor(g.method, g.factor), str(g.completed), str(g.not_completed)]
+        cells = [g.method, _show_factor(g.method, g.factor), *(_show_value(v) for _, v in g.varied), str(g.completed),
+                 str(g.not_completed)]  # fmt: skip
         for metric in metrics:
             s = g.stats.get(metric.name)
             if s is None:
@@ -800,23 +910,24 @@ def group_table(groups: list[Group], metrics: list[Metric]) -> Table:
             fewer = f" (n={s.n})" if s.n < g.completed else ""
             cells += [f"{metric.show(s.mean)} ± {std}{fewer}", f"{metric.show(s.min)} – {metric.show(s.max)}"]
         rows.append(cells)
-    return Table(header, rows, [False, True, True, True, *[True] * (2 * len(metrics))])
+    return Table(header, rows, [False, True, *[False] * len(keys), True, True, *[True] * (2 * len(metrics))])
 
 
 def comparison_table(comparisons: list[Difference]) -> Table:
     labels, loss = SAME_OBJECTIVE
-    header = ["factor", "metric", f"{labels} mean ± std (n)", f"{loss} mean ± std (n)", f"{labels} − {loss}",
+    keys = [key for key, _ in comparisons[0].varied] if comparisons else []
+    header = ["factor", *keys, "metric", f"{labels} mean ± std (n)", f"{loss} mean ± std (n)", f"{labels} − {loss}",
               "SE", "difference / SE"]  # fmt: skip
     rows = []
     for d in comparisons:
         metric = METRIC[d.metric]
         sign = "+" if d.value > 0 else ""
         rows.append([
-            f"{d.factor:g}", metric.label, _spread(metric, d.labels), _spread(metric, d.loss),
-            sign + metric.show(d.value), "–" if d.se is None else metric.show(d.se),
+            f"{d.factor:g}", *(_show_value(v) for _, v in d.varied), metric.label, _spread(metric, d.labels),
+            _spread(metric, d.loss), sign + metric.show(d.value), "–" if d.se is None else metric.show(d.se),
             "–" if d.ratio is None else f"{d.ratio:+.1f}",
         ])  # fmt: skip
-    return Table(header, rows, [True, False, True, True, True, True, True])
+    return Table(header, rows, [True, *[False] * len(keys), False, True, True, True, True, True])
 
 
 def _spread(metric: Metric, s: Stats) -> str:
@@ -855,42 +966,47 @@ def _table(table: Table) -> list[str]:
 
 
 def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, path: Path) -> None:
-    """A metric against the smoothing factor: a line per method, `none` as a reference band."""
+    """A metric against the smoothing factor: a line per method (and varied settings), `none` as
+    a reference band."""
     completed = [r for r in runs if r.completed and r.method is not None and r.factor is not None]
     done = [r for r in completed if metric.name in r.metrics]
     scale = 100 if metric.percent else 1
-    values: dict[str, dict[float, list[float]]] = {}
+    values: dict[tuple[str, tuple], dict[float, list[float]]] = {}
     for r in done:
-        values.setdefault(r.method, {}).setdefault(r.factor, []).append(scale * r.metrics[metric.name])
+        values.setdefault((r.method, r.varied), {}).setdefault(r.factor, []).append(scale * r.metrics[metric.name])
 
-    methods = sorted(m for m in values if m != NO_FACTOR)
-    factors = sorted({f for m in methods for f in values[m]})
-    # Methods sharing a factor are drawn a little apart so that their bars and dots stay legible.
+    order = sorted(values, key=lambda series: _group_key(series[0], None, series[1]))
+    curves = [series for series in order if series[0] != NO_FACTOR]
+    references = [series for series in order if series[0] == NO_FACTOR]
+    factors = sorted({f for series in curves for f in values[series]})
+    # Lines sharing a factor are drawn a little apart so that their bars and dots stay legible.
     span = (factors[-1] - factors[0]) if len(factors) > 1 else 0.5
-    offsets = np.linspace(-1, 1, len(methods)) * 0.01 * span if len(methods) > 1 else [0.0]
+    offsets = np.linspace(-1, 1, len(curves)) * 0.01 * span if len(curves) > 1 else [0.0]
 
     with matplotlib.style.context("ggplot"):
         fig = Figure(figsize=(8, 5.5), layout="constrained")
         ax = fig.add_subplot()
-        for method, offset in zip(methods, offsets):
-            points = sorted(values[method].items())
+        for (method, varied), offset in zip(curves, offsets):
+            points = sorted(values[(method, varied)].items())
             x = np.array([f for f, _ in points]) + offset
             means = np.array([np.mean(v) for _, v in points])
             low = means - np.array([min(v) for _, v in points])
             high = np.array([max(v) for _, v in points]) - means
             n = sum(len(v) for _, v in points)
-            label = f"{method} ({n} runs): line mean, bars min–max, dots single runs"
+            label = f"{method}{_show_varied(varied, ', ')} ({n} runs)"
             (line,) = ax.plot(x, means, marker="o", label=label, zorder=3)
             ax.errorbar(x, means, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=4, zorder=2)
             seeds_x = [f + offset for f, v in points for _ in v]
             seeds_y = [a for _, v in points for a in v]
             ax.scatter(seeds_x, seeds_y, s=22, color=line.get_color(), edgecolors="white", linewidths=0.6,
                        zorder=4)  # fmt: skip
-        if NO_FACTOR in values:
-            reference = [a for v in values[NO_FACTOR].values() for a in v]
-            label = f"{NO_FACTOR} ({len(reference)} runs, no smoothing): dashed mean, band min–max"
-            ax.axhline(float(np.mean(reference)), color="0.35", linestyle="--", label=label)
-            ax.axhspan(min(reference), max(reference), color="0.35", alpha=0.15, linewidth=0)
+        for i, (method, varied) in enumerate(references):
+            reference = [a for v in values[(method, varied)].values() for a in v]
+            # Grey when it is the only one; otherwise each in a colour of its own.
+            color = "0.35" if len(references) == 1 else f"C{(len(curves) + i) % 10}"
+            label = f"{NO_FACTOR}{_show_varied(varied, ', ')} ({len(reference)} runs, no smoothing)"
+            ax.axhline(float(np.mean(reference)), color=color, linestyle="--", label=label)
+            ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
         if factors:
             ax.set_xticks(factors, [f"{f:g}" for f in factors])
         if len(factors) == 1:  # else the axis spans only the offsets, and "slightly apart" looks far apart
@@ -898,9 +1014,13 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         if not done:
             empty = "no completed runs" if not completed else f"no completed run reports {metric.label}"
             ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center")
-        ax.set_xlabel("label-smoothing factor" + (" (methods drawn slightly apart)" if len(methods) > 1 else ""))
+        ax.set_xlabel("label-smoothing factor" + (" (lines drawn slightly apart)" if len(curves) > 1 else ""))
         ax.set_ylabel(ylabel)
         subtitle = f"{len(done)} completed run(s) plotted; {len(runs) - len(completed)} left out as not completed"
+        legend = ["lines: means, bars: min–max, dots: single runs"] if curves else []
+        legend += ["dashed: mean without smoothing, band: min–max"] if references else []
+        if legend:
+            subtitle += "\n" + "; ".join(legend)
         if len(completed) > len(done):
             subtitle += f"\n{len(completed) - len(done)} completed run(s) without {metric.label} left out (older runs)"
         ax.set_title(f"{title} vs label-smoothing factor\n{subtitle}")
@@ -930,7 +1050,7 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
                     std = np.array([scale * (getattr(d, method).std or 0.0) for d in diffs])
                     ax.bar(x + offset, 2 * std, width, bottom=-std, color=color, alpha=0.45,
                            label=f"±1 std of {method} across seeds (none for a single seed)")  # fmt: skip
-                ax.set_xticks(x, [f"{d.factor:g}" for d in diffs])
+                ax.set_xticks(x, [f"{d.factor:g}" + _show_varied(d.varied, "\n") for d in diffs])
                 ax.legend(loc="best", fontsize="small")
             else:
                 ax.set_xticks([])
@@ -980,6 +1100,24 @@ def _show_factor(method: str | None, factor: float | None) -> str:
     if method == NO_FACTOR:
         return "–"  # the factor is ignored
     return "" if factor is None else f"{factor:g}"
+
+
+def _show_value(text: str) -> str:
+    """A setting's JSON text as a reader writes it: bf16, not "bf16"."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text  # ABSENT, UNKNOWN
+    return value if isinstance(value, str) else text
+
+
+def _csv_value(text: str) -> str:
+    return "" if text in (ABSENT, UNKNOWN) else _show_value(text)
+
+
+def _show_varied(varied: tuple[tuple[str, str], ...], lead: str) -> str:
+    """`lead` and "key=value, ..." for a group's varied settings; "" where nothing varies."""
+    return lead + ", ".join(f"{key}={_show_value(value)}" for key, value in varied) if varied else ""
 
 
 def _show_duration(seconds: float | None) -> str:

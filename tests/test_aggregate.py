@@ -24,6 +24,7 @@ from urllib.parse import unquote
 import matplotlib.image
 import numpy as np
 import pytest
+import yaml
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 
@@ -40,7 +41,7 @@ from job.aggregate import (
 )
 from job.atomic import write_bytes, write_json, write_text
 from job.data import CLASS_NAMES
-from job.errors import EXIT_BAD_INPUT
+from job.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_NO_SPACE, NoSpaceError, StorageError
 from job.report import classification_metrics
 from job.rundir import RunDir, now
 from job.spec import load_spec
@@ -522,7 +523,104 @@ def test_settings_that_change_results_are_flagged(tmp_path):
     warnings = comparison_warnings(collect(tmp_path)[0])
     assert any("train.lr" in w and "0.005 (2 runs)" in w and "0.01 (1 runs)" in w for w in warnings)
     assert not any("eval_batch_size" in w for w in warnings)  # does not change results
-    assert any("seed 0 completed 2 times" in w for w in warnings)
+    assert not any("completed 2 times" in w for w in warnings)  # another lr: another experiment, not a repeat
+    write_run(tmp_path, "c/labels-f0.1-s0", "labels", 0.1, 0)
+    warnings = comparison_warnings(collect(tmp_path)[0])
+    assert any("seed 0 completed 2 times (a/labels-f0.1-s0, c/labels-f0.1-s0)" in w for w in warnings)
+
+
+def lr_sweep(root):
+    """labels and loss at factor 0.1, two learning rates, two seeds each; lr 0.05 far worse."""
+    for lr, correct in ((0.005, 80), (0.05, 40)):
+        for method in ("labels", "loss"):
+            for seed in range(2):
+                write_run(root, f"{method}-f0.1-s{seed}-lr_{lr}", method, 0.1, seed, correct=correct + seed,
+                          overrides=[f"train.lr={lr}"])  # fmt: skip
+
+
+def test_a_sweep_over_another_field_groups_by_it_instead_of_averaging_it_as_seed_noise(tmp_path):
+    lr_sweep(tmp_path)
+    summary = aggregate(tmp_path)
+    groups = [(g.method, g.varied, g.completed, round(g.stats["test_accuracy"].mean, 4)) for g in summary.groups]
+    assert groups == [
+        ("labels", (("train.lr", "0.005"),), 2, 0.805),
+        ("loss", (("train.lr", "0.005"),), 2, 0.805),
+        ("labels", (("train.lr", "0.05"),), 2, 0.405),
+        ("loss", (("train.lr", "0.05"),), 2, 0.405),
+    ]
+    # labels vs loss within each lr: equal accuracies, a difference of zero, not one spread over both lrs
+    accuracy = [d for d in summary.comparisons if d.metric == "test_accuracy"]
+    assert [(d.varied, d.value, d.labels.std) for d in accuracy] == [
+        ((("train.lr", "0.005"),), 0.0, pytest.approx(0.00707, abs=1e-5)),
+        ((("train.lr", "0.05"),), 0.0, pytest.approx(0.00707, abs=1e-5)),
+    ]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "aggregate.csv").read_text())))
+    assert list(rows[0])[:6] == ["run", "method", "factor", "seed", "train.lr", "status"]
+    assert {(row["run"], row["train.lr"]) for row in rows} >= {("labels-f0.1-s0-lr_0.005", "0.005"),
+                                                               ("loss-f0.1-s1-lr_0.05", "0.05")}  # fmt: skip
+    lines = summary.markdown.splitlines()
+    header = next(line for line in lines if "| completed |" in line)
+    assert header.startswith("| method | factor | train.lr | completed | not completed |")
+    assert any(line.startswith("| labels | 0.1 | 0.05 | 2 | 0 | 40.50 ± 0.71 |") for line in lines)
+    assert any(line.startswith("| 0.1 | 0.05 | test acc (%) |") for line in lines)
+    assert not any("completed 2 times" in w for w in summary.warnings)
+    assert any(
+        w.startswith("completed runs differ in train.lr: 0.005 (4 runs), 0.05 (4 runs)") for w in summary.warnings
+    )
+
+
+def test_the_plots_draw_a_line_per_method_and_varied_setting(tmp_path, monkeypatch):
+    lr_sweep(tmp_path)
+    write_run(tmp_path, "none-s0-lr_0.005", "none", 0.0, 0, overrides=["train.lr=0.005"])
+    write_run(tmp_path, "none-s0-lr_0.05", "none", 0.0, 0, overrides=["train.lr=0.05"], correct=30)
+    drawn = []
+    monkeypatch.setattr(job.aggregate, "_save_png", lambda fig, path: drawn.append(fig))
+    job.aggregate.write_factor_plot(collect(tmp_path)[0], job.aggregate.METRIC["test_accuracy"], "t", "y",
+                                    tmp_path / "x.png")  # fmt: skip
+    labels = drawn[0].axes[0].get_legend_handles_labels()[1]
+    assert labels == [
+        "labels, train.lr=0.005 (2 runs)", "loss, train.lr=0.005 (2 runs)",
+        "labels, train.lr=0.05 (2 runs)", "loss, train.lr=0.05 (2 runs)",
+        "none, train.lr=0.005 (1 runs, no smoothing)", "none, train.lr=0.05 (1 runs, no smoothing)",
+    ]  # fmt: skip
+
+
+def set_manifest(run_dir, **fields):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    write_json(run_dir / "manifest.json", {**manifest, **fields})
+
+
+def test_backend_and_resolved_precision_group_runs_and_auto_matches_what_it_became(tmp_path):
+    a = write_run(tmp_path, "a", "labels", 0.1, 0, overrides=["runtime.mixed_precision=auto"])
+    b = write_run(tmp_path, "b", "labels", 0.1, 1, overrides=["runtime.mixed_precision=bf16"])
+    c = write_run(tmp_path, "c", "labels", 0.1, 2, overrides=["runtime.mixed_precision=bf16"])
+    for run_dir in (a, b, c):  # on a GPU with bf16, auto became bf16: the same computation
+        set_manifest(run_dir, runtime={"precision": "bf16", "replicas": 1})
+    summary = aggregate(tmp_path, out=tmp_path / "out")
+    assert [(g.varied, g.completed) for g in summary.groups] == [((), 3)] and summary.warnings == []
+    set_manifest(c, backend="jax")
+    summary = aggregate(tmp_path, out=tmp_path / "out")
+    assert [(g.varied, g.completed) for g in summary.groups] == [
+        ((("backend", '"jax"'),), 1),
+        ((("backend", '"tensorflow"'),), 2),
+    ]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "aggregate.csv").read_text())))
+    assert [(row["run"], row["backend"]) for row in rows] == [("c", "jax"), ("a", "tensorflow"), ("b", "tensorflow")]
+    assert any(w.startswith('completed runs differ in backend: "jax" (1 runs), "tensorflow" (2 runs)')
+               for w in summary.warnings)  # fmt: skip
+
+
+def test_fields_a_run_of_an_older_version_did_not_write_count_as_their_defaults(tmp_path):
+    old = write_run(tmp_path, "old", "labels", 0.1, 0)
+    write_run(tmp_path, "new", "labels", 0.1, 1)
+    spec = yaml.safe_load((old / "spec.yaml").read_text())
+    del spec["train"]["lr_scaling"], spec["train"]["lr_reference_batch"], spec["runtime"], spec["eval"]
+    (old / "spec.yaml").write_text(yaml.safe_dump(spec))
+    summary = aggregate(tmp_path, out=tmp_path / "out")
+    assert summary.warnings == [] and [(g.varied, g.completed) for g in summary.groups] == [((), 2)]
+    spec["train"]["lr_scaling"] = "linear"  # a real difference still shows
+    (old / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert any("train.lr_scaling" in w for w in aggregate(tmp_path, out=tmp_path / "out").warnings)
 
 
 def test_the_holdout_size_is_compared_only_where_temperature_scaling_uses_it(tmp_path):
@@ -737,6 +835,22 @@ def test_root_that_is_itself_a_run(tmp_path):
     assert [(r.run, r.status) for r in runs] == [(".", "completed")]
 
 
+def test_aggregate_never_writes_into_a_run_directory(tmp_path):
+    # A run that stopped while starting must still resume: its directory may hold only what
+    # the run writes, or the next attempt refuses it as "not an lsjob run directory".
+    starting = tmp_path / "results" / "starting"
+    starting.mkdir(parents=True)
+    (starting / "spec.yaml").write_text("{}\n")
+    (starting / ".lock").write_text("")
+    done = write_run(tmp_path, "results/done", "labels", 0.1, 0)
+    before = snapshot(tmp_path / "results")
+    for root, out in ((starting, None), (done, None), (tmp_path / "results", done / "tables")):
+        with pytest.raises(AggregateError, match="inside the run directory .*pass --out DIR") as caught:
+            aggregate(root, out=out)
+        assert caught.value.exit_code == EXIT_BAD_INPUT
+    assert snapshot(tmp_path / "results") == before
+
+
 # ---------------------------------------------------------------------------- the HTML page
 
 
@@ -888,9 +1002,19 @@ def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch)
         raise OSError(28, "No space left on device", "aggregate.html")
 
     monkeypatch.setattr(job.summary_page, "write_page", full_disk)
-    with pytest.raises(AggregateError, match=r"No space left on device \(aggregate.html\); the files there are unch"):
+    with pytest.raises(NoSpaceError, match=r"No space left on device; the files there are unchanged: free") as caught:
         aggregate(tmp_path / "results", out=tmp_path / "out")
+    assert caught.value.exit_code == EXIT_NO_SPACE  # as for a run: not bad input, which is never retried
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # no staging folder either
+
+    def failing_storage(*args, **kwargs):
+        raise OSError(5, "Input/output error", "aggregate.html")
+
+    monkeypatch.setattr(job.summary_page, "write_page", failing_storage)
+    with pytest.raises(StorageError, match="the storage failed") as caught:
+        aggregate(tmp_path / "results", out=tmp_path / "out")
+    assert caught.value.exit_code == EXIT_INTERNAL
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
 def test_another_aggregates_staging_folder_is_not_searched(tmp_path, monkeypatch):
