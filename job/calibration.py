@@ -111,3 +111,9 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         options={"xatol": 1e-5},
     )
     return float(np.exp(result.x))
+
+
+def at_search_bound(temperature: float) -> bool:
+    """Whether a fitted T sits at an end of the searched range, where the NLL may still fall
+    beyond it: predictions that carry next to nothing about the label, or a broken holdout."""
+    return any(abs(np.log(temperature) - bound) < 1e-3 for bound in LOG_T_BOUNDS)

@@ -10,6 +10,7 @@ never half a PNG nor a mix of old and new files.
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -33,18 +34,20 @@ from job.atomic import atomic_path, file_set, write_json, write_text
 from job.calibration import clip_probs
 from job.history import read_history
 
+log = logging.getLogger("lsjob")
 PREDICTIONS = "predictions.npz"
 HISTORY = "history.csv"
 
-# history key, legend label, line style; the first four are the tutorial's lines.
-# val_nll is the unsmoothed loss, the one number comparable across smoothing methods.
-_SERIES = (
-    ("loss", "train_loss", "-"),
-    ("val_loss", "val_loss", "-"),
-    ("accuracy", "train_acc", "-"),
-    ("val_accuracy", "val_acc", "-"),
-    ("val_nll", "val_nll", "--"),
+# The training plot's panels: y label, then (history key, legend label, line style) per series.
+# All but val_nll are the tutorial's lines; val_nll is the unsmoothed loss, the one number
+# comparable across smoothing methods.
+_PANELS = (
+    ("Loss", (("loss", "train_loss", "-"), ("val_loss", "val_loss", "-"), ("val_nll", "val_nll", "--"))),
+    ("Accuracy", (("accuracy", "train_acc", "-"), ("val_accuracy", "val_acc", "-"))),
 )
+# Losses spanning more than this factor (a run that blew up) are drawn on a log scale,
+# where the healthy epochs are not flattened into a line at zero.
+LOG_SCALE_SPAN = 100.0
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> tuple[dict, str]:
@@ -89,24 +92,31 @@ def write_training_plot(
     path: Path,
     title: str = "Training Loss and Accuracy",
 ) -> None:
-    """The tutorial's plot: losses and accuracies per epoch on one axes."""
+    """The tutorial's curves, losses and accuracies per epoch, plus val_nll; on two panels
+    rather than the tutorial's one, so that a loss far above 1 cannot flatten the accuracies."""
     epochs = np.arange(1, len(history) + 1)
     with matplotlib.style.context("ggplot"):
-        fig = Figure(figsize=(9, 5.5), layout="constrained")
-        ax = fig.add_subplot()
-        for key, label, linestyle in _SERIES:
-            values = np.array([row.get(key, np.nan) for row in history], dtype=float)
-            if np.isfinite(values).any():
-                # Markers keep a one-epoch run (a single point) visible.
-                ax.plot(epochs, values, linestyle=linestyle, marker="o", markersize=4, label=label)
-        ax.set_title(title)
-        ax.set_xlabel("Epoch #")
-        ax.set_ylabel("Loss/Accuracy")
+        fig = Figure(figsize=(9, 7), layout="constrained")
+        axes = fig.subplots(2, 1, sharex=True)
+        for ax, (ylabel, series) in zip(axes, _PANELS):
+            drawn = []
+            for key, label, linestyle in series:
+                values = np.array([row.get(key, np.nan) for row in history], dtype=float)
+                if np.isfinite(values).any():
+                    # Markers keep a one-epoch run (a single point) visible.
+                    ax.plot(epochs, values, linestyle=linestyle, marker="o", markersize=4, label=label)
+                    drawn.append(values[np.isfinite(values)])
+            if drawn:
+                ax.legend(loc="best", fontsize="small")
+                finite = np.concatenate(drawn)
+                if finite.min() > 0 and finite.max() / finite.min() > LOG_SCALE_SPAN:
+                    ax.set_yscale("log")
+                    ylabel += " (log scale)"
+            ax.set_ylabel(ylabel)
+        axes[0].set_title(title)
+        axes[-1].set_xlabel("Epoch #")
         # Whole epochs only, even for a 1-epoch run where one tick is all there is.
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        if ax.get_lines():
-            # Outside the axes: loss and accuracy curves between them fill the plot.
-            fig.legend(loc="outside right upper")
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         _save_png(fig, path)
 
 
@@ -190,8 +200,16 @@ def calibration_report(predictions: Predictions) -> dict:
     if predictions.holdout_probs is not None:
         temperature = calibration.fit_temperature(predictions.holdout_probs, predictions.holdout_labels)
         scaled = calibration.apply_temperature(predictions.test_probs, temperature)
+        at_bound = calibration.at_search_bound(temperature)
+        if at_bound:
+            log.warning(
+                "temperature scaling: T = %.3f is at the end of the range searched (%.2f to %.0f), so it is no "
+                "true optimum: the held-out predictions carry next to nothing about their labels",
+                temperature, *np.exp(calibration.LOG_T_BOUNDS),
+            )  # fmt: skip
         report["temperature_scaling"] = {
             "temperature": temperature,
+            "at_search_bound": at_bound,
             "holdout_examples": int(len(predictions.holdout_labels)),
             "holdout_nll_before": calibration.nll(predictions.holdout_probs, predictions.holdout_labels),
             "holdout_nll_after": calibration.nll(
@@ -208,7 +226,8 @@ def write_reliability_diagram(report: dict, path: Path) -> None:
     panels = [("uncalibrated" if report["temperature_scaling"] else "test set", report["test"])]
     if report["temperature_scaling"]:
         scaling = report["temperature_scaling"]
-        panels.append((f"temperature scaled, T = {scaling['temperature']:.3f}", scaling["test"]))
+        bound = " (the search's bound)" if scaling.get("at_search_bound") else ""
+        panels.append((f"temperature scaled, T = {scaling['temperature']:.3f}{bound}", scaling["test"]))
     with matplotlib.style.context("ggplot"):
         fig = Figure(figsize=(6 * len(panels), 8), layout="constrained")
         axes = fig.subplots(2, len(panels), squeeze=False, height_ratios=[3, 1.3], sharex=True)
@@ -285,12 +304,18 @@ def write_reports(run_dir: Path) -> dict:
 def regenerate(run_dir: Path) -> dict:
     """`lsjob report`: rewrite a finished run's reports from its saved files. The run's
     lock is taken, so a run still writing its own reports is never raced."""
-    from job.errors import SpecError
-    from job.rundir import RunDir
+    from job.errors import NO_SPACE_ERRNOS, NoSpaceError, SpecError, storage_fault
+    from job.rundir import MANIFEST, RunDir
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SpecError(f"{run_dir} is not a directory; give a run directory, e.g. results/labels-f0.1-s42")
+    if not (run_dir / MANIFEST).exists() and (runs := sorted(m.parent.name for m in run_dir.glob(f"*/{MANIFEST}"))):
+        shown = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+        raise SpecError(
+            f"{run_dir} is not a run directory but holds {len(runs)} run(s) ({shown}); give one of them, "
+            f"or tabulate them all with `lsjob aggregate {run_dir}`"
+        )
     claimed = RunDir(run_dir)
     damaged = "restore manifest.json from a copy of the run, or delete it to rewrite the reports without it"
     for name in (PREDICTIONS, HISTORY):
@@ -316,8 +341,17 @@ def regenerate(run_dir: Path) -> dict:
         if stale and manifest.get("status") == "completed":
             claimed.write_manifest({**manifest, **fresh})
         return metrics
+    except OSError as e:
+        if e.errno in NO_SPACE_ERRNOS:
+            raise NoSpaceError(
+                f"cannot regenerate the reports of {run_dir}: {e.strerror}; the previous reports are whole: free "
+                "space and run it again"
+            ) from None
+        raise storage_fault(run_dir, e) or SpecError(
+            f"cannot regenerate the reports of {run_dir}: {type(e).__name__}: {e}"
+        ) from None
     # BadZipFile, EOFError: a predictions.npz cut short (a results volume copied in part).
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise SpecError(f"cannot regenerate the reports of {run_dir}: {type(e).__name__}: {e}") from None
     finally:
         claimed.release()
@@ -332,6 +366,12 @@ def _check_predictions(
         raise ValueError(f"probs must be (N, {len(class_names)}), got {probs.shape}")
     if y_true.shape != (len(probs),):
         raise ValueError(f"y_true must be ({len(probs)},), got {y_true.shape}")
+    if not np.isfinite(probs).all():
+        rows = int((~np.isfinite(probs)).any(axis=1).sum())
+        raise ValueError(
+            f"the probabilities of {rows} of {len(probs)} images are not finite (NaN or inf): the model's outputs "
+            "overflowed, so no metric of them means anything; train again with a lower train.lr"
+        )
     # sklearn would silently drop an out-of-range label from the matrix and report.
     if len(y_true) and not (0 <= y_true.min() and y_true.max() < len(class_names)):
         raise ValueError(f"y_true labels must lie in [0, {len(class_names)}), got {y_true.min()}..{y_true.max()}")

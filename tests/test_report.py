@@ -3,6 +3,7 @@ and writes that leave the previous file intact when plotting fails half-way."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from job.data import CLASS_NAMES
+from job.errors import JobError
 from job.report import (
     Predictions,
     classification_metrics,
@@ -335,6 +337,60 @@ def test_a_failure_midway_keeps_the_previous_report_set_whole(tmp_path, monkeypa
     assert contents(tmp_path) == before  # old set whole, no staging folder left
 
 
+@pytest.mark.parametrize("errno_, error, exit_code", [(28, "NoSpaceError", 6), (122, "NoSpaceError", 6),
+                                                      (5, "StorageError", 1)])  # fmt: skip
+def test_a_full_disk_or_failing_storage_under_report_exits_as_it_would_for_a_run(tmp_path, monkeypatch, errno_, error,
+                                                                                exit_code):  # fmt: skip
+    # Not 2 ("bad input"), which schedulers and users take for "never retry".
+    import job.report
+
+    saved_run(tmp_path)
+    regenerate(tmp_path)
+    before = contents(tmp_path)
+
+    def failing(*args, **kwargs):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(job.report, "write_reliability_diagram", failing)
+    with pytest.raises(JobError) as caught:
+        regenerate(tmp_path)
+    assert type(caught.value).__name__ == error and caught.value.exit_code == exit_code
+    assert contents(tmp_path) == before
+
+
+def test_report_on_a_folder_of_runs_says_so(tmp_path):
+    from job.errors import SpecError
+
+    for name in ("a", "b"):
+        saved_run(tmp_path / name)
+    with pytest.raises(SpecError, match=r"is not a run directory but holds 2 run\(s\) \(a, b\).*lsjob aggregate"):
+        regenerate(tmp_path)
+
+
+def test_non_finite_probabilities_are_named_as_such():
+    probs = P_SMALL.copy()
+    probs[1, 0] = np.nan
+    with pytest.raises(ValueError, match="probabilities of 1 of 3 images are not finite"):
+        classification_metrics(Y_SMALL, probs, NAMES_SMALL)
+
+
+def test_a_temperature_at_the_end_of_the_search_is_flagged(tmp_path, caplog):
+    saved_run(tmp_path, holdout=True)
+    write_reports(tmp_path)
+    assert json.loads((tmp_path / "calibration.json").read_text())["temperature_scaling"]["at_search_bound"] is False
+    # Confident predictions that say nothing of the labels: the NLL keeps falling as T grows.
+    rng = np.random.default_rng(0)
+    hold_probs = np.full((200, 10), 0.001)
+    hold_probs[np.arange(200), rng.integers(0, 10, 200)] = 0.991
+    y, probs = cifar_predictions()
+    save_predictions(tmp_path, Predictions(probs, y, CLASS_NAMES, hold_probs, rng.integers(0, 10, 200)))
+    with caplog.at_level("WARNING", logger="lsjob"):
+        write_reports(tmp_path)
+    scaling = json.loads((tmp_path / "calibration.json").read_text())["temperature_scaling"]
+    assert scaling["at_search_bound"] is True and scaling["temperature"] == pytest.approx(20, rel=1e-3)
+    assert "end of the range searched" in caplog.text
+
+
 def test_a_killed_report_writer_leaves_nothing_the_next_one_keeps(tmp_path):
     saved_run(tmp_path)
     leftover = tmp_path / ".staging.abc123.tmp"
@@ -376,6 +432,28 @@ def test_a_damaged_predictions_file_is_a_clear_error_and_changes_nothing(tmp_pat
 def test_training_plot_without_val_nll(tmp_path):
     write_training_plot(history(3, with_nll=False), tmp_path / "t.png", title="No NLL")
     assert_png(tmp_path / "t.png")
+
+
+def drawn_training_plot(monkeypatch, rows):
+    import job.report
+
+    figures = []
+    monkeypatch.setattr(job.report, "_save_png", lambda fig, path: figures.append(fig))
+    write_training_plot(rows, Path("unused.png"))
+    (fig,) = figures
+    return fig.axes
+
+
+def test_training_plot_keeps_accuracy_readable_when_a_loss_blows_up(monkeypatch):
+    loss, accuracy = drawn_training_plot(monkeypatch, history(3))
+    assert [line.get_label() for line in loss.get_lines()] == ["train_loss", "val_loss", "val_nll"]
+    assert [line.get_label() for line in accuracy.get_lines()] == ["train_acc", "val_acc"]
+    assert loss.get_yscale() == accuracy.get_yscale() == "linear"
+    rows = history(3)
+    rows[1]["val_loss"] = 1.4e21  # a measured val_loss of a run at lr 10: it finished, and plotted flat
+    loss, accuracy = drawn_training_plot(monkeypatch, rows)
+    assert loss.get_yscale() == "log" and "log scale" in loss.get_ylabel()
+    assert accuracy.get_yscale() == "linear" and accuracy.get_ylim()[1] < 1
 
 
 def test_confusion_matrix_counts(tmp_path):
