@@ -6,7 +6,8 @@ state (Keras's .weights.h5 carries both) and `state.json` (the history so far an
 the weights' sha256). It is built under a temporary name and renamed into place,
 so it either exists whole or not at all; the previous one is deleted only after
 that. Loading verifies the digest and falls back to an older checkpoint, with a
-warning, if the newest is damaged.
+warning, if the newest is damaged; when every one is damaged the run stops rather than
+start over (a storage fault that may pass stops it too, before anything is judged damaged).
 
 Keras's BackupAndRestore would restore weights and optimizer but not the rest of
 the training state; the shuffle order and augmentation streams are derived from
@@ -18,18 +19,22 @@ sums (loss and accuracy so far), so the epoch's history row comes out as if neve
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 
 from job.atomic import fsync_dir, sha256_file
+from job.errors import SpecError, storage_fault
 
 log = logging.getLogger("lsjob")
 KEEP = 2  # the newest and the one before, in case the newest turns out damaged
@@ -66,7 +71,7 @@ class Checkpoints:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.directory))
         try:
             weights = tmp / "state.weights.h5"
-            model.save_weights(weights)
+            _save_weights(model, weights)
             state = {"epochs_done": epochs_done, "history": history, "weights_sha256": sha256_file(weights)}
             if mid_epoch is not None:
                 state["mid_epoch"] = vars(mid_epoch)
@@ -91,6 +96,7 @@ class Checkpoints:
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
         self._remove_torn_saves()
+        unusable = []
         for path in reversed(self._complete()):
             try:
                 state = json.loads((path / "state.json").read_text())
@@ -101,7 +107,19 @@ class Checkpoints:
                 model.load_weights(weights)
                 return Resume(int(state["epochs_done"]), list(state["history"]), mid_epoch)
             except Exception as e:  # any damage: fall back to the previous checkpoint
+                # An NFS hiccup is not damage: judged so, every checkpoint would be passed over.
+                fault = storage_fault(path, e) if isinstance(e, OSError) else None
+                if fault is not None:
+                    raise fault from None
                 log.warning("checkpoint %s is unusable (%s); trying an older one", path, e)
+                unusable.append(f"{path.name}: {e}")
+        if unusable:
+            # Starting over would throw away the run's progress, and pruning would then keep the
+            # damaged, higher-numbered checkpoints over every new one.
+            raise SpecError(
+                f"no checkpoint in {self.directory} can be loaded ({'; '.join(unusable)}), so the run cannot "
+                f"resume; restore them from a copy, or move {self.directory} aside (or pass --force) to start over"
+            )
         return Resume()
 
     def clear(self) -> None:
@@ -120,3 +138,18 @@ class Checkpoints:
         if not self.directory.is_dir():
             return []
         return sorted(p for p in self.directory.glob("epoch-*") if p.is_dir())
+
+
+def _save_weights(model: keras.Model, path: Path) -> None:
+    try:
+        model.save_weights(path)
+    except BaseException as e:
+        # Keras closes its H5 file only on success, and HDF5 may keep it open to the end of the
+        # process: its space would stay taken after its folder is removed (a full disk stays full,
+        # so not even the failed run's manifest could be written) and h5py would crash at exit,
+        # failing to flush it. Emptied, it holds no space, and the flush at close finds some.
+        with contextlib.suppress(OSError):
+            os.truncate(path, 0)
+        traceback.clear_frames(e.__traceback__)
+        gc.collect()
+        raise

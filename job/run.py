@@ -8,6 +8,7 @@ interrupted or failed one resumes from its last checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -18,10 +19,10 @@ import keras
 
 from job import atomic, report, runtime
 from job.data import load_dataset
-from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpaceError, SpecError
+from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpaceError, SpecError, storage_fault
 from job.model import synchronize_batch_norm
 from job.rundir import RunDir, check_writable, now
-from job.spec import Spec, load_spec
+from job.spec import Spec, identity_differences, load_spec
 from job.train import check_fits, train
 
 log = logging.getLogger("lsjob")
@@ -31,12 +32,16 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
     """Run `spec`; returns the exit code. `dataset` replaces the spec's data (tests, notebooks);
     `sweep_point` (index and values) is recorded in the manifest of a sweep's run."""
     run_dir = RunDir(spec.run_dir)
-    check_writable(spec.run_dir.parent, create=False)  # a read-only root fails before any download
     # A peek without the lock: only a run with work left needs its devices and data. Both are
     # set up before the run directory exists, so runtime settings this machine cannot honour
     # and bad or hostile data leave nothing behind (nor a failed run that would refuse the
     # corrected spec as a different one).
     previous = None if force else run_dir.read_manifest()
+    if _complete_on_read_only_storage(previous, run_dir, spec):
+        # A finished sweep on a volume now mounted read-only: nothing to do, so nothing to refuse.
+        print(f"{run_dir.path} is already complete; nothing to do")
+        return EXIT_OK
+    check_writable(spec.run_dir.parent, create=False)  # a read-only root fails before any download
     setup = None
     if not (previous or {}).get("status") == "completed":
         try:
@@ -52,17 +57,27 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         run_dir.release()
 
 
-def _same_experiment(previous: dict, run_dir: RunDir, spec: Spec) -> bool:
-    """Whether the run in `run_dir` is this spec's. Its manifest's hash says so at once; else
-    its spec.yaml (written with the manifest at every attempt) hashed as this version of lsjob
-    hashes: an older version's hash still counted fields that cannot change the results."""
+def _complete_on_read_only_storage(previous: dict | None, run_dir: RunDir, spec: Spec) -> bool:
+    return (
+        previous is not None
+        and previous.get("status") == "completed"
+        and not os.access(run_dir.path, os.W_OK)
+        and _made_by(previous, run_dir, spec) is None
+    )
+
+
+def _made_by(previous: dict, run_dir: RunDir, spec: Spec) -> list[str] | None:
+    """None when the run in `run_dir` is this spec's; else how its spec differed (empty when
+    its spec.yaml cannot tell). Its manifest's hash says so at once; else its spec.yaml
+    (written with the manifest at every attempt) hashed as this version of lsjob hashes: an
+    older version's hash still counted fields that cannot change the results."""
     if previous.get("spec_hash") == spec.content_hash():
-        return True
+        return None
     try:
         made = load_spec(run_dir.path / "spec.yaml")
-    except SpecError:
-        return False
-    return made.content_hash() == spec.content_hash()
+    except (SpecError, OSError):
+        return []
+    return None if made.content_hash() == spec.content_hash() else identity_differences(made, spec)
 
 
 def _execute_claimed(
@@ -70,10 +85,13 @@ def _execute_claimed(
 ) -> int:
     previous = run_dir.read_manifest() if not force else None
     if previous is not None:
-        if not _same_experiment(previous, run_dir, spec):
+        differences = _made_by(previous, run_dir, spec)
+        if differences is not None:
+            what = f"it differs in {'; '.join(differences)}" if differences else (
+                f"hash {previous.get('spec_hash')}, this spec {spec.content_hash()}")  # fmt: skip
             raise SpecError(
-                f"{run_dir.path} holds a run of a different spec (hash {previous.get('spec_hash')}, "
-                f"this spec {spec.content_hash()}); use another output.run, or --force to discard that run"
+                f"{run_dir.path} holds a run of a different spec ({what}); use another output.run, or --force to "
+                "discard that run"
             )
         if previous.get("status") == "completed":
             # Removed after the manifest said completed: a process killed in between left them.
@@ -104,6 +122,7 @@ def _execute_claimed(
             }
         manifest["data"] = data.description
         manifest["devices"] = runtime.devices()
+        _record_computation(manifest, previous, setup)
         manifest["runtime"] = {
             **setup.describe(),
             "global_batch": spec.train.batch_size,
@@ -140,7 +159,7 @@ def _execute_claimed(
         )  # fmt: skip
         return EXIT_OK
     except BaseException as e:
-        error = _no_space_error(e, run_dir.path) or _second_ctrl_c(e) or e
+        error = _no_space_error(e, run_dir.path) or _second_ctrl_c(e) or _storage_error(e, run_dir.path) or e
         status = "interrupted" if isinstance(error, InterruptedRun) else "failed"
         reason = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
         _finish(manifest, started, status, reason)
@@ -162,9 +181,7 @@ NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too lar
 
 
 def _no_space_error(error: BaseException, path: Path) -> NoSpaceError | None:
-    seen, visited = error, set()
-    while seen is not None and id(seen) not in visited:
-        visited.add(id(seen))
+    for seen in _chain(error):
         if isinstance(seen, OSError) and (
             seen.errno in NO_SPACE_ERRNOS or any(text in str(seen) for text in NO_SPACE_TEXT)
         ):
@@ -172,13 +189,34 @@ def _no_space_error(error: BaseException, path: Path) -> NoSpaceError | None:
                 f"ran out of disk space writing {path} ({seen}); free space there (or raise the quota or "
                 "file-size limit) and re-run the same command: it resumes from the last intact checkpoint"
             )
-        seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _storage_error(error: BaseException, path: Path) -> JobError | None:
+    """An I/O error or a stale handle while training (writing a checkpoint, history.csv): the
+    one-line message of a storage fault, not a traceback that reads as a bug."""
+    if isinstance(error, JobError):
+        return None  # already says what it is
+    for seen in _chain(error):
+        if isinstance(seen, OSError) and (fault := storage_fault(path, seen)) is not None:
+            return fault
+    return None
+
+
+def _chain(error: BaseException):
+    """The error and those it was raised from or while handling: Keras and h5py wrap OSErrors."""
+    seen, visited = error, set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 def _start_manifest(spec: Spec, previous: dict | None) -> dict:
     attempts = (previous or {}).get("attempts", [])
-    attempts.append({"host": socket.gethostname(), "started": now()})
+    if attempts and "ended" not in attempts[-1]:
+        attempts[-1]["status"] = "killed"  # it ended without a word: SIGKILL, the OOM killer, a lost node
+    attempts.append({"host": socket.gethostname(), "started": now(), "backend": keras.backend.backend()})
     return {
         "run": spec.run_name,
         "status": "running",
@@ -196,6 +234,27 @@ def _start_manifest(spec: Spec, previous: dict | None) -> dict:
         "versions": runtime.versions(),
         "git_commit": _git_commit(),
     }
+
+
+def _record_computation(manifest: dict, previous: dict | None, setup: runtime.Setup) -> None:
+    """What this attempt computes with, in its record; a warning when it is not what the run so far
+    computed with (requeued on another GPU kind, where auto precision resolves otherwise, or under
+    another KERAS_BACKEND): it goes on from its checkpoint, but no single setting gives its result."""
+    attempt = manifest["attempts"][-1]
+    attempt.update(precision=setup.precision, replicas=setup.replicas)
+    before = previous or {}
+    earlier = {
+        "backend": before.get("backend"),
+        **{k: (before.get("runtime") or {}).get(k) for k in ("precision", "replicas")},
+    }
+    changed = [f"{key} {earlier[key]} -> {attempt[key]}" for key in earlier
+               if earlier[key] is not None and earlier[key] != attempt[key]]  # fmt: skip
+    if changed:
+        log.warning(
+            "this attempt computes with another setting than the run so far (%s): it resumes from the checkpoint, "
+            "but the result is not one that either setting alone would give; each attempt's is in the manifest",
+            ", ".join(changed),
+        )
 
 
 def _second_ctrl_c(error: BaseException) -> InterruptedRun | None:

@@ -121,7 +121,7 @@ class RunDir:
         """The manifest; None when there is none. A damaged one is a SpecError ending in `advice`."""
         try:
             manifest = json.loads(self.manifest_path.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no run there (a file in the path: no root either)
             return None
         except (OSError, ValueError) as e:
             fault = storage_fault(self.manifest_path, e) if isinstance(e, OSError) else None
@@ -144,8 +144,11 @@ class RunDir:
         return MANIFEST not in names and not names <= PRE_MANIFEST
 
     def wipe(self) -> None:
-        """--force: discard everything of an earlier run, keeping our lock."""
-        for p in self.path.iterdir():
+        """--force: discard everything of an earlier run, keeping our lock. The spec and then the
+        manifest go last: killed midway, the folder still reads as a run of ours, which --force
+        can finish discarding, rather than as a foreign folder no command will write into."""
+        last = ("spec.yaml", MANIFEST)
+        for p in sorted(self.path.iterdir(), key=lambda p: last.index(p.name) + 1 if p.name in last else 0):
             if p.name == LOCK:
                 continue
             if p.is_dir() and not p.is_symlink():

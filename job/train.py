@@ -182,8 +182,9 @@ class EpochRecorder(keras.callbacks.Callback):
         row["lr"] = learning_rate(epoch, self.train)
         row["seconds"] = round(self.seconds_before + time.perf_counter() - self.started, 3)
         self.history.append(row)
-        write_history_csv(self.run_dir / "history.csv", self.history)
+        # The checkpoint first: history.csv never lists an epoch that no checkpoint holds.
         self.checkpoints.save(self.model, epoch + 1, self.history)
+        write_history_csv(self.run_dir / "history.csv", self.history)
         log.info(
             "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_nll %.4f  lr %.2e  %.1fs",
             epoch + 1, self.train.epochs, row["loss"], row["accuracy"], row["val_loss"],
@@ -282,10 +283,14 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
     if mid_epoch is not None:
         log.info("resuming epoch %d of %d at step %d from %s", start_epoch + 1, spec.train.epochs,
                  mid_epoch.steps_done, checkpoints.directory)  # fmt: skip
-        write_history_csv(run_dir / "history.csv", history)
     elif start_epoch:
         log.info("resuming after epoch %d of %d from %s", start_epoch, spec.train.epochs, checkpoints.directory)
+    # As the checkpoint has it: rows of epochs it does not hold (an attempt that failed saving
+    # its first one) would be trained again.
+    if history:
         write_history_csv(run_dir / "history.csv", history)
+    else:
+        (run_dir / "history.csv").unlink(missing_ok=True)
 
     targets = smoothing.training_targets(data.y_train, data.num_classes, spec.smoothing)
     test_targets = smoothing.one_hot(data.y_test, data.num_classes)  # never smoothed

@@ -1,11 +1,15 @@
 """Checkpoints: whole or absent, the last two kept, damage detected, mid-epoch state kept."""
 
+import errno
 import logging
+import os
 
 import numpy as np
 import pytest
 
+import job.checkpoint
 from job.checkpoint import Checkpoints, MidEpoch, Resume
+from job.errors import SpecError, StorageError
 
 keras = pytest.importorskip("keras")
 
@@ -50,6 +54,42 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="lsjob"):
         assert store.restore(small_model()) == Resume(1, [{"epoch": 1}])
     assert "epoch-0002 is unusable" in caplog.text
+
+
+def contents(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_when_no_checkpoint_loads_the_run_stops_instead_of_starting_over(tmp_path, caplog):
+    # Starting over would lose the run's progress, and pruning would then keep these two,
+    # higher-numbered, over every new checkpoint: each later attempt would start over again.
+    model, store = small_model(), Checkpoints(tmp_path)
+    train_step(model)
+    store.save(model, 1, [{"epoch": 1}])
+    store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
+    for name in ("epoch-0001", "epoch-0002"):
+        (tmp_path / name / "state.weights.h5").write_bytes(b"garbage")
+    before = contents(tmp_path)
+    with pytest.raises(SpecError, match=r"no checkpoint in .* can be loaded \(epoch-0002: .*; epoch-0001: .*--force"):
+        store.restore(small_model())
+    assert contents(tmp_path) == before
+
+
+def test_a_storage_fault_while_loading_stops_the_run_and_judges_nothing_damaged(tmp_path, monkeypatch):
+    # An NFS hiccup on the newest must not make the run fall back to the older one, or to epoch 1.
+    model, store = small_model(), Checkpoints(tmp_path)
+    train_step(model)
+    store.save(model, 1, [{"epoch": 1}])
+    store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
+    before = contents(tmp_path)
+
+    def failing_read(path):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+    monkeypatch.setattr(job.checkpoint, "sha256_file", failing_read)
+    with pytest.raises(StorageError, match="epoch-0002.*the storage failed") as caught:
+        store.restore(small_model())
+    assert caught.value.exit_code == 1 and contents(tmp_path) == before
 
 
 def test_a_save_killed_midway_leaves_nothing_once_the_run_resumes(tmp_path):

@@ -4,6 +4,9 @@ import errno
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,9 @@ from job.errors import DivergedError, InterruptedRun, RunBusyError, SpecError, S
 from job.rundir import RunDir
 from job.spec import load_spec
 
+ROOT = Path(__file__).resolve().parents[1]
+# conftest.TINY for the command line: a run of seconds.
+TINY_RUN = ["data.train_size=128", "data.test_size=32", "train.batch_size=16", "runtime.deterministic=true"]
 ARTIFACTS = {
     "spec.yaml", "manifest.json", "history.csv", "metrics.json", "classification_report.txt",
     "training.png", "confusion_matrix.png", "model.keras", "run.log", "predictions.npz", "calibration.json",
@@ -130,9 +136,26 @@ def test_rerun_of_a_completed_run_is_a_no_op(completed, capsys):
     assert before == after
 
 
-def test_a_different_spec_under_the_same_name_is_refused(completed):
+def test_a_different_spec_under_the_same_name_is_refused_naming_what_differs(completed):
+    changed = completed.model_copy(update={"train": completed.train.model_copy(update={"epochs": 3, "lr": 0.01})})
+    with pytest.raises(
+        SpecError, match=r"different spec \(it differs in train.epochs: 2 -> 3; train.lr: 0.005 -> 0.01\)"
+    ):
+        run_mod.execute(changed)
+
+
+def test_a_completed_run_on_storage_now_read_only_is_still_a_no_op(completed, capsys, monkeypatch):
+    real_access = os.access
+
+    def read_only(path, mode, *args, **kwargs):  # root may write anywhere: os.access is the run's only test
+        inside = Path(path).resolve().is_relative_to(completed.output.root.resolve())
+        return False if inside and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", read_only)
+    assert run_mod.execute(completed) == 0
+    assert "already complete" in capsys.readouterr().out
     changed = completed.model_copy(update={"train": completed.train.model_copy(update={"epochs": 3})})
-    with pytest.raises(SpecError, match="different spec"):
+    with pytest.raises(SpecError, match="not writable"):  # work to do: refused as before
         run_mod.execute(changed)
 
 
@@ -186,6 +209,68 @@ def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatc
     manifest = json.loads((spec.run_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
+
+
+def test_an_attempt_killed_without_a_word_and_a_change_of_backend_are_on_record(tiny_spec, monkeypatch, caplog):
+    spec = tiny_spec("train.epochs=1")
+    monkeypatch.setattr(run_mod, "train", lambda *a, **k: (_ for _ in ()).throw(DivergedError("nan")))
+    with pytest.raises(DivergedError):
+        run_mod.execute(spec)
+    monkeypatch.undo()
+    # As SIGKILL leaves it, on a JAX machine computing in bf16.
+    path = spec.run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for key in ("ended", "status", "seconds"):
+        del manifest["attempts"][-1][key]
+    manifest.update(status="running", backend="jax", runtime={**manifest["runtime"], "precision": "bf16"})
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="lsjob"):
+        assert run_mod.execute(spec) == 0
+    assert "another setting than the run so far (backend jax -> tensorflow, precision bf16 -> off)" in caplog.text
+    attempts = json.loads(path.read_text())["attempts"]
+    assert [a["status"] for a in attempts] == ["killed", "completed"]
+    assert {k: attempts[-1][k] for k in ("backend", "precision", "replicas")} == {
+        "backend": "tensorflow", "precision": "off", "replicas": 1,
+    }  # fmt: skip
+
+
+def test_a_storage_fault_while_training_is_a_one_line_error_not_a_traceback(tiny_spec, monkeypatch):
+    from job.checkpoint import Checkpoints
+
+    spec = tiny_spec("output.run=eio")
+
+    def failing_save(self, model, epochs_done, history, mid_epoch=None):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(self.directory))
+
+    monkeypatch.setattr(Checkpoints, "save", failing_save)
+    with pytest.raises(StorageError, match="the storage failed") as caught:
+        run_mod.execute(spec)
+    assert caught.value.exit_code == 1
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "the storage failed" in manifest["reason"]
+    # The checkpoint is written before history.csv: no epoch is listed that no checkpoint holds.
+    assert not (spec.run_dir / "history.csv").exists()
+
+
+def test_a_fresh_start_drops_the_history_of_epochs_no_checkpoint_holds(tiny_spec, monkeypatch):
+    from job import train as train_mod
+
+    spec = tiny_spec("train.epochs=1")
+    monkeypatch.setattr(run_mod, "train", lambda *a, **k: (_ for _ in ()).throw(DivergedError("nan")))
+    with pytest.raises(DivergedError):
+        run_mod.execute(spec)
+    monkeypatch.undo()
+    (spec.run_dir / "history.csv").write_text("epoch,loss\n1,2.0\n")  # as an older lsjob's failed save left it
+    seen = []
+    real_fit = train_mod.keras.Model.fit
+
+    def fit(self, *args, **kwargs):
+        seen.append((spec.run_dir / "history.csv").exists())
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod.keras.Model, "fit", fit)
+    assert run_mod.execute(spec) == 0
+    assert seen == [False]
 
 
 def test_a_second_ctrl_c_stops_at_once_as_an_interruption_to_resume(tiny_spec, monkeypatch):
@@ -335,6 +420,36 @@ def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_a_rerun_resumes
     assert manifest["epochs_done"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="mounts a small tmpfs: needs root, unshare"
+)
+def test_a_disk_that_really_fills_up_mid_checkpoint_fails_the_run_cleanly_with_exit_6(tmp_path):
+    # Keras leaves the weights file of a failed save open, and HDF5 kept it so to the end of the
+    # process: the disk stayed full (the failure could not be recorded) and h5py crashed at exit.
+    # 34 MB: two checkpoints of MiniGoogLeNet (13 MB each) fit, the third does not.
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir(), out.mkdir()
+    overrides = [f"--set={o}" for o in TINY_RUN] + ["--set=train.epochs=3", '--set=output.root="$1"']
+    script = (
+        'mount -t tmpfs -o size=34m none "$1" || exit 99\n'
+        f'"$2" -m job run specs/smoke.yaml {" ".join(overrides)} --set=output.run=r 2> "$3/stderr"\n'
+        'echo $? > "$3/rc"\n'
+        'cp "$1/r/manifest.json" "$3/" && ls -A "$1/r/checkpoints" > "$3/checkpoints" && df -k "$1" > "$3/df"\n'
+    )
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(disk), sys.executable, str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    stderr = (out / "stderr").read_text()
+    assert (out / "rc").read_text().strip() == "6", stderr  # 139 (SIGSEGV) before
+    assert "ran out of disk space" in stderr and "Exception ignored" not in stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["attempts"][-1]["status"] == "failed"
+    assert (out / "checkpoints").read_text().split() == ["epoch-0001", "epoch-0002"]  # no partial save left
+    free_kb = int((out / "df").read_text().split("\n")[1].split()[3])
+    assert free_kb > 1024  # the failed save's space is free again
+
+
 def test_a_second_task_on_the_same_run_is_refused(tmp_path):
     first, second = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
     first.claim()
@@ -431,6 +546,19 @@ def test_checkpoints_left_by_a_process_killed_after_completing_are_cleared_by_a_
     (completed.run_dir / "checkpoints" / "epoch-0002").mkdir(parents=True)
     assert run_mod.execute(completed) == 0
     assert not (completed.run_dir / "checkpoints").exists()
+
+
+def test_force_removes_the_manifest_last(completed, monkeypatch):
+    # Killed midway, the folder must still read as a run of ours, which --force can finish;
+    # without its manifest it reads as foreign, and no command writes into it again.
+    removed = []
+    real_rmtree, real_unlink = run_mod.shutil.rmtree, Path.unlink
+    monkeypatch.setattr("job.rundir.shutil.rmtree", lambda p, *a, **k: (removed.append(Path(p).name), real_rmtree(p)))
+    monkeypatch.setattr(Path, "unlink", lambda p, *a, **k: (removed.append(p.name), real_unlink(p, *a, **k)))
+    RunDir(completed.run_dir).wipe()
+    monkeypatch.undo()
+    assert removed[-2:] == ["spec.yaml", "manifest.json"] and len(removed) == len(ARTIFACTS)
+    assert run_mod.execute(completed) == 0  # a fresh run: the next test checks what --force leaves
 
 
 def test_force_starts_over(completed):
