@@ -25,7 +25,7 @@ from job import runtime, smoothing
 from job.data import SYNTHETIC_SEED, per_pixel_mean
 from job.data.synthetic import make_synthetic
 from job.spec import Spec
-from job.train import compile_model
+from job.train import check_batch_splits, compile_model
 
 log = logging.getLogger("lsjob")
 
@@ -53,6 +53,7 @@ class _StepClock(keras.callbacks.Callback):
 def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     """Time `steps` training steps after `warmup` ones; returns the figures `lsjob bench` prints."""
     setup = runtime.configure(spec.runtime, spec.train.seed)
+    check_batch_splits(spec)  # with replicas: all, only the machine tells; refused as `lsjob run` does
     # Entries cached before and written during the model's build and warm-up: none written
     # means every program was loaded, and the compile time below is a load time.
     cached_at_start = _cache_entries(setup.compile_cache)
@@ -94,7 +95,8 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
         "compile_cache_source": setup.compile_cache_source,
         "compile_cache_entries_at_start": cached_at_start,
         "compile_cache_entries_written": None if cached_at_start is None else cached_after_warmup - cached_at_start,
-        "jit_compile": spec.runtime.jit_compile,
+        "jit_compile": model.jit_compile,  # what the backend made of the spec's value (auto: on where it can)
+        "jit_compile_spec": spec.runtime.jit_compile,
         "steps_per_execution": per_call,
         "batch_size": batch,
         "steps_timed": steps,
@@ -120,7 +122,7 @@ def table(result: dict) -> str:
         ("device", ", ".join(result["devices"])),
         ("precision", result["precision"] + _chosen_how(result)),
         ("replicas", str(result["replicas"])),
-        ("jit_compile", str(result["jit_compile"])),
+        ("jit_compile", f"{result['jit_compile']} (spec: {result['jit_compile_spec']})"),
         ("batch size", str(result["batch_size"])),
         ("images/s (median step)", f"{result['images_per_s']:,.0f}"),
         ("step ms, median / p90", f"{result['step_ms_median']:.2f} / {result['step_ms_p90']:.2f}"),

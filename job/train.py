@@ -245,15 +245,21 @@ def check_fits(spec: Spec, train_images: int, test_images: int) -> None:
     check_replicas(spec, test_images)
 
 
-def check_replicas(spec: Spec, test_images: int) -> None:
-    """The global batch must split evenly across the replicas `runtime.configure` set up: with
-    runtime.replicas: all, only the machine tells how many there are."""
+def check_batch_splits(spec: Spec) -> None:
+    """The training batch across the replicas; `lsjob bench` needs only this part."""
     replicas = runtime.replica_count()
     if spec.train.batch_size % replicas:
         raise SpecError(
             f"train.batch_size {spec.train.batch_size} does not split evenly across the {replicas} replicas "
             "of runtime.replicas: all; make it a multiple of the number of GPUs"
         )
+
+
+def check_replicas(spec: Spec, test_images: int) -> None:
+    """The global batch must split evenly across the replicas `runtime.configure` set up: with
+    runtime.replicas: all, only the machine tells how many there are."""
+    check_batch_splits(spec)
+    replicas = runtime.replica_count()
     if replicas == 1 or keras.backend.backend() != "jax":
         return
     # JAX's DataParallel splits every evaluation batch, the last, shorter one too (TensorFlow's

@@ -28,6 +28,9 @@ def test_bench_times_the_specs_step_and_writes_only_its_json(tmp_path):
     assert (result["compile_cache"], result["compile_cache_entries_at_start"]) == (None, None)
     assert result["compile_cache_entries_written"] is None
     assert "compile cache           not used on the tensorflow backend" in proc.stderr
+    # What Keras made of "auto" on this backend, beside the spec's value.
+    assert result["jit_compile_spec"] == "auto" and isinstance(result["jit_compile"], bool)
+    assert f"jit_compile             {result['jit_compile']} (spec: auto)" in proc.stderr
 
 
 def test_the_bench_table_says_whether_its_compile_time_was_a_compile_or_a_load():

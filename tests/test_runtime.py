@@ -98,6 +98,9 @@ def test_replicas_this_machine_lacks_fail_the_run_before_anything_is_written(tin
 
 
 # TensorFlow's devices are fixed once it starts: a fresh process splits the CPU in two.
+# What TensorFlow alone does (logical CPU devices, its compile-cache answer); the JAX check
+# (tools/check_without_tensorflow.sh) has its own.
+TENSORFLOW_ONLY = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tests the TensorFlow backend")
 TWO_CPUS = """
 import sys
 import tensorflow as tf
@@ -110,6 +113,7 @@ main()
 
 
 @pytest.mark.slow
+@TENSORFLOW_ONLY
 def test_two_replicas_train_one_run_with_the_global_batch_split_and_recorded(tmp_path):
     sets = [*TINY, f"output.root={tmp_path}", "output.run=mirrored", "runtime.replicas=2",
             "train.lr_scaling=linear", "runtime.deterministic=false"]  # fmt: skip
@@ -157,18 +161,22 @@ def test_two_replicas_make_the_same_training_step_as_one():
     assert len(verdicts) == 4 and all(line.endswith(": the same") for line in verdicts), proc.stdout
 
 
-def test_a_batch_that_all_the_replicas_cannot_split_is_refused_before_the_run_directory_exists(tmp_path):
-    # runtime.replicas: all -- only the machine says how many: checked after set-up, before the claim.
+@TENSORFLOW_ONLY
+@pytest.mark.parametrize("command", [["run"], ["bench", "--steps", "2", "--warmup", "1"]])
+def test_a_batch_that_all_the_replicas_cannot_split_is_refused_before_anything_is_made(tmp_path, command):
+    # runtime.replicas: all -- only the machine says how many: checked after set-up, before the
+    # run directory is claimed or the bench's step compiled (it was a traceback there).
     sets = [*TINY, f"output.root={tmp_path}", "output.run=odd", "runtime.replicas=all", "train.batch_size=15"]
     proc = subprocess.run(
-        [sys.executable, "-c", TWO_CPUS, "run", "/dev/null", *[a for s in sets for a in ("--set", s)]],
+        [sys.executable, "-c", TWO_CPUS, command[0], "/dev/null", *command[1:], *(f"--set={s}" for s in sets)],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "train.batch_size 15 does not split evenly across the 2 replicas" in proc.stderr
-    assert not (tmp_path / "odd").exists()
+    assert "Traceback" not in proc.stderr and not (tmp_path / "odd").exists()
 
 
+@TENSORFLOW_ONLY
 def test_the_compile_cache_is_a_jax_feature_and_named_as_unused_elsewhere():
     setup = runtime.configure(RuntimeSpec(compile_cache="/nonexistent/never/created"), seed=0)
     assert (setup.compile_cache, setup.compile_cache_source) == (None, "not used on the tensorflow backend")
