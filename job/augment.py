@@ -69,13 +69,15 @@ class RandomShiftFlip(keras.layers.Layer):
             return images
         batch = ops.shape(images)[0]
         height, width = images.shape[1], images.shape[2]
-        dy = keras.random.uniform((batch,), -self.shift, self.shift, seed=self.seed_generator) * height
-        dx = keras.random.uniform((batch,), -self.shift, self.shift, seed=self.seed_generator) * width
+        # One draw for the three: on PyTorch each draw reads its seed back from the GPU, a sync
+        # that stops eager steps from queueing ahead.
+        u = keras.random.uniform((3, batch), seed=self.seed_generator)
+        dy = (2.0 * u[0] - 1.0) * self.shift * height
+        dx = (2.0 * u[1] - 1.0) * self.shift * width
         rows = interpolation_matrices(dy, height, self.fill_mode)
         cols = interpolation_matrices(dx, width, self.fill_mode)
         if self.flip:
-            flipped = keras.random.uniform((batch,), seed=self.seed_generator) < 0.5
-            cols = ops.where(flipped[:, None, None], ops.flip(cols, axis=1), cols)
+            cols = ops.where((u[2] < 0.5)[:, None, None], ops.flip(cols, axis=1), cols)
         images = ops.cast(images, "float32")
         shifted_rows = ops.einsum("byi,bixc->byxc", rows, images)
         return ops.einsum("byjc,bxj->byxc", shifted_rows, cols)
