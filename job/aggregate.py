@@ -393,17 +393,24 @@ def _setting(run: Run, key: str) -> str:
 # ---------------------------------------------------------------------------- finding runs
 
 
-def _find_runs(directory: Path, warnings: list[str]) -> list[tuple[Path, bool]]:
+def _find_runs(directory: Path, warnings: list[str], seen: set[str] | None = None) -> list[tuple[Path, bool]]:
     """(run directory, has a manifest) for every run at or below `directory`.
 
     A directory with a manifest is a run, and nothing below it is searched (its
     checkpoints/ live there). One with lsjob's spec.yaml or .lock but no manifest is a
     run that stopped while starting, unless runs lie below it: then it is a sweep folder
-    that happens to keep a spec. Symbolic links are not followed.
+    that happens to keep a spec. Symbolic links to folders are followed, so a folder of links
+    to chosen runs compares them; a folder reached twice (a link into the tree, a loop) counts once.
     """
+    seen = set() if seen is None else seen
+    real = os.path.realpath(directory)
+    if real in seen:
+        return []
+    seen.add(real)
     try:
         with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            # Real folders first: a run reached both ways is listed under its own name.
+            entries = sorted(it, key=lambda e: (e.is_symlink(), e.name))
     except OSError as e:
         warnings.append(f"could not list {directory} ({e.strerror or e}); runs inside it are not in the table")
         return []
@@ -413,12 +420,12 @@ def _find_runs(directory: Path, warnings: list[str]) -> list[tuple[Path, bool]]:
     found = []
     for entry in entries:
         try:
-            is_dir = entry.is_dir(follow_symlinks=False)
+            is_dir = entry.is_dir()
         except OSError:
             is_dir = False
         # Another aggregate's (or report's) staging folder comes and goes: never a run.
         if is_dir and not STAGING_TMP.fullmatch(entry.name):
-            found += _find_runs(Path(entry.path), warnings)
+            found += _find_runs(Path(entry.path), warnings, seen)
     if not found and names & {SPEC_FILE, LOCK}:
         return [(directory, False)]
     return found

@@ -1025,9 +1025,24 @@ def test_another_aggregates_staging_folder_is_not_searched(tmp_path, monkeypatch
     staging.mkdir()
     listed = []
     real_find = job.aggregate._find_runs
-    monkeypatch.setattr(job.aggregate, "_find_runs", lambda d, w: listed.append(d.name) or real_find(d, w))
+    monkeypatch.setattr(job.aggregate, "_find_runs", lambda d, *a: listed.append(d.name) or real_find(d, *a))
     runs, warnings = collect(tmp_path)
     assert [r.run for r in runs] == ["a"] and warnings == [] and staging.name not in listed
+
+
+def test_a_folder_of_links_to_chosen_runs_compares_them_and_counts_each_once(tmp_path):
+    a = write_run(tmp_path, "results/labels-f0.1-s0", "labels", 0.1, 0)
+    b = write_run(tmp_path, "results/loss-f0.1-s0", "loss", 0.1, 0)
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    (chosen / "a").symlink_to(a)
+    (chosen / "b").symlink_to(b)
+    (chosen / "again").symlink_to(chosen)  # a loop
+    summary = aggregate(chosen)
+    assert [(r.run, r.status) for r in summary.runs] == [("a", "completed"), ("b", "completed")]
+    assert summary.warnings == [] and (chosen / "aggregate.csv").is_file()
+    (tmp_path / "results" / "also-a").symlink_to(a)  # a link to a run in the tree: not a second run
+    assert [r.run for r in collect(tmp_path / "results")[0]] == ["labels-f0.1-s0", "loss-f0.1-s0"]
 
 
 def test_a_folder_that_keeps_a_spec_beside_its_runs_is_not_a_run(tmp_path):
