@@ -76,7 +76,9 @@ class SmoothingSpec(Section):
 
 
 class TrainSpec(Section):
-    epochs: int = Field(70, gt=0, le=100_000, description="Epochs; the learning rate reaches 0 at the last.")
+    epochs: int = Field(
+        70, gt=0, le=100_000, description="Epochs; the learning rate decays linearly toward 0, reached after the last."
+    )
     batch_size: int = Field(
         64, gt=0, le=65_536,
         description="Training batch size: the global batch, split evenly across runtime.replicas.",
@@ -108,7 +110,7 @@ class AugmentSpec(Section):
     shift: float = Field(
         0.1, ge=0.0, le=1.0, description="Random shift, at most this fraction of width and height (bilinear)."
     )
-    horizontal_flip: bool = Field(True, description="Random horizontal flips (RandomFlip).")
+    horizontal_flip: bool = Field(True, description="Random horizontal flips, each image with probability 1/2.")
     fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = Field(
         "nearest", description="How pixels shifted in are filled."
     )
