@@ -176,6 +176,7 @@ class Run:
     spec_hash: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # completed runs only
     settings: dict[str, str] | None = None  # result-changing fields as JSON text, for comparisons
+    spec_read: bool = False  # settings hold spec.yaml's fields, not only what the manifest says
     # The settings that differ between the completed runs, and this run's values of them
     # (JSON text, ABSENT or UNKNOWN): with method and factor, they make its group.
     varied: tuple[tuple[str, str], ...] = ()
@@ -348,14 +349,24 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
 
 def _refuse_run_directory(out: Path, runs: list[Run]) -> None:
     """A run directory holds only what its run writes: anything else there, and a run that
-    stopped while starting no longer resumes ("not an lsjob run directory")."""
+    stopped while starting no longer resumes ("not an lsjob run directory"). Those found under
+    the root, and any other: a folder holding a manifest or lsjob's lock (taken first) is one."""
     where = out.resolve()
-    for run in runs:
-        if where == run.path.resolve() or run.path.resolve() in where.parents:
+    found = [run.path.resolve() for run in runs]
+    for folder in (where, *where.parents):
+        if folder in found or (folder / MANIFEST).is_file() or _is_our_lock(folder / LOCK):
             raise AggregateError(
-                f"{out} is inside the run directory {run.path}, where aggregate does not write; give the folder "
-                "holding the runs, or pass --out DIR"
+                f"{out} is inside the run directory {folder}, where aggregate does not write; give the folder "
+                "holding the runs, or pass --out DIR elsewhere"
             )
+
+
+def _is_our_lock(path: Path) -> bool:
+    # Other tools keep a .lock too (pytest's numbered folders): only the text lsjob writes counts.
+    try:
+        return LOCK_TEXT.fullmatch(path.read_text(encoding="utf-8", errors="replace").strip()) is not None
+    except OSError:
+        return False
 
 
 def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
@@ -367,7 +378,7 @@ def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
         raise AggregateError(f"{root} is not a directory")
     warnings: list[str] = []
     runs = []
-    for path, has_manifest in _find_runs(root, warnings):
+    for path, has_manifest in _once_each(root, _find_runs(root, warnings)):
         try:
             runs.append(read_run(path, root, has_manifest))
         except Exception as e:  # noqa: BLE001 - one odd directory must not hide all the others
@@ -380,37 +391,40 @@ def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
 
 
 def varied_settings(runs: list[Run]) -> list[str]:
-    """The result-changing settings whose values differ between the completed runs."""
-    known = [r for r in runs if r.completed and r.settings is not None]
+    """The result-changing settings whose values differ between runs that record them, finished
+    or not: a failed run at another train.lr is not an unfinished member of this one's group."""
+    known = [r for r in runs if r.settings is not None]
     keys = sorted({key for r in known for key in r.settings})
-    return [key for key in keys if len({r.settings.get(key, ABSENT) for r in known}) > 1]
+    return [key for key in keys if len({r.settings[key] for r in known if key in r.settings}) > 1]
 
 
 def _setting(run: Run, key: str) -> str:
-    return UNKNOWN if run.settings is None else run.settings.get(key, ABSENT)
+    if run.settings is not None and key in run.settings:
+        return run.settings[key]
+    # A run without spec.yaml, or one that never wrote a manifest (no backend yet).
+    return ABSENT if run.spec_read and key not in (BACKEND, PRECISION, REPLICAS) else UNKNOWN
 
 
 # ---------------------------------------------------------------------------- finding runs
 
 
-def _find_runs(directory: Path, warnings: list[str], seen: set[str] | None = None) -> list[tuple[Path, bool]]:
+def _find_runs(directory: Path, warnings: list[str], above: frozenset[str] = frozenset()) -> list[tuple[Path, bool]]:
     """(run directory, has a manifest) for every run at or below `directory`.
 
     A directory with a manifest is a run, and nothing below it is searched (its
     checkpoints/ live there). One with lsjob's spec.yaml or .lock but no manifest is a
     run that stopped while starting, unless runs lie below it: then it is a sweep folder
     that happens to keep a spec. Symbolic links to folders are followed, so a folder of links
-    to chosen runs compares them; a folder reached twice (a link into the tree, a loop) counts once.
+    to chosen runs compares them (collect counts a run reached twice once); `above`: the real
+    paths of the folders this one lies in, so a link back up is not a loop without end.
     """
-    seen = set() if seen is None else seen
     real = os.path.realpath(directory)
-    if real in seen:
+    if real in above:
         return []
-    seen.add(real)
+    above = above | {real}
     try:
         with os.scandir(directory) as it:
-            # Real folders first: a run reached both ways is listed under its own name.
-            entries = sorted(it, key=lambda e: (e.is_symlink(), e.name))
+            entries = sorted(it, key=lambda e: e.name)
     except OSError as e:
         warnings.append(f"could not list {directory} ({e.strerror or e}); runs inside it are not in the table")
         return []
@@ -425,10 +439,23 @@ def _find_runs(directory: Path, warnings: list[str], seen: set[str] | None = Non
             is_dir = False
         # Another aggregate's (or report's) staging folder comes and goes: never a run.
         if is_dir and not STAGING_TMP.fullmatch(entry.name):
-            found += _find_runs(Path(entry.path), warnings, seen)
+            found += _find_runs(Path(entry.path), warnings, above)
     if not found and names & {SPEC_FILE, LOCK}:
         return [(directory, False)]
     return found
+
+
+def _once_each(root: Path, found: list[tuple[Path, bool]]) -> list[tuple[Path, bool]]:
+    """One entry per run folder reached by more than one path (a link to a run in the tree):
+    the path through the fewest links, its own name where it has one."""
+    best: dict[str, tuple[int, Path, bool]] = {}
+    for path, has_manifest in found:
+        parts = path.relative_to(root).parts
+        links = sum(root.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts)))
+        real = os.path.realpath(path)
+        if real not in best or links < best[real][0]:
+            best[real] = (links, path, has_manifest)
+    return [(path, has_manifest) for _, path, has_manifest in best.values()]
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -448,7 +475,8 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
     spec = _read_spec(path)
     if spec is not None:
         _identity_from_spec(run, spec)
-        run.settings = _settings(_with_defaults(spec))
+        spec = _with_defaults(spec)
+        run.settings, run.spec_read = _settings(spec), True
 
     if not has_manifest:
         run.epochs_done = _epochs_so_far(path)
@@ -471,8 +499,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
         return run
 
     run.method, run.factor, run.seed = manifest["method"], float(manifest["factor"]), manifest["seed"]
-    if run.settings is not None:
-        run.settings.update(_resolved_settings(manifest))
+    run.settings = {**(run.settings or {}), **_resolved_settings(manifest, spec)} or None
     run.epochs_total, run.spec_hash = manifest["epochs"], manifest["spec_hash"]
     run.duration_s, run.attempts = float(manifest["duration_s"]), len(manifest["attempts"])
     status = manifest["status"]
@@ -640,8 +667,7 @@ def _with_defaults(spec: dict) -> dict:
 
 
 def _settings(spec: dict, prefix: str = "") -> dict[str, str]:
-    """spec.yaml flattened to dotted keys, without the fields that do not change results; the
-    precision and replica count as asked for, until the manifest says what they resolved to."""
+    """spec.yaml flattened to dotted keys, without the fields that do not change results."""
     flat = {}
     for key, value in spec.items():
         dotted = f"{prefix}{key}"
@@ -651,26 +677,26 @@ def _settings(spec: dict, prefix: str = "") -> dict[str, str]:
             flat.update(_settings(value, dotted + "."))
         else:
             flat[dotted] = json.dumps(value, sort_keys=True)
-    if not prefix:
-        if flat.get("eval.temperature_scaling") != "true":
-            flat.pop("eval.holdout_size", None)  # holds nothing out without temperature scaling
-        runtime = spec.get("runtime") if isinstance(spec.get("runtime"), dict) else {}
-        flat[PRECISION] = json.dumps(runtime.get("mixed_precision", "off"))
-        flat[REPLICAS] = json.dumps(runtime.get("replicas", 1))
+    if not prefix and flat.get("eval.temperature_scaling") != "true":
+        flat.pop("eval.holdout_size", None)  # holds nothing out without temperature scaling
     return flat
 
 
-def _resolved_settings(manifest: dict) -> dict[str, str]:
+def _resolved_settings(manifest: dict, spec: dict | None) -> dict[str, str]:
     """What the run computed with, from its manifest: the backend, and the precision and
-    replica count that `auto` and `all` became on its machine (same spec, another result)."""
+    replica count that `auto` and `all` became on its machine (same spec, another result).
+    A manifest from before they were recorded: as its spec asked (the defaults if unsaid)."""
     resolved = {}
     if isinstance(manifest.get("backend"), str):
         resolved[BACKEND] = json.dumps(manifest["backend"])
     runtime = manifest.get("runtime") if isinstance(manifest.get("runtime"), dict) else {}
-    if isinstance(runtime.get("precision"), str):
-        resolved[PRECISION] = json.dumps(runtime["precision"])
-    if _is(runtime.get("replicas"), int):
-        resolved[REPLICAS] = json.dumps(runtime["replicas"])
+    asked = (spec or {}).get("runtime") if isinstance((spec or {}).get("runtime"), dict) else {}
+    for key, recorded, requested, default in ((PRECISION, "precision", "mixed_precision", "off"),
+                                              (REPLICAS, "replicas", "replicas", 1)):  # fmt: skip
+        if recorded in runtime:
+            resolved[key] = json.dumps(runtime[recorded])
+        elif spec is not None:
+            resolved[key] = json.dumps(asked.get(requested, default))
     return resolved
 
 
@@ -806,7 +832,7 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
     """Completed runs whose settings differ in more than seed and smoothing: each value is a group
     of its own, which the reader should know, the more so where it was not meant (two backends)."""
     done = [r for r in runs if r.completed]
-    known = [r for r in done if r.settings is not None]
+    known = [r for r in done if r.spec_read]
     warnings = []
     if len(known) < len(done):
         warnings.append(

@@ -53,8 +53,9 @@ BACKOFF_LIMIT = 3
 CPU_PER_GPU = 4
 MEMORY_PER_GPU_GI = 8
 # Kubernetes quantities, as the API server takes them for these two resources.
-_CPU_QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)m?")
-_MEMORY_QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)([KMGTPE]i?|k)?")
+_NUMBER = r"(\d+(\.\d+)?|\.\d+)"
+_CPU_QUANTITY = re.compile(_NUMBER + r"(m|[eE][+-]?\d+)?")
+_MEMORY_QUANTITY = re.compile(_NUMBER + r"([KMGTPE]i?|k|[eE][+-]?\d+)?")
 
 EXAMPLE_IMAGE = f"registry.example.com/lsjob:{__version__}"
 RESULTS_CLAIM = "lsjob-results"
@@ -103,6 +104,12 @@ def render(
     if backoff_limit < 0 or grace_seconds < 0:
         raise SpecError("the backoff limit and the grace period cannot be negative")
     gpus = pod_gpus([point.spec.runtime.replicas for point in points], gpus)
+    for point in points:  # `all` becomes the pod's GPUs: the batch must split across them, as run checks
+        if point.spec.runtime.replicas == "all" and point.spec.train.batch_size % gpus:
+            raise SpecError(
+                f"train.batch_size {point.spec.train.batch_size} does not split evenly across the {gpus} GPUs "
+                "that runtime.replicas: all takes in each pod; give --gpus a count that divides it"
+            )
     cpu = cpu or str(CPU_PER_GPU * gpus)
     memory = memory or f"{MEMORY_PER_GPU_GI * gpus}Gi"
     _check_quantity("cpu", cpu, _CPU_QUANTITY, "4 or 3500m")
@@ -173,10 +180,11 @@ def pod_gpus(replicas: list[int | str], gpus: int | None) -> int:
     counts = sorted({r for r in replicas if r != "all"})
     if gpus is not None and gpus < 1:
         raise SpecError(f"--gpus {gpus}: a pod needs at least 1 GPU")
-    if len(counts) > 1:
+    if len(counts) + ("all" in replicas) > 1:  # `all` beside a count: the same GPUs, so one run twice
+        asked = ", ".join([*map(str, counts), *(["all"] if "all" in replicas else [])])
         raise SpecError(
-            f"the sweep's points ask for different runtime.replicas ({', '.join(map(str, counts))}), but the pods "
-            "of one Job all get the same GPUs; render one spec per replica count"
+            f"the sweep's points ask for different runtime.replicas ({asked}), but the pods of one Job all get the "
+            "same GPUs; render one spec per replica count"
         )
     if counts and gpus is not None and gpus != counts[0]:
         raise SpecError(

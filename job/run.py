@@ -215,7 +215,8 @@ def _chain(error: BaseException):
 def _start_manifest(spec: Spec, previous: dict | None) -> dict:
     attempts = (previous or {}).get("attempts", [])
     if attempts and "ended" not in attempts[-1]:
-        attempts[-1]["status"] = "killed"  # it ended without a word: SIGKILL, the OOM killer, a lost node
+        # Its end was never written: SIGKILL, the OOM killer, a lost node, or a disk too full for it.
+        attempts[-1]["status"] = "unrecorded"
     attempts.append({"host": socket.gethostname(), "started": now(), "backend": keras.backend.backend()})
     return {
         "run": spec.run_name,

@@ -210,7 +210,8 @@ def built_tree(tmp_path_factory):
     set_lock_pid(killed, dead_pid())
 
     starting = root / "sweep/labels-f0.2-s8"
-    spec = load_spec(None, ["smoothing.factor=0.2", "train.seed=8", f"output.root={starting.parent}"])
+    spec = load_spec(None, ["data.source=synthetic", "smoothing.factor=0.2", "train.seed=8", f"train.epochs={EPOCHS}",
+                            f"output.root={starting.parent}"])  # fmt: skip
     starting.mkdir(parents=True)
     write_text(starting / "spec.yaml", spec.to_yaml())
 
@@ -569,6 +570,28 @@ def test_a_sweep_over_another_field_groups_by_it_instead_of_averaging_it_as_seed
     )
 
 
+def test_a_run_that_did_not_finish_at_another_setting_is_not_counted_in_this_ones_group(tmp_path):
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    write_run(tmp_path, "b", "labels", 0.1, 1)
+    write_run(tmp_path, "c", "labels", 0.1, 2, status="failed", done=1, overrides=["train.lr=0.01"])
+    summary = aggregate(tmp_path, out=tmp_path / "out")
+    assert [(g.varied, g.completed, g.not_completed) for g in summary.groups] == [
+        ((("train.lr", "0.005"),), 2, 0),
+        ((("train.lr", "0.01"),), 0, 1),
+    ]
+    assert summary.warnings == []  # the completed runs agree
+
+
+def test_a_completed_run_without_its_spec_still_shows_the_backend_its_manifest_records(tmp_path):
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    b = write_run(tmp_path, "b", "labels", 0.1, 1)
+    set_manifest(b, backend="jax")
+    (b / "spec.yaml").unlink()
+    runs = collect(tmp_path)[0]
+    assert {r.run: r.varied for r in runs} == {"a": (("backend", '"tensorflow"'),), "b": (("backend", '"jax"'),)}
+    assert any("1 completed run(s) have no readable spec.yaml" in w for w in comparison_warnings(runs))
+
+
 def test_the_plots_draw_a_line_per_method_and_varied_setting(tmp_path, monkeypatch):
     lr_sweep(tmp_path)
     write_run(tmp_path, "none-s0-lr_0.005", "none", 0.0, 0, overrides=["train.lr=0.005"])
@@ -844,11 +867,17 @@ def test_aggregate_never_writes_into_a_run_directory(tmp_path):
     (starting / ".lock").write_text("")
     done = write_run(tmp_path, "results/done", "labels", 0.1, 0)
     before = snapshot(tmp_path / "results")
-    for root, out in ((starting, None), (done, None), (tmp_path / "results", done / "tables")):
+    elsewhere = write_run(tmp_path, "other/run", "labels", 0.1, 0)  # not under the root aggregated
+    claimed = RunDir(tmp_path / "other" / "claimed")
+    claimed.claim()  # killed right after taking its lock: nothing but .lock yet
+    claimed.release()
+    for root, out in ((starting, None), (done, None), (tmp_path / "results", done / "tables"),
+                      (tmp_path / "results", elsewhere), (tmp_path / "results", claimed.path)):  # fmt: skip
         with pytest.raises(AggregateError, match="inside the run directory .*pass --out DIR") as caught:
             aggregate(root, out=out)
         assert caught.value.exit_code == EXIT_BAD_INPUT
     assert snapshot(tmp_path / "results") == before
+    assert sorted(p.name for p in claimed.path.iterdir()) == [".lock"]
 
 
 # ---------------------------------------------------------------------------- the HTML page
@@ -1043,6 +1072,10 @@ def test_a_folder_of_links_to_chosen_runs_compares_them_and_counts_each_once(tmp
     assert summary.warnings == [] and (chosen / "aggregate.csv").is_file()
     (tmp_path / "results" / "also-a").symlink_to(a)  # a link to a run in the tree: not a second run
     assert [r.run for r in collect(tmp_path / "results")[0]] == ["labels-f0.1-s0", "loss-f0.1-s0"]
+    (tmp_path / "aa-links").mkdir()  # listed before the real folder, and still not the name shown
+    (tmp_path / "aa-links" / "a").symlink_to(a)
+    assert "results/labels-f0.1-s0" in [r.run for r in collect(tmp_path)[0]]
+    assert "aa-links/a" not in [r.run for r in collect(tmp_path)[0]]
 
 
 def test_a_folder_that_keeps_a_spec_beside_its_runs_is_not_a_run(tmp_path):

@@ -164,6 +164,9 @@ def test_a_multi_gpu_run_gets_a_gpu_per_replica_and_resources_to_match(tmp_path)
         "limits": {"memory": "32Gi", "nvidia.com/gpu": 4},
     }
     assert resources_for(tmp_path, "  replicas: all", gpus=8)["limits"]["nvidia.com/gpu"] == 8
+    # The exponent form, as the Kubernetes docs write 129e6.
+    requests = resources_for(tmp_path, "  replicas: 1", memory="129e6", cpu="2e0")["requests"]
+    assert requests == {"cpu": "2e0", "memory": "129e6"}
     assert resources_for(tmp_path, "  replicas: 2", gpus=2, cpu="3500m", memory="20Gi") == {
         "requests": {"cpu": "3500m", "memory": "20Gi"},
         "limits": {"memory": "20Gi", "nvidia.com/gpu": 2},
@@ -183,6 +186,8 @@ def test_a_multi_gpu_run_gets_a_gpu_per_replica_and_resources_to_match(tmp_path)
         ("  replicas: 1", {"cpu": "four"}, "cpu 'four'"),
         ("  replicas: 1", {"memory": "8GB"}, "memory '8GB'"),
         ("  replicas: 1", {"memory": "0Gi"}, "memory '0Gi'"),
+        # Each pod would exit 2 ("does not split evenly") on the cluster.
+        ("  replicas: all\ntrain:\n  batch_size: 64", {"gpus": 3}, "64 does not split evenly across the 3 GPUs"),
     ],
 )
 def test_gpus_cpu_and_memory_that_cannot_work_are_refused(tmp_path, runtime, options, message):
@@ -195,6 +200,9 @@ def test_a_sweep_over_replica_counts_is_refused_since_its_pods_share_one_templat
     spec.write_text("sweep:\n  runtime.replicas: [1, 2]\n")
     with pytest.raises(SpecError, match=r"different runtime.replicas \(1, 2\).*one spec per replica count"):
         k8s.render(spec, image="r/l:1")
+    spec.write_text("sweep:\n  runtime.replicas: [all, 2]\n")  # all would take the same 2 GPUs: one run twice
+    with pytest.raises(SpecError, match=r"different runtime.replicas \(2, all\)"):
+        k8s.render(spec, image="r/l:1", gpus=2)
     spec.write_text("runtime:\n  replicas: 2\nsweep:\n  smoothing.factor: [0.1, 0.2]\n")
     assert pod_of(k8s.render(spec, image="r/l:1"))["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
 

@@ -361,9 +361,10 @@ def test_a_full_disk_or_failing_storage_under_report_exits_as_it_would_for_a_run
 def test_report_on_a_folder_of_runs_says_so(tmp_path):
     from job.errors import SpecError
 
-    for name in ("a", "b"):
+    for name in ("a", "b", "sweep/c"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         saved_run(tmp_path / name)
-    with pytest.raises(SpecError, match=r"is not a run directory but holds 2 run\(s\) \(a, b\).*lsjob aggregate"):
+    with pytest.raises(SpecError, match=r"is not a run directory but holds 3 run\(s\) \(a, b, sweep/c\).*lsjob aggr"):
         regenerate(tmp_path)
 
 
