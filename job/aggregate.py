@@ -46,7 +46,7 @@ from job.atomic import atomic_path, file_set, write_text
 from job.errors import EXIT_BAD_INPUT, NO_SPACE_ERRNOS, JobError, NoSpaceError, storage_fault
 from job.history import check_row
 from job.rundir import LOCK, MANIFEST, STAGING_TMP
-from job.spec import Spec
+from job.spec import Spec, flatten
 
 SPEC_FILE = "spec.yaml"
 METRICS_FILE = "metrics.json"
@@ -378,7 +378,7 @@ def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
         raise AggregateError(f"{root} is not a directory")
     warnings: list[str] = []
     runs = []
-    for path, has_manifest in _once_each(root, _find_runs(root, warnings)):
+    for path, has_manifest in run_directories(root, warnings):
         try:
             runs.append(read_run(path, root, has_manifest))
         except Exception as e:  # noqa: BLE001 - one odd directory must not hide all the others
@@ -443,6 +443,12 @@ def _find_runs(directory: Path, warnings: list[str], above: frozenset[str] = fro
     if not found and names & {SPEC_FILE, LOCK}:
         return [(directory, False)]
     return found
+
+
+def run_directories(root: Path, warnings: list[str]) -> list[tuple[Path, bool]]:
+    """(run directory, has a manifest) for every run at or below `root`, each once; a folder that
+    cannot be listed adds a warning."""
+    return _once_each(root, _find_runs(root, warnings))
 
 
 def _once_each(root: Path, found: list[tuple[Path, bool]]) -> list[tuple[Path, bool]]:
@@ -666,18 +672,14 @@ def _with_defaults(spec: dict) -> dict:
         return spec
 
 
-def _settings(spec: dict, prefix: str = "") -> dict[str, str]:
+def _settings(spec: dict) -> dict[str, str]:
     """spec.yaml flattened to dotted keys, without the fields that do not change results."""
-    flat = {}
-    for key, value in spec.items():
-        dotted = f"{prefix}{key}"
-        if dotted in NOT_COMPARED:
-            continue
-        if isinstance(value, dict):
-            flat.update(_settings(value, dotted + "."))
-        else:
-            flat[dotted] = json.dumps(value, sort_keys=True)
-    if not prefix and flat.get("eval.temperature_scaling") != "true":
+    flat = {
+        key: json.dumps(value, sort_keys=True)
+        for key, value in flatten(spec).items()
+        if not any(key == skip or key.startswith(skip + ".") for skip in NOT_COMPARED)
+    }
+    if flat.get("eval.temperature_scaling") != "true":
         flat.pop("eval.holdout_size", None)  # holds nothing out without temperature scaling
     return flat
 
@@ -841,7 +843,7 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
         )
     keys = sorted({key for r in known for key in r.settings})
     for key in keys:
-        values = Counter(r.settings.get(key, "(absent)") for r in known)
+        values = Counter(r.settings.get(key, ABSENT) for r in known)
         if len(values) > 1:
             listed = ", ".join(f"{value} ({n} runs)" for value, n in sorted(values.items()))
             warnings.append(

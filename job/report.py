@@ -310,7 +310,7 @@ def regenerate(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SpecError(f"{run_dir} is not a directory; give a run directory, e.g. results/labels-f0.1-s42")
-    if not (run_dir / MANIFEST).exists() and (runs := sorted(_runs_below(run_dir))):
+    if not (run_dir / MANIFEST).exists() and (runs := _runs_below(run_dir)):
         shown = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
         raise SpecError(
             f"{run_dir} is not a run directory but holds {len(runs)} run(s) ({shown}); give one of them, "
@@ -358,15 +358,10 @@ def regenerate(run_dir: Path) -> dict:
 
 
 def _runs_below(folder: Path) -> list[str]:
-    """The run directories at any depth below `folder` (none inside a run: its checkpoints)."""
-    from job.rundir import MANIFEST
+    """The run directories at any depth below `folder`, found as `lsjob aggregate` finds them."""
+    from job.aggregate import run_directories  # matplotlib and the spec only, as here
 
-    runs = []
-    for here, subfolders, files in os.walk(folder):
-        if MANIFEST in files and Path(here) != folder:
-            runs.append(Path(here).relative_to(folder).as_posix())
-            subfolders.clear()
-    return runs
+    return sorted(path.relative_to(folder).as_posix() for path, _ in run_directories(folder, []) if path != folder)
 
 
 def _check_predictions(

@@ -342,16 +342,17 @@ class Spec(Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A spec's nested sections as dotted field paths: {"train": {"lr": 0.005}} -> {"train.lr": 0.005}."""
+    out = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
 def identity_differences(old: Spec, new: Spec) -> list[str]:
     """Where `new` differs from `old` in what makes a run's identity: 'field: old -> new'."""
-
-    def flat(tree: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tree.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
-
-    a, b = (flat(spec.model_dump(mode="json", exclude=IDENTITY_EXCLUDES)) for spec in (old, new))
+    a, b = (flatten(spec.model_dump(mode="json", exclude=IDENTITY_EXCLUDES)) for spec in (old, new))
     return [f"{key}: {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}"
             for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]  # fmt: skip
 

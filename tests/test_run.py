@@ -159,13 +159,18 @@ def test_a_completed_run_on_storage_now_read_only_is_still_a_no_op(completed, ca
         run_mod.execute(changed)
 
 
-def test_a_change_that_cannot_alter_results_resumes_the_same_run(tiny_spec, monkeypatch, tmp_path):
-    # A requeued task on a smaller GPU lowers its evaluation batch; the cache moved.
-    spec = tiny_spec("train.epochs=1")
+def fail_one_attempt(spec, monkeypatch):
+    """An attempt of `spec` that fails as training starts: a run directory with a failed manifest."""
     monkeypatch.setattr(run_mod, "train", lambda *a, **k: (_ for _ in ()).throw(DivergedError("nan")))
     with pytest.raises(DivergedError):
         run_mod.execute(spec)
     monkeypatch.undo()
+
+
+def test_a_change_that_cannot_alter_results_resumes_the_same_run(tiny_spec, monkeypatch, tmp_path):
+    # A requeued task on a smaller GPU lowers its evaluation batch; the cache moved.
+    spec = tiny_spec("train.epochs=1")
+    fail_one_attempt(spec, monkeypatch)
     moved = tiny_spec("train.epochs=1", "train.eval_batch_size=8", f"data.cache_dir={tmp_path / 'cache'}")
     assert run_mod.execute(moved) == 0
     manifest = json.loads((spec.run_dir / "manifest.json").read_text())
@@ -213,10 +218,7 @@ def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatc
 
 def test_an_attempt_killed_without_a_word_and_a_change_of_backend_are_on_record(tiny_spec, monkeypatch, caplog):
     spec = tiny_spec("train.epochs=1")
-    monkeypatch.setattr(run_mod, "train", lambda *a, **k: (_ for _ in ()).throw(DivergedError("nan")))
-    with pytest.raises(DivergedError):
-        run_mod.execute(spec)
-    monkeypatch.undo()
+    fail_one_attempt(spec, monkeypatch)
     # As SIGKILL leaves it, on a JAX machine computing in bf16.
     path = spec.run_dir / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -256,10 +258,7 @@ def test_a_fresh_start_drops_the_history_of_epochs_no_checkpoint_holds(tiny_spec
     from job import train as train_mod
 
     spec = tiny_spec("train.epochs=1")
-    monkeypatch.setattr(run_mod, "train", lambda *a, **k: (_ for _ in ()).throw(DivergedError("nan")))
-    with pytest.raises(DivergedError):
-        run_mod.execute(spec)
-    monkeypatch.undo()
+    fail_one_attempt(spec, monkeypatch)
     (spec.run_dir / "history.csv").write_text("epoch,loss\n1,2.0\n")  # as an older lsjob's failed save left it
     seen = []
     real_fit = train_mod.keras.Model.fit
