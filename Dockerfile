@@ -6,7 +6,8 @@
 #
 # The job runs as UID/GID 1000 (job/k8s.py uses the same ids): ./results must be writable
 # by it, or add --user "$(id -u):$(id -g)" and bind-mount a cache folder you own as well.
-# Only the NVIDIA driver and the NVIDIA Container Toolkit are needed on the host.
+# Only the NVIDIA driver and the NVIDIA Container Toolkit are needed on the host. For several
+# GPUs in one run (runtime.replicas), add --shm-size=1g: NCCL's buffers outgrow the default 64 MiB.
 
 # TensorFlow's own GPU image: nvidia/cuda underneath, with the CUDA and cuDNN libraries
 # this TensorFlow release was built and tested against, so the GPU stack is a combination

@@ -52,6 +52,11 @@ BACKOFF_LIMIT = 3
 # killed for memory it was promised.
 CPU_PER_GPU = 4
 MEMORY_PER_GPU_GI = 8
+# A pod with several GPUs gets a memory-backed /dev/shm this big: NCCL, which all-reduces the
+# replicas' gradients, keeps buffers there, and the container runtime's default of 64 MiB
+# makes it fail at the first step ("posix_fallocate failed: No space left on device", or a
+# segfault). Its pages count against the pod's memory limit. NVIDIA's containers suggest 1 GiB.
+SHM_SIZE = "1Gi"
 # Kubernetes quantities, as the API server takes them for these two resources.
 _NUMBER = r"(\d+(\.\d+)?|\.\d+)"
 _CPU_QUANTITY = re.compile(_NUMBER + r"(m|[eE][+-]?\d+)?")
@@ -309,6 +314,14 @@ def _pod(name, image, args, results_claim, cache_claim, grace_seconds, gpus, cpu
             {"name": "cache", "mountPath": CACHE_DIR},
         ],
     }
+    volumes = [
+        {"name": "spec", "configMap": {"name": f"{name}-spec"}},
+        {"name": "results", "persistentVolumeClaim": {"claimName": results_claim}},
+        {"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}},
+    ]
+    if gpus > 1:
+        container["volumeMounts"].append({"name": "shm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
     return {
         "restartPolicy": "Never",  # retries are new pods, which the failure policy sees
         "terminationGracePeriodSeconds": grace_seconds,
@@ -325,11 +338,7 @@ def _pod(name, image, args, results_claim, cache_claim, grace_seconds, gpus, cpu
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [
-            {"name": "spec", "configMap": {"name": f"{name}-spec"}},
-            {"name": "results", "persistentVolumeClaim": {"claimName": results_claim}},
-            {"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}},
-        ],
+        "volumes": volumes,
     }
 
 

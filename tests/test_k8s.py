@@ -174,6 +174,20 @@ def test_a_multi_gpu_run_gets_a_gpu_per_replica_and_resources_to_match(tmp_path)
     validate(k8s.render(tmp_path / "spec.yaml", image="r/l:1", gpus=2, cpu="3500m", memory="20Gi"))
 
 
+def test_a_multi_gpu_pod_gets_shared_memory_for_nccl_and_a_one_gpu_pod_none(tmp_path):
+    # The container runtime's 64 MiB /dev/shm is too small for NCCL's buffers.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("runtime:\n  replicas: 2\n")
+    pod = pod_of(k8s.render(spec, image="r/l:1"))
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+    validate(k8s.render(spec, image="r/l:1"))
+    single = pod_of(k8s.example("job.yaml"))
+    assert "shm" not in [v["name"] for v in single["volumes"]]
+    assert "/dev/shm" not in [m["mountPath"] for m in single["containers"][0]["volumeMounts"]]
+
+
 @pytest.mark.parametrize(
     "runtime, options, message",
     [
