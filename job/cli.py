@@ -213,6 +213,21 @@ def k8s_render(
     backoff_limit: Annotated[
         int, typer.Option(min=0, help="Retries per sweep point of failures that may pass (exit 1, 3, 5, 6, OOM).")
     ] = k8s.BACKOFF_LIMIT,
+    node_selector: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="A node label the pods need, e.g. nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3; repeatable.",
+        ),
+    ] = None,
+    toleration: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY[=VALUE][:EFFECT]",
+            help="A taint of the GPU nodes the pods may run on, as kubectl taint writes it, e.g. "
+            "nvidia.com/gpu:NoSchedule; repeatable.",
+        ),
+    ] = None,
 ):
     """Print a ConfigMap holding the spec and a Job (an Indexed Job for a sweep), for `kubectl apply -f -`."""
     manifests = k8s.render(
@@ -227,6 +242,8 @@ def k8s_render(
         memory=memory,
         grace_seconds=grace_seconds,
         backoff_limit=backoff_limit,
+        node_selector=node_selector or (),
+        tolerations=toleration or (),
     )
     typer.echo(manifests, nl=False)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -61,6 +62,12 @@ SHM_SIZE = "1Gi"
 _NUMBER = r"(\d+(\.\d+)?|\.\d+)"
 _CPU_QUANTITY = re.compile(_NUMBER + r"(m|[eE][+-]?\d+)?")
 _MEMORY_QUANTITY = re.compile(_NUMBER + r"([KMGTPE]i?|k|[eE][+-]?\d+)?")
+# Label keys and values (a node selector's, a taint's), as the API server takes them: a name of
+# at most 63 characters, the key with an optional DNS-subdomain prefix such as nvidia.com/.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 EXAMPLE_IMAGE = f"registry.example.com/lsjob:{__version__}"
 RESULTS_CLAIM = "lsjob-results"
@@ -88,6 +95,8 @@ def render(
     gpus: int | None = None,
     cpu: str | None = None,
     memory: str | None = None,
+    node_selector: Sequence[str] = (),
+    tolerations: Sequence[str] = (),
 ) -> str:
     """The ConfigMap and Job for the spec at `spec_path`, as multi-document YAML.
 
@@ -96,7 +105,9 @@ def render(
     all; pods beyond the free GPUs wait in Pending). backoff_limit: retries of failures
     the job cannot explain (exit 1, 3, 5, 6, an OOM kill), per sweep point. gpus: per pod,
     by default the spec's runtime.replicas (required when that is `all`). cpu, memory:
-    per pod, by default CPU_PER_GPU and MEMORY_PER_GPU_GI times the GPUs.
+    per pod, by default CPU_PER_GPU and MEMORY_PER_GPU_GI times the GPUs. node_selector:
+    KEY=VALUE node labels the pods need (say, the GPU model); tolerations: taints of the GPU
+    nodes they may run on, KEY[=VALUE][:EFFECT] as `kubectl taint` writes them.
     """
     path = Path(spec_path)
     spec = load_spec(path)
@@ -119,6 +130,11 @@ def render(
     memory = memory or f"{MEMORY_PER_GPU_GI * gpus}Gi"
     _check_quantity("cpu", cpu, _CPU_QUANTITY, "4 or 3500m")
     _check_quantity("memory", memory, _MEMORY_QUANTITY, "16Gi or 16000M")
+    placement = {}
+    if node_selector:
+        placement["nodeSelector"] = parse_node_selector(node_selector)
+    if tolerations:
+        placement["tolerations"] = [parse_toleration(text) for text in tolerations]
     # An Indexed Job's pods are named (hostname) <name>-<index>: a label, which must fit in 63.
     longest = 63 - (len(f"-{count - 1}") if count is not None else 0)
     name = name or default_name(path, longest)
@@ -151,7 +167,10 @@ def render(
             "podFailurePolicy": {"rules": _failure_rules(indexed=count is not None)},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": _pod(name, image, args, results_claim, cache_claim, grace_seconds, gpus, cpu, memory),
+                "spec": {
+                    **_pod(name, image, args, results_claim, cache_claim, grace_seconds, gpus, cpu, memory),
+                    **placement,
+                },
             },
         },
     }
@@ -201,6 +220,51 @@ def pod_gpus(replicas: list[int | str], gpus: int | None) -> int:
     if gpus is None:
         raise SpecError("runtime.replicas is all: say how many GPUs each pod gets with --gpus N")
     return gpus
+
+
+def parse_node_selector(pairs: Sequence[str]) -> dict[str, str]:
+    """`KEY=VALUE` node labels, e.g. nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 (GPU feature
+    discovery's label), into a nodeSelector: the pods go only to nodes with every one."""
+    selector: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals:
+            raise SpecError(
+                f"--node-selector {pair!r} is not KEY=VALUE, such as nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3"
+            )
+        _check_label("--node-selector", pair, key, value)
+        if selector.get(key, value) != value:
+            raise SpecError(f"--node-selector gives {key} two values ({selector[key]} and {value}); a node has one")
+        selector[key] = value
+    return selector
+
+
+def parse_toleration(text: str) -> dict[str, str]:
+    """A taint the pods tolerate, `KEY[=VALUE][:EFFECT]` as `kubectl taint` writes it (GPU nodes
+    are often tainted, e.g. nvidia.com/gpu:NoSchedule). Without a value any value matches; without
+    an effect, every effect."""
+    rest, colon, effect = text.rpartition(":") if ":" in text else (text, "", "")
+    key, equals, value = rest.partition("=")
+    if colon and effect not in TAINT_EFFECTS:
+        raise SpecError(f"--toleration {text!r}: the effect must be one of {', '.join(TAINT_EFFECTS)}, not {effect!r}")
+    _check_label("--toleration", text, key, value)
+    toleration = {"key": key, "operator": "Equal", "value": value} if equals else {"key": key, "operator": "Exists"}
+    return {**toleration, "effect": effect} if effect else toleration
+
+
+def _check_label(option: str, text: str, key: str, value: str) -> None:
+    # Refused here rather than by kubectl apply, after the ConfigMap has been created.
+    prefix = key.rpartition("/")[0]
+    if not _LABEL_KEY.fullmatch(key) or len(prefix) > 253:
+        raise SpecError(
+            f"{option} {text!r}: {key!r} is not a label key: at most 63 letters, digits, '-', '_' or '.', starting "
+            "and ending with a letter or digit, after an optional DNS prefix such as nvidia.com/"
+        )
+    if not _LABEL_VALUE.fullmatch(value):
+        raise SpecError(
+            f"{option} {text!r}: {value!r} is not a label value: at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
 
 
 def check_data_paths(data) -> None:

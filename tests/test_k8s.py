@@ -174,6 +174,44 @@ def test_a_multi_gpu_run_gets_a_gpu_per_replica_and_resources_to_match(tmp_path)
     validate(k8s.render(tmp_path / "spec.yaml", image="r/l:1", gpus=2, cpu="3500m", memory="20Gi"))
 
 
+def test_node_selectors_and_tolerations_place_the_pods_on_the_gpu_nodes_asked_for():
+    text = k8s.render(
+        SINGLE_SPEC,
+        image="r/l:1",
+        node_selector=["nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3", "pool=train"],
+        tolerations=["nvidia.com/gpu:NoSchedule", "dedicated=ml", "spot=true:NoExecute"],
+    )
+    pod = pod_of(text)
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "train"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},  # any value
+        {"key": "dedicated", "operator": "Equal", "value": "ml"},  # any effect
+        {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute"},
+    ]
+    validate(text)
+    plain = pod_of(k8s.example("job.yaml"))
+    assert "nodeSelector" not in plain and "tolerations" not in plain
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"node_selector": ["pool"]}, "'pool' is not KEY=VALUE"),
+        ({"node_selector": ["pool=a", "pool=b"]}, "two values (a and b)"),
+        ({"node_selector": ["-pool=a"]}, "'-pool' is not a label key"),
+        ({"node_selector": ["pool=a b"]}, "'a b' is not a label value"),
+        ({"node_selector": ["Bad_Prefix/pool=a"]}, "is not a label key"),
+        ({"tolerations": ["nvidia.com/gpu:NoSchedul"]}, "effect must be one of NoSchedule, PreferNoSchedule"),
+        ({"tolerations": [":NoSchedule"]}, "'' is not a label key"),
+        ({"tolerations": ["k=" + "v" * 64]}, "is not a label value"),
+    ],
+)
+def test_node_selectors_and_tolerations_that_kubernetes_would_refuse_are_refused(options, message):
+    with pytest.raises(SpecError) as e:
+        k8s.render(SINGLE_SPEC, image="r/l:1", **options)
+    assert message in str(e.value) and e.value.exit_code == EXIT_BAD_INPUT
+
+
 def test_a_multi_gpu_pod_gets_shared_memory_for_nccl_and_a_one_gpu_pod_none(tmp_path):
     # The container runtime's 64 MiB /dev/shm is too small for NCCL's buffers.
     spec = tmp_path / "spec.yaml"
@@ -354,9 +392,23 @@ def test_the_render_command_prints_what_render_returns_and_refuses_bad_input_wit
         "backoff_limit": 0,
     }
     args = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
-    proc = cli(str(SWEEP_SPEC), "--image", k8s.EXAMPLE_IMAGE, *args)
+    placement = [
+        "--node-selector",
+        "pool=a",
+        "--node-selector",
+        "gpu=h100",
+        "--toleration",
+        "nvidia.com/gpu:NoSchedule",
+    ]
+    proc = cli(str(SWEEP_SPEC), "--image", k8s.EXAMPLE_IMAGE, *args, *placement)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == k8s.render(SWEEP_SPEC, image=k8s.EXAMPLE_IMAGE, **options)
+    assert proc.stdout == k8s.render(
+        SWEEP_SPEC,
+        image=k8s.EXAMPLE_IMAGE,
+        **options,
+        node_selector=["pool=a", "gpu=h100"],
+        tolerations=["nvidia.com/gpu:NoSchedule"],
+    )
     assert job_of(proc.stdout)["spec"]["parallelism"] == 3
     validate(proc.stdout)
     bad = tmp_path / "bad.yaml"
@@ -367,6 +419,7 @@ def test_the_render_command_prints_what_render_returns_and_refuses_bad_input_wit
         ([str(SINGLE_SPEC)], "--image"),
         ([str(SINGLE_SPEC), "--image", "x", "--gpus", "2"], "--gpus 2 but runtime.replicas is 1"),
         ([str(SINGLE_SPEC), "--image", "x", "--memory", "lots"], "memory 'lots'"),
+        ([str(SINGLE_SPEC), "--image", "x", "--toleration", "gpu:Never"], "effect must be one of"),
         ([str(SINGLE_SPEC), "--image", "x", "--grace-seconds", "0"], "--grace-seconds"),
         ([str(tmp_path / "missing.yaml"), "--image", "x"], "missing.yaml"),
     ]:
