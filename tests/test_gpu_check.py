@@ -301,3 +301,54 @@ def test_fetching_the_wheels_explains_itself_and_takes_no_arguments():
     assert "carry" in shown.stdout
     wrong = subprocess.run(["bash", str(FETCH), "3.12"], capture_output=True, text=True, timeout=30, check=False)
     assert wrong.returncode == 2 and "takes no arguments" in wrong.stderr
+
+
+FAKE_LSJOB = """
+import json, os, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+with open(os.environ["CALLS"], "a") as calls:
+    calls.write(" ".join([os.environ["KERAS_BACKEND"], *args]) + "\\n")
+if args[0] == "bench":
+    sets = dict(a.split("=", 1) for a in args if "=" in a)
+    backend, batch = os.environ["KERAS_BACKEND"], int(sets["train.batch_size"])
+    precision = sets["runtime.mixed_precision"]
+    speed = {("jax", "off"): 1000, ("jax", "bf16"): 3000, ("torch", "off"): 2000, ("torch", "bf16"): 4000}
+    result = json.loads(os.environ["BENCH_JSON"])
+    result.update(backend=backend, batch_size=batch, precision=precision, images_per_s=speed[backend, precision])
+    Path(args[args.index("--out") + 1]).write_text(json.dumps(result))
+"""
+
+
+def test_the_script_benches_most_important_first_and_gives_the_run_all_the_time_left(tmp_path):
+    """The whole script, lsjob's own steps answering at once: the order of the benches, the
+    run's backend and precision picked from them, and the run's time limit."""
+    (tmp_path / "fake_lsjob.py").write_text(FAKE_LSJOB)
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+if [[ $1 == -m && $2 == job ]]; then shift 2; exec {sys.executable} {tmp_path}/fake_lsjob.py "$@"; fi
+[[ $1 == tools/gpu_check_table.py && ($2 == devices || $2 == versions) ]] && {{ echo "$2: fake"; exit 0; }}
+exec {sys.executable} "$@"
+""")
+    fake.chmod(0o755)
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
+           "BENCH_JSON": json.dumps(_bench_json("jax", 64, "off", 1000))}  # fmt: skip
+    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = [line.split()[:2] + [a.split("=")[1] for a in line.split() if "batch_size=" in a or "precision=" in a]
+             for line in calls.read_text().splitlines()]  # fmt: skip
+    assert steps == [
+        *[[b, "bench", "512", "bf16"] for b in ("jax", "torch")],
+        *[[b, "bench", "64", "off"] for b in ("jax", "torch")],
+        *[[b, "bench", "64", "bf16"] for b in ("jax", "torch")],
+        *[[b, "bench", "512", "off"] for b in ("jax", "torch")],
+        ["torch", "run", "64", "bf16"],  # the fastest at the run's batch
+    ]
+    assert "runtime.jit_compile=false" in calls.read_text().splitlines()[-1]  # torch runs eagerly
+    # The run is kept its 130 s while benching, and then gets all the budget has left.
+    limit = int(re.search(r"2-epoch run on torch, bf16: start .* limit (\d+) s\)", proc.stdout).group(1))
+    budget = int(re.search(r"^\s*full\)\n.*?\bbudget_s=(\d+)", GPU_CHECK.read_text(), re.M | re.S).group(1))
+    assert 130 < limit <= budget - 5
+    assert (out / "gpu_check.md").is_file() and (out / "gpu_check.log").is_file()

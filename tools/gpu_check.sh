@@ -37,8 +37,9 @@ main() {
   wheels=${GPU_CHECK_WHEELS-.whl}
   site=${GPU_CHECK_SITE:-/tmp/site}
 
-  # budget_s: the whole script, table excepted. bench_s, run_s, check_s: one bench run, the
-  # 2-epoch run, one backend's check at most; first_jax_s: the first JAX bench, which fills
+  # budget_s: the whole script, table excepted. bench_s, check_s: one bench run, one backend's
+  # check at most; run_s: the time kept back for the 2-epoch run, which then gets all that the
+  # budget has left (more when the benches ran quickly); first_jax_s: the first JAX bench, which fills
   # the compile cache the later ones load from. Every step is cut to what budget_s leaves
   # (the run's time kept back while benching), and a bench run is skipped rather than started
   # with less than min_bench_s. Full, expected on an H100 (not yet measured there): ~20 s
@@ -212,7 +213,7 @@ print(" ".join(m)); raise SystemExit(bool(m))' 2>&1); then
   # that benched fastest at its batch.
   read -r run_backend run_precision <<< "$("$PYTHON" tools/gpu_check_table.py pick "$work" "$run_batch" 2> /dev/null ||
     echo jax off)"
-  t=$(limit "$run_s" 5)
+  t=$(limit "$budget_s" 5)
   if ((t < 10)); then
     say "2-epoch run: skipped, ${t} s left"
     printf '%s\t%s\t%s\tskipped: out of time\t0\t\n' "$run_backend" "$run_batch" "$run_precision" >> "$work/run.tsv"
