@@ -89,8 +89,10 @@ def _execute_claimed(
         if differences is not None:
             what = f"it differs in {'; '.join(differences)}" if differences else (
                 f"hash {previous.get('spec_hash')}, this spec {spec.content_hash()}")  # fmt: skip
+            # A sweep's points take their names from the sweep, so only another root keeps both.
+            elsewhere = "another output.root for this sweep" if sweep_point is not None else "another output.run"
             raise SpecError(
-                f"{run_dir.path} holds a run of a different spec ({what}); use another output.run, or --force to "
+                f"{run_dir.path} holds a run of a different spec ({what}); use {elsewhere}, or --force to "
                 "discard that run"
             )
         if previous.get("status") == "completed":

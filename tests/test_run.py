@@ -142,6 +142,11 @@ def test_a_different_spec_under_the_same_name_is_refused_naming_what_differs(com
         SpecError, match=r"different spec \(it differs in train.epochs: 2 -> 3; train.lr: 0.005 -> 0.01\)"
     ):
         run_mod.execute(changed)
+    with pytest.raises(SpecError, match="use another output.run, or --force"):
+        run_mod.execute(changed)
+    # A sweep's point cannot take another output.run (the sweep names it): another root keeps both.
+    with pytest.raises(SpecError, match="use another output.root for this sweep, or --force"):
+        run_mod.execute(changed, sweep_point={"index": 0, "values": {"train.epochs": 3}})
 
 
 def test_a_completed_run_on_storage_now_read_only_is_still_a_no_op(completed, capsys, monkeypatch):
