@@ -7,6 +7,8 @@
 # lsjob options after `--` reach every task; the count is taken with the same --set options,
 # so one the tasks would refuse is refused here, before anything is queued.
 # Run it from the directory the logs (logs/) and, by default, the results (results/) go under.
+# The tasks read a copy of SPEC made at submission (logs/<spec name>.<random>.yaml), the one
+# counted: editing SPEC while tasks wait or requeue cannot shift the points under them.
 # LSJOB_THROTTLE=K runs at most K points at once (sbatch --array=...%K). The jobs' own settings
 # (LSJOB_RESULTS, LSJOB_VENV, LSJOB_CMD, ...) are described in sweep.sbatch and pass through.
 set -euo pipefail
@@ -37,20 +39,45 @@ if [[ -n ${LSJOB_VENV:-} ]]; then
   # shellcheck disable=SC1091  # the user's venv, not known here
   source "$LSJOB_VENV/bin/activate"
 fi
-# The count is the array's size, so it must come from the same spec the tasks will read.
+# sweep.sbatch logs to logs/ under the submit directory (and so does an --output given here, in
+# its own folder); Slurm does not create them and a task whose log cannot be opened fails without a word.
+output='' named=''
+for ((i = 0; i < ${#sbatch_options[@]}; i++)); do
+  case ${sbatch_options[i]} in
+    -o | --output) output=${sbatch_options[i + 1]:-} ;;
+    --output=*) output=${sbatch_options[i]#--output=} ;;
+    -o?*) output=${sbatch_options[i]#-o} ;;
+    -J | --job-name | --job-name=* | -J?*) named=1 ;;
+  esac
+done
+mkdir -p logs
+if [[ -n $output ]]; then
+  folder=$(dirname -- "$output")
+  [[ $folder == *%* ]] || mkdir -p -- "$folder" # a folder named by job id cannot be made before
+fi
 rc=0
 count=$(lsjob sweep count "$spec" ${sets[@]+"${sets[@]}"}) || rc=$?
 if ((rc != 0)) || ! [[ $count =~ ^[1-9][0-9]*$ ]]; then
   echo "submit.sh: cannot count the points of $spec (lsjob sweep count: exit $rc, output '${count:-}'); nothing submitted" >&2
   exit $((rc != 0 ? rc : 1))
 fi
+# The count is the array's size, so the tasks, which read their spec hours later and again at
+# each requeue, read a copy of the spec just counted, not a file that may be edited meanwhile.
+name=$(basename -- "$spec")
+snapshot=$(mktemp "$PWD/logs/${name%.*}.XXXXXX.yaml")
+cp -- "$spec" "$snapshot"
+chmod a-w -- "$snapshot"
 
 array="0-$((count - 1))${LSJOB_THROTTLE:+%$LSJOB_THROTTLE}"
-# sweep.sbatch logs to logs/ under the submit directory; Slurm does not create it and a task
-# whose log cannot be opened fails without a word.
-mkdir -p logs
-job=$(sbatch --parsable --array="$array" ${sbatch_options[@]+"${sbatch_options[@]}"} "$here/sweep.sbatch" "$spec" \
-  ${lsjob_options[@]+"${lsjob_options[@]}"})
+rc=0
+job=$(sbatch --parsable --array="$array" ${sbatch_options[@]+"${sbatch_options[@]}"} "$here/sweep.sbatch" "$snapshot" \
+  ${lsjob_options[@]+"${lsjob_options[@]}"}) || rc=$?
+if ((rc != 0)); then
+  rm -f -- "$snapshot"
+  exit "$rc"
+fi
 job=${job%%;*}
-echo "submit.sh: array job $job, $count point(s) of $spec; logs: logs/lsjob-sweep_${job}_<index>.out" >&2
+where="logs/lsjob-sweep_${job}_<index>.out"
+[[ -z $output && -z $named ]] || where="as your --output/--job-name say"
+echo "submit.sh: array job $job, $count point(s) of $spec (the tasks read ${snapshot#"$PWD"/}); logs: $where" >&2
 echo "$job"

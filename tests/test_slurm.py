@@ -91,7 +91,14 @@ def stubs(tmp_path):
         "SLURM_JOB_ID": "41",
         "SLURM_SUBMIT_DIR": str(tmp_path),
     }
-    for var in ("LSJOB_RESULTS", "LSJOB_CMD", "LSJOB_OUTPUT_ROOT", "LSJOB_VENV", "LSJOB_THROTTLE"):
+    for var in (
+        "LSJOB_RESULTS",
+        "LSJOB_CMD",
+        "LSJOB_OUTPUT_ROOT",
+        "LSJOB_VENV",
+        "LSJOB_THROTTLE",
+        "SLURM_RESTART_COUNT",
+    ):
         env.pop(var, None)
     return bin_dir, env
 
@@ -110,6 +117,22 @@ def test_sbatch_passes_exit_codes_through_and_requeues_on_75(tmp_path, stubs, co
     ]  # fmt: skip
     calls = tmp_path / "scontrol.calls"
     assert (calls.read_text() if calls.exists() else "") == ("requeue 41\n" if code == 75 else "")
+
+
+@pytest.mark.parametrize("script", ["train.sbatch", "sweep.sbatch"])
+def test_a_requeued_attempt_leaves_force_out_and_resumes(tmp_path, stubs, script):
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", f'echo "$*" >> {tmp_path}/lsjob.args\n')
+    for restarts in ("0", "1"):
+        args = ["bash", SLURM / script, "spec.yaml", "--force", "--set", "train.seed=1"]
+        env["SLURM_RESTART_COUNT"] = restarts
+        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    # The first attempt discards the old run; the second must not discard what the first trained.
+    assert (tmp_path / "lsjob.args").read_text().splitlines() == [
+        "run spec.yaml --force --set train.seed=1",
+        "run spec.yaml --set train.seed=1",
+    ]
+    assert "restart 1: --force left out, so the run resumes" in proc.stdout
 
 
 def test_sbatch_without_results_env_keeps_the_specs_output_root(tmp_path, stubs):
@@ -255,8 +278,9 @@ def test_sbatch_passes_a_results_root_that_yaml_would_misread_quoted(tmp_path, s
     assert results.is_dir()
 
 
-def test_submit_sizes_the_array_from_the_sweep(tmp_path, stubs):
+def test_submit_sizes_the_array_from_the_sweep_and_the_tasks_read_the_spec_it_counted(tmp_path, stubs):
     bin_dir, env = stubs
+    (tmp_path / "s.yaml").write_text("sweep:\n  smoothing.factor: [0.1, 0.2, 0.3]\n")
     _stub(bin_dir, "lsjob", '[[ "$*" == "sweep count s.yaml" ]] && echo 3\n')
     _stub(bin_dir, "sbatch", f'echo "$*" > {tmp_path}/sbatch.args\necho "77;cluster"\n')
     proc = subprocess.run(
@@ -264,10 +288,13 @@ def test_submit_sizes_the_array_from_the_sweep(tmp_path, stubs):
         cwd=tmp_path, env={**env, "LSJOB_THROTTLE": "2"}, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert proc.stdout == "77\n"
-    assert (tmp_path / "sbatch.args").read_text().split() == [
-        "--parsable", "--array=0-2%2", "--gres=none", str(SLURM / "sweep.sbatch"), "s.yaml",
-    ]  # fmt: skip
-    assert (tmp_path / "logs").is_dir()
+    *options, script, copy = (tmp_path / "sbatch.args").read_text().split()
+    assert options == ["--parsable", "--array=0-2%2", "--gres=none"] and script == str(SLURM / "sweep.sbatch")
+    # A read-only copy in logs/: editing s.yaml while the tasks wait or requeue cannot shift their points.
+    copy = Path(copy)
+    assert copy.parent == tmp_path / "logs" and re.fullmatch(r"s\.\w{6}\.yaml", copy.name)
+    assert copy.read_text() == (tmp_path / "s.yaml").read_text() and copy.stat().st_mode & 0o222 == 0
+    assert f"the tasks read logs/{copy.name}); logs: logs/lsjob-sweep_77_<index>.out" in proc.stderr
 
 
 def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path, stubs):
@@ -275,17 +302,20 @@ def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path
     # The count sees the tasks' overrides, so an override they would refuse stops the submission.
     _stub(bin_dir, "lsjob", '[[ "$*" == "sweep count s.yaml --set train.seed=7 --set=train.epochs=3" ]] && echo 6\n')
     _stub(bin_dir, "sbatch", f'printf "%s\\n" "$@" > {tmp_path}/sbatch.args\necho 78\n')
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2]\n")
     proc = subprocess.run(
-        [SLURM / "submit.sh", "s.yaml", "--partition=gpu", "--", "--set", "train.seed=7",
-         "--set=train.epochs=3", "--force"],
+        [SLURM / "submit.sh", "s.yaml", "--partition=gpu", "--output=out/sweeps/%A_%a.log", "--", "--set",
+         "train.seed=7", "--set=train.epochs=3", "--force"],
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "78\n"
-    assert (tmp_path / "sbatch.args").read_text().splitlines() == [
-        "--parsable", "--array=0-5", "--partition=gpu", str(SLURM / "sweep.sbatch"), "s.yaml",
-        "--set", "train.seed=7", "--set=train.epochs=3", "--force",
-    ]  # fmt: skip
+    args = (tmp_path / "sbatch.args").read_text().splitlines()
+    assert args[:4] == ["--parsable", "--array=0-5", "--partition=gpu", "--output=out/sweeps/%A_%a.log"]
+    assert args[4:5] == [str(SLURM / "sweep.sbatch")] and args[5].startswith(f"{tmp_path}/logs/s.")
+    assert args[6:] == ["--set", "train.seed=7", "--set=train.epochs=3", "--force"]
+    # Slurm makes no folder for a log: a task that cannot open its log fails without a word.
+    assert (tmp_path / "out" / "sweeps").is_dir() and "logs: as your --output/--job-name say" in proc.stderr
 
 
 def test_submit_refuses_when_the_count_fails(tmp_path, stubs):
@@ -298,6 +328,7 @@ def test_submit_refuses_when_the_count_fails(tmp_path, stubs):
     assert proc.returncode == 2
     assert "cannot count the points of s.yaml" in proc.stderr
     assert not (tmp_path / "sbatch.called").exists()
+    assert list((tmp_path / "logs").iterdir()) == []  # no copy of a spec that was not submitted
 
 
 # --- a real Slurm -------------------------------------------------------------------
