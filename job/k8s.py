@@ -115,8 +115,10 @@ def render(
     count = len(points) if spec.sweep is not None else None
     for point in points:
         check_data_paths(point.spec.data)
-    if parallelism is not None and (count is None or parallelism < 1):
-        raise SpecError("parallelism applies to sweep specs and must be at least 1")
+    if parallelism is not None and count is None:
+        raise SpecError(f"--parallelism {parallelism}: {path} is one run, not a sweep; leave --parallelism out")
+    if parallelism is not None and parallelism < 1:
+        raise SpecError(f"--parallelism {parallelism}: run at least 1 sweep point at once")
     if backoff_limit < 0 or grace_seconds < 0:
         raise SpecError("the backoff limit and the grace period cannot be negative")
     gpus = pod_gpus([point.spec.runtime.replicas for point in points], gpus)

@@ -42,6 +42,10 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         print(f"{run_dir.path} is already complete; nothing to do")
         return EXIT_OK
     check_writable(spec.run_dir.parent, create=False)  # a read-only root fails before any download
+    if os.path.lexists(run_dir.path) and not run_dir.path.is_dir():  # before any download too
+        what = "a link to nothing" if run_dir.path.is_symlink() and not run_dir.path.exists() else "not a directory"
+        raise SpecError(f"{run_dir.path} is {what}, so no run can be written there; remove it, or use "
+                        f"{_elsewhere(sweep_point)}")  # fmt: skip
     setup = None
     if not (previous or {}).get("status") == "completed":
         try:
@@ -55,6 +59,11 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         return _execute_claimed(spec, run_dir, force, dataset, sweep_point, setup)
     finally:
         run_dir.release()
+
+
+def _elsewhere(sweep_point: dict | None) -> str:
+    # A sweep's points take their names from the sweep, so only another root keeps both.
+    return "another output.root for this sweep" if sweep_point is not None else "another output.run"
 
 
 def _complete_on_read_only_storage(previous: dict | None, run_dir: RunDir, spec: Spec) -> bool:
@@ -89,11 +98,9 @@ def _execute_claimed(
         if differences is not None:
             what = f"it differs in {'; '.join(differences)}" if differences else (
                 f"hash {previous.get('spec_hash')}, this spec {spec.content_hash()}")  # fmt: skip
-            # A sweep's points take their names from the sweep, so only another root keeps both.
-            elsewhere = "another output.root for this sweep" if sweep_point is not None else "another output.run"
             raise SpecError(
-                f"{run_dir.path} holds a run of a different spec ({what}); use {elsewhere}, or --force to "
-                "discard that run"
+                f"{run_dir.path} holds a run of a different spec ({what}); use {_elsewhere(sweep_point)}, or "
+                "--force to discard that run"
             )
         if previous.get("status") == "completed":
             # Removed after the manifest said completed: a process killed in between left them.

@@ -11,16 +11,29 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from job.errors import SpecError
 
+
+def _usable_path(path: Path) -> Path:
+    # Refused here, not as a traceback when the run first opens it (after a download).
+    if "\x00" in str(path):
+        raise ValueError("contains a NUL character, which no path can hold")
+    try:
+        path.expanduser()
+    except RuntimeError:  # ~name of no user, or ~ with neither $HOME nor a passwd entry
+        raise ValueError(f"{str(path).split('/')[0]} names no home directory here; give the full path") from None
+    return path
+
+
 # Lax only where YAML cannot express the type: paths arrive as strings.
-PathField = Annotated[Path, Field(strict=False)]
+PathField = Annotated[Path, Field(strict=False), AfterValidator(_usable_path)]
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Not part of a run's identity (Spec.content_hash): fields that cannot change its results.
 IDENTITY_EXCLUDES = {
@@ -189,9 +202,26 @@ class RuntimeSpec(Section):
         "train.batch_size is the global batch and must divide evenly.",
     )
 
+    @field_validator("jit_compile", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value):
+        # One message, not one per side of the union under its internal names (literal['auto'], bool).
+        if not (value is True or value is False or value == "auto"):
+            raise ValueError(f"must be true, false or auto (got {_short(value)})")
+        return value
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _count_or_all(cls, value):
+        if not (value == "all" or (isinstance(value, int) and not isinstance(value, bool))):
+            raise ValueError(f"must be a number of devices from 1 up, or all (got {_short(value)})")
+        return value
+
     @field_validator("compile_cache")
     @classmethod
     def _cache_keyword_or_folder(cls, cache):
+        if "\x00" in cache:
+            raise ValueError("contains a NUL character, which no path can hold")
         # "Off" or "AUTO" would otherwise quietly become a folder of that name.
         if cache.lower() in ("auto", "off") and cache not in ("auto", "off"):
             raise ValueError(f"write {cache.lower()} in lower case (or ./{cache} for a folder of that name)")
@@ -331,7 +361,7 @@ class Spec(Section):
 
     def to_yaml(self) -> str:
         exclude = {"sweep"} if self.sweep is None else None
-        return yaml.safe_dump(self.model_dump(mode="json", exclude=exclude), sort_keys=False)
+        return yaml.dump(self.model_dump(mode="json", exclude=exclude), Dumper=_SpecDumper, sort_keys=False)
 
     def content_hash(self) -> str:
         """Identity of the experiment: whatever can change its results. Left out: where its
@@ -340,6 +370,9 @@ class Spec(Section):
         sweep point the sweep it came from (growing a sweep keeps its finished runs)."""
         payload = self.model_dump(mode="json", exclude=IDENTITY_EXCLUDES)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+SECTIONS = tuple(name for name in Spec.model_fields if name != "sweep")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -397,19 +430,41 @@ def _construct_mapping(loader, node, deep=False):
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-# YAML 1.1 reads `5e-3` (no dot) as a string; learning rates are written that way, so
-# resolve YAML 1.2 floats too.
+# Numbers and booleans as YAML 1.2 reads them, not PyYAML's YAML 1.1, which reads `5e-3` (no
+# dot: how learning rates are written) as a string, yes/no/on/off as booleans (so
+# `mixed_precision: off` arrived as False), 010 as 8 (octal), 0x1F as 31 and 1:30 as 90 (base
+# 60). A seed of 010 or a run named 0x1F is then refused or kept as written, never changed.
+_NUMBERS_AND_BOOLS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
+_UniqueKeyLoader.yaml_implicit_resolvers = {  # this class's own copy: SafeLoader's is shared by all of PyYAML
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBERS_AND_BOOLS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
+)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+class _SpecDumper(yaml.SafeDumper):
+    """SafeDumper that also quotes strings the loader above reads as floats (`1e-3`), so a
+    spec it writes (`lsjob show`, a run's spec.yaml) reads back the same. It keeps YAML 1.1's
+    resolvers too: quoting more than needed ('off', '010') reads back the same as well."""
+
+
+_SpecDumper.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
-)
-# YAML 1.1 also reads yes, no, on and off as booleans, so `mixed_precision: off` arrived as
-# False and was refused; as in YAML 1.2, only true and false are booleans here.
-for _resolvers in _UniqueKeyLoader.yaml_implicit_resolvers.values():  # this class's own copies
-    _resolvers[:] = [(tag, rx) for tag, rx in _resolvers if tag != "tag:yaml.org,2002:bool"]
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
 
@@ -422,7 +477,7 @@ def load_spec(path: str | Path | None, overrides: list[str] = ()) -> Spec:
     try:
         spec = Spec.model_validate(doc)
     except ValidationError as e:
-        raise SpecError(describe_errors(e, source=str(path) if path else "spec")) from None
+        raise SpecError(describe_errors(e, source=str(path) if path else "spec", overrides=overrides)) from None
     _check_overrides_against_sweep(spec, overrides)
     return spec
 
@@ -446,12 +501,14 @@ def _read_yaml(path: Path) -> dict:
         raise SpecError(f"spec file {path} does not exist") from None
     except IsADirectoryError:
         raise SpecError(f"spec {path} is a directory; give a YAML file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise SpecError(f"cannot read spec {path}: {e}; save it as UTF-8") from None
+    except OSError as e:
         raise SpecError(f"cannot read spec {path}: {e}") from None
     try:
         doc = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise SpecError(f"{path} is not valid YAML: {e}") from None
+        raise SpecError(f"{path} is not valid YAML: {str(e).replace('<unicode string>', str(path))}") from None
     except RecursionError:  # PyYAML composes nested collections recursively
         problem = f"{path} nests lists or mappings thousands deep; a spec has {MAX_DEPTH} levels at most"
         raise SpecError(problem) from None
@@ -461,7 +518,8 @@ def _read_yaml(path: Path) -> dict:
         raise SpecError(
             f"{path}: the spec must be a mapping of sections (data, smoothing, ...), got {type(doc).__name__}"
         )
-    return doc
+    # `train:` with nothing under it (YAML's null): an empty section, i.e. its defaults.
+    return {key: {} if value is None and key in SECTIONS else value for key, value in doc.items()}
 
 
 # A real spec is 4 levels deep (sweep -> grid -> field -> values); far more is an attack or
@@ -523,7 +581,7 @@ def yaml_string(text: str) -> str:
     """`text` as a --set value that reads back as exactly this string: plain where YAML
     would read it so, else single-quoted (a path with ' #' or ': ' in it, say)."""
     try:
-        plain = yaml.safe_load(text) == text and "#" not in text
+        plain = yaml.load(text, Loader=_UniqueKeyLoader) == text and "#" not in text
     except yaml.YAMLError:
         plain = False
     return text if plain else "'" + text.replace("'", "''") + "'"
@@ -541,26 +599,43 @@ def _refuse_comment(item: str, raw: str) -> None:
         )
 
 
-def describe_errors(error: ValidationError, source: str) -> str:
-    problems = problem_lines(error)
+def describe_errors(error: ValidationError, source: str, overrides: list[str] = ()) -> str:
+    problems = problem_lines(error, overrides)
     return "\n".join([f"{source}: {len(problems)} problem(s)", *(f"  {line}" for line in problems)])
 
 
-def problem_lines(error: ValidationError) -> list[str]:
-    """One line per problem, `field.path: message (got value)`."""
+# pydantic's wording where it names its own types: a section given as a scalar, a path or a
+# string given as a number (YAML read it so: quoting keeps it text).
+_PLAIN_MESSAGES = {
+    "model_type": "is a section: give its fields as a mapping (`lsjob show` prints them all)",
+    "path_type": "must be a path; quote it if YAML reads it as a number or a boolean",
+    "string_type": "must be text; quote it if YAML reads it as a number or a boolean",
+}
+
+
+def problem_lines(error: ValidationError, overrides: list[str] = ()) -> list[str]:
+    """One line per problem, `field.path: message (got value)`, saying `from --set` where an
+    override set the field, so no one looks for it in the spec file."""
+    set_keys = [item.partition("=")[0].strip() for item in overrides]
     lines = []
     for e in error.errors(include_url=False):
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        message = e["msg"].removeprefix("Value error, ")
+        message = _PLAIN_MESSAGES.get(e["type"], e["msg"].removeprefix("Value error, "))
         if e["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; `lsjob schema` lists every field)"
-        # A whole section as "input" says nothing useful; a scalar does.
-        quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict)
+        # A whole section as "input" says nothing useful; a scalar does; a message with its own (got ...) has it.
+        quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict) or "(got " in message
         got = "" if quiet else f" (got {_short(e.get('input'))})"
-        lines.append(f"{where}: {message}{got}")
+        origin = " (from --set)" if any(where == k or where.startswith(k + ".") for k in set_keys) else ""
+        lines.append(f"{where}: {message}{got}{origin}")
     return lines
 
 
+# Bounded however large the value: an alias bomb expands to millions of items when printed whole.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 60, 60
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

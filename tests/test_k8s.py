@@ -373,7 +373,7 @@ def test_bad_input_is_refused_before_it_reaches_a_cluster(tmp_path):
     assert e.value.exit_code == EXIT_BAD_INPUT and "train.epochs" in str(e.value)
     with pytest.raises(SpecError, match="name"):
         k8s.render(SINGLE_SPEC, image="x", name="Bad_Name")
-    with pytest.raises(SpecError, match="parallelism"):
+    with pytest.raises(SpecError, match="one run, not a sweep; leave --parallelism out"):
         k8s.render(SINGLE_SPEC, image="x", parallelism=2)
     with pytest.raises(SpecError, match="image"):
         k8s.render(SINGLE_SPEC, image="has space")

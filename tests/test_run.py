@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from job import run as run_mod
-from job.errors import DivergedError, InterruptedRun, RunBusyError, SpecError, StorageError
+from job.errors import EXIT_BAD_INPUT, DivergedError, InterruptedRun, RunBusyError, SpecError, StorageError
 from job.rundir import RunDir
 from job.spec import load_spec
 
@@ -500,6 +500,20 @@ def test_unwritable_results_root_fails_before_training(tmp_path, tiny_spec):
     spec = tiny_spec(f"output.root={tmp_path / 'file' / 'results'}")
     with pytest.raises(SpecError, match="results root"):
         run_mod.execute(spec)
+
+
+def test_a_file_or_dangling_link_where_the_run_goes_is_refused_before_the_data_loads(tmp_path, tiny_spec, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded (a CIFAR-10 download) before the refusal")
+
+    monkeypatch.setattr(run_mod, "load_dataset", no_data)
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-link").symlink_to(tmp_path / "nowhere")
+    for name, what in [("a-file", "not a directory"), ("a-link", "a link to nothing")]:
+        with pytest.raises(SpecError, match=f"{name} is {what}, so no run can be written there") as err:
+            run_mod.execute(tiny_spec(f"output.root={tmp_path}", f"output.run={name}"))
+        assert err.value.exit_code == EXIT_BAD_INPUT
+    assert (tmp_path / "a-file").read_text() == "" and (tmp_path / "a-link").is_symlink()
 
 
 @pytest.mark.parametrize("code, error, exit_code", [(errno.ESTALE, StorageError, 1), (errno.EACCES, SpecError, 2)])

@@ -10,8 +10,9 @@ import pytest
 from conftest import ROOT
 
 from job import cli, sweep
+from job import spec as spec_module
 from job.errors import EXIT_BAD_INPUT, SpecError
-from job.spec import Spec, json_schema, load_spec
+from job.spec import RUN_NAME, SmoothingSpec, Spec, TrainSpec, json_schema, load_spec, yaml_string
 
 
 def write(tmp_path, text, name="spec.yaml"):
@@ -83,6 +84,47 @@ def test_resolved_yaml_round_trips(tmp_path):
     assert again == spec
 
 
+@pytest.mark.parametrize("text", ["1e-3", "1E5", "5e+3", ".5e3", "1.e5", "1_0e5", "010", "0x1F", "1:30", "off", "yes"])
+def test_a_written_spec_reads_back_the_same_whatever_its_strings_look_like(tmp_path, text):
+    # A run's spec.yaml and `lsjob show` must load back: `lsjob run RUN/spec.yaml` re-runs that run.
+    run = text if RUN_NAME.fullmatch(text) else "x" + re.sub("[:+]", ".", text)
+    spec = load_spec(None, [f"output.run='{run}'", f"output.root='{text}'",
+                            f"runtime.compile_cache='{text}'"])  # fmt: skip
+    assert load_spec(write(tmp_path, spec.to_yaml())) == spec
+    assert load_spec(None, [f"output.root={yaml_string(text)}"]).output.root == Path(text)
+
+
+def test_a_section_left_empty_takes_its_defaults(tmp_path):
+    # `train:` with its fields commented out is YAML's null.
+    spec = load_spec(write(tmp_path, "train:\n#  epochs: 3\nsmoothing:\n"), ["train.seed=7"])
+    assert spec.train == TrainSpec(seed=7) and spec.smoothing == SmoothingSpec()
+
+
+def test_a_problem_set_by_an_override_says_so_and_one_in_the_file_does_not(tmp_path):
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, "train: {epochs: 0}\n"), ["train.eppochs=3", "smoothing={factor: 2}"])
+    lines = str(err.value).splitlines()
+    assert "  train.epochs: Input should be greater than 0 (got 0)" in lines
+    assert any(line.startswith("  train.eppochs: unknown field") and line.endswith("(from --set)") for line in lines)
+    assert any(line.startswith("  smoothing.factor:") and line.endswith("(from --set)") for line in lines)
+
+
+def test_a_yaml_error_names_the_file_and_an_alias_bomb_is_reported_at_once(tmp_path):
+    with pytest.raises(SpecError, match=r'in ".*spec.yaml", line 2'):
+        load_spec(write(tmp_path, "train:\n  epochs: [1\n"))
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
+    bomb = write(tmp_path, "\n".join(["x-anchors:", *(f"  {line}" for line in levels), "train: {epochs: *a7}", ""]))
+    with pytest.raises(SpecError, match=r"train.epochs: Input should be a valid integer \(got \[\["):
+        load_spec(bomb)  # the 10**8 items the value stands for are never printed whole (that took minutes)
+
+    class NeverShown:
+        def __repr__(self):
+            raise AssertionError("the value was printed whole")
+
+    assert spec_module._short([[1, 2], 3, 4, 5, NeverShown()]) == "[[1, 2], 3, 4, 5, ...]"
+
+
 def test_schema_describes_every_section():
     schema = json_schema()
     assert set(schema["properties"]) == {"data", "smoothing", "train", "augment", "eval", "output", "runtime", "sweep"}
@@ -120,7 +162,15 @@ MALFORMED = {
     "python object tag": ("train: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
     "seed too large": ("train: {seed: 99999999999}\n", "train.seed"),
     "zero train size": ("data: {train_size: 0}\n", "data.train_size"),
-    "null section": ("train: null\n", "train"),
+    "section a number": ("smoothing: 0.1\n", "smoothing: is a section: give its fields as a mapping"),
+    "octal-looking seed": ("train: {seed: 010}\n", "train.seed: Input should be a valid integer (got '010')"),
+    "base-60 epochs": ("train: {epochs: 1:30}\n", "train.epochs: Input should be a valid integer (got '1:30')"),
+    "hex seed": ("train: {seed: 0x1F}\n", "train.seed: Input should be a valid integer (got '0x1F')"),
+    "replicas a boolean": ("runtime: {replicas: true}\n", "runtime.replicas: must be a number of devices from 1"),
+    "jit_compile a word": ("runtime: {jit_compile: Auto}\n", "runtime.jit_compile: must be true, false or auto"),
+    "run a number": ("output: {run: 2024}\n", "output.run: must be text; quote it"),
+    "cache of an unknown user": ("data: {cache_dir: ~nosuchuser/c}\n", "~nosuchuser names no home directory"),
+    "NUL in a path": ('data: {cache_dir: "a\\0b"}\n', "data.cache_dir: contains a NUL character"),
     "integer key": ("{1: 2}\n", "Keys should be strings"),
     "mapping as key": ("? {train: 1}\n: 2\n", "a mapping used as a key"),
     "list as key": ("[train]: 1\n", "a list used as a key"),
