@@ -40,6 +40,9 @@ IDENTITY_EXCLUDES = {
     "output": True, "sweep": True, "runtime": {"compile_cache"}, "data": {"cache_dir"}, "train": {"eval_batch_size"},
 }  # fmt: skip
 TRAIN_IMAGES = 50_000  # CIFAR-10's training set, and the synthetic set's size unless data.train_size says
+TEST_IMAGES = 10_000
+# The synthetic set is made in memory, 3 KB an image: a mistyped size would take gigabytes first.
+SYNTHETIC_MAX_IMAGES = 1_000_000
 
 
 class Section(BaseModel):
@@ -62,11 +65,26 @@ class DataSpec(Section):
         "Unset: Keras's cache, $KERAS_HOME or ~/.keras.",
     )
     train_size: int | None = Field(
-        None, gt=0, description="Use the first N training images (unset: all; synthetic: 50,000)."
+        None, gt=0, description="Use the first N training images (unset: all; synthetic: 50,000, at most 1,000,000)."
     )
     test_size: int | None = Field(
-        None, gt=0, description="Use the first N test images (unset: all; synthetic: 10,000)."
+        None, gt=0, description="Use the first N test images (unset: all; synthetic: 10,000, at most 1,000,000)."
     )
+
+    @model_validator(mode="after")
+    def _sizes_exist(self):
+        # Known from the spec, so `lsjob validate` says so, before a download or a large allocation.
+        if self.source == "cifar10":
+            limits = {"train_size": TRAIN_IMAGES, "test_size": TEST_IMAGES}
+            where = "CIFAR-10 has only {limit:,} images there"
+        else:
+            limits = {"train_size": SYNTHETIC_MAX_IMAGES, "test_size": SYNTHETIC_MAX_IMAGES}
+            where = "the synthetic set is made in memory, {limit:,} images at most"
+        for name, limit in limits.items():
+            size = getattr(self, name)
+            if size is not None and size > limit:
+                raise ValueError(f"data.{name} is {size:,} but {where.format(limit=limit)}")
+        return self
 
     @model_validator(mode="after")
     def _path_needs_cifar10(self):

@@ -162,6 +162,15 @@ MALFORMED = {
     "python object tag": ("train: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
     "seed too large": ("train: {seed: 99999999999}\n", "train.seed"),
     "zero train size": ("data: {train_size: 0}\n", "data.train_size"),
+    "more images than CIFAR-10": (
+        "data: {train_size: 60000}\n",
+        "data.train_size is 60,000 but CIFAR-10 has only 50,000",
+    ),
+    "more test images than CIFAR-10": ("data: {test_size: 10001}\n", "data.test_size is 10,001 but CIFAR-10 has only"),
+    "a synthetic set of gigabytes": (
+        "data: {source: synthetic, train_size: 5000000}\n",
+        "the synthetic set is made in memory, 1,000,000 images at most",
+    ),
     "section a number": ("smoothing: 0.1\n", "smoothing: is a section: give its fields as a mapping"),
     "octal-looking seed": ("train: {seed: 010}\n", "train.seed: Input should be a valid integer (got '010')"),
     "base-60 epochs": ("train: {epochs: 1:30}\n", "train.epochs: Input should be a valid integer (got '1:30')"),

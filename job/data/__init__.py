@@ -98,9 +98,9 @@ def load_dataset(spec) -> Dataset:
 
     if spec.source == "synthetic":
         from job.data.synthetic import make_synthetic
-        from job.spec import TRAIN_IMAGES
+        from job.spec import TEST_IMAGES, TRAIN_IMAGES
 
-        train, test = spec.train_size or TRAIN_IMAGES, spec.test_size or 10_000
+        train, test = spec.train_size or TRAIN_IMAGES, spec.test_size or TEST_IMAGES
         arrays = make_synthetic(train, test, seed=SYNTHETIC_SEED)
         return Dataset(*arrays, description=f"synthetic CIFAR-shaped, {train} train + {test} test")
 
