@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -134,9 +135,12 @@ def _run_name(spec: Spec, values: dict[str, Any]) -> str:
             parts.append(f"{name}_{_slug(getattr(getattr(spec, section), name))}")
     name = "-".join(parts)
     if not RUN_NAME.fullmatch(name):
-        raise _InvalidPoint(
-            [f"output.run: the derived run name is longer than 128 characters; sweep fewer fields per grid ({name!r})"]
-        )
+        longest = max(parts[1:] or parts, key=len)
+        raise _InvalidPoint([
+            f"output.run: the derived run name is {len(name)} characters, more than 128; its longest part, "
+            f"{longest[:60]!r}{'...' if len(longest) > 60 else ''} ({len(longest)}), comes from a swept value: "
+            "sweep shorter values (a path: a shorter folder or a link to it), or fewer fields per grid"
+        ])  # fmt: skip
     return name
 
 
@@ -167,7 +171,10 @@ def _slug(value: Any) -> str:
 
 
 def show_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    # Exact (repr), not 6 digits: two values that differ further down must not print alike.
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def show_values(values: dict[str, Any]) -> str:
@@ -176,6 +183,23 @@ def show_values(values: dict[str, Any]) -> str:
 
 
 def _refuse_shared_directories(all_points: list[Point]) -> None:
+    # The same settings under two names: a grid repeating another's value (the baseline lr in an
+    # lr grid and again in a momentum grid) would train one experiment twice, and aggregate
+    # would count it as two samples.
+    settings: dict[str, Point] = {}
+    for point in all_points:
+        same = settings.setdefault(json.dumps(point.spec.model_dump(mode="json", exclude={"output"})), point)
+        if same is not point and same.run_name == point.run_name:
+            raise SpecError(
+                f"sweep points {same.index} and {point.index} are the same run, {point.describe()}: a value is "
+                "listed twice; list it once"
+            )
+        if same is not point:
+            raise SpecError(
+                f"sweep points {same.index} and {point.index} are the same experiment under two names, "
+                f"{same.describe()} and {point.describe()}: each would train it; leave the repeated value out of "
+                "one grid"
+            )
     seen: dict[str, Point] = {}
     for point in all_points:
         first = seen.setdefault(point.run_name, point)

@@ -220,7 +220,17 @@ MALFORMED = {
     "sweep of an empty grid": ("sweep: {}\n", "sweep"),
     "sweep of the output": ("sweep: {output.root: [a, b]}\n", "cannot be swept"),
     "sweep with a bad value": ("sweep: {smoothing.factor: [0.1, 2.0]}\n", "in point 1 (smoothing.factor=2"),
-    "sweep with twin points": ("sweep: {smoothing.factor: [0.1, 0.1]}\n", "would both write run"),
+    "sweep with twin points": ("sweep: {smoothing.factor: [0.1, 0.10]}\n", "points 0 and 1 are the same run"),
+    "sweep training one experiment twice": (
+        "sweep: [{train.lr: [0.005, 0.01]}, {train.momentum: [0.9, 0.95]}]\n",
+        "sweep points 0 and 2 are the same experiment under two names, labels-f0.1-s42-lr_0.005 (train.lr=0.005) "
+        "and labels-f0.1-s42-momentum_0.9 (train.momentum=0.9)",
+    ),
+    "sweep values differing past 6 digits": (
+        "sweep: {data.cache_dir: [a, b], smoothing.factor: [0.1234561, 0.1234562]}\n",
+        "labels-f0.123456-s42-cache_dir_a (data.cache_dir=a, smoothing.factor=0.1234561) vs "
+        "labels-f0.123456-s42-cache_dir_a (data.cache_dir=a, smoothing.factor=0.1234562)",
+    ),
     "sweep naming its run": ("output: {run: x}\nsweep: {train.seed: [1, 2]}\n", "output.run"),
     "sweep not a mapping": ("sweep: smoothing.factor\n", "sweep"),
     "sweep of numbers": ("sweep: [1, 2]\n", "sweep"),

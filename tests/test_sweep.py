@@ -135,7 +135,9 @@ def test_a_long_list_of_bad_points_is_cut_short(tmp_path):
 
 def test_a_run_name_too_long_for_a_directory_is_refused(tmp_path):
     long = "x" * 130
-    with pytest.raises(SpecError, match=r"1 of 2 points invalid\n  output.run: .*longer than 128 characters"):
+    expected = r"1 of 2 points invalid\n  output.run: .* 156 characters, more than 128; its longest part, "
+    expected += r"'cache_dir_x{50}'... \(140\), comes from a swept value: sweep shorter values"
+    with pytest.raises(SpecError, match=expected):
         sweep.points(load_spec(write(tmp_path, f"sweep: {{data.cache_dir: [short, {long}]}}")))
 
 
