@@ -29,8 +29,6 @@ import io
 import json
 import math
 import os
-import re
-import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,8 +42,8 @@ from matplotlib.figure import Figure
 
 from job.atomic import atomic_path, file_set, write_text
 from job.errors import EXIT_BAD_INPUT, NO_SPACE_ERRNOS, JobError, NoSpaceError, storage_fault
-from job.history import check_row
-from job.rundir import LOCK, MANIFEST, STAGING_TMP
+from job.history import read_history
+from job.rundir import LOCK, MANIFEST, is_lsjob_lock, lock_holder, run_directories
 from job.spec import Spec, flatten
 
 SPEC_FILE = "spec.yaml"
@@ -89,7 +87,6 @@ NOT_COMPARED = {
 BACKEND, PRECISION, REPLICAS = "backend", "runtime.precision", "runtime.replicas"
 ABSENT = "(absent)"  # a setting a run's spec does not have
 UNKNOWN = "?"  # a run without a readable spec.yaml
-LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)")
 MD_REASON_CHARS = 160  # the Markdown table shortens reasons; the CSV keeps them whole
 
 
@@ -354,19 +351,11 @@ def _refuse_run_directory(out: Path, runs: list[Run]) -> None:
     where = out.resolve()
     found = [run.path.resolve() for run in runs]
     for folder in (where, *where.parents):
-        if folder in found or (folder / MANIFEST).is_file() or _is_our_lock(folder / LOCK):
+        if folder in found or (folder / MANIFEST).is_file() or is_lsjob_lock(folder / LOCK):
             raise AggregateError(
                 f"{out} is inside the run directory {folder}, where aggregate does not write; give the folder "
                 "holding the runs, or pass --out DIR elsewhere"
             )
-
-
-def _is_our_lock(path: Path) -> bool:
-    # Other tools keep a .lock too (pytest's numbered folders): only the text lsjob writes counts.
-    try:
-        return LOCK_TEXT.fullmatch(path.read_text(encoding="utf-8", errors="replace").strip()) is not None
-    except OSError:
-        return False
 
 
 def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
@@ -408,62 +397,6 @@ def _setting(run: Run, key: str) -> str:
 # ---------------------------------------------------------------------------- finding runs
 
 
-def _find_runs(directory: Path, warnings: list[str], above: frozenset[str] = frozenset()) -> list[tuple[Path, bool]]:
-    """(run directory, has a manifest) for every run at or below `directory`.
-
-    A directory with a manifest is a run, and nothing below it is searched (its
-    checkpoints/ live there). One with lsjob's spec.yaml or .lock but no manifest is a
-    run that stopped while starting, unless runs lie below it: then it is a sweep folder
-    that happens to keep a spec. Symbolic links to folders are followed, so a folder of links
-    to chosen runs compares them (collect counts a run reached twice once); `above`: the real
-    paths of the folders this one lies in, so a link back up is not a loop without end.
-    """
-    real = os.path.realpath(directory)
-    if real in above:
-        return []
-    above = above | {real}
-    try:
-        with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        warnings.append(f"could not list {directory} ({e.strerror or e}); runs inside it are not in the table")
-        return []
-    names = {e.name for e in entries}
-    if MANIFEST in names:
-        return [(directory, True)]
-    found = []
-    for entry in entries:
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        # Another aggregate's (or report's) staging folder comes and goes: never a run.
-        if is_dir and not STAGING_TMP.fullmatch(entry.name):
-            found += _find_runs(Path(entry.path), warnings, above)
-    if not found and names & {SPEC_FILE, LOCK}:
-        return [(directory, False)]
-    return found
-
-
-def run_directories(root: Path, warnings: list[str]) -> list[tuple[Path, bool]]:
-    """(run directory, has a manifest) for every run at or below `root`, each once; a folder that
-    cannot be listed adds a warning."""
-    return _once_each(root, _find_runs(root, warnings))
-
-
-def _once_each(root: Path, found: list[tuple[Path, bool]]) -> list[tuple[Path, bool]]:
-    """One entry per run folder reached by more than one path (a link to a run in the tree):
-    the path through the fewest links, its own name where it has one."""
-    best: dict[str, tuple[int, Path, bool]] = {}
-    for path, has_manifest in found:
-        parts = path.relative_to(root).parts
-        links = sum(root.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts)))
-        real = os.path.realpath(path)
-        if real not in best or links < best[real][0]:
-            best[real] = (links, path, has_manifest)
-    return [(path, has_manifest) for _, path, has_manifest in best.values()]
-
-
 def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()  # "." when the root is itself a run
 
@@ -486,7 +419,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
 
     if not has_manifest:
         run.epochs_done = _epochs_so_far(path)
-        holder = _lock_holder(path)
+        holder = lock_holder(path)
         if holder.alive:
             run.status, run.reason = "running", f"starting, no manifest yet: {holder.text}"
         else:
@@ -521,7 +454,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
 
     run.epochs_done = _epochs_so_far(path)
     if status == "running":
-        holder = _lock_holder(path)
+        holder = lock_holder(path)
         if holder.dead:
             run.status = "killed"
             run.reason = f"the manifest says running, but {holder.text} is gone; re-run the same command to resume"
@@ -609,19 +542,12 @@ def _read_json_object(path: Path) -> dict:
 
 
 def _history_epochs(path: Path) -> int:
-    """Finished epochs in history.csv: data rows numbered 1..n."""
+    """Finished epochs in history.csv: whole rows numbered 1..n, read as `lsjob report` reads them."""
     try:
-        text = (path / HISTORY_FILE).read_text(encoding="utf-8")
+        epochs = [row["epoch"] for row in read_history(path / HISTORY_FILE)]
     except FileNotFoundError:
         raise _Unreadable(f"there is no {HISTORY_FILE}") from None
-    except (OSError, ValueError) as e:
-        raise _Unreadable(f"{HISTORY_FILE} is unreadable: {_why(e)}") from None
-    try:
-        rows = [row for row in csv.DictReader(io.StringIO(text)) if any(row.values())]
-        epochs = [int(row["epoch"]) for row in rows]
-        for number, row in enumerate(rows, start=1):
-            check_row(row, number)
-    except (csv.Error, KeyError, TypeError, ValueError) as e:
+    except (OSError, csv.Error, KeyError, ValueError) as e:
         raise _Unreadable(f"{HISTORY_FILE} is unreadable: {_why(e)}") from None
     if epochs != list(range(1, len(epochs) + 1)):
         raise _Unreadable(f"{HISTORY_FILE} does not number its epochs 1..{len(epochs)}")
@@ -700,68 +626,6 @@ def _resolved_settings(manifest: dict, spec: dict | None) -> dict[str, str]:
         elif spec is not None:
             resolved[key] = json.dumps(asked.get(requested, default))
     return resolved
-
-
-@dataclass(frozen=True)
-class _Holder:
-    text: str  # who holds (or held) the lock, for the reason column
-    alive: bool = False  # provably alive on this host
-    dead: bool = False  # provably gone
-    remote: bool = False  # on another host: not checked
-
-
-def _lock_holder(path: Path) -> _Holder:
-    """What .lock says about the run's process. Only reads: the flock itself is never taken."""
-    lock = path / LOCK
-    try:
-        text = lock.read_text(encoding="utf-8", errors="replace").strip()
-    except FileNotFoundError:
-        return _Holder(f"there is no {LOCK}, so whether its process is alive is unknown")
-    except OSError as e:
-        return _Holder(f"{LOCK} is unreadable ({_why(e)}), so whether its process is alive is unknown")
-    match = LOCK_TEXT.fullmatch(text)
-    if not match or int(match[1]) <= 0:
-        return _Holder(f"{LOCK} does not name a process ({_shorten(text, 60)!r})")
-    pid, host, since = int(match[1]), match[2], match[3]
-    who = f"pid {pid} on {host} (since {since})"
-    if host != socket.gethostname():
-        return _Holder(f"{who}: another host, not checked from here", remote=True)
-    if _pid_alive(pid) or _flock_held(lock):
-        return _Holder(who, alive=True)
-    return _Holder(who, dead=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return True  # cannot tell: never call a run killed on a guess
-    return True
-
-
-def _flock_held(lock: Path) -> bool:
-    """Whether /proc/locks lists a lock on the file's inode (Linux; False where unknown).
-
-    A guard for a pid from another pid namespace (a container sharing the host's name):
-    its process may live although no process here has its pid. Only the inode is
-    compared, since device numbers differ between stat and /proc/locks on some
-    filesystems; a coincidental match keeps a run `running`, the safe side.
-    """
-    try:
-        inode = os.stat(lock).st_ino
-        table = Path("/proc/locks").read_text()
-    except OSError:
-        return False
-    for line in table.splitlines():
-        for word in line.split():
-            parts = word.split(":")
-            if len(parts) == 3 and parts[2].isdigit() and int(parts[2]) == inode:
-                return True
-    return False
 
 
 # ---------------------------------------------------------------------------- summaries

@@ -1,4 +1,4 @@
-"""history.csv, read back: one row per epoch as the trainer wrote it (train.write_history_csv).
+"""history.csv: one row per finished epoch, written by the trainer and read back whole.
 
 `lsjob report` reads it to redraw the training plot and `lsjob aggregate` to count a run's
 epochs; both must tell a copy cut short from a whole file the same way.
@@ -7,7 +7,12 @@ epochs; both must tell a copy cut short from a whole file the same way.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+
+from job import atomic
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_nll", "lr", "seconds")
 
 
 def check_row(row: dict, number: int) -> None:
@@ -37,3 +42,11 @@ def read_history(path: Path) -> list[dict]:
                 raise ValueError(f"{path.name} line {reader.line_num}: {e}") from None
             rows.append({k: float(v) for k, v in row.items()})
     return rows
+
+
+def write_history_csv(path: Path, history: list[dict]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic.write_text(path, out.getvalue())

@@ -32,7 +32,9 @@ from sklearn.metrics import (
 from job import calibration
 from job.atomic import atomic_path, file_set, write_json, write_text
 from job.calibration import clip_probs
+from job.errors import NO_SPACE_ERRNOS, NoSpaceError, SpecError, storage_fault
 from job.history import read_history
+from job.rundir import MANIFEST, RunDir, run_directories
 
 log = logging.getLogger("lsjob")
 PREDICTIONS = "predictions.npz"
@@ -304,9 +306,6 @@ def write_reports(run_dir: Path) -> dict:
 def regenerate(run_dir: Path) -> dict:
     """`lsjob report`: rewrite a finished run's reports from its saved files. The run's
     lock is taken, so a run still writing its own reports is never raced."""
-    from job.errors import NO_SPACE_ERRNOS, NoSpaceError, SpecError, storage_fault
-    from job.rundir import MANIFEST, RunDir
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SpecError(f"{run_dir} is not a directory; give a run directory, e.g. results/labels-f0.1-s42")
@@ -359,8 +358,6 @@ def regenerate(run_dir: Path) -> dict:
 
 def _runs_below(folder: Path) -> list[str]:
     """The run directories at any depth below `folder`, found as `lsjob aggregate` finds them."""
-    from job.aggregate import run_directories  # matplotlib and the spec only, as here
-
     return sorted(path.relative_to(folder).as_posix() for path, _ in run_directories(folder, []) if path != folder)
 
 

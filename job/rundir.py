@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 from job import atomic
@@ -31,6 +32,8 @@ PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
 ATOMIC_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")  # job.atomic: .<name>.<random>.tmp<suffix>
 STAGING_TMP = re.compile(re.escape(atomic.STAGING_PREFIX) + r"[^./]+\.tmp")
+# What RunDir.lock writes into .lock; read back by lock_holder.
+LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)")
 
 
 def now() -> str:
@@ -155,3 +158,136 @@ class RunDir:
                 shutil.rmtree(p)
             else:
                 p.unlink()
+
+
+# ---------------------------------------------------------------------------- reading another process's run
+
+
+def is_lsjob_lock(path: Path) -> bool:
+    """Whether `path` holds the text RunDir.lock writes; other tools keep a .lock too."""
+    try:
+        return LOCK_TEXT.fullmatch(path.read_text(encoding="utf-8", errors="replace").strip()) is not None
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Holder:
+    text: str  # who holds (or held) the lock, for the reason column
+    alive: bool = False  # provably alive on this host
+    dead: bool = False  # provably gone
+    remote: bool = False  # on another host: not checked
+
+
+def lock_holder(path: Path) -> Holder:
+    """What .lock says about the run's process. Only reads: the flock itself is never taken."""
+    lock = path / LOCK
+    try:
+        text = lock.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return Holder(f"there is no {LOCK}, so whether its process is alive is unknown")
+    except OSError as e:
+        return Holder(f"{LOCK} is unreadable ({e.strerror or e}), so whether its process is alive is unknown")
+    match = LOCK_TEXT.fullmatch(text)
+    if not match or int(match[1]) <= 0:
+        return Holder(f"{LOCK} does not name a process ({text[:60]!r})")
+    pid, host, since = int(match[1]), match[2], match[3]
+    who = f"pid {pid} on {host} (since {since})"
+    if host != socket.gethostname():
+        return Holder(f"{who}: another host, not checked from here", remote=True)
+    if _pid_alive(pid) or _flock_held(lock):
+        return Holder(who, alive=True)
+    return Holder(who, dead=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return True  # cannot tell: never call a run killed on a guess
+    return True
+
+
+def _flock_held(lock: Path) -> bool:
+    """Whether /proc/locks lists a lock on the file's inode (Linux; False where unknown).
+
+    A guard for a pid from another pid namespace (a container sharing the host's name):
+    its process may live although no process here has its pid. Only the inode is
+    compared, since device numbers differ between stat and /proc/locks on some
+    filesystems; a coincidental match keeps a run `running`, the safe side.
+    """
+    try:
+        inode = os.stat(lock).st_ino
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    for line in table.splitlines():
+        for word in line.split():
+            parts = word.split(":")
+            if len(parts) == 3 and parts[2].isdigit() and int(parts[2]) == inode:
+                return True
+    return False
+
+
+# ---------------------------------------------------------------------------- finding runs
+
+
+def find_runs(directory: Path, warnings: list[str], above: frozenset[str] = frozenset()) -> list[tuple[Path, bool]]:
+    """(run directory, has a manifest) for every run at or below `directory`.
+
+    A directory with a manifest is a run, and nothing below it is searched (its
+    checkpoints/ live there). One with lsjob's spec.yaml or .lock but no manifest is a
+    run that stopped while starting, unless runs lie below it: then it is a sweep folder
+    that happens to keep a spec. Symbolic links to folders are followed, so a folder of links
+    to chosen runs compares them (collect counts a run reached twice once); `above`: the real
+    paths of the folders this one lies in, so a link back up is not a loop without end.
+    """
+    real = os.path.realpath(directory)
+    if real in above:
+        return []
+    above = above | {real}
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        warnings.append(f"could not list {directory} ({e.strerror or e}); runs inside it are not in the table")
+        return []
+    names = {e.name for e in entries}
+    if MANIFEST in names:
+        return [(directory, True)]
+    found = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        # Another aggregate's (or report's) staging folder comes and goes: never a run.
+        if is_dir and not STAGING_TMP.fullmatch(entry.name):
+            found += find_runs(Path(entry.path), warnings, above)
+    # Other tools keep a .lock too (pytest's numbered folders): only lsjob's own text makes a run.
+    if not found and ("spec.yaml" in names or (LOCK in names and is_lsjob_lock(directory / LOCK))):
+        return [(directory, False)]
+    return found
+
+
+def run_directories(root: Path, warnings: list[str]) -> list[tuple[Path, bool]]:
+    """(run directory, has a manifest) for every run at or below `root`, each once; a folder that
+    cannot be listed adds a warning."""
+    return _once_each(root, find_runs(root, warnings))
+
+
+def _once_each(root: Path, found: list[tuple[Path, bool]]) -> list[tuple[Path, bool]]:
+    """One entry per run folder reached by more than one path (a link to a run in the tree):
+    the path through the fewest links, its own name where it has one."""
+    best: dict[str, tuple[int, Path, bool]] = {}
+    for path, has_manifest in found:
+        parts = path.relative_to(root).parts
+        links = sum(root.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts)))
+        real = os.path.realpath(path)
+        if real not in best or links < best[real][0]:
+            best[real] = (links, path, has_manifest)
+    return [(path, has_manifest) for _, path, has_manifest in best.values()]

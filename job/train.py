@@ -11,8 +11,6 @@ same order from there.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import sys
@@ -23,15 +21,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from job import atomic, preemption, runtime, smoothing
+from job import preemption, runtime, smoothing
 from job.checkpoint import Checkpoints, MidEpoch, Resume
 from job.data import Dataset, per_pixel_mean
 from job.errors import DivergedError, SpecError
+from job.history import HISTORY_COLUMNS, write_history_csv
 from job.model import build_model, synchronize_batch_norm, validation_nll
 from job.spec import Spec, TrainSpec
 
 log = logging.getLogger("lsjob")
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_nll", "lr", "seconds")
 
 
 def learning_rate(epoch: int, train: TrainSpec) -> float:
@@ -198,14 +196,6 @@ class StopOnSignal(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         preemption.check()
-
-
-def write_history_csv(path: Path, history: list[dict]) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic.write_text(path, out.getvalue())
 
 
 @dataclass

@@ -3,7 +3,6 @@ then every run's status, the statistics, the labels-vs-loss comparison, the CSV,
 Markdown, the plots and the HTML page's content checked (tests/test_summary_page.py
 opens the page in a browser)."""
 
-import ast
 import base64
 import copy
 import csv
@@ -29,6 +28,7 @@ from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 
 import job.aggregate
+import job.rundir
 from job import calibration
 from job.aggregate import (
     CSV_COLUMNS,
@@ -42,6 +42,7 @@ from job.aggregate import (
 from job.atomic import write_bytes, write_json, write_text
 from job.data import CLASS_NAMES
 from job.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_NO_SPACE, NoSpaceError, StorageError
+from job.history import HISTORY_COLUMNS
 from job.report import classification_metrics
 from job.rundir import RunDir, now
 from job.spec import load_spec
@@ -55,7 +56,6 @@ RUN_PLOTS = ("training.png", "reliability.png", "confusion_matrix.png")
 OLD_RUN_PLOTS = ("training.png", "confusion_matrix.png")
 # history.csv's header as job/train.py writes it (checked against the source below,
 # without importing the training stack).
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_nll", "lr", "seconds")
 EPOCHS = 3
 N_TEST = 100  # test examples per fake run: accuracy is correct / 100
 
@@ -1053,8 +1053,8 @@ def test_another_aggregates_staging_folder_is_not_searched(tmp_path, monkeypatch
     staging = tmp_path / ".staging.x1y2z3.tmp"
     staging.mkdir()
     listed = []
-    real_find = job.aggregate._find_runs
-    monkeypatch.setattr(job.aggregate, "_find_runs", lambda d, *a: listed.append(d.name) or real_find(d, *a))
+    real_find = job.rundir.find_runs
+    monkeypatch.setattr(job.rundir, "find_runs", lambda d, *a: listed.append(d.name) or real_find(d, *a))
     runs, warnings = collect(tmp_path)
     assert [r.run for r in runs] == ["a"] and warnings == [] and staging.name not in listed
 
@@ -1084,14 +1084,25 @@ def test_a_folder_that_keeps_a_spec_beside_its_runs_is_not_a_run(tmp_path):
     assert [r.run for r in collect(tmp_path)[0]] == ["sweep/labels-f0.1-s0"]
 
 
+def test_a_folder_with_another_tools_lock_is_not_a_run(tmp_path):
+    write_run(tmp_path, "runs/a", "labels", 0.1, 0)
+    (tmp_path / "pytest-of-me" / "pytest-3").mkdir(parents=True)
+    (tmp_path / "pytest-of-me" / "pytest-3" / ".lock").write_text("")  # pytest keeps one, empty
+    assert [r.run for r in collect(tmp_path)[0]] == ["runs/a"]
+
+
+@pytest.mark.parametrize("row", [",,,,,,,", "2,2.3,0.5"])
+def test_a_history_report_cannot_read_is_not_counted_as_whole_epochs(tmp_path, row):
+    # aggregate and `lsjob report` read history.csv with one reader: a row report refuses
+    # is not an epoch here either (a row of empty fields used to be skipped and the run called done).
+    run_dir = write_run(tmp_path, "a", "labels", 0.1, 0)
+    with open(run_dir / "history.csv", "a") as f:
+        f.write(row + "\n")
+    (run,) = collect(tmp_path)[0]
+    assert run.status != "completed" and "history.csv is unreadable" in run.reason
+
+
 # ---------------------------------------------------------------------------- staying in step
-
-
-def test_fake_history_header_matches_the_trainer():
-    tree_ = ast.parse((ROOT / "job" / "train.py").read_text())
-    found = [ast.literal_eval(node.value) for node in tree_.body
-             if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "HISTORY_COLUMNS"]  # fmt: skip
-    assert found == [HISTORY_COLUMNS]
 
 
 def test_module_does_not_import_the_training_stack():
