@@ -566,6 +566,26 @@ def test_an_inode_quota_when_the_download_folder_is_made_is_exit_6(monkeypatch, 
         cifar10.load_cifar10(None, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("stage", ["folder", "extraction"])
+def test_a_failing_cache_disk_while_filling_it_is_a_storage_fault(
+    stage, small, small_tar, trusted, monkeypatch, tmp_path
+):
+    # Exit 1 ("run again once the storage is healthy"), not 3, which blames the data.
+    trusted(small_tar)
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cifar10, "fetch", lambda url, dest: shutil.copyfile(small_tar, dest))
+    if stage == "folder":
+        monkeypatch.setattr(cifar10.tempfile, "mkdtemp", failing)
+    else:
+        monkeypatch.setattr(cifar10, "_write_member", failing)
+    with pytest.raises(StorageError, match="Input/output error .the storage failed, not the spec") as err:
+        cifar10.load_cifar10(None, tmp_path / "cache")
+    assert err.value.exit_code == 1
+
+
 @pytest.mark.parametrize("stage", ["download", "extraction"])
 def test_a_full_disk_while_filling_the_cache_says_so_with_exit_6(stage, small, small_tar, trusted, monkeypatch,
                                                                  tmp_path):  # fmt: skip

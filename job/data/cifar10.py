@@ -291,7 +291,7 @@ def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
     except OSError as e:
         if e.errno in NO_SPACE_ERRNOS:  # an inode quota, often
             raise _no_space(datasets, e) from e
-        raise DataError(
+        raise storage_fault(datasets, e) or DataError(
             f"cannot write to the dataset cache {datasets} ({e.strerror}); set data.cache_dir to a writable "
             f"folder, or download {ARCHIVE_NAME} yourself and set data.path to it"
         ) from None
@@ -458,7 +458,8 @@ def safe_extract(tar_path: Path, dest_dir: Path) -> Path:
     except OSError as e:
         if e.errno in NO_SPACE_ERRNOS:
             raise _no_space(dest_dir, e) from e
-        raise DataError(f"could not extract {tar_path} into {dest_dir}: {e}") from e
+        # An I/O error or a stale handle is the cache's storage failing, not the data (exit 1, not 3).
+        raise storage_fault(dest_dir, e) or DataError(f"could not extract {tar_path} into {dest_dir}: {e}") from e
     batches = dest_dir / BATCHES_DIR
     if not batches.is_dir():
         raise DataError(f"{tar_path} has no {BATCHES_DIR}/ folder")
