@@ -40,7 +40,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from job.atomic import atomic_path, file_set, write_text
+from job.atomic import file_set, save_png, write_text
 from job.errors import EXIT_BAD_INPUT, NO_SPACE_ERRNOS, JobError, NoSpaceError, storage_fault
 from job.history import read_history
 from job.rundir import LOCK, MANIFEST, is_lsjob_lock, lock_holder, run_directories
@@ -925,7 +925,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         ax.set_title(f"{title} vs label-smoothing factor\n{subtitle}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize="small")
-        _save_png(fig, path)
+        save_png(fig, path)
 
 
 def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
@@ -959,12 +959,7 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
             ax.set_ylabel(f"{labels} − {loss}" + (" (percentage points)" if metric.percent else ""))
             ax.set_title(f"{PLOT_TITLE.get(name, metric.label)}: {labels} − {loss}")
         fig.suptitle(f"{labels} vs {loss} at the same factor: the difference beside each method's seed spread")
-        _save_png(fig, path)
-
-
-def _save_png(fig: Figure, path: Path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------- small helpers

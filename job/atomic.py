@@ -108,3 +108,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_png(fig, path: Path) -> None:
+    """A matplotlib figure written as PNG, atomically: a reader never sees half an image."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

@@ -26,12 +26,10 @@ from sklearn.metrics import (
     accuracy_score,
     classification_report,
     confusion_matrix,
-    log_loss,
 )
 
 from job import calibration
-from job.atomic import atomic_path, file_set, write_json, write_text
-from job.calibration import clip_probs
+from job.atomic import atomic_path, file_set, save_png, write_json, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, SpecError, storage_fault
 from job.history import read_history
 from job.rundir import MANIFEST, RunDir, run_directories
@@ -71,7 +69,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
     averages = classification_report(y_true, y_pred, labels=in_play, output_dict=True, zero_division=0)
     metrics = {
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
-        "test_nll": float(log_loss(y_true, clip_probs(probs), labels=labels)),
+        "test_nll": calibration.nll(probs, y_true),
         "num_examples": int(len(y_true)),
         "per_class": per_class,
         "macro_avg": _scores(averages["macro avg"]),
@@ -119,7 +117,7 @@ def write_training_plot(
         axes[-1].set_xlabel("Epoch #")
         # Whole epochs only, even for a 1-epoch run where one tick is all there is.
         axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        _save_png(fig, path)
+        save_png(fig, path)
 
 
 def write_confusion_matrix(
@@ -153,7 +151,7 @@ def write_confusion_matrix(
         tick.set(horizontalalignment="right", rotation_mode="anchor")
     ax.set_ylabel("True label (support)")
     ax.set_title(title)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 @dataclass(frozen=True)
@@ -236,7 +234,7 @@ def write_reliability_diagram(report: dict, path: Path) -> None:
         for column, (title, summary) in enumerate(panels):
             _reliability_panel(axes[0, column], axes[1, column], title, summary)
         fig.suptitle(f"Reliability diagram ({report['bins']} equal-width bins, top-1 confidence)")
-        _save_png(fig, path)
+        save_png(fig, path)
 
 
 def _reliability_panel(top, bottom, title: str, summary: dict) -> None:
@@ -389,8 +387,3 @@ def _scores(row: Mapping[str, float]) -> dict:
         "f1": float(row["f1-score"]),
         "support": int(row["support"]),
     }
-
-
-def _save_png(fig: Figure, path: Path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)

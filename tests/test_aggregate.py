@@ -597,7 +597,7 @@ def test_the_plots_draw_a_line_per_method_and_varied_setting(tmp_path, monkeypat
     write_run(tmp_path, "none-s0-lr_0.005", "none", 0.0, 0, overrides=["train.lr=0.005"])
     write_run(tmp_path, "none-s0-lr_0.05", "none", 0.0, 0, overrides=["train.lr=0.05"], correct=30)
     drawn = []
-    monkeypatch.setattr(job.aggregate, "_save_png", lambda fig, path: drawn.append(fig))
+    monkeypatch.setattr(job.aggregate, "save_png", lambda fig, path: drawn.append(fig))
     job.aggregate.write_factor_plot(collect(tmp_path)[0], job.aggregate.METRIC["test_accuracy"], "t", "y",
                                     tmp_path / "x.png")  # fmt: skip
     labels = drawn[0].axes[0].get_legend_handles_labels()[1]

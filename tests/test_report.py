@@ -439,7 +439,7 @@ def drawn_training_plot(monkeypatch, rows):
     import job.report
 
     figures = []
-    monkeypatch.setattr(job.report, "_save_png", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(job.report, "save_png", lambda fig, path: figures.append(fig))
     write_training_plot(rows, Path("unused.png"))
     (fig,) = figures
     return fig.axes
