@@ -2,14 +2,15 @@
 
 Label smoothing's best-documented effect is on calibration (Müller, Kornblith and
 Hinton 2019, "When does label smoothing help?"), measured there as expected
-calibration error over 15 equal-width bins of top-1 confidence, as here. Only
-numpy and scipy: `lsjob report` recomputes all of it from predictions.npz.
+calibration error over 15 equal-width bins of top-1 confidence, as here. No Keras:
+`lsjob report` recomputes all of it from predictions.npz.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from sklearn.metrics import log_loss
 
 BINS = 15
 # Keras clips probabilities to this epsilon in its cross-entropy; val_nll is logged with
@@ -27,8 +28,9 @@ def clip_probs(probs: np.ndarray) -> np.ndarray:
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    p = clip_probs(probs)
-    return float(-np.mean(np.log(p[np.arange(len(labels)), labels])))
+    """Mean negative log-likelihood of the true class, probabilities clipped as Keras clips them."""
+    probs = clip_probs(probs)
+    return float(log_loss(labels, probs, labels=np.arange(probs.shape[1])))
 
 
 def brier(probs: np.ndarray, labels: np.ndarray) -> float:
