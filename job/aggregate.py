@@ -77,8 +77,12 @@ MANIFEST_FIELDS = {
     "status": str, "method": str, "factor": float, "seed": int,
     "epochs": int, "spec_hash": str, "attempts": list, "duration_s": float,
 }  # fmt: skip
-# Spec fields that do not change what a run computes: runs differing only here compare.
-# (mixed_precision and replicas are compared as the manifest resolved them: PRECISION, REPLICAS.)
+# Spec fields that are no setting to group runs by (runs differing only here compare): the
+# groups' own axes (smoothing, train.seed); where things are kept (output, data paths, caches);
+# how one computation is carried out (XLA, deterministic ops, steps per call, evaluation batch),
+# which changes results in the last bits at most, so a run keeps them in its identity
+# (spec.content_hash) but they are not an experiment; and precision and replicas, compared as
+# the manifest resolved them (PRECISION, REPLICAS).
 NOT_COMPARED = {
     "output", "smoothing", "sweep", "train.seed", "train.eval_batch_size", "data.path", "data.cache_dir",
     "runtime.jit_compile", "runtime.deterministic", "runtime.steps_per_execution", "runtime.compile_cache",
@@ -359,7 +363,8 @@ def _refuse_run_directory(out: Path, runs: list[Run]) -> None:
 
 
 def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
-    """Every run under `root`, sorted by method, factor, seed and path; plus warnings. Writes nothing."""
+    """Every run under `root`, sorted by method, factor, the varied settings, seed and path (Run.sort_key);
+    plus warnings. Writes nothing."""
     root = Path(root)
     if not root.exists():
         raise AggregateError(f"{root} does not exist")

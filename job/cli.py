@@ -1,4 +1,4 @@
-"""The `lsjob` command line: thin wrappers over spec, run and report.
+"""The `lsjob` command line: thin wrappers over the modules (spec, run, sweep, bench, report, aggregate, k8s).
 
 Every expected failure prints one clear line (no traceback) and exits with the
 code from job.errors, so schedulers can tell bad input from preemption.

@@ -243,7 +243,7 @@ def find_runs(directory: Path, warnings: list[str], above: frozenset[str] = froz
     checkpoints/ live there). One with lsjob's spec.yaml or .lock but no manifest is a
     run that stopped while starting, unless runs lie below it: then it is a sweep folder
     that happens to keep a spec. Symbolic links to folders are followed, so a folder of links
-    to chosen runs compares them (collect counts a run reached twice once); `above`: the real
+    to chosen runs compares them (run_directories counts a run reached twice once); `above`: the real
     paths of the folders this one lies in, so a link back up is not a loop without end.
     """
     real = os.path.realpath(directory)
