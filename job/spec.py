@@ -592,7 +592,15 @@ def _apply_override(doc: dict, item: str) -> None:
         if not isinstance(child, dict):
             raise SpecError(f"--set {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child
-    node[parts[-1]] = value
+    # A mapping merges into the section it names, as dotted keys would: `train={epochs: 3}` keeps
+    # the file's other train fields rather than quietly resetting them to the defaults.
+    node[parts[-1]] = _merged(node.get(parts[-1]), value)
+
+
+def _merged(old: Any, new: Any) -> Any:
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return new
+    return {**old, **{key: _merged(old.get(key), value) for key, value in new.items()}}
 
 
 def yaml_string(text: str) -> str:

@@ -94,6 +94,11 @@ def test_a_written_spec_reads_back_the_same_whatever_its_strings_look_like(tmp_p
     assert load_spec(None, [f"output.root={yaml_string(text)}"]).output.root == Path(text)
 
 
+def test_a_mapping_set_on_a_section_merges_into_it(tmp_path):
+    spec = load_spec(write(tmp_path, "train: {batch_size: 32, epochs: 5}\n"), ["train={epochs: 3, lr: 0.01}"])
+    assert (spec.train.batch_size, spec.train.epochs, spec.train.lr) == (32, 3, 0.01)
+
+
 def test_a_section_left_empty_takes_its_defaults(tmp_path):
     # `train:` with its fields commented out is YAML's null.
     spec = load_spec(write(tmp_path, "train:\n#  epochs: 3\nsmoothing:\n"), ["train.seed=7"])
