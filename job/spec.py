@@ -386,8 +386,23 @@ class Spec(Section):
         results, its downloaded data and compiled programs are kept, the evaluation batch
         size (a requeued task on a smaller GPU may lower it and still resume), and for a
         sweep point the sweep it came from (growing a sweep keeps its finished runs)."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def identity(self) -> dict:
+        """The fields content_hash covers. A field the spec's own settings ignore counts at its
+        default, whatever it says (factor under method none, holdout_size without temperature
+        scaling, lr_reference_batch without lr_scaling), so changing it never blocks a resume;
+        at its default, not left out, so every other run keeps the hash it had."""
         payload = self.model_dump(mode="json", exclude=IDENTITY_EXCLUDES)
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        ignored = [
+            ("smoothing", "factor", self.smoothing.method == "none"),
+            ("eval", "holdout_size", not self.eval.temperature_scaling),
+            ("train", "lr_reference_batch", self.train.lr_scaling == "none"),
+        ]
+        for section, name, unused in ignored:
+            if unused:
+                payload[section][name] = type(getattr(self, section)).model_fields[name].default
+        return payload
 
 
 SECTIONS = tuple(name for name in Spec.model_fields if name != "sweep")
@@ -403,7 +418,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def identity_differences(old: Spec, new: Spec) -> list[str]:
     """Where `new` differs from `old` in what makes a run's identity: 'field: old -> new'."""
-    a, b = (flatten(spec.model_dump(mode="json", exclude=IDENTITY_EXCLUDES)) for spec in (old, new))
+    a, b = (flatten(spec.identity()) for spec in (old, new))
     return [f"{key}: {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}"
             for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]  # fmt: skip
 

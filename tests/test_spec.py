@@ -12,7 +12,16 @@ from conftest import ROOT
 from job import cli, sweep
 from job import spec as spec_module
 from job.errors import EXIT_BAD_INPUT, SpecError
-from job.spec import RUN_NAME, SmoothingSpec, Spec, TrainSpec, json_schema, load_spec, yaml_string
+from job.spec import (
+    RUN_NAME,
+    SmoothingSpec,
+    Spec,
+    TrainSpec,
+    identity_differences,
+    json_schema,
+    load_spec,
+    yaml_string,
+)
 
 
 def write(tmp_path, text, name="spec.yaml"):
@@ -76,6 +85,17 @@ def test_hash_ignores_what_cannot_change_results_but_not_the_experiment():
         assert load_spec(None, neutral).content_hash() == base.content_hash(), neutral
     for change in (["train.epochs=2"], ["data.path=/c/cifar-10-python.tar.gz"], ["runtime.mixed_precision=bf16"]):
         assert load_spec(None, change).content_hash() != base.content_hash(), change
+
+
+def test_a_field_the_spec_ignores_is_no_part_of_the_identity_and_defaults_keep_their_hash():
+    base = load_spec(None)
+    for ignored in (["smoothing.method=none", "smoothing.factor=0"], ["eval.holdout_size=100"],
+                    ["train.lr_reference_batch=128"]):  # fmt: skip
+        assert load_spec(None, ignored).content_hash() == load_spec(None, ignored[:1]).content_hash(), ignored
+        assert identity_differences(load_spec(None, ignored[:1]), load_spec(None, ignored)) == []
+    used = ["eval.temperature_scaling=true", "eval.holdout_size=100"]
+    assert load_spec(None, used).content_hash() != load_spec(None, used[:1]).content_hash()
+    assert base.content_hash() == "b4681dc38e475edf"  # the recipe's hash, as every earlier lsjob wrote it
 
 
 def test_resolved_yaml_round_trips(tmp_path):
