@@ -130,6 +130,7 @@ def _execute_claimed(
                 "what": "the last training images, excluded from training; temperature scaling is fitted on them",
             }
         manifest["data"] = data.description
+        log.info("data: %s", data.description)
         manifest["devices"] = runtime.devices()
         _record_computation(manifest, previous, setup)
         manifest["runtime"] = {

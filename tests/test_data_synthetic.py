@@ -114,3 +114,12 @@ def test_full_size_generation():
     assert x_train.dtype == x_test.dtype == np.uint8
     assert np.array_equal(np.bincount(y_train), [5_000] * 10)
     assert np.array_equal(np.bincount(y_test), [1_000] * 10)
+
+
+def test_a_prefix_says_how_evenly_it_holds_the_classes():
+    # CIFAR-10's files are not sorted by class, but a prefix is not balanced either: say by how much.
+    x = np.zeros((12, 32, 32, 3), np.uint8)
+    y = np.array([0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9], np.uint8)
+    head = Dataset(x, y, x[:10], y[2:], "CIFAR-10 (cache)").head(6, None)
+    assert head.description == "CIFAR-10 (cache), first 6 train (0 to 3 images a class)"
+    assert len(head.x_train) == 6 and len(head.x_test) == 10

@@ -48,17 +48,23 @@ class Dataset:
         return len(self.class_names)
 
     def head(self, train_size: int | None, test_size: int | None) -> Dataset:
-        """The first `train_size`/`test_size` examples in their stored order (None: all)."""
+        """The first `train_size`/`test_size` examples in their stored order (None: all). A
+        prefix need not hold every class equally: the description gives each class's range."""
+        y_train, y_test = self.y_train[:train_size], self.y_test[:test_size]
         return Dataset(
             self.x_train[:train_size],
-            self.y_train[:train_size],
+            y_train,
             self.x_test[:test_size],
-            self.y_test[:test_size],
+            y_test,
             self.description
-            + (f", first {train_size} train" if train_size else "")
-            + (f", first {test_size} test" if test_size else ""),
+            + (f", first {train_size} train ({self._spread(y_train)})" if train_size else "")
+            + (f", first {test_size} test ({self._spread(y_test)})" if test_size else ""),
             self.class_names,
         )
+
+    def _spread(self, labels: np.ndarray) -> str:
+        counts = np.bincount(labels, minlength=self.num_classes)
+        return f"{counts.min()} to {counts.max()} images a class"
 
     def split_holdout(self, size: int) -> tuple[Dataset, np.ndarray, np.ndarray]:
         """Set the last `size` training images aside (for temperature scaling): the
