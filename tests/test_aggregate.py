@@ -1,6 +1,6 @@
 """`lsjob aggregate`: fake results trees written the way run.py and report.py write them,
 then every run's status, the statistics, the labels-vs-loss comparison, the CSV, the
-Markdown, the plots and the HTML page's content checked (tests/test_summary_page.py
+Markdown, the plots and the HTML page's content checked (tests/test_aggregate_page.py
 opens the page in a browser)."""
 
 import base64
@@ -28,6 +28,7 @@ from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 
 import job.aggregate
+import job.aggregate.plots
 import job.rundir
 from job import calibration
 from job.aggregate import (
@@ -597,7 +598,7 @@ def test_the_plots_draw_a_line_per_method_and_varied_setting(tmp_path, monkeypat
     write_run(tmp_path, "none-s0-lr_0.005", "none", 0.0, 0, overrides=["train.lr=0.005"])
     write_run(tmp_path, "none-s0-lr_0.05", "none", 0.0, 0, overrides=["train.lr=0.05"], correct=30)
     drawn = []
-    monkeypatch.setattr(job.aggregate, "save_png", lambda fig, path: drawn.append(fig))
+    monkeypatch.setattr(job.aggregate.plots, "save_png", lambda fig, path: drawn.append(fig))
     job.aggregate.write_factor_plot(collect(tmp_path)[0], job.aggregate.METRIC["test_accuracy"], "t", "y",
                                     tmp_path / "x.png")  # fmt: skip
     labels = drawn[0].axes[0].get_legend_handles_labels()[1]
@@ -1020,8 +1021,6 @@ def test_missing_root_and_unwritable_out(tmp_path):
 
 
 def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch):
-    import job.summary_page
-
     write_run(tmp_path, "results/a", "labels", 0.1, 0)
     aggregate(tmp_path / "results", out=tmp_path / "out")
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
@@ -1030,7 +1029,7 @@ def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch)
     def full_disk(*args, **kwargs):  # the page is written after the CSV and the plots
         raise OSError(28, "No space left on device", "aggregate.html")
 
-    monkeypatch.setattr(job.summary_page, "write_page", full_disk)
+    monkeypatch.setattr(job.aggregate, "write_page", full_disk)
     with pytest.raises(NoSpaceError, match=r"No space left on device; the files there are unchanged: free") as caught:
         aggregate(tmp_path / "results", out=tmp_path / "out")
     assert caught.value.exit_code == EXIT_NO_SPACE  # as for a run: not bad input, which is never retried
@@ -1039,7 +1038,7 @@ def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch)
     def failing_storage(*args, **kwargs):
         raise OSError(5, "Input/output error", "aggregate.html")
 
-    monkeypatch.setattr(job.summary_page, "write_page", failing_storage)
+    monkeypatch.setattr(job.aggregate, "write_page", failing_storage)
     with pytest.raises(StorageError, match="the storage failed") as caught:
         aggregate(tmp_path / "results", out=tmp_path / "out")
     assert caught.value.exit_code == EXIT_INTERNAL

@@ -15,16 +15,12 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from job.aggregate import (
+from job.aggregate.plots import COMPARISON_PLOT_NAME, ECE_PLOT_NAME, PLOT_NAME
+from job.aggregate.runs import STATUSES, Run
+from job.aggregate.stats import SAME_OBJECTIVE, Summary
+from job.aggregate.tables import (
     COMPARISON_NOTE,
-    COMPARISON_PLOT_NAME,
-    ECE_PLOT_NAME,
-    PLOT_NAME,
-    SAME_OBJECTIVE,
     STATS_NOTE,
-    STATUSES,
-    Run,
-    Summary,
     Table,
     comparison_table,
     group_table,

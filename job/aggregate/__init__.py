@@ -1,0 +1,111 @@
+"""Aggregate a results tree: one row per run, a per-(method, factor) summary, plots, a page.
+
+`aggregate(root)` finds every run directory under `root` at any depth and writes
+`aggregate.csv`, `aggregate.md`, `accuracy_vs_factor.png`, `ece_vs_factor.png`,
+`labels_vs_loss.png` and `aggregate.html` (job.aggregate.page). Every run directory
+found gets a row; a run that is not provably complete never counts as completed,
+and only completed runs enter the means and the plots.
+
+Runs are grouped by method and factor, and by every setting that changes results and
+differs between the completed runs (a sweep's `train.lr`, the backend, the precision a
+run computed in): each such setting gets a column, and each of its values a group, a
+line in the plots and its own labels-vs-loss comparison, so that the spread of a group
+is seed noise and nothing else.
+
+It only reads: no run's lock is taken (a task starting its run must never find it
+busy because someone is reading it), and neither Keras nor TensorFlow is imported,
+so it runs in seconds on a laptop holding a copy of the results volume.
+
+The package, in the order the data flows: runs (each run directory read into a `Run`,
+its status and settings), stats (the groups' statistics, labels vs loss, the warnings),
+tables (the CSV and the Markdown, and the cells the page shows), plots (the figures),
+page (aggregate.html); display says how a value reads in all of them. This module
+writes the set, as one.
+
+A new metric (MCE, NLL after temperature scaling, ...) is one more `Metric` in
+runs.METRICS: it then gets its CSV, Markdown and HTML columns and its summary statistics.
+A plot against the factor is one more entry in plots.FACTOR_PLOTS, a labels-vs-loss
+comparison one more name in stats.COMPARED_METRICS.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from job.aggregate.page import write_page
+from job.aggregate.plots import COMPARISON_PLOT_NAME, FACTOR_PLOTS, write_comparison_plot, write_factor_plot
+from job.aggregate.runs import METRIC, METRICS, SPEC_FILE, AggregateError, NoRunsError, Run, collect
+from job.aggregate.stats import Summary, compare, comparison_warnings, summarize
+from job.aggregate.tables import CSV_COLUMNS, render_csv, render_markdown
+from job.atomic import file_set, write_text
+from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
+from job.rundir import LOCK, MANIFEST, is_lsjob_lock
+
+# What other modules and the tests use; the rest lives in the modules named above.
+__all__ = [
+    "CSV_COLUMNS",
+    "CSV_NAME",
+    "HTML_NAME",
+    "MARKDOWN_NAME",
+    "METRIC",
+    "METRICS",
+    "AggregateError",
+    "NoRunsError",
+    "Summary",
+    "aggregate",
+    "collect",
+    "comparison_warnings",
+]
+
+CSV_NAME = "aggregate.csv"
+MARKDOWN_NAME = "aggregate.md"
+HTML_NAME = "aggregate.html"
+
+
+def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Summary:
+    """Read every run under `root`, write the aggregate files into `out` (default: root)."""
+    root = Path(root)
+    runs, warnings = collect(root)
+    if not runs:
+        raise NoRunsError(f"no lsjob runs under {root}: no directory there holds a {MANIFEST}, {SPEC_FILE} or {LOCK}")
+    out = root if out is None else Path(out)
+    _refuse_run_directory(out, runs)
+    groups = summarize(runs)
+    comparisons = compare(groups)
+    warnings += comparison_warnings(runs)
+    markdown = render_markdown(root, runs, groups, comparisons, warnings)
+    names = (CSV_NAME, MARKDOWN_NAME, *(name for name, *_ in FACTOR_PLOTS), COMPARISON_PLOT_NAME, HTML_NAME)
+    summary = Summary(root, out, runs, groups, comparisons, warnings, markdown, tuple(out / n for n in names))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with file_set(out) as files:  # a failure leaves the previous aggregate whole, not half replaced
+            write_text(files.path(CSV_NAME), render_csv(runs))
+            for name, metric, title, ylabel in FACTOR_PLOTS:
+                write_factor_plot(runs, METRIC[metric], title, ylabel, files.path(name))
+            write_comparison_plot(comparisons, files.path(COMPARISON_PLOT_NAME))
+            write_page(summary, files.path(HTML_NAME), plots=files.staging)  # after the plots: it embeds them
+            write_text(files.path(MARKDOWN_NAME), markdown)
+    except OSError as e:
+        kept = "the files there are unchanged"
+        if e.errno in NO_SPACE_ERRNOS:
+            raise NoSpaceError(f"cannot write the aggregate into {out}: {e.strerror}; {kept}: free space and "
+                               "run it again, or pass --out DIR to write it elsewhere") from None  # fmt: skip
+        raise storage_fault(out, e) or AggregateError(
+            f"cannot write the aggregate into {out}: {e.strerror or e}; {kept}; pass --out DIR to write it elsewhere"
+        ) from None
+    return summary
+
+
+def _refuse_run_directory(out: Path, runs: list[Run]) -> None:
+    """A run directory holds only what its run writes: anything else there, and a run that
+    stopped while starting no longer resumes ("not an lsjob run directory"). Those found under
+    the root, and any other: a folder holding a manifest or lsjob's lock (taken first) is one."""
+    where = out.resolve()
+    found = [run.path.resolve() for run in runs]
+    for folder in (where, *where.parents):
+        if folder in found or (folder / MANIFEST).is_file() or is_lsjob_lock(folder / LOCK):
+            raise AggregateError(
+                f"{out} is inside the run directory {folder}, where aggregate does not write; give the folder "
+                "holding the runs, or pass --out DIR elsewhere"
+            )

@@ -1,0 +1,124 @@
+"""The aggregate's figures: a metric against the smoothing factor, a line per method and varied
+settings (one file per entry of FACTOR_PLOTS), and labels minus loss beside each method's seed
+spread (labels_vs_loss.png). Only completed runs are drawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.style
+import numpy as np
+from matplotlib.figure import Figure
+
+from job.aggregate.display import _show_varied
+from job.aggregate.runs import METRIC, NO_FACTOR, Metric, Run, _group_key
+from job.aggregate.stats import COMPARED_METRICS, SAME_OBJECTIVE, Difference
+from job.atomic import save_png
+
+PLOT_NAME = "accuracy_vs_factor.png"
+ECE_PLOT_NAME = "ece_vs_factor.png"
+COMPARISON_PLOT_NAME = "labels_vs_loss.png"
+# The plots of a metric against the factor: file, metric, title, y-axis label.
+FACTOR_PLOTS = (
+    (PLOT_NAME, "test_accuracy", "Test accuracy", "test accuracy (%)"),
+    (ECE_PLOT_NAME, "test_ece", "Expected calibration error", "ECE (15 equal-width bins of top-1 confidence)"),
+)
+PLOT_TITLE = {metric: title for _, metric, title, _ in FACTOR_PLOTS}
+
+
+def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, path: Path) -> None:
+    """A metric against the smoothing factor: a line per method (and varied settings), `none` as
+    a reference band."""
+    completed = [r for r in runs if r.completed and r.method is not None and r.factor is not None]
+    done = [r for r in completed if metric.name in r.metrics]
+    scale = 100 if metric.percent else 1
+    values: dict[tuple[str, tuple], dict[float, list[float]]] = {}
+    for r in done:
+        values.setdefault((r.method, r.varied), {}).setdefault(r.factor, []).append(scale * r.metrics[metric.name])
+
+    order = sorted(values, key=lambda series: _group_key(series[0], None, series[1]))
+    curves = [series for series in order if series[0] != NO_FACTOR]
+    references = [series for series in order if series[0] == NO_FACTOR]
+    factors = sorted({f for series in curves for f in values[series]})
+    # Lines sharing a factor are drawn a little apart so that their bars and dots stay legible.
+    span = (factors[-1] - factors[0]) if len(factors) > 1 else 0.5
+    offsets = np.linspace(-1, 1, len(curves)) * 0.01 * span if len(curves) > 1 else [0.0]
+
+    with matplotlib.style.context("ggplot"):
+        fig = Figure(figsize=(8, 5.5), layout="constrained")
+        ax = fig.add_subplot()
+        for (method, varied), offset in zip(curves, offsets):
+            points = sorted(values[(method, varied)].items())
+            x = np.array([f for f, _ in points]) + offset
+            means = np.array([np.mean(v) for _, v in points])
+            low = means - np.array([min(v) for _, v in points])
+            high = np.array([max(v) for _, v in points]) - means
+            n = sum(len(v) for _, v in points)
+            label = f"{method}{_show_varied(varied, ', ')} ({n} runs)"
+            (line,) = ax.plot(x, means, marker="o", label=label, zorder=3)
+            ax.errorbar(x, means, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=4, zorder=2)
+            seeds_x = [f + offset for f, v in points for _ in v]
+            seeds_y = [a for _, v in points for a in v]
+            ax.scatter(seeds_x, seeds_y, s=22, color=line.get_color(), edgecolors="white", linewidths=0.6,
+                       zorder=4)  # fmt: skip
+        for i, (method, varied) in enumerate(references):
+            reference = [a for v in values[(method, varied)].values() for a in v]
+            # Grey when it is the only one; otherwise each in a colour of its own.
+            color = "0.35" if len(references) == 1 else f"C{(len(curves) + i) % 10}"
+            label = f"{NO_FACTOR}{_show_varied(varied, ', ')} ({len(reference)} runs, no smoothing)"
+            ax.axhline(float(np.mean(reference)), color=color, linestyle="--", label=label)
+            ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
+        if factors:
+            ax.set_xticks(factors, [f"{f:g}" for f in factors])
+        if len(factors) == 1:  # else the axis spans only the offsets, and "slightly apart" looks far apart
+            ax.set_xlim(factors[0] - 0.1 * span, factors[0] + 0.1 * span)
+        if not done:
+            empty = "no completed runs" if not completed else f"no completed run reports {metric.label}"
+            ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center")
+        ax.set_xlabel("label-smoothing factor" + (" (lines drawn slightly apart)" if len(curves) > 1 else ""))
+        ax.set_ylabel(ylabel)
+        subtitle = f"{len(done)} completed run(s) plotted; {len(runs) - len(completed)} left out as not completed"
+        legend = ["lines: means, bars: min–max, dots: single runs"] if curves else []
+        legend += ["dashed: mean without smoothing, band: min–max"] if references else []
+        if legend:
+            subtitle += "\n" + "; ".join(legend)
+        if len(completed) > len(done):
+            subtitle += f"\n{len(completed) - len(done)} completed run(s) without {metric.label} left out (older runs)"
+        ax.set_title(f"{title} vs label-smoothing factor\n{subtitle}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="small")
+        save_png(fig, path)
+
+
+def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
+    """labels minus loss per factor, each beside a ±1 std band of either method's seeds around
+    zero: a difference inside the bands is no bigger than run-to-run noise."""
+    labels, loss = SAME_OBJECTIVE
+    width = 0.25
+    with matplotlib.style.context("ggplot"):
+        fig = Figure(figsize=(11, 5), layout="constrained")
+        for ax, name in zip(fig.subplots(1, len(COMPARED_METRICS), squeeze=False)[0], COMPARED_METRICS):
+            metric = METRIC[name]
+            scale = 100 if metric.percent else 1
+            diffs = [d for d in comparisons if d.metric == name]
+            x = np.arange(len(diffs))
+            ax.axhline(0, color="0.3", linewidth=0.8)
+            if diffs:
+                value = np.array([scale * d.value for d in diffs])
+                bars = ax.bar(x - width, value, width, color="0.25", label=f"{labels} − {loss} (difference of means)")
+                ax.bar_label(bars, [metric.show(d.value) for d in diffs], fontsize=8, padding=2)
+                for offset, method, color in ((0.0, labels, "C0"), (width, loss, "C1")):
+                    std = np.array([scale * (getattr(d, method).std or 0.0) for d in diffs])
+                    ax.bar(x + offset, 2 * std, width, bottom=-std, color=color, alpha=0.45,
+                           label=f"±1 std of {method} across seeds (none for a single seed)")  # fmt: skip
+                ax.set_xticks(x, [f"{d.factor:g}" + _show_varied(d.varied, "\n") for d in diffs])
+                ax.legend(loc="best", fontsize="small")
+            else:
+                ax.set_xticks([])
+                ax.text(0.5, 0.5, f"no factor has completed {labels} and {loss} runs\nthat report {metric.label}",
+                        transform=ax.transAxes, ha="center", va="center")  # fmt: skip
+            ax.set_xlabel("label-smoothing factor")
+            ax.set_ylabel(f"{labels} − {loss}" + (" (percentage points)" if metric.percent else ""))
+            ax.set_title(f"{PLOT_TITLE.get(name, metric.label)}: {labels} − {loss}")
+        fig.suptitle(f"{labels} vs {loss} at the same factor: the difference beside each method's seed spread")
+        save_png(fig, path)

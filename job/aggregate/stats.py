@@ -1,0 +1,171 @@
+"""The statistics over the runs `collect` read: a `Group` per (method, factor, varied settings)
+with each metric's mean, std, min and max over its completed runs; labels minus loss at each
+factor (`Difference`, for COMPARED_METRICS); the warnings that say where those means mislead;
+and the `Summary` that aggregate() returns."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from job.aggregate.display import _show_factor, _show_varied
+from job.aggregate.runs import ABSENT, METRICS, SPEC_FILE, STATUSES, Run, _group_key
+
+# Two implementations of one objective (smoothed targets vs a smoothed loss): any
+# difference between them at the same factor is run-to-run noise, or a bug.
+SAME_OBJECTIVE = ("labels", "loss")
+COMPARED_METRICS = ("test_accuracy", "test_ece")  # labels vs loss
+
+
+@dataclass(frozen=True)
+class Stats:
+    mean: float
+    std: float | None  # sample standard deviation (ddof=1); None for a single run
+    min: float
+    max: float
+    n: int  # runs it is over: fewer than a group's completed runs when some of them lack the metric
+
+
+@dataclass
+class Group:
+    """The runs of one (method, factor, varied settings); statistics over the completed ones."""
+
+    method: str
+    factor: float
+    varied: tuple[tuple[str, str], ...]  # as Run.varied
+    completed: int
+    not_completed: int
+    stats: dict[str, Stats]  # Metric.name -> statistics; absent when no completed run has it
+
+
+@dataclass(frozen=True)
+class Difference:
+    """labels minus loss in one metric's mean at one factor, beside each method's seed spread."""
+
+    factor: float
+    varied: tuple[tuple[str, str], ...]  # the settings both sides share, as Run.varied
+    metric: str  # Metric.name
+    labels: Stats
+    loss: Stats
+
+    @property
+    def value(self) -> float:
+        return self.labels.mean - self.loss.mean
+
+    @property
+    def se(self) -> float | None:
+        """Standard error of a difference of two means, sqrt(s1²/n1 + s2²/n2); None with one seed."""
+        if self.labels.std is None or self.loss.std is None:
+            return None
+        return math.sqrt(self.labels.std**2 / self.labels.n + self.loss.std**2 / self.loss.n)
+
+    @property
+    def ratio(self) -> float | None:
+        """difference / SE: how many standard errors of seed noise the difference is."""
+        se = self.se
+        return self.value / se if se else None
+
+
+@dataclass
+class Summary:
+    """What aggregate() found and wrote; the CLI prints `markdown`."""
+
+    root: Path
+    out: Path
+    runs: list[Run]
+    groups: list[Group]
+    comparisons: list[Difference]
+    warnings: list[str]
+    markdown: str
+    files: tuple[Path, ...]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = Counter(r.status for r in self.runs)
+        return {status: counts[status] for status in STATUSES if counts[status]}
+
+
+def summarize(runs: list[Run]) -> list[Group]:
+    """One Group per (method, factor, varied settings) that any run has, statistics over its
+    completed runs."""
+    by_key: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.method is not None and run.factor is not None:
+            by_key.setdefault((run.method, run.factor, run.varied), []).append(run)
+    groups = []
+    for (method, factor, varied), members in sorted(by_key.items(), key=lambda item: _group_key(*item[0])):
+        done = [r for r in members if r.completed]
+        stats = {}
+        for metric in METRICS:
+            values = [r.metrics[metric.name] for r in done if metric.name in r.metrics]
+            if values:
+                stats[metric.name] = _stats(values)
+        groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats))
+    return groups
+
+
+def _stats(values: list[float]) -> Stats:
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if len(array) > 1 else None
+    return Stats(float(array.mean()), std, float(array.min()), float(array.max()), len(array))
+
+
+def compare(groups: list[Group]) -> list[Difference]:
+    """labels minus loss at every factor and varied settings where both have completed runs
+    with the metric."""
+    by_key = {(g.method, g.factor, g.varied): g for g in groups}
+    labels, loss = SAME_OBJECTIVE
+    found = []
+    for g in groups:  # in the groups' order: by settings, then factor
+        if g.method != labels or (loss, g.factor, g.varied) not in by_key:
+            continue
+        for metric in COMPARED_METRICS:
+            a, b = g.stats.get(metric), by_key[(loss, g.factor, g.varied)].stats.get(metric)
+            if a is not None and b is not None:
+                found.append(Difference(g.factor, g.varied, metric, a, b))
+    return found
+
+
+def comparison_warnings(runs: list[Run]) -> list[str]:
+    """What makes the completed runs' means misleading: mixed settings, a seed counted twice."""
+    return _settings_warnings(runs) + _duplicate_warnings(runs)
+
+
+def _settings_warnings(runs: list[Run]) -> list[str]:
+    """Completed runs whose settings differ in more than seed and smoothing: each value is a group
+    of its own, which the reader should know, the more so where it was not meant (two backends)."""
+    done = [r for r in runs if r.completed]
+    known = [r for r in done if r.spec_read]
+    warnings = []
+    if len(known) < len(done):
+        warnings.append(
+            f"{len(done) - len(known)} completed run(s) have no readable {SPEC_FILE}; "
+            "their settings could not be compared with the others"
+        )
+    keys = sorted({key for r in known for key in r.settings})
+    for key in keys:
+        values = Counter(r.settings.get(key, ABSENT) for r in known)
+        if len(values) > 1:
+            listed = ", ".join(f"{value} ({n} runs)" for value, n in sorted(values.items()))
+            warnings.append(
+                f"completed runs differ in {key}: {listed}; each value is a group of its own in the tables "
+                "and the plots, with a column for it"
+            )
+    return warnings
+
+
+def _duplicate_warnings(runs: list[Run]) -> list[str]:
+    seen: dict[tuple, list[str]] = {}
+    for run in runs:
+        if run.completed:
+            seen.setdefault((run.method, run.factor, run.varied, run.seed), []).append(run.run)
+    return [
+        f"{method} factor {_show_factor(method, factor) or '-'}{_show_varied(varied, ', ')} seed {seed} "
+        f"completed {len(paths)} times ({', '.join(paths)}); each counts in the mean"
+        for (method, factor, varied, seed), paths in seen.items()
+        if len(paths) > 1
+    ]

@@ -1,0 +1,200 @@
+"""The tables as text: aggregate.csv (a row per run, every column, full precision) and
+aggregate.md, and the cells of the groups, labels-vs-loss and runs tables that the HTML page
+(page.py) shows as they are here. A new column of the runs table is one more `Column` in COLUMNS."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job.aggregate.display import _cell, _csv_value, _shorten, _show_duration, _show_factor, _show_value, _text
+from job.aggregate.runs import METRIC, METRICS, STATUSES, Metric, Run
+from job.aggregate.stats import SAME_OBJECTIVE, Difference, Group, Stats
+
+MD_REASON_CHARS = 160  # the Markdown table shortens reasons; the CSV keeps them whole
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the runs table: its CSV value and, when `label` is set, its Markdown cell."""
+
+    name: str  # CSV header; "" for a Markdown-only column
+    get: Callable[[Run], Any]
+    label: str | None = None  # Markdown header; None keeps it out of the Markdown table
+    show: Callable[[Run], str] | None = None  # Markdown cell; default: the value as text
+    right: bool = False  # right-aligned in Markdown (numbers)
+
+
+def _metric_column(metric: Metric) -> Column:
+    return Column(
+        metric.name,
+        lambda r: r.metrics.get(metric.name),
+        metric.label,
+        lambda r: metric.show(r.metrics.get(metric.name)),
+        right=True,
+    )
+
+
+COLUMNS = (
+    Column("run", lambda r: r.run, "run"),
+    Column("method", lambda r: r.method, "method"),
+    Column("factor", lambda r: r.factor, "factor", lambda r: _show_factor(r.method, r.factor), right=True),
+    Column("seed", lambda r: r.seed, "seed", right=True),
+    Column("status", lambda r: r.status, "status"),
+    *(_metric_column(m) for m in METRICS),
+    Column("epochs_done", lambda r: r.epochs_done),
+    Column("epochs_total", lambda r: r.epochs_total),
+    Column("", lambda r: None, "epochs", lambda r: f"{_text(r.epochs_done, '?')}/{_text(r.epochs_total, '?')}", True),
+    Column("duration_s", lambda r: r.duration_s, "duration", lambda r: _show_duration(r.duration_s), right=True),
+    Column("attempts", lambda r: r.attempts, "attempts", right=True),
+    Column("spec_hash", lambda r: r.spec_hash, "spec hash"),
+    Column("reason", lambda r: r.reason, "reason", lambda r: _shorten(r.reason or "", MD_REASON_CHARS)),
+)
+CSV_COLUMNS = tuple(c for c in COLUMNS if c.name)
+
+
+def _with_settings(columns: tuple[Column, ...] | list[Column], runs: list[Run], csv: bool) -> list[Column]:
+    """The columns, with one per varied setting after the seed (empty in the CSV where unknown)."""
+    keys = [key for key, _ in runs[0].varied] if runs else []
+    added = [
+        Column(key, lambda r, i=i: _csv_value(r.varied[i][1]) if csv else _show_value(r.varied[i][1]), key)
+        for i, key in enumerate(keys)
+    ]
+    at = next(i for i, c in enumerate(columns) if c.name == "seed") + 1
+    return [*columns[:at], *added, *columns[at:]]
+
+
+def render_csv(runs: list[Run]) -> str:
+    """One row per run, every column, floats at full (round-trip) precision, empty for unknown."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    columns = _with_settings(CSV_COLUMNS, runs, csv=True)
+    writer.writerow([c.name for c in columns])
+    for run in runs:
+        writer.writerow(["" if (v := c.get(run)) is None else repr(v) if isinstance(v, float) else v
+                         for c in columns])  # fmt: skip
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table as text cells: the Markdown and the HTML page show the same ones."""
+
+    header: list[str]
+    rows: list[list[str]]
+    right: list[bool]  # right-aligned (numbers)
+
+
+STATS_NOTE = (
+    "Statistics cover completed runs only; std is the sample standard deviation (n - 1), – for a single "
+    "run; (n=k) marks a statistic over fewer runs than completed: runs from before calibration have no ECE "
+    "or Brier, and only runs with temperature scaling have T."
+)
+COMPARISON_NOTE = (
+    "labels and loss optimise the same objective, so their difference at the same factor should be "
+    "run-to-run noise: compare it with each method's std across seeds and with the standard error of the "
+    "difference, SE = sqrt(std_labels²/n_labels + std_loss²/n_loss); with a few seeds per method, "
+    "a difference / SE between about -3 and +3 is within that noise."
+)
+
+
+def tally(runs: list[Run]) -> str:
+    counts = Counter(r.status for r in runs)
+    return f"{len(runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+
+
+def shown_metrics(runs: list[Run]) -> list[Metric]:
+    """The metrics worth a column: the required ones, and those some run has (no empty T column)."""
+    return [m for m in METRICS if m.required or any(m.name in r.metrics for r in runs)]
+
+
+def metrics_note(metrics: list[Metric]) -> str:
+    return " ".join(f"{m.label}: {m.note}." for m in metrics if m.note)
+
+
+def run_columns(runs: list[Run]) -> list[Column]:
+    """The runs table's displayed columns, leaving out metrics no run has."""
+    hidden = {m.name for m in METRICS} - {m.name for m in shown_metrics(runs)}
+    return [c for c in _with_settings(COLUMNS, runs, csv=False) if c.label is not None and c.name not in hidden]
+
+
+def run_cells(run: Run, columns: list[Column]) -> list[str]:
+    return [c.show(run) if c.show else _text(c.get(run)) for c in columns]
+
+
+def group_table(groups: list[Group], metrics: list[Metric]) -> Table:
+    keys = [key for key, _ in groups[0].varied] if groups else []
+    header = ["method", "factor", *keys, "completed", "not completed"]
+    for metric in metrics:
+        header += [f"{metric.label} mean ± std", f"{metric.label} min – max"]
+    rows = []
+    for g in groups:
+        cells = [g.method, _show_factor(g.method, g.factor), *(_show_value(v) for _, v in g.varied), str(g.completed),
+                 str(g.not_completed)]  # fmt: skip
+        for metric in metrics:
+            s = g.stats.get(metric.name)
+            if s is None:
+                cells += ["", ""]
+                continue
+            std = "–" if s.std is None else metric.show(s.std)
+            fewer = f" (n={s.n})" if s.n < g.completed else ""
+            cells += [f"{metric.show(s.mean)} ± {std}{fewer}", f"{metric.show(s.min)} – {metric.show(s.max)}"]
+        rows.append(cells)
+    return Table(header, rows, [False, True, *[False] * len(keys), True, True, *[True] * (2 * len(metrics))])
+
+
+def comparison_table(comparisons: list[Difference]) -> Table:
+    labels, loss = SAME_OBJECTIVE
+    keys = [key for key, _ in comparisons[0].varied] if comparisons else []
+    header = ["factor", *keys, "metric", f"{labels} mean ± std (n)", f"{loss} mean ± std (n)", f"{labels} − {loss}",
+              "SE", "difference / SE"]  # fmt: skip
+    rows = []
+    for d in comparisons:
+        metric = METRIC[d.metric]
+        sign = "+" if d.value > 0 else ""
+        rows.append([
+            f"{d.factor:g}", *(_show_value(v) for _, v in d.varied), metric.label, _spread(metric, d.labels),
+            _spread(metric, d.loss), sign + metric.show(d.value), "–" if d.se is None else metric.show(d.se),
+            "–" if d.ratio is None else f"{d.ratio:+.1f}",
+        ])  # fmt: skip
+    return Table(header, rows, [True, *[False] * len(keys), False, True, True, True, True, True])
+
+
+def _spread(metric: Metric, s: Stats) -> str:
+    return f"{metric.show(s.mean)} ± {'–' if s.std is None else metric.show(s.std)} ({s.n})"
+
+
+def render_markdown(
+    root: Path, runs: list[Run], groups: list[Group], comparisons: list[Difference], warnings: list[str]
+) -> str:
+    metrics = shown_metrics(runs)
+    lines = [f"# lsjob runs under `{root}`", "", tally(runs) + ".", ""]
+    lines += ["## Completed runs by method and factor", "", *_table(group_table(groups, metrics)), ""]
+    lines += [STATS_NOTE + " " + metrics_note(metrics), ""]
+
+    labels, loss = SAME_OBJECTIVE
+    lines += [f"## {labels} vs {loss} at the same factor", "", COMPARISON_NOTE, ""]
+    if comparisons:
+        lines += _table(comparison_table(comparisons))
+    else:
+        lines += [f"No factor has completed runs of both `{labels}` and `{loss}`."]
+
+    columns = run_columns(runs)
+    lines += ["", "## Runs", ""]
+    rows = [run_cells(r, columns) for r in runs]
+    lines += _table(Table([c.label for c in columns], rows, [c.right for c in columns]))
+    present = [s for s in STATUSES if any(r.status == s for r in runs)]
+    lines += ["", "Status: " + "; ".join(f"`{s}`: {STATUSES[s]}" for s in present) + "."]
+    if warnings:
+        lines += ["", "## Warnings", "", *(f"- {_cell(w)}" for w in warnings)]
+    return "\n".join(lines) + "\n"
+
+
+def _table(table: Table) -> list[str]:
+    rule = ["---:" if r else "---" for r in table.right]
+    return ["| " + " | ".join(_cell(c) for c in row) + " |" for row in (table.header, rule, *table.rows)]
