@@ -58,7 +58,9 @@ def run(
     spec: SpecArg,
     set_: SetOpt = None,
     index: IndexOpt = None,
-    force: Annotated[bool, typer.Option(help="Discard an existing run of this name and start over.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Discard an existing run of this name and start over (once per Slurm job).")
+    ] = False,
 ):
     """Train (or resume) one run, or one point of a sweep, and write its results directory."""
     point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)

@@ -32,6 +32,7 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
     """Run `spec`; returns the exit code. `dataset` replaces the spec's data (tests, notebooks);
     `sweep_point` (index and values) is recorded in the manifest of a sweep's run."""
     run_dir = RunDir(spec.run_dir)
+    force = force and not _discarded_by_this_job(run_dir)
     # A peek without the lock: only a run with work left needs its devices and data. Both are
     # set up before the run directory exists, so runtime settings this machine cannot honour
     # and bad or hostile data leave nothing behind (nor a failed run that would refuse the
@@ -59,6 +60,22 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         return _execute_claimed(spec, run_dir, force, dataset, sweep_point, setup)
     finally:
         run_dir.release()
+
+
+def _discarded_by_this_job(run_dir: RunDir) -> bool:
+    """Whether this Slurm job's --force already discarded the run: an attempt that Slurm requeued
+    (after a preemption or a time limit, with the same options and SLURM_JOB_ID, which an array
+    task keeps too) then resumes what the job trained since instead of discarding it again. An
+    attempt stopped before it discarded anything (while the data loaded) leaves none on record."""
+    job = os.environ.get("SLURM_JOB_ID")
+    try:
+        attempts = (run_dir.read_manifest() or {}).get("attempts", []) if job else []
+    except JobError:  # a damaged manifest: --force discards it
+        return False
+    if any(a.get("forced") and a.get("slurm_job") == job for a in attempts if isinstance(a, dict)):
+        log.info("--force: slurm job %s discarded this run in an earlier attempt; this one resumes it", job)
+        return True
+    return False
 
 
 def _elsewhere(sweep_point: dict | None) -> str:
@@ -111,7 +128,7 @@ def _execute_claimed(
         run_dir.wipe()
 
     handler = _log_to_file(run_dir.path / "run.log")
-    manifest = _start_manifest(spec, previous)
+    manifest = _start_manifest(spec, previous, forced=force)
     if sweep_point is not None:
         manifest["sweep"] = sweep_point
     started = time.monotonic()
@@ -222,12 +239,17 @@ def _chain(error: BaseException):
         seen = seen.__cause__ or seen.__context__
 
 
-def _start_manifest(spec: Spec, previous: dict | None) -> dict:
+def _start_manifest(spec: Spec, previous: dict | None, forced: bool = False) -> dict:
     attempts = (previous or {}).get("attempts", [])
     if attempts and "ended" not in attempts[-1]:
         # Its end was never written: SIGKILL, the OOM killer, a lost node, or a disk too full for it.
         attempts[-1]["status"] = "unrecorded"
-    attempts.append({"host": socket.gethostname(), "started": now(), "backend": keras.backend.backend()})
+    attempt = {"host": socket.gethostname(), "started": now(), "backend": keras.backend.backend()}
+    if os.environ.get("SLURM_JOB_ID"):
+        attempt["slurm_job"] = os.environ["SLURM_JOB_ID"]
+    if forced:
+        attempt["forced"] = True  # this attempt discarded an earlier run (--force)
+    attempts.append(attempt)
     return {
         "run": spec.run_name,
         "status": "running",

@@ -149,6 +149,34 @@ def test_a_different_spec_under_the_same_name_is_refused_naming_what_differs(com
         run_mod.execute(changed, sweep_point={"index": 0, "values": {"train.epochs": 3}})
 
 
+def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_spec, monkeypatch, capsys):
+    # sbatch requeues an attempt with the options it was submitted with, --force included.
+    spec = tiny_spec()
+    run_mod.execute(spec)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+
+    def stopped_while_loading(*args, **kwargs):
+        raise InterruptedRun("stopped by SIGTERM")
+
+    with monkeypatch.context() as m:  # preempted before it discarded anything: the next attempt must
+        m.setattr(run_mod, "load_dataset", stopped_while_loading)
+        with pytest.raises(InterruptedRun):
+            run_mod.execute(spec, force=True)
+    assert [a.get("forced") for a in RunDir(spec.run_dir).read_manifest()["attempts"]] == [None]
+    run_mod.execute(spec, force=True)  # discards and trains anew, on record as job 77's
+    (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
+    assert attempt["forced"] is True and attempt["slurm_job"] == "77"
+    before = {p.name: p.stat().st_mtime_ns for p in spec.run_dir.iterdir() if p.name != ".lock"}
+    capsys.readouterr()
+    run_mod.execute(spec, force=True)  # job 77 requeued: what it trained is kept
+    assert "already complete" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in spec.run_dir.iterdir() if p.name != ".lock"} == before
+    monkeypatch.setenv("SLURM_JOB_ID", "78")  # another job's --force discards again
+    run_mod.execute(spec, force=True)
+    (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
+    assert attempt["forced"] is True and attempt["slurm_job"] == "78"
+
+
 def test_a_completed_run_on_storage_now_read_only_is_still_a_no_op(completed, capsys, monkeypatch):
     real_access = os.access
 

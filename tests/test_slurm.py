@@ -119,22 +119,6 @@ def test_sbatch_passes_exit_codes_through_and_requeues_on_75(tmp_path, stubs, co
     assert (calls.read_text() if calls.exists() else "") == ("requeue 41\n" if code == 75 else "")
 
 
-@pytest.mark.parametrize("script", ["train.sbatch", "sweep.sbatch"])
-def test_a_requeued_attempt_leaves_force_out_and_resumes(tmp_path, stubs, script):
-    bin_dir, env = stubs
-    _stub(bin_dir, "lsjob", f'echo "$*" >> {tmp_path}/lsjob.args\n')
-    for restarts in ("0", "1"):
-        args = ["bash", SLURM / script, "spec.yaml", "--force", "--set", "train.seed=1"]
-        env["SLURM_RESTART_COUNT"] = restarts
-        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
-    # The first attempt discards the old run; the second must not discard what the first trained.
-    assert (tmp_path / "lsjob.args").read_text().splitlines() == [
-        "run spec.yaml --force --set train.seed=1",
-        "run spec.yaml --set train.seed=1",
-    ]
-    assert "restart 1: --force left out, so the run resumes" in proc.stdout
-
-
 def test_sbatch_without_results_env_keeps_the_specs_output_root(tmp_path, stubs):
     bin_dir, env = stubs
     _stub(bin_dir, "lsjob", f'echo "$*" > {tmp_path}/lsjob.args\n')
