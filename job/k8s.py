@@ -27,7 +27,7 @@ import yaml
 
 from job import __version__, sweep
 from job.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, SpecError
-from job.spec import load_spec, yaml_string
+from job.spec import SpecDumper, load_spec, yaml_string
 
 # The image's `lsjob` user (Dockerfile ARG UID/GID); the pod runs as the same ids.
 UID = GID = 1000
@@ -423,9 +423,10 @@ def _check_name(label: str, value: str, longest: int = 63, why: str = "") -> Non
         )
 
 
-class _Dumper(yaml.SafeDumper):
-    """SafeDumper that indents lists under their key (yamllint's default), writes shared
-    dicts out in full (no &id001 anchors) and keeps the spec text a readable literal block."""
+class _Dumper(SpecDumper):
+    """The spec's dumper (which quotes a label value such as 1e3, a number to kubectl's YAML
+    reader), indenting lists under their key (yamllint's default), writing shared dicts out in
+    full (no &id001 anchors) and keeping the spec text a readable literal block."""
 
     def increase_indent(self, flow=False, indentless=False):
         return super().increase_indent(flow, False)

@@ -71,20 +71,19 @@ class DataSpec(Section):
         None, gt=0, description="Use the first N test images (unset: all; synthetic: 10,000, at most 1,000,000)."
     )
 
-    @model_validator(mode="after")
-    def _sizes_exist(self):
+    @field_validator("train_size", "test_size")
+    @classmethod
+    def _size_exists(cls, size, info):
         # Known from the spec, so `lsjob validate` says so, before a download or a large allocation.
-        if self.source == "cifar10":
-            limits = {"train_size": TRAIN_IMAGES, "test_size": TEST_IMAGES}
-            where = "CIFAR-10 has only {limit:,} images there"
-        else:
-            limits = {"train_size": SYNTHETIC_MAX_IMAGES, "test_size": SYNTHETIC_MAX_IMAGES}
-            where = "the synthetic set is made in memory, {limit:,} images at most"
-        for name, limit in limits.items():
-            size = getattr(self, name)
-            if size is not None and size > limit:
-                raise ValueError(f"data.{name} is {size:,} but {where.format(limit=limit)}")
-        return self
+        if size is None or "source" not in info.data:
+            return size
+        if info.data["source"] == "cifar10":
+            limit = TRAIN_IMAGES if info.field_name == "train_size" else TEST_IMAGES
+            if size > limit:
+                raise ValueError(f"CIFAR-10 has only {limit:,} images there")
+        elif size > SYNTHETIC_MAX_IMAGES:
+            raise ValueError(f"the synthetic set is made in memory, {SYNTHETIC_MAX_IMAGES:,} images at most")
+        return size
 
     @model_validator(mode="after")
     def _path_needs_cifar10(self):
@@ -238,8 +237,8 @@ class RuntimeSpec(Section):
     @field_validator("compile_cache")
     @classmethod
     def _cache_keyword_or_folder(cls, cache):
-        if "\x00" in cache:
-            raise ValueError("contains a NUL character, which no path can hold")
+        if cache not in ("auto", "off"):
+            _usable_path(Path(cache))
         # "Off" or "AUTO" would otherwise quietly become a folder of that name.
         if cache.lower() in ("auto", "off") and cache not in ("auto", "off"):
             raise ValueError(f"write {cache.lower()} in lower case (or ./{cache} for a folder of that name)")
@@ -379,7 +378,7 @@ class Spec(Section):
 
     def to_yaml(self) -> str:
         exclude = {"sweep"} if self.sweep is None else None
-        return yaml.dump(self.model_dump(mode="json", exclude=exclude), Dumper=_SpecDumper, sort_keys=False)
+        return yaml.dump(self.model_dump(mode="json", exclude=exclude), Dumper=SpecDumper, sort_keys=False)
 
     def content_hash(self) -> str:
         """Identity of the experiment: whatever can change its results. Left out: where its
@@ -468,37 +467,34 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 # `mixed_precision: off` arrived as False), 010 as 8 (octal), 0x1F as 31 and 1:30 as 90 (base
 # 60). A seed of 010 or a run named 0x1F is then refused or kept as written, never changed.
 _NUMBERS_AND_BOOLS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
+_YAML12_RESOLVERS = [
+    ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")),
+    ("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")),
+    (
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+            r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        ),
+        list("-+0123456789."),
+    ),
+]
 _UniqueKeyLoader.yaml_implicit_resolvers = {  # this class's own copy: SafeLoader's is shared by all of PyYAML
     first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBERS_AND_BOOLS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
-)
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
+for _tag, _regex, _first in _YAML12_RESOLVERS:
+    _UniqueKeyLoader.add_implicit_resolver(_tag, _regex, _first)
 
 
-class _SpecDumper(yaml.SafeDumper):
-    """SafeDumper that also quotes strings the loader above reads as floats (`1e-3`), so a
-    spec it writes (`lsjob show`, a run's spec.yaml) reads back the same. It keeps YAML 1.1's
-    resolvers too: quoting more than needed ('off', '010') reads back the same as well."""
+class SpecDumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string the loader above, or a YAML 1.1 reader, would take for
+    a number or a boolean (`1e-3`, `-.5`, `off`, `010`), so what it writes (`lsjob show`, a run's
+    spec.yaml, a manifest for kubectl, whose reader takes `1e3` for a number) reads back the same."""
 
 
-_SpecDumper.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+for _tag, _regex, _first in _YAML12_RESOLVERS:
+    SpecDumper.add_implicit_resolver(_tag, _regex, _first)
 
 
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> Spec:
@@ -519,9 +515,9 @@ def _check_overrides_against_sweep(spec: Spec, overrides: list[str]) -> None:
     # The sweep would silently win over such an override; say so instead.
     swept = {key for grid in spec.grids for key in grid}
     for item in overrides:
-        key = item.partition("=")[0].strip()
-        # A whole section too: --set 'smoothing={factor: 0.5}' where smoothing.factor is swept.
-        covered = sorted(k for k in swept if k == key or k.startswith(key + "."))
+        # A mapping too: --set 'smoothing={factor: 0.5}' where smoothing.factor is swept (but not
+        # --set 'train={epochs: 2}' where train.seed is: the mapping merges, and leaves the seed be).
+        covered = sorted(k for k in swept if any(k == p or k.startswith(p + ".") for p in set_paths(item)))
         if covered:
             swept_here = f"{covered[0]} is" if len(covered) == 1 else f"{', '.join(covered)} are"
             raise SpecError(f"--set {item!r}: {swept_here} swept by this spec, so --set cannot fix it")
@@ -612,6 +608,17 @@ def _apply_override(doc: dict, item: str) -> None:
     node[parts[-1]] = _merged(node.get(parts[-1]), value)
 
 
+def set_paths(item: str) -> list[str]:
+    """The dotted fields a --set changes: its key, or for a mapping (which merges) each field in it."""
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.load(raw, Loader=_UniqueKeyLoader)
+    except (yaml.YAMLError, RecursionError):
+        return [key]
+    return [f"{key}.{path}" for path in flatten(value)] if isinstance(value, dict) and value else [key]
+
+
 def _merged(old: Any, new: Any) -> Any:
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return new
@@ -657,7 +664,7 @@ _PLAIN_MESSAGES = {
 def problem_lines(error: ValidationError, overrides: list[str] = ()) -> list[str]:
     """One line per problem, `field.path: message (got value)`, saying `from --set` where an
     override set the field, so no one looks for it in the spec file."""
-    set_keys = [item.partition("=")[0].strip() for item in overrides]
+    set_keys = [path for item in overrides for path in set_paths(item)]
     lines = []
     for e in error.errors(include_url=False):
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"

@@ -183,34 +183,36 @@ def show_values(values: dict[str, Any]) -> str:
 
 
 def _refuse_shared_directories(all_points: list[Point]) -> None:
-    # The same settings under two names: a grid repeating another's value (the baseline lr in an
-    # lr grid and again in a momentum grid) would train one experiment twice, and aggregate
-    # would count it as two samples.
-    settings: dict[str, Point] = {}
+    seen: dict[str, Point] = {}
     for point in all_points:
-        same = settings.setdefault(json.dumps(point.spec.model_dump(mode="json", exclude={"output"})), point)
-        if same is not point and same.run_name == point.run_name:
+        first = seen.setdefault(point.run_name, point)
+        if first is point:
+            continue
+        if first.values == point.values:  # 0.1 and 0.10, 1e-5 and 0.00001
             raise SpecError(
-                f"sweep points {same.index} and {point.index} are the same run, {point.describe()}: a value is "
+                f"sweep points {first.index} and {point.index} are the same run, {point.describe()}: a value is "
                 "listed twice; list it once"
             )
+        hint = (
+            " (method none ignores smoothing.factor: give the baseline its own grid, "
+            "sweep: [{...labels/loss grid...}, {smoothing.method: [none], train.seed: [...]}])"
+            if point.spec.smoothing.method == "none"
+            else ""
+        )
+        raise SpecError(
+            f"sweep points {first.index} and {point.index} would both write run {point.run_name!r}: "
+            f"{first.describe()} vs {point.describe()}{hint}"
+        )
+    # The same experiment under two names (Spec.identity: the settings that can change results): a
+    # grid repeating another's value (the baseline lr in an lr grid and again in a momentum grid),
+    # or a swept field that changes nothing (eval_batch_size) would train it twice, and aggregate
+    # would count it as two samples.
+    experiments: dict[str, Point] = {}
+    for point in all_points:
+        same = experiments.setdefault(json.dumps(point.spec.identity(), sort_keys=True), point)
         if same is not point:
             raise SpecError(
                 f"sweep points {same.index} and {point.index} are the same experiment under two names, "
                 f"{same.describe()} and {point.describe()}: each would train it; leave the repeated value out of "
-                "one grid"
-            )
-    seen: dict[str, Point] = {}
-    for point in all_points:
-        first = seen.setdefault(point.run_name, point)
-        if first is not point:
-            hint = (
-                " (method none ignores smoothing.factor: give the baseline its own grid, "
-                "sweep: [{...labels/loss grid...}, {smoothing.method: [none], train.seed: [...]}])"
-                if point.spec.smoothing.method == "none"
-                else ""
-            )
-            raise SpecError(
-                f"sweep points {first.index} and {point.index} would both write run {point.run_name!r}: "
-                f"{first.describe()} vs {point.describe()}{hint}"
+                "one grid, and sweep only fields that change results"
             )

@@ -191,6 +191,9 @@ def test_node_selectors_and_tolerations_place_the_pods_on_the_gpu_nodes_asked_fo
     validate(text)
     plain = pod_of(k8s.example("job.yaml"))
     assert "nodeSelector" not in plain and "tolerations" not in plain
+    # kubectl's YAML reader takes 1e3 for a number, which a label value cannot be: quoted.
+    text = k8s.render(SINGLE_SPEC, image="r/l:1", node_selector=["gen=1e3"], tolerations=["t=2e5:NoSchedule"])
+    assert "gen: '1e3'" in text and "value: '2e5'" in text
 
 
 @pytest.mark.parametrize(

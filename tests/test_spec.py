@@ -104,7 +104,9 @@ def test_resolved_yaml_round_trips(tmp_path):
     assert again == spec
 
 
-@pytest.mark.parametrize("text", ["1e-3", "1E5", "5e+3", ".5e3", "1.e5", "1_0e5", "010", "0x1F", "1:30", "off", "yes"])
+@pytest.mark.parametrize(
+    "text", ["1e-3", "1E5", "5e+3", ".5e3", "1.e5", "1_0e5", "-.5", "+.5", "-.inf", "010", "0x1F", "1:30", "off", "yes"]
+)
 def test_a_written_spec_reads_back_the_same_whatever_its_strings_look_like(tmp_path, text):
     # A run's spec.yaml and `lsjob show` must load back: `lsjob run RUN/spec.yaml` re-runs that run.
     run = text if RUN_NAME.fullmatch(text) else "x" + re.sub("[:+]", ".", text)
@@ -123,6 +125,24 @@ def test_a_section_left_empty_takes_its_defaults(tmp_path):
     # `train:` with its fields commented out is YAML's null.
     spec = load_spec(write(tmp_path, "train:\n#  epochs: 3\nsmoothing:\n"), ["train.seed=7"])
     assert spec.train == TrainSpec(seed=7) and spec.smoothing == SmoothingSpec()
+
+
+def test_a_mapping_override_counts_as_the_fields_it_sets(tmp_path):
+    # It merges, so it sets only its own fields: not a swept one, and not the file's bad one.
+    sweep_spec = write(tmp_path, "sweep: {train.seed: [1, 2]}\n", "sweep.yaml")
+    assert load_spec(sweep_spec, ["train={epochs: 2}"]).train.epochs == 2
+    with pytest.raises(SpecError, match="train.seed is swept by this spec"):
+        load_spec(sweep_spec, ["train={seed: 3}"])
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, "train: {lr: -1}\n"), ["train={epochs: 3}", "data={train_size: 60000}"])
+    lines = str(err.value).splitlines()
+    assert "  train.lr: Input should be greater than 0 (got -1)" in lines
+    assert "  data.train_size: CIFAR-10 has only 50,000 images there (got 60000) (from --set)" in lines
+
+
+def test_a_compile_cache_folder_is_checked_as_a_path():
+    with pytest.raises(SpecError, match="runtime.compile_cache: ~nosuchuser names no home directory"):
+        load_spec(None, ["runtime.compile_cache=~nosuchuser/c"])
 
 
 def test_a_problem_set_by_an_override_says_so_and_one_in_the_file_does_not(tmp_path):
@@ -189,12 +209,15 @@ MALFORMED = {
     "zero train size": ("data: {train_size: 0}\n", "data.train_size"),
     "more images than CIFAR-10": (
         "data: {train_size: 60000}\n",
-        "data.train_size is 60,000 but CIFAR-10 has only 50,000",
+        "data.train_size: CIFAR-10 has only 50,000 images there (got 60000)",
     ),
-    "more test images than CIFAR-10": ("data: {test_size: 10001}\n", "data.test_size is 10,001 but CIFAR-10 has only"),
+    "more test images than CIFAR-10": (
+        "data: {test_size: 10001}\n",
+        "data.test_size: CIFAR-10 has only 10,000 images there (got 10001)",
+    ),
     "a synthetic set of gigabytes": (
         "data: {source: synthetic, train_size: 5000000}\n",
-        "the synthetic set is made in memory, 1,000,000 images at most",
+        "data.train_size: the synthetic set is made in memory, 1,000,000 images at most (got 5000000)",
     ),
     "section a number": ("smoothing: 0.1\n", "smoothing: is a section: give its fields as a mapping"),
     "octal-looking seed": ("train: {seed: 010}\n", "train.seed: Input should be a valid integer (got '010')"),
@@ -252,9 +275,9 @@ MALFORMED = {
         "and labels-f0.1-s42-momentum_0.9 (train.momentum=0.9)",
     ),
     "sweep values differing past 6 digits": (
-        "sweep: {data.cache_dir: [a, b], smoothing.factor: [0.1234561, 0.1234562]}\n",
-        "labels-f0.123456-s42-cache_dir_a (data.cache_dir=a, smoothing.factor=0.1234561) vs "
-        "labels-f0.123456-s42-cache_dir_a (data.cache_dir=a, smoothing.factor=0.1234562)",
+        "sweep: {data.path: [a, b], smoothing.factor: [0.1234561, 0.1234562]}\n",
+        "labels-f0.123456-s42-path_a (data.path=a, smoothing.factor=0.1234561) vs "
+        "labels-f0.123456-s42-path_a (data.path=a, smoothing.factor=0.1234562)",
     ),
     "sweep naming its run": ("output: {run: x}\nsweep: {train.seed: [1, 2]}\n", "output.run"),
     "sweep not a mapping": ("sweep: smoothing.factor\n", "sweep"),

@@ -73,6 +73,19 @@ def test_two_points_that_would_share_a_directory_are_refused(tmp_path):
         sweep.points(spec)
 
 
+@pytest.mark.parametrize(
+    "grids",
+    [
+        "[{train.lr: [0.005, 0.01]}, {train.momentum: [0.9, 0.95]}]",  # the baseline in both grids
+        "{train.eval_batch_size: [128, 256]}",  # a field that changes no result
+        "{train.lr_reference_batch: [64, 128]}",  # one the spec ignores (lr_scaling: none)
+    ],
+)
+def test_one_experiment_under_two_names_is_refused(tmp_path, grids):
+    with pytest.raises(SpecError, match=r"sweep points \d and \d are the same experiment under two names"):
+        sweep.points(load_spec(write(tmp_path, f"sweep: {grids}")))
+
+
 def test_growing_a_sweep_keeps_the_names_and_identity_of_its_finished_runs(tmp_path):
     small = sweep.points(load_spec(write(tmp_path, "sweep: {train.seed: [1, 2]}")))
     grown = sweep.points(load_spec(write(tmp_path, "sweep: {train.seed: [1, 2, 3]}")))
@@ -135,20 +148,20 @@ def test_a_long_list_of_bad_points_is_cut_short(tmp_path):
 
 def test_a_run_name_too_long_for_a_directory_is_refused(tmp_path):
     long = "x" * 130
-    expected = r"1 of 2 points invalid\n  output.run: .* 156 characters, more than 128; its longest part, "
-    expected += r"'cache_dir_x{50}'... \(140\), comes from a swept value: sweep shorter values"
+    expected = r"1 of 2 points invalid\n  output.run: .* 151 characters, more than 128; its longest part, "
+    expected += r"'path_x{55}'... \(135\), comes from a swept value: sweep shorter values"
     with pytest.raises(SpecError, match=expected):
-        sweep.points(load_spec(write(tmp_path, f"sweep: {{data.cache_dir: [short, {long}]}}")))
+        sweep.points(load_spec(write(tmp_path, f"sweep: {{data.path: [short, {long}]}}")))
 
 
 def test_swept_values_cannot_lead_outside_the_results_root(tmp_path):
-    text = f"output: {{root: {tmp_path}}}\nsweep: {{data.cache_dir: ['../../etc', /abs/path, '..', 'a/../../b']}}"
+    text = f"output: {{root: {tmp_path}}}\nsweep: {{data.path: ['../../etc', /abs/path, '..', 'a/../../b']}}"
     points = sweep.points(load_spec(write(tmp_path, text)))
     for p in points:
         assert p.spec.run_dir.parent == tmp_path and "/" not in p.run_name
         assert p.spec.run_dir.resolve().parent == tmp_path.resolve()
     assert [p.run_name.rsplit("-", 1)[1] for p in points] == [
-        "cache_dir_etc", "cache_dir_abs_path", "cache_dir__", "cache_dir_a_.._.._b",
+        "path_etc", "path_abs_path", "path__", "path_a_.._.._b",
     ]  # fmt: skip
 
 
