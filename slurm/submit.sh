@@ -39,22 +39,23 @@ if [[ -n ${LSJOB_VENV:-} ]]; then
   # shellcheck disable=SC1091  # the user's venv, not known here
   source "$LSJOB_VENV/bin/activate"
 fi
-# sweep.sbatch logs to logs/ under the submit directory (and so does an --output given here, in
-# its own folder); Slurm does not create them and a task whose log cannot be opened fails without a word.
-output='' named=''
+# sweep.sbatch logs to logs/ under the submit directory (and so do an --output or --error given
+# here, in their own folders); Slurm does not create them and a task whose log cannot be opened
+# fails without a word.
+logs=() named=''
 for ((i = 0; i < ${#sbatch_options[@]}; i++)); do
   case ${sbatch_options[i]} in
-    -o | --output) output=${sbatch_options[i + 1]:-} ;;
-    --output=*) output=${sbatch_options[i]#--output=} ;;
-    -o?*) output=${sbatch_options[i]#-o} ;;
+    -o | --output | -e | --error) logs+=("${sbatch_options[i + 1]:-}") ;;
+    --output=* | --error=*) logs+=("${sbatch_options[i]#*=}") ;;
+    -o?* | -e?*) logs+=("${sbatch_options[i]:2}") ;;
     -J | --job-name | --job-name=* | -J?*) named=1 ;;
   esac
 done
 mkdir -p logs
-if [[ -n $output ]]; then
-  folder=$(dirname -- "$output")
+for log in ${logs[@]+"${logs[@]}"}; do
+  folder=$(dirname -- "$log")
   [[ $folder == *%* ]] || mkdir -p -- "$folder" # a folder named by job id cannot be made before
-fi
+done
 rc=0
 count=$(lsjob sweep count "$spec" ${sets[@]+"${sets[@]}"}) || rc=$?
 if ((rc != 0)) || ! [[ $count =~ ^[1-9][0-9]*$ ]]; then
@@ -78,6 +79,6 @@ if ((rc != 0)); then
 fi
 job=${job%%;*}
 where="logs/lsjob-sweep_${job}_<index>.out"
-[[ -z $output && -z $named ]] || where="as your --output/--job-name say"
+[[ ${#logs[@]} -eq 0 && -z $named ]] || where="as your --output/--error/--job-name say"
 echo "submit.sh: array job $job, $count point(s) of $spec (the tasks read ${snapshot#"$PWD"/}); logs: $where" >&2
 echo "$job"

@@ -288,18 +288,19 @@ def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path
     _stub(bin_dir, "sbatch", f'printf "%s\\n" "$@" > {tmp_path}/sbatch.args\necho 78\n')
     (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2]\n")
     proc = subprocess.run(
-        [SLURM / "submit.sh", "s.yaml", "--partition=gpu", "--output=out/sweeps/%A_%a.log", "--", "--set",
-         "train.seed=7", "--set=train.epochs=3", "--force"],
+        [SLURM / "submit.sh", "s.yaml", "--partition=gpu", "--output=out/sweeps/%A_%a.log", "-e", "err/%A.err",
+         "--", "--set", "train.seed=7", "--set=train.epochs=3", "--force"],
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "78\n"
     args = (tmp_path / "sbatch.args").read_text().splitlines()
     assert args[:4] == ["--parsable", "--array=0-5", "--partition=gpu", "--output=out/sweeps/%A_%a.log"]
-    assert args[4:5] == [str(SLURM / "sweep.sbatch")] and args[5].startswith(f"{tmp_path}/logs/s.")
-    assert args[6:] == ["--set", "train.seed=7", "--set=train.epochs=3", "--force"]
+    assert args[4:7] == ["-e", "err/%A.err", str(SLURM / "sweep.sbatch")] and args[7].startswith(f"{tmp_path}/logs/s.")
+    assert args[8:] == ["--set", "train.seed=7", "--set=train.epochs=3", "--force"]
     # Slurm makes no folder for a log: a task that cannot open its log fails without a word.
-    assert (tmp_path / "out" / "sweeps").is_dir() and "logs: as your --output/--job-name say" in proc.stderr
+    assert (tmp_path / "out" / "sweeps").is_dir() and (tmp_path / "err").is_dir()
+    assert "logs: as your --output/--error/--job-name say" in proc.stderr
 
 
 def test_submit_refuses_when_the_count_fails(tmp_path, stubs):
