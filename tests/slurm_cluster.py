@@ -90,9 +90,22 @@ def _sbin(name: str) -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below the ephemeral range: one the kernel handed out could be handed out
+    again, to any process's outgoing connection, before the daemon binds it (seen in CI: slurmd,
+    "Address already in use")."""
+    try:
+        lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        lowest_ephemeral = 32768
+    for _ in range(100):
+        port = secrets.randbelow(lowest_ephemeral - 10_000) + 10_000
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise SlurmError("no free port below the ephemeral range")
 
 
 class SlurmError(RuntimeError):
@@ -249,10 +262,19 @@ def slurm_cluster(parent: str | None = None):
     """Start a private cluster in a fresh temporary directory; stop it and remove the directory after."""
     # Under the system temp dir, not pytest's: munged needs every parent directory searchable,
     # and unix socket paths must stay short.
-    root = Path(tempfile.mkdtemp(prefix="lsjob-slurm-", dir=parent))
-    cluster = SlurmCluster(root)
+    for attempt in range(3):
+        root = Path(tempfile.mkdtemp(prefix="lsjob-slurm-", dir=parent))
+        cluster = SlurmCluster(root)
+        try:
+            cluster.start()
+            break
+        except SlurmError as e:
+            cluster.stop()
+            shutil.rmtree(root, ignore_errors=True)
+            # Another process took a port between its pick and the bind: pick others.
+            if "Address already in use" not in str(e) or attempt == 2:
+                raise
     try:
-        cluster.start()
         yield cluster
     finally:
         cluster.stop()
