@@ -72,6 +72,8 @@ def _discarded_by_this_job(run_dir: RunDir) -> bool:
         attempts = (run_dir.read_manifest() or {}).get("attempts", []) if job else []
     except JobError:  # a damaged manifest: --force discards it
         return False
+    if not isinstance(attempts, list):  # a damaged manifest: --force discards it
+        return False
     if any(a.get("forced") and a.get("slurm_job") == job for a in attempts if isinstance(a, dict)):
         log.info("--force: slurm job %s discarded this run in an earlier attempt; this one resumes it", job)
         return True

@@ -175,6 +175,11 @@ def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_sp
     run_mod.execute(spec, force=True)
     (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
     assert attempt["forced"] is True and attempt["slurm_job"] == "78"
+    manifest = RunDir(spec.run_dir).read_manifest()
+    RunDir(spec.run_dir).write_manifest({**manifest, "attempts": 5})  # damaged: --force still discards it
+    run_mod.execute(spec, force=True)
+    (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
+    assert attempt["forced"] is True
 
 
 def test_a_completed_run_on_storage_now_read_only_is_still_a_no_op(completed, capsys, monkeypatch):
