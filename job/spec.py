@@ -500,24 +500,24 @@ for _tag, _regex, _first in _YAML12_RESOLVERS:
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> Spec:
     """Read, override and validate a spec; every problem is a SpecError naming the field."""
     doc = _read_yaml(Path(path)) if path is not None else {}
-    for item in overrides:
-        _apply_override(doc, item)
+    set_fields = {item: _apply_override(doc, item) for item in overrides}
     _check_nesting(doc, str(path) if path else "spec")
     try:
         spec = Spec.model_validate(doc)
     except ValidationError as e:
-        raise SpecError(describe_errors(e, source=str(path) if path else "spec", overrides=overrides)) from None
-    _check_overrides_against_sweep(spec, overrides)
+        source = str(path) if path else "spec"
+        raise SpecError(describe_errors(e, source, [f for fields in set_fields.values() for f in fields])) from None
+    _check_overrides_against_sweep(spec, set_fields)
     return spec
 
 
-def _check_overrides_against_sweep(spec: Spec, overrides: list[str]) -> None:
+def _check_overrides_against_sweep(spec: Spec, set_fields: dict[str, list[str]]) -> None:
     # The sweep would silently win over such an override; say so instead.
     swept = {key for grid in spec.grids for key in grid}
-    for item in overrides:
+    for item, fields in set_fields.items():
         # A mapping too: --set 'smoothing={factor: 0.5}' where smoothing.factor is swept (but not
         # --set 'train={epochs: 2}' where train.seed is: the mapping merges, and leaves the seed be).
-        covered = sorted(k for k in swept if any(k == p or k.startswith(p + ".") for p in set_paths(item)))
+        covered = sorted(k for k in swept if any(k == f or k.startswith(f + ".") for f in fields))
         if covered:
             swept_here = f"{covered[0]} is" if len(covered) == 1 else f"{', '.join(covered)} are"
             raise SpecError(f"--set {item!r}: {swept_here} swept by this spec, so --set cannot fix it")
@@ -582,8 +582,9 @@ def _check_nesting(doc: Any, source: str) -> None:
     height(doc, 0)
 
 
-def _apply_override(doc: dict, item: str) -> None:
-    """Apply `a.b.c=value`; the value is a YAML scalar, so 2 is an int and true a bool."""
+def _apply_override(doc: dict, item: str) -> list[str]:
+    """Apply `a.b.c=value`; the value is a YAML scalar, so 2 is an int and true a bool. Returns the
+    dotted fields it set: its key, or for a mapping (which merges) each field in it."""
     key, sep, raw = item.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
@@ -606,17 +607,8 @@ def _apply_override(doc: dict, item: str) -> None:
     # A mapping merges into the section it names, as dotted keys would: `train={epochs: 3}` keeps
     # the file's other train fields rather than quietly resetting them to the defaults.
     node[parts[-1]] = _merged(node.get(parts[-1]), value)
-
-
-def set_paths(item: str) -> list[str]:
-    """The dotted fields a --set changes: its key, or for a mapping (which merges) each field in it."""
-    key, _, raw = item.partition("=")
-    key = key.strip()
-    try:
-        value = yaml.load(raw, Loader=_UniqueKeyLoader)
-    except (yaml.YAMLError, RecursionError):
-        return [key]
-    return [f"{key}.{path}" for path in flatten(value)] if isinstance(value, dict) and value else [key]
+    key = ".".join(parts)
+    return [f"{key}.{field}" for field in flatten(value)] if isinstance(value, dict) and value else [key]
 
 
 def _merged(old: Any, new: Any) -> Any:
@@ -647,8 +639,8 @@ def _refuse_comment(item: str, raw: str) -> None:
         )
 
 
-def describe_errors(error: ValidationError, source: str, overrides: list[str] = ()) -> str:
-    problems = problem_lines(error, overrides)
+def describe_errors(error: ValidationError, source: str, set_fields: list[str] = ()) -> str:
+    problems = problem_lines(error, set_fields)
     return "\n".join([f"{source}: {len(problems)} problem(s)", *(f"  {line}" for line in problems)])
 
 
@@ -661,10 +653,9 @@ _PLAIN_MESSAGES = {
 }
 
 
-def problem_lines(error: ValidationError, overrides: list[str] = ()) -> list[str]:
+def problem_lines(error: ValidationError, set_fields: list[str] = ()) -> list[str]:
     """One line per problem, `field.path: message (got value)`, saying `from --set` where an
     override set the field, so no one looks for it in the spec file."""
-    set_keys = [path for item in overrides for path in set_paths(item)]
     lines = []
     for e in error.errors(include_url=False):
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -674,7 +665,7 @@ def problem_lines(error: ValidationError, overrides: list[str] = ()) -> list[str
         # A whole section as "input" says nothing useful; a scalar does; a message with its own (got ...) has it.
         quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict) or "(got " in message
         got = "" if quiet else f" (got {_short(e.get('input'))})"
-        origin = " (from --set)" if any(where == k or where.startswith(k + ".") for k in set_keys) else ""
+        origin = " (from --set)" if any(where == k or where.startswith(k + ".") for k in set_fields) else ""
         lines.append(f"{where}: {message}{got}{origin}")
     return lines
 
