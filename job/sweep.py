@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -203,13 +202,13 @@ def _refuse_shared_directories(all_points: list[Point]) -> None:
             f"sweep points {first.index} and {point.index} would both write run {point.run_name!r}: "
             f"{first.describe()} vs {point.describe()}{hint}"
         )
-    # The same experiment under two names (Spec.identity: the settings that can change results): a
+    # The same experiment under two names (the same content_hash: the settings that can change results): a
     # grid repeating another's value (the baseline lr in an lr grid and again in a momentum grid),
     # or a swept field that changes nothing (eval_batch_size) would train it twice, and aggregate
     # would count it as two samples.
     experiments: dict[str, Point] = {}
     for point in all_points:
-        same = experiments.setdefault(json.dumps(point.spec.identity(), sort_keys=True), point)
+        same = experiments.setdefault(point.spec.content_hash(), point)
         if same is not point:
             raise SpecError(
                 f"sweep points {same.index} and {point.index} are the same experiment under two names, "
