@@ -68,7 +68,10 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     root = Path(root)
     runs, warnings = collect(root)
     if not runs:
-        raise NoRunsError(f"no lsjob runs under {root}: no directory there holds a {MANIFEST}, {SPEC_FILE} or {LOCK}")
+        raise NoRunsError(
+            f"no lsjob runs under {root}: no directory there holds a {MANIFEST}, a {SPEC_FILE} or a {LOCK} "
+            "written by lsjob; give the results root that holds the run directories"
+        )
     out = root if out is None else Path(out)
     _refuse_run_directory(out, runs)
     groups = summarize(runs)
