@@ -454,24 +454,48 @@ def test_real_download_failure_under_keras_home(monkeypatch, tmp_path):
 
 @pytest.fixture
 def server():
-    """A local HTTP server for the real fetch: serve(body, declared=None, stall=False) -> its URL.
+    """A local HTTP server for the real fetch: serve(body, ...) -> its URL.
     `declared`: the Content-Length sent (a connection cut short sends more than it gives);
-    `stall`: after the body, send nothing more and keep the connection, as a server that stops answering."""
+    `stall`: after the body, send nothing more and keep the connection, as a server that stops answering;
+    `cuts`: how many bytes each response gives before the connection drops, one entry per request
+    (then whole); `ranges`: answer Range requests (206) as a static file server does, else send
+    it whole (200), `skew` bytes before where it was asked (a broken server); `etags`: the ETag of each
+    response, to see If-Range at work.
+    serve.requests: the Range and If-Range headers of every request."""
     import http.server
 
     release = threading.Event()
     handlers = []
+    requests = []
 
-    def serve(body: bytes, declared: int | None = None, stall: bool = False) -> str:
+    def serve(body: bytes, declared=None, stall=False, cuts=(), ranges=False, skew=0, etags=()) -> str:
+        cuts, etags = list(cuts), list(etags)
+
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body) if declared is None else declared))
+                asked, if_range = self.headers.get("Range"), self.headers.get("If-Range")
+                requests.append((asked, if_range))
+                etag = etags.pop(0) if etags else None
+                start = 0
+                if ranges and asked and (if_range is None or if_range == etag):
+                    start = int(asked.removeprefix("bytes=").removesuffix("-")) - skew
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                if etag:
+                    self.send_header("ETag", etag)
+                self.send_header("Content-Length", str((len(body) if declared is None else declared) - start))
+                self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(body)
+                part = body[start:]
+                self.wfile.write(part[: cuts.pop(0)] if cuts else part)
                 if stall:
                     self.wfile.flush()
                     release.wait(30)
+                self.close_connection = True
 
             def log_message(self, *args):
                 pass
@@ -481,6 +505,7 @@ def server():
         handlers.append(httpd)
         return f"http://127.0.0.1:{httpd.server_address[1]}/{cifar10.ARCHIVE_NAME}"
 
+    serve.requests = requests
     yield serve
     release.set()
     for httpd in handlers:
@@ -513,6 +538,47 @@ def test_a_server_that_stalls_or_cuts_the_download_short_fails_it_in_time(
         cifar10.load_cifar10(None, tmp_path / "cache")
     assert time.monotonic() - started < 20
     assert ("timed out" if failure == "stall" else f"after 1000 of {len(data)} bytes") in str(err.value)
+    assert files_under(tmp_path / "cache") == ["datasets"]
+    # Sending nothing fails at once; bytes that keep breaking off are resumed a bounded number of times.
+    assert len(server.requests) == (1 if failure == "stall" else 1 + cifar10.DOWNLOAD_RESUMES)
+
+
+def test_a_download_that_breaks_off_resumes_where_it_stopped(small, cifar_sample, small_tar, trusted, server,
+                                                             monkeypatch, caplog, tmp_path):  # fmt: skip
+    trusted(small_tar)
+    data = small_tar.read_bytes()
+    third = len(data) // 3
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", server(data, cuts=[third, third], ranges=True, etags=['"v1"'] * 3))
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.WARNING, logger="lsjob"):
+        assert_loaded(cifar10.load_cifar10(None, cache), expected_arrays(cifar_sample, SMALL))
+    assert server.requests == [(None, None), (f"bytes={third}-", '"v1"'), (f"bytes={2 * third}-", '"v1"')]
+    assert sum("broke off" in r.getMessage() for r in caplog.records) == 2
+    assert (cache / "datasets" / cifar10.ARCHIVE_NAME).read_bytes() == data
+
+
+@pytest.mark.parametrize("why", ["no ranges", "file changed"])
+def test_a_resume_the_server_answers_whole_starts_the_file_over(why, small, cifar_sample, small_tar, trusted, server,
+                                                                monkeypatch, tmp_path):  # fmt: skip
+    # A server without Range support, or a file replaced meanwhile (If-Range fails), sends all of it:
+    # appended, it would make an archive of two halves.
+    trusted(small_tar)
+    data = small_tar.read_bytes()
+    changed = why == "file changed"
+    url = server(data, cuts=[1000], ranges=changed, etags=['"v1"', '"v2"'] if changed else ())
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", url)
+    cache = tmp_path / "cache"
+    assert_loaded(cifar10.load_cifar10(None, cache), expected_arrays(cifar_sample, SMALL))
+    assert server.requests == [(None, None), ("bytes=1000-", '"v1"' if changed else None)]
+    assert (cache / "datasets" / cifar10.ARCHIVE_NAME).read_bytes() == data
+
+
+def test_a_resume_from_the_wrong_byte_is_refused(small, small_tar, trusted, server, monkeypatch, tmp_path):
+    trusted(small_tar)
+    data = small_tar.read_bytes()
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", server(data, cuts=[1000], ranges=True, skew=1))
+    with pytest.raises(DataError, match="resumed at 'bytes 999-.*not at byte 1000"):
+        cifar10.load_cifar10(None, tmp_path / "cache")
     assert files_under(tmp_path / "cache") == ["datasets"]
 
 

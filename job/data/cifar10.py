@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import gzip
+import http.client
 import logging
 import os
 import pickle
@@ -73,6 +74,7 @@ LOCK_POLL_S = 1.0
 # would otherwise hold every task of a sweep, waiting on the cache lock, until its time limit.
 DOWNLOAD_STALL_S = 60.0
 DOWNLOAD_LOG_S = 30.0
+DOWNLOAD_RESUMES = 5
 # What a fill of the cache needs there: the archive and its extraction.
 CACHE_NEEDS = "about 350 MB (the 170 MB archive and its 180 MB extraction)"
 # A download or extraction folder in which nothing changed for this long was left by a
@@ -324,21 +326,77 @@ def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
 def fetch(url: str, dest: Path) -> None:
     """Stream `url` into the new file `dest`, checking for a stop request (SIGTERM) between
     chunks. Ours, not Keras's get_file: that has no timeout (a stalled server hangs every task
-    waiting on the cache lock), cannot be stopped before it ends, and draws a progress bar
-    into batch logs."""
-    with urllib.request.urlopen(url, timeout=DOWNLOAD_STALL_S) as response, open(dest, "xb") as out:
-        size = int(response.headers.get("Content-Length") or 0)
-        done, reported = 0, time.monotonic()
-        # read1: what has arrived, up to 64 KB; read() would wait for all 64 KB on a slow link.
-        while chunk := response.read1(1 << 16):
+    waiting on the cache lock), cannot be stopped before it ends, resumes nothing, and draws a
+    progress bar into batch logs.
+
+    A connection that breaks off or stalls after bytes arrived is resumed where it stopped (an
+    HTTP Range request), up to DOWNLOAD_RESUMES times: 170 MB over a long path often loses one.
+    A server that sends nothing fails the download at once, so waiting tasks are not held.
+    """
+    with open(dest, "xb") as out:
+        validator = None
+        for resume in range(DOWNLOAD_RESUMES + 1):
+            try:
+                _receive(url, out, validator)
+                return
+            except _Dropped as dropped:
+                if not dropped.received or resume == DOWNLOAD_RESUMES:
+                    raise dropped.error from None
+                validator = dropped.validator
+                log.warning("the download broke off at %.0f MB (%s); resuming it there", out.tell() / 1e6,
+                            dropped.error)  # fmt: skip
+
+
+class _Dropped(Exception):
+    """The connection failed, after `received` bytes of this request (written: they stand)."""
+
+    def __init__(self, error: Exception, received: int, validator: str | None):
+        super().__init__(str(error))
+        self.error, self.received, self.validator = error, received, validator
+
+
+def _receive(url: str, out, validator: str | None) -> None:
+    """One request, appended to `out` from where it ends. Only the network's failures become
+    _Dropped; the file's own (a full disk) end the download as they are."""
+    offset = out.tell()
+    headers = {}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if validator:  # the same file, or the server sends it whole (200) rather than splice two versions
+            headers["If-Range"] = validator
+    received = 0
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=DOWNLOAD_STALL_S)
+    except (OSError, http.client.HTTPException) as e:
+        raise _Dropped(e, 0, validator) from e
+    with response:
+        if offset and response.status != 206:  # Range ignored, or the file changed: it comes whole
+            out.seek(0)
+            out.truncate()
+            offset = 0
+        elif offset and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            error = OSError(f"the server resumed at {response.headers.get('Content-Range')!r}, not at byte {offset}")
+            raise _Dropped(error, 0, validator)
+        validator = validator or response.headers.get("ETag") or response.headers.get("Last-Modified")
+        length = int(response.headers.get("Content-Length") or 0)
+        size = offset + length if length else 0
+        reported = time.monotonic()
+        while True:
+            try:
+                # read1: what has arrived, up to 64 KB; read() would wait for all 64 KB on a slow link.
+                chunk = response.read1(1 << 16)
+            except (OSError, http.client.HTTPException) as e:
+                raise _Dropped(e, received, validator) from e
+            if not chunk:
+                break
             out.write(chunk)
-            done += len(chunk)
+            received += len(chunk)
             preemption.check()
             if time.monotonic() - reported >= DOWNLOAD_LOG_S:
                 reported = time.monotonic()
-                log.info("downloaded %.0f of %s MB", done / 1e6, f"{size / 1e6:.0f}" if size else "?")
-    if size and done != size:
-        raise OSError(f"the connection closed after {done} of {size} bytes")
+                log.info("downloaded %.0f of %s MB", out.tell() / 1e6, f"{size / 1e6:.0f}" if size else "?")
+    if size and out.tell() != size:
+        raise _Dropped(OSError(f"the connection closed after {out.tell()} of {size} bytes"), received, validator)
 
 
 def _no_space(datasets: Path, error: OSError) -> NoSpaceError:
