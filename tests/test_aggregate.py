@@ -23,6 +23,7 @@ from urllib.parse import unquote
 import matplotlib.image
 import numpy as np
 import pytest
+import scipy.stats
 import yaml
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
@@ -462,6 +463,8 @@ def test_labels_vs_loss_differences_beside_the_seed_spread(aggregated):
     assert (acc.labels.std, acc.loss.std) == pytest.approx((math.sqrt(13) / 100, 0.02))
     assert acc.se == pytest.approx(math.sqrt(13 / 3 + 4 / 3) / 100)
     assert acc.ratio == pytest.approx(3 / math.sqrt(17 / 3))  # 1.26: within seed noise
+    # Welch's t-test, as scipy computes it from the runs themselves.
+    assert acc.p_value == pytest.approx(scipy.stats.ttest_ind([80, 82, 87], [78, 80, 82], equal_var=False).pvalue)
     # ECE is 0.9 - accuracy here: labels 0.07, loss 0.10.
     ece = found[(0.1, "test_ece")]
     assert (ece.labels.mean, ece.loss.mean, ece.value) == pytest.approx((0.07, 0.10, -0.03))
@@ -471,16 +474,17 @@ def test_labels_vs_loss_differences_beside_the_seed_spread(aggregated):
     assert (acc2.value, acc2.labels.std, acc2.loss.std) == pytest.approx((0.03, 0.01, math.sqrt(3) / 100))
     assert acc2.se == pytest.approx(math.sqrt(1 / 3 + 3 / 3) / 100)
     assert acc2.ratio == pytest.approx(3 / math.sqrt(4 / 3))  # 2.6
+    assert acc2.p_value == pytest.approx(scipy.stats.ttest_ind([84, 85, 86], [81, 81, 84], equal_var=False).pvalue)
 
     lines = summary.markdown.splitlines()
     section = lines.index("## labels vs loss at the same factor")
     assert "same objective" in lines[section + 2]
     table = [line for line in lines[section:] if line.startswith("| 0.")][:4]
     assert table == [
-        "| 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 80.00 ± 2.00 (3) | +3.00 | 2.38 | +1.3 |",
-        "| 0.1 | ECE | 0.0700 ± 0.0361 (3) | 0.1000 ± 0.0200 (3) | -0.0300 | 0.0238 | -1.3 |",
-        "| 0.2 | test acc (%) | 85.00 ± 1.00 (3) | 82.00 ± 1.73 (3) | +3.00 | 1.15 | +2.6 |",
-        "| 0.2 | ECE | 0.0500 ± 0.0100 (3) | 0.0800 ± 0.0173 (3) | -0.0300 | 0.0115 | -2.6 |",
+        "| 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 80.00 ± 2.00 (3) | +3.00 | 2.38 | +1.3 | 0.29 |",
+        "| 0.1 | ECE | 0.0700 ± 0.0361 (3) | 0.1000 ± 0.0200 (3) | -0.0300 | 0.0238 | -1.3 | 0.29 |",
+        "| 0.2 | test acc (%) | 85.00 ± 1.00 (3) | 82.00 ± 1.73 (3) | +3.00 | 1.15 | +2.6 | 0.075 |",
+        "| 0.2 | ECE | 0.0500 ± 0.0100 (3) | 0.0800 ± 0.0173 (3) | -0.0300 | 0.0115 | -2.6 | 0.075 |",
     ]
 
 
@@ -491,7 +495,24 @@ def test_a_single_seed_has_no_spread_to_compare_with(tmp_path):
     summary = aggregate(tmp_path)
     acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
     assert acc.value == pytest.approx(0.04) and acc.labels.std is None and acc.se is None and acc.ratio is None
-    assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 81.00 ± 1.41 (2) | +4.00 | – | – |" in summary.markdown
+    assert acc.p_value is None
+    assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 81.00 ± 1.41 (2) | +4.00 | – | – | – |" in summary.markdown
+
+
+def test_seeds_that_agree_exactly_have_no_spread_and_still_plot(tmp_path):
+    # Three equal values: their float mean was a rounding step off them (mean([0.05] * 3) > 0.05), which
+    # made a negative error bar (matplotlib refused it: aggregate failed) and a std of 1e-17.
+    for seed in range(3):
+        run = write_run(tmp_path, f"labels-f0.1-s{seed}", "labels", 0.1, seed, correct=80)
+        metrics = json.loads((run / "metrics.json").read_text())
+        write_json(run / "metrics.json", {**metrics, "test_ece": 0.05})
+        write_run(tmp_path, f"loss-f0.1-s{seed}", "loss", 0.1, seed, correct=78)
+    summary = aggregate(tmp_path)
+    ece = next(d for d in summary.comparisons if d.metric == "test_ece")
+    assert (ece.labels.mean, ece.labels.std, ece.labels.min, ece.labels.max) == (0.05, 0.0, 0.05, 0.05)
+    assert ece.se == 0.0 and ece.ratio is None and ece.p_value is None
+    assert "| 0.0500 ± 0.0000 (3) | 0.1200 ± 0.0000 (3) | -0.0700 | 0.0000 | no spread | – |" in summary.markdown
+    assert all(path.stat().st_size for path in summary.files)
 
 
 def test_optional_columns_appear_once_some_run_has_them(tmp_path):

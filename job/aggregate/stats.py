@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 from job.aggregate.display import _show_factor, _show_varied
 from job.aggregate.runs import ABSENT, METRICS, SPEC_FILE, STATUSES, Run, _group_key
@@ -24,7 +25,7 @@ COMPARED_METRICS = ("test_accuracy", "test_ece")  # labels vs loss
 @dataclass(frozen=True)
 class Stats:
     mean: float
-    std: float | None  # sample standard deviation (ddof=1); None for a single run
+    std: float | None  # sample standard deviation (ddof=1), exactly 0 where all are equal; None for a single run
     min: float
     max: float
     n: int  # runs it is over: fewer than a group's completed runs when some of them lack the metric
@@ -65,9 +66,20 @@ class Difference:
 
     @property
     def ratio(self) -> float | None:
-        """difference / SE: how many standard errors of seed noise the difference is."""
+        """difference / SE: how many standard errors of seed noise the difference is; None where
+        the SE is unknown (one seed) or 0 (every seed of both gave the same value)."""
         se = self.se
         return self.value / se if se else None
+
+    @property
+    def p_value(self) -> float | None:
+        """Welch's t-test: the chance that seed noise alone gives a difference of means at least
+        this large. Read against the t distribution, not the normal: with 2 seeds a side a
+        difference of 3 SE happens by chance about one time in ten. None where `ratio` is."""
+        if not self.se:
+            return None
+        a, b = self.labels, self.loss
+        return float(scipy.stats.ttest_ind_from_stats(a.mean, a.std, a.n, b.mean, b.std, b.n, equal_var=False).pvalue)
 
 
 @dataclass
@@ -103,15 +115,20 @@ def summarize(runs: list[Run]) -> list[Group]:
         for metric in METRICS:
             values = [r.metrics[metric.name] for r in done if metric.name in r.metrics]
             if values:
-                stats[metric.name] = _stats(values)
+                stats[metric.name] = describe(values)
         groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats))
     return groups
 
 
-def _stats(values: list[float]) -> Stats:
+def describe(values: list[float]) -> Stats:
     array = np.asarray(values, dtype=np.float64)
-    std = float(array.std(ddof=1)) if len(array) > 1 else None
-    return Stats(float(array.mean()), std, float(array.min()), float(array.max()), len(array))
+    low, high = float(array.min()), float(array.max())
+    # The float mean of equal values can land a rounding step outside them (mean([0.05] * 3) is
+    # 0.05000000000000001): a negative error bar, which matplotlib refuses, and a std of 1e-17
+    # that made difference / SE read 1e14.
+    mean = min(max(float(array.mean()), low), high)
+    std = None if len(array) < 2 else 0.0 if low == high else float(array.std(ddof=1))
+    return Stats(mean, std, low, high, len(array))
 
 
 def compare(groups: list[Group]) -> list[Difference]:
