@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from job.aggregate.display import _show_varied
 from job.aggregate.runs import METRIC, NO_FACTOR, Metric, Run, _group_key
-from job.aggregate.stats import COMPARED_METRICS, SAME_OBJECTIVE, Difference
+from job.aggregate.stats import COMPARED_METRICS, SAME_OBJECTIVE, Difference, describe
 from job.atomic import save_png
 
 PLOT_NAME = "accuracy_vs_factor.png"
@@ -50,9 +50,9 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         for (method, varied), offset in zip(curves, offsets):
             points = sorted(values[(method, varied)].items())
             x = np.array([f for f, _ in points]) + offset
-            means = np.array([np.mean(v) for _, v in points])
-            low = means - np.array([min(v) for _, v in points])
-            high = np.array([max(v) for _, v in points]) - means
+            stats = [describe(v) for _, v in points]  # the tables' numbers
+            means = np.array([s.mean for s in stats])
+            low, high = means - [s.min for s in stats], [s.max for s in stats] - means
             n = sum(len(v) for _, v in points)
             label = f"{method}{_show_varied(varied, ', ')} ({n} runs)"
             (line,) = ax.plot(x, means, marker="o", label=label, zorder=3)
@@ -66,7 +66,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             # Grey when it is the only one; otherwise each in a colour of its own.
             color = "0.35" if len(references) == 1 else f"C{(len(curves) + i) % 10}"
             label = f"{NO_FACTOR}{_show_varied(varied, ', ')} ({len(reference)} runs, no smoothing)"
-            ax.axhline(float(np.mean(reference)), color=color, linestyle="--", label=label)
+            ax.axhline(describe(reference).mean, color=color, linestyle="--", label=label)
             ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
         if factors:
             ax.set_xticks(factors, [f"{f:g}" for f in factors])
@@ -80,11 +80,11 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         subtitle = f"{len(done)} completed run(s) plotted; {len(runs) - len(completed)} left out as not completed"
         legend = ["lines: means, bars: min–max, dots: single runs"] if curves else []
         legend += ["dashed: mean without smoothing, band: min–max"] if references else []
-        if legend:
-            subtitle += "\n" + "; ".join(legend)
+        if legend:  # one line each: side by side they outgrew the figure's width
+            subtitle += "\n" + "\n".join(legend)
         if len(completed) > len(done):
             subtitle += f"\n{len(completed) - len(done)} completed run(s) without {metric.label} left out (older runs)"
-        ax.set_title(f"{title} vs label-smoothing factor\n{subtitle}")
+        ax.set_title(f"{title} vs label-smoothing factor\n{subtitle}", fontsize="medium")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize="small")
         save_png(fig, path)
