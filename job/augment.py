@@ -11,14 +11,18 @@ beyond the edge). A flip is Wx's rows reversed. With the tutorial's fill_mode
 "nearest" (and with "reflect"), the same distribution of outputs as its
 ImageDataGenerator(width_shift_range, height_shift_range, horizontal_flip, fill_mode),
 checked against scipy.ndimage.affine_transform(order=1). "constant" and "wrap" follow
-scipy's grid-constant and grid-wrap, where ImageDataGenerator's scipy modes differ in
-a one-pixel border. keras.ops only, so every backend runs it.
+scipy's grid-constant and grid-wrap, where ImageDataGenerator's scipy modes differ:
+"constant" in a one-pixel border at fractional shifts, "wrap" in the whole strip wrapped
+in (scipy's "wrap" repeats the image with a period of n - 1 pixels, one short of the
+image). keras.ops only, so every backend runs it.
 """
 
 from __future__ import annotations
 
 import keras
 from keras import ops
+
+from job import runtime
 
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 
@@ -71,7 +75,7 @@ class RandomShiftFlip(keras.layers.Layer):
         height, width = images.shape[1], images.shape[2]
         # One draw for the three: on PyTorch each draw reads its seed back from the GPU, a sync
         # that stops eager steps from queueing ahead.
-        u = keras.random.uniform((3, batch), seed=self.seed_generator)
+        u = runtime.uniform_per_replica((3, batch), self.seed_generator)
         dy = (2.0 * u[0] - 1.0) * self.shift * height
         dx = (2.0 * u[1] - 1.0) * self.shift * width
         rows = interpolation_matrices(dy, height, self.fill_mode)

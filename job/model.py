@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from keras import layers
+from keras import layers, ops
 
+from job import runtime
 from job.augment import RandomShiftFlip
 from job.calibration import PROB_EPSILON
 from job.spec import AugmentSpec
@@ -59,12 +60,24 @@ def build_model(mean_image: np.ndarray, augment: AugmentSpec, seed: int, num_cla
     x = inception_module(x, 176, 160)
     x = inception_module(x, 176, 160)
     x = layers.AveragePooling2D(7)(x)
-    x = layers.Dropout(0.5, seed=seed + 2)(x)
+    x = ReplicaDropout(0.5, seed=seed + 2, name="dropout")(x)
     x = layers.Flatten()(x)
     x = layers.Dense(num_classes)(x)
     # Softmax in float32 under mixed precision, so probabilities and the loss keep their range.
     outputs = layers.Activation("softmax", dtype="float32", name="softmax")(x)
     return keras.Model(inputs, outputs, name="minigooglenet")
+
+
+@keras.saving.register_keras_serializable(package="lsjob")
+class ReplicaDropout(layers.Dropout):
+    """keras.layers.Dropout whose masks differ from replica to replica under TensorFlow's
+    MirroredStrategy (see runtime.uniform_per_replica); elsewhere it is Keras's own."""
+
+    def call(self, inputs, training=False):
+        if not training or not self.rate or not runtime.mirrored():
+            return super().call(inputs, training=training)
+        keep = runtime.uniform_per_replica(ops.shape(inputs), self.seed_generator) >= self.rate
+        return ops.where(keep, inputs / (1.0 - self.rate), ops.zeros_like(inputs))
 
 
 def synchronize_batch_norm(model: keras.Model, synchronized: bool) -> None:

@@ -76,7 +76,28 @@ def sync_batch_norm() -> bool:
     one that predicted, and a resume starts every replica from replica 0's. Synchronised,
     every replica normalises with the global batch's statistics, as one GPU would. JAX's
     DataParallel computes them over the global batch already."""
+    return mirrored()
+
+
+def mirrored() -> bool:
+    """Whether TensorFlow's MirroredStrategy runs more than one replica, each the model on its
+    own slice of the batch."""
     return _strategy is not None and _strategy.num_replicas_in_sync > 1
+
+
+def uniform_per_replica(shape, seed_generator):
+    """keras.random.uniform(shape), drawn afresh on every replica. Under TensorFlow's
+    MirroredStrategy each replica runs the model on its own slice of the batch, and every
+    replica's copy of a seed generator holds the same state: drawn as usual, image j of each
+    replica got the same shift, flip and dropout mask. So each takes its own row of one draw
+    for all. JAX's DataParallel runs the model on the global batch, one draw for all already."""
+    if not mirrored():  # as Keras draws
+        return keras.random.uniform(shape, seed=seed_generator)
+    import tensorflow as tf
+
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    draws = keras.random.uniform((_strategy.num_replicas_in_sync, *shape), seed=seed_generator)
+    return keras.ops.take(draws, replica, axis=0)
 
 
 def replica_scope():

@@ -6,7 +6,8 @@ taken per replica, would not). Run as a script on a CPU split in two, on any bac
     XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax python tests/replica_step.py
 
 tests/test_runtime.py runs it on TensorFlow, tools/check_without_tensorflow.sh on JAX.
-Exit status 0 when every smoothing method's updates agree, 1 (with the figures) when not.
+Exit status 0 when every smoothing method's updates agree (and, on TensorFlow, each replica
+draws its own augmentation and dropout), 1 (with the figures) when not.
 """
 
 from __future__ import annotations
@@ -68,6 +69,35 @@ def one_step(method: str, replicas: int, x: np.ndarray, labels: np.ndarray) -> d
     return {name: (before[name], [keras.ops.convert_to_numpy(v) for v in group]) for name, group in groups.items()}
 
 
+def replicas_draw_their_own() -> bool:
+    """TensorFlow: whether the augmentation and dropout of 2 replicas, each given the same
+    images, draw their own shifts, flips and masks. Every replica holds the same seed state, so
+    drawn as one device draws, image j of each replica got the same ones. (JAX's DataParallel
+    runs the layers on the global batch: there is nothing to compare.)"""
+    import tensorflow as tf
+
+    from job.augment import RandomShiftFlip
+    from job.model import ReplicaDropout
+
+    spec = load_spec(None, ["runtime.replicas=2"])
+    runtime.configure(spec.runtime, spec.train.seed)
+    with runtime.replica_scope():
+        strategy = tf.distribute.get_strategy()
+        augment, dropout = RandomShiftFlip(0.1, True, seed=1), ReplicaDropout(0.5, seed=2)
+    # A ramp across the columns: any two shifts or flips tell apart.
+    ramp = np.broadcast_to(np.arange(32, dtype="float32")[None, None, :, None], (4, 32, 32, 3))
+
+    @tf.function
+    def draw():
+        return strategy.run(lambda: (augment(ramp, training=True), dropout(tf.ones((4, 64)), training=True)))
+
+    shifted, masked = (strategy.experimental_local_results(out) for out in draw())
+    own = [not np.array_equal(*(keras.ops.convert_to_numpy(a) for a in pair)) for pair in (shifted, masked)]
+    print(f"replica_step: tensorflow, the shifts and flips of 2 replicas: {'their own' if own[0] else 'THE SAME'}; "
+          f"their dropout masks: {'their own' if own[1] else 'THE SAME'}")  # fmt: skip
+    return all(own)
+
+
 def main() -> int:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (BATCH, 32, 32, 3), dtype=np.uint8)
@@ -89,6 +119,8 @@ def main() -> int:
             print(f"replica_step: {keras.backend.backend()}, smoothing.method {method}, the step of the {group}: "
                   f"2 replicas vs 1 differ by {gap:.2e} (relative): {verdict}")  # fmt: skip
             failed |= not same
+    if keras.backend.backend() == "tensorflow":
+        failed |= not replicas_draw_their_own()
     return 1 if failed else 0
 
 
