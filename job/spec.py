@@ -138,7 +138,11 @@ class TrainSpec(Section):
 
 class AugmentSpec(Section):
     shift: float = Field(
-        0.1, ge=0.0, le=1.0, description="Random shift, at most this fraction of width and height (bilinear)."
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Random shift, at most this fraction of width and height (bilinear). Below 1, as "
+        "ImageDataGenerator's width_shift_range, which reads 1 or more as pixels.",
     )
     horizontal_flip: bool = Field(True, description="Random horizontal flips, each image with probability 1/2.")
     fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = Field(

@@ -198,6 +198,8 @@ MALFORMED = {
     "run with slash": ("output: {run: a/b}\n", "output.run"),
     "bool as string": ("augment: {horizontal_flip: 'yes'}\n", "augment.horizontal_flip"),
     "unknown fill": ("augment: {fill_mode: mirror}\n", "augment.fill_mode"),
+    # ImageDataGenerator reads a shift range of 1 or more as pixels, not a fraction: not the recipe's meaning.
+    "whole-image shift": ("augment: {shift: 1.0}\n", "augment.shift"),
     "unknown precision": ("runtime: {mixed_precision: fp8}\n", "runtime.mixed_precision"),
     "section is a list": ("train: [1, 2]\n", "train"),
     "top level list": ("- train\n", "mapping"),
