@@ -32,7 +32,7 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
     """Run `spec`; returns the exit code. `dataset` replaces the spec's data (tests, notebooks);
     `sweep_point` (index and values) is recorded in the manifest of a sweep's run."""
     run_dir = RunDir(spec.run_dir)
-    force = force and not _discarded_by_this_job(run_dir)
+    force = force and not _discarded_by_this_job(run_dir, spec)
     # A peek without the lock: only a run with work left needs its devices and data. Both are
     # set up before the run directory exists, so runtime settings this machine cannot honour
     # and bad or hostile data leave nothing behind (nor a failed run that would refuse the
@@ -62,22 +62,37 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         run_dir.release()
 
 
-def _discarded_by_this_job(run_dir: RunDir) -> bool:
-    """Whether this Slurm job's --force already discarded the run: an attempt that Slurm requeued
-    (after a preemption or a time limit, with the same options and SLURM_JOB_ID, which an array
-    task keeps too) then resumes what the job trained since instead of discarding it again. An
-    attempt stopped before it discarded anything (while the data loaded) leaves none on record."""
+def _discarded_by_this_job(run_dir: RunDir, spec: Spec) -> bool:
+    """Whether an earlier attempt of this Slurm job, before Slurm requeued it, already discarded
+    the run with --force: the requeued attempt (the same options, SLURM_JOB_ID, which an array
+    task keeps too, and a higher SLURM_RESTART_COUNT) then resumes what the job trained since
+    instead of discarding it again. Commands run one after another in one allocation (salloc)
+    share SLURM_JOB_ID but not a restart: each --force there discards. An attempt stopped before
+    it discarded anything (while the data loaded) leaves none on record."""
     job = os.environ.get("SLURM_JOB_ID")
     try:
-        attempts = (run_dir.read_manifest() or {}).get("attempts", []) if job else []
+        manifest = (run_dir.read_manifest() or {}) if job else {}
     except JobError:  # a damaged manifest: --force discards it
         return False
-    if not isinstance(attempts, list):  # a damaged manifest: --force discards it
-        return False
-    if any(a.get("forced") and a.get("slurm_job") == job for a in attempts if isinstance(a, dict)):
-        log.info("--force: slurm job %s discarded this run in an earlier attempt; this one resumes it", job)
-        return True
+    attempts = manifest.get("attempts", [])
+    if not isinstance(attempts, list) or manifest.get("spec_hash") != spec.content_hash():
+        return False  # damaged, or another spec's run: --force discards it
+    restart = _slurm_restart()
+    for attempt in attempts:
+        if isinstance(attempt, dict) and attempt.get("forced") and attempt.get("slurm_job") == job:
+            # One recorded without its restart (by an older lsjob) counts as its job's first attempt.
+            if restart > attempt.get("slurm_restart", 0):
+                log.info("--force: slurm job %s discarded this run before it was requeued; this attempt resumes it",
+                         job)  # fmt: skip
+                return True
     return False
+
+
+def _slurm_restart() -> int:
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
 
 
 def _elsewhere(sweep_point: dict | None) -> str:
@@ -249,6 +264,7 @@ def _start_manifest(spec: Spec, previous: dict | None, forced: bool = False) -> 
     attempt = {"host": socket.gethostname(), "started": now(), "backend": keras.backend.backend()}
     if os.environ.get("SLURM_JOB_ID"):
         attempt["slurm_job"] = os.environ["SLURM_JOB_ID"]
+        attempt["slurm_restart"] = _slurm_restart()
     if forced:
         attempt["forced"] = True  # this attempt discarded an earlier run (--force)
     attempts.append(attempt)

@@ -150,6 +150,7 @@ def test_a_different_spec_under_the_same_name_is_refused_naming_what_differs(com
 
 
 def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_spec, monkeypatch, capsys):
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     # sbatch requeues an attempt with the options it was submitted with, --force included.
     spec = tiny_spec()
     run_mod.execute(spec)
@@ -165,12 +166,22 @@ def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_sp
     assert [a.get("forced") for a in RunDir(spec.run_dir).read_manifest()["attempts"]] == [None]
     run_mod.execute(spec, force=True)  # discards and trains anew, on record as job 77's
     (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
-    assert attempt["forced"] is True and attempt["slurm_job"] == "77"
+    assert (attempt["forced"], attempt["slurm_job"], attempt["slurm_restart"]) == (True, "77", 0)
+    started = attempt["started"]
+    run_mod.execute(spec, force=True)  # job 77 runs it again unrequeued (salloc: one job, many commands)
+    (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
+    assert attempt["forced"] is True and attempt["started"] != started  # discarded again, as asked
     before = {p.name: p.stat().st_mtime_ns for p in spec.run_dir.iterdir() if p.name != ".lock"}
     capsys.readouterr()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     run_mod.execute(spec, force=True)  # job 77 requeued: what it trained is kept
     assert "already complete" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in spec.run_dir.iterdir() if p.name != ".lock"} == before
+    changed = spec.model_copy(update={"train": spec.train.model_copy(update={"lr": 0.01})})
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    run_mod.execute(changed, force=True)  # another spec's run is no part of what job 77 trained: discarded
+    (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
+    assert attempt["forced"] is True and RunDir(spec.run_dir).read_manifest()["spec_hash"] == changed.content_hash()
     monkeypatch.setenv("SLURM_JOB_ID", "78")  # another job's --force discards again
     run_mod.execute(spec, force=True)
     (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
