@@ -8,6 +8,7 @@ running, completed, failed or interrupted, and which spec it belongs to.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import fcntl
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job import atomic
-from job.errors import RunBusyError, SpecError, storage_fault
+from job.errors import NO_SPACE_ERRNOS, NoSpaceError, RunBusyError, SpecError, storage_fault
 
 log = logging.getLogger("lsjob")
 LOCK = ".lock"
@@ -81,13 +82,15 @@ class RunDir:
                 f"{self.path} exists and is not an lsjob run directory; refusing to write into it. "
                 "Choose another output.run or output.root"
             )
-        self.path.mkdir(exist_ok=True)
+        with _claiming(self.path):
+            self.path.mkdir(exist_ok=True)
         self.lock()
 
     def lock(self) -> None:
         """Take the lock of an existing run directory (claim's last step; `lsjob report`
         takes it alone: rewriting a run's reports needs only that folder)."""
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        with _claiming(self.path):
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -101,8 +104,13 @@ class RunDir:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
             log.warning("%s: this filesystem does not support locks; duplicate tasks are not detected", self.path)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode(), 0)
+        with _claiming(self.path):
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode(), 0)
+            except OSError:
+                os.close(fd)
+                raise
         self._lock_fd = fd
         self._remove_torn_writes()
 
@@ -161,6 +169,23 @@ class RunDir:
 
 
 # ---------------------------------------------------------------------------- reading another process's run
+
+
+@contextlib.contextmanager
+def _claiming(path: Path):
+    """A full disk (exit 6) or a storage fault (exit 1) while the run directory is made or its
+    lock written, said in one line as when training writes, not a traceback that reads as a bug."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in NO_SPACE_ERRNOS:
+            raise NoSpaceError(
+                f"ran out of disk space starting the run in {path} ({e.strerror or e}); free space there (or "
+                "raise the quota) and re-run the same command"
+            ) from e
+        if (fault := storage_fault(path, e)) is not None:
+            raise fault from e
+        raise
 
 
 def is_lsjob_lock(path: Path) -> bool:

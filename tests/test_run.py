@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from job import run as run_mod
-from job.errors import EXIT_BAD_INPUT, DivergedError, InterruptedRun, RunBusyError, SpecError, StorageError
+from job.errors import (
+    EXIT_BAD_INPUT,
+    DivergedError,
+    InterruptedRun,
+    NoSpaceError,
+    RunBusyError,
+    SpecError,
+    StorageError,
+)
 from job.rundir import RunDir
 from job.spec import load_spec
 
@@ -509,6 +517,31 @@ def test_a_second_task_on_the_same_run_is_refused(tmp_path):
         first.release()
     second.claim()  # free again once the holder is gone
     second.release()
+
+
+@pytest.mark.parametrize("call, code, error, exit_code", [
+    ("pwrite", errno.ENOSPC, NoSpaceError, 6), ("open", errno.EDQUOT, NoSpaceError, 6),
+    ("mkdir", errno.EIO, StorageError, 1),
+])  # fmt: skip
+def test_a_full_or_failing_disk_when_a_run_starts_is_said_in_one_line(call, code, error, exit_code, monkeypatch,
+                                                                      tmp_path):  # fmt: skip
+    # The run directory and its lock come before training's error handling: a full disk there was
+    # a traceback with exit 1, "please report the traceback".
+    real = getattr(os, call)
+
+    def failing(path_or_fd, *args, **kwargs):
+        if call == "pwrite" or str(path_or_fd).startswith(str(tmp_path / "r")):
+            raise OSError(code, os.strerror(code))
+        return real(path_or_fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, call, failing)
+    with pytest.raises(error, match="disk space|storage failed") as err:
+        RunDir(tmp_path / "r").claim()
+    assert err.value.exit_code == exit_code
+    monkeypatch.undo()
+    run_dir = RunDir(tmp_path / "r")  # once the disk is back, the same run starts
+    run_dir.claim()
+    run_dir.release()
 
 
 def test_a_lock_file_left_by_a_dead_process_is_taken_over(tmp_path):
