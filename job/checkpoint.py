@@ -96,7 +96,7 @@ class Checkpoints:
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
         self._remove_torn_saves()
-        unusable = []
+        unusable, damaged = [], []
         for path in reversed(self._complete()):
             try:
                 state = json.loads((path / "state.json").read_text())
@@ -105,6 +105,7 @@ class Checkpoints:
                     raise ValueError("weights do not match their recorded sha256")
                 mid_epoch = MidEpoch(**state["mid_epoch"]) if "mid_epoch" in state else None
                 model.load_weights(weights)
+                self._set_aside(damaged)
                 return Resume(int(state["epochs_done"]), list(state["history"]), mid_epoch)
             except Exception as e:  # any damage: fall back to the previous checkpoint
                 # An NFS hiccup is not damage: judged so, every checkpoint would be passed over.
@@ -113,6 +114,7 @@ class Checkpoints:
                     raise fault from None
                 log.warning("checkpoint %s is unusable (%s); trying an older one", path, e)
                 unusable.append(f"{path.name}: {e}")
+                damaged.append(path)
         if unusable:
             # Starting over would throw away the run's progress, and pruning would then keep the
             # damaged, higher-numbered checkpoints over every new one.
@@ -121,6 +123,21 @@ class Checkpoints:
                 f"resume; restore them from a copy, or move {self.directory} aside (or pass --force) to start over"
             )
         return Resume()
+
+    def _set_aside(self, damaged: list[Path]) -> None:
+        """Rename damaged checkpoints out of the run's sequence once an older one has loaded.
+        Left as they were, the newest by name, they kept a place among the KEEP that pruning
+        spares, and the intact one the run resumed from was deleted first. Kept, not deleted:
+        they go with the folder when the run completes."""
+        for path in damaged:
+            aside = path.with_name(f"damaged-{path.name}")
+            n = 1
+            while aside.exists():
+                n += 1
+                aside = path.with_name(f"damaged-{path.name}-{n}")
+            with contextlib.suppress(OSError):  # still in the sequence: only pruning suffers
+                path.rename(aside)
+                log.warning("moved the unusable checkpoint %s aside to %s", path.name, aside.name)
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -54,6 +54,15 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="lsjob"):
         assert store.restore(small_model()) == Resume(1, [{"epoch": 1}])
     assert "epoch-0002 is unusable" in caplog.text
+    # Set aside: left in the sequence, the newest by name, it kept a place among the two that
+    # pruning spares, and the intact epoch-0001 the run resumed from went first.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged-epoch-0002", "epoch-0001"]
+    store.save(model, 1, [{"epoch": 1}], MidEpoch(4, []))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged-epoch-0002", "epoch-0001", "epoch-0001-step-000004"]
+    weights = tmp_path / "epoch-0001-step-000004" / "state.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:100])  # damaged too: epoch-0001 is still there to resume from
+    assert store.restore(small_model()) == Resume(1, [{"epoch": 1}])
+    assert (tmp_path / "damaged-epoch-0001-step-000004").is_dir()
 
 
 def contents(directory):
