@@ -220,7 +220,7 @@ def lock_holder(path: Path) -> Holder:
     who = f"pid {pid} on {host} (since {since})"
     if host != socket.gethostname():
         return Holder(f"{who}: another host, not checked from here", remote=True)
-    if _pid_alive(pid) or _flock_held(lock):
+    if (_pid_alive(pid) and not _started_after(pid, since)) or _flock_held(lock):
         return Holder(who, alive=True)
     return Holder(who, dead=True)
 
@@ -235,6 +235,23 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return True  # cannot tell: never call a run killed on a guess
     return True
+
+
+def _started_after(pid: int, since: str) -> bool:
+    """Whether process `pid` started after the lock's time: then it only reuses the pid of the
+    process that wrote the lock, which died (SIGKILL, a reboot). From /proc (Linux); False
+    where unknown, which keeps the run `running`, the safe side."""
+    try:
+        claimed = dt.datetime.fromisoformat(since).timestamp()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))  # fmt: skip
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    # `since` has whole seconds and the boot time too: a margin, so the lock's own process is never taken
+    # for a later one. A pid comes back far later than this in practice.
+    return started > claimed + 5
 
 
 def _flock_held(lock: Path) -> bool:

@@ -6,6 +6,7 @@ opens the page in a browser)."""
 import base64
 import copy
 import csv
+import datetime as dt
 import fcntl
 import functools
 import html.parser
@@ -332,6 +333,22 @@ def test_a_held_lock_means_alive_even_when_its_pid_is_not_ours(tmp_path):
     finally:
         os.close(fd)
     assert collect(tmp_path)[0][0].status == "killed"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_process_that_only_reuses_the_pid_of_a_killed_run_is_not_it(tmp_path):
+    run_dir = write_run(tmp_path, "k", "labels", 0.1, 0, status="running", done=1)
+    later = subprocess.Popen(["sleep", "60"])  # alive, and started after the lock below was written
+    try:
+        for since, status in ((dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1), "killed"),
+                              (dt.datetime.now(dt.timezone.utc), "running")):  # fmt: skip
+            when = since.isoformat(timespec="seconds")
+            (run_dir / ".lock").write_text(f"pid {later.pid} on {socket.gethostname()} since {when}\n")
+            (run,) = collect(tmp_path)[0]
+            assert run.status == status and f"pid {later.pid}" in run.reason
+    finally:
+        later.kill()
+        later.wait()
 
 
 def test_aggregate_never_takes_a_run_lock(tree, monkeypatch):
