@@ -317,11 +317,15 @@ def _second_ctrl_c(error: BaseException) -> InterruptedRun | None:
 
 
 def _finish(manifest: dict, started: float, status: str, reason: str | None = None) -> None:
-    """Close this attempt; duration_s adds up every attempt of the run."""
+    """Close this attempt; duration_s adds up every attempt of the run whose end was recorded.
+    The reason goes with the attempt too: the run's own is the last attempt's, and a later
+    success clears it."""
     elapsed = time.monotonic() - started
     manifest.update(status=status, reason=reason, finished=now())
     manifest["duration_s"] = round(manifest["duration_s"] + elapsed, 3)
     manifest["attempts"][-1].update(ended=now(), status=status, seconds=round(elapsed, 3))
+    if reason:
+        manifest["attempts"][-1]["reason"] = reason
 
 
 def _git_commit() -> str | None:

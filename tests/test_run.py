@@ -232,6 +232,9 @@ def test_a_change_that_cannot_alter_results_resumes_the_same_run(tiny_spec, monk
     assert run_mod.execute(moved) == 0
     manifest = json.loads((spec.run_dir / "manifest.json").read_text())
     assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
+    # Why the failed attempt failed stays on record once the run's own reason is cleared.
+    assert manifest["attempts"][0]["reason"] == "nan" and manifest["reason"] is None
+    assert "reason" not in manifest["attempts"][1]
 
 
 def hash_0_1_0(spec):
