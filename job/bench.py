@@ -54,8 +54,8 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     """Time `steps` training steps after `warmup` ones; returns the figures `lsjob bench` prints."""
     setup = runtime.configure(spec.runtime, spec.train.seed)
     check_batch_splits(spec)  # with replicas: all, only the machine tells; refused as `lsjob run` does
-    # Entries cached before and written during the model's build and warm-up: none written
-    # means every program was loaded, and the compile time below is a load time.
+    # Entries cached before, and written during, the model's build and warm-up; with the programs
+    # loaded (compile_cache_hits) and none written, the compile time below is a load time.
     cached_at_start = _cache_entries(setup.compile_cache)
     batch = spec.train.batch_size
     per_call = spec.runtime.steps_per_execution
@@ -67,20 +67,15 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
              ", ".join(runtime.devices()), batch, setup.precision)  # fmt: skip
     x, y, _, _ = make_synthetic(batch * max(steps, warmup), 1, seed=SYNTHETIC_SEED)
     targets = smoothing.training_targets(y, 10, spec.smoothing)
-    with runtime.replica_scope():
-        model = compile_model(spec, per_pixel_mean(x), 10)
-
-    def fit(n: int, clock: _StepClock) -> tuple[float, list[float]]:
-        started = time.perf_counter()
-        fed = runtime.feed(x[: n * batch], targets[: n * batch], batch_size=batch)
-        model.fit(**fed, shuffle=False, epochs=1, verbose=0, callbacks=[clock])
-        return time.perf_counter() - started, [started, *clock.ends()]
-
-    log.info("bench: compiling the training step and %d warm-up steps", warmup)
-    first_call_s, _ = fit(warmup, _StepClock())
+    # The programs loaded from the compile cache rather than compiled: the model's build and warm-up.
+    with runtime.compile_cache_hits() as hits:
+        with runtime.replica_scope():
+            model = compile_model(spec, per_pixel_mean(x), 10)
+        log.info("bench: compiling the training step and %d warm-up steps", warmup)
+        first_call_s, _ = _fit(model, x, targets, batch, warmup)
     cached_after_warmup = _cache_entries(setup.compile_cache)
     log.info("bench: compiled and warmed up in %.1f s; timing %d steps", first_call_s, steps)
-    total_s, ends = fit(steps, _StepClock())
+    total_s, ends = _fit(model, x, targets, batch, steps)
     # One callback per execution of steps_per_execution steps.
     step_s = [b - a for a, b in zip(ends, ends[1:])]
     step_s = [s / per_call for s in step_s[1:]] or [total_s / steps]  # the first gap includes fit's set-up
@@ -95,11 +90,13 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
         "compile_cache_source": setup.compile_cache_source,
         "compile_cache_entries_at_start": cached_at_start,
         "compile_cache_entries_written": None if cached_at_start is None else cached_after_warmup - cached_at_start,
+        "compile_cache_hits": None if cached_at_start is None else hits["hits"],  # programs loaded, not compiled
         "jit_compile": model.jit_compile,  # what the backend made of the spec's value (auto: on where it can)
         "jit_compile_spec": spec.runtime.jit_compile,
         "steps_per_execution": per_call,
         "batch_size": batch,
         "steps_timed": steps,
+        "step_samples": len(step_s),  # the step times the median and p90 are of
         "images_per_s": batch / steady,
         "images_per_s_overall": steps * batch / total_s,
         "step_ms_median": 1000 * steady,
@@ -110,6 +107,15 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
         "device_peak_mb": runtime.device_peak_memory_mb(),
         "versions": runtime.versions(),
     }
+
+
+def _fit(model: keras.Model, x, targets, batch: int, n: int) -> tuple[float, list[float]]:
+    """One fit call of `n` steps: its wall time, and its start and each execution's end."""
+    clock = _StepClock()
+    started = time.perf_counter()
+    fed = runtime.feed(x[: n * batch], targets[: n * batch], batch_size=batch)
+    model.fit(**fed, shuffle=False, epochs=1, verbose=0, callbacks=[clock])
+    return time.perf_counter() - started, [started, *clock.ends()]
 
 
 def _cache_entries(folder: str | None) -> int | None:
@@ -125,7 +131,11 @@ def table(result: dict) -> str:
         ("jit_compile", f"{result['jit_compile']} (spec: {result['jit_compile_spec']})"),
         ("batch size", str(result["batch_size"])),
         ("images/s (median step)", f"{result['images_per_s']:,.0f}"),
-        ("step ms, median / p90", f"{result['step_ms_median']:.2f} / {result['step_ms_p90']:.2f}"),
+        (
+            "step ms, median / p90",
+            f"{result['step_ms_median']:.2f} / {result['step_ms_p90']:.2f} "
+            f"(of {result.get('step_samples', '?')} timed)",
+        ),
         ("compile + warm-up s", f"{result['compile_and_warmup_s']:.1f}"),
         ("compile cache", _cache_how(result)),
         ("epoch of 50,000, s", f"{result['epoch_s_estimate']:.1f}"),
@@ -141,10 +151,12 @@ def _cache_how(result: dict) -> str:
     folder, source = result["compile_cache"], result["compile_cache_source"]
     if not folder:
         return source
-    written = result["compile_cache_entries_written"]
-    made = "compiled" if written else "all loaded"
+    written, hits = result["compile_cache_entries_written"], result.get("compile_cache_hits")
+    # Nothing written need not mean loaded: JAX keeps no program that compiled quickly.
+    made = "compiled" if written or hits == 0 else "loaded"
     at_start = result["compile_cache_entries_at_start"]
-    return f"{folder}, {at_start} entries at start, {written} written ({made}) ({source})"
+    loads = "" if hits is None else f", {hits} program(s) loaded"
+    return f"{folder}, {at_start} entries at start{loads}, {written} written ({made}) ({source})"
 
 
 def _chosen_how(result: dict) -> str:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -101,7 +102,10 @@ def bench(
         typer.echo(json.dumps(result, indent=2))
         return
     try:
-        atomic.write_json(out, result)
+        if out.exists() and not out.is_file():  # a device or a pipe (/dev/stdout, >(jq .)): into it, never over it
+            out.write_text(json.dumps(result, indent=2) + "\n")
+        else:
+            atomic.write_json(out, result)
     except OSError as e:  # the figures are not lost: they go to stdout instead
         typer.echo(json.dumps(result, indent=2))
         raise SpecError(f"--out {out}: cannot write it ({e.strerror or e}); the JSON went to stdout") from None
@@ -126,8 +130,15 @@ def _check_out_file(out: Path) -> None:
     folder = out.parent
     if not folder.is_dir():
         raise SpecError(f"--out {out}: the folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise SpecError(f"--out {out}: the folder {folder} is not writable")
+    if out.exists() and not out.is_file():
+        if not os.access(out, os.W_OK):
+            raise SpecError(f"--out {out} is not writable")
+        return
+    try:  # a file made there, not os.access: that says yes to root on a read-only mount or /proc
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SpecError(f"--out {out}: the folder {folder} is not writable ({e.strerror or e})") from None
 
 
 @app.command()

@@ -173,6 +173,28 @@ def _set_up_compile_cache(asked: str) -> tuple[str | None, str]:
     return folder, source
 
 
+@contextlib.contextmanager
+def compile_cache_hits():
+    """Counts the programs JAX loads from its compile cache inside the block ({"hits": n}; 0 on
+    other backends). Counting the folder's entries cannot tell a load from a compile that JAX
+    chose not to keep (under its minimum compile time, say): both write nothing."""
+    counts = {"hits": 0}
+    if keras.backend.backend() != "jax":
+        yield counts
+        return
+    import jax.monitoring
+
+    def listen(event: str, **kwargs) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            counts["hits"] += 1
+
+    jax.monitoring.register_event_listener(listen)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
+
+
 def compile_cache_folder(asked: str) -> tuple[Path | None, str]:
     """The folder runtime.compile_cache names, created, and how it was chosen; None when off,
     or when the automatic choice cannot be written to (a warning: the run goes on uncached)."""

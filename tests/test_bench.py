@@ -1,6 +1,7 @@
 """`lsjob bench`: the spec's own training step timed, and nothing left behind but the JSON."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -33,17 +34,38 @@ def test_bench_times_the_specs_step_and_writes_only_its_json(tmp_path):
     assert f"jit_compile             {result['jit_compile']} (spec: auto)" in proc.stderr
 
 
+@pytest.mark.slow
+def test_bench_writes_into_a_pipe_or_device_named_by_out_never_over_it(tmp_path):
+    # /dev/stdout here is the pipe to this test: replaced by a renamed file, as every other --out
+    # is written, root's bench would have put a file in place of the system's /dev/stdout link.
+    stdout = "/dev/stdout"
+    before = os.readlink(stdout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "job", "bench", str(ROOT / "specs" / "smoke.yaml"), "--set", "train.batch_size=8",
+         "--steps", "2", "--warmup", "1", "--out", stdout],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["batch_size"] == 8
+    assert os.readlink(stdout) == before and list(tmp_path.iterdir()) == []
+
+
 def test_the_bench_table_says_whether_its_compile_time_was_a_compile_or_a_load():
     from job.bench import _cache_how
 
     jax = {"compile_cache": "/c/keras/compile-cache", "compile_cache_source": "auto: compile-cache/ in Keras's "
-           "cache folder", "compile_cache_entries_at_start": 61, "compile_cache_entries_written": 0}  # fmt: skip
+           "cache folder", "compile_cache_entries_at_start": 61, "compile_cache_entries_written": 0,
+           "compile_cache_hits": 5}  # fmt: skip
     assert _cache_how(jax) == (
-        "/c/keras/compile-cache, 61 entries at start, 0 written (all loaded) (auto: compile-cache/ in Keras's "
-        "cache folder)"
+        "/c/keras/compile-cache, 61 entries at start, 5 program(s) loaded, 0 written (loaded) (auto: "
+        "compile-cache/ in Keras's cache folder)"
     )
     # Entries from another precision or batch: the step itself was compiled.
-    assert "61 entries at start, 4 written (compiled)" in _cache_how({**jax, "compile_cache_entries_written": 4})
+    assert "61 entries at start, 5 program(s) loaded, 4 written (compiled)" in _cache_how(
+        {**jax, "compile_cache_entries_written": 4}
+    )
+    # Nothing written, nothing loaded: JAX kept none of what it compiled (under its minimum compile time).
+    assert "0 program(s) loaded, 0 written (compiled)" in _cache_how({**jax, "compile_cache_hits": 0})
     assert _cache_how({"compile_cache": None, "compile_cache_source": "spec: off"}) == "spec: off"
 
 
@@ -58,6 +80,8 @@ def test_bench_refuses_a_bad_spec_before_loading_anything(tmp_path):
 @pytest.mark.parametrize("where, message", [
     ("missing/bench.json", "the folder missing does not exist"),
     (".", "is a directory; name a file"),
+    # os.access says yes to root anywhere: only a file made there tells.
+    ("/proc/bench.json", "the folder /proc is not writable"),
 ])  # fmt: skip
 def test_bench_refuses_an_out_file_it_could_not_write_before_benchmarking(tmp_path, where, message):
     proc = subprocess.run(

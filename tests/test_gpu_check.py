@@ -249,14 +249,18 @@ def test_table_survives_odd_bytes_in_a_step_detail(tmp_path):
 def test_table_calls_a_compile_warm_only_when_the_bench_compiled_nothing(tmp_path):
     # Benches run in one cache: the second finds the first's entries, but its bf16 step is
     # a new program; only a repeat of the same bench loads everything.
-    rows = [("jax", 64, "off", "ok", 30, ""), ("jax", 64, "bf16", "ok", 30, ""), ("jax", 512, "off", "ok", 9, "")]
+    # The last wrote nothing and loaded nothing: JAX kept none of its programs (they compiled
+    # under its minimum compile time), so it compiled them all.
+    rows = [("jax", 64, "off", "ok", 30, ""), ("jax", 64, "bf16", "ok", 30, ""), ("jax", 512, "off", "ok", 9, ""),
+            ("jax", 512, "bf16", "ok", 9, "")]  # fmt: skip
     (tmp_path / "bench.tsv").write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
-    for (backend, batch, precision, *_), at_start, written in zip(rows, (0, 58, 70), (58, 12, 0)):
+    for (backend, batch, precision, *_), at_start, written, hits in zip(rows, (0, 58, 70, 70), (58, 12, 0, 0),
+                                                                       (0, 3, 9, 0)):  # fmt: skip
         result = {**_bench_json(backend, batch, precision, 20_000.0), "compile_cache_entries_at_start": at_start,
-                  "compile_cache_entries_written": written}  # fmt: skip
+                  "compile_cache_entries_written": written, "compile_cache_hits": hits}  # fmt: skip
         (tmp_path / f"bench-{backend}-{batch}-{precision}.json").write_text(json.dumps(result))
     table_rows = [line for line in _table("table", tmp_path, tmp_path).splitlines() if line.startswith("jax ")]
-    assert [row.split()[8] for row in table_rows] == ["cold", "cold", "warm"]
+    assert [row.split()[8] for row in table_rows] == ["cold", "cold", "warm", "cold"]
 
 
 def test_table_sets_each_bench_against_the_pytorch_anchor_and_judges_the_goal_at_512(tmp_path):

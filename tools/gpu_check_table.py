@@ -111,13 +111,13 @@ def _number(value, digits: int = 1) -> str:
 
 def _cache(r: dict) -> str:
     """How the compile time was made: cold when the bench compiled programs (and wrote them
-    to the cache), warm when it loaded every one; entries already there from another
-    precision or batch do not make it warm."""
+    to the cache, or loaded none), warm when it loaded them; entries already there from
+    another precision or batch do not make it warm."""
     if not r:
         return "-"
     if not r.get("compile_cache"):
         return "none"
-    return "cold" if r["compile_cache_entries_written"] else "warm"
+    return "cold" if r["compile_cache_entries_written"] or r.get("compile_cache_hits") == 0 else "warm"
 
 
 def _times_anchor(images_per_s: float | None) -> str:
