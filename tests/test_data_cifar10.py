@@ -453,14 +453,15 @@ def test_real_download_failure_under_keras_home(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
     """A local HTTP server for the real fetch: serve(body, ...) -> its URL.
     `declared`: the Content-Length sent (a connection cut short sends more than it gives);
     `stall`: after the body, send nothing more and keep the connection, as a server that stops answering;
     `cuts`: how many bytes each response gives before the connection drops, one entry per request
-    (then whole); `ranges`: answer Range requests (206) as a static file server does, else send
-    it whole (200), `skew` bytes before where it was asked (a broken server); `etags`: the ETag of each
-    response, to see If-Range at work.
+    (then whole); `refusals`: a status for each request to answer instead (0: answer it);
+    `ranges`: answer Range requests (206) as a static file server does, else send it whole (200),
+    `skew` bytes before where it was asked (a broken server); `etags`: the ETag of each response,
+    to see If-Range at work.
     serve.requests: the Range and If-Range headers of every request."""
     import http.server
 
@@ -468,8 +469,8 @@ def server():
     handlers = []
     requests = []
 
-    def serve(body: bytes, declared=None, stall=False, cuts=(), ranges=False, skew=0, etags=()) -> str:
-        cuts, etags = list(cuts), list(etags)
+    def serve(body: bytes, declared=None, stall=False, cuts=(), ranges=False, skew=0, etags=(), refusals=()) -> str:
+        cuts, etags, refusals = list(cuts), list(etags), list(refusals)
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -477,6 +478,14 @@ def server():
             def do_GET(self):
                 asked, if_range = self.headers.get("Range"), self.headers.get("If-Range")
                 requests.append((asked, if_range))
+                refusal = refusals.pop(0) if refusals else None
+                if refusal:  # this request refused with that status (then answered as usual)
+                    self.send_response(refusal)
+                    if refusal == 416:
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 etag = etags.pop(0) if etags else None
                 start = 0
                 if ranges and asked and (if_range is None or if_range == etag):
@@ -506,6 +515,7 @@ def server():
         return f"http://127.0.0.1:{httpd.server_address[1]}/{cifar10.ARCHIVE_NAME}"
 
     serve.requests = requests
+    monkeypatch.setattr(cifar10, "DOWNLOAD_RESUME_PAUSE_S", 0.0)
     yield serve
     release.set()
     for httpd in handlers:
@@ -555,6 +565,39 @@ def test_a_download_that_breaks_off_resumes_where_it_stopped(small, cifar_sample
     assert server.requests == [(None, None), (f"bytes={third}-", '"v1"'), (f"bytes={2 * third}-", '"v1"')]
     assert sum("broke off" in r.getMessage() for r in caplog.records) == 2
     assert (cache / "datasets" / cifar10.ARCHIVE_NAME).read_bytes() == data
+
+
+def test_a_resume_refused_for_a_while_is_tried_again(small, cifar_sample, small_tar, trusted, server, monkeypatch,
+                                                    tmp_path):  # fmt: skip
+    # Most of the file is here: an outage at the resume (503) is waited out, not the end.
+    trusted(small_tar)
+    data = small_tar.read_bytes()
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", server(data, cuts=[1000], ranges=True, refusals=[0, 503, 503]))
+    assert_loaded(cifar10.load_cifar10(None, tmp_path / "cache"), expected_arrays(cifar_sample, SMALL))
+    assert [asked for asked, _ in server.requests] == [None, "bytes=1000-", "bytes=1000-", "bytes=1000-"]
+
+
+def test_a_connection_lost_after_the_last_byte_is_a_whole_file(small, cifar_sample, small_tar, trusted, server,
+                                                               monkeypatch, tmp_path):  # fmt: skip
+    # The server says 416 (nothing left from there, `bytes */size`): the file is whole.
+    trusted(small_tar)
+    data = small_tar.read_bytes()
+    url = server(data, declared=len(data) + 1, ranges=True, refusals=[0, 416])  # one byte short by its count
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", url)
+    assert_loaded(cifar10.load_cifar10(None, tmp_path / "cache"), expected_arrays(cifar_sample, SMALL))
+    assert [asked for asked, _ in server.requests] == [None, f"bytes={len(data)}-"]
+
+
+def test_a_resume_after_a_new_file_continues_the_new_one(small, cifar_sample, small_tar, trusted, server,
+                                                         monkeypatch, tmp_path):  # fmt: skip
+    # The second answer is a new version, whole (its If-Range failed); the next resume must ask for
+    # that one, or every later resume fails If-Range and starts over.
+    trusted(small_tar)
+    data = small_tar.read_bytes()
+    url = server(data, cuts=[1000, 2000], ranges=True, etags=['"v1"', '"v2"', '"v2"'])
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", url)
+    assert_loaded(cifar10.load_cifar10(None, tmp_path / "cache"), expected_arrays(cifar_sample, SMALL))
+    assert server.requests == [(None, None), ("bytes=1000-", '"v1"'), ("bytes=2000-", '"v2"')]
 
 
 @pytest.mark.parametrize("why", ["no ranges", "file changed"])
