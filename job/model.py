@@ -76,7 +76,10 @@ class ReplicaDropout(layers.Dropout):
     def call(self, inputs, training=False):
         if not training or not self.rate or not runtime.mirrored():
             return super().call(inputs, training=training)
-        keep = runtime.uniform_per_replica(ops.shape(inputs), self.seed_generator) >= self.rate
+        shape = ops.shape(inputs)
+        if self.noise_shape is not None:  # a mask over these axes, broadcast over the others
+            shape = tuple(shape[i] if size is None else size for i, size in enumerate(self.noise_shape))
+        keep = runtime.uniform_per_replica(shape, self.seed_generator) >= self.rate
         return ops.where(keep, inputs / (1.0 - self.rate), ops.zeros_like(inputs))
 
 

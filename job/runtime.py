@@ -91,13 +91,18 @@ def uniform_per_replica(shape, seed_generator):
     replica's copy of a seed generator holds the same state: drawn as usual, image j of each
     replica got the same shift, flip and dropout mask. So each takes its own row of one draw
     for all. JAX's DataParallel runs the model on the global batch, one draw for all already."""
-    if not mirrored():  # as Keras draws
+    context = _replica_context() if mirrored() else None
+    if context is None:  # one device, or called across replicas (a notebook): as Keras draws
         return keras.random.uniform(shape, seed=seed_generator)
-    import tensorflow as tf
-
-    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    replica = context.replica_id_in_sync_group
     draws = keras.random.uniform((_strategy.num_replicas_in_sync, *shape), seed=seed_generator)
     return keras.ops.take(draws, replica, axis=0)
+
+
+def _replica_context():
+    import tensorflow as tf  # only under MirroredStrategy: TensorFlow may be absent elsewhere
+
+    return tf.distribute.get_replica_context()
 
 
 def replica_scope():

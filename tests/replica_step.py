@@ -84,18 +84,25 @@ def replicas_draw_their_own() -> bool:
     with runtime.replica_scope():
         strategy = tf.distribute.get_strategy()
         augment, dropout = RandomShiftFlip(0.1, True, seed=1), ReplicaDropout(0.5, seed=2)
+        rows = ReplicaDropout(0.5, noise_shape=(None, 1), seed=3)  # a mask per row, as Keras's
     # A ramp across the columns: any two shifts or flips tell apart.
     ramp = np.broadcast_to(np.arange(32, dtype="float32")[None, None, :, None], (4, 32, 32, 3))
 
     @tf.function
     def draw():
-        return strategy.run(lambda: (augment(ramp, training=True), dropout(tf.ones((4, 64)), training=True)))
+        return strategy.run(lambda: (augment(ramp, training=True), dropout(tf.ones((4, 64)), training=True),
+                                     rows(tf.ones((4, 64)), training=True)))  # fmt: skip
 
-    shifted, masked = (strategy.experimental_local_results(out) for out in draw())
+    shifted, masked, by_row = (strategy.experimental_local_results(out) for out in draw())
     own = [not np.array_equal(*(keras.ops.convert_to_numpy(a) for a in pair)) for pair in (shifted, masked)]
     print(f"replica_step: tensorflow, the shifts and flips of 2 replicas: {'their own' if own[0] else 'THE SAME'}; "
           f"their dropout masks: {'their own' if own[1] else 'THE SAME'}")  # fmt: skip
-    return all(own)
+    whole_rows = all(len(set(row)) == 1 for replica in by_row for row in keras.ops.convert_to_numpy(replica))
+    shape_kept = "whole rows" if whole_rows else "MIXED"
+    print(f"replica_step: tensorflow, dropout with a noise shape on 2 replicas: {shape_kept}")
+    with runtime.replica_scope():  # across the replicas, outside a step (a notebook): as one device draws
+        augment(ramp, training=True)
+    return all(own) and whole_rows
 
 
 def main() -> int:

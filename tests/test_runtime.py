@@ -162,6 +162,7 @@ def test_two_replicas_make_the_same_training_step_as_one():
     assert len(steps) == 4 and all(line.endswith(": the same") for line in steps), proc.stdout
     # Each replica draws its own shifts, flips and dropout masks: a batch on 2 GPUs is as random as on 1.
     assert "shifts and flips of 2 replicas: their own; their dropout masks: their own" in proc.stdout
+    assert "dropout with a noise shape on 2 replicas: whole rows" in proc.stdout
 
 
 @TENSORFLOW_ONLY
