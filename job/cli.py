@@ -60,7 +60,7 @@ def run(
     set_: SetOpt = None,
     index: IndexOpt = None,
     force: Annotated[
-        bool, typer.Option(help="Discard an existing run of this name and start over (once per Slurm job).")
+        bool, typer.Option(help="Discard an existing run of this name and start over (an attempt Slurm requeued resumes instead).")
     ] = False,
 ):
     """Train (or resume) one run, or one point of a sweep, and write its results directory."""
@@ -102,7 +102,7 @@ def bench(
         typer.echo(json.dumps(result, indent=2))
         return
     try:
-        if out.exists() and not out.is_file():  # a device or a pipe (/dev/stdout, >(jq .)): into it, never over it
+        if _written_into(out):
             out.write_text(json.dumps(result, indent=2) + "\n")
         else:
             atomic.write_json(out, result)
@@ -124,13 +124,19 @@ def _load_keras() -> None:
         ) from None
 
 
+def _written_into(out: Path) -> bool:
+    """A link, device or pipe (/dev/stdout, >(jq .)) is written into, never replaced by a file
+    renamed over it: as root that would put a file in place of the system's /dev/stdout."""
+    return out.is_symlink() or (out.exists() and not out.is_file())
+
+
 def _check_out_file(out: Path) -> None:
     if out.is_dir():
         raise SpecError(f"--out {out} is a directory; name a file, e.g. {out / 'bench.json'}")
     folder = out.parent
     if not folder.is_dir():
         raise SpecError(f"--out {out}: the folder {folder} does not exist; create it first")
-    if out.exists() and not out.is_file():
+    if _written_into(out):
         if not os.access(out, os.W_OK):
             raise SpecError(f"--out {out} is not writable")
         return

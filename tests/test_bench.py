@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -48,6 +49,16 @@ def test_bench_writes_into_a_pipe_or_device_named_by_out_never_over_it(tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["batch_size"] == 8
     assert os.readlink(stdout) == before and list(tmp_path.iterdir()) == []
+
+
+def test_out_names_a_link_or_device_it_writes_into_and_a_file_it_replaces_whole(tmp_path):
+    from job.cli import _written_into
+
+    target = tmp_path / "real.json"
+    target.write_text("{}")
+    (tmp_path / "link.json").symlink_to(target)  # /dev/stdout is a link too, to this process's fd 1
+    assert _written_into(tmp_path / "link.json") and _written_into(Path("/dev/null"))
+    assert not _written_into(target) and not _written_into(tmp_path / "new.json")
 
 
 def test_the_bench_table_says_whether_its_compile_time_was_a_compile_or_a_load():
