@@ -75,13 +75,14 @@ def _discarded_by_this_job(run_dir: RunDir, spec: Spec) -> bool:
     except JobError:  # a damaged manifest: --force discards it
         return False
     attempts = manifest.get("attempts", [])
-    if not isinstance(attempts, list) or manifest.get("spec_hash") != spec.content_hash():
+    if not isinstance(attempts, list) or _made_by(manifest, run_dir, spec) is not None:
         return False  # damaged, or another spec's run: --force discards it
     restart = _slurm_restart()
     for attempt in attempts:
         if isinstance(attempt, dict) and attempt.get("forced") and attempt.get("slurm_job") == job:
             # One recorded without its restart (by an older lsjob) counts as its job's first attempt.
-            if restart > attempt.get("slurm_restart", 0):
+            recorded = attempt.get("slurm_restart", 0)
+            if isinstance(recorded, int) and restart > recorded:
                 log.info("--force: slurm job %s discarded this run before it was requeued; this attempt resumes it",
                          job)  # fmt: skip
                 return True

@@ -195,6 +195,12 @@ def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_sp
     (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
     assert attempt["forced"] is True and attempt["slurm_job"] == "78"
     manifest = RunDir(spec.run_dir).read_manifest()
+    damaged = [{**manifest["attempts"][0], "slurm_restart": "0"}]  # not a number: --force discards it
+    RunDir(spec.run_dir).write_manifest({**manifest, "attempts": damaged})
+    run_mod.execute(spec, force=True)
+    (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
+    assert attempt["slurm_restart"] == 2
+    manifest = RunDir(spec.run_dir).read_manifest()
     RunDir(spec.run_dir).write_manifest({**manifest, "attempts": 5})  # damaged: --force still discards it
     run_mod.execute(spec, force=True)
     (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
