@@ -82,14 +82,14 @@ class RunDir:
                 f"{self.path} exists and is not an lsjob run directory; refusing to write into it. "
                 "Choose another output.run or output.root"
             )
-        with _claiming(self.path):
+        with _claiming(self.path, "making the run directory"):
             self.path.mkdir(exist_ok=True)
         self.lock()
 
     def lock(self) -> None:
         """Take the lock of an existing run directory (claim's last step; `lsjob report`
         takes it alone: rewriting a run's reports needs only that folder)."""
-        with _claiming(self.path):
+        with _claiming(self.path, "locking the run directory"):
             fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -104,7 +104,7 @@ class RunDir:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
             log.warning("%s: this filesystem does not support locks; duplicate tasks are not detected", self.path)
-        with _claiming(self.path):
+        with _claiming(self.path, "locking the run directory"):
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode(), 0)
@@ -172,7 +172,7 @@ class RunDir:
 
 
 @contextlib.contextmanager
-def _claiming(path: Path):
+def _claiming(path: Path, doing: str):
     """A full disk (exit 6) or a storage fault (exit 1) while the run directory is made or its
     lock written, said in one line as when training writes, not a traceback that reads as a bug."""
     try:
@@ -180,8 +180,8 @@ def _claiming(path: Path):
     except OSError as e:
         if e.errno in NO_SPACE_ERRNOS:
             raise NoSpaceError(
-                f"ran out of disk space starting the run in {path} ({e.strerror or e}); free space there (or "
-                "raise the quota) and re-run the same command"
+                f"ran out of disk space {doing} {path} ({e.strerror or e}); free space there (or raise the "
+                "quota) and re-run the same command"
             ) from e
         if (fault := storage_fault(path, e)) is not None:
             raise fault from e

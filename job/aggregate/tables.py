@@ -100,8 +100,8 @@ COMPARISON_NOTE = (
     "run-to-run noise: compare it with each method's std across seeds and with the standard error of the "
     "difference, SE = sqrt(std_labels²/n_labels + std_loss²/n_loss). p is Welch's t-test: the chance that "
     "seed noise alone gives a difference at least this large. With few seeds only a large difference / SE "
-    "is evidence: p < 0.05 takes about 4.3 SE with 2 seeds per method, 2.8 with 3. No spread: every seed "
-    "of both methods gave the same value."
+    "is evidence: p < 0.05 takes about 4.3 SE with 2 seeds per method, 2.8 with 3. No spread: the seeds of "
+    "each method agreed exactly, so there is no noise to weigh the difference against."
 )
 
 
