@@ -60,7 +60,8 @@ def run(
     set_: SetOpt = None,
     index: IndexOpt = None,
     force: Annotated[
-        bool, typer.Option(help="Discard an existing run of this name and start over (an attempt Slurm requeued resumes instead).")
+        bool,
+        typer.Option(help="Discard an existing run of this name and start over (a requeued Slurm attempt resumes)."),
     ] = False,
 ):
     """Train (or resume) one run, or one point of a sweep, and write its results directory."""
