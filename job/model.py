@@ -84,8 +84,12 @@ class ReplicaDropout(layers.Dropout):
 
 
 def synchronize_batch_norm(model: keras.Model, synchronized: bool) -> None:
-    """Share BatchNormalization's batch statistics across replicas while training (see
-    runtime.sync_batch_norm), or stop: a saved model that says so loads on TensorFlow alone."""
+    """Share BatchNormalization's batch statistics across replicas while training, or stop: a
+    saved model that says so loads on TensorFlow alone. Under TensorFlow's MirroredStrategy
+    each replica keeps its own moving statistics, updated from its own slice of the batch: they
+    drift apart, the model saved (replica 0's) is not the one that predicted, and a resume starts
+    every replica from replica 0's. Synchronised, every replica normalises with the global
+    batch's statistics, as one GPU would (runtime.mirrored says when)."""
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.synchronized = synchronized

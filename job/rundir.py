@@ -168,9 +168,6 @@ class RunDir:
                 p.unlink()
 
 
-# ---------------------------------------------------------------------------- reading another process's run
-
-
 @contextlib.contextmanager
 def _claiming(path: Path, doing: str):
     """A full disk (exit 6) or a storage fault (exit 1) while the run directory is made or its
@@ -186,6 +183,9 @@ def _claiming(path: Path, doing: str):
         if (fault := storage_fault(path, e)) is not None:
             raise fault from e
         raise
+
+
+# ---------------------------------------------------------------------------- reading another process's run
 
 
 def is_lsjob_lock(path: Path) -> bool:

@@ -69,19 +69,11 @@ def replica_count() -> int:
     return len(distribution.device_mesh.devices.flatten()) if distribution is not None else 1
 
 
-def sync_batch_norm() -> bool:
-    """Whether BatchNormalization must share batch statistics across replicas. Under
-    TensorFlow's MirroredStrategy each replica keeps its own moving statistics, updated from
-    its own slice of the batch: they drift apart, the model saved (replica 0's) is not the
-    one that predicted, and a resume starts every replica from replica 0's. Synchronised,
-    every replica normalises with the global batch's statistics, as one GPU would. JAX's
-    DataParallel computes them over the global batch already."""
-    return mirrored()
-
-
 def mirrored() -> bool:
     """Whether TensorFlow's MirroredStrategy runs more than one replica, each the model on its
-    own slice of the batch."""
+    own slice of the batch: BatchNormalization must then share batch statistics
+    (model.synchronize_batch_norm) and random layers draw per replica (uniform_per_replica).
+    JAX's DataParallel runs the model on the global batch, and needs neither."""
     return _strategy is not None and _strategy.num_replicas_in_sync > 1
 
 

@@ -208,7 +208,7 @@ class TrainResult:
 def compile_model(spec: Spec, mean_image: np.ndarray, num_classes: int) -> keras.Model:
     """The model, compiled; call it (and load checkpoints into it) under runtime.replica_scope()."""
     model = build_model(mean_image, spec.augment, spec.train.seed, num_classes)
-    synchronize_batch_norm(model, runtime.sync_batch_norm())
+    synchronize_batch_norm(model, runtime.mirrored())
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=spec.train.base_lr, momentum=spec.train.momentum),
         loss=smoothing.training_loss(spec.smoothing),
