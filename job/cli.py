@@ -28,15 +28,22 @@ app = typer.Typer(
 )
 log = logging.getLogger("lsjob")
 
-SpecArg = Annotated[Path, typer.Argument(help="The run spec (YAML). `lsjob schema` describes every field.")]
+SpecArg = Annotated[
+    Path, typer.Argument(metavar="SPEC", help="The run spec (YAML). `lsjob schema` describes every field.")
+]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a spec field, e.g. --set train.epochs=2 (repeatable; YAML-typed value)."),
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a spec field, e.g. --set train.epochs=2 (repeatable; YAML-typed value).",
+    ),
 ]
 IndexOpt = Annotated[
     int | None,
     typer.Option(
         "--index",
+        metavar="N",
         help="Which point of a sweep spec. Default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX.",
         show_default=False,
     ),
@@ -45,7 +52,10 @@ IndexOpt = Annotated[
 ShowIndexOpt = Annotated[
     int | None,
     typer.Option(
-        "--index", help="Print that point of a sweep spec instead (default: the spec itself).", show_default=False
+        "--index",
+        metavar="N",
+        help="Print that point of a sweep spec instead (default: the spec itself).",
+        show_default=False,
     ),
 ]
 sweep_app = typer.Typer(help="Inspect a sweep spec's points (every spec is a sweep of at least one point).")
@@ -84,7 +94,7 @@ def bench(
     index: IndexOpt = None,
     steps: Annotated[int, typer.Option(min=2, help="Training steps timed after warm-up.")] = 50,
     warmup: Annotated[int, typer.Option(min=1, help="Steps run first: compilation and warm-up.")] = 10,
-    out: Annotated[Path | None, typer.Option(help="Write the JSON here instead of to stdout.")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write the JSON here instead of to stdout.")] = None,
 ):
     """Time the spec's real training step on synthetic data: a table on stderr, JSON on stdout (or --out)."""
     point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)
@@ -189,8 +199,10 @@ def sweep_list(spec: SpecArg, set_: SetOpt = None):
 
 @app.command()
 def aggregate(
-    root: Annotated[Path, typer.Argument(help="A results root; runs are found at any depth below it.")],
-    out: Annotated[Path | None, typer.Option(help="Where the tables, plots and page go (default: ROOT).")] = None,
+    root: Annotated[Path, typer.Argument(metavar="ROOT", help="A results root; runs are found at any depth below it.")],
+    out: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Where the tables, plots and page go (default: ROOT).")
+    ] = None,
 ):
     """Tabulate every run under ROOT (aggregate.csv, .md, .html); plot accuracy and ECE against the factor."""
     from job.aggregate import aggregate as aggregate_runs  # matplotlib: only for this command
@@ -200,7 +212,9 @@ def aggregate(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run's directory, e.g. results/labels-f0.1-s42.")],
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="A finished run's directory, e.g. results/labels-f0.1-s42.")
+    ],
 ):
     """Regenerate a finished run's reports and plots from its predictions.npz and history.csv (no training code)."""
     from job.report import regenerate  # matplotlib and scikit-learn: only for this command
@@ -293,7 +307,7 @@ def main() -> None:
     try:
         app()
     except JobError as e:
-        print(f"lsjob: error: {e}", file=sys.stderr)
+        print(f"lsjob: {e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
 
 

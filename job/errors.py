@@ -24,6 +24,8 @@ class JobError(Exception):
     """An expected failure: the CLI prints its message (no traceback) and exits."""
 
     exit_code = EXIT_INTERNAL
+    # How the CLI labels the message: `lsjob: error: ...`.
+    label = "error"
 
 
 class StorageError(JobError):
@@ -67,6 +69,8 @@ class InterruptedRun(JobError):
     """SIGTERM/SIGINT arrived; the step it stopped at is checkpointed."""
 
     exit_code = EXIT_INTERRUPTED
+    # Not an error: every preemption and time limit ends this way, and requeued logs collect them.
+    label = "interrupted"
 
 
 # Storage faults that may pass (NFS under load, a server restart, a failing disk): reported as

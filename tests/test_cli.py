@@ -65,6 +65,8 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(tmp_p
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_INTERRUPTED, err
     assert "Traceback" not in err and "resume" in err
+    # A preemption is routine, not a failure: requeued logs should not fill with errors.
+    assert err.splitlines()[-1].startswith("lsjob: interrupted: stopped by SIGTERM") and "lsjob: error" not in err
     manifest = json.loads((tmp_path / "preempted" / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and "SIGTERM" in manifest["reason"]
 
