@@ -184,14 +184,18 @@ def pod_results_root(root: Path) -> str:
 
     Relative roots are taken relative to the volume, which stands for the checkout's
     results/ folder: results -> /results, results/sweep-factors -> /results/sweep-factors,
-    runs -> /results/runs. The image resolves them the same way (its working directory is /).
+    runs -> /results/runs. An absolute root is kept if it is on the volume (/results/x, as a
+    spec written for the Docker image names it) and refused elsewhere: nothing else is mounted.
     """
-    parts = PurePosixPath(root.as_posix()).parts
-    if root.is_absolute() or ".." in parts:
+    where = PurePosixPath(root.as_posix())
+    if ".." in where.parts or (where.is_absolute() and not where.is_relative_to(RESULTS_DIR)):
         raise SpecError(
-            f"output.root {root} would be outside the results volume in the pod; "
-            "give a relative path such as results/my-sweep"
+            f"output.root {root} would be outside the results volume, mounted at {RESULTS_DIR} in the pod; "
+            f"give a path on it ({RESULTS_DIR}/my-sweep) or a relative one (results/my-sweep is placed there)"
         )
+    if where.is_absolute():
+        return str(where)
+    parts = where.parts
     if parts[:1] == ("results",):
         parts = parts[1:]
     return str(PurePosixPath(RESULTS_DIR, *parts))

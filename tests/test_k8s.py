@@ -336,13 +336,15 @@ def test_the_claims_the_jobs_mount_are_the_ones_volumes_yaml_creates():
 @pytest.mark.parametrize(
     "root, expected",
     [("results", "/results"), ("results/sweep-factors", "/results/sweep-factors"), ("runs/a", "/results/runs/a"),
-     (".", "/results")],
+     (".", "/results"), ("/results", "/results"), ("/results/sweep", "/results/sweep")],
 )  # fmt: skip
-def test_a_relative_results_root_lands_on_the_results_volume(root, expected):
+def test_a_results_root_lands_on_the_results_volume(root, expected):
+    """Relative roots are placed on it; an absolute one already on it (a spec written for the
+    Docker image, whose results volume is /results too) is kept."""
     assert k8s.pod_results_root(Path(root)) == expected
 
 
-@pytest.mark.parametrize("root", ["/scratch/runs", "../elsewhere", "results/../../x"])
+@pytest.mark.parametrize("root", ["/scratch/runs", "../elsewhere", "results/../../x", "/results/../etc", "/resultsx"])
 def test_a_results_root_outside_the_volume_is_refused(root):
     with pytest.raises(SpecError, match="outside the results volume"):
         k8s.pod_results_root(Path(root))
