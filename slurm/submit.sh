@@ -34,6 +34,12 @@ for ((i = 0; i < ${#lsjob_options[@]}; i++)); do
   esac
 done
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+if [[ -n ${LSJOB_OUTPUT_ROOT:-} && -z ${LSJOB_RESULTS:-} ]]; then
+  # Every task would refuse it (sweep.sbatch): refused here, before anything is queued.
+  echo "submit.sh: LSJOB_OUTPUT_ROOT=$LSJOB_OUTPUT_ROOT is set but LSJOB_RESULTS is not; set LSJOB_RESULTS to the" \
+    "folder that lsjob sees at $LSJOB_OUTPUT_ROOT (the one bound there), or unset LSJOB_OUTPUT_ROOT; nothing submitted" >&2
+  exit 2
+fi
 
 if [[ -n ${LSJOB_VENV:-} ]]; then
   # shellcheck disable=SC1091  # the user's venv, not known here

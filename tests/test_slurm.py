@@ -250,6 +250,19 @@ def test_sbatch_container_command_binds_results_at_slash_results(tmp_path, stubs
     assert (tmp_path / "my results").is_dir()
 
 
+def test_an_output_root_without_results_is_refused_before_lsjob_starts_or_anything_is_queued(tmp_path, stubs):
+    # Alone, LSJOB_OUTPUT_ROOT would be ignored and the runs would land under the spec's output.root.
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", f"touch {tmp_path}/lsjob.called\necho 3\n")
+    _stub(bin_dir, "sbatch", f"touch {tmp_path}/sbatch.called\n")
+    env = {**env, "LSJOB_OUTPUT_ROOT": "/results"}
+    for command in (["bash", SLURM / "train.sbatch", "s.yaml"], [SLURM / "submit.sh", "s.yaml"]):
+        proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 2 and "LSJOB_OUTPUT_ROOT=/results is set but LSJOB_RESULTS is not" in proc.stderr
+    assert not (tmp_path / "lsjob.called").exists() and not (tmp_path / "sbatch.called").exists()
+    assert not (tmp_path / "scontrol.calls").exists()
+
+
 def test_sbatch_passes_a_results_root_that_yaml_would_misread_quoted(tmp_path, stubs):
     # --set values are YAML: unquoted, " #1" would be a comment and the results would land in "runs".
     bin_dir, env = stubs
