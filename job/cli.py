@@ -92,7 +92,14 @@ def bench(
     spec: SpecArg,
     set_: SetOpt = None,
     index: IndexOpt = None,
-    steps: Annotated[int, typer.Option(min=2, help="Training steps timed after warm-up.")] = 50,
+    steps: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            help="Training steps timed after warm-up (the first is left out of the median and p90: "
+            "it carries fit's set-up).",
+        ),
+    ] = 50,
     warmup: Annotated[int, typer.Option(min=1, help="Steps run first: compilation and warm-up.")] = 10,
     out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write the JSON here instead of to stdout.")] = None,
 ):
