@@ -139,6 +139,10 @@ class Checkpoints:
                 path.rename(aside)
                 log.warning("moved the unusable checkpoint %s aside to %s", path.name, aside.name)
 
+    def any_saved(self) -> bool:
+        """Whether a re-run has a checkpoint to resume from (or, if all are damaged, to refuse on)."""
+        return bool(self._complete())
+
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 

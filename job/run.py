@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 
 from job import atomic, report, runtime
+from job.checkpoint import Checkpoints
 from job.data import load_dataset
 from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpaceError, SpecError, storage_fault
 from job.model import synchronize_batch_norm
@@ -230,11 +231,22 @@ def _no_space_error(error: BaseException, path: Path) -> NoSpaceError | None:
         if isinstance(seen, OSError) and (
             seen.errno in NO_SPACE_ERRNOS or any(text in str(seen) for text in NO_SPACE_TEXT)
         ):
+            # The reason alone: h5py's message runs to a dozen fields of its write call.
+            why = os.strerror(seen.errno) if seen.errno in NO_SPACE_ERRNOS else _no_space_text(seen)
+            then = (
+                "it resumes from the last intact checkpoint"
+                if Checkpoints(path / "checkpoints").any_saved()
+                else "no checkpoint was written yet, so it starts the training over"
+            )
             return NoSpaceError(
-                f"ran out of disk space writing {path} ({seen}); free space there (or raise the quota or "
-                "file-size limit) and re-run the same command: it resumes from the last intact checkpoint"
+                f"ran out of disk space writing {path} ({why}); free space there (or raise the quota or "
+                f"file-size limit) and re-run the same command: {then}"
             )
     return None
+
+
+def _no_space_text(error: OSError) -> str:
+    return next(text for text in NO_SPACE_TEXT if text in str(error))
 
 
 def _storage_error(error: BaseException, path: Path) -> JobError | None:

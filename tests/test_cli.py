@@ -109,6 +109,10 @@ def test_a_file_size_limit_is_a_clear_no_space_failure_with_its_own_exit_code(tm
                           text=True, preexec_fn=limit)  # fmt: skip
     assert proc.returncode == 6, proc.stderr
     assert "ran out of disk space" in proc.stderr and "Traceback" not in proc.stderr
+    # One line that says why and what a re-run does, not h5py's dump of its write call.
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("lsjob: error: ran out of disk space writing") and "(File too large)" in last
+    assert "no checkpoint was written yet, so it starts the training over" in last and "buf =" not in last
     manifest = json.loads((tmp_path / "limited" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "ran out of disk space" in manifest["reason"]
     checkpoints = tmp_path / "limited" / "checkpoints"

@@ -672,3 +672,18 @@ def test_force_starts_over(completed):
     second = json.loads((completed.run_dir / "manifest.json").read_text())
     assert len(second["attempts"]) == 1  # a fresh run, not another attempt of the old one
     assert second["status"] == "completed" and second["finished"] >= first["finished"]
+
+
+def test_a_full_disk_says_in_one_line_whether_a_rerun_resumes_or_starts_over(tmp_path):
+    from job.run import _no_space_error
+
+    # h5py re-raises ENOSPC with the errno only in a message of a dozen fields.
+    h5py_like = OSError("Unable to synchronously write data (file write failed: time = Sun Dec 6, filename = "
+                        "'x.h5', errno = 28, error message = 'No space left on device', buf = 0x5563)")  # fmt: skip
+    fresh = str(_no_space_error(h5py_like, tmp_path))
+    assert "(No space left on device)" in fresh and "buf =" not in fresh
+    assert fresh.endswith("no checkpoint was written yet, so it starts the training over")
+    (tmp_path / "checkpoints" / "epoch-0003").mkdir(parents=True)
+    resumed = str(_no_space_error(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path))
+    assert "(Disk quota exceeded)" in resumed and resumed.endswith("it resumes from the last intact checkpoint")
+    assert _no_space_error(OSError(errno.EACCES, "Permission denied"), tmp_path) is None
