@@ -495,7 +495,7 @@ def test_labels_vs_loss_differences_beside_the_seed_spread(aggregated):
 
     lines = summary.markdown.splitlines()
     section = lines.index("## labels vs loss at the same factor")
-    assert "same objective" in lines[section + 2]
+    assert "same objective" in lines[section + 2] and "No spread" not in summary.markdown  # every pair has spread
     table = [line for line in lines[section:] if line.startswith("| 0.")][:4]
     assert table == [
         "| 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 80.00 ± 2.00 (3) | +3.00 | 2.38 | +1.3 | 0.29 |",
@@ -529,6 +529,7 @@ def test_seeds_that_agree_exactly_have_no_spread_and_still_plot(tmp_path):
     assert (ece.labels.mean, ece.labels.std, ece.labels.min, ece.labels.max) == (0.05, 0.0, 0.05, 0.05)
     assert ece.se == 0.0 and ece.ratio is None and ece.p_value is None
     assert "| 0.0500 ± 0.0000 (3) | 0.1200 ± 0.0000 (3) | -0.0700 | 0.0000 | no spread | – |" in summary.markdown
+    assert "No spread: the seeds of each method agreed exactly" in summary.markdown  # says what the cell means
     assert all(path.stat().st_size for path in summary.files)
 
 
@@ -869,6 +870,9 @@ def test_plot_copes_with_no_completed_runs(tmp_path, plots):
     for name in OUTPUTS - {"aggregate.csv", "aggregate.md", "aggregate.html"}:
         assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
     assert "No factor has completed runs of both `labels` and `loss`." in summary.markdown
+    # No table, so no advice on reading one (nor on its "no spread" cells, read as a verdict).
+    page = (tmp_path / "aggregate.html").read_text()
+    assert all("No spread" not in text and "Welch" not in text for text in (summary.markdown, page))
 
 
 def test_only_the_outputs_are_written_to_root(tree):

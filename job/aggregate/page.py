@@ -19,9 +19,9 @@ from job.aggregate.plots import COMPARISON_PLOT_NAME, ECE_PLOT_NAME, PLOT_NAME
 from job.aggregate.runs import STATUSES, Run
 from job.aggregate.stats import SAME_OBJECTIVE, Summary
 from job.aggregate.tables import (
-    COMPARISON_NOTE,
     STATS_NOTE,
     Table,
+    comparison_note,
     comparison_table,
     group_table,
     metrics_note,
@@ -106,8 +106,8 @@ def render_page(summary: Summary, plots: Path | None = None) -> str:
     parts += [f'<p class="note">{_e(STATS_NOTE + " " + metrics_note(metrics))}</p>']
 
     parts += [f'<h2 id="labels-vs-loss">{_e(labels)} vs {_e(loss)} at the same factor</h2>']
-    parts += [f'<p class="note">{_e(COMPARISON_NOTE)}</p>']
     if summary.comparisons:
+        parts += [f'<p class="note">{_e(comparison_note(summary.comparisons))}</p>']
         parts += [_table(comparison_table(summary.comparisons))]
     else:
         parts += [f"<p>No factor has completed runs of both <code>{_e(labels)}</code> and <code>{_e(loss)}</code>.</p>"]

@@ -100,9 +100,19 @@ COMPARISON_NOTE = (
     "run-to-run noise: compare it with each method's std across seeds and with the standard error of the "
     "difference, SE = sqrt(std_labels²/n_labels + std_loss²/n_loss). p is Welch's t-test: the chance that "
     "seed noise alone gives a difference at least this large. With few seeds only a large difference / SE "
-    "is evidence: p < 0.05 takes about 4.3 SE with 2 seeds per method, 2.8 with 3. No spread: the seeds of "
-    "each method agreed exactly, so there is no noise to weigh the difference against."
+    "is evidence: p < 0.05 takes about 4.3 SE with 2 seeds per method, 2.8 with 3."
 )
+NO_SPREAD_NOTE = (
+    "No spread: the seeds of each method agreed exactly, so there is no noise to weigh the difference against."
+)
+
+
+def comparison_note(comparisons: list[Difference]) -> str | None:
+    """How to read the comparison table: only when there is one, and 'no spread' only when it says so."""
+    if not comparisons:
+        return None
+    no_spread = any(d.se is not None and d.ratio is None for d in comparisons)
+    return COMPARISON_NOTE + (" " + NO_SPREAD_NOTE if no_spread else "")
 
 
 def tally(runs: list[Run]) -> str:
@@ -181,9 +191,9 @@ def render_markdown(
     lines += [STATS_NOTE + " " + metrics_note(metrics), ""]
 
     labels, loss = SAME_OBJECTIVE
-    lines += [f"## {labels} vs {loss} at the same factor", "", COMPARISON_NOTE, ""]
+    lines += [f"## {labels} vs {loss} at the same factor", ""]
     if comparisons:
-        lines += _table(comparison_table(comparisons))
+        lines += [comparison_note(comparisons), "", *_table(comparison_table(comparisons))]
     else:
         lines += [f"No factor has completed runs of both `{labels}` and `{loss}`."]
 
