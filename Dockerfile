@@ -1,11 +1,12 @@
 # lsjob on an NVIDIA GPU. Build and run from the checkout:
 #
 #   docker build -t lsjob:0.1.0 .
-#   mkdir -p results
+#   mkdir -p results && sudo chown 1000:1000 results
 #   docker run --rm --gpus all -v "$PWD/results:/results" -v lsjob-cache:/cache lsjob:0.1.0 run specs/seed-loss.yaml
 #
 # The job runs as UID/GID 1000 (job/k8s.py uses the same ids): ./results must be writable
-# by it, or add --user "$(id -u):$(id -g)" and bind-mount a cache folder you own as well.
+# by it (the chown), or instead add --user "$(id -u):$(id -g)" and bind-mount a cache folder
+# you own as well.
 # Only the NVIDIA driver and the NVIDIA Container Toolkit are needed on the host. For several
 # GPUs in one run (runtime.replicas), add --shm-size=1g: NCCL's buffers outgrow the default 64 MiB.
 
