@@ -79,7 +79,8 @@ def run(
     _setup_logging()
     # Schedulers preempt with SIGTERM: checkpoint the current step, then stop (train.EpochRecorder).
     preemption.install()
-    # TensorFlow's C++ start-up chatter (no CUDA here, plugin notes) buries the epoch lines.
+    # TensorFlow's C++ notes (CPU instructions) bury the epoch lines. Those it prints before its
+    # logging starts (no CUDA here) cannot be hidden this way; level 3 would hide its errors too.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _load_keras()
     from job.run import execute  # imports the ML stack; keep validate/show/schema instant
