@@ -44,6 +44,45 @@ def test_learning_rate_decays_linearly_to_zero_per_epoch():
     assert math.isclose(train_mod.learning_rate(5, TrainSpec(epochs=10, lr_power=2.0)), 5e-3 * 0.25)
 
 
+def test_a_run_trains_on_the_training_mean_with_each_epochs_learning_rate_and_the_specs_momentum(tiny_spec, tmp_path):
+    """The recipe as the model trained it, not as the spec says: mean subtraction with the
+    training images' own mean (the test set's would leak it into training), the learning rate
+    the schedule gives each epoch, and SGD with the spec's momentum."""
+    from job.data import load_dataset, per_pixel_mean
+
+    spec = tiny_spec("train.momentum=0.8")
+    data = load_dataset(spec.data)
+    result = train_mod.train(spec, data, tmp_path)
+    mean = np.asarray(result.model.get_layer("mean_subtract").mean).reshape(32, 32, 3)
+    np.testing.assert_allclose(mean, per_pixel_mean(data.x_train), rtol=1e-6)
+    assert not np.allclose(mean, per_pixel_mean(data.x_test), rtol=1e-3)
+    # Two epochs from 5e-3 down to 0: the second trains at half.
+    assert [row["lr"] for row in result.history] == pytest.approx([5e-3, 2.5e-3])
+    assert float(result.model.optimizer.learning_rate) == pytest.approx(2.5e-3)  # what the last epoch used
+    assert float(result.model.optimizer.momentum) == pytest.approx(0.8)
+
+
+def test_every_epoch_draws_its_own_shifts_flips_and_dropout_masks():
+    """The random streams are re-seeded from (seed, epoch): an epoch draws the same again (what
+    resume relies on) and the next epoch draws afresh, or augmentation would repeat every epoch."""
+    from job.model import build_model
+    from job.spec import AugmentSpec
+
+    model = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(), seed=1)
+    seeds = train_mod.EpochSeeds(7)
+    seeds.set_model(model)
+
+    def states(epoch):
+        seeds.on_epoch_begin(epoch)
+        return [tuple(np.asarray(v).tolist()) for v in train_mod._seed_states(model)]
+
+    first = states(0)
+    assert len(first) == 2 and len(set(first)) == 2  # augmentation and dropout, each its own stream
+    second = states(1)
+    assert all(a != b for a, b in zip(first, second))
+    assert states(0) == first
+
+
 def test_epoch_order_follows_seed_and_epoch_only():
     order = train_mod.epoch_order(seed=7, epoch=4, size=100, batch_size=32)
     assert len(order) == 96  # the partial last batch is dropped, as steps_per_epoch = N // batch
