@@ -1,0 +1,42 @@
+"""The Dataset both sources make: the holdout it sets aside and the recipe's per-pixel mean."""
+
+import numpy as np
+import pytest
+
+from job.data import Dataset, per_pixel_mean
+from job.errors import SpecError
+
+
+def _dataset(train: int = 10, test: int = 4) -> Dataset:
+    rng = np.random.default_rng(0)
+    return Dataset(
+        rng.integers(0, 256, (train, 32, 32, 3), dtype=np.uint8),
+        (np.arange(train) % 10).astype(np.uint8),
+        rng.integers(0, 256, (test, 32, 32, 3), dtype=np.uint8),
+        (np.arange(test) % 10).astype(np.uint8),
+        "test data",
+    )
+
+
+def test_the_holdout_is_the_last_training_images_with_their_own_labels_and_never_trained_on():
+    """Temperature scaling is fitted on these: images paired with the wrong labels, or also
+    trained on, would fit it to nonsense or to memorised answers."""
+    data = _dataset()
+    rest, x_holdout, y_holdout = data.split_holdout(3)
+    assert np.array_equal(x_holdout, data.x_train[-3:]) and np.array_equal(y_holdout, data.y_train[-3:])
+    assert np.array_equal(rest.x_train, data.x_train[:7]) and np.array_equal(rest.y_train, data.y_train[:7])
+    assert rest.x_test is data.x_test and "last 3 train held out" in rest.description
+    with pytest.raises(SpecError, match="eval.holdout_size is 10 but there are only 10 training images"):
+        data.split_holdout(10)
+
+
+def test_the_mean_image_is_per_pixel_exact_over_several_chunks_of_bright_images():
+    """Each pixel and channel its own mean (the recipe's; not one per channel), summed without
+    overflow however bright the images and however the chunks fall."""
+    x = np.full((10, 32, 32, 3), 250, dtype=np.uint8)
+    x[:, :16] = 5  # the top half dark: a per-channel mean would blur the two halves together
+    x[::3, 0, 0, 0] = 255
+    mean = per_pixel_mean(x, chunk=3)
+    assert mean.dtype == np.float32 and mean.shape == (32, 32, 3)
+    np.testing.assert_allclose(mean, x.mean(axis=0, dtype=np.float64), rtol=1e-6)
+    assert mean[0, 0, 0] == pytest.approx((4 * 255 + 6 * 5) / 10) and mean[31, 31, 2] == 250
