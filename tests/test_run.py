@@ -120,8 +120,15 @@ def test_temperature_scaling_holds_out_the_last_training_images(tiny_spec, monke
     assert manifest["holdout"]["examples"] == 32 and "last 32 train held out" in manifest["data"]
     metrics = json.loads((spec.run_dir / "metrics.json").read_text())
     assert metrics["temperature"] > 0 and "test_ece_scaled" in metrics
+    # The temperature is fitted on the held-out images' predictions and their own labels: the
+    # trained model's, as saved, on exactly those images (the test set is as large here).
+    import keras
+
+    model = keras.saving.load_model(spec.run_dir / "model.keras")
     with np.load(spec.run_dir / "predictions.npz") as f:
         assert f["holdout_probs"].shape == (32, 10) and f["test_probs"].shape == (32, 10)
+        np.testing.assert_allclose(f["holdout_probs"], model.predict(full.x_train[-32:], verbose=0), atol=1e-5)
+        np.testing.assert_array_equal(f["holdout_labels"], full.y_train[-32:])
 
 
 def test_saved_model_reproduces_the_reported_accuracy(completed):
