@@ -213,6 +213,39 @@ def test_temperature_scaling_is_reported_before_and_after(tmp_path):
     assert_png(tmp_path / "reliability.png")
 
 
+def test_the_scaled_numbers_are_those_of_the_scaled_predictions(tmp_path):
+    # The fixture's held-out slice is overconfident (T near 0.46): a report that forgot to apply
+    # T would show the unscaled numbers under "after", and scaling would look like it did nothing.
+    from job import calibration
+
+    y, probs = saved_run(tmp_path, holdout=True)
+    write_reports(tmp_path)
+    scaling = json.loads((tmp_path / "calibration.json").read_text())["temperature_scaling"]
+    temperature = scaling["temperature"]
+    assert abs(temperature - 1) > 0.2
+    held = load_predictions(tmp_path)
+    after = calibration.nll(calibration.apply_temperature(held.holdout_probs, temperature), held.holdout_labels)
+    assert scaling["holdout_nll_after"] == pytest.approx(after)
+    assert scaling["holdout_nll_after"] < scaling["holdout_nll_before"] - 0.1
+    scaled = calibration.summary(calibration.apply_temperature(probs, temperature), y)
+    for key in ("nll", "ece", "mce", "brier", "mean_confidence"):
+        assert scaling["test"][key] == pytest.approx(scaled[key]), key
+    assert scaling["test"]["nll"] < calibration.nll(probs, y) - 0.1
+
+
+def test_metrics_json_repeats_the_calibration_reports_numbers(tmp_path):
+    # aggregate tabulates metrics.json alone: each calibration number there must be the one
+    # calibration.json and the reliability diagram show, not a neighbour (MCE is not ECE here).
+    saved_run(tmp_path, holdout=True)
+    metrics = write_reports(tmp_path)
+    report = json.loads((tmp_path / "calibration.json").read_text())
+    test, scaled = report["test"], report["temperature_scaling"]["test"]
+    assert test["mce"] != pytest.approx(test["ece"]) and scaled["nll"] != pytest.approx(test["nll"])
+    for key in ("ece", "mce", "brier"):
+        assert metrics[f"test_{key}"] == test[key], key
+    assert (metrics["test_ece_scaled"], metrics["test_nll_scaled"]) == (scaled["ece"], scaled["nll"])
+
+
 def test_regenerate_reproduces_every_file_byte_for_byte(tmp_path):
     saved_run(tmp_path, holdout=True)
     metrics = write_reports(tmp_path)
@@ -461,6 +494,24 @@ def test_confusion_matrix_counts(tmp_path):
     y, probs = cifar_predictions()
     write_confusion_matrix(y, probs.argmax(axis=1), CLASS_NAMES, tmp_path / "cm.png", normalize=False)
     assert_png(tmp_path / "cm.png")
+
+
+def test_the_normalised_confusion_matrix_shows_per_class_recall(monkeypatch):
+    # The title promises rows normalised to the true class: each row must read as that class's
+    # recall (summing to 1), and a class with no test images as a row of zeros, not NaNs.
+    import job.report
+
+    figures = []
+    monkeypatch.setattr(job.report, "save_png", lambda fig, path: figures.append(fig))
+    y_true = np.array([0, 0, 0, 1])
+    y_pred = np.array([0, 0, 1, 1])  # class 0: 2 of 3 right; class 1 (1 image) right; class 2 absent
+    write_confusion_matrix(y_true, y_pred, NAMES_SMALL, Path("unused.png"))
+    (fig,) = figures
+    (image,) = fig.axes[0].images
+    shown = np.asarray(image.get_array())
+    np.testing.assert_allclose(shown, [[2 / 3, 1 / 3, 0], [0, 1, 0], [0, 0, 0]])
+    assert "rows normalised to the true class" in fig.axes[0].get_title()
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a (3)", "b (1)", "c (0)"]
 
 
 def test_plot_style_does_not_leak(tmp_path):
