@@ -100,3 +100,17 @@ def test_the_temperature_of_a_very_confident_model_matches_the_one_its_logits_gi
 
 def test_temperature_one_changes_nothing():
     np.testing.assert_allclose(calibration.apply_temperature(PROBS, 1.0), PROBS, atol=1e-12)
+
+
+def test_a_temperature_at_either_end_of_the_search_is_flagged():
+    # A fit pinned at either end is no optimum: too-timid predictions run into the lower end just as
+    # uninformative ones run into the upper. calibration.json must say so for both, and not for T = 1.
+    low, high = np.exp(calibration.LOG_T_BOUNDS)
+    assert calibration.at_search_bound(low) and calibration.at_search_bound(high)
+    assert not calibration.at_search_bound(1.0)
+    # Always right, never confident: sharpening lowers the NLL all the way to the lower end.
+    probs = np.full((50, 10), 0.09)
+    labels = np.arange(50) % 10
+    probs[np.arange(50), labels] = 0.19
+    temperature = calibration.fit_temperature(probs, labels)
+    assert temperature == pytest.approx(low, rel=1e-3) and calibration.at_search_bound(temperature)
