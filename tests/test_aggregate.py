@@ -516,6 +516,22 @@ def test_a_single_seed_has_no_spread_to_compare_with(tmp_path):
     assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 81.00 ± 1.41 (2) | +4.00 | – | – | – |" in summary.markdown
 
 
+def test_unequal_seed_counts_weigh_each_side_by_its_own(tmp_path):
+    # A sweep often has more seeds of one method than the other (a rerun, a seed that failed):
+    # each side's variance shrinks with its own seed count, or the SE, ratio and verdict are off.
+    labels, loss = (80, 84), (78, 79, 80, 81, 82)  # means 82 and 80, variances 8 and 2.5 (in % points²)
+    for seed, correct in enumerate(labels):
+        write_run(tmp_path, f"labels-f0.1-s{seed}", "labels", 0.1, seed, correct=correct)
+    for seed, correct in enumerate(loss):
+        write_run(tmp_path, f"loss-f0.1-s{seed}", "loss", 0.1, seed, correct=correct)
+    summary = aggregate(tmp_path)
+    acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
+    assert (acc.labels.n, acc.loss.n) == (2, 5)
+    assert acc.se == pytest.approx(math.sqrt(8 / 2 + 2.5 / 5) / 100)
+    assert acc.ratio == pytest.approx(2 / math.sqrt(4.5))
+    assert acc.p_value == pytest.approx(scipy.stats.ttest_ind(labels, loss, equal_var=False).pvalue)
+
+
 def test_seeds_that_agree_exactly_have_no_spread_and_still_plot(tmp_path):
     # Three equal values: their float mean was a rounding step off them (mean([0.05] * 3) > 0.05), which
     # made a negative error bar (matplotlib refused it: aggregate failed) and a std of 1e-17.
