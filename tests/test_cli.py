@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import ROOT, TINY
 
+from job import errors
 from job.errors import EXIT_BUSY, EXIT_INTERRUPTED
 from job.spec import load_spec
 
@@ -87,6 +88,27 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(tmp_p
     assert metrics[0] == metrics[1]  # test NLL to the last bit: identical final weights
     manifest = json.loads((tmp_path / "preempted" / "manifest.json").read_text())
     assert [a["status"] for a in manifest["attempts"]] == ["interrupted", "completed"]
+
+
+@pytest.mark.parametrize(
+    "error, code, label",
+    [(errors.StorageError, 1, "error"), (errors.SpecError, 2, "error"), (errors.DataError, 3, "error"),
+     (errors.DivergedError, 4, "error"), (errors.RunBusyError, 5, "error"), (errors.NoSpaceError, 6, "error"),
+     (errors.InterruptedRun, 75, "interrupted")],
+)  # fmt: skip
+def test_each_failure_exits_with_the_code_the_readme_and_the_schedulers_key_on(monkeypatch, capsys, error, code, label):
+    """k8s/ fails a Job at once on 2 and 4 and retries the rest; Slurm requeues 75. A diverged run
+    that exited 0 would be marked succeeded, and retried never; one that exited 1, retried in vain."""
+    from job import cli
+
+    def app():
+        raise error("what happened")
+
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == code
+    assert capsys.readouterr().err == f"lsjob: {label}: what happened\n"
 
 
 def test_bad_input_exit_codes_and_no_traceback(tmp_path):
