@@ -88,6 +88,9 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(tmp_p
     assert metrics[0] == metrics[1]  # test NLL to the last bit: identical final weights
     manifest = json.loads((tmp_path / "preempted" / "manifest.json").read_text())
     assert [a["status"] for a in manifest["attempts"]] == ["interrupted", "completed"]
+    # The run's compute time is both attempts', not the last one's.
+    assert manifest["duration_s"] == pytest.approx(sum(a["seconds"] for a in manifest["attempts"]), abs=0.01)
+    assert manifest["duration_s"] > max(a["seconds"] for a in manifest["attempts"]) + 1
 
 
 @pytest.mark.parametrize(

@@ -694,3 +694,13 @@ def test_a_full_disk_says_in_one_line_whether_a_rerun_resumes_or_starts_over(tmp
     resumed = str(_no_space_error(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path))
     assert "(Disk quota exceeded)" in resumed and resumed.endswith("it resumes from the last intact checkpoint")
     assert _no_space_error(OSError(errno.EACCES, "Permission denied"), tmp_path) is None
+
+
+def test_the_baseline_is_recorded_at_factor_zero_whatever_the_specs_factor(tiny_spec):
+    """aggregate places each run at its manifest's factor: the baseline (method none, whose
+    spec still carries the default factor 0.1) belongs at 0, not beside the smoothed runs."""
+    from job.run import _start_manifest
+
+    manifest = _start_manifest(tiny_spec("smoothing.method=none"), None)
+    assert (manifest["method"], manifest["factor"]) == ("none", 0.0)
+    assert _start_manifest(tiny_spec("smoothing.factor=0.2"), None)["factor"] == 0.2
