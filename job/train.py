@@ -297,6 +297,7 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
         ResumeMidEpoch(start_epoch, mid_epoch),  # after EpochSeeds: it moves the streams on
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, spec.train)),
         diverged,
+        runtime.RunAheadLimit(),  # before the recorder: a stop then waits for two steps, not an epoch's
         recorder,
         StopOnSignal(),  # after the recorder: an epoch that finished is checkpointed
     ]

@@ -3,7 +3,8 @@
 # dependencies minus tensorflow, plus JAX, where `import tensorflow` fails, runs a
 # 1-epoch smoke run under KERAS_BACKEND=jax to completion, then one with 2 data-parallel
 # replicas on the CPU split in two, and checks that 2 replicas make 1 replica's training step
-# (tests/replica_step.py); the first run leaves its compiled programs in the compile
+# (tests/replica_step.py), and that a stop is acted on within a few steps (tests/run_ahead.py);
+# the first run leaves its compiled programs in the compile
 # cache (runtime.compile_cache: auto). (The GPU test machine is
 # such an environment: JAX and PyTorch, no TensorFlow.) .ci/run calls this.
 #
@@ -69,6 +70,8 @@ print(f"check_without_tensorflow: 2 replicas on {setup['replica_devices']}, glob
 PY
   # The same training step on 2 replicas as on 1 (tests/replica_step.py).
   XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax python tests/replica_step.py
+  # A stop checkpoints within a few steps of the device, not after all the loop queued ahead.
+  KERAS_BACKEND=jax python tests/run_ahead.py
   # DataParallel splits the last, shorter evaluation batch too: a test set of 63 is refused
   # before the run directory is made, not after an epoch of training.
   status=0

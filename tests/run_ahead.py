@@ -1,0 +1,68 @@
+"""A stop on JAX checkpoints within a few steps of where the device was, not an epoch later.
+
+JAX queues steps without waiting for them; unchecked, the training loop ran a whole epoch
+ahead of the device, and a SIGTERM, which checkpoints the last step queued, waited for all
+of it (runtime.RunAheadLimit). Here the stop is asked for as the device finishes step 8 of
+a 64-step epoch, from the callback thread that sees each step finish, as a SIGTERM
+arriving just then would. Run as a script (tools/check_without_tensorflow.sh does, on JAX):
+
+    KERAS_BACKEND=jax python tests/run_ahead.py
+
+Exit status 0 when the checkpoint falls within RunAheadLimit's depth (and a thread's slack)
+of step 9, 1 with what happened when not. TensorFlow waits for every step by itself.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from job import preemption, runtime
+from job import train as train_mod
+from job.data import load_dataset
+from job.errors import InterruptedRun
+from job.spec import load_spec
+
+STOP_AFTER = 9  # steps the device has finished when the stop comes
+SLACK = 2  # the callback thread that asks may run a step or two after the device finished
+
+
+class StopAsStepFinishes(train_mod.StopOnNonFiniteLoss):
+    """Kept off the loop like the run's own batch-end check: called once the step is done."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        if batch + 1 >= STOP_AFTER:
+            preemption._requested = preemption._requested or "SIGTERM"
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as folder:
+        spec = load_spec(
+            None,
+            ["data.source=synthetic", "data.train_size=1024", "data.test_size=32", "train.batch_size=16",
+             "train.epochs=1", "runtime.deterministic=false", f"output.root={folder}"],
+        )  # fmt: skip
+        runtime.configure(spec.runtime, spec.train.seed)
+        train_mod.StopOnNonFiniteLoss = StopAsStepFinishes
+        try:
+            train_mod.train(spec, load_dataset(spec.data), Path(folder))
+        except InterruptedRun:
+            pass
+        else:
+            print("run_ahead: the run ended without acting on the stop", file=sys.stderr)
+            return 1
+        saved = sorted(p.name for p in (Path(folder) / "checkpoints").iterdir())
+    limit = STOP_AFTER + runtime.RunAheadLimit().depth + SLACK
+    steps = [int(name.rsplit("-", 1)[1]) for name in saved if "-step-" in name]
+    if not steps or max(steps) > limit:
+        print(f"run_ahead: stopped at {saved}, asked after step {STOP_AFTER}: more than {limit} steps in "
+              "(the loop ran ahead of the device)", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"run_ahead: asked after step {STOP_AFTER} of 64, checkpointed at step {max(steps)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
