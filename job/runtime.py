@@ -7,6 +7,7 @@ so KERAS_BACKEND=jax or torch runs the same job.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import platform
@@ -47,7 +48,7 @@ def configure(runtime: RuntimeSpec, seed: int) -> Setup:
         # Keras refuses it only when the first step is built, after the run directory is made.
         raise SpecError(
             f"runtime.steps_per_execution is {runtime.steps_per_execution}, but Keras's PyTorch backend runs "
-            "one step per call; set runtime.steps_per_execution: 1, or use the JAX or TensorFlow backend"
+            f"one step per call; set runtime.steps_per_execution: 1{or_use('jax', 'tensorflow')}"
         )
     # Before the seed: set_random_seed already compiles on JAX.
     cache, cache_source = _set_up_compile_cache(runtime.compile_cache)
@@ -59,6 +60,21 @@ def configure(runtime: RuntimeSpec, seed: int) -> Setup:
         _enable_determinism()
     replica_devices = _set_up_replicas(runtime.replicas)
     return Setup(precision, source, len(replica_devices), replica_devices, cache, cache_source)
+
+
+BACKEND_NAMES = {"jax": "JAX", "tensorflow": "TensorFlow", "torch": "PyTorch"}
+
+
+def or_use(*backends: str) -> str:
+    """', or use the JAX backend (KERAS_BACKEND=jax)' for those of `backends` installed here:
+    on a machine without TensorFlow (our GPU machine has JAX and PyTorch alone) advice to switch
+    to it would only fail."""
+    here = [b for b in backends if importlib.util.find_spec(b) is not None]
+    if not here:
+        return ""
+    named = " or ".join(BACKEND_NAMES[b] for b in here)
+    settings = " or ".join(f"KERAS_BACKEND={b}" for b in here)
+    return f", or use the {named} backend ({settings})"
 
 
 def replica_count() -> int:

@@ -262,8 +262,8 @@ def check_replicas(spec: Spec, test_images: int) -> None:
         raise SpecError(
             f"on the JAX backend every evaluation batch is split across the {replicas} replicas, the last one "
             f"too, so {' and '.join(uneven)} must be a multiple of {replicas}: use a number of GPUs that "
-            "divides them, make them multiples (data.test_size, train.eval_batch_size), or use the "
-            "TensorFlow backend"
+            "divides them, or make them multiples (data.test_size, train.eval_batch_size)"
+            + runtime.or_use("tensorflow")
         )
 
 

@@ -84,8 +84,23 @@ def test_replicas_the_spec_cannot_split_or_the_machine_lacks_are_refused():
 def test_several_steps_per_call_on_pytorch_are_refused_before_anything_is_set_up(monkeypatch):
     # Keras refuses it only when it builds the first step, after the run directory exists.
     monkeypatch.setattr(runtime.keras.backend, "backend", lambda: "torch")
-    with pytest.raises(SpecError, match="steps_per_execution is 2, but Keras's PyTorch backend runs one step"):
+    with pytest.raises(SpecError, match="steps_per_execution is 2, but Keras's PyTorch backend runs one step") as err:
         runtime.configure(RuntimeSpec(steps_per_execution=2), seed=0)
+    assert str(err.value).endswith(", or use the TensorFlow backend (KERAS_BACKEND=tensorflow)")  # no JAX here
+
+
+def test_advice_to_switch_backends_names_only_those_installed(monkeypatch):
+    # The GPU machine has JAX and PyTorch and no TensorFlow: "use TensorFlow" there would only fail.
+    import importlib.util
+
+    installed = {"jax", "torch"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in installed else None)
+    assert runtime.or_use("jax", "tensorflow") == ", or use the JAX backend (KERAS_BACKEND=jax)"
+    assert runtime.or_use("tensorflow") == ""
+    installed.add("tensorflow")
+    assert runtime.or_use("jax", "tensorflow") == (
+        ", or use the JAX or TensorFlow backend (KERAS_BACKEND=jax or KERAS_BACKEND=tensorflow)"
+    )
 
 
 def test_replicas_this_machine_lacks_fail_the_run_before_anything_is_written(tiny_spec):
