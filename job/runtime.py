@@ -127,8 +127,9 @@ class RunAheadLimit(keras.callbacks.Callback):
     (none waits for a step) nothing holds the loop back: on a 2-core CPU it queued a whole
     epoch within a second. A stop checkpoints the last step queued, so it waited for all of
     them: 26 s after a SIGTERM, or to the epoch's end, where TensorFlow, which reads each
-    step's loss back, stopped in 2 s. Two in flight keep the device as busy as a longer queue:
-    the host prepares the next step while it runs. A no-op on TensorFlow and PyTorch.
+    step's loss back, stopped in 2 s. With two in flight the host still prepares the next
+    step while the device runs one (`lsjob bench` times the step with this limit, as a run
+    has it). A no-op on TensorFlow and PyTorch.
     """
 
     async_safe = True  # nothing at a batch's end: Keras may keep those calls off the loop
