@@ -588,11 +588,37 @@ def test_a_run_killed_while_writing_its_first_files_is_still_ours(tmp_path):
     assert RunDir(tmp_path / "r").is_foreign()
 
 
-def test_unwritable_results_root_fails_before_training(tmp_path, tiny_spec):
+def test_unwritable_results_root_fails_before_the_data_loads(tmp_path, tiny_spec, monkeypatch):
+    # Before a 170 MB CIFAR-10 download and the devices' set-up, not after.
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the refusal")
+
+    monkeypatch.setattr(run_mod, "load_dataset", no_data)
     (tmp_path / "file").write_text("")
-    spec = tiny_spec(f"output.root={tmp_path / 'file' / 'results'}")
-    with pytest.raises(SpecError, match="results root"):
-        run_mod.execute(spec)
+    with pytest.raises(SpecError, match="cannot create the results root .*file is not a directory"):
+        run_mod.execute(tiny_spec(f"output.root={tmp_path / 'file' / 'results'}"))
+    (tmp_path / "read-only").mkdir()
+    real_access = os.access  # tests run as root here, to whom every folder is writable
+    monkeypatch.setattr("job.rundir.os.access", lambda p, mode: Path(p).name != "read-only" and real_access(p, mode))
+    with pytest.raises(SpecError, match="the results root .*read-only/results is not writable"):
+        run_mod.execute(tiny_spec(f"output.root={tmp_path / 'read-only' / 'results'}"))
+    assert list((tmp_path / "read-only").iterdir()) == []
+
+
+def test_claiming_a_run_clears_temporary_files_of_writers_killed_midway_and_nothing_else(tmp_path):
+    # Left by a process killed mid-write (SIGKILL, the OOM killer): only job.atomic's own names.
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    (run.path / "manifest.json").write_text("{}")
+    (run.path / ".model.keras.a8b_q0.tmp.keras").write_text("torn")
+    (run.path / ".staging.x1y2.tmp").mkdir()
+    (run.path / ".staging.x1y2.tmp" / "calibration.json").write_text("torn")
+    (run.path / "notes.tmp").write_text("the user's")
+    run.claim()
+    try:
+        assert sorted(p.name for p in run.path.iterdir()) == [".lock", "manifest.json", "notes.tmp"]
+    finally:
+        run.release()
 
 
 def test_a_file_or_dangling_link_where_the_run_goes_is_refused_before_the_data_loads(tmp_path, tiny_spec, monkeypatch):
@@ -670,6 +696,47 @@ def test_force_removes_the_manifest_last(completed, monkeypatch):
     monkeypatch.undo()
     assert removed[-2:] == ["spec.yaml", "manifest.json"] and len(removed) == len(ARTIFACTS)
     assert run_mod.execute(completed) == 0  # a fresh run: the next test checks what --force leaves
+
+
+def test_force_discards_a_failed_runs_checkpoints_and_trains_from_the_start(tiny_spec, monkeypatch, caplog):
+    # Every other --force test starts from a completed run, which keeps no checkpoints.
+    spec = tiny_spec("output.run=failed-then-forced")
+    real_train = run_mod.train
+
+    def train_then_fail(*args):
+        real_train(*args)  # both epochs checkpointed
+        raise DivergedError("loss became nan after training")
+
+    monkeypatch.setattr(run_mod, "train", train_then_fail)
+    with pytest.raises(DivergedError):
+        run_mod.execute(spec)
+    assert (spec.run_dir / "checkpoints" / "epoch-0002").is_dir()
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lsjob"):
+        assert run_mod.execute(spec, force=True) == 0
+    assert "resuming" not in caplog.text and "epoch 1/2" in caplog.text and "epoch 2/2" in caplog.text
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    assert [a["status"] for a in manifest["attempts"]] == ["completed"] and manifest["attempts"][0]["forced"]
+
+
+def test_a_run_of_another_hash_whose_spec_yaml_cannot_be_read_is_refused_not_taken_over(tiny_spec, monkeypatch):
+    # As a newer lsjob leaves it (a field this version does not know): nothing says it is this spec's run.
+    spec = tiny_spec("output.run=unreadable")
+
+    def fail(*args, **kwargs):
+        raise DivergedError("loss became nan")
+
+    monkeypatch.setattr(run_mod, "train", fail)
+    with pytest.raises(DivergedError):
+        run_mod.execute(spec)
+    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    (spec.run_dir / "manifest.json").write_text(json.dumps({**manifest, "spec_hash": "0" * 16}))
+    (spec.run_dir / "spec.yaml").write_text("train: {a_field_from_the_future: 1}\n")
+    with pytest.raises(
+        SpecError, match=f"holds a run of a different spec \\(hash 0{{16}}, this spec {spec.content_hash()}"
+    ):
+        run_mod.execute(spec)
 
 
 def test_force_starts_over(completed):
