@@ -94,6 +94,22 @@ def test_bench_refuses_a_bad_spec_before_loading_anything(tmp_path):
     assert proc.returncode == 2 and "train.batch_size" in proc.stderr
 
 
+def test_bench_refuses_a_batch_the_replicas_cannot_split_as_run_does(monkeypatch):
+    # runtime.replicas: all, on a machine with 2 GPUs: known only once the devices are set up.
+    from job import bench, runtime
+    from job.errors import SpecError
+    from job.spec import load_spec
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the refusal")
+
+    monkeypatch.setattr(runtime, "replica_count", lambda: 2)
+    monkeypatch.setattr(bench, "compile_model", no_model)
+    spec = load_spec(None, ["runtime.replicas=all", "train.batch_size=17"])
+    with pytest.raises(SpecError, match="train.batch_size 17 does not split evenly across the 2 replicas"):
+        bench.bench(spec, steps=2, warmup=1)
+
+
 @pytest.mark.parametrize("where, message", [
     ("missing/bench.json", "the folder missing does not exist"),
     (".", "is a directory; name a file"),

@@ -283,10 +283,13 @@ def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatc
     assert manifest["status"] == "failed" and "nan" in manifest["reason"]
     assert not (spec.run_dir / "metrics.json").exists()
     monkeypatch.undo()
+    monkeypatch.setattr(run_mod, "now", lambda: "2099-01-01T00:00:00+00:00")  # the next attempt, much later
     assert run_mod.execute(spec) == 0  # the same command finishes it
     manifest = json.loads((spec.run_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     assert [a["status"] for a in manifest["attempts"]] == ["failed", "completed"]
+    # The run started with its first attempt, not its last.
+    assert manifest["started"] == manifest["attempts"][0]["started"] < manifest["attempts"][1]["started"]
 
 
 def test_an_attempt_killed_without_a_word_and_a_change_of_backend_are_on_record(tiny_spec, monkeypatch, caplog):

@@ -89,6 +89,19 @@ def test_several_steps_per_call_on_pytorch_are_refused_before_anything_is_set_up
     assert str(err.value).endswith(", or use the TensorFlow backend (KERAS_BACKEND=tensorflow)")  # no JAX here
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tests the TensorFlow backend")
+def test_deterministic_turns_on_tensorflows_op_determinism_and_only_when_asked(monkeypatch):
+    # What runtime.deterministic promises: on a GPU, reductions in a fixed order (run-to-run equality).
+    import tensorflow as tf
+
+    calls = []
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: calls.append(1))
+    runtime.configure(RuntimeSpec(deterministic=False), seed=0)
+    assert calls == []
+    runtime.configure(RuntimeSpec(deterministic=True), seed=0)
+    assert calls == [1]
+
+
 def test_advice_to_switch_backends_names_only_those_installed(monkeypatch):
     # The GPU machine has JAX and PyTorch and no TensorFlow: "use TensorFlow" there would only fail.
     import importlib.util
