@@ -113,6 +113,20 @@ def test_a_save_killed_midway_leaves_nothing_once_the_run_resumes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".epochs-notes", "epoch-0001"]
 
 
+def test_an_epoch_saved_again_after_a_crash_replaces_the_earlier_save(tmp_path):
+    # A run killed after saving epoch 1 but before recording it saves epoch 1 again on resume;
+    # refusing to overwrite would fail every resume of that run.
+    model, store = small_model(), Checkpoints(tmp_path)
+    store.save(model, 1, [{"epoch": 1, "loss": 2.0}])
+    train_step(model)
+    store.save(model, 1, [{"epoch": 1, "loss": 1.0}])
+    fresh = small_model(seed=1)
+    assert store.restore(fresh) == Resume(1, [{"epoch": 1, "loss": 1.0}])
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001"]
+
+
 def test_no_checkpoint_means_a_fresh_start(tmp_path):
     assert Checkpoints(tmp_path / "none").restore(small_model()) == Resume()
 
