@@ -98,6 +98,35 @@ def test_a_field_the_spec_ignores_is_no_part_of_the_identity_and_defaults_keep_t
     assert base.content_hash() == "b4681dc38e475edf"  # the recipe's hash, as every earlier lsjob wrote it
 
 
+def test_the_holdout_size_counts_toward_the_identity_only_with_temperature_scaling():
+    # Without temperature scaling no image is held out: changing holdout_size must not block a resume.
+    unused = [load_spec(None, ["eval.temperature_scaling=false", f"eval.holdout_size={n}"]) for n in (5000, 100)]
+    assert unused[0].content_hash() == unused[1].content_hash()
+    used = [load_spec(None, ["eval.temperature_scaling=true", f"eval.holdout_size={n}"]) for n in (5000, 100)]
+    assert used[0].content_hash() != used[1].content_hash()  # it changes what the model trains on
+
+
+def test_a_batch_as_large_as_the_training_set_is_allowed_and_one_image_more_is_refused():
+    # An epoch of zero full batches would train on nothing; refused before a run writes anything.
+    assert load_spec(None, ["data.train_size=16", "train.batch_size=16"]).train.batch_size == 16
+    with pytest.raises(
+        SpecError, match=r"train\.batch_size 17 is more than the 16 training images \(data\.train_size 16\)"
+    ):
+        load_spec(None, ["data.train_size=16", "train.batch_size=17"])
+    # The holdout comes out of the training set first.
+    holdout = ["data.train_size=1000", "eval.temperature_scaling=true", "eval.holdout_size=950"]
+    assert load_spec(None, [*holdout, "train.batch_size=50"]).train.batch_size == 50
+    with pytest.raises(SpecError, match=r"train\.batch_size 51 is more than the 50 training images"):
+        load_spec(None, [*holdout, "train.batch_size=51"])
+
+
+def test_replicas_beyond_any_one_run_are_refused_naming_the_field():
+    # No machine has that many devices: refused by `lsjob validate`, not after the job waited in a queue.
+    assert load_spec(None, ["runtime.replicas=4096", "train.batch_size=4096"]).runtime.replicas == 4096
+    with pytest.raises(SpecError, match=r"runtime\.replicas: must be a number of devices .*\(got 5000\)"):
+        load_spec(None, ["runtime.replicas=5000", "train.batch_size=5000"])
+
+
 def test_resolved_yaml_round_trips(tmp_path):
     spec = load_spec(ROOT / "specs/smoke.yaml")
     again = load_spec(write(tmp_path, spec.to_yaml()))
