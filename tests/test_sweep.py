@@ -197,6 +197,13 @@ class TestSelect:
         env = {"SLURM_ARRAY_TASK_ID": "1", "JOB_COMPLETION_INDEX": "2"}
         assert sweep.select(self.grid(4), None, env).index == 1
 
+    def test_spaces_around_the_index_are_ignored_and_a_blank_one_is_unset(self):
+        # A wrapper script or a templated Job manifest may pass the index padded, or set but empty.
+        assert sweep.select(self.grid(4), None, {"SLURM_ARRAY_TASK_ID": " 1 \n"}).index == 1
+        assert sweep.select(self.grid(4), None, {"SLURM_ARRAY_TASK_ID": "  ", "JOB_COMPLETION_INDEX": "2"}).index == 2
+        with pytest.raises(SpecError, match=r"a sweep of 4 runs: pick one with --index"):
+            sweep.select(self.grid(4), None, {"SLURM_ARRAY_TASK_ID": "  "})
+
     @pytest.mark.parametrize("raw", ["x", "-1", "1.0", "1-3", "0x1"])
     def test_a_malformed_index_is_refused(self, raw):
         with pytest.raises(SpecError, match=rf"JOB_COMPLETION_INDEX='{raw}' is not a sweep index"):
