@@ -40,6 +40,15 @@ def test_a_second_sigterm_stays_graceful_a_second_ctrl_c_does_not(handlers):
         os.kill(os.getpid(), signal.SIGINT)  # the person at the terminal means now
 
 
+def test_the_first_signal_is_the_one_reported(handlers):
+    # The log says what stopped the run: the scheduler's SIGTERM, not a Ctrl-C that came after it.
+    preemption._record(signal.SIGTERM, None)
+    preemption._record(signal.SIGINT, None)
+    assert preemption.requested() == "SIGTERM"
+    with pytest.raises(InterruptedRun, match="stopped by SIGTERM"):
+        preemption.check()
+
+
 class RecordedSaves:
     def __init__(self):
         self.saves = []
