@@ -567,6 +567,19 @@ def test_a_download_that_breaks_off_resumes_where_it_stopped(small, cifar_sample
     assert (cache / "datasets" / cifar10.ARCHIVE_NAME).read_bytes() == data
 
 
+def test_the_pause_before_each_resume_doubles(small_tar, server, monkeypatch, tmp_path):
+    # Retrying a struggling server at once, five times, would spend the resumes in seconds.
+    data = small_tar.read_bytes()
+    url = server(data, cuts=[1000] * (1 + cifar10.DOWNLOAD_RESUMES), ranges=True)
+    monkeypatch.setattr(cifar10, "DOWNLOAD_RESUME_PAUSE_S", 2.0)
+    pauses = []
+    monkeypatch.setattr(cifar10, "_pause", pauses.append)
+    with pytest.raises(OSError, match=f"closed after 6000 of {len(data)} bytes"):  # the resumes spent
+        cifar10.fetch(url, tmp_path / "archive")
+    assert pauses == [2.0, 4.0, 8.0, 16.0, 32.0]
+    assert (tmp_path / "archive").stat().st_size == 6000  # every piece kept, each resume starting where it stopped
+
+
 def test_a_resume_refused_for_a_while_is_tried_again(small, cifar_sample, small_tar, trusted, server, monkeypatch,
                                                     tmp_path):  # fmt: skip
     # Most of the file is here: an outage at the resume (503) is waited out, not the end.
@@ -729,6 +742,21 @@ def test_folders_left_by_a_killed_fill_are_deleted_once_stale(small, small_tar, 
     monkeypatch.setattr(cifar10, "fetch", lambda url, dest: shutil.copyfile(small_tar, dest))
     cifar10.load_cifar10(None, tmp_path / "cache")
     assert sorted(p.name for p in datasets.iterdir()) == sorted([cifar10.ARCHIVE_NAME, BATCHES, live.name])
+
+
+def test_a_fill_paused_for_minutes_keeps_its_folder(tmp_path):
+    # Only a folder idle well past what a live fill goes without writing (a stall, a resume pause,
+    # slow shared storage) is a dead task's: a task starting beside a live fill must not delete it.
+    datasets = tmp_path / "datasets"
+    ages = {".download.p4us3d": 300, f".{BATCHES}.sl0w.partial": 300, ".download.k1ll3d": cifar10.LEFTOVER_AGE_S + 60}
+    for name, age in ages.items():
+        (datasets / name).mkdir(parents=True)
+        (datasets / name / "part").write_bytes(b"x" * 100)
+        then = time.time() - age
+        for path in (datasets / name / "part", datasets / name):
+            os.utime(path, (then, then))
+    cifar10._clear_leftovers(datasets)
+    assert sorted(p.name for p in datasets.iterdir()) == sorted([".download.p4us3d", f".{BATCHES}.sl0w.partial"])
 
 
 def test_a_cache_that_cannot_be_read_is_named_not_called_damaged(small, small_batches, no_download, monkeypatch,
