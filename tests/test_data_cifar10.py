@@ -957,6 +957,28 @@ def test_a_waiting_task_goes_on_once_the_lock_is_let_go(
     assert_loaded(result[0], expected_arrays(cifar_sample, SMALL))
 
 
+def test_a_lock_won_on_a_file_its_holder_deleted_is_taken_again_on_the_file_now_there(monkeypatch, tmp_path):
+    # The holder unlinks the lock file as it lets go: a waiter left holding a lock on that orphan
+    # would fill the cache beside a task that locked the new file.
+    lock = tmp_path / cifar10.CACHE_LOCK
+    real_flock, calls = fcntl.flock, []
+
+    def holder_lets_go_first(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            lock.unlink()  # what the holder does before closing, while this waiter was blocked
+            lock.touch()  # and a task starting then made the file anew
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(cifar10.fcntl, "flock", holder_lets_go_first)
+    fd = cifar10._acquire(lock)
+    try:
+        assert len(calls) == 2
+        assert os.fstat(fd).st_ino == os.stat(lock).st_ino
+    finally:
+        os.close(fd)
+
+
 def test_a_stop_while_waiting_for_the_lock_stops_at_once(small, monkeypatch, tmp_path):
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
     monkeypatch.setattr(cifar10, "fetch", offline)
