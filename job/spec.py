@@ -43,6 +43,7 @@ TRAIN_IMAGES = 50_000  # CIFAR-10's training set, and the synthetic set's size u
 TEST_IMAGES = 10_000
 # The synthetic set is made in memory, 3 KB an image: a mistyped size would take gigabytes first.
 SYNTHETIC_MAX_IMAGES = 1_000_000
+MAX_REPLICAS = 4096  # far beyond any one machine: a larger count is a typo
 
 
 class Section(BaseModel):
@@ -235,7 +236,7 @@ class RuntimeSpec(Section):
     @classmethod
     def _count_or_all(cls, value):
         if not (value == "all" or (isinstance(value, int) and not isinstance(value, bool))):
-            raise ValueError(f"must be a number of devices from 1 up, or all (got {_short(value)})")
+            raise ValueError(f"must be a number of devices from 1 to {MAX_REPLICAS}, or all (got {_short(value)})")
         return value
 
     @field_validator("compile_cache")
@@ -251,8 +252,8 @@ class RuntimeSpec(Section):
     @field_validator("replicas")
     @classmethod
     def _positive_replicas(cls, replicas):
-        if replicas != "all" and not 1 <= replicas <= 4096:
-            raise ValueError("must be a number of devices from 1 up, or all")
+        if replicas != "all" and not 1 <= replicas <= MAX_REPLICAS:
+            raise ValueError(f"must be a number of devices from 1 to {MAX_REPLICAS}, or all")
         return replicas
 
 

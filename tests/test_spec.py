@@ -123,7 +123,9 @@ def test_a_batch_as_large_as_the_training_set_is_allowed_and_one_image_more_is_r
 def test_replicas_beyond_any_one_run_are_refused_naming_the_field():
     # No machine has that many devices: refused by `lsjob validate`, not after the job waited in a queue.
     assert load_spec(None, ["runtime.replicas=4096", "train.batch_size=4096"]).runtime.replicas == 4096
-    with pytest.raises(SpecError, match=r"runtime\.replicas: must be a number of devices .*\(got 5000\)"):
+    with pytest.raises(
+        SpecError, match=r"runtime\.replicas: must be a number of devices from 1 to 4096, or all \(got 5000\)"
+    ):
         load_spec(None, ["runtime.replicas=5000", "train.batch_size=5000"])
 
 
