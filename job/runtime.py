@@ -365,7 +365,16 @@ def _enable_determinism() -> None:
         import torch
 
         torch.use_deterministic_algorithms(True, warn_only=True)
-    # JAX is deterministic on CPU; on GPU XLA_FLAGS=--xla_gpu_deterministic_ops=true must be set before start-up.
+    elif backend == "jax":
+        import jax
+
+        # JAX is deterministic on a CPU; on a GPU only with this flag, read as its backend starts,
+        # before anything here runs: said, not silently left off.
+        if jax.default_backend() == "gpu" and "--xla_gpu_deterministic_ops=true" not in os.environ.get("XLA_FLAGS", ""):
+            log.warning(
+                "runtime.deterministic: JAX on a GPU is deterministic only with "
+                "XLA_FLAGS=--xla_gpu_deterministic_ops=true set before lsjob starts; this run is not"
+            )
 
 
 def devices() -> list[str]:

@@ -102,6 +102,22 @@ def test_deterministic_turns_on_tensorflows_op_determinism_and_only_when_asked(m
     assert calls == [1]
 
 
+@pytest.mark.parametrize(
+    "platform, flags, warned",
+    [("gpu", "", True), ("gpu", "--xla_gpu_deterministic_ops=true", False), ("cpu", "", False)],
+)
+def test_deterministic_on_a_jax_gpu_without_xlas_flag_says_it_is_not(monkeypatch, caplog, platform, flags, warned):
+    # The flag is read as JAX's backend starts, before lsjob can set it: a warning, not a silent no.
+    import types
+
+    monkeypatch.setattr(runtime.keras.backend, "backend", lambda: "jax")
+    monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(default_backend=lambda: platform))
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    with caplog.at_level("WARNING", logger="lsjob"):
+        runtime._enable_determinism()
+    assert ("XLA_FLAGS=--xla_gpu_deterministic_ops=true set before lsjob starts" in caplog.text) == warned
+
+
 def test_advice_to_switch_backends_names_only_those_installed(monkeypatch):
     # The GPU machine has JAX and PyTorch and no TensorFlow: "use TensorFlow" there would only fail.
     import importlib.util
