@@ -228,25 +228,26 @@ NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too lar
 
 def _no_space_error(error: BaseException, path: Path) -> NoSpaceError | None:
     for seen in _chain(error):
-        if isinstance(seen, OSError) and (
-            seen.errno in NO_SPACE_ERRNOS or any(text in str(seen) for text in NO_SPACE_TEXT)
-        ):
-            # The reason alone: h5py's message runs to a dozen fields of its write call.
-            why = os.strerror(seen.errno) if seen.errno in NO_SPACE_ERRNOS else _no_space_text(seen)
-            then = (
-                "it resumes from the last intact checkpoint"
-                if Checkpoints(path / "checkpoints").any_saved()
-                else "no checkpoint was written yet, so it starts the training over"
-            )
-            return NoSpaceError(
-                f"ran out of disk space writing {path} ({why}); free space there (or raise the quota or "
-                f"file-size limit) and re-run the same command: {then}"
-            )
+        if not isinstance(seen, OSError):
+            continue
+        # The reason alone: h5py's message runs to a dozen fields of its write call.
+        why = os.strerror(seen.errno) if seen.errno in NO_SPACE_ERRNOS else _no_space_text(seen)
+        if why is None:
+            continue
+        then = (
+            "it resumes from the last intact checkpoint"
+            if Checkpoints(path / "checkpoints").any_saved()
+            else "no checkpoint was written yet, so it starts the training over"
+        )
+        return NoSpaceError(
+            f"ran out of disk space writing {path} ({why}); free space there (or raise the quota or "
+            f"file-size limit) and re-run the same command: {then}"
+        )
     return None
 
 
-def _no_space_text(error: OSError) -> str:
-    return next(text for text in NO_SPACE_TEXT if text in str(error))
+def _no_space_text(error: OSError) -> str | None:
+    return next((text for text in NO_SPACE_TEXT if text in str(error)), None)
 
 
 def _storage_error(error: BaseException, path: Path) -> JobError | None:
