@@ -107,10 +107,8 @@ NO_SPREAD_NOTE = (
 )
 
 
-def comparison_note(comparisons: list[Difference]) -> str | None:
-    """How to read the comparison table: only when there is one, and 'no spread' only when it says so."""
-    if not comparisons:
-        return None
+def comparison_note(comparisons: list[Difference]) -> str:
+    """How to read the comparison table (shown only when there is one): 'no spread' only when it says so."""
     no_spread = any(d.se is not None and d.ratio is None for d in comparisons)
     return COMPARISON_NOTE + (" " + NO_SPREAD_NOTE if no_spread else "")
 
