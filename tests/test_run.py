@@ -270,19 +270,24 @@ def test_a_run_made_by_lsjob_0_1_0_is_still_this_specs(completed, capsys, change
         manifest_path.write_text(json.dumps(manifest))
 
 
-def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatch):
-    spec = tiny_spec("train.epochs=1")
+def fail_an_attempt(spec) -> dict:
+    """One attempt of `spec` that fails as training starts, as a diverged run does; its manifest."""
 
     def diverge(*args, **kwargs):
         raise DivergedError("loss became nan at epoch 1, batch 3")
 
-    monkeypatch.setattr(run_mod, "train", diverge)
-    with pytest.raises(DivergedError):
-        run_mod.execute(spec)
-    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_mod, "train", diverge)
+        with pytest.raises(DivergedError):
+            run_mod.execute(spec)
+    return json.loads((spec.run_dir / "manifest.json").read_text())
+
+
+def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatch):
+    spec = tiny_spec("train.epochs=1")
+    manifest = fail_an_attempt(spec)
     assert manifest["status"] == "failed" and "nan" in manifest["reason"]
     assert not (spec.run_dir / "metrics.json").exists()
-    monkeypatch.undo()
     monkeypatch.setattr(run_mod, "now", lambda: "2099-01-01T00:00:00+00:00")  # the next attempt, much later
     assert run_mod.execute(spec) == 0  # the same command finishes it
     manifest = json.loads((spec.run_dir / "manifest.json").read_text())
@@ -723,17 +728,10 @@ def test_force_discards_a_failed_runs_checkpoints_and_trains_from_the_start(tiny
     assert [a["status"] for a in manifest["attempts"]] == ["completed"] and manifest["attempts"][0]["forced"]
 
 
-def test_a_run_of_another_hash_whose_spec_yaml_cannot_be_read_is_refused_not_taken_over(tiny_spec, monkeypatch):
+def test_a_run_of_another_hash_whose_spec_yaml_cannot_be_read_is_refused_not_taken_over(tiny_spec):
     # As a newer lsjob leaves it (a field this version does not know): nothing says it is this spec's run.
     spec = tiny_spec("output.run=unreadable")
-
-    def fail(*args, **kwargs):
-        raise DivergedError("loss became nan")
-
-    monkeypatch.setattr(run_mod, "train", fail)
-    with pytest.raises(DivergedError):
-        run_mod.execute(spec)
-    manifest = json.loads((spec.run_dir / "manifest.json").read_text())
+    manifest = fail_an_attempt(spec)
     (spec.run_dir / "manifest.json").write_text(json.dumps({**manifest, "spec_hash": "0" * 16}))
     (spec.run_dir / "spec.yaml").write_text("train: {a_field_from_the_future: 1}\n")
     with pytest.raises(
