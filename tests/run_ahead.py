@@ -2,7 +2,7 @@
 
 JAX queues steps without waiting for them; unchecked, the training loop ran a whole epoch
 ahead of the device, and a SIGTERM, which checkpoints the last step queued, waited for all
-of it (runtime.RunAheadLimit). Here the stop is asked for as the device finishes step 8 of
+of it (runtime.RunAheadLimit). Here the stop is asked for as the device finishes step 9 of
 a 64-step epoch, from the callback thread that sees each step finish, as a SIGTERM
 arriving just then would. Run as a script (tools/check_without_tensorflow.sh does, on JAX):
 
