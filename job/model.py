@@ -9,11 +9,15 @@ before keras.saving.load_model.
 
 from __future__ import annotations
 
+import json
+import zipfile
+from pathlib import Path
+
 import keras
 import numpy as np
 from keras import layers, ops
 
-from job import runtime
+from job import atomic, runtime
 from job.augment import RandomShiftFlip
 from job.calibration import PROB_EPSILON
 from job.spec import AugmentSpec
@@ -93,6 +97,49 @@ def synchronize_batch_norm(model: keras.Model, synchronized: bool) -> None:
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.synchronized = synchronized
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Write the trained model to `path` (model.keras) so that it loads on any backend."""
+    synchronize_batch_norm(model, False)  # training is over; a synchronized one loads on TensorFlow alone
+    with atomic.atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+        _name_public_optimizers(tmp)
+
+
+def _name_public_optimizers(path: Path) -> None:
+    """On PyTorch, Keras trains with its own subclass of each optimizer, and model.save names
+    that subclass's module (keras.src.backend.torch.optimizers), which no other backend loads.
+    Renamed to keras.optimizers, the class every backend has, the file loads anywhere with its
+    optimizer state: both classes keep the same variables. A file written on another backend
+    already names it and is left as it is."""
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+        if not _rename_backend_optimizers(config.get("compile_config")):
+            return
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            archive.writestr(info, json.dumps(config).encode() if info.filename == "config.json" else data)
+
+
+def _rename_backend_optimizers(node) -> bool:
+    """Point every backend-specific optimizer class in a serialized config at keras.optimizers
+    (LossScaleOptimizer nests one); whether any was."""
+    renamed = False
+    if isinstance(node, dict):
+        module, name = node.get("module"), node.get("class_name")
+        public = getattr(keras.optimizers, name, None) if isinstance(name, str) else None
+        backend_specific = isinstance(module, str) and module.startswith("keras.src.backend.")
+        if backend_specific and isinstance(public, type) and issubclass(public, keras.optimizers.Optimizer):
+            node["module"] = "keras.optimizers"
+            renamed = True
+        for value in node.values():
+            renamed |= _rename_backend_optimizers(value)
+    elif isinstance(node, list):
+        for value in node:
+            renamed |= _rename_backend_optimizers(value)
+    return renamed
 
 
 def validation_nll() -> keras.metrics.Metric:

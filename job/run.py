@@ -21,7 +21,7 @@ from job import atomic, report, runtime
 from job.checkpoint import Checkpoints
 from job.data import load_dataset
 from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpaceError, SpecError, storage_fault
-from job.model import synchronize_batch_norm
+from job.model import save_model
 from job.rundir import RunDir, check_writable, now
 from job.spec import Spec, identity_differences, load_spec
 from job.train import check_fits, train
@@ -188,9 +188,7 @@ def _execute_claimed(
             report.Predictions(result.test_probs, data.y_test, data.class_names, holdout_probs, y_holdout),
         )
         metrics = report.write_reports(run_dir.path)
-        synchronize_batch_norm(result.model, False)  # training is over: model.keras loads on any backend
-        with atomic.atomic_path(run_dir.path / "model.keras", suffix=".keras") as tmp:
-            result.model.save(tmp)
+        save_model(result.model, run_dir.path / "model.keras")
         _finish(manifest, started, "completed")
         manifest.update(
             epochs_done=len(result.history),

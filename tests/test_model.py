@@ -1,9 +1,12 @@
 """MiniGoogLeNet as the tutorial builds it, with the recipe's preprocessing inside."""
 
+import json
+import zipfile
+
 import numpy as np
 import pytest
 
-from job.model import build_model
+from job.model import _name_public_optimizers, build_model, save_model
 from job.spec import AugmentSpec
 
 keras = pytest.importorskip("keras")
@@ -80,3 +83,64 @@ def test_validation_nll_counts_a_confident_miss_as_the_reports_do():
     logged = softmax.evaluate(x, np.eye(10, dtype=np.float32)[y], verbose=0, return_dict=True)["nll"]
     assert logged == pytest.approx(nll(softmax.predict(x, verbose=0), y), rel=1e-5)
     assert logged == pytest.approx(-np.log(1e-7) / 2, rel=1e-5)
+
+
+# What model.save names on PyTorch, where Keras trains with its own subclass of each optimizer.
+TORCH_SGD = "keras.src.backend.torch.optimizers.torch_sgd"
+
+
+@pytest.mark.parametrize("loss_scaling", [False, True])
+def test_a_model_keras_written_on_pytorch_loads_here_with_its_optimizer_state(tmp_path, loss_scaling):
+    # Written here, then named as PyTorch names it: the file save_model leaves on PyTorch.
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    net.compile(optimizer=keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer, loss="mse")
+    net.fit(np.ones((4, 3)), np.zeros((4, 2)), verbose=0)
+    path = tmp_path / "model.keras"
+    net.save(path)
+    as_on_torch = _config(path)
+    sgd = as_on_torch["compile_config"]["optimizer"]
+    sgd = sgd["config"]["inner_optimizer"] if loss_scaling else sgd
+    assert sgd["module"] == "keras.optimizers" and sgd["class_name"] == "SGD"
+    sgd["module"] = TORCH_SGD
+    _write_config(path, as_on_torch)
+
+    _name_public_optimizers(path)
+
+    config = _config(path)
+    assert TORCH_SGD not in json.dumps(config)
+    loaded = keras.saving.load_model(path)  # by default, compiled: the optimizer's class must import here
+    assert isinstance(loaded.optimizer, keras.optimizers.LossScaleOptimizer if loss_scaling else keras.optimizers.SGD)
+    assert len(loaded.optimizer.variables) == len(net.optimizer.variables)
+    for before, after in zip(net.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), keras.ops.convert_to_numpy(before))
+    assert any(
+        np.abs(keras.ops.convert_to_numpy(v)).sum() > 0 for v in loaded.optimizer.variables if "momentum" in v.path
+    )
+
+
+def test_save_model_leaves_a_file_that_names_public_classes_as_it_is(tmp_path, model):
+    path = tmp_path / "model.keras"
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="categorical_crossentropy")
+    save_model(model, path)
+    entries = _entries(path)
+    _name_public_optimizers(path)
+    assert _entries(path) == entries  # not rewritten
+    assert keras.saving.load_model(path).count_params() == model.count_params()
+
+
+def _entries(path):
+    with zipfile.ZipFile(path) as archive:
+        return [(info.filename, info.compress_type, archive.read(info)) for info in archive.infolist()]
+
+
+def _config(path):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("config.json"))
+
+
+def _write_config(path, config):
+    entries = _entries(path)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, compression, data in entries:
+            archive.writestr(name, json.dumps(config) if name == "config.json" else data, compress_type=compression)
