@@ -22,7 +22,7 @@ from job.checkpoint import Checkpoints
 from job.data import load_dataset
 from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpaceError, SpecError, storage_fault
 from job.model import save_model
-from job.rundir import RunDir, check_writable, now
+from job.rundir import RunDir, check_writable, now, slurm_restart
 from job.spec import Spec, identity_differences, load_spec
 from job.train import check_fits, train
 
@@ -78,7 +78,7 @@ def _discarded_by_this_job(run_dir: RunDir, spec: Spec) -> bool:
     attempts = manifest.get("attempts", [])
     if not isinstance(attempts, list) or _made_by(manifest, run_dir, spec) is not None:
         return False  # damaged, or another spec's run: --force discards it
-    restart = _slurm_restart()
+    restart = slurm_restart()
     for attempt in attempts:
         if isinstance(attempt, dict) and attempt.get("forced") and attempt.get("slurm_job") == job:
             # One recorded without its restart (by an older lsjob) counts as its job's first attempt.
@@ -88,13 +88,6 @@ def _discarded_by_this_job(run_dir: RunDir, spec: Spec) -> bool:
                          job)  # fmt: skip
                 return True
     return False
-
-
-def _slurm_restart() -> int:
-    try:
-        return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    except ValueError:
-        return 0
 
 
 def _elsewhere(sweep_point: dict | None) -> str:
@@ -276,7 +269,7 @@ def _start_manifest(spec: Spec, previous: dict | None, forced: bool = False) -> 
     attempt = {"host": socket.gethostname(), "started": now(), "backend": keras.backend.backend()}
     if os.environ.get("SLURM_JOB_ID"):
         attempt["slurm_job"] = os.environ["SLURM_JOB_ID"]
-        attempt["slurm_restart"] = _slurm_restart()
+        attempt["slurm_restart"] = slurm_restart()
     if forced:
         attempt["forced"] = True  # this attempt discarded an earlier run (--force)
     attempts.append(attempt)

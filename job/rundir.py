@@ -18,10 +18,11 @@ import os
 import re
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from job import atomic
+from job import atomic, preemption
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, RunBusyError, SpecError, storage_fault
 
 log = logging.getLogger("lsjob")
@@ -33,12 +34,26 @@ PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
 ATOMIC_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")  # job.atomic: .<name>.<random>.tmp<suffix>
 STAGING_TMP = re.compile(re.escape(atomic.STAGING_PREFIX) + r"[^./]+\.tmp")
-# What RunDir.lock writes into .lock; read back by lock_holder.
-LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)")
+# What RunDir.lock writes into .lock; read back by lock_holder. The Slurm part (job id and
+# restart count) tells a requeued attempt that the lock is its own earlier attempt's.
+LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)(?: slurm job (\S+) restart (\d+))?")
+# How long a requeued Slurm attempt waits for its earlier attempt's lock. That attempt has ended,
+# but a node that went down can leave its lock on a shared filesystem until the server lets it
+# expire: NFSv4 after its lease (90 s by default), Lustre and GPFS once they evict the node.
+LOCK_WAIT_S = 300.0
+LOCK_POLL_S = 2.0
 
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def slurm_restart() -> int:
+    """SLURM_RESTART_COUNT: how many times Slurm has requeued this job (0 outside Slurm)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
 
 
 def check_writable(root: Path, create: bool = True) -> None:
@@ -94,25 +109,60 @@ class RunDir:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise RunBusyError(
-                f"{self.path} is in use by {holder}; a second task for the same run must not write into it. "
-                "Wait for it to finish, or stop it first."
-            ) from None
+            try:
+                self._wait_for_an_earlier_attempt(fd)
+            except BaseException:
+                os.close(fd)
+                raise
         except OSError as e:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
             log.warning("%s: this filesystem does not support locks; duplicate tasks are not detected", self.path)
+        slurm = f" slurm job {job} restart {slurm_restart()}" if (job := os.environ.get("SLURM_JOB_ID")) else ""
         with _claiming(self.path, "locking the run directory"):
             try:
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode(), 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}{slurm}\n".encode(), 0)
             except OSError:
                 os.close(fd)
                 raise
         self._lock_fd = fd
         self._remove_torn_writes()
+
+    def _wait_for_an_earlier_attempt(self, fd: int) -> None:
+        """Return once `fd` is locked, where the holder is this Slurm job's attempt before Slurm
+        requeued it; else RunBusyError. Slurm requeues a job whose node went down, and another
+        task's lock is never waited for: a duplicate task is refused at once."""
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        match = LOCK_TEXT.fullmatch(holder)
+        job = os.environ.get("SLURM_JOB_ID")
+        if not (match and match[4] and match[4] == job and int(match[5]) < slurm_restart()):
+            raise RunBusyError(
+                f"{self.path} is in use by {holder or 'another process'}; a second task for the same run must not "
+                "write into it. Wait for it to finish, or stop it first."
+            )
+        log.warning(
+            "%s is still locked by %s, this Slurm job's attempt before it was requeued; its node probably went "
+            "down and the filesystem keeps its lock until it expires: waiting up to %d s for it",
+            self.path, holder, LOCK_WAIT_S,
+        )  # fmt: skip
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while time.monotonic() < deadline:
+            preemption.check()
+            time.sleep(LOCK_POLL_S)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            log.info("%s: the earlier attempt's lock has expired; this attempt holds it", self.path)
+            return
+        raise RunBusyError(
+            f"{self.path} is still locked by {holder}, this Slurm job's attempt before it was requeued, after "
+            f"{LOCK_WAIT_S:.0f} s of waiting. Slurm has ended that attempt, so its node most likely went down and "
+            f"the file server keeps its lock (NFSv3 keeps a lost node's locks until the node starts again). Once "
+            f"nothing of job {job} runs on {match[2]} (`scontrol show node {match[2]}`), remove {self.path / LOCK} "
+            "and resubmit: the run resumes from its last checkpoint."
+        )
 
     def _remove_torn_writes(self) -> None:
         # job.atomic's temporary files of a process killed mid-write; ours alone to clear,

@@ -3,15 +3,19 @@
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from job import preemption, rundir
 from job import run as run_mod
 from job.errors import (
     EXIT_BAD_INPUT,
@@ -541,6 +545,103 @@ def test_a_second_task_on_the_same_run_is_refused(tmp_path):
         first.release()
     second.claim()  # free again once the holder is gone
     second.release()
+
+
+def test_a_requeued_slurm_attempt_waits_for_the_lock_its_earlier_attempt_left(monkeypatch, caplog, tmp_path):
+    # A node that went down can leave its task's lock on a shared filesystem (NFS, Lustre) until
+    # the server lets it expire; the requeued attempt used to fail at once with exit 5, never requeued.
+    monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    earlier = RunDir(tmp_path / "r")
+    earlier.claim()  # stands for the lost node's lock: released below, as the server lets it expire
+    lock = tmp_path / "r" / ".lock"
+    assert lock.read_text().strip().endswith(" slurm job 4242 restart 0") and rundir.is_lsjob_lock(lock)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    requeued, errors = RunDir(tmp_path / "r"), []
+
+    def take():
+        try:
+            requeued.claim()
+        except BaseException as e:
+            errors.append(e)
+
+    waiter = threading.Thread(target=take)
+    with caplog.at_level(logging.INFO, logger="lsjob"):
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while "waiting up to" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert waiter.is_alive() and "this Slurm job's attempt before it was requeued" in caplog.text
+        earlier.release()
+        waiter.join(30)
+    try:
+        assert not waiter.is_alive() and errors == []
+        assert lock.read_text().strip().endswith(" slurm job 4242 restart 1")
+        assert rundir.lock_holder(tmp_path / "r").alive
+    finally:
+        requeued.release()
+
+
+def test_a_lock_that_outlasts_the_wait_is_refused_with_how_to_clear_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(rundir, "LOCK_WAIT_S", 0.05)
+    monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    earlier = RunDir(tmp_path / "r")
+    earlier.claim()
+    held = (tmp_path / "r" / ".lock").read_text()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    try:
+        with pytest.raises(RunBusyError, match="still locked by pid") as err:
+            RunDir(tmp_path / "r").claim()
+        assert err.value.exit_code == 5
+        assert f"remove {tmp_path / 'r' / '.lock'} and resubmit" in str(err.value)
+        assert "scontrol show node" in str(err.value)
+        assert (tmp_path / "r" / ".lock").read_text() == held  # the holder's record is left as it was
+    finally:
+        earlier.release()
+
+
+@pytest.mark.parametrize("holder_env, ours", [
+    ({"SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "0"}, {"SLURM_JOB_ID": "5151", "SLURM_RESTART_COUNT": "1"}),
+    ({"SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}, {"SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}),
+    ({}, {"SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}),
+    ({"SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "0"}, {}),
+])  # fmt: skip
+def test_a_lock_held_by_another_task_is_refused_without_waiting(holder_env, ours, monkeypatch, tmp_path):
+    # Another job, the same attempt twice (srun started two tasks), or outside Slurm: a duplicate.
+    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in holder_env.items():
+        monkeypatch.setenv(name, value)
+    holder = RunDir(tmp_path / "r")
+    holder.claim()
+    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in ours.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(rundir.time, "sleep", lambda s: pytest.fail("waited for another task's lock"))
+    try:
+        with pytest.raises(RunBusyError, match="is in use by pid"):
+            RunDir(tmp_path / "r").claim()
+    finally:
+        holder.release()
+
+
+def test_a_stop_while_waiting_for_the_lock_stops_at_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    earlier = RunDir(tmp_path / "r")
+    earlier.claim()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+    monkeypatch.setattr(rundir, "LOCK_WAIT_S", 5.0)  # unheeded, it would end in RunBusyError
+    try:
+        with pytest.raises(InterruptedRun, match="SIGTERM"):  # exit 75: the job requeues again
+            RunDir(tmp_path / "r").claim()
+    finally:
+        earlier.release()
 
 
 @pytest.mark.parametrize("call, code, error, exit_code", [
