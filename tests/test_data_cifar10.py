@@ -957,6 +957,77 @@ def test_a_waiting_task_goes_on_once_the_lock_is_let_go(
     assert_loaded(result[0], expected_arrays(cifar_sample, SMALL))
 
 
+def test_a_lock_whose_holder_writes_nothing_for_long_is_gone_around(
+    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
+):
+    # A node that went down mid-fill can leave its lock on a shared filesystem (NFSv3: until it
+    # starts again): every task of a sweep used to wait on it until its time limit.
+    trusted(small_tar)
+    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(cifar10, "LEFTOVER_AGE_S", 0.3)
+    calls = []
+    monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls))
+    datasets = tmp_path / "cache" / "datasets"
+    holder = hold_cache_lock(datasets)  # never let go, as on the file server
+    dead = datasets / ".download.k3j_2x"  # what the holder was writing when its node went down
+    dead.mkdir()
+    (dead / cifar10.ARCHIVE_NAME).write_bytes(b"the first bytes")
+    for path in (dead / cifar10.ARCHIVE_NAME, dead):
+        os.utime(path, (time.time() - 3600,) * 2)  # an hour ago
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(cifar10.load_cifar10(None, tmp_path / "cache")))
+    try:
+        with caplog.at_level(logging.INFO, logger="lsjob"):
+            waiter.start()
+            waiter.join(60)
+            assert not waiter.is_alive(), "still waiting on a lock whose holder writes nothing"
+    finally:
+        os.close(holder)  # lets a waiter that did not give up go on
+        waiter.join(60)
+    assert "nothing has been written to it for 0 s" in caplog.text and "going on without the lock" in caplog.text
+    assert len(calls) == 1
+    assert_loaded(result[0], expected_arrays(cifar_sample, SMALL))
+    assert not dead.exists()  # its leftover cleared, as a dead process's
+
+
+def test_a_holder_that_keeps_writing_is_waited_for_however_long_it_takes(
+    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
+):
+    trusted(small_tar)
+    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(cifar10, "LEFTOVER_AGE_S", 1.0)
+    calls = []
+    monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls))
+    datasets = tmp_path / "cache" / "datasets"
+    holder = hold_cache_lock(datasets)
+    live = datasets / ".download.a8b_q0"
+    live.mkdir()
+    done = threading.Event()
+
+    def download():  # a slow download: its file grows a little at a time
+        with open(live / cifar10.ARCHIVE_NAME, "ab") as f:
+            while not done.wait(0.02):
+                f.write(b"x")
+                f.flush()
+
+    writer = threading.Thread(target=download)
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(cifar10.load_cifar10(None, tmp_path / "cache")))
+    writer.start()
+    waiter.start()
+    try:
+        waiter.join(3.0)  # three times the wait for a holder that writes nothing
+        assert waiter.is_alive() and calls == [] and "going on without the lock" not in caplog.text
+    finally:
+        done.set()
+        writer.join(10)
+        shutil.rmtree(live)  # the holder's fill ends: it moves its download away and lets go
+        os.close(holder)
+        waiter.join(60)
+    assert len(calls) == 1
+    assert_loaded(result[0], expected_arrays(cifar_sample, SMALL))
+
+
 def test_a_lock_won_on_a_file_its_holder_deleted_is_taken_again_on_the_file_now_there(monkeypatch, tmp_path):
     # The holder unlinks the lock file as it lets go: a waiter left holding a lock on that orphan
     # would fill the cache beside a task that locked the new file.

@@ -225,6 +225,25 @@ def _cache_lock(datasets: Path):
             os.close(fd)  # closing drops the flock
 
 
+def _fill_activity(datasets: Path) -> list[tuple[str, int, int]]:
+    """Name, mtime and size of everything in the download and extraction folders: a live fill
+    changes them every second or so (a download that stalls gives up within a minute)."""
+    seen = []
+    for folder in _fill_folders(datasets):
+        for path in [folder, *folder.rglob("*")]:
+            with contextlib.suppress(OSError):  # gone meanwhile: the next look sees that
+                stat = path.lstat()
+                seen.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return sorted(seen)
+
+
+def _fill_folders(datasets: Path) -> list[Path]:
+    try:
+        return [*datasets.glob(".download.*"), *datasets.glob(f".{BATCHES_DIR}.*.partial")]
+    except OSError:
+        return []
+
+
 def _clear_leftovers(datasets: Path) -> None:
     """Delete the download and extraction folders of processes that died (SIGKILL) in them:
     170-180 MB each, never reused. One still in use is always younger than LEFTOVER_AGE_S."""
@@ -232,7 +251,7 @@ def _clear_leftovers(datasets: Path) -> None:
         # "Now" by the storage's clock, which set the folders' times, not this node's.
         with tempfile.NamedTemporaryFile(prefix=".clock.", dir=datasets) as probe:
             now = os.fstat(probe.fileno()).st_mtime
-        leftovers = [*datasets.glob(".download.*"), *datasets.glob(f".{BATCHES_DIR}.*.partial")]
+        leftovers = _fill_folders(datasets)
     except OSError:
         return  # a cache this process cannot write: not its to clean
     for folder in leftovers:
@@ -247,8 +266,13 @@ def _clear_leftovers(datasets: Path) -> None:
 
 
 def _acquire(lock: Path) -> int | None:
-    """An open descriptor of `lock`, flocked; None where the filesystem has no locks."""
+    """An open descriptor of `lock`, flocked; None where the filesystem has no locks, or where
+    its holder has written nothing to the cache for LEFTOVER_AGE_S: a node that went down can
+    leave its lock on a shared filesystem (NFSv3 keeps it until the node starts again), and
+    every task of a sweep would wait on it until its time limit. Going on without the lock is
+    safe: a fill never shows a partial file under a final name."""
     waiting = False
+    activity, changed = None, time.monotonic()
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -261,6 +285,16 @@ def _acquire(lock: Path) -> int | None:
                         log.info("another process is filling the CIFAR-10 cache %s; waiting for it", lock.parent)
                         waiting = True
                     preemption.check()
+                    if (seen := _fill_activity(lock.parent)) != activity:
+                        activity, changed = seen, time.monotonic()
+                    elif time.monotonic() - changed > LEFTOVER_AGE_S:
+                        os.close(fd)
+                        log.warning(
+                            "the CIFAR-10 cache %s is still locked, but nothing has been written to it for %d s: its "
+                            "holder most likely died on a node that went down, leaving its lock on the file server; "
+                            "going on without the lock", lock.parent, LEFTOVER_AGE_S,
+                        )  # fmt: skip
+                        return None
                     time.sleep(LOCK_POLL_S)
         except OSError as e:  # e.g. ENOLCK on an NFS mount without a lock manager
             os.close(fd)
