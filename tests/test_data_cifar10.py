@@ -219,6 +219,13 @@ def test_archive_is_extracted_into_the_cache_then_reused(
 
     monkeypatch.setattr(cifar10, "safe_extract", no_extraction)
     assert_loaded(cifar10.load_cifar10(small_tar, cache), expected)
+    # Reused without the cache lock: a holder stalled on it (a lost node's) keeps no reader waiting.
+    holder = hold_cache_lock(datasets)
+    monkeypatch.setattr(cifar10.time, "sleep", lambda s: pytest.fail("waited for the cache lock"))
+    try:
+        assert_loaded(cifar10.load_cifar10(small_tar, cache), expected)
+    finally:
+        os.close(holder)
 
 
 def test_wrong_checksum_is_refused_before_extraction(small, small_tar, tmp_path):
@@ -984,10 +991,47 @@ def test_a_lock_whose_holder_writes_nothing_for_long_is_gone_around(
     finally:
         os.close(holder)  # lets a waiter that did not give up go on
         waiter.join(60)
-    assert "nothing has been written to it for 0 s" in caplog.text and "going on without the lock" in caplog.text
+    assert "nothing has been written to it for 0 s" in caplog.text and "going around it" in caplog.text
     assert len(calls) == 1
     assert_loaded(result[0], expected_arrays(cifar_sample, SMALL))
-    assert not dead.exists()  # its leftover cleared, as a dead process's
+    assert dead.exists()  # a suspended holder's would still be in use
+    assert not (datasets / cifar10.CACHE_LOCK).exists()  # the stale lock file is gone: no task waits on it again
+
+
+def test_tasks_waiting_on_a_stalled_holder_go_around_it_one_at_a_time(
+    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
+):
+    # The first to give up takes the lock on a new file; the others move to it and read its copy.
+    trusted(small_tar)
+    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(cifar10, "LEFTOVER_AGE_S", 1.0)
+    calls = []
+    monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls, delay=0.2))
+    datasets = tmp_path / "cache" / "datasets"
+    holder = hold_cache_lock(datasets)
+    results, errors = {}, []
+
+    def task(i):
+        try:
+            results[i] = cifar10.load_cifar10(None, tmp_path / "cache")
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=task, args=(i,), name=f"task{i}") for i in range(3)]
+    try:
+        with caplog.at_level(logging.INFO, logger="lsjob"):
+            for t in threads:
+                t.start()
+                time.sleep(0.3)  # they start apart, as a sweep's tasks do, and give up apart
+            for t in threads:
+                t.join(60)
+    finally:
+        os.close(holder)
+    assert not errors and len(results) == 3
+    assert len(calls) == 1, calls
+    assert caplog.text.count("going around it") == 1
+    for arrays in results.values():
+        assert_loaded(arrays, expected_arrays(cifar_sample, SMALL))
 
 
 def test_a_holder_that_keeps_writing_is_waited_for_however_long_it_takes(
@@ -1042,9 +1086,9 @@ def test_a_lock_won_on_a_file_its_holder_deleted_is_taken_again_on_the_file_now_
         return real_flock(fd, op)
 
     monkeypatch.setattr(cifar10.fcntl, "flock", holder_lets_go_first)
-    fd = cifar10._acquire(lock)
+    fd, went_around = cifar10._acquire(lock)
     try:
-        assert len(calls) == 2
+        assert len(calls) == 2 and not went_around
         assert os.fstat(fd).st_ino == os.stat(lock).st_ino
     finally:
         os.close(fd)

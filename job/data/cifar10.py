@@ -119,6 +119,9 @@ def _load(path: Path | None, datasets: Path):
         return read_batch_dir(batches)
     if path.is_file():
         verify_sha256(path)
+        batches = _cached_batches(datasets)  # extracted already: read without waiting for the lock
+        if batches is not None:
+            return _read_cached(batches)
         with _cache_lock(datasets):
             return _load_archive(path, datasets)
     raise DataError(
@@ -205,17 +208,19 @@ def _cache_lock(datasets: Path):
     A flock on datasets/.cifar-10.lock, so the kernel drops it when its holder dies; the
     holder deletes the file as it lets go, so the cache holds nothing of it afterwards.
     Where no lock can be had (a cache that cannot be written, a filesystem without locks)
-    each process goes on alone: correct, only not shared. A stop (SIGTERM) while waiting
-    stops the run at once.
+    each process goes on alone: correct, only not shared. A holder that stopped writing is
+    gone around (_LockWait). A stop (SIGTERM) while waiting stops the run at once.
     """
     lock = datasets / CACHE_LOCK
+    went_around = False
     try:
         datasets.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(lock)
+        fd, went_around = _acquire(lock)
     except OSError as e:  # download_archive says what is wrong with the folder, if it comes to that
         log.warning("cannot lock the dataset cache %s (%s); going on without the lock", datasets, e)
         fd = None
-    _clear_leftovers(datasets)
+    if not went_around:  # a holder gone around may be suspended, its folders still in use
+        _clear_leftovers(datasets)
     try:
         yield
     finally:
@@ -265,54 +270,100 @@ def _clear_leftovers(datasets: Path) -> None:
                 log.info("deleted %s, left by a process that died filling the cache", folder)
 
 
-def _acquire(lock: Path) -> int | None:
-    """An open descriptor of `lock`, flocked; None where the filesystem has no locks, or where
-    its holder has written nothing to the cache for LEFTOVER_AGE_S: a node that went down can
-    leave its lock on a shared filesystem (NFSv3 keeps it until the node starts again), and
-    every task of a sweep would wait on it until its time limit. Going on without the lock is
-    safe: a fill never shows a partial file under a final name."""
-    waiting = False
-    activity, changed = None, time.monotonic()
+def _acquire(lock: Path) -> tuple[int | None, bool]:
+    """An open descriptor of `lock`, flocked (None where the filesystem has no locks), and
+    whether a holder that stopped writing was gone around (see _LockWait)."""
+    wait = _LockWait(lock)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not waiting:
-                        log.info("another process is filling the CIFAR-10 cache %s; waiting for it", lock.parent)
-                        waiting = True
-                    preemption.check()
-                    if (seen := _fill_activity(lock.parent)) != activity:
-                        activity, changed = seen, time.monotonic()
-                    elif time.monotonic() - changed > LEFTOVER_AGE_S:
-                        os.close(fd)
-                        log.warning(
-                            "the CIFAR-10 cache %s is still locked, but nothing has been written to it for %d s: its "
-                            "holder most likely died on a node that went down, leaving its lock on the file server; "
-                            "going on without the lock", lock.parent, LEFTOVER_AGE_S,
-                        )  # fmt: skip
-                        return None
-                    time.sleep(LOCK_POLL_S)
+            held = wait.take(fd)
         except OSError as e:  # e.g. ENOLCK on an NFS mount without a lock manager
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(lock)
             log.warning("cannot lock the dataset cache %s (%s); going on without the lock", lock.parent, e)
-            return None
+            return None, False
         except BaseException:
             os.close(fd)
             raise
+        if held is None:  # a stalled holder's lock file that this process may not remove
+            os.close(fd)
+            log.warning("cannot remove %s; going on without the lock", lock)
+            return None, True
         # Locked; but if the holder before us deleted the file as it let go, this lock is on
-        # a name no one else will open: start again on the file now there.
+        # a name no one else will open: start again on the file now there. Likewise when the
+        # file was replaced while this process waited.
+        if held and _names(lock, fd):
+            return fd, wait.went_around
+        os.close(fd)
+
+
+class _LockWait:
+    """Waiting for the cache lock on one file after another, saying so once.
+
+    A holder that writes nothing to the cache for LEFTOVER_AGE_S has stalled: it died on a node
+    that went down (a shared filesystem can keep its lock: NFSv3 until the node starts again)
+    or it is suspended. Waiting on, every task of a sweep would sit until its time limit, so its
+    lock file is removed and the lock taken on a new one: the tasks waiting on the old file move
+    to the new one, and none waits on it again. A fill beside a suspended one is safe: neither
+    shows a partial file under a final name.
+    """
+
+    def __init__(self, lock: Path):
+        self.lock = lock
+        self.went_around = False
+        self._said = False
+        self._activity: list | None = None
+        self._changed = time.monotonic()
+
+    def take(self, fd: int) -> bool | None:
+        """True once `fd` is locked; False once the lock file is another (or gone), so that the
+        caller opens the one there now; None for a stalled holder whose file cannot be removed."""
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            if not self._said:
+                log.info("another process is filling the CIFAR-10 cache %s; waiting for it", self.lock.parent)
+                self._said = True
+            preemption.check()
+            if not _names(self.lock, fd):
+                self._activity, self._changed = None, time.monotonic()  # a new holder gets its own time
+                return False
+            if (seen := _fill_activity(self.lock.parent)) != self._activity:
+                self._activity, self._changed = seen, time.monotonic()
+            elif time.monotonic() - self._changed > LEFTOVER_AGE_S:
+                return self._go_around(fd)
+            time.sleep(LOCK_POLL_S)
+
+    def _go_around(self, fd: int) -> bool | None:
+        self._activity, self._changed = None, time.monotonic()
+        if not _names(self.lock, fd):  # another waiter went around it just now: wait on its new file
+            return False
+        log.warning(
+            "the CIFAR-10 cache %s is locked, but nothing has been written to it for %d s: its holder died on a "
+            "node that went down, leaving its lock on the file server, or it is suspended; going around it",
+            self.lock.parent, LEFTOVER_AGE_S,
+        )  # fmt: skip
+        self.went_around = True
         try:
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                return fd
+            os.unlink(self.lock)
         except FileNotFoundError:
             pass
-        os.close(fd)
+        except OSError:
+            return None
+        return False
+
+
+def _names(lock: Path, fd: int) -> bool:
+    """Whether the path `lock` names the file open as `fd`."""
+    try:
+        return os.stat(lock).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
