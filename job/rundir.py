@@ -123,6 +123,9 @@ class RunDir:
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}{slurm}\n".encode(), 0)
+                # On the file server now, not in this node's cache: a node that dies soon after leaves
+                # its name, which tells a requeued attempt the lock is its own earlier one's.
+                os.fsync(fd)
             except OSError:
                 os.close(fd)
                 raise
@@ -160,8 +163,8 @@ class RunDir:
             f"{self.path} is still locked by {holder}, this Slurm job's attempt before it was requeued, after "
             f"{LOCK_WAIT_S:.0f} s of waiting. Slurm has ended that attempt, so its node most likely went down and "
             f"the file server keeps its lock (NFSv3 keeps a lost node's locks until the node starts again). Once "
-            f"nothing of job {job} runs on {match[2]} (`scontrol show node {match[2]}`), remove {self.path / LOCK} "
-            "and resubmit: the run resumes from its last checkpoint."
+            f"nothing of job {job} runs on {match[2]} (`scontrol show node {match[2].split('.')[0]}`), remove "
+            f"{self.path / LOCK} and resubmit: the run resumes from its last checkpoint."
         )
 
     def _remove_torn_writes(self) -> None:

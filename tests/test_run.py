@@ -590,17 +590,32 @@ def test_a_lock_that_outlasts_the_wait_is_refused_with_how_to_clear_it(monkeypat
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     earlier = RunDir(tmp_path / "r")
     earlier.claim()
-    held = (tmp_path / "r" / ".lock").read_text()
+    held = "pid 4711 on node7.cluster.example since 2026-12-06T07:00:00+00:00 slurm job 4242 restart 2\n"
+    (tmp_path / "r" / ".lock").write_text(held)  # as a lost node wrote it; the flock is still held
     monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
     try:
         with pytest.raises(RunBusyError, match="still locked by pid") as err:
             RunDir(tmp_path / "r").claim()
         assert err.value.exit_code == 5
         assert f"remove {tmp_path / 'r' / '.lock'} and resubmit" in str(err.value)
-        assert "scontrol show node" in str(err.value)
+        assert "`scontrol show node node7`" in str(err.value)  # Slurm's short node name
         assert (tmp_path / "r" / ".lock").read_text() == held  # the holder's record is left as it was
     finally:
         earlier.release()
+
+
+def test_the_lock_says_who_holds_it_on_the_storage_before_training(monkeypatch, tmp_path):
+    # Left in this node's cache, the text dies with a node lost early on: the requeued attempt
+    # would find an empty lock it cannot tell for its own earlier attempt's.
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    run_dir = RunDir(tmp_path / "r")
+    run_dir.claim()
+    try:
+        assert str(tmp_path / "r" / ".lock") in synced
+    finally:
+        run_dir.release()
 
 
 @pytest.mark.parametrize("holder_env, ours", [
