@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,15 @@ from pathlib import Path
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 STAGING_PREFIX = ".staging."
+
+
+def temporary_folder(prefix: str, directory: Path) -> Path:
+    """A new folder in `directory`, to be renamed into place once filled. mkdtemp makes it 0700,
+    which would stay with it: a team's shared results folder could not be read or resumed by the
+    others. It gets the umask's permissions instead, keeping the setgid bit a group folder gives."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+    os.chmod(folder, (0o777 & ~_UMASK) | (folder.stat().st_mode & stat.S_ISGID))
+    return folder
 
 
 @contextlib.contextmanager

@@ -20,20 +20,20 @@ sums (loss and accuracy so far), so the epoch's history row comes out as if neve
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 
-from job.atomic import fsync_dir, sha256_file
+from job.atomic import fsync_dir, sha256_file, temporary_folder
 from job.errors import SpecError, storage_fault
 
 log = logging.getLogger("lsjob")
@@ -68,7 +68,7 @@ class Checkpoints:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epochs_done:04d}" + (f"-step-{mid_epoch.steps_done:06d}" if mid_epoch else "")
         final = self.directory / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.directory))
+        tmp = temporary_folder(f".{final.name}.", self.directory)
         try:
             weights = tmp / "state.weights.h5"
             _save_weights(model, weights)
@@ -112,6 +112,13 @@ class Checkpoints:
                 fault = storage_fault(path, e) if isinstance(e, OSError) else None
                 if fault is not None:
                     raise fault from None
+                if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+                    # Another user's (a teammate's run in a shared folder): intact, only not ours to read.
+                    raise SpecError(
+                        f"cannot read the checkpoint {path} as user {os.getuid()} ({e.strerror or e}); it is not "
+                        "damaged: run as the user who wrote it, or make it readable to you (chmod -R g+rwX on the "
+                        "run folder), then re-run to resume"
+                    ) from None
                 log.warning("checkpoint %s is unusable (%s); trying an older one", path, e)
                 unusable.append(f"{path.name}: {e}")
                 damaged.append(path)

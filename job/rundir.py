@@ -105,7 +105,13 @@ class RunDir:
         """Take the lock of an existing run directory (claim's last step; `lsjob report`
         takes it alone: rewriting a run's reports needs only that folder)."""
         with _claiming(self.path, "locking the run directory"):
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for results
+            except PermissionError as e:  # a teammate's run in a shared folder, say
+                raise SpecError(
+                    f"cannot lock the run directory {self.path} as user {os.getuid()} ({e.strerror}): another user's "
+                    "run? Run as that user, or make the run folder writable to you (chmod -R g+rwX), then re-run"
+                ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

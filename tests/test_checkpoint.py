@@ -3,6 +3,7 @@
 import errno
 import logging
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -99,6 +100,35 @@ def test_a_storage_fault_while_loading_stops_the_run_and_judges_nothing_damaged(
     with pytest.raises(StorageError, match="epoch-0002.*the storage failed") as caught:
         store.restore(small_model())
     assert caught.value.exit_code == 1 and contents(tmp_path) == before
+
+
+def test_another_users_checkpoint_is_not_judged_damaged(tmp_path, monkeypatch):
+    # A teammate resuming a run in a shared folder it may not read: passed over as damaged, the run
+    # would end advising --force, which throws the intact work away.
+    model, store = small_model(), Checkpoints(tmp_path)
+    train_step(model)
+    store.save(model, 1, [{"epoch": 1}])
+    store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
+    before = contents(tmp_path)
+
+    def denied(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(job.checkpoint, "sha256_file", denied)
+    with pytest.raises(SpecError, match=r"cannot read the checkpoint .*epoch-0002.* it is not damaged") as caught:
+        store.restore(small_model())
+    assert "--force" not in str(caught.value) and contents(tmp_path) == before
+
+
+def test_a_checkpoint_has_the_umask_permissions_and_a_group_folder_setgid_bit(tmp_path):
+    # mkdtemp's 0700 stayed with the checkpoint: a team sharing the results folder could not resume it.
+    tmp_path.chmod(0o2775)  # a team's folder: new files and folders get its group
+    model, store = small_model(), Checkpoints(tmp_path)
+    train_step(model)
+    saved = store.save(model, 1, [{"epoch": 1}])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert saved.stat().st_mode & 0o7777 == (0o777 & ~umask) | stat.S_ISGID
 
 
 def test_a_save_killed_midway_leaves_nothing_once_the_run_resumes(tmp_path):

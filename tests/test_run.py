@@ -604,6 +604,33 @@ def test_a_lock_that_outlasts_the_wait_is_refused_with_how_to_clear_it(monkeypat
         earlier.release()
 
 
+def test_the_lock_file_has_the_umask_permissions(tmp_path):
+    umask = os.umask(0o002)  # a team's: group-writable, so a teammate may resume the run
+    try:
+        run_dir = RunDir(tmp_path / "r")
+        run_dir.claim()
+        run_dir.release()
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "r" / ".lock").stat().st_mode & 0o777 == 0o664
+
+
+def test_a_run_whose_lock_another_user_owns_is_refused_in_one_line(monkeypatch, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / ".lock").write_text("")
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(SpecError, match="cannot lock the run directory .* another user's run") as err:
+        RunDir(tmp_path / "r").claim()
+    assert err.value.exit_code == EXIT_BAD_INPUT  # a traceback and exit 1 ("a bug") before
+
+
 def test_the_lock_says_who_holds_it_on_the_storage_before_training(monkeypatch, tmp_path):
     # Left in this node's cache, the text dies with a node lost early on: the requeued attempt
     # would find an empty lock it cannot tell for its own earlier attempt's.
