@@ -1094,6 +1094,42 @@ def test_a_lock_won_on_a_file_its_holder_deleted_is_taken_again_on_the_file_now_
         os.close(fd)
 
 
+def test_a_lock_file_deleted_under_a_waiters_handle_is_waited_on_anew(monkeypatch, caplog, tmp_path):
+    # NFSv3: the holder deletes the file as it lets go, and the waiter's next try on its handle
+    # fails with a stale handle. That is no filesystem without locks: every waiter went on alone.
+    lock = tmp_path / cifar10.CACHE_LOCK
+    real_flock, calls = fcntl.flock, []
+
+    def stale_once(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            lock.unlink()
+            lock.touch()  # the next task made the file anew
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(cifar10.fcntl, "flock", stale_once)
+    with caplog.at_level(logging.INFO, logger="lsjob"):
+        fd, went_around = cifar10._acquire(lock)
+    try:
+        assert fd is not None and not went_around and len(calls) == 2
+        assert os.fstat(fd).st_ino == os.stat(lock).st_ino
+        assert "going on without the lock" not in caplog.text
+    finally:
+        os.close(fd)
+
+
+def test_a_holder_gone_around_leaves_the_newer_holders_lock_file_alone(monkeypatch, tmp_path):
+    # Resumed after a suspension, it must not delete the lock file that the task that went
+    # around it holds: a third task would then fill beside that one.
+    datasets = tmp_path / "datasets"
+    with cifar10._cache_lock(datasets):
+        (datasets / cifar10.CACHE_LOCK).unlink()  # gone around meanwhile: the file replaced
+        (datasets / cifar10.CACHE_LOCK).write_text("")
+        newer = os.stat(datasets / cifar10.CACHE_LOCK).st_ino
+    assert os.stat(datasets / cifar10.CACHE_LOCK).st_ino == newer
+
+
 def test_a_stop_while_waiting_for_the_lock_stops_at_once(small, monkeypatch, tmp_path):
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
     monkeypatch.setattr(cifar10, "fetch", offline)

@@ -226,7 +226,8 @@ def _cache_lock(datasets: Path):
     finally:
         if fd is not None:
             with contextlib.suppress(OSError):
-                os.unlink(lock)  # still held: a process waiting on this file will see it gone and retry
+                if _names(lock, fd):  # not a newer holder's file, where this one was gone around meanwhile
+                    os.unlink(lock)  # still held: a process waiting on this file will see it gone and retry
             os.close(fd)  # closing drops the flock
 
 
@@ -279,9 +280,10 @@ def _acquire(lock: Path) -> tuple[int | None, bool]:
         try:
             held = wait.take(fd)
         except OSError as e:  # e.g. ENOLCK on an NFS mount without a lock manager
-            os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(lock)
+                if _names(lock, fd):  # ours, not a file another process made meanwhile
+                    os.unlink(lock)
+            os.close(fd)
             log.warning("cannot lock the dataset cache %s (%s); going on without the lock", lock.parent, e)
             return None, False
         except BaseException:
@@ -326,6 +328,13 @@ class _LockWait:
                 return True
             except BlockingIOError:
                 pass
+            except OSError as e:
+                if e.errno != errno.ESTALE:
+                    raise
+                # NFSv3: the holder removed the file as it let go, and the server deleted it under this
+                # handle. Not a filesystem without locks: wait on the file there now, as for any replaced one.
+                self._activity, self._changed = None, time.monotonic()
+                return False
             if not self._said:
                 log.info("another process is filling the CIFAR-10 cache %s; waiting for it", self.lock.parent)
                 self._said = True
