@@ -17,6 +17,7 @@ from pathlib import Path
 
 import keras
 
+from job import atomic
 from job.data.cifar10 import keras_home
 from job.errors import SpecError
 from job.spec import RuntimeSpec
@@ -219,10 +220,45 @@ def _set_up_compile_cache(asked: str) -> tuple[str | None, str]:
 
     compilation_cache.reset_cache()  # JAX opens its cache once per process; some processes run several specs
     jax.config.update("jax_compilation_cache_dir", folder)
+    if folder:
+        _write_compiled_programs_whole()
     if folder and "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         # JAX keeps only programs that took a second to compile; the model's many small ones add up.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     return folder, source
+
+
+def _write_compiled_programs_whole() -> None:
+    """Make JAX write each compile-cache entry beside its name and rename it into place.
+
+    JAX writes an entry in place (truncate, then write) after checking that its name is free.
+    The tasks of a sweep share the folder and compile the same programs at once; on NFS each
+    may still see the name free (lookups are cached) and write it too, and their bytes differ
+    (each entry records its compile time): pages of both make an entry that no longer
+    decompresses. JAX then warns and compiles afresh in every later process, and never
+    rewrites it, since the name is taken. Renamed whole, a reader sees one writer's entry or
+    none. JAX's own write is kept where it evicts (it locks then) or the folder is not local;
+    a JAX whose cache has another shape keeps its own write too.
+    """
+    try:
+        from jax._src import lru_cache
+    except ImportError:
+        return
+    cache = getattr(lru_cache, "LRUCache", None)
+    suffix = getattr(lru_cache, "_CACHE_SUFFIX", None)
+    if cache is None or not isinstance(suffix, str) or getattr(cache, "_lsjob_whole_writes", False):
+        return
+    jax_put = cache.put
+
+    def put(self, key: str, value: bytes) -> None:
+        if getattr(self, "eviction_enabled", True) or "://" in str(self.path):
+            return jax_put(self, key, value)
+        entry = Path(str(self.path)) / f"{key}{suffix}"
+        if not entry.exists():
+            atomic.write_bytes(entry, value)  # the temporary name does not end in the suffix JAX reads
+
+    cache.put = put
+    cache._lsjob_whole_writes = True
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@
 # dependencies minus tensorflow, plus JAX, where `import tensorflow` fails, runs a
 # 1-epoch smoke run under KERAS_BACKEND=jax to completion, then one with 2 data-parallel
 # replicas on the CPU split in two, and checks that 2 replicas make 1 replica's training step
-# (tests/replica_step.py), and that a stop is acted on within a few steps (tests/run_ahead.py);
+# (tests/replica_step.py), that a stop is acted on within a few steps (tests/run_ahead.py), and
+# that compile-cache entries are written whole (tests/compile_cache_writes.py);
 # the first run leaves its compiled programs in the compile
 # cache (runtime.compile_cache: auto). (The GPU test machine is
 # such an environment: JAX and PyTorch, no TensorFlow.) .ci/run calls this.
@@ -72,6 +73,8 @@ PY
   XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax python tests/replica_step.py
   # A stop checkpoints within a few steps of the device, not after all the loop queued ahead.
   KERAS_BACKEND=jax python tests/run_ahead.py
+  # Compile-cache entries appear whole, so the tasks of a sweep sharing the folder cannot tear one.
+  KERAS_BACKEND=jax python tests/compile_cache_writes.py
   # DataParallel splits the last, shorter evaluation batch too: a test set of 63 is refused
   # before the run directory is made, not after an epoch of training.
   status=0
