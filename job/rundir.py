@@ -139,21 +139,22 @@ class RunDir:
         self._remove_torn_writes()
 
     def _wait_for_an_earlier_attempt(self, fd: int) -> None:
-        """Return once `fd` is locked, where the holder is this Slurm job's attempt before Slurm
-        requeued it; else RunBusyError. Slurm requeues a job whose node went down, and another
-        task's lock is never waited for: a duplicate task is refused at once."""
+        """Return once `fd` is locked, where the holder is this task's attempt before the scheduler
+        started it again (_earlier_attempt); else RunBusyError. Another task's lock is never
+        waited for: a duplicate task is refused at once."""
         holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
         match = LOCK_TEXT.fullmatch(holder)
-        job = os.environ.get("SLURM_JOB_ID")
-        if not (match and match[4] and match[4] == job and int(match[5]) < slurm_restart()):
+        earlier = _earlier_attempt(match) if match else None
+        if earlier is None:
             raise RunBusyError(
                 f"{self.path} is in use by {holder or 'another process'}; a second task for the same run must not "
                 "write into it. Wait for it to finish, or stop it first."
             )
+        who, check, again = earlier
         log.warning(
-            "%s is still locked by %s, this Slurm job's attempt before it was requeued; its node probably went "
-            "down and the filesystem keeps its lock until it expires: waiting up to %d s for it",
-            self.path, holder, LOCK_WAIT_S,
+            "%s is still locked by %s, %s; its node probably went down and the filesystem keeps its lock until "
+            "it expires: waiting up to %d s for it",
+            self.path, holder, who, LOCK_WAIT_S,
         )  # fmt: skip
         deadline = time.monotonic() + LOCK_WAIT_S
         while time.monotonic() < deadline:
@@ -166,11 +167,10 @@ class RunDir:
             log.info("%s: the earlier attempt's lock has expired; this attempt holds it", self.path)
             return
         raise RunBusyError(
-            f"{self.path} is still locked by {holder}, this Slurm job's attempt before it was requeued, after "
-            f"{LOCK_WAIT_S:.0f} s of waiting. Slurm has ended that attempt, so its node most likely went down and "
-            f"the file server keeps its lock (NFSv3 keeps a lost node's locks until the node starts again). Once "
-            f"nothing of job {job} runs on {match[2]} (`scontrol show node {match[2].split('.')[0]}`), remove "
-            f"{self.path / LOCK} and resubmit: the run resumes from its last checkpoint."
+            f"{self.path} is still locked by {holder}, {who}, after {LOCK_WAIT_S:.0f} s of waiting. The scheduler "
+            "has ended that attempt, so its node most likely went down and the file server keeps its lock (NFSv3 "
+            f"keeps a lost node's locks until the node starts again). Once {check}, remove {self.path / LOCK} "
+            f"and {again}: the run resumes from its last checkpoint."
         )
 
     def _remove_torn_writes(self) -> None:
@@ -225,6 +225,30 @@ class RunDir:
                 shutil.rmtree(p)
             else:
                 p.unlink()
+
+
+def _earlier_attempt(lock: re.Match) -> tuple[str, str, str] | None:
+    """Whether the lock's holder is this task's own attempt before the scheduler started it
+    again, which the scheduler has ended: (who it is, how to check that nothing of it still
+    runs, how to run the task again), else None. Slurm requeues a job whose node went down
+    under the same SLURM_JOB_ID, counting SLURM_RESTART_COUNT up. Kubernetes replaces the pod
+    of an Indexed Job's index once the earlier one has failed (podReplacementPolicy: Failed)
+    under the same hostname, <job>-<index>, and lsjob is PID 1 in both; a holder with that
+    hostname and another pid alive here shares this pod (kubectl exec)."""
+    pid, host, slurm_job, restart = int(lock[1]), lock[2], lock[4], lock[5]
+    if slurm_job is not None:
+        if slurm_job != os.environ.get("SLURM_JOB_ID") or int(restart) >= slurm_restart():
+            return None
+        node = host.split(".")[0]  # Slurm's node names are short
+        return (f"this Slurm job's attempt before it was requeued (restart {restart})",
+                f"nothing of job {slurm_job} runs on {node} (`scontrol show node {node}`)", "resubmit it")  # fmt: skip
+    index = os.environ.get("JOB_COMPLETION_INDEX")
+    if index is None or host != socket.gethostname() or (pid != os.getpid() and _pid_alive(pid)):
+        return None
+    return (f"an earlier pod of this Job's index {index}",
+            f"no other pod of index {index} runs (`kubectl get pods -l "
+            f"batch.kubernetes.io/job-completion-index={index}`)",
+            "let the Job retry it (or apply it again once it has failed)")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -559,14 +560,7 @@ def test_a_requeued_slurm_attempt_waits_for_the_lock_its_earlier_attempt_left(mo
     assert lock.read_text().strip().endswith(" slurm job 4242 restart 0") and rundir.is_lsjob_lock(lock)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     requeued, errors = RunDir(tmp_path / "r"), []
-
-    def take():
-        try:
-            requeued.claim()
-        except BaseException as e:
-            errors.append(e)
-
-    waiter = threading.Thread(target=take)
+    waiter = threading.Thread(target=lambda: _claim_into(requeued, errors))
     with caplog.at_level(logging.INFO, logger="lsjob"):
         waiter.start()
         deadline = time.monotonic() + 30
@@ -597,7 +591,7 @@ def test_a_lock_that_outlasts_the_wait_is_refused_with_how_to_clear_it(monkeypat
         with pytest.raises(RunBusyError, match="still locked by pid") as err:
             RunDir(tmp_path / "r").claim()
         assert err.value.exit_code == 5
-        assert f"remove {tmp_path / 'r' / '.lock'} and resubmit" in str(err.value)
+        assert f"remove {tmp_path / 'r' / '.lock'} and resubmit it" in str(err.value)
         assert "`scontrol show node node7`" in str(err.value)  # Slurm's short node name
         assert (tmp_path / "r" / ".lock").read_text() == held  # the holder's record is left as it was
     finally:
@@ -669,6 +663,78 @@ def test_a_lock_held_by_another_task_is_refused_without_waiting(holder_env, ours
             RunDir(tmp_path / "r").claim()
     finally:
         holder.release()
+
+
+def test_a_kubernetes_pod_waits_for_the_lock_an_earlier_pod_of_its_index_left(monkeypatch, caplog, tmp_path):
+    # The replacement pod of an Indexed Job's index has the earlier pod's hostname, <job>-<index>,
+    # and lsjob is PID 1 in both: the lock names "pid 1 on <its own hostname>".
+    monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
+    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
+    earlier = RunDir(tmp_path / "r")
+    earlier.claim()
+    (tmp_path / "r" / ".lock").write_text(
+        f"pid {os.getpid()} on {socket.gethostname()} since 2026-12-06T07:00:00+00:00\n"
+    )
+    replacement, errors = RunDir(tmp_path / "r"), []
+    waiter = threading.Thread(target=lambda: _claim_into(replacement, errors))
+    with caplog.at_level(logging.INFO, logger="lsjob"):
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while "waiting up to" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert waiter.is_alive() and "an earlier pod of this Job's index 3" in caplog.text
+        earlier.release()
+        waiter.join(30)
+    try:
+        assert not waiter.is_alive() and errors == []
+    finally:
+        replacement.release()
+
+
+def test_a_kubernetes_lock_that_outlasts_the_wait_says_how_to_check_the_index(monkeypatch, tmp_path):
+    monkeypatch.setattr(rundir, "LOCK_WAIT_S", 0.05)
+    monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
+    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    earlier = RunDir(tmp_path / "r")
+    earlier.claim()
+    (tmp_path / "r" / ".lock").write_text(
+        f"pid {os.getpid()} on {socket.gethostname()} since 2026-12-06T07:00:00+00:00\n"
+    )
+    try:
+        with pytest.raises(RunBusyError, match="an earlier pod of this Job's index 3") as err:
+            RunDir(tmp_path / "r").claim()
+        assert "batch.kubernetes.io/job-completion-index=3" in str(err.value) and "let the Job retry" in str(err.value)
+    finally:
+        earlier.release()
+
+
+@pytest.mark.parametrize("holder", ["another_host", "alive_here"])
+def test_a_kubernetes_pod_refuses_at_once_a_lock_of_another_pod_or_process(holder, monkeypatch, tmp_path):
+    # Another index's pod (another hostname), or a process in this very pod (kubectl exec): live.
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
+    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    earlier = RunDir(tmp_path / "r")
+    earlier.claim()
+    pid, host = (os.getpid(), "lsjob-sweep-4") if holder == "another_host" else (os.getppid(), socket.gethostname())
+    (tmp_path / "r" / ".lock").write_text(f"pid {pid} on {host} since 2026-12-06T07:00:00+00:00\n")
+    monkeypatch.setattr(rundir.time, "sleep", lambda s: pytest.fail("waited for a live process's lock"))
+    try:
+        with pytest.raises(RunBusyError, match="is in use by pid"):
+            RunDir(tmp_path / "r").claim()
+    finally:
+        earlier.release()
+
+
+def _claim_into(run_dir, errors):
+    try:
+        run_dir.claim()
+    except BaseException as e:  # noqa: BLE001 - surfaced by the test
+        errors.append(e)
 
 
 def test_a_stop_while_waiting_for_the_lock_stops_at_once(monkeypatch, tmp_path):
