@@ -1119,6 +1119,31 @@ def test_a_lock_file_deleted_under_a_waiters_handle_is_waited_on_anew(monkeypatc
         os.close(fd)
 
 
+def test_a_stale_handle_seen_while_checking_the_lock_file_is_waited_on_anew(monkeypatch, caplog, tmp_path):
+    lock = tmp_path / cifar10.CACHE_LOCK
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    real_fstat, stale = os.fstat, []
+
+    def stale_once(fd):
+        if not stale and fd != holder:
+            stale.append(fd)
+            os.unlink(lock)  # the holder let go: the file deleted on the server under the waiter's handle
+            os.close(holder)
+            lock.touch()
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+        return real_fstat(fd)
+
+    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(cifar10.os, "fstat", stale_once)
+    with caplog.at_level(logging.INFO, logger="lsjob"):
+        fd, _ = cifar10._acquire(lock)
+    try:
+        assert fd is not None and stale and "going on without the lock" not in caplog.text
+    finally:
+        os.close(fd)
+
+
 def test_a_holder_gone_around_leaves_the_newer_holders_lock_file_alone(monkeypatch, tmp_path):
     # Resumed after a suspension, it must not delete the lock file that the task that went
     # around it holds: a third task would then fill beside that one.

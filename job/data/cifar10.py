@@ -368,11 +368,14 @@ class _LockWait:
 
 
 def _names(lock: Path, fd: int) -> bool:
-    """Whether the path `lock` names the file open as `fd`."""
+    """Whether the path `lock` names the file open as `fd`; not where the file is gone, or its
+    handle stale (NFSv3: deleted on the server under it)."""
     try:
         return os.stat(lock).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ESTALE):
+            return False
+        raise
 
 
 def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
