@@ -21,6 +21,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from job import atomic, preemption
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, RunBusyError, SpecError, storage_fault
@@ -150,11 +151,9 @@ class RunDir:
                 f"{self.path} is in use by {holder or 'another process'}; a second task for the same run must not "
                 "write into it. Wait for it to finish, or stop it first."
             )
-        who, check, again = earlier
         log.warning(
-            "%s is still locked by %s, %s; its node probably went down and the filesystem keeps its lock until "
-            "it expires: waiting up to %d s for it",
-            self.path, holder, who, LOCK_WAIT_S,
+            "%s is still locked by %s, %s; %s until it expires: waiting up to %d s for it",
+            self.path, holder, earlier.who, earlier.why, LOCK_WAIT_S,
         )  # fmt: skip
         deadline = time.monotonic() + LOCK_WAIT_S
         while time.monotonic() < deadline:
@@ -164,13 +163,12 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            log.info("%s: the earlier attempt's lock has expired; this attempt holds it", self.path)
+            log.info("%s: the earlier attempt's lock has been let go; this attempt holds it", self.path)
             return
         raise RunBusyError(
-            f"{self.path} is still locked by {holder}, {who}, after {LOCK_WAIT_S:.0f} s of waiting. The scheduler "
-            "has ended that attempt, so its node most likely went down and the file server keeps its lock (NFSv3 "
-            f"keeps a lost node's locks until the node starts again). Once {check}, remove {self.path / LOCK} "
-            f"and {again}: the run resumes from its last checkpoint."
+            f"{self.path} is still locked by {holder}, {earlier.who}, after {LOCK_WAIT_S:.0f} s of waiting: "
+            f"{earlier.why} (NFSv3 keeps a lost node's locks until the node starts again). Once {earlier.check}, "
+            f"remove {self.path / LOCK} and {earlier.again}: the run resumes from its last checkpoint."
         )
 
     def _remove_torn_writes(self) -> None:
@@ -227,28 +225,53 @@ class RunDir:
                 p.unlink()
 
 
-def _earlier_attempt(lock: re.Match) -> tuple[str, str, str] | None:
-    """Whether the lock's holder is this task's own attempt before the scheduler started it
-    again, which the scheduler has ended: (who it is, how to check that nothing of it still
-    runs, how to run the task again), else None. Slurm requeues a job whose node went down
-    under the same SLURM_JOB_ID, counting SLURM_RESTART_COUNT up. Kubernetes replaces the pod
-    of an Indexed Job's index once the earlier one has failed (podReplacementPolicy: Failed)
-    under the same hostname, <job>-<index>, and lsjob is PID 1 in both; a holder with that
-    hostname and another pid alive here shares this pod (kubectl exec)."""
+class EarlierAttempt(NamedTuple):
+    """A lock held by this task's own attempt before the scheduler started it again, in words."""
+
+    who: str  # who holds it
+    why: str  # why it may still hold it
+    check: str  # how to make sure nothing of it still runs
+    again: str  # how to run the task again once the lock file is removed
+
+
+def _earlier_attempt(lock: re.Match) -> EarlierAttempt | None:
+    """Whether the lock's holder is this task's attempt before the scheduler started it again."""
     pid, host, slurm_job, restart = int(lock[1]), lock[2], lock[4], lock[5]
     if slurm_job is not None:
-        if slurm_job != os.environ.get("SLURM_JOB_ID") or int(restart) >= slurm_restart():
-            return None
-        node = host.split(".")[0]  # Slurm's node names are short
-        return (f"this Slurm job's attempt before it was requeued (restart {restart})",
-                f"nothing of job {slurm_job} runs on {node} (`scontrol show node {node}`)", "resubmit it")  # fmt: skip
+        return _requeued_from(slurm_job, int(restart), host)
+    return _replaced_pod(pid, host)
+
+
+def _requeued_from(slurm_job: str, restart: int, host: str) -> EarlierAttempt | None:
+    """Slurm requeues a job whose node went down under the same SLURM_JOB_ID, counting
+    SLURM_RESTART_COUNT up, once it has given that attempt up."""
+    if slurm_job != os.environ.get("SLURM_JOB_ID") or restart >= slurm_restart():
+        return None
+    node = host.split(".")[0]  # Slurm's node names are short
+    return EarlierAttempt(
+        f"this Slurm job's attempt before it was requeued (restart {restart})",
+        "Slurm has ended that attempt, so its node most likely went down and the file server keeps its lock",
+        f"nothing of job {slurm_job} runs on {node} (`scontrol show node {node}`)",
+        "resubmit it",
+    )
+
+
+def _replaced_pod(pid: int, host: str) -> EarlierAttempt | None:
+    """Kubernetes starts the pod of an Indexed Job's index again once the earlier one has failed
+    (podReplacementPolicy: Failed), under the same hostname, <job>-<index>, and lsjob is PID 1
+    in both; so is a Job deleted and applied again while its old pod still stops. A holder with
+    this hostname and another pid alive here shares this very pod (kubectl exec): live."""
     index = os.environ.get("JOB_COMPLETION_INDEX")
     if index is None or host != socket.gethostname() or (pid != os.getpid() and _pid_alive(pid)):
         return None
-    return (f"an earlier pod of this Job's index {index}",
-            f"no other pod of index {index} runs (`kubectl get pods -l "
-            f"batch.kubernetes.io/job-completion-index={index}`)",
-            "let the Job retry it (or apply it again once it has failed)")  # fmt: skip
+    job = host.removesuffix(f"-{index}")
+    return EarlierAttempt(
+        f"an earlier pod of this Job's index {index}",
+        "that pod may still be stopping, or its node went down and the file server keeps its lock",
+        f"no pod of Job {job}, index {index} runs in any namespace or cluster that writes here (`kubectl get pods -A "
+        f"-l batch.kubernetes.io/job-name={job},batch.kubernetes.io/job-completion-index={index}`)",
+        "let the Job retry it (or apply it again once it has failed)",
+    )
 
 
 @contextlib.contextmanager

@@ -699,15 +699,15 @@ def test_a_kubernetes_lock_that_outlasts_the_wait_says_how_to_check_the_index(mo
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
     for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(socket, "gethostname", lambda: "lsjob-sweep-3")  # an Indexed Job's pod
     earlier = RunDir(tmp_path / "r")
     earlier.claim()
-    (tmp_path / "r" / ".lock").write_text(
-        f"pid {os.getpid()} on {socket.gethostname()} since 2026-12-06T07:00:00+00:00\n"
-    )
+    (tmp_path / "r" / ".lock").write_text(f"pid {os.getpid()} on lsjob-sweep-3 since 2026-12-06T07:00:00+00:00\n")
     try:
         with pytest.raises(RunBusyError, match="an earlier pod of this Job's index 3") as err:
             RunDir(tmp_path / "r").claim()
-        assert "batch.kubernetes.io/job-completion-index=3" in str(err.value) and "let the Job retry" in str(err.value)
+        label = "-A -l batch.kubernetes.io/job-name=lsjob-sweep,batch.kubernetes.io/job-completion-index=3"
+        assert label in str(err.value) and "let the Job retry" in str(err.value)
     finally:
         earlier.release()
 
