@@ -120,7 +120,8 @@ def _fit(model: keras.Model, x, targets, batch: int, n: int) -> tuple[float, lis
 
 
 def _cache_entries(folder: str | None) -> int | None:
-    return len(list(Path(folder).iterdir())) if folder else None
+    # Hidden files are no entries: another task's entry being written, JAX's lock file.
+    return sum(not p.name.startswith(".") for p in Path(folder).iterdir()) if folder else None
 
 
 def table(result: dict) -> str:

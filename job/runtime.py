@@ -229,16 +229,16 @@ def _set_up_compile_cache(asked: str) -> tuple[str | None, str]:
 
 
 def _write_compiled_programs_whole() -> None:
-    """Make JAX write each compile-cache entry beside its name and rename it into place.
+    """Make JAX write each compile-cache entry beside its name and link it into place.
 
     JAX writes an entry in place (truncate, then write) after checking that its name is free.
     The tasks of a sweep share the folder and compile the same programs at once; on NFS each
     may still see the name free (lookups are cached) and write it too, and their bytes differ
     (each entry records its compile time): pages of both make an entry that no longer
     decompresses. JAX then warns and compiles afresh in every later process, and never
-    rewrites it, since the name is taken. Renamed whole, a reader sees one writer's entry or
-    none. JAX's own write is kept where it evicts (it locks then) or the folder is not local;
-    a JAX whose cache has another shape keeps its own write too.
+    rewrites it, since the name is taken. Written whole (atomic.write_once), a reader sees
+    one writer's entry or none. JAX's own write is kept where it evicts (it locks then), and
+    by a JAX whose cache has another shape.
     """
     try:
         from jax._src import lru_cache
@@ -251,11 +251,9 @@ def _write_compiled_programs_whole() -> None:
     jax_put = cache.put
 
     def put(self, key: str, value: bytes) -> None:
-        if getattr(self, "eviction_enabled", True) or "://" in str(self.path):
+        if getattr(self, "eviction_enabled", True):
             return jax_put(self, key, value)
-        entry = Path(str(self.path)) / f"{key}{suffix}"
-        if not entry.exists():
-            atomic.write_bytes(entry, value)  # the temporary name does not end in the suffix JAX reads
+        atomic.write_once(Path(str(self.path)) / f"{key}{suffix}", value)  # compile_cache_folder: local
 
     cache.put = put
     cache._lsjob_whole_writes = True

@@ -1,4 +1,4 @@
-"""JAX's compile-cache entries appear whole: written beside their name, then renamed.
+"""JAX's compile-cache entries appear whole: written beside their name, then linked into place.
 
 JAX writes an entry in place after checking that its name is free, so the tasks of a sweep
 sharing the cache folder (on NFS, each may see the name free) could tear an entry for good
@@ -14,16 +14,29 @@ Exit status 0 when every entry was written whole, 1 with what happened when not.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from job import runtime
-from job.spec import load_spec
+# JAX reads these as it is imported: with eviction it writes (and locks) by itself, and over a
+# minimum compile time it keeps none of the small programs compiled here.
+for name in ("JAX_COMPILATION_CACHE_MAX_SIZE", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+    os.environ.pop(name, None)
+
+from job import runtime  # noqa: E402 - after the environment is set
+from job.spec import load_spec  # noqa: E402
 
 
 def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="compile-cache-"))
+    try:
+        return check(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def check(folder: Path) -> int:
     runtime.configure(load_spec(None, [f"runtime.compile_cache={folder}"]).runtime, seed=0)
     flushed, real_fsync = [], os.fsync
 
@@ -49,7 +62,7 @@ def main() -> int:
     if sorted(name for name, _ in flushed) != kept or any(existed for _, existed in flushed):
         print(f"compile_cache_writes: an entry was written in place, under its own name: {seen}", file=sys.stderr)
         return 1
-    print(f"compile_cache_writes: {len(kept)} entries, each written beside its name and renamed into place")
+    print(f"compile_cache_writes: {len(kept)} entries, each written beside its name and linked into place")
     return 0
 
 

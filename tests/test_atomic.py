@@ -15,3 +15,35 @@ def test_written_files_take_the_usual_permissions_for_the_umask(umask, mode, mon
     atomic.write_json(tmp_path / "manifest.json", {"a": 1})
     for name in ("spec.yaml", "manifest.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_write_once_creates_a_file_whole_with_the_umask_permissions(monkeypatch, tmp_path):
+    monkeypatch.setattr(atomic, "_UMASK", 0o022)
+    atomic.write_once(tmp_path / "entry-cache", b"compiled")
+    assert (tmp_path / "entry-cache").read_bytes() == b"compiled"
+    assert stat.S_IMODE((tmp_path / "entry-cache").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["entry-cache"]  # nothing temporary left
+
+
+def test_write_once_never_replaces_a_file_others_may_be_reading(monkeypatch, tmp_path):
+    # Written by another process between this one's check and its write: its file stands, untouched.
+    entry = tmp_path / "entry-cache"
+    real_mkstemp = atomic.tempfile.mkstemp
+
+    def first_writer_finishes_meanwhile(*args, **kwargs):
+        entry.write_bytes(b"first")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", first_writer_finishes_meanwhile)
+    atomic.write_once(entry, b"second")
+    assert entry.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["entry-cache"]
+
+
+def test_write_once_falls_back_to_a_rename_without_hard_links(monkeypatch, tmp_path):
+    def no_links(*args):
+        raise PermissionError(1, "Operation not permitted")  # as some FUSE and SMB mounts answer
+
+    monkeypatch.setattr(atomic.os, "link", no_links)
+    atomic.write_once(tmp_path / "entry-cache", b"compiled")
+    assert (tmp_path / "entry-cache").read_bytes() == b"compiled"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry-cache"]

@@ -152,3 +152,13 @@ def test_the_step_clock_orders_steps_by_index_whatever_order_its_threads_finish_
         clock.on_train_batch_end(batch, {"loss": 0.5})
         clock.finished[batch] = seconds  # when that step was seen to finish
     assert clock.ends() == [1.0, 2.0, 3.0, 4.5]
+
+
+def test_the_compile_cache_count_leaves_out_entries_being_written(tmp_path):
+    # Another task sharing the folder writes beside the entry's name (atomic.write_once); JAX's lock file.
+    from job import bench as bench_mod
+
+    for name in ("jit_step-1a2b-cache", ".jit_step-3c4d-cache.x8k2.tmp", ".lockfile"):
+        (tmp_path / name).write_bytes(b"")
+    assert bench_mod._cache_entries(str(tmp_path)) == 1
+    assert bench_mod._cache_entries(None) is None
