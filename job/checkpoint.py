@@ -35,6 +35,7 @@ import keras
 
 from job.atomic import fsync_dir, sha256_file, temporary_folder
 from job.errors import SpecError, storage_fault
+from job.rundir import owned_by
 
 log = logging.getLogger("lsjob")
 KEEP = 2  # the newest and the one before, in case the newest turns out damaged
@@ -116,8 +117,7 @@ class Checkpoints:
                     # Another user's (a teammate's run in a shared folder): intact, only not ours to read.
                     raise SpecError(
                         f"cannot read the checkpoint {path} as user {os.getuid()} ({e.strerror or e}); it is not "
-                        "damaged: run as the user who wrote it, or make it readable to you (chmod -R g+rwX on the "
-                        "run folder), then re-run to resume"
+                        f"damaged: {owned_by(path, self.directory.parent)}"
                     ) from None
                 log.warning("checkpoint %s is unusable (%s); trying an older one", path, e)
                 unusable.append(f"{path.name}: {e}")

@@ -49,6 +49,16 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def owned_by(path: Path, run: Path) -> str:
+    """Advice for a file of the run in `run` that this user may not use: whose it is, and what to ask."""
+    try:
+        owner = f"user {path.stat().st_uid}"
+    except OSError:
+        owner = "another user"
+    return (f"it belongs to {owner}. Run as that user, or ask them to make the run folder writable to your group "
+            f"(chmod -R g+rwX {run}), then re-run")  # fmt: skip
+
+
 def slurm_restart() -> int:
     """SLURM_RESTART_COUNT: how many times Slurm has requeued this job (0 outside Slurm)."""
     try:
@@ -110,8 +120,8 @@ class RunDir:
                 fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for results
             except PermissionError as e:  # a teammate's run in a shared folder, say
                 raise SpecError(
-                    f"cannot lock the run directory {self.path} as user {os.getuid()} ({e.strerror}): another user's "
-                    "run? Run as that user, or make the run folder writable to you (chmod -R g+rwX), then re-run"
+                    f"cannot lock the run directory {self.path} as user {os.getuid()} ({e.strerror}): "
+                    f"{owned_by(self.path / LOCK, self.path)}"
                 ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -118,6 +118,7 @@ def test_another_users_checkpoint_is_not_judged_damaged(tmp_path, monkeypatch):
     with pytest.raises(SpecError, match=r"cannot read the checkpoint .*epoch-0002.* it is not damaged") as caught:
         store.restore(small_model())
     assert "--force" not in str(caught.value) and contents(tmp_path) == before
+    assert f"belongs to user {os.getuid()}. Run as that user, or ask them" in str(caught.value)
 
 
 def test_a_checkpoint_has_the_umask_permissions_and_a_group_folder_setgid_bit(tmp_path):

@@ -620,9 +620,10 @@ def test_a_run_whose_lock_another_user_owns_is_refused_in_one_line(monkeypatch, 
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", denied)
-    with pytest.raises(SpecError, match="cannot lock the run directory .* another user's run") as err:
+    with pytest.raises(SpecError, match=r"cannot lock the run directory .* it belongs to user \d+") as err:
         RunDir(tmp_path / "r").claim()
     assert err.value.exit_code == EXIT_BAD_INPUT  # a traceback and exit 1 ("a bug") before
+    assert f"ask them to make the run folder writable to your group (chmod -R g+rwX {tmp_path / 'r'})" in str(err.value)
 
 
 def test_the_lock_says_who_holds_it_on_the_storage_before_training(monkeypatch, tmp_path):
