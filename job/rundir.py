@@ -38,9 +38,10 @@ STAGING_TMP = re.compile(re.escape(atomic.STAGING_PREFIX) + r"[^./]+\.tmp")
 # What RunDir.lock writes into .lock; read back by lock_holder. The Slurm part (job id and
 # restart count) tells a requeued attempt that the lock is its own earlier attempt's.
 LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)(?: slurm job (\S+) restart (\d+))?")
-# How long a requeued Slurm attempt waits for its earlier attempt's lock. That attempt has ended,
-# but a node that went down can leave its lock on a shared filesystem until the server lets it
-# expire: NFSv4 after its lease (90 s by default), Lustre and GPFS once they evict the node.
+# How long a task's new attempt (a requeued Slurm job, a replaced pod) waits for the lock of its
+# earlier attempt (_earlier_attempt). That attempt has ended or is stopping, but a node that went
+# down can leave its lock on a shared filesystem until the server lets it expire: NFSv4 after its
+# lease (90 s by default), Lustre and GPFS once they evict the node.
 LOCK_WAIT_S = 300.0
 LOCK_POLL_S = 2.0
 
