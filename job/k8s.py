@@ -137,11 +137,14 @@ def render(
         placement["nodeSelector"] = parse_node_selector(node_selector)
     if tolerations:
         placement["tolerations"] = [parse_toleration(text) for text in tolerations]
+    # A single run is an Indexed Job of one completion too: the pod that replaces a failed one keeps
+    # its hostname, <name>-0, by which it knows the run lock that pod left (rundir._replaced_pod).
+    completions = count or 1
     # An Indexed Job's pods are named (hostname) <name>-<index>: a label, which must fit in 63.
-    longest = 63 - (len(f"-{count - 1}") if count is not None else 0)
+    longest = 63 - len(f"-{completions - 1}")
     name = name or default_name(path, longest)
-    _check_name("name", name, longest, f" (its pods are named {name}-<index> up to {name}-{count - 1}, "
-                "at most 63)" if count is not None else "")  # fmt: skip
+    _check_name("name", name, longest, f" (its pods are named {name}-<index> up to {name}-{completions - 1}, "
+                "at most 63)")  # fmt: skip
     for label, value in (("results claim", results_claim), ("cache claim", cache_claim)):
         _check_name(label, value)
     if not image or any(c.isspace() for c in image):
@@ -162,11 +165,11 @@ def render(
         "kind": "Job",
         "metadata": {"name": name, "labels": labels},
         "spec": {
-            **_completions(count, parallelism, backoff_limit),
+            **_completions(completions, parallelism, backoff_limit),
             # Never two pods for one run directory: a replacement starts once the old pod is gone
             # (within this Job; a resubmission waits through kubectl delete --cascade=foreground).
             "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {"rules": _failure_rules(indexed=count is not None)},
+            "podFailurePolicy": {"rules": _failure_rules(sweep=count is not None)},
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
@@ -331,11 +334,9 @@ def container_command(manifest: dict) -> list[str]:
     return [*container["command"], *container["args"]]
 
 
-def _completions(count: int | None, parallelism: int | None, backoff_limit: int) -> dict:
-    if count is None:
-        return {"backoffLimit": backoff_limit}
-    # Indexed: pod i gets JOB_COMPLETION_INDEX=i and trains point i; retries are counted
-    # per point, so one failing point cannot use up the others' retries.
+def _completions(count: int, parallelism: int | None, backoff_limit: int) -> dict:
+    # Indexed: pod i gets JOB_COMPLETION_INDEX=i and trains point i (a single run ignores it);
+    # retries are counted per point, so one failing point cannot use up the others' retries.
     return {
         "completionMode": "Indexed",
         "completions": count,
@@ -344,7 +345,7 @@ def _completions(count: int | None, parallelism: int | None, backoff_limit: int)
     }
 
 
-def _failure_rules(*, indexed: bool) -> list[dict]:
+def _failure_rules(*, sweep: bool) -> list[dict]:
     """What a failed pod means, first match wins (exit codes: job/errors.py).
 
     Unlisted failures (1 internal error, 3 data problem, 5 run directory busy, 6 out of space, an OOM
@@ -362,7 +363,7 @@ def _failure_rules(*, indexed: bool) -> list[dict]:
         {"action": "Ignore", "onExitCodes": on_exit(EXIT_INTERRUPTED)},
         # Bad input or a diverged run: a retry fails the same way. A sweep fails only the
         # point, so the other points keep training; the Job ends Failed, listing it.
-        {"action": "FailIndex" if indexed else "FailJob", "onExitCodes": on_exit(EXIT_BAD_INPUT, EXIT_DIVERGED)},
+        {"action": "FailIndex" if sweep else "FailJob", "onExitCodes": on_exit(EXIT_BAD_INPUT, EXIT_DIVERGED)},
     ]
 
 

@@ -114,10 +114,12 @@ def test_strict_validation_catches_a_misspelt_field():
 # ------------------------------------------------------------------ what users rely on
 
 
-def test_single_run_is_a_plain_job():
+def test_single_run_is_an_indexed_job_of_one_completion():
+    # So the pod that replaces a failed one keeps its hostname, <name>-0, and knows the run lock
+    # that pod left on a shared volume as its own earlier attempt's (rundir._replaced_pod).
     job = job_of(k8s.example("job.yaml"))["spec"]
-    assert "completionMode" not in job and "completions" not in job and "parallelism" not in job
-    assert job["backoffLimit"] == k8s.BACKOFF_LIMIT
+    assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 1, 1)
+    assert job["backoffLimitPerIndex"] == k8s.BACKOFF_LIMIT and "backoffLimit" not in job
     assert [r["action"] for r in job["podFailurePolicy"]["rules"]] == ["Ignore", "Ignore", "FailJob"]
 
 
@@ -149,7 +151,7 @@ def test_options_reach_the_manifest():
     assert claims["results"] == "team-results" and claims["cache"] == "team-cache"
     resources = pod["containers"][0]["resources"]
     assert resources == {"requests": {"cpu": "2", "memory": "12Gi"}, "limits": {"memory": "12Gi", "nvidia.com/gpu": 1}}
-    assert job_of(fresh["single"])["spec"]["backoffLimit"] == 1
+    assert job_of(fresh["single"])["spec"]["backoffLimitPerIndex"] == 1
 
 
 def resources_for(tmp_path, runtime: str, **options) -> dict:
@@ -284,11 +286,11 @@ def test_grace_period_leaves_time_to_checkpoint(file):
 @pytest.mark.parametrize("file", ["job.yaml", "sweep.yaml"])
 def test_failure_policy_retries_preemption_and_fails_fast_on_bad_input(file):
     job = job_of(k8s.example(file))["spec"]
-    indexed = job.get("completionMode") == "Indexed"
+    is_sweep = job["completions"] > 1
     rules = job["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [EXIT_INTERRUPTED]
-    assert rules[2]["action"] == ("FailIndex" if indexed else "FailJob")
+    assert rules[2]["action"] == ("FailIndex" if is_sweep else "FailJob")
     assert rules[2]["onExitCodes"]["values"] == [EXIT_BAD_INPUT, EXIT_DIVERGED]
     for rule in rules[1:]:
         codes = rule["onExitCodes"]
@@ -461,7 +463,7 @@ def test_an_indexed_jobs_pod_names_fit_in_a_label(tmp_path):
     single = tmp_path / ("x" * 100 + ".yaml")
     single.write_text("train: {epochs: 1}\n")
     (_, job) = yaml.safe_load_all(k8s.render(single, image="r/l:1"))
-    assert len(job["metadata"]["name"]) == 63  # no pods named by index: the whole label
+    assert len(f"{job['metadata']['name']}-0") == 63  # its one pod is named <name>-0 too
     with pytest.raises(SpecError, match=rf"at most {63 - len(str(count - 1)) - 1} .* up to lsjob-a+-{count - 1}"):
         k8s.render(SWEEP_SPEC, image="r/l:1", name="lsjob-" + "a" * 57)
 
