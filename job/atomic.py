@@ -7,6 +7,7 @@ renamed over the target; os.replace is atomic on POSIX within one filesystem.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -106,7 +107,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_once(path: Path, data: bytes) -> None:
     """Create `path` holding `data`, whole, unless it exists: a file other processes may be
     reading is never replaced (on NFS, one replaced under a reader on another node fails its
-    read). Where two processes write it at once, the first to finish stands."""
+    read). Where two processes write it at once, the first to finish stands. On a filesystem
+    without hard links (some FUSE and SMB mounts) it is renamed into place instead, and one
+    written by another process in the instant between the check and the rename is replaced."""
     if path.exists():
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -120,11 +123,13 @@ def write_once(path: Path, data: bytes) -> None:
             os.link(tmp, path)  # fails where the name exists, as no rename can
         except FileExistsError:
             pass
-        except OSError:  # a filesystem without hard links
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
             if not path.exists():
                 os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone, or a handle gone stale: never the caller's failure
             os.unlink(tmp)
 
 

@@ -4,9 +4,9 @@
 
 - a ConfigMap holding the spec file as written, mounted at /spec/spec.yaml, so a new
   spec or sweep needs no new image;
-- a batch/v1 Job running `lsjob run /spec/spec.yaml --set output.root=/results[/...]`:
-  one pod for a single run, or, for a sweep, an Indexed Job with one completion per
-  point, where the JOB_COMPLETION_INDEX Kubernetes gives each pod picks its point.
+- a batch/v1 Indexed Job running `lsjob run /spec/spec.yaml --set output.root=/results[/...]`:
+  one completion for a single run, or one per point of a sweep, where the
+  JOB_COMPLETION_INDEX Kubernetes gives each pod picks its point.
 
 Results and the CIFAR-10 cache live on two PersistentVolumeClaims that outlive every
 Job (`render_volumes`, applied once), so deleting a Job to resubmit it never deletes

@@ -52,11 +52,15 @@ def now() -> str:
 
 def owned_by(path: Path, run: Path) -> str:
     """Advice for a file of the run in `run` that this user may not use: whose it is, and what to ask."""
-    try:
-        owner = f"user {path.stat().st_uid}"
-    except OSError:
-        owner = "another user"
-    return (f"it belongs to {owner}. Run as that user, or ask them to make the run folder writable to your group "
+    owner = None
+    for where in (path, run):  # the run folder's owner where the file itself is out of sight
+        with contextlib.suppress(OSError):
+            owner = where.stat().st_uid
+            break
+    if owner == os.getuid():
+        return f"it is yours, yet closed to you: open the run folder to yourself (chmod -R u+rwX {run}), then re-run"
+    whose = "another user" if owner is None else f"user {owner}"
+    return (f"it belongs to {whose}. Run as that user, or ask them to make the run folder writable to your group "
             f"(chmod -R g+rwX {run}), then re-run")  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """Atomic writes: results get the permissions of the user's umask, not mkstemp's private 0600."""
 
+import errno
 import stat
 
 import pytest
@@ -47,3 +48,14 @@ def test_write_once_falls_back_to_a_rename_without_hard_links(monkeypatch, tmp_p
     atomic.write_once(tmp_path / "entry-cache", b"compiled")
     assert (tmp_path / "entry-cache").read_bytes() == b"compiled"
     assert [p.name for p in tmp_path.iterdir()] == ["entry-cache"]
+
+
+def test_write_once_fails_on_a_full_disk_and_leaves_nothing(monkeypatch, tmp_path):
+    # Only a filesystem without hard links falls back to a rename: a quota or I/O error is the caller's to see.
+    def over_quota(*args):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(atomic.os, "link", over_quota)
+    with pytest.raises(OSError, match="quota"):
+        atomic.write_once(tmp_path / "entry-cache", b"compiled")
+    assert list(tmp_path.iterdir()) == []

@@ -115,10 +115,12 @@ def test_another_users_checkpoint_is_not_judged_damaged(tmp_path, monkeypatch):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
     monkeypatch.setattr(job.checkpoint, "sha256_file", denied)
+    owner = (tmp_path / "epoch-0002").stat().st_uid
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)  # a teammate
     with pytest.raises(SpecError, match=r"cannot read the checkpoint .*epoch-0002.* it is not damaged") as caught:
         store.restore(small_model())
     assert "--force" not in str(caught.value) and contents(tmp_path) == before
-    assert f"belongs to user {os.getuid()}. Run as that user, or ask them" in str(caught.value)
+    assert f"belongs to user {owner}. Run as that user, or ask them" in str(caught.value)
 
 
 def test_a_checkpoint_has_the_umask_permissions_and_a_group_folder_setgid_bit(tmp_path):

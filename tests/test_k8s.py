@@ -286,7 +286,7 @@ def test_grace_period_leaves_time_to_checkpoint(file):
 @pytest.mark.parametrize("file", ["job.yaml", "sweep.yaml"])
 def test_failure_policy_retries_preemption_and_fails_fast_on_bad_input(file):
     job = job_of(k8s.example(file))["spec"]
-    is_sweep = job["completions"] > 1
+    is_sweep = file == "sweep.yaml"  # as render decides: by the spec, not by the count of points
     rules = job["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [EXIT_INTERRUPTED]
@@ -521,22 +521,22 @@ def run_manifest_command(text: str, spec_file: Path, results: Path, index: int |
 
 
 @pytest.mark.slow
-# The sweep only: the plain Job's command is the same without an index, and each case trains.
+# The sweep only: a single run's command is the same, its pod's index 0 ignored for a plain spec
+# (test_sweep), and each case trains.
 @pytest.mark.parametrize("file, spec_file", [("sweep.yaml", SWEEP_SPEC)])
 def test_the_manifest_command_trains_the_right_run(tmp_path, file, spec_file):
     text = k8s.example(file)
     all_points = sweep.points(load_spec(spec_file))
-    index = len(all_points) - 1 if job_of(text)["spec"].get("completionMode") == "Indexed" else None
+    index = len(all_points) - 1
     results = tmp_path / "results"
     proc = run_manifest_command(text, spec_file, results, index)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # Exactly the run the index names, under the spec's root mapped onto the volume.
-    expected = all_points[index or 0]
+    expected = all_points[index]
     root = results / Path(k8s.pod_results_root(load_spec(spec_file).output.root)).relative_to(k8s.RESULTS_DIR)
     assert sorted(p.name for p in root.iterdir()) == [expected.run_name]
     manifest = json.loads((root / expected.run_name / "manifest.json").read_text())
     assert manifest["status"] == "completed"
-    if index is not None:
-        assert expected.run_name != all_points[0].run_name  # the index, not a default, chose it
-        assert manifest["sweep"]["index"] == index
+    assert expected.run_name != all_points[0].run_name  # the index, not a default, chose it
+    assert manifest["sweep"]["index"] == index

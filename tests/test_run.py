@@ -620,10 +620,18 @@ def test_a_run_whose_lock_another_user_owns_is_refused_in_one_line(monkeypatch, 
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", denied)
-    with pytest.raises(SpecError, match=r"cannot lock the run directory .* it belongs to user \d+") as err:
+    owner = (tmp_path / "r" / ".lock").stat().st_uid
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)  # a teammate
+    with pytest.raises(SpecError, match=rf"cannot lock the run directory .* it belongs to user {owner}\b") as err:
         RunDir(tmp_path / "r").claim()
     assert err.value.exit_code == EXIT_BAD_INPUT  # a traceback and exit 1 ("a bug") before
     assert f"ask them to make the run folder writable to your group (chmod -R g+rwX {tmp_path / 'r'})" in str(err.value)
+
+
+def test_a_file_of_ones_own_that_is_closed_is_not_blamed_on_another_user(tmp_path):
+    (tmp_path / "r").mkdir()
+    advice = rundir.owned_by(tmp_path / "r" / ".lock", tmp_path / "r")  # no .lock: the run folder's owner
+    assert advice.startswith("it is yours, yet closed to you") and f"chmod -R u+rwX {tmp_path / 'r'}" in advice
 
 
 def test_the_lock_says_who_holds_it_on_the_storage_before_training(monkeypatch, tmp_path):
