@@ -552,25 +552,16 @@ def test_a_requeued_slurm_attempt_waits_for_the_lock_its_earlier_attempt_left(mo
     # A node that went down can leave its task's lock on a shared filesystem (NFS, Lustre) until
     # the server lets it expire; the requeued attempt used to fail at once with exit 5, never requeued.
     monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="0")
     earlier = RunDir(tmp_path / "r")
     earlier.claim()  # stands for the lost node's lock: released below, as the server lets it expire
     lock = tmp_path / "r" / ".lock"
     assert lock.read_text().strip().endswith(" slurm job 4242 restart 0") and rundir.is_lsjob_lock(lock)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    requeued, errors = RunDir(tmp_path / "r"), []
-    waiter = threading.Thread(target=lambda: _claim_into(requeued, errors))
-    with caplog.at_level(logging.INFO, logger="lsjob"):
-        waiter.start()
-        deadline = time.monotonic() + 30
-        while "waiting up to" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert waiter.is_alive() and "this Slurm job's attempt before it was requeued" in caplog.text
-        earlier.release()
-        waiter.join(30)
+    requeued = RunDir(tmp_path / "r")
+    errors = _claim_as_it_lets_go(requeued, earlier, "this Slurm job's attempt before it was requeued", caplog)
     try:
-        assert not waiter.is_alive() and errors == []
+        assert errors == []
         assert lock.read_text().strip().endswith(" slurm job 4242 restart 1")
         assert rundir.lock_holder(tmp_path / "r").alive
     finally:
@@ -580,8 +571,7 @@ def test_a_requeued_slurm_attempt_waits_for_the_lock_its_earlier_attempt_left(mo
 def test_a_lock_that_outlasts_the_wait_is_refused_with_how_to_clear_it(monkeypatch, tmp_path):
     monkeypatch.setattr(rundir, "LOCK_WAIT_S", 0.05)
     monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="2")
     earlier = RunDir(tmp_path / "r")
     earlier.claim()
     held = "pid 4711 on node7.cluster.example since 2026-12-06T07:00:00+00:00 slurm job 4242 restart 2\n"
@@ -656,16 +646,10 @@ def test_the_lock_says_who_holds_it_on_the_storage_before_training(monkeypatch, 
 ])  # fmt: skip
 def test_a_lock_held_by_another_task_is_refused_without_waiting(holder_env, ours, monkeypatch, tmp_path):
     # Another job, the same attempt twice (srun started two tasks), or outside Slurm: a duplicate.
-    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in holder_env.items():
-        monkeypatch.setenv(name, value)
+    _scheduler(monkeypatch, **holder_env)
     holder = RunDir(tmp_path / "r")
     holder.claim()
-    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in ours.items():
-        monkeypatch.setenv(name, value)
+    _scheduler(monkeypatch, **ours)
     monkeypatch.setattr(rundir.time, "sleep", lambda s: pytest.fail("waited for another task's lock"))
     try:
         with pytest.raises(RunBusyError, match="is in use by pid"):
@@ -678,26 +662,16 @@ def test_a_kubernetes_pod_waits_for_the_lock_an_earlier_pod_of_its_index_left(mo
     # The replacement pod of an Indexed Job's index has the earlier pod's hostname, <job>-<index>,
     # and lsjob is PID 1 in both: the lock names "pid 1 on <its own hostname>".
     monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
-    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
+    _scheduler(monkeypatch, JOB_COMPLETION_INDEX="3")
     earlier = RunDir(tmp_path / "r")
     earlier.claim()
     (tmp_path / "r" / ".lock").write_text(
         f"pid {os.getpid()} on {socket.gethostname()} since 2026-12-06T07:00:00+00:00\n"
     )
-    replacement, errors = RunDir(tmp_path / "r"), []
-    waiter = threading.Thread(target=lambda: _claim_into(replacement, errors))
-    with caplog.at_level(logging.INFO, logger="lsjob"):
-        waiter.start()
-        deadline = time.monotonic() + 30
-        while "waiting up to" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert waiter.is_alive() and "an earlier pod of this Job's index 3" in caplog.text
-        earlier.release()
-        waiter.join(30)
+    replacement = RunDir(tmp_path / "r")
+    errors = _claim_as_it_lets_go(replacement, earlier, "an earlier pod of this Job's index 3", caplog)
     try:
-        assert not waiter.is_alive() and errors == []
+        assert errors == []
     finally:
         replacement.release()
 
@@ -705,9 +679,7 @@ def test_a_kubernetes_pod_waits_for_the_lock_an_earlier_pod_of_its_index_left(mo
 def test_a_kubernetes_lock_that_outlasts_the_wait_says_how_to_check_the_index(monkeypatch, tmp_path):
     monkeypatch.setattr(rundir, "LOCK_WAIT_S", 0.05)
     monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
-    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
-    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
-        monkeypatch.delenv(name, raising=False)
+    _scheduler(monkeypatch, JOB_COMPLETION_INDEX="3")
     monkeypatch.setattr(socket, "gethostname", lambda: "lsjob-sweep-3")  # an Indexed Job's pod
     earlier = RunDir(tmp_path / "r")
     earlier.claim()
@@ -724,9 +696,7 @@ def test_a_kubernetes_lock_that_outlasts_the_wait_says_how_to_check_the_index(mo
 @pytest.mark.parametrize("holder", ["another_host", "alive_here"])
 def test_a_kubernetes_pod_refuses_at_once_a_lock_of_another_pod_or_process(holder, monkeypatch, tmp_path):
     # Another index's pod (another hostname), or a process in this very pod (kubectl exec): live.
-    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
-    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
-        monkeypatch.delenv(name, raising=False)
+    _scheduler(monkeypatch, JOB_COMPLETION_INDEX="3")
     earlier = RunDir(tmp_path / "r")
     earlier.claim()
     pid, host = (os.getpid(), "lsjob-sweep-4") if holder == "another_host" else (os.getppid(), socket.gethostname())
@@ -739,16 +709,40 @@ def test_a_kubernetes_pod_refuses_at_once_a_lock_of_another_pod_or_process(holde
         earlier.release()
 
 
-def _claim_into(run_dir, errors):
-    try:
-        run_dir.claim()
-    except BaseException as e:  # noqa: BLE001 - surfaced by the test
-        errors.append(e)
+def _claim_as_it_lets_go(run_dir, earlier, holder_is, caplog):
+    """Claim `run_dir` in a thread; once it says it waits for the lock (held by what `holder_is`
+    names), let `earlier` go, as the file server lets an expired lock go. The claim's errors."""
+    errors = []
+
+    def claim():
+        try:
+            run_dir.claim()
+        except BaseException as e:  # noqa: BLE001 - surfaced by the test
+            errors.append(e)
+
+    waiter = threading.Thread(target=claim)
+    with caplog.at_level(logging.INFO, logger="lsjob"):
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while "waiting up to" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert waiter.is_alive() and holder_is in caplog.text
+        earlier.release()
+        waiter.join(30)
+    assert not waiter.is_alive()
+    return errors
+
+
+def _scheduler(monkeypatch, **env):
+    """The scheduler's variables this process sees: exactly `env`."""
+    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
 
 
 def test_a_stop_while_waiting_for_the_lock_stops_at_once(monkeypatch, tmp_path):
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="0")
     earlier = RunDir(tmp_path / "r")
     earlier.claim()
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
