@@ -904,6 +904,26 @@ def fetch_counting(small_tar, calls, delay=0.0):
     return fetch
 
 
+def load_in_tasks(cache, count, apart_s=0.0):
+    """load_cifar10 from `count` threads named task0, task1, ... started `apart_s` apart, as a
+    sweep's tasks on one shared cache: (arrays by task, errors)."""
+    results, errors = {}, []
+
+    def task(i):
+        try:
+            results[i] = cifar10.load_cifar10(None, cache)
+        except Exception as e:  # noqa: BLE001 - surfaced by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=task, args=(i,), name=f"task{i}") for i in range(count)]
+    for t in threads:
+        t.start()
+        time.sleep(apart_s)
+    for t in threads:
+        t.join(60)
+    return results, errors
+
+
 def test_tasks_starting_together_on_a_cold_cache_download_once(
     small, cifar_sample, small_tar, trusted, monkeypatch, tmp_path
 ):
@@ -912,19 +932,8 @@ def test_tasks_starting_together_on_a_cold_cache_download_once(
     monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.05)
     calls = []
     monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls, delay=0.5))
-    cache, results, errors = tmp_path / "cache", {}, []
-
-    def task(i):
-        try:
-            results[i] = cifar10.load_cifar10(None, cache)
-        except Exception as e:  # noqa: BLE001 - surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=task, args=(i,), name=f"task{i}") for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    cache = tmp_path / "cache"
+    results, errors = load_in_tasks(cache, 3)
     assert not errors and len(results) == 3
     assert len(calls) == 1, calls
     for arrays in results.values():
@@ -938,6 +947,19 @@ def hold_cache_lock(datasets):
     fd = os.open(datasets / cifar10.CACHE_LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
+
+
+def stalled_cache(small_tar, trusted, monkeypatch, tmp_path, stall_s, delay=0.0):
+    """A cold cache in tmp_path/cache whose lock a holder keeps and never writes under, as a node
+    lost mid-fill leaves it on the file server; a waiter gives up after `stall_s` of no writes,
+    and a fetch (taking `delay`) is counted: (datasets, the holder's descriptor, the fetches)."""
+    trusted(small_tar)
+    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(cifar10, "LEFTOVER_AGE_S", stall_s)
+    calls = []
+    monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls, delay))
+    datasets = tmp_path / "cache" / "datasets"
+    return datasets, hold_cache_lock(datasets), calls
 
 
 def test_a_waiting_task_goes_on_once_the_lock_is_let_go(
@@ -969,13 +991,7 @@ def test_a_lock_whose_holder_writes_nothing_for_long_is_gone_around(
 ):
     # A node that went down mid-fill can leave its lock on a shared filesystem (NFSv3: until it
     # starts again): every task of a sweep used to wait on it until its time limit.
-    trusted(small_tar)
-    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
-    monkeypatch.setattr(cifar10, "LEFTOVER_AGE_S", 0.3)
-    calls = []
-    monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls))
-    datasets = tmp_path / "cache" / "datasets"
-    holder = hold_cache_lock(datasets)  # never let go, as on the file server
+    datasets, holder, calls = stalled_cache(small_tar, trusted, monkeypatch, tmp_path, stall_s=0.3)
     dead = datasets / ".download.k3j_2x"  # what the holder was writing when its node went down
     dead.mkdir()
     (dead / cifar10.ARCHIVE_NAME).write_bytes(b"the first bytes")
@@ -1002,29 +1018,11 @@ def test_tasks_waiting_on_a_stalled_holder_go_around_it_one_at_a_time(
     small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
 ):
     # The first to give up takes the lock on a new file; the others move to it and read its copy.
-    trusted(small_tar)
-    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
-    monkeypatch.setattr(cifar10, "LEFTOVER_AGE_S", 1.0)
-    calls = []
-    monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls, delay=0.2))
-    datasets = tmp_path / "cache" / "datasets"
-    holder = hold_cache_lock(datasets)
-    results, errors = {}, []
-
-    def task(i):
-        try:
-            results[i] = cifar10.load_cifar10(None, tmp_path / "cache")
-        except Exception as e:  # noqa: BLE001 - surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=task, args=(i,), name=f"task{i}") for i in range(3)]
+    datasets, holder, calls = stalled_cache(small_tar, trusted, monkeypatch, tmp_path, stall_s=1.0, delay=0.2)
     try:
         with caplog.at_level(logging.INFO, logger="lsjob"):
-            for t in threads:
-                t.start()
-                time.sleep(0.3)  # they start apart, as a sweep's tasks do, and give up apart
-            for t in threads:
-                t.join(60)
+            # They start apart, as a sweep's tasks do, and give up apart.
+            results, errors = load_in_tasks(tmp_path / "cache", 3, apart_s=0.3)
     finally:
         os.close(holder)
     assert not errors and len(results) == 3
@@ -1037,13 +1035,7 @@ def test_tasks_waiting_on_a_stalled_holder_go_around_it_one_at_a_time(
 def test_a_holder_that_keeps_writing_is_waited_for_however_long_it_takes(
     small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
 ):
-    trusted(small_tar)
-    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
-    monkeypatch.setattr(cifar10, "LEFTOVER_AGE_S", 1.0)
-    calls = []
-    monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls))
-    datasets = tmp_path / "cache" / "datasets"
-    holder = hold_cache_lock(datasets)
+    datasets, holder, calls = stalled_cache(small_tar, trusted, monkeypatch, tmp_path, stall_s=1.0)
     live = datasets / ".download.a8b_q0"
     live.mkdir()
     done = threading.Event()
