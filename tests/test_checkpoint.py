@@ -66,6 +66,16 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     assert (tmp_path / "damaged-epoch-0001-step-000004").is_dir()
 
 
+def two_saved(directory):
+    """Checkpoints of epochs 1 and 2 in `directory`, of a model trained a step (its optimizer's
+    momentum exists before the first save, as in a run)."""
+    model, store = small_model(), Checkpoints(directory)
+    train_step(model)
+    store.save(model, 1, [{"epoch": 1}])
+    store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
+    return store
+
+
 def contents(directory):
     return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
@@ -73,10 +83,7 @@ def contents(directory):
 def test_when_no_checkpoint_loads_the_run_stops_instead_of_starting_over(tmp_path, caplog):
     # Starting over would lose the run's progress, and pruning would then keep these two,
     # higher-numbered, over every new checkpoint: each later attempt would start over again.
-    model, store = small_model(), Checkpoints(tmp_path)
-    train_step(model)
-    store.save(model, 1, [{"epoch": 1}])
-    store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
+    store = two_saved(tmp_path)
     for name in ("epoch-0001", "epoch-0002"):
         (tmp_path / name / "state.weights.h5").write_bytes(b"garbage")
     before = contents(tmp_path)
@@ -87,10 +94,7 @@ def test_when_no_checkpoint_loads_the_run_stops_instead_of_starting_over(tmp_pat
 
 def test_a_storage_fault_while_loading_stops_the_run_and_judges_nothing_damaged(tmp_path, monkeypatch):
     # An NFS hiccup on the newest must not make the run fall back to the older one, or to epoch 1.
-    model, store = small_model(), Checkpoints(tmp_path)
-    train_step(model)
-    store.save(model, 1, [{"epoch": 1}])
-    store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
+    store = two_saved(tmp_path)
     before = contents(tmp_path)
 
     def failing_read(path):
@@ -105,10 +109,7 @@ def test_a_storage_fault_while_loading_stops_the_run_and_judges_nothing_damaged(
 def test_another_users_checkpoint_is_not_judged_damaged(tmp_path, monkeypatch):
     # A teammate resuming a run in a shared folder it may not read: passed over as damaged, the run
     # would end advising --force, which throws the intact work away.
-    model, store = small_model(), Checkpoints(tmp_path)
-    train_step(model)
-    store.save(model, 1, [{"epoch": 1}])
-    store.save(model, 2, [{"epoch": 1}, {"epoch": 2}])
+    store = two_saved(tmp_path)
     before = contents(tmp_path)
 
     def denied(path):
