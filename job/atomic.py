@@ -11,9 +11,11 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from pathlib import Path
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 STAGING_PREFIX = ".staging."
+# write_once's temporary: mkstemp's ".<name>.<8 random characters>.tmp".
+WRITE_ONCE_TMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def temporary_folder(prefix: str, directory: Path) -> Path:
@@ -131,6 +135,21 @@ def write_once(path: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(OSError):  # gone, or a handle gone stale: never the caller's failure
             os.unlink(tmp)
+
+
+def clear_abandoned_writes(folder: Path, older_than_s: float) -> int:
+    """Delete write_once's temporaries in `folder` untouched for `older_than_s`: what processes
+    killed mid-write left (nothing else ever removes them). Other processes may be writing in a
+    shared folder right now, so only files far older than any write takes are taken.
+    Returns how many were deleted."""
+    cleared = 0
+    cutoff = time.time() - older_than_s
+    for leftover in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):  # gone already (another task cleared it), or not ours to delete
+            if WRITE_ONCE_TMP.fullmatch(leftover.name) and leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+                cleared += 1
+    return cleared
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

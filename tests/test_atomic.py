@@ -1,9 +1,13 @@
 """Atomic writes: results get the permissions of the user's umask, not mkstemp's private 0600."""
 
 import errno
+import os
 import stat
+import subprocess
+import sys
 
 import pytest
+from conftest import ROOT
 
 from job import atomic
 
@@ -59,3 +63,27 @@ def test_write_once_fails_on_a_full_disk_and_leaves_nothing(monkeypatch, tmp_pat
     with pytest.raises(OSError, match="quota"):
         atomic.write_once(tmp_path / "entry-cache", b"compiled")
     assert list(tmp_path.iterdir()) == []
+
+
+KILLED_WRITING = """
+import os, signal, sys
+from pathlib import Path
+from job import atomic
+os.link = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # killed between its write and its link
+atomic.write_once(Path(sys.argv[1]) / "entry-cache", b"compiled")
+"""
+
+
+def test_what_a_killed_writer_left_is_cleared_once_old_and_nothing_else_is(tmp_path):
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", KILLED_WRITING, str(tmp_path)], cwd=ROOT)
+        assert proc.returncode == -9
+    old, new = sorted(tmp_path.iterdir())
+    hour_ago = old.stat().st_mtime - 3601
+    os.utime(old, (hour_ago, hour_ago))
+    kept = [tmp_path / "entry-cache", tmp_path / ".lockfile", tmp_path / ".notes.tmp"]  # an entry, and others' files
+    for path in kept:
+        path.write_bytes(b"")
+        os.utime(path, (hour_ago, hour_ago))
+    assert atomic.clear_abandoned_writes(tmp_path, older_than_s=3600) == 1
+    assert sorted(tmp_path.iterdir()) == sorted([new, *kept])  # a write that may still be going on is left be

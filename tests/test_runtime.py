@@ -2,8 +2,10 @@
 and data parallelism over several devices in one run (here: CPU devices split in two)."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -242,6 +244,21 @@ def test_the_compile_cache_folder_auto_follows_jax_then_keras_and_a_named_one_is
     monkeypatch.chdir(tmp_path)  # a relative folder is recorded where it is
     assert runtime.compile_cache_folder("rel/cc") == (tmp_path / "rel" / "cc", "spec")
     assert sorted(p.name for p in (tmp_path / "mine" / "cc").iterdir()) == []  # the write probe left nothing
+
+
+def test_the_compile_cache_folder_is_cleared_of_what_killed_writers_left_long_ago(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(runtime, "ABANDONED_CACHE_WRITE_S", 60)
+    for name, age in [
+        (".jit_step-abc-cache.k9_x2m0q.tmp", 61),
+        (".jit_step-def-cache.p3a8zz1w.tmp", 1),
+        ("jit_step-abc-cache", 61),
+    ]:
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (time.time() - age,) * 2)
+    caplog.set_level("INFO", logger="lsjob")
+    assert runtime.compile_cache_folder(str(tmp_path)) == (tmp_path, "spec")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".jit_step-def-cache.p3a8zz1w.tmp", "jit_step-abc-cache"]
+    assert "removed 1 temporary file(s) left by killed processes" in caplog.text
 
 
 def test_an_unwritable_compile_cache_fails_when_named_and_is_skipped_with_a_warning_when_automatic(
