@@ -23,8 +23,9 @@ from pathlib import Path
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 STAGING_PREFIX = ".staging."
-# write_once's temporary: mkstemp's ".<name>.<8 random characters>.tmp".
+# mkstemp's and mkdtemp's names: write_once's ".<name>.<8 random characters>.tmp", file_set's folder.
 WRITE_ONCE_TMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+STAGING_TMP = re.compile(re.escape(STAGING_PREFIX) + r"[^./]+\.tmp")
 
 
 def temporary_folder(prefix: str, directory: Path) -> Path:
@@ -78,7 +79,8 @@ def file_set(folder: str | os.PathLike) -> Iterator[FileSet]:
     on any failure (a full disk halfway through) none does and the old set stays whole.
     One atomic write per file would leave old and new files mixed, describing different
     results. The renames themselves need no space, so once every file is written the set
-    goes in place. A hidden `.staging.*.tmp` folder is left only by a killed process."""
+    goes in place. A hidden `.staging.*.tmp` folder is left only by a killed process
+    (clear_abandoned_writes, or a run's own start, removes it later)."""
     folder = Path(folder)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=".tmp", dir=folder))
     try:
@@ -138,15 +140,20 @@ def write_once(path: Path, data: bytes) -> None:
 
 
 def clear_abandoned_writes(folder: Path, older_than_s: float) -> int:
-    """Delete write_once's temporaries in `folder` untouched for `older_than_s`: what processes
-    killed mid-write left (nothing else ever removes them). Other processes may be writing in a
-    shared folder right now, so only files far older than any write takes are taken.
+    """Delete the temporaries of write_once and file_set in `folder` untouched for `older_than_s`:
+    what processes killed mid-write left (nothing else ever removes them). Other processes may be
+    writing in a shared folder right now, so only those far older than any write takes are taken.
     Returns how many were deleted."""
     cleared = 0
     cutoff = time.time() - older_than_s
     for leftover in folder.glob(".*.tmp"):
-        with contextlib.suppress(OSError):  # gone already (another task cleared it), or not ours to delete
-            if WRITE_ONCE_TMP.fullmatch(leftover.name) and leftover.is_file() and leftover.stat().st_mtime < cutoff:
+        with contextlib.suppress(OSError):  # gone already (another process cleared it), or not ours to delete
+            if leftover.is_symlink() or leftover.lstat().st_mtime >= cutoff:
+                continue
+            if leftover.is_dir() and STAGING_TMP.fullmatch(leftover.name):
+                shutil.rmtree(leftover)
+                cleared += 1
+            elif leftover.is_file() and WRITE_ONCE_TMP.fullmatch(leftover.name):
                 leftover.unlink()
                 cleared += 1
     return cleared

@@ -34,7 +34,6 @@ MANIFEST = "manifest.json"
 PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
 ATOMIC_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")  # job.atomic: .<name>.<random>.tmp<suffix>
-STAGING_TMP = re.compile(re.escape(atomic.STAGING_PREFIX) + r"[^./]+\.tmp")
 # What RunDir.lock writes into .lock; read back by lock_holder. The Slurm part (job id and
 # restart count) tells a requeued attempt that the lock is its own earlier attempt's.
 LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)(?: slurm job (\S+) restart (\d+))?")
@@ -190,7 +189,7 @@ class RunDir:
         # job.atomic's temporary files of a process killed mid-write; ours alone to clear,
         # since we hold the lock. The files they were replacing are untouched.
         for leftover in self.path.glob(".*.tmp*"):
-            if STAGING_TMP.fullmatch(leftover.name) and leftover.is_dir() and not leftover.is_symlink():
+            if atomic.STAGING_TMP.fullmatch(leftover.name) and leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)  # atomic.file_set's, of a report set
             elif ATOMIC_TMP.fullmatch(leftover.name) and leftover.is_file():
                 leftover.unlink(missing_ok=True)
@@ -429,7 +428,7 @@ def find_runs(directory: Path, warnings: list[str], above: frozenset[str] = froz
         except OSError:
             is_dir = False
         # Another aggregate's (or report's) staging folder comes and goes: never a run.
-        if is_dir and not STAGING_TMP.fullmatch(entry.name):
+        if is_dir and not atomic.STAGING_TMP.fullmatch(entry.name):
             found += find_runs(Path(entry.path), warnings, above)
     # Other tools keep a .lock too (pytest's numbered folders): only lsjob's own text makes a run.
     if not found and ("spec.yaml" in names or (LOCK in names and is_lsjob_lock(directory / LOCK))):

@@ -1103,6 +1103,28 @@ def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch)
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
+KILLED_WRITING_THE_PAGE = """
+import os, signal, sys
+import job.aggregate
+job.aggregate.write_page = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+job.aggregate.aggregate(sys.argv[1])
+"""
+
+
+def test_what_a_killed_aggregate_left_is_cleared_by_a_later_one_once_old(tmp_path):
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", KILLED_WRITING_THE_PAGE, str(tmp_path)], cwd=ROOT)
+        assert proc.returncode == -9
+    old, new = sorted(tmp_path.glob(".staging.*.tmp"), key=lambda p: p.stat().st_mtime)
+    assert (old / "aggregate.csv").is_file()  # the set it had written so far
+    hour_ago = old.stat().st_mtime - 3601
+    os.utime(old, (hour_ago, hour_ago))
+    aggregate(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [new.name]  # one that may be writing now is left be
+    assert (tmp_path / "aggregate.html").is_file()
+
+
 def test_another_aggregates_staging_folder_is_not_searched(tmp_path, monkeypatch):
     # A second `lsjob aggregate` of the same root writes its set in a staging folder there,
     # and deletes it while this one may be listing it.

@@ -38,7 +38,7 @@ from job.aggregate.plots import COMPARISON_PLOT_NAME, FACTOR_PLOTS, write_compar
 from job.aggregate.runs import METRIC, METRICS, SPEC_FILE, AggregateError, NoRunsError, Run, collect
 from job.aggregate.stats import Summary, compare, comparison_warnings, summarize
 from job.aggregate.tables import CSV_COLUMNS, render_csv, render_markdown
-from job.atomic import file_set, write_text
+from job.atomic import clear_abandoned_writes, file_set, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
 from job.rundir import LOCK, MANIFEST, is_lsjob_lock
 
@@ -61,6 +61,8 @@ __all__ = [
 CSV_NAME = "aggregate.csv"
 MARKDOWN_NAME = "aggregate.md"
 HTML_NAME = "aggregate.html"
+# An aggregate writes its set in seconds; a staging folder this old is a killed one's.
+ABANDONED_STAGING_S = 3600
 
 
 def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Summary:
@@ -82,6 +84,7 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     summary = Summary(root, out, runs, groups, comparisons, warnings, markdown, tuple(out / n for n in names))
     try:
         out.mkdir(parents=True, exist_ok=True)
+        clear_abandoned_writes(out, ABANDONED_STAGING_S)
         with file_set(out) as files:  # a failure leaves the previous aggregate whole, not half replaced
             write_text(files.path(CSV_NAME), render_csv(runs))
             for name, metric, title, ylabel in FACTOR_PLOTS:
