@@ -41,7 +41,7 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
     previous = None if force else run_dir.read_manifest()
     if _complete_on_read_only_storage(previous, run_dir, spec):
         # A finished sweep on a volume now mounted read-only: nothing to do, so nothing to refuse.
-        print(f"{run_dir.path} is already complete; nothing to do")
+        log.info("%s is already complete%s; nothing to do", run_dir.path, _result(previous))
         return EXIT_OK
     check_writable(spec.run_dir.parent, create=False)  # a read-only root fails before any download
     if os.path.lexists(run_dir.path) and not run_dir.path.is_dir():  # before any download too
@@ -61,6 +61,11 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         return _execute_claimed(spec, run_dir, force, dataset, sweep_point, setup)
     finally:
         run_dir.release()
+
+
+def _result(manifest: dict) -> str:
+    accuracy = manifest.get("test_accuracy")
+    return f" (test accuracy {accuracy:.4f})" if isinstance(accuracy, float) else ""
 
 
 def _discarded_by_this_job(run_dir: RunDir, spec: Spec) -> bool:
@@ -134,7 +139,8 @@ def _execute_claimed(
         if previous.get("status") == "completed":
             # Removed after the manifest said completed: a process killed in between left them.
             shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
-            print(f"{run_dir.path} is already complete; nothing to do (--force runs it again from scratch)")
+            log.info("%s is already complete%s; nothing to do (--force runs it again from scratch)",
+                     run_dir.path, _result(previous))  # fmt: skip
             return EXIT_OK
     if force:
         run_dir.wipe()
@@ -170,6 +176,13 @@ def _execute_claimed(
             "base_lr": spec.train.base_lr,  # epoch 0's learning rate, after scaling
         }
         run_dir.write_manifest(manifest)
+        # What computes, for whoever reads only the log (a Slurm .out, kubectl logs).
+        log.info(
+            "computing: %s on %s; precision %s (%s); batch %d (%d per replica), %d steps per epoch",
+            ", ".join(f"{name} {version}" for name, version in manifest["versions"].items() if name != "python"),
+            ", ".join(setup.replica_devices), setup.precision, setup.precision_source, spec.train.batch_size,
+            spec.train.batch_size // setup.replicas, len(data.x_train) // spec.train.batch_size,
+        )  # fmt: skip
 
         result = train(spec, data, run_dir.path)
         holdout_probs = None
@@ -204,7 +217,8 @@ def _execute_claimed(
             run_dir.write_manifest(manifest)
         except OSError as again:  # the disk is still full: the log line must do
             log.error("could not record the %s run in its manifest: %s", status, again)
-        log.error("run %s: %s", status, reason)
+        # A preemption is routine, not an error: a sweep's logs searched for ERROR find failures only.
+        (log.warning if status == "interrupted" else log.error)("run %s: %s", status, reason)
         if error is not e:
             raise error from e
         raise

@@ -183,11 +183,21 @@ class EpochRecorder(keras.callbacks.Callback):
         # The checkpoint first: history.csv never lists an epoch that no checkpoint holds.
         self.checkpoints.save(self.model, epoch + 1, self.history)
         write_history_csv(self.run_dir / "history.csv", self.history)
+        left = self.train.epochs - (epoch + 1)
         log.info(
-            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_nll %.4f  lr %.2e  %.1fs",
+            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_nll %.4f  lr %.2e  %.1fs%s",
             epoch + 1, self.train.epochs, row["loss"], row["accuracy"], row["val_loss"],
             row["val_accuracy"], row["val_nll"], row["lr"], row["seconds"],
+            f"  ~{_duration(left * row['seconds'])} left" if left else "",
         )  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    """A time left as one reads it in a log: 45s, 12m, 1h05m (the first epoch's compile makes it high)."""
+    minutes = round(seconds / 60)
+    if round(seconds) < 60:
+        return f"{seconds:.0f}s"
+    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 class StopOnSignal(keras.callbacks.Callback):
@@ -307,7 +317,8 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
         n = min(len(data.x_test), spec.train.eval_batch_size)
         model.evaluate(**runtime.feed(data.x_test[:n], test_targets[:n], batch_size=n), verbose=0)
     if sys.stdout.isatty():  # a progress bar for people; logs get one line per epoch instead
-        callbacks.append(Progress(spec.train.epochs))
+        # Before the recorder: the bar ends its line before the epoch's log line is printed.
+        callbacks.insert(callbacks.index(recorder), Progress(spec.train.epochs))
     # One fit call per epoch, on that epoch's order: the shuffle then depends on (seed, epoch)
     # alone. runtime.feed hands the arrays over (a PyDataset measured half as fast here on the
     # TensorFlow backend).

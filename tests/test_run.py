@@ -148,10 +148,12 @@ def test_saved_model_reproduces_the_reported_accuracy(completed):
     assert np.isclose((probs.argmax(1) == data.y_test).mean(), metrics["test_accuracy"])
 
 
-def test_rerun_of_a_completed_run_is_a_no_op(completed, capsys):
+def test_rerun_of_a_completed_run_is_a_no_op(completed, caplog):
+    caplog.set_level("INFO", logger="lsjob")
     before = {p.name: p.stat().st_mtime_ns for p in completed.run_dir.iterdir() if p.name != ".lock"}
     assert run_mod.execute(completed) == 0
-    assert "already complete" in capsys.readouterr().out
+    accuracy = json.loads((completed.run_dir / "manifest.json").read_text())["test_accuracy"]
+    assert f"already complete (test accuracy {accuracy:.4f}); nothing to do" in caplog.text
     after = {p.name: p.stat().st_mtime_ns for p in completed.run_dir.iterdir() if p.name != ".lock"}
     assert before == after
 
@@ -169,7 +171,8 @@ def test_a_different_spec_under_the_same_name_is_refused_naming_what_differs(com
         run_mod.execute(changed, sweep_point={"index": 0, "values": {"train.epochs": 3}})
 
 
-def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_spec, monkeypatch, capsys):
+def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_spec, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="lsjob")
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     # sbatch requeues an attempt with the options it was submitted with, --force included.
     spec = tiny_spec()
@@ -192,10 +195,10 @@ def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_sp
     (attempt,) = RunDir(spec.run_dir).read_manifest()["attempts"]
     assert attempt["forced"] is True and attempt["started"] != started  # discarded again, as asked
     before = {p.name: p.stat().st_mtime_ns for p in spec.run_dir.iterdir() if p.name != ".lock"}
-    capsys.readouterr()
+    caplog.clear()
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     run_mod.execute(spec, force=True)  # job 77 requeued: what it trained is kept
-    assert "already complete" in capsys.readouterr().out
+    assert "already complete" in caplog.text
     assert {p.name: p.stat().st_mtime_ns for p in spec.run_dir.iterdir() if p.name != ".lock"} == before
     changed = spec.model_copy(update={"train": spec.train.model_copy(update={"lr": 0.01})})
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
@@ -219,7 +222,8 @@ def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_sp
     assert attempt["forced"] is True
 
 
-def test_a_completed_run_on_storage_now_read_only_is_still_a_no_op(completed, capsys, monkeypatch):
+def test_a_completed_run_on_storage_now_read_only_is_still_a_no_op(completed, caplog, monkeypatch):
+    caplog.set_level("INFO", logger="lsjob")
     real_access = os.access
 
     def read_only(path, mode, *args, **kwargs):  # root may write anywhere: os.access is the run's only test
@@ -228,7 +232,7 @@ def test_a_completed_run_on_storage_now_read_only_is_still_a_no_op(completed, ca
 
     monkeypatch.setattr(os, "access", read_only)
     assert run_mod.execute(completed) == 0
-    assert "already complete" in capsys.readouterr().out
+    assert "already complete" in caplog.text
     changed = completed.model_copy(update={"train": completed.train.model_copy(update={"epochs": 3})})
     with pytest.raises(SpecError, match="not writable"):  # work to do: refused as before
         run_mod.execute(changed)
@@ -262,7 +266,8 @@ def hash_0_1_0(spec):
 
 
 @pytest.mark.parametrize("change", [[], ["train.eval_batch_size=8"], ["data.cache_dir=/elsewhere"]])
-def test_a_run_made_by_lsjob_0_1_0_is_still_this_specs(completed, capsys, change):
+def test_a_run_made_by_lsjob_0_1_0_is_still_this_specs(completed, caplog, change):
+    caplog.set_level("INFO", logger="lsjob")
     assert hash_0_1_0(load_spec(None)) == "df2b159edd972a9b"  # what 0.1.0 wrote for the default spec
     manifest_path = completed.run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -270,7 +275,7 @@ def test_a_run_made_by_lsjob_0_1_0_is_still_this_specs(completed, capsys, change
     try:
         again = load_spec(completed.run_dir / "spec.yaml", change)
         assert run_mod.execute(again) == 0
-        assert "already complete" in capsys.readouterr().out
+        assert "already complete" in caplog.text
     finally:
         manifest_path.write_text(json.dumps(manifest))
 

@@ -124,6 +124,50 @@ def test_the_runs_callbacks_leave_the_loop_free_to_queue_steps_ahead(tiny_spec, 
     assert keras.callbacks.CallbackList(callbacks)._async_train
 
 
+def test_on_a_terminal_the_bar_ends_its_line_before_each_epochs_log_line(tiny_spec, tmp_path, monkeypatch):
+    # Both reach one terminal: the bar on stdout, the log on stderr. Each epoch's line must
+    # start a line of its own, not be glued to the end of the finished bar.
+    import io
+    import logging
+
+    from job.data import load_dataset
+
+    screen = []
+
+    class Terminal(io.StringIO):
+        def write(self, text):
+            screen.append(text)
+            return len(text)
+
+        def isatty(self):
+            return True
+
+    class Stderr(logging.Handler):
+        def emit(self, record):
+            screen.append(f"LOG {record.getMessage()}\n")
+
+    monkeypatch.setattr(train_mod.sys, "stdout", Terminal())
+    handler = Stderr()
+    train_mod.log.addHandler(handler)
+    monkeypatch.setattr(train_mod.log, "level", logging.INFO)
+    try:
+        train_mod.train(tiny_spec(), load_dataset(tiny_spec().data), tmp_path)
+    finally:
+        train_mod.log.removeHandler(handler)
+    text = "".join(screen)
+    assert "━" in text and text.count("LOG epoch ") == 2
+    assert all(line.startswith("LOG epoch ") for line in re.findall(r"[^\n]*LOG epoch [^\n]*", text)), text
+    assert "  ~" in text.split("LOG epoch 1/2")[1].split("\n")[0]  # the time left, after the first epoch
+    assert "left" not in text.split("LOG epoch 2/2")[1].split("\n")[0]
+
+
+@pytest.mark.parametrize(
+    "seconds, shown", [(45, "45s"), (59.4, "59s"), (59.6, "1m"), (60, "1m"), (721, "12m"), (3900, "1h05m")]
+)
+def test_the_time_left_reads_as_one_reads_a_clock(seconds, shown):
+    assert train_mod._duration(seconds) == shown
+
+
 def test_non_finite_loss_fails_the_run():
     cb = train_mod.StopOnNonFiniteLoss()
     cb.on_epoch_begin(2)
