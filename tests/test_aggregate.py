@@ -473,22 +473,22 @@ def test_labels_vs_loss_differences_beside_the_seed_spread(aggregated):
     summary = aggregated[1]
     found = {(d.factor, d.metric): d for d in summary.comparisons}
     # 0.3: loss has no completed run there, so there is nothing to compare.
-    assert list(found) == [(0.1, "test_accuracy"), (0.1, "test_ece"), (0.2, "test_accuracy"), (0.2, "test_ece")]
+    assert list(found) == [(f, m) for f in (0.1, 0.2) for m in ("test_accuracy", "val_nll", "test_ece")]
     # Factor 0.1: labels 80, 82, 87 (mean 83, std sqrt(13)); loss 78, 80, 82 (mean 80, std 2).
     acc = found[(0.1, "test_accuracy")]
     assert acc.value == pytest.approx(0.03)
-    assert (acc.labels.std, acc.loss.std) == pytest.approx((math.sqrt(13) / 100, 0.02))
+    assert (acc.a.std, acc.b.std) == pytest.approx((math.sqrt(13) / 100, 0.02))
     assert acc.se == pytest.approx(math.sqrt(13 / 3 + 4 / 3) / 100)
     assert acc.ratio == pytest.approx(3 / math.sqrt(17 / 3))  # 1.26: within seed noise
     # Welch's t-test, as scipy computes it from the runs themselves.
     assert acc.p_value == pytest.approx(scipy.stats.ttest_ind([80, 82, 87], [78, 80, 82], equal_var=False).pvalue)
     # ECE is 0.9 - accuracy here: labels 0.07, loss 0.10.
     ece = found[(0.1, "test_ece")]
-    assert (ece.labels.mean, ece.loss.mean, ece.value) == pytest.approx((0.07, 0.10, -0.03))
+    assert (ece.a.mean, ece.b.mean, ece.value) == pytest.approx((0.07, 0.10, -0.03))
     assert ece.se == pytest.approx(acc.se)
     # Factor 0.2: labels 84, 85, 86 (mean 85, std 1); loss 81, 81, 84 (mean 82, std sqrt(3)).
     acc2 = found[(0.2, "test_accuracy")]
-    assert (acc2.value, acc2.labels.std, acc2.loss.std) == pytest.approx((0.03, 0.01, math.sqrt(3) / 100))
+    assert (acc2.value, acc2.a.std, acc2.b.std) == pytest.approx((0.03, 0.01, math.sqrt(3) / 100))
     assert acc2.se == pytest.approx(math.sqrt(1 / 3 + 3 / 3) / 100)
     assert acc2.ratio == pytest.approx(3 / math.sqrt(4 / 3))  # 2.6
     assert acc2.p_value == pytest.approx(scipy.stats.ttest_ind([84, 85, 86], [81, 81, 84], equal_var=False).pvalue)
@@ -496,7 +496,7 @@ def test_labels_vs_loss_differences_beside_the_seed_spread(aggregated):
     lines = summary.markdown.splitlines()
     section = lines.index("## labels vs loss at the same factor")
     assert "same objective" in lines[section + 2] and "No spread" not in summary.markdown  # every pair has spread
-    table = [line for line in lines[section:] if line.startswith("| 0.")][:4]
+    table = [line for line in lines[section:] if line.startswith("| 0.") and "val NLL" not in line][:4]
     assert table == [
         "| 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 80.00 ± 2.00 (3) | +3.00 | 2.38 | +1.3 | 0.29 |",
         "| 0.1 | ECE | 0.0700 ± 0.0361 (3) | 0.1000 ± 0.0200 (3) | -0.0300 | 0.0238 | -1.3 | 0.29 |",
@@ -505,13 +505,57 @@ def test_labels_vs_loss_differences_beside_the_seed_spread(aggregated):
     ]
 
 
+def test_each_smoothed_group_is_compared_with_the_baseline_of_the_same_settings(aggregated):
+    summary = aggregated[1]
+    found = {(d.method, d.factor, d.metric): d for d in summary.baseline_comparisons}
+    # Every completed smoothed group (the pilot's labels 0.3 too), each metric, against none.
+    assert list(found) == [(m, f, metric) for m, f in [("labels", 0.1), ("labels", 0.2), ("labels", 0.3),
+                                                       ("loss", 0.1), ("loss", 0.2)]
+                           for metric in ("test_accuracy", "val_nll", "test_ece")  # no ECE before calibration
+                           if (f, metric) != (0.3, "test_ece")]  # fmt: skip
+    # labels 0.1: 80, 82, 87 (mean 83, std sqrt(13)); none: 75, 77, 79 (mean 77, std 2).
+    acc = found[("labels", 0.1, "test_accuracy")]
+    assert (acc.other, acc.value, acc.b.mean) == ("none", pytest.approx(0.06), pytest.approx(0.77))
+    assert acc.se == pytest.approx(math.sqrt(13 / 3 + 4 / 3) / 100)
+    assert acc.p_value == pytest.approx(scipy.stats.ttest_ind([80, 82, 87], [75, 77, 79], equal_var=False).pvalue)
+    assert acc.seeds == ((0, 1, 2), (0, 1, 2))
+    lines = summary.markdown.splitlines()
+    section = lines.index("## Smoothing vs none")
+    assert "what smoothing changed" in lines[section + 2]
+    assert lines[section + 4].startswith("| method | factor | metric | method mean ± std (n) | none mean ± std (n) |")
+    assert (
+        "| labels | 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 77.00 ± 2.00 (3) | +6.00 | 2.38 | +2.5 |"
+        in summary.markdown
+    )
+    assert "| loss | 0.2 | ECE | 0.0800 ± 0.0173 (3) | 0.1300 ± 0.0200 (3) | -0.0500 |" in summary.markdown
+    page = (aggregated[0] / "aggregate.html").read_text()
+    assert '<h2 id="vs-baseline">Smoothing vs none</h2>' in page and "+6.00" in page
+
+
+def test_a_comparison_over_different_seeds_says_so(tmp_path):
+    # Each side's mean is over its own seeds: a seed that only one side has moves its mean alone.
+    for method, seed in [("labels", 1), ("labels", 2), ("loss", 2), ("loss", 3), ("none", 1), ("none", 2)]:
+        write_run(tmp_path, f"{method}-s{seed}", method, 0.1 if method != "none" else 0.0, seed)
+    warnings = aggregate(tmp_path).warnings
+    assert warnings == [
+        "labels vs loss at factor 0.1 compares different seeds (labels: 1, 2; loss: 2, 3); run the missing seeds "
+        "for a like-for-like comparison",
+        "loss vs none at factor 0.1 compares different seeds (loss: 2, 3; none: 1, 2); run the missing seeds for "
+        "a like-for-like comparison",
+    ]
+    write_run(tmp_path, "labels-s3", "labels", 0.1, 3)
+    write_run(tmp_path, "loss-s1", "loss", 0.1, 1)
+    write_run(tmp_path, "none-s3", "none", 0.0, 3)
+    assert aggregate(tmp_path).warnings == []
+
+
 def test_a_single_seed_has_no_spread_to_compare_with(tmp_path):
     write_run(tmp_path, "labels-f0.1-s0", "labels", 0.1, 0, correct=85)
     write_run(tmp_path, "loss-f0.1-s0", "loss", 0.1, 0, correct=80)
     write_run(tmp_path, "loss-f0.1-s1", "loss", 0.1, 1, correct=82)
     summary = aggregate(tmp_path)
     acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
-    assert acc.value == pytest.approx(0.04) and acc.labels.std is None and acc.se is None and acc.ratio is None
+    assert acc.value == pytest.approx(0.04) and acc.a.std is None and acc.se is None and acc.ratio is None
     assert acc.p_value is None
     assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 81.00 ± 1.41 (2) | +4.00 | – | – | – |" in summary.markdown
 
@@ -526,7 +570,7 @@ def test_unequal_seed_counts_weigh_each_side_by_its_own(tmp_path):
         write_run(tmp_path, f"loss-f0.1-s{seed}", "loss", 0.1, seed, correct=correct)
     summary = aggregate(tmp_path)
     acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
-    assert (acc.labels.n, acc.loss.n) == (2, 5)
+    assert (acc.a.n, acc.b.n) == (2, 5)
     assert acc.se == pytest.approx(math.sqrt(8 / 2 + 2.5 / 5) / 100)
     assert acc.ratio == pytest.approx(2 / math.sqrt(4.5))
     assert acc.p_value == pytest.approx(scipy.stats.ttest_ind(labels, loss, equal_var=False).pvalue)
@@ -542,7 +586,7 @@ def test_seeds_that_agree_exactly_have_no_spread_and_still_plot(tmp_path):
         write_run(tmp_path, f"loss-f0.1-s{seed}", "loss", 0.1, seed, correct=78)
     summary = aggregate(tmp_path)
     ece = next(d for d in summary.comparisons if d.metric == "test_ece")
-    assert (ece.labels.mean, ece.labels.std, ece.labels.min, ece.labels.max) == (0.05, 0.0, 0.05, 0.05)
+    assert (ece.a.mean, ece.a.std, ece.a.min, ece.a.max) == (0.05, 0.0, 0.05, 0.05)
     assert ece.se == 0.0 and ece.ratio is None and ece.p_value is None
     assert "| 0.0500 ± 0.0000 (3) | 0.1200 ± 0.0000 (3) | -0.0700 | 0.0000 | no spread | – |" in summary.markdown
     assert "No spread: the seeds of each method agreed exactly" in summary.markdown  # says what the cell means
@@ -578,7 +622,7 @@ def test_settings_that_change_results_are_flagged(tmp_path):
         write_run(tmp_path, f"a/labels-f0.1-s{seed}", "labels", 0.1, seed)
     write_run(tmp_path, "b/labels-f0.1-s0", "labels", 0.1, 0, overrides=["train.lr=0.01", "train.eval_batch_size=32"])
     warnings = comparison_warnings(collect(tmp_path)[0])
-    assert any("train.lr" in w and "0.005 (2 runs)" in w and "0.01 (1 runs)" in w for w in warnings)
+    assert any("train.lr" in w and "0.005 (2 runs)" in w and "0.01 (1 run)" in w for w in warnings)
     assert not any("eval_batch_size" in w for w in warnings)  # does not change results
     assert not any("completed 2 times" in w for w in warnings)  # another lr: another experiment, not a repeat
     write_run(tmp_path, "c/labels-f0.1-s0", "labels", 0.1, 0)
@@ -607,7 +651,7 @@ def test_a_sweep_over_another_field_groups_by_it_instead_of_averaging_it_as_seed
     ]
     # labels vs loss within each lr: equal accuracies, a difference of zero, not one spread over both lrs
     accuracy = [d for d in summary.comparisons if d.metric == "test_accuracy"]
-    assert [(d.varied, d.value, d.labels.std) for d in accuracy] == [
+    assert [(d.varied, d.value, d.a.std) for d in accuracy] == [
         ((("train.lr", "0.005"),), 0.0, pytest.approx(0.00707, abs=1e-5)),
         ((("train.lr", "0.05"),), 0.0, pytest.approx(0.00707, abs=1e-5)),
     ]
@@ -685,7 +729,7 @@ def test_backend_and_resolved_precision_group_runs_and_auto_matches_what_it_beca
     ]
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "aggregate.csv").read_text())))
     assert [(row["run"], row["backend"]) for row in rows] == [("c", "jax"), ("a", "tensorflow"), ("b", "tensorflow")]
-    assert any(w.startswith('completed runs differ in backend: "jax" (1 runs), "tensorflow" (2 runs)')
+    assert any(w.startswith('completed runs differ in backend: "jax" (1 run), "tensorflow" (2 runs)')
                for w in summary.warnings)  # fmt: skip
 
 
@@ -710,12 +754,29 @@ def test_the_holdout_size_is_compared_only_where_temperature_scaling_uses_it(tmp
               overrides=["eval.temperature_scaling=true", "eval.holdout_size=1000"])  # fmt: skip
     write_run(tmp_path, "b/labels-f0.1-s3", "labels", 0.1, 3, overrides=["eval.temperature_scaling=true"])
     warnings = comparison_warnings(collect(tmp_path / "b")[0])
-    assert any("eval.holdout_size" in w and "1000 (1 runs)" in w and "5000 (1 runs)" in w for w in warnings)
+    assert any("eval.holdout_size" in w and "1000 (1 run)" in w and "5000 (1 run)" in w for w in warnings)
 
 
-def test_a_clean_sweep_has_no_warnings(aggregated):
-    assert aggregated[1].warnings == []
-    assert "## Warnings" not in aggregated[1].markdown
+def test_runs_that_are_one_experiment_to_lsjob_run_are_one_group(tmp_path):
+    # Without lr_scaling the reference batch changes nothing: `lsjob run` resumes such a run as
+    # the same one (Spec.identity), so its seeds are one group here, not two.
+    write_run(tmp_path, "none-s1", "none", 0.0, 1)
+    write_run(tmp_path, "none-s2", "none", 0.0, 2, overrides=["train.lr_reference_batch=128"])
+    summary = aggregate(tmp_path)
+    assert [(g.method, g.completed, g.varied) for g in summary.groups] == [("none", 2, ())]
+    assert summary.warnings == []
+    write_run(tmp_path, "scaled/none-s3", "none", 0.0, 3, overrides=["train.lr_scaling=linear"])
+    warnings = aggregate(tmp_path).warnings
+    assert any(w.startswith("completed runs differ in train.lr_scaling") for w in warnings)
+
+
+def test_a_clean_sweep_warns_only_of_a_comparison_over_other_seeds(aggregated):
+    # The pilot's lone labels run at 0.3 (seed 1) against the sweep's baseline (seeds 0-2).
+    assert aggregated[1].warnings == [
+        "labels vs none at factor 0.3 compares different seeds (labels: 1; none: 0, 1, 2); run the missing seeds "
+        "for a like-for-like comparison"
+    ]
+    assert aggregated[1].markdown.count("## Warnings") == 1
 
 
 # ---------------------------------------------------------------------------- files
@@ -857,9 +918,9 @@ def test_ece_plot_leaves_out_runs_without_ece_and_says_so(tree, plots):
 
 def test_labels_vs_loss_plot_puts_each_difference_beside_the_seed_spread(tree, plots):
     aggregate(tree)
-    accuracy, ece = plots["labels_vs_loss.png"]
-    assert "seed spread" in accuracy["suptitle"]
-    assert accuracy["xticks"] == ece["xticks"] == ["0.1", "0.2"]
+    accuracy, nll, ece = plots["labels_vs_loss.png"]
+    assert "seed spread" in accuracy["suptitle"] and "NLL" in nll["title"]
+    assert accuracy["xticks"] == nll["xticks"] == ece["xticks"] == ["0.1", "0.2"]
     # Per factor: the difference of means, then ±1 std bands of labels and of loss around 0.
     for ax, scale in ((accuracy, 100), (ece, 1)):
         bars = ax["bars"]

@@ -17,15 +17,16 @@ busy because someone is reading it), and neither Keras nor TensorFlow is importe
 so it runs in seconds on a laptop holding a copy of the results volume.
 
 The package, in the order the data flows: runs (each run directory read into a `Run`,
-its status and settings), stats (the groups' statistics, labels vs loss, the warnings),
+its status and settings), stats (the groups' statistics, labels vs loss, smoothing vs none,
+the warnings),
 tables (the CSV and the Markdown, and the cells the page shows), plots (the figures),
 page (aggregate.html); display says how a value reads in all of them. This module
 writes the set, as one.
 
 A new metric (MCE, NLL after temperature scaling, ...) is one more `Metric` in
 runs.METRICS: it then gets its CSV, Markdown and HTML columns and its summary statistics.
-A plot against the factor is one more entry in plots.FACTOR_PLOTS, a labels-vs-loss
-comparison one more name in stats.COMPARED_METRICS.
+A plot against the factor is one more entry in plots.FACTOR_PLOTS, a comparison (labels vs
+loss, smoothing vs none) one more name in stats.COMPARED_METRICS.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 from job.aggregate.page import write_page
 from job.aggregate.plots import COMPARISON_PLOT_NAME, FACTOR_PLOTS, write_comparison_plot, write_factor_plot
 from job.aggregate.runs import METRIC, METRICS, SPEC_FILE, AggregateError, NoRunsError, Run, collect
-from job.aggregate.stats import Summary, compare, comparison_warnings, summarize
+from job.aggregate.stats import Summary, compare, compare_with_baseline, comparison_warnings, seed_warnings, summarize
 from job.aggregate.tables import CSV_COLUMNS, render_csv, render_markdown
 from job.atomic import clear_abandoned_writes, file_set, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
@@ -77,11 +78,12 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     out = root if out is None else Path(out)
     _refuse_run_directory(out, runs)
     groups = summarize(runs)
-    comparisons = compare(groups)
-    warnings += comparison_warnings(runs)
-    markdown = render_markdown(root, runs, groups, comparisons, warnings)
+    comparisons, baseline_comparisons = compare(groups), compare_with_baseline(groups)
+    warnings += comparison_warnings(runs) + seed_warnings(comparisons + baseline_comparisons)
+    markdown = render_markdown(root, runs, groups, comparisons, baseline_comparisons, warnings)
     names = (CSV_NAME, MARKDOWN_NAME, *(name for name, *_ in FACTOR_PLOTS), COMPARISON_PLOT_NAME, HTML_NAME)
-    summary = Summary(root, out, runs, groups, comparisons, warnings, markdown, tuple(out / n for n in names))
+    files = tuple(out / n for n in names)
+    summary = Summary(root, out, runs, groups, comparisons, baseline_comparisons, warnings, markdown, files)
     try:
         out.mkdir(parents=True, exist_ok=True)
         clear_abandoned_writes(out, ABANDONED_STAGING_S)

@@ -17,10 +17,13 @@ from urllib.parse import quote
 
 from job.aggregate.plots import COMPARISON_PLOT_NAME, ECE_PLOT_NAME, PLOT_NAME
 from job.aggregate.runs import STATUSES, Run
-from job.aggregate.stats import SAME_OBJECTIVE, Summary
+from job.aggregate.stats import BASELINE, SAME_OBJECTIVE, Summary
 from job.aggregate.tables import (
+    BASELINE_NOTE,
+    NO_BASELINE,
     STATS_NOTE,
     Table,
+    baseline_table,
     comparison_note,
     comparison_table,
     group_table,
@@ -82,8 +85,8 @@ def render_page(summary: Summary, plots: Path | None = None) -> str:
     metrics = shown_metrics(runs)
     labels, loss = SAME_OBJECTIVE
     title = f"lsjob runs under {summary.root}"
-    sections = [("summary", "by method and factor"), ("labels-vs-loss", f"{labels} vs {loss}"), ("plots", "plots"),
-                ("runs", "runs")]  # fmt: skip
+    sections = [("summary", "by method and factor"), ("labels-vs-loss", f"{labels} vs {loss}"),
+                ("vs-baseline", f"smoothing vs {BASELINE}"), ("plots", "plots"), ("runs", "runs")]  # fmt: skip
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -112,6 +115,13 @@ def render_page(summary: Summary, plots: Path | None = None) -> str:
     else:
         parts += [f"<p>No factor has completed runs of both <code>{_e(labels)}</code> and <code>{_e(loss)}</code>.</p>"]
     parts += [_figure(plots / COMPARISON_PLOT_NAME, f"{labels} minus {loss} at each factor beside the seed spread")]
+
+    parts += [f'<h2 id="vs-baseline">Smoothing vs {_e(BASELINE)}</h2>']
+    if summary.baseline_comparisons:
+        parts += [f'<p class="note">{_e(comparison_note(summary.baseline_comparisons, BASELINE_NOTE))}</p>']
+        parts += [_table(baseline_table(summary.baseline_comparisons))]
+    else:
+        parts += [f"<p>{_e(NO_BASELINE)}</p>"]
 
     parts += ['<h2 id="plots">Plots</h2>']
     parts += [_figure(plots / PLOT_NAME, "test accuracy against the label-smoothing factor, per method")]

@@ -108,11 +108,10 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
                 bars = ax.bar(x - width, value, width, color="0.25", label=f"{labels} − {loss} (difference of means)")
                 ax.bar_label(bars, [metric.show(d.value) for d in diffs], fontsize=8, padding=2)
                 for offset, method, color in ((0.0, labels, "C0"), (width, loss, "C1")):
-                    std = np.array([scale * (getattr(d, method).std or 0.0) for d in diffs])
+                    std = np.array([scale * ((d.a if method == labels else d.b).std or 0.0) for d in diffs])
                     ax.bar(x + offset, 2 * std, width, bottom=-std, color=color, alpha=0.45,
                            label=f"±1 std of {method} across seeds (none for a single seed)")  # fmt: skip
                 ax.set_xticks(x, [f"{d.factor:g}" + _show_varied(d.varied, "\n") for d in diffs])
-                ax.legend(loc="best", fontsize="small")
             else:
                 ax.set_xticks([])
                 ax.text(0.5, 0.5, f"no factor has completed {labels} and {loss} runs\nthat report {metric.label}",
@@ -121,4 +120,7 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
             ax.set_ylabel(f"{labels} − {loss}" + (" (percentage points)" if metric.percent else ""))
             ax.set_title(f"{PLOT_TITLE.get(name, metric.label)}: {labels} − {loss}")
         fig.suptitle(f"{labels} vs {loss} at the same factor: the difference beside each method's seed spread")
+        if comparisons:  # one legend below the panels: inside one it hid a wide spread's bar
+            fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
+                       fontsize="small")  # fmt: skip
         save_png(fig, path)

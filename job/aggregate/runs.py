@@ -380,10 +380,13 @@ def _identity_from_spec(run: Run, spec: dict) -> None:
 
 
 def _with_defaults(spec: dict) -> dict:
-    """spec.yaml with the fields a run of an older version did not write filled in with the
-    defaults it ran with; as written where it no longer validates (a field since renamed)."""
+    """spec.yaml as the run's identity counts it (Spec.identity): the fields a run of an older
+    version did not write filled in with the defaults it ran with, and a field the spec's own
+    settings ignore (lr_reference_batch without lr_scaling, say) at its default, so that runs
+    which are one experiment to `lsjob run` are one group here too. As written where it no
+    longer validates (a field since renamed)."""
     try:
-        return Spec.model_validate(spec).model_dump(mode="json")
+        return Spec.model_validate(spec).identity()
     except (ValueError, JobError):
         return spec
 

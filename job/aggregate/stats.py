@@ -1,7 +1,8 @@
 """The statistics over the runs `collect` read: a `Group` per (method, factor, varied settings)
-with each metric's mean, std, min and max over its completed runs; labels minus loss at each
-factor (`Difference`, for COMPARED_METRICS); the warnings that say where those means mislead;
-and the `Summary` that aggregate() returns."""
+with each metric's mean, std, min and max over its completed runs; the differences of means
+(`Difference`, for COMPARED_METRICS) of labels minus loss at each factor, and of each smoothed
+group minus the unsmoothed baseline; the warnings that say where those means mislead; and the
+`Summary` that aggregate() returns."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import numpy as np
 import scipy.stats
 
 from job.aggregate.display import _show_factor, _show_varied
-from job.aggregate.runs import ABSENT, METRICS, SPEC_FILE, STATUSES, Run, _group_key
+from job.aggregate.runs import ABSENT, METRICS, SPEC_FILE, STATUSES, Run, _group_key, _value_order
 
 # Two implementations of one objective (smoothed targets vs a smoothed loss): any
 # difference between them at the same factor is run-to-run noise, or a bug.
 SAME_OBJECTIVE = ("labels", "loss")
-COMPARED_METRICS = ("test_accuracy", "test_ece")  # labels vs loss
+BASELINE = "none"  # no smoothing: what either method is meant to improve on
+COMPARED_METRICS = ("test_accuracy", "val_nll", "test_ece")
 
 
 @dataclass(frozen=True)
@@ -41,28 +43,33 @@ class Group:
     completed: int
     not_completed: int
     stats: dict[str, Stats]  # Metric.name -> statistics; absent when no completed run has it
+    seeds: tuple[int, ...] = ()  # of the completed runs, each once
 
 
 @dataclass(frozen=True)
 class Difference:
-    """labels minus loss in one metric's mean at one factor, beside each method's seed spread."""
+    """`method` minus `other` in one metric's mean, at one factor and the same other settings,
+    beside each side's seed spread: labels minus loss, or a smoothed method minus the baseline."""
 
-    factor: float
+    factor: float  # the method's (the baseline has none)
     varied: tuple[tuple[str, str], ...]  # the settings both sides share, as Run.varied
     metric: str  # Metric.name
-    labels: Stats
-    loss: Stats
+    a: Stats  # the method's
+    b: Stats  # the other's
+    method: str = SAME_OBJECTIVE[0]
+    other: str = SAME_OBJECTIVE[1]
+    seeds: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # each side's completed seeds
 
     @property
     def value(self) -> float:
-        return self.labels.mean - self.loss.mean
+        return self.a.mean - self.b.mean
 
     @property
     def se(self) -> float | None:
         """Standard error of a difference of two means, sqrt(s1²/n1 + s2²/n2); None with one seed."""
-        if self.labels.std is None or self.loss.std is None:
+        if self.a.std is None or self.b.std is None:
             return None
-        return math.sqrt(self.labels.std**2 / self.labels.n + self.loss.std**2 / self.loss.n)
+        return math.sqrt(self.a.std**2 / self.a.n + self.b.std**2 / self.b.n)
 
     @property
     def ratio(self) -> float | None:
@@ -78,7 +85,7 @@ class Difference:
         difference of 3 SE happens by chance about one time in ten. None where `ratio` is."""
         if not self.se:
             return None
-        a, b = self.labels, self.loss
+        a, b = self.a, self.b
         return float(scipy.stats.ttest_ind_from_stats(a.mean, a.std, a.n, b.mean, b.std, b.n, equal_var=False).pvalue)
 
 
@@ -90,7 +97,8 @@ class Summary:
     out: Path
     runs: list[Run]
     groups: list[Group]
-    comparisons: list[Difference]
+    comparisons: list[Difference]  # labels minus loss
+    baseline_comparisons: list[Difference]  # each smoothed group minus the baseline
     warnings: list[str]
     markdown: str
     files: tuple[Path, ...]
@@ -116,7 +124,8 @@ def summarize(runs: list[Run]) -> list[Group]:
             values = [r.metrics[metric.name] for r in done if metric.name in r.metrics]
             if values:
                 stats[metric.name] = describe(values)
-        groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats))
+        seeds = tuple(sorted({r.seed for r in done if r.seed is not None}))
+        groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats, seeds))
     return groups
 
 
@@ -136,15 +145,62 @@ def compare(groups: list[Group]) -> list[Difference]:
     with the metric."""
     by_key = {(g.method, g.factor, g.varied): g for g in groups}
     labels, loss = SAME_OBJECTIVE
-    found = []
-    for g in groups:  # in the groups' order: by settings, then factor
-        if g.method != labels or (loss, g.factor, g.varied) not in by_key:
-            continue
-        for metric in COMPARED_METRICS:
-            a, b = g.stats.get(metric), by_key[(loss, g.factor, g.varied)].stats.get(metric)
-            if a is not None and b is not None:
-                found.append(Difference(g.factor, g.varied, metric, a, b))
-    return found
+    return [
+        difference
+        for g in groups  # in the groups' order: by settings, then factor
+        if g.method == labels and (loss, g.factor, g.varied) in by_key
+        for difference in _differences(g, by_key[(loss, g.factor, g.varied)])
+    ]
+
+
+def compare_with_baseline(groups: list[Group]) -> list[Difference]:
+    """Each smoothed group minus the baseline's group of the same varied settings, where both
+    have completed runs with the metric: what smoothing changed."""
+    baseline = {g.varied: g for g in groups if g.method == BASELINE}
+    return [
+        difference
+        for g in groups
+        if g.method in SAME_OBJECTIVE and g.varied in baseline
+        for difference in _differences(g, baseline[g.varied])
+    ]
+
+
+def _differences(group: Group, other: Group) -> list[Difference]:
+    return [
+        Difference(
+            group.factor,
+            group.varied,
+            metric,
+            group.stats[metric],
+            other.stats[metric],
+            group.method,
+            other.method,
+            (group.seeds, other.seeds),
+        )  # fmt: skip
+        for metric in COMPARED_METRICS
+        if metric in group.stats and metric in other.stats
+    ]
+
+
+def seed_warnings(comparisons: list[Difference]) -> list[str]:
+    """A comparison over different seeds: a seed starts every method from the same weights, data
+    order and augmentation, so a seed one side lacks can move its mean by more than the methods
+    differ, and the sample sizes alone would not tell."""
+    said, warnings = set(), []
+    for d in comparisons:
+        key = (d.method, d.other, d.factor, d.varied)
+        if d.seeds[0] != d.seeds[1] and key not in said:
+            said.add(key)
+            where = f"factor {d.factor:g}{_show_varied(d.varied, ', ')}"
+            warnings.append(
+                f"{d.method} vs {d.other} at {where} compares different seeds ({d.method}: {_seed_list(d.seeds[0])}; "
+                f"{d.other}: {_seed_list(d.seeds[1])}); run the missing seeds for a like-for-like comparison"
+            )
+    return warnings
+
+
+def _seed_list(seeds: tuple[int, ...]) -> str:
+    return ", ".join(map(str, seeds)) or "none known"
 
 
 def comparison_warnings(runs: list[Run]) -> list[str]:
@@ -167,7 +223,8 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
     for key in keys:
         values = Counter(r.settings.get(key, ABSENT) for r in known)
         if len(values) > 1:
-            listed = ", ".join(f"{value} ({n} runs)" for value, n in sorted(values.items()))
+            in_order = sorted(values.items(), key=lambda item: _value_order(item[0]))
+            listed = ", ".join(f"{value} ({n} run{'s' * (n != 1)})" for value, n in in_order)
             warnings.append(
                 f"completed runs differ in {key}: {listed}; each value is a group of its own in the tables "
                 "and the plots, with a column for it"

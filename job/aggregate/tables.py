@@ -14,7 +14,7 @@ from typing import Any
 
 from job.aggregate.display import _cell, _csv_value, _shorten, _show_duration, _show_factor, _show_value, _text
 from job.aggregate.runs import METRIC, METRICS, STATUSES, Metric, Run
-from job.aggregate.stats import SAME_OBJECTIVE, Difference, Group, Stats
+from job.aggregate.stats import BASELINE, SAME_OBJECTIVE, Difference, Group, Stats
 
 MD_REASON_CHARS = 160  # the Markdown table shortens reasons; the CSV keeps them whole
 
@@ -102,15 +102,21 @@ COMPARISON_NOTE = (
     "seed noise alone gives a difference at least this large. With few seeds only a large difference / SE "
     "is evidence: p < 0.05 takes about 4.3 SE with 2 seeds per method, 2.8 with 3."
 )
+BASELINE_NOTE = (
+    "Each smoothed group minus the baseline (none) trained with the same other settings: what smoothing "
+    "changed. A seed starts every method from the same weights, data order and augmentation. SE and p as "
+    "above (Welch's t-test over the seeds); a higher accuracy and a lower NLL or ECE are better."
+)
+NO_BASELINE = f"No smoothed group has completed runs beside completed `{BASELINE}` runs of the same other settings."
 NO_SPREAD_NOTE = (
     "No spread: the seeds of each method agreed exactly, so there is no noise to weigh the difference against."
 )
 
 
-def comparison_note(comparisons: list[Difference]) -> str:
-    """How to read the comparison table (shown only when there is one): 'no spread' only when it says so."""
+def comparison_note(comparisons: list[Difference], note: str = COMPARISON_NOTE) -> str:
+    """How to read a comparison table (shown only when there is one): 'no spread' only when it says so."""
     no_spread = any(d.se is not None and d.ratio is None for d in comparisons)
-    return COMPARISON_NOTE + (" " + NO_SPREAD_NOTE if no_spread else "")
+    return note + (" " + NO_SPREAD_NOTE if no_spread else "")
 
 
 def tally(runs: list[Run]) -> str:
@@ -159,21 +165,34 @@ def group_table(groups: list[Group], metrics: list[Metric]) -> Table:
 
 
 def comparison_table(comparisons: list[Difference]) -> Table:
+    """labels minus loss, a row per factor, varied settings and metric."""
     labels, loss = SAME_OBJECTIVE
     keys = [key for key, _ in comparisons[0].varied] if comparisons else []
     header = ["factor", *keys, "metric", f"{labels} mean ± std (n)", f"{loss} mean ± std (n)", f"{labels} − {loss}",
               "SE", "difference / SE", "p"]  # fmt: skip
-    rows = []
-    for d in comparisons:
-        metric = METRIC[d.metric]
-        sign = "+" if d.value > 0 else ""
-        rows.append([
-            f"{d.factor:g}", *(_show_value(v) for _, v in d.varied), metric.label, _spread(metric, d.labels),
-            _spread(metric, d.loss), sign + metric.show(d.value), "–" if d.se is None else metric.show(d.se),
-            "–" if d.se is None else "no spread" if d.ratio is None else f"{d.ratio:+.1f}",
-            "–" if d.p_value is None else f"{d.p_value:.2g}",
-        ])  # fmt: skip
+    rows = [[f"{d.factor:g}", *(_show_value(v) for _, v in d.varied), *_difference_cells(d)] for d in comparisons]
     return Table(header, rows, [True, *[False] * len(keys), False, True, True, True, True, True, True])
+
+
+def baseline_table(comparisons: list[Difference]) -> Table:
+    """Each smoothed group minus the baseline, a row per method, factor, varied settings and metric."""
+    keys = [key for key, _ in comparisons[0].varied] if comparisons else []
+    header = ["method", "factor", *keys, "metric", "method mean ± std (n)", f"{BASELINE} mean ± std (n)",
+              f"method − {BASELINE}", "SE", "difference / SE", "p"]  # fmt: skip
+    rows = [[d.method, f"{d.factor:g}", *(_show_value(v) for _, v in d.varied), *_difference_cells(d)]
+            for d in comparisons]  # fmt: skip
+    return Table(header, rows, [False, True, *[False] * len(keys), False, True, True, True, True, True, True])
+
+
+def _difference_cells(d: Difference) -> list[str]:
+    metric = METRIC[d.metric]
+    sign = "+" if d.value > 0 else ""
+    return [
+        metric.label, _spread(metric, d.a), _spread(metric, d.b), sign + metric.show(d.value),
+        "–" if d.se is None else metric.show(d.se),
+        "–" if d.se is None else "no spread" if d.ratio is None else f"{d.ratio:+.1f}",
+        "–" if d.p_value is None else f"{d.p_value:.2g}",
+    ]  # fmt: skip
 
 
 def _spread(metric: Metric, s: Stats) -> str:
@@ -181,7 +200,12 @@ def _spread(metric: Metric, s: Stats) -> str:
 
 
 def render_markdown(
-    root: Path, runs: list[Run], groups: list[Group], comparisons: list[Difference], warnings: list[str]
+    root: Path,
+    runs: list[Run],
+    groups: list[Group],
+    comparisons: list[Difference],
+    baseline_comparisons: list[Difference],
+    warnings: list[str],
 ) -> str:
     metrics = shown_metrics(runs)
     lines = [f"# lsjob runs under `{root}`", "", tally(runs) + ".", ""]
@@ -194,6 +218,15 @@ def render_markdown(
         lines += [comparison_note(comparisons), "", *_table(comparison_table(comparisons))]
     else:
         lines += [f"No factor has completed runs of both `{labels}` and `{loss}`."]
+    lines += ["", f"## Smoothing vs {BASELINE}", ""]
+    if baseline_comparisons:
+        lines += [
+            comparison_note(baseline_comparisons, BASELINE_NOTE),
+            "",
+            *_table(baseline_table(baseline_comparisons)),
+        ]
+    else:
+        lines += [NO_BASELINE]
 
     columns = run_columns(runs)
     lines += ["", "## Runs", ""]
