@@ -96,7 +96,7 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
     labels, loss = SAME_OBJECTIVE
     width = 0.25
     with matplotlib.style.context("ggplot"):
-        fig = Figure(figsize=(11, 5), layout="constrained")
+        fig = Figure(figsize=(5 * len(COMPARED_METRICS), 5), layout="constrained")
         for ax, name in zip(fig.subplots(1, len(COMPARED_METRICS), squeeze=False)[0], COMPARED_METRICS):
             metric = METRIC[name]
             scale = 100 if metric.percent else 1
