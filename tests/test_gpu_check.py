@@ -7,12 +7,14 @@ updating the list fails here rather than on the machine. No test here trains any
 """
 
 import csv
+import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -26,6 +28,7 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 GPU_CHECK = ROOT / "tools" / "gpu_check.sh"
 FETCH = ROOT / "tools" / "fetch_gpu_wheels.sh"
 TABLE = ROOT / "tools" / "gpu_check_table.py"
+TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
 # The GPU machine's Python: the wheels are fetched for it, its requirement markers evaluated for it.
 DEVICE_ENV = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
               "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
@@ -325,17 +328,51 @@ if args[0] == "bench":
 """
 
 
-def test_the_script_benches_most_important_first_and_gives_the_run_all_the_time_left(tmp_path):
-    """The whole script, lsjob's own steps answering at once: the order of the benches, the
-    run's backend and precision picked from them, and the run's time limit."""
+def _fake_python(tmp_path, devices_check: str = 'echo "$2: fake"; exit 0') -> Path:
+    """A PYTHON for the script whose lsjob steps answer at once (FAKE_LSJOB) and whose checks of
+    the machine run `devices_check` instead."""
     (tmp_path / "fake_lsjob.py").write_text(FAKE_LSJOB)
     fake = tmp_path / "python"
     fake.write_text(f"""#!/usr/bin/env bash
 if [[ $1 == -m && $2 == job ]]; then shift 2; exec {sys.executable} {tmp_path}/fake_lsjob.py "$@"; fi
-[[ $1 == tools/gpu_check_table.py && ($2 == devices || $2 == versions) ]] && {{ echo "$2: fake"; exit 0; }}
+[[ $1 == tools/gpu_check_table.py && $2 == versions ]] && {{ echo "$2: fake"; exit 0; }}
+[[ $1 == tools/gpu_check_table.py && $2 == devices ]] && {{ {devices_check}; }}
 exec {sys.executable} "$@"
 """)
     fake.chmod(0o755)
+    return fake
+
+
+def test_a_backend_that_sees_no_gpu_is_dropped_and_the_check_fails(tmp_path):
+    # CUDA that failed to start leaves torch (or JAX) on the CPU: its benches would spend the
+    # budget timing out. The check says so, benches the other backend only, and exits 1.
+    no_gpu_for_torch = (
+        '[[ $KERAS_BACKEND == torch && $3 == --gpu ]] && { echo "devices [cpu]: no GPU visible to torch"; exit 1; }; '
+        'echo "devices [cuda:0]"; exit 0'
+    )
+    fake = _fake_python(tmp_path, no_gpu_for_torch)
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
+           "BENCH_JSON": json.dumps(_bench_json("jax", 64, "off", 1000))}  # fmt: skip
+    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "torch: FAILED: devices [cpu]: no GPU visible to torch" in proc.stdout
+    assert {line.split()[0] for line in calls.read_text().splitlines()} == {"jax"}
+    assert "1 step(s) not ok" in proc.stdout
+
+
+@pytest.mark.skipif(not TENSORFLOW, reason="runs the check on this CPU's TensorFlow")
+def test_the_devices_check_refuses_a_cpu_where_a_gpu_is_needed():
+    proc = subprocess.run([sys.executable, str(TABLE), "devices", "--gpu"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "no GPU visible to tensorflow, so it would run on the CPU" in proc.stdout
+    proc = subprocess.run([sys.executable, str(TABLE), "devices"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "on tensorflow: devices" in proc.stdout
+
+
+def test_the_script_benches_most_important_first_and_gives_the_run_all_the_time_left(tmp_path):
+    """The whole script, lsjob's own steps answering at once: the order of the benches, the
+    run's backend and precision picked from them, and the run's time limit."""
+    fake = _fake_python(tmp_path)
     out, calls = tmp_path / "out", tmp_path / "calls"
     env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
            "BENCH_JSON": json.dumps(_bench_json("jax", 64, "off", 1000))}  # fmt: skip

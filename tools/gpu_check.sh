@@ -48,11 +48,11 @@ main() {
   case $scale in
     full)
       batches=(64 512) steps=30 warmup=5 bench_s=60 first_jax_s=90 min_bench_s=15 run_s=130 check_s=25
-      budget_s=465 train_size=50000 test_size=10000 run_batch=64
+      budget_s=465 train_size=50000 test_size=10000 run_batch=64 need_gpu=(--gpu)
       ;;
     tiny)
       batches=(8 16) steps=3 warmup=1 bench_s=150 first_jax_s=150 min_bench_s=20 run_s=300 check_s=120
-      budget_s=1800 train_size=256 test_size=128 run_batch=8
+      budget_s=1800 train_size=256 test_size=128 run_batch=8 need_gpu=()
       ;;
     *)
       echo "gpu_check: GPU_CHECK_SCALE must be full or tiny, not '$scale'" >&2
@@ -152,24 +152,35 @@ print(" ".join(m)); raise SystemExit(bool(m))' 2>&1); then
   fi
   while IFS= read -r line; do say "$line"; done < "$header"
   [[ -s $work/versions.log ]] && keep_log versions "$work/versions.log"
+  # At full scale a backend that sees no GPU (CUDA failed to start: JAX and torch then fall back
+  # to the CPU with a warning) is dropped: its benches would spend the budget on CPU timeouts.
+  failures=0
+  usable=()
   for backend in "${backends[@]}"; do
     say "checking keras on $backend (limit $check_s s)"
-    if KERAS_BACKEND=$backend timeout -k 5 "$check_s" "$PYTHON" tools/gpu_check_table.py devices \
+    if KERAS_BACKEND=$backend timeout -k 5 "$check_s" "$PYTHON" tools/gpu_check_table.py devices "${need_gpu[@]}" \
       > "$work/check-$backend.log" 2>&1; then
       line=$(last_line "$work/check-$backend.log")
+      usable+=("$backend")
     else
       line="$backend: FAILED: $(last_line "$work/check-$backend.log")"
+      failures=$((failures + 1))
     fi
     keep_log "check $backend" "$work/check-$backend.log"
     echo "$line" >> "$header"
     say "$line"
   done
+  if ((${#usable[@]} == 0)); then
+    say "FAILED: no backend can run here; see the lines above and $log"
+    render
+    exit 1
+  fi
+  backends=("${usable[@]}")
 
   # 3. The benches: one process each, each with its own time limit, most important first:
   # batch 512 in bf16 (the anchor's setting), then the run's batch in float32 and bf16 (the
   # run is picked from them), then 512 in float32. Backends alternate, so that one slow
   # backend cannot leave the other without time.
-  failures=0
   small=${batches[0]} big=${batches[1]}
   jax_benched=0
   for setting in "$big bf16" "$small off" "$small bf16" "$big off"; do

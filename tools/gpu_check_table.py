@@ -72,13 +72,22 @@ def versions() -> list[str]:
     return lines
 
 
-def devices() -> str:
+def devices(need_gpu: bool = False) -> tuple[str, bool]:
+    """What the backend computes on; not ok where a GPU is needed and the backend sees none: a
+    CUDA that failed to start leaves JAX and torch on the CPU with only a warning, and every
+    bench would then time out, or report the CPU's figures, in the GPU's place."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's job package
     import keras
 
     from job import runtime
 
-    return f"keras {keras.__version__} on {keras.backend.backend()}: devices {runtime.devices()}"
+    line = f"keras {keras.__version__} on {keras.backend.backend()}: devices {runtime.devices()}"
+    kind, capability = runtime._accelerator()
+    if kind == "gpu":
+        return f"{line}, compute capability {capability[0]}.{capability[1]}", True
+    if need_gpu:
+        return f"{line}: no GPU visible to {keras.backend.backend()}, so it would run on the CPU", False
+    return line, True
 
 
 def summary(path: Path) -> str:
@@ -256,9 +265,10 @@ def main(argv: list[str]) -> int:
     if argv == ["versions"]:
         print("\n".join(versions()))
         return 0
-    if argv == ["devices"]:
-        print(devices())
-        return 0
+    if argv in (["devices"], ["devices", "--gpu"]):
+        line, ok = devices(need_gpu="--gpu" in argv)
+        print(line)
+        return 0 if ok else 1
     if len(argv) == 2 and argv[0] == "summary":
         print(summary(Path(argv[1])))
         return 0

@@ -56,8 +56,8 @@ class Difference:
     metric: str  # Metric.name
     a: Stats  # the method's
     b: Stats  # the other's
-    method: str = SAME_OBJECTIVE[0]
-    other: str = SAME_OBJECTIVE[1]
+    method: str
+    other: str
     seeds: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # each side's completed seeds
 
     @property
@@ -166,17 +166,9 @@ def compare_with_baseline(groups: list[Group]) -> list[Difference]:
 
 
 def _differences(group: Group, other: Group) -> list[Difference]:
+    sides = {"method": group.method, "other": other.method, "seeds": (group.seeds, other.seeds)}
     return [
-        Difference(
-            group.factor,
-            group.varied,
-            metric,
-            group.stats[metric],
-            other.stats[metric],
-            group.method,
-            other.method,
-            (group.seeds, other.seeds),
-        )  # fmt: skip
+        Difference(group.factor, group.varied, metric, group.stats[metric], other.stats[metric], **sides)
         for metric in COMPARED_METRICS
         if metric in group.stats and metric in other.stats
     ]
