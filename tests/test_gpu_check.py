@@ -317,6 +317,10 @@ from pathlib import Path
 args = sys.argv[1:]
 with open(os.environ["CALLS"], "a") as calls:
     calls.write(" ".join([os.environ["KERAS_BACKEND"], *args]) + "\\n")
+no_graphs = "xla_gpu_enable_command_buffer=" in os.environ.get("XLA_FLAGS", "")
+graphs_fail = os.environ.get("CUDA_GRAPHS_FAIL") and not no_graphs
+if os.environ["KERAS_BACKEND"] == "jax" and graphs_fail:
+    sys.exit("INTERNAL: Failed to add memset node to a CUDA graph: CUDA_ERROR_INVALID_VALUE")
 if args[0] == "bench":
     sets = dict(a.split("=", 1) for a in args if "=" in a)
     backend, batch = os.environ["KERAS_BACKEND"], int(sets["train.batch_size"])
@@ -359,6 +363,19 @@ def test_a_backend_that_sees_no_gpu_is_dropped_and_the_check_fails(tmp_path):
     assert "torch: FAILED: devices [cpu]: no GPU visible to torch" in proc.stdout
     assert {line.split()[0] for line in calls.read_text().splitlines()} == {"jax"}
     assert "1 step(s) not ok" in proc.stdout
+
+
+def test_jax_goes_on_without_cuda_graphs_where_the_driver_cannot_build_them(tmp_path):
+    fake = _fake_python(tmp_path)
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
+           "BENCH_JSON": json.dumps(_bench_json("jax", 64, "off", 1000)), "CUDA_GRAPHS_FAIL": "1"}  # fmt: skip
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the first JAX bench failed
+    assert "bench-jax-512-bf16: failed rc=1" in proc.stdout
+    assert "its later steps run with XLA_FLAGS=--xla_gpu_enable_command_buffer=" in proc.stdout
+    assert re.search(r"bench-jax-64-off: ok", proc.stdout) and "1 step(s) not ok" in proc.stdout
 
 
 @pytest.mark.skipif(not TENSORFLOW, reason="runs the check on this CPU's TensorFlow")

@@ -214,6 +214,12 @@ print(" ".join(m)); raise SystemExit(bool(m))' 2>&1); then
       else
         failures=$((failures + 1))
         say "$name: $status in $wall s: $detail"
+        # Reported with some NVIDIA drivers (535): XLA's CUDA graphs fail; without them JAX runs.
+        if [[ $backend == jax && ${XLA_FLAGS:-} != *xla_gpu_enable_command_buffer* ]] &&
+          grep -q "memset node to a CUDA graph" "$work/$name.log"; then
+          export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer="
+          say "JAX failed to build a CUDA graph: its later steps run with XLA_FLAGS=$XLA_FLAGS"
+        fi
       fi
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$batch" "$precision" "$status" "$wall" "$detail" >> "$work/bench.tsv"
       render
