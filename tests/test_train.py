@@ -124,7 +124,7 @@ def test_the_runs_callbacks_leave_the_loop_free_to_queue_steps_ahead(tiny_spec, 
     assert keras.callbacks.CallbackList(callbacks)._async_train
 
 
-def test_on_a_terminal_the_bar_ends_its_line_before_each_epochs_log_line(tiny_spec, tmp_path, monkeypatch):
+def test_on_a_terminal_the_bar_ends_its_line_before_each_epochs_log_line(tiny_spec, tmp_path, monkeypatch, caplog):
     # Both reach one terminal: the bar on stdout, the log on stderr. Each epoch's line must
     # start a line of its own, not be glued to the end of the finished bar.
     import io
@@ -149,7 +149,7 @@ def test_on_a_terminal_the_bar_ends_its_line_before_each_epochs_log_line(tiny_sp
     monkeypatch.setattr(train_mod.sys, "stdout", Terminal())
     handler = Stderr()
     train_mod.log.addHandler(handler)
-    monkeypatch.setattr(train_mod.log, "level", logging.INFO)
+    caplog.set_level(logging.INFO, logger=train_mod.log.name)  # setLevel: logging caches what a level lets through
     try:
         train_mod.train(tiny_spec(), load_dataset(tiny_spec().data), tmp_path)
     finally:
