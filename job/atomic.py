@@ -80,7 +80,7 @@ def file_set(folder: str | os.PathLike) -> Iterator[FileSet]:
     One atomic write per file would leave old and new files mixed, describing different
     results. The renames themselves need no space, so once every file is written the set
     goes in place. A hidden `.staging.*.tmp` folder is left only by a killed process
-    (clear_abandoned_writes, or a run's own start, removes it later)."""
+    (clear_abandoned_staging, or a run's own start, removes it later)."""
     folder = Path(folder)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=".tmp", dir=folder))
     try:
@@ -140,22 +140,27 @@ def write_once(path: Path, data: bytes) -> None:
 
 
 def clear_abandoned_writes(folder: Path, older_than_s: float) -> int:
-    """Delete the temporaries of write_once and file_set in `folder` untouched for `older_than_s`:
-    what processes killed mid-write left (nothing else ever removes them). Other processes may be
-    writing in a shared folder right now, so only those far older than any write takes are taken.
-    Returns how many were deleted."""
+    """Delete write_once's temporaries in `folder` untouched for `older_than_s`; returns how many."""
+    return _clear_abandoned(folder, older_than_s, WRITE_ONCE_TMP, Path.is_file, Path.unlink)
+
+
+def clear_abandoned_staging(folder: Path, older_than_s: float) -> int:
+    """Delete file_set's staging folders in `folder` untouched for `older_than_s`; returns how many."""
+    return _clear_abandoned(folder, older_than_s, STAGING_TMP, Path.is_dir, shutil.rmtree)
+
+
+def _clear_abandoned(folder: Path, older_than_s: float, name: re.Pattern, is_kind, remove) -> int:
+    """What processes killed mid-write left (nothing else ever removes it). Other processes may be
+    writing in a shared folder right now, so only what is far older than any write takes goes, and
+    only what bears the name this module gives: other tools' hidden files are theirs."""
     cleared = 0
     cutoff = time.time() - older_than_s
     for leftover in folder.glob(".*.tmp"):
         with contextlib.suppress(OSError):  # gone already (another process cleared it), or not ours to delete
-            if leftover.is_symlink() or leftover.lstat().st_mtime >= cutoff:
-                continue
-            if leftover.is_dir() and STAGING_TMP.fullmatch(leftover.name):
-                shutil.rmtree(leftover)
-                cleared += 1
-            elif leftover.is_file() and WRITE_ONCE_TMP.fullmatch(leftover.name):
-                leftover.unlink()
-                cleared += 1
+            if name.fullmatch(leftover.name) and not leftover.is_symlink() and is_kind(leftover):
+                if leftover.lstat().st_mtime < cutoff:
+                    remove(leftover)
+                    cleared += 1
     return cleared
 
 

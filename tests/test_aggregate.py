@@ -547,6 +547,31 @@ def test_a_comparison_over_different_seeds_says_so(tmp_path):
     write_run(tmp_path, "loss-s1", "loss", 0.1, 1)
     write_run(tmp_path, "none-s3", "none", 0.0, 3)
     assert aggregate(tmp_path).warnings == []
+    # A run from before calibration has accuracy and NLL but no ECE: only the ECE comparison lacks its seed.
+    write_run(tmp_path, "labels-s4", "labels", 0.1, 4, calibrated=False)
+    write_run(tmp_path, "loss-s4", "loss", 0.1, 4)
+    assert aggregate(tmp_path).warnings == [
+        "labels vs loss at factor 0.1 compares different seeds in ECE (labels: 1, 2, 3; loss: 1, 2, 3, 4); run "
+        "the missing seeds for a like-for-like comparison",
+        "labels vs none at factor 0.1 compares different seeds in test acc (%), val NLL (labels: 1, 2, 3, 4; none: "
+        "1, 2, 3); run the missing seeds for a like-for-like comparison",
+        "loss vs none at factor 0.1 compares different seeds (loss: 1, 2, 3, 4; none: 1, 2, 3); run the missing "
+        "seeds for a like-for-like comparison",
+    ]
+
+
+def test_the_baseline_table_explains_itself_without_the_labels_vs_loss_one(tmp_path):
+    for method, seed in [("labels", 1), ("labels", 2), ("none", 1), ("none", 2)]:
+        write_run(tmp_path, f"{method}-s{seed}", method, 0.1 if method != "none" else 0.0, seed)
+    markdown = aggregate(tmp_path).markdown
+    assert "No factor has completed runs of both `labels` and `loss`." in markdown
+    assert "Welch's t-test" in markdown.split("## Smoothing vs none")[1] and "as above" not in markdown
+    assert markdown.startswith("# lsjob runs under") and "\n4 runs: 4 completed.\n" in markdown
+
+
+def test_one_run_is_one_run(tmp_path):
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    assert "\n1 run: 1 completed.\n" in aggregate(tmp_path).markdown
 
 
 def test_a_single_seed_has_no_spread_to_compare_with(tmp_path):
@@ -704,7 +729,7 @@ def test_the_plots_draw_a_line_per_method_and_varied_setting(tmp_path, monkeypat
     assert labels == [
         "labels, train.lr=0.005 (2 runs)", "loss, train.lr=0.005 (2 runs)",
         "labels, train.lr=0.05 (2 runs)", "loss, train.lr=0.05 (2 runs)",
-        "none, train.lr=0.005 (1 runs, no smoothing)", "none, train.lr=0.05 (1 runs, no smoothing)",
+        "none, train.lr=0.005 (1 run, no smoothing)", "none, train.lr=0.05 (1 run, no smoothing)",
     ]  # fmt: skip
 
 
@@ -1181,8 +1206,12 @@ def test_what_a_killed_aggregate_left_is_cleared_by_a_later_one_once_old(tmp_pat
     assert (old / "aggregate.csv").is_file()  # the set it had written so far
     hour_ago = old.stat().st_mtime - 3601
     os.utime(old, (hour_ago, hour_ago))
+    others = tmp_path / ".settings.json.download.tmp"  # another tool's, named as mkstemp names them
+    others.write_text("")
+    os.utime(others, (hour_ago, hour_ago))
     aggregate(tmp_path)
-    assert sorted(p.name for p in tmp_path.glob(".*")) == [new.name]  # one that may be writing now is left be
+    # One that may be writing now is left be, and so are other tools' files.
+    assert sorted(p.name for p in tmp_path.glob(".*")) == sorted([new.name, others.name])
     assert (tmp_path / "aggregate.html").is_file()
 
 

@@ -39,7 +39,7 @@ from job.aggregate.plots import COMPARISON_PLOT_NAME, FACTOR_PLOTS, write_compar
 from job.aggregate.runs import METRIC, METRICS, SPEC_FILE, AggregateError, NoRunsError, Run, collect
 from job.aggregate.stats import Summary, compare, compare_with_baseline, comparison_warnings, seed_warnings, summarize
 from job.aggregate.tables import CSV_COLUMNS, render_csv, render_markdown
-from job.atomic import clear_abandoned_writes, file_set, write_text
+from job.atomic import clear_abandoned_staging, file_set, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
 from job.rundir import LOCK, MANIFEST, is_lsjob_lock
 
@@ -86,7 +86,7 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     summary = Summary(root, out, runs, groups, comparisons, baseline_comparisons, warnings, markdown, files)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        clear_abandoned_writes(out, ABANDONED_STAGING_S)
+        clear_abandoned_staging(out, ABANDONED_STAGING_S)
         with file_set(out) as files:  # a failure leaves the previous aggregate whole, not half replaced
             write_text(files.path(CSV_NAME), render_csv(runs))
             for name, metric, title, ylabel in FACTOR_PLOTS:

@@ -14,6 +14,10 @@ def _text(value: Any, missing: str = "") -> str:
     return missing if value is None else str(value)
 
 
+def _runs(n: int) -> str:
+    return f"{n} run{'s' * (n != 1)}"
+
+
 def _show_factor(method: str | None, factor: float | None) -> str:
     if method == NO_FACTOR:
         return "–"  # the factor is ignored

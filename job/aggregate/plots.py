@@ -10,7 +10,7 @@ import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
 
-from job.aggregate.display import _show_varied
+from job.aggregate.display import _runs, _show_varied
 from job.aggregate.runs import METRIC, NO_FACTOR, Metric, Run, _group_key
 from job.aggregate.stats import COMPARED_METRICS, SAME_OBJECTIVE, Difference, describe
 from job.atomic import save_png
@@ -54,7 +54,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             means = np.array([s.mean for s in stats])
             low, high = means - [s.min for s in stats], [s.max for s in stats] - means
             n = sum(len(v) for _, v in points)
-            label = f"{method}{_show_varied(varied, ', ')} ({n} runs)"
+            label = f"{method}{_show_varied(varied, ', ')} ({_runs(n)})"
             (line,) = ax.plot(x, means, marker="o", label=label, zorder=3)
             ax.errorbar(x, means, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=4, zorder=2)
             seeds_x = [f + offset for f, v in points for _ in v]
@@ -65,7 +65,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             reference = [a for v in values[(method, varied)].values() for a in v]
             # Grey when it is the only one; otherwise each in a colour of its own.
             color = "0.35" if len(references) == 1 else f"C{(len(curves) + i) % 10}"
-            label = f"{NO_FACTOR}{_show_varied(varied, ', ')} ({len(reference)} runs, no smoothing)"
+            label = f"{NO_FACTOR}{_show_varied(varied, ', ')} ({_runs(len(reference))}, no smoothing)"
             ax.axhline(describe(reference).mean, color=color, linestyle="--", label=label)
             ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
         if factors:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from job.aggregate.display import _show_factor, _show_varied
-from job.aggregate.runs import ABSENT, METRICS, SPEC_FILE, STATUSES, Run, _group_key, _value_order
+from job.aggregate.display import _runs, _show_factor, _show_varied
+from job.aggregate.runs import ABSENT, METRIC, METRICS, SPEC_FILE, STATUSES, Run, _group_key, _value_order
 
 # Two implementations of one objective (smoothed targets vs a smoothed loss): any
 # difference between them at the same factor is run-to-run noise, or a bug.
@@ -43,7 +43,7 @@ class Group:
     completed: int
     not_completed: int
     stats: dict[str, Stats]  # Metric.name -> statistics; absent when no completed run has it
-    seeds: tuple[int, ...] = ()  # of the completed runs, each once
+    seeds: dict[str, tuple[int, ...]]  # Metric.name -> the seeds of the completed runs that have it
 
 
 @dataclass(frozen=True)
@@ -119,12 +119,12 @@ def summarize(runs: list[Run]) -> list[Group]:
     groups = []
     for (method, factor, varied), members in sorted(by_key.items(), key=lambda item: _group_key(*item[0])):
         done = [r for r in members if r.completed]
-        stats = {}
+        stats, seeds = {}, {}
         for metric in METRICS:
-            values = [r.metrics[metric.name] for r in done if metric.name in r.metrics]
-            if values:
-                stats[metric.name] = describe(values)
-        seeds = tuple(sorted({r.seed for r in done if r.seed is not None}))
+            having = [r for r in done if metric.name in r.metrics]
+            if having:
+                stats[metric.name] = describe([r.metrics[metric.name] for r in having])
+                seeds[metric.name] = tuple(sorted({r.seed for r in having if r.seed is not None}))
         groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats, seeds))
     return groups
 
@@ -166,9 +166,17 @@ def compare_with_baseline(groups: list[Group]) -> list[Difference]:
 
 
 def _differences(group: Group, other: Group) -> list[Difference]:
-    sides = {"method": group.method, "other": other.method, "seeds": (group.seeds, other.seeds)}
     return [
-        Difference(group.factor, group.varied, metric, group.stats[metric], other.stats[metric], **sides)
+        Difference(
+            group.factor,
+            group.varied,
+            metric,
+            group.stats[metric],
+            other.stats[metric],
+            group.method,
+            other.method,
+            (group.seeds[metric], other.seeds[metric]),
+        )  # fmt: skip
         for metric in COMPARED_METRICS
         if metric in group.stats and metric in other.stats
     ]
@@ -177,16 +185,21 @@ def _differences(group: Group, other: Group) -> list[Difference]:
 def seed_warnings(comparisons: list[Difference]) -> list[str]:
     """A comparison over different seeds: a seed starts every method from the same weights, data
     order and augmentation, so a seed one side lacks can move its mean by more than the methods
-    differ, and the sample sizes alone would not tell."""
-    said, warnings = set(), []
+    differ, and the sample sizes alone would not tell. One warning per pair of groups and seed
+    sets, naming the metrics where not all of the pair's comparisons have them (older runs lack ECE)."""
+    pairs: dict[tuple, dict[tuple, list[str]]] = {}
     for d in comparisons:
-        key = (d.method, d.other, d.factor, d.varied)
-        if d.seeds[0] != d.seeds[1] and key not in said:
-            said.add(key)
-            where = f"factor {d.factor:g}{_show_varied(d.varied, ', ')}"
+        pairs.setdefault((d.method, d.other, d.factor, d.varied), {}).setdefault(d.seeds, []).append(d.metric)
+    warnings = []
+    for (method, other, factor, varied), by_seeds in pairs.items():
+        for (mine, theirs), metrics in by_seeds.items():
+            if mine == theirs:
+                continue
+            which = "" if len(by_seeds) == 1 else f" in {', '.join(METRIC[m].label for m in metrics)}"
             warnings.append(
-                f"{d.method} vs {d.other} at {where} compares different seeds ({d.method}: {_seed_list(d.seeds[0])}; "
-                f"{d.other}: {_seed_list(d.seeds[1])}); run the missing seeds for a like-for-like comparison"
+                f"{method} vs {other} at factor {factor:g}{_show_varied(varied, ', ')} compares different seeds"
+                f"{which} ({method}: {_seed_list(mine)}; {other}: {_seed_list(theirs)}); run the missing seeds for a "
+                "like-for-like comparison"
             )
     return warnings
 
@@ -216,7 +229,7 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
         values = Counter(r.settings.get(key, ABSENT) for r in known)
         if len(values) > 1:
             in_order = sorted(values.items(), key=lambda item: _value_order(item[0]))
-            listed = ", ".join(f"{value} ({n} run{'s' * (n != 1)})" for value, n in in_order)
+            listed = ", ".join(f"{value} ({_runs(n)})" for value, n in in_order)
             warnings.append(
                 f"completed runs differ in {key}: {listed}; each value is a group of its own in the tables "
                 "and the plots, with a column for it"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job.aggregate.display import _cell, _csv_value, _shorten, _show_duration, _show_factor, _show_value, _text
+from job.aggregate.display import _cell, _csv_value, _runs, _shorten, _show_duration, _show_factor, _show_value, _text
 from job.aggregate.runs import METRIC, METRICS, STATUSES, Metric, Run
 from job.aggregate.stats import BASELINE, SAME_OBJECTIVE, Difference, Group, Stats
 
@@ -104,8 +104,10 @@ COMPARISON_NOTE = (
 )
 BASELINE_NOTE = (
     "Each smoothed group minus the baseline (none) trained with the same other settings: what smoothing "
-    "changed. A seed starts every method from the same weights, data order and augmentation. SE and p as "
-    "above (Welch's t-test over the seeds); a higher accuracy and a lower NLL or ECE are better."
+    "changed; a higher accuracy and a lower NLL or ECE are better. A seed starts every method from the same "
+    "weights, data order and augmentation. SE = sqrt(std_method²/n_method + std_none²/n_none); p is Welch's "
+    "t-test: the chance that seed noise alone gives a difference at least this large. With few seeds only a "
+    "large difference / SE is evidence: p < 0.05 takes about 4.3 SE with 2 seeds per side, 2.8 with 3."
 )
 NO_BASELINE = f"No smoothed group has completed runs beside completed `{BASELINE}` runs of the same other settings."
 NO_SPREAD_NOTE = (
@@ -121,7 +123,7 @@ def comparison_note(comparisons: list[Difference], note: str = COMPARISON_NOTE) 
 
 def tally(runs: list[Run]) -> str:
     counts = Counter(r.status for r in runs)
-    return f"{len(runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+    return f"{_runs(len(runs))}: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
 
 
 def shown_metrics(runs: list[Run]) -> list[Metric]:
