@@ -200,7 +200,7 @@ def validation_feed(x, y, *, batch_size: int) -> dict:
 def _precision(asked: str) -> tuple[str, str]:
     if asked != "auto":
         return asked, "spec"
-    kind, capability = _accelerator()
+    kind, capability = accelerator()
     # bf16 needs no loss scaling and has float32's range; NVIDIA has it from Ampere (8.0) on.
     if kind == "tpu" or (kind == "gpu" and capability >= (8, 0)):
         where = f"gpu compute capability {capability[0]}.{capability[1]}" if kind == "gpu" else kind
@@ -313,7 +313,7 @@ def compile_cache_folder(asked: str) -> tuple[Path | None, str]:
     return folder, source
 
 
-def _accelerator() -> tuple[str | None, tuple[int, int]]:
+def accelerator() -> tuple[str | None, tuple[int, int]]:
     """('gpu' or 'tpu' or None, compute capability) of the first accelerator."""
     backend = keras.backend.backend()
     try:

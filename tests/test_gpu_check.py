@@ -372,10 +372,14 @@ def test_jax_goes_on_without_cuda_graphs_where_the_driver_cannot_build_them(tmp_
            "BENCH_JSON": json.dumps(_bench_json("jax", 64, "off", 1000)), "CUDA_GRAPHS_FAIL": "1"}  # fmt: skip
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # the first JAX bench failed
-    assert "bench-jax-512-bf16: failed rc=1" in proc.stdout
-    assert "its later steps run with XLA_FLAGS=--xla_gpu_enable_command_buffer=" in proc.stdout
-    assert re.search(r"bench-jax-64-off: ok", proc.stdout) and "1 step(s) not ok" in proc.stdout
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "bench-jax-512-bf16: failed rc=1" in proc.stdout  # the first try of the first JAX bench
+    assert "this bench again, and JAX's later steps, with XLA_FLAGS=--xla_gpu_enable_command_buffer=" in proc.stdout
+    assert re.search(r"bench-jax-512-bf16: ok", proc.stdout) and re.search(r"bench-jax-64-off: ok", proc.stdout)
+    assert "0 step(s) not ok" in proc.stdout
+    assert "JAX without CUDA graphs" in (out / "gpu_check.md").read_text()  # the table says how JAX ran
+    jax_benches = [line for line in calls.read_text().splitlines() if line.startswith("jax bench")]
+    assert len(jax_benches) == 5  # 512 bf16 twice, then the other three once each
 
 
 @pytest.mark.skipif(not TENSORFLOW, reason="runs the check on this CPU's TensorFlow")

@@ -36,7 +36,7 @@ def float32_afterwards():
     ],
 )
 def test_auto_precision_is_chosen_per_device(monkeypatch, accelerator, expected):
-    monkeypatch.setattr(runtime, "_accelerator", lambda: accelerator)
+    monkeypatch.setattr(runtime, "accelerator", lambda: accelerator)
     setup = runtime.configure(RuntimeSpec(mixed_precision="auto"), seed=0)
     assert (setup.precision, setup.precision_source) == expected
     assert keras.config.dtype_policy().name == runtime.POLICY[expected[0]]

@@ -82,7 +82,7 @@ def devices(need_gpu: bool = False) -> tuple[str, bool]:
     from job import runtime
 
     line = f"keras {keras.__version__} on {keras.backend.backend()}: devices {runtime.devices()}"
-    kind, capability = runtime._accelerator()
+    kind, capability = runtime.accelerator()
     if kind == "gpu":
         return f"{line}, compute capability {capability[0]}.{capability[1]}", True
     if need_gpu:
