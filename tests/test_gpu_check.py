@@ -167,8 +167,8 @@ def test_table_shows_every_row_the_run_and_the_projection(tmp_path):
     (work / "bench.tsv").write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
     (work / "bench-jax-64-off.json").write_text(json.dumps(_bench_json("jax", 64, "off", 20_000.0)))
     (work / "bench-torch-64-off.json").write_text(json.dumps(_bench_json("torch", 64, "off", 4_000.0)))
-    assert _table("pick", work, 64).strip() == "jax off"
-    assert _table("pick", work, 512).strip() == "jax off"  # nothing ran there: the default
+    assert _table("pick", work, 64, "torch").strip() == "jax off"
+    assert _table("pick", work, 512, "torch").strip() == "torch off"  # nothing ran there: the usable backend
 
     run_dir = work / "results" / "gpu-check"
     run_dir.mkdir(parents=True)
@@ -234,7 +234,7 @@ def test_pick_takes_the_fastest_backend_and_precision_at_the_batch(tmp_path):
         (tmp_path / f"bench-{backend}-{batch}-{precision}.json").write_text(
             json.dumps(_bench_json(backend, batch, precision, rate))
         )
-    assert _table("pick", tmp_path, 64).strip() == "jax bf16"
+    assert _table("pick", tmp_path, 64, "torch").strip() == "jax bf16"
 
 
 def test_table_survives_odd_bytes_in_a_step_detail(tmp_path):
@@ -365,6 +365,23 @@ def test_a_backend_that_sees_no_gpu_is_dropped_and_the_check_fails(tmp_path):
     assert "1 step(s) not ok" in proc.stdout
 
 
+def test_a_backend_dropped_for_want_of_a_gpu_never_gets_the_run(tmp_path):
+    # JAX sees no GPU and every torch bench fails: no bench result to pick the run's backend
+    # from, and the run goes to torch, not to JAX on the CPU, which would spend the budget.
+    no_gpu_for_jax = (
+        '[[ $KERAS_BACKEND == jax && $3 == --gpu ]] && { echo "devices [cpu:0]: no GPU visible to jax"; exit 1; }; '
+        'echo "devices [cuda:0]"; exit 0'
+    )
+    fake = _fake_python(tmp_path, no_gpu_for_jax)
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
+           "BENCH_JSON": "not json: every bench fails"}  # fmt: skip
+    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "2-epoch run on torch, off: start" in proc.stdout
+    assert {line.split()[0] for line in calls.read_text().splitlines()} == {"torch"}
+
+
 def test_jax_goes_on_without_cuda_graphs_where_the_driver_cannot_build_them(tmp_path):
     fake = _fake_python(tmp_path)
     out, calls = tmp_path / "out", tmp_path / "calls"
@@ -380,6 +397,9 @@ def test_jax_goes_on_without_cuda_graphs_where_the_driver_cannot_build_them(tmp_
     assert "JAX without CUDA graphs" in (out / "gpu_check.md").read_text()  # the table says how JAX ran
     jax_benches = [line for line in calls.read_text().splitlines() if line.startswith("jax bench")]
     assert len(jax_benches) == 5  # 512 bf16 twice, then the other three once each
+    # Compiled afresh again (another cache key): the retry has the first JAX bench's longer limit.
+    limits = re.findall(r"bench-jax-512-bf16: start \(limit (\d+) s", proc.stdout)
+    assert len(limits) == 2 and limits[1] == limits[0] == "90"
 
 
 @pytest.mark.skipif(not TENSORFLOW, reason="runs the check on this CPU's TensorFlow")

@@ -1,9 +1,11 @@
 """The table of tools/gpu_check.sh, from what its steps left in its work folder, and its checks.
 
     python3 tools/gpu_check_table.py versions           # Python and package versions; whether TensorFlow imports
-    KERAS_BACKEND=jax python3 tools/gpu_check_table.py devices   # keras on that backend, the devices it sees
+    KERAS_BACKEND=jax python3 tools/gpu_check_table.py devices [--gpu]   # keras on that backend, the devices
+                                                        # it sees; --gpu: exit 1 where it sees no GPU
     python3 tools/gpu_check_table.py summary FILE       # one line of a bench run's JSON
-    python3 tools/gpu_check_table.py pick WORK BATCH    # the backend and precision that benched fastest at BATCH
+    python3 tools/gpu_check_table.py pick WORK BATCH BACKEND   # the backend and precision that benched
+                                                        # fastest at BATCH; BACKEND in float32 where none did
     python3 tools/gpu_check_table.py table WORK OUT     # print the table; write gpu_check.md and .json to OUT
 
 WORK holds bench.tsv (one line per bench run: backend, batch, precision, status,
@@ -96,10 +98,11 @@ def summary(path: Path) -> str:
             f"compile and warm-up {r['compile_and_warmup_s']:.1f} s, on {', '.join(r['devices'])}")  # fmt: skip
 
 
-def pick(work: Path, batch: int) -> str:
-    """The backend and precision with the most images/s at `batch`; jax in float32 when none ran."""
+def pick(work: Path, batch: int, fallback: str) -> str:
+    """The backend and precision with the most images/s at `batch`; `fallback` in float32 when
+    none ran (a backend the check found usable: one it dropped must not get the run)."""
     ok = [r for r in bench_rows(work) if r["result"] and r["batch"] == batch]
-    best = max(ok, key=lambda r: r["result"]["images_per_s"]) if ok else {"backend": "jax", "precision": "off"}
+    best = max(ok, key=lambda r: r["result"]["images_per_s"]) if ok else {"backend": fallback, "precision": "off"}
     return f"{best['backend']} {best['precision']}"
 
 
@@ -272,8 +275,8 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "summary":
         print(summary(Path(argv[1])))
         return 0
-    if len(argv) == 3 and argv[0] == "pick":
-        print(pick(Path(argv[1]), int(argv[2])))
+    if len(argv) == 4 and argv[0] == "pick":
+        print(pick(Path(argv[1]), int(argv[2]), argv[3]))
         return 0
     if len(argv) == 3 and argv[0] == "table":
         return table(Path(argv[1]), Path(argv[2]))
