@@ -23,8 +23,7 @@ from pathlib import Path
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 STAGING_PREFIX = ".staging."
-# mkstemp's and mkdtemp's names: write_once's ".<name>.<8 random characters>.tmp", file_set's folder.
-WRITE_ONCE_TMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# file_set's staging folder, as mkdtemp names it.
 STAGING_TMP = re.compile(re.escape(STAGING_PREFIX) + r"[^./]+\.tmp")
 
 
@@ -139,9 +138,11 @@ def write_once(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def clear_abandoned_writes(folder: Path, older_than_s: float) -> int:
-    """Delete write_once's temporaries in `folder` untouched for `older_than_s`; returns how many."""
-    return _clear_abandoned(folder, older_than_s, WRITE_ONCE_TMP, Path.is_file, Path.unlink)
+def clear_abandoned_writes(folder: Path, older_than_s: float, suffix: str) -> int:
+    """Delete write_once's temporaries of files named `*<suffix>` in `folder` untouched for
+    `older_than_s`; returns how many. The suffix keeps other tools' like-named files out."""
+    name = re.compile(r"\..+" + re.escape(suffix) + r"\.[a-z0-9_]{8}\.tmp")
+    return _clear_abandoned(folder, older_than_s, name, Path.is_file, Path.unlink)
 
 
 def clear_abandoned_staging(folder: Path, older_than_s: float) -> int:
@@ -150,9 +151,10 @@ def clear_abandoned_staging(folder: Path, older_than_s: float) -> int:
 
 
 def _clear_abandoned(folder: Path, older_than_s: float, name: re.Pattern, is_kind, remove) -> int:
-    """What processes killed mid-write left (nothing else ever removes it). Other processes may be
-    writing in a shared folder right now, so only what is far older than any write takes goes, and
-    only what bears the name this module gives: other tools' hidden files are theirs."""
+    """What processes killed mid-write left, in a folder no run cleans up at its start (as RunDir
+    does its own). Other processes may be writing in a shared folder right now, so only what is far
+    older than any write takes goes, and only what bears the name this module gives: other tools'
+    hidden files are theirs."""
     cleared = 0
     cutoff = time.time() - older_than_s
     for leftover in folder.glob(".*.tmp"):

@@ -24,6 +24,7 @@ from job.spec import RuntimeSpec
 
 # A compile-cache entry is written in seconds; a temporary this old was left by a killed process.
 ABANDONED_CACHE_WRITE_S = 3600
+JAX_ENTRY_SUFFIX = "-cache"  # how JAX names an entry: <key>-cache (jax._src.lru_cache._CACHE_SUFFIX)
 POLICY = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
@@ -308,7 +309,7 @@ def compile_cache_folder(asked: str) -> tuple[Path | None, str]:
         log.warning("compile cache %s is not writable (%s); compiling afresh (runtime.compile_cache "
                     "can name another folder)", folder, e.strerror or e)  # fmt: skip
         return None, f"off: {folder} is not writable"
-    if cleared := atomic.clear_abandoned_writes(folder, ABANDONED_CACHE_WRITE_S):
+    if cleared := atomic.clear_abandoned_writes(folder, ABANDONED_CACHE_WRITE_S, JAX_ENTRY_SUFFIX):
         log.info("compile cache %s: removed %d temporary file(s) left by killed processes", folder, cleared)
     return folder, source
 

@@ -537,11 +537,11 @@ def test_a_comparison_over_different_seeds_says_so(tmp_path):
     for method, seed in [("labels", 1), ("labels", 2), ("loss", 2), ("loss", 3), ("none", 1), ("none", 2)]:
         write_run(tmp_path, f"{method}-s{seed}", method, 0.1 if method != "none" else 0.0, seed)
     warnings = aggregate(tmp_path).warnings
+    same = ": their comparisons are over different seeds; run the missing seeds for a like-for-like comparison"
     assert warnings == [
-        "labels vs loss at factor 0.1 compares different seeds (labels: 1, 2; loss: 2, 3); run the missing seeds "
-        "for a like-for-like comparison",
-        "loss vs none at factor 0.1 compares different seeds (loss: 2, 3; none: 1, 2); run the missing seeds for "
-        "a like-for-like comparison",
+        "labels at factor 0.1 lacks seed 3, which loss at factor 0.1 has" + same,
+        "loss at factor 0.1 lacks seed 1, which labels at factor 0.1 and none have" + same,
+        "none lacks seed 3, which loss at factor 0.1 has" + same,
     ]
     write_run(tmp_path, "labels-s3", "labels", 0.1, 3)
     write_run(tmp_path, "loss-s1", "loss", 0.1, 1)
@@ -551,12 +551,21 @@ def test_a_comparison_over_different_seeds_says_so(tmp_path):
     write_run(tmp_path, "labels-s4", "labels", 0.1, 4, calibrated=False)
     write_run(tmp_path, "loss-s4", "loss", 0.1, 4)
     assert aggregate(tmp_path).warnings == [
-        "labels vs loss at factor 0.1 compares different seeds in ECE (labels: 1, 2, 3; loss: 1, 2, 3, 4); run "
-        "the missing seeds for a like-for-like comparison",
-        "labels vs none at factor 0.1 compares different seeds in test acc (%), val NLL (labels: 1, 2, 3, 4; none: "
-        "1, 2, 3); run the missing seeds for a like-for-like comparison",
-        "loss vs none at factor 0.1 compares different seeds (loss: 1, 2, 3, 4; none: 1, 2, 3); run the missing "
-        "seeds for a like-for-like comparison",
+        "labels at factor 0.1 lacks seed 4 in ECE, which loss at factor 0.1 has" + same,
+        "none lacks seed 4, which labels at factor 0.1 and loss at factor 0.1 have" + same,
+    ]
+
+
+def test_a_baseline_short_of_a_seed_is_one_warning_however_many_groups_it_is_compared_with(tmp_path):
+    for factor in (0.05, 0.1, 0.2):
+        for method in ("labels", "loss"):
+            for seed in (1, 2):
+                write_run(tmp_path, f"{method}-f{factor:g}-s{seed}", method, factor, seed)
+    write_run(tmp_path, "none-s1", "none", 0.0, 1)
+    assert aggregate(tmp_path).warnings == [
+        "none lacks seed 2, which labels at factor 0.05, loss at factor 0.05, labels at factor 0.1, loss at "
+        "factor 0.1, labels at factor 0.2 and loss at factor 0.2 have: their comparisons are over different "
+        "seeds; run the missing seeds for a like-for-like comparison"
     ]
 
 
@@ -798,8 +807,8 @@ def test_runs_that_are_one_experiment_to_lsjob_run_are_one_group(tmp_path):
 def test_a_clean_sweep_warns_only_of_a_comparison_over_other_seeds(aggregated):
     # The pilot's lone labels run at 0.3 (seed 1) against the sweep's baseline (seeds 0-2).
     assert aggregated[1].warnings == [
-        "labels vs none at factor 0.3 compares different seeds (labels: 1; none: 0, 1, 2); run the missing seeds "
-        "for a like-for-like comparison"
+        "labels at factor 0.3 lacks seeds 0 and 2, which none has: their comparisons are over different seeds; "
+        "run the missing seeds for a like-for-like comparison"
     ]
     assert aggregated[1].markdown.count("## Warnings") == 1
 
@@ -975,6 +984,7 @@ def test_plot_copes_with_no_completed_runs(tmp_path, plots):
     # No table, so no advice on reading one (nor on its "no spread" cells, read as a verdict).
     page = (tmp_path / "aggregate.html").read_text()
     assert all("No spread" not in text and "Welch" not in text for text in (summary.markdown, page))
+    assert "beside completed `none` runs" in summary.markdown and "beside completed <code>none</code> runs" in page
 
 
 def test_only_the_outputs_are_written_to_root(tree):

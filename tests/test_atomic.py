@@ -81,12 +81,13 @@ def test_what_a_killed_writer_left_is_cleared_once_old_and_nothing_else_is(tmp_p
     old, new = sorted(tmp_path.iterdir())
     hour_ago = old.stat().st_mtime - 3601
     os.utime(old, (hour_ago, hour_ago))
-    kept = [tmp_path / "entry-cache", tmp_path / ".lockfile", tmp_path / ".notes.tmp"]  # an entry, and others' files
+    # An entry, and others' files, one of them named as mkstemp names them.
+    kept = [tmp_path / "entry-cache", tmp_path / ".lockfile", tmp_path / ".notes.tmp", tmp_path / ".notes.k9_x2m0q.tmp"]
     for path in kept:
         path.write_bytes(b"")
         os.utime(path, (hour_ago, hour_ago))
     kept.append(tmp_path / ".staging.x1y2z3q4.tmp")  # file_set's: clear_abandoned_staging's to clear
     kept[-1].mkdir()
     os.utime(kept[-1], (hour_ago, hour_ago))
-    assert atomic.clear_abandoned_writes(tmp_path, older_than_s=3600) == 1
+    assert atomic.clear_abandoned_writes(tmp_path, older_than_s=3600, suffix="-cache") == 1
     assert sorted(tmp_path.iterdir()) == sorted([new, *kept])  # a write that may still be going on is left be

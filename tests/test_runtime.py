@@ -252,12 +252,17 @@ def test_the_compile_cache_folder_is_cleared_of_what_killed_writers_left_long_ag
         (".jit_step-abc-cache.k9_x2m0q.tmp", 61),
         (".jit_step-def-cache.p3a8zz1w.tmp", 1),
         ("jit_step-abc-cache", 61),
+        (".settings.json.download.tmp", 61),  # another tool's, in a folder the spec named
     ]:
         (tmp_path / name).write_bytes(b"")
         os.utime(tmp_path / name, (time.time() - age,) * 2)
     caplog.set_level("INFO", logger="lsjob")
     assert runtime.compile_cache_folder(str(tmp_path)) == (tmp_path, "spec")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".jit_step-def-cache.p3a8zz1w.tmp", "jit_step-abc-cache"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".jit_step-def-cache.p3a8zz1w.tmp",
+        ".settings.json.download.tmp",
+        "jit_step-abc-cache",
+    ]
     assert "removed 1 temporary file(s) left by killed processes" in caplog.text
 
 

@@ -82,8 +82,8 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     warnings += comparison_warnings(runs) + seed_warnings(comparisons + baseline_comparisons)
     markdown = render_markdown(root, runs, groups, comparisons, baseline_comparisons, warnings)
     names = (CSV_NAME, MARKDOWN_NAME, *(name for name, *_ in FACTOR_PLOTS), COMPARISON_PLOT_NAME, HTML_NAME)
-    files = tuple(out / n for n in names)
-    summary = Summary(root, out, runs, groups, comparisons, baseline_comparisons, warnings, markdown, files)
+    outputs = tuple(out / n for n in names)
+    summary = Summary(root, out, runs, groups, comparisons, baseline_comparisons, warnings, markdown, outputs)
     try:
         out.mkdir(parents=True, exist_ok=True)
         clear_abandoned_staging(out, ABANDONED_STAGING_S)

@@ -20,7 +20,6 @@ from job.aggregate.runs import STATUSES, Run
 from job.aggregate.stats import BASELINE, SAME_OBJECTIVE, Summary
 from job.aggregate.tables import (
     BASELINE_NOTE,
-    NO_BASELINE,
     STATS_NOTE,
     Table,
     baseline_table,
@@ -28,6 +27,7 @@ from job.aggregate.tables import (
     comparison_table,
     group_table,
     metrics_note,
+    no_baseline,
     run_cells,
     run_columns,
     shown_metrics,
@@ -121,7 +121,7 @@ def render_page(summary: Summary, plots: Path | None = None) -> str:
         parts += [f'<p class="note">{_e(comparison_note(summary.baseline_comparisons, BASELINE_NOTE))}</p>']
         parts += [_table(baseline_table(summary.baseline_comparisons))]
     else:
-        parts += [f"<p>{_e(NO_BASELINE)}</p>"]
+        parts += [f"<p>{no_baseline(lambda name: f'<code>{_e(name)}</code>')}</p>"]
 
     parts += ['<h2 id="plots">Plots</h2>']
     parts += [_figure(plots / PLOT_NAME, "test accuracy against the label-smoothing factor, per method")]

@@ -15,12 +15,12 @@ import numpy as np
 import scipy.stats
 
 from job.aggregate.display import _runs, _show_factor, _show_varied
-from job.aggregate.runs import ABSENT, METRIC, METRICS, SPEC_FILE, STATUSES, Run, _group_key, _value_order
+from job.aggregate.runs import ABSENT, METRIC, METRICS, NO_FACTOR, SPEC_FILE, STATUSES, Run, _group_key, _value_order
 
 # Two implementations of one objective (smoothed targets vs a smoothed loss): any
 # difference between them at the same factor is run-to-run noise, or a bug.
 SAME_OBJECTIVE = ("labels", "loss")
-BASELINE = "none"  # no smoothing: what either method is meant to improve on
+BASELINE = NO_FACTOR  # no smoothing: what either method is meant to improve on
 COMPARED_METRICS = ("test_accuracy", "val_nll", "test_ece")
 
 
@@ -58,7 +58,7 @@ class Difference:
     b: Stats  # the other's
     method: str
     other: str
-    seeds: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # each side's completed seeds
+    seeds: tuple[tuple[int, ...], tuple[int, ...]]  # each side's completed runs' seeds that have the metric
 
     @property
     def value(self) -> float:
@@ -160,7 +160,7 @@ def compare_with_baseline(groups: list[Group]) -> list[Difference]:
     return [
         difference
         for g in groups
-        if g.method in SAME_OBJECTIVE and g.varied in baseline
+        if g.method != BASELINE and g.varied in baseline
         for difference in _differences(g, baseline[g.varied])
     ]
 
@@ -183,29 +183,49 @@ def _differences(group: Group, other: Group) -> list[Difference]:
 
 
 def seed_warnings(comparisons: list[Difference]) -> list[str]:
-    """A comparison over different seeds: a seed starts every method from the same weights, data
-    order and augmentation, so a seed one side lacks can move its mean by more than the methods
-    differ, and the sample sizes alone would not tell. One warning per pair of groups and seed
-    sets, naming the metrics where not all of the pair's comparisons have them (older runs lack ECE)."""
-    pairs: dict[tuple, dict[tuple, list[str]]] = {}
+    """Comparisons over different seeds: a seed starts every method from the same weights, data
+    order and augmentation, so a seed one side lacks can move the other's mean by more than the
+    methods differ, and the sample sizes alone would not tell. One warning per group that lacks
+    seeds its partners have, naming them (a baseline short of one seed is one warning, not one per
+    smoothed group), and the metrics where only some lack them (older runs have no ECE)."""
+    lacking: dict[str, dict[int, set[str]]] = {}  # group -> missing seed -> the partners that have it
+    metrics: dict[str, set[str]] = {}  # group -> the metrics it lacks some seed in
+    compared: dict[str, set[str]] = {}  # group -> the metrics it is compared in
+    order: dict[str, int] = {}  # group -> where it first comes: the tables' order
     for d in comparisons:
-        pairs.setdefault((d.method, d.other, d.factor, d.varied), {}).setdefault(d.seeds, []).append(d.metric)
+        a, b = _group_name(d.method, d.factor, d.varied), _group_name(d.other, d.factor, d.varied)
+        for name in (a, b):
+            order.setdefault(name, len(order))
+            compared.setdefault(name, set()).add(d.metric)
+        for me, mine, partner, theirs in ((a, d.seeds[0], b, d.seeds[1]), (b, d.seeds[1], a, d.seeds[0])):
+            for seed in set(theirs) - set(mine):
+                lacking.setdefault(me, {}).setdefault(seed, set()).add(partner)
+                metrics.setdefault(me, set()).add(d.metric)
     warnings = []
-    for (method, other, factor, varied), by_seeds in pairs.items():
-        for (mine, theirs), metrics in by_seeds.items():
-            if mine == theirs:
-                continue
-            which = "" if len(by_seeds) == 1 else f" in {', '.join(METRIC[m].label for m in metrics)}"
-            warnings.append(
-                f"{method} vs {other} at factor {factor:g}{_show_varied(varied, ', ')} compares different seeds"
-                f"{which} ({method}: {_seed_list(mine)}; {other}: {_seed_list(theirs)}); run the missing seeds for a "
-                "like-for-like comparison"
-            )
+    for me in sorted(lacking, key=order.__getitem__):
+        seeds = sorted(lacking[me])
+        partners = sorted(set().union(*lacking[me].values()), key=order.__getitem__)
+        which = "" if metrics[me] == compared[me] else f" in {_labels(metrics[me])}"
+        warnings.append(
+            f"{me} lacks seed{'s' * (len(seeds) > 1)} {_join(map(str, seeds))}{which}, which {_join(partners)} "
+            f"{'has' if len(partners) == 1 else 'have'}: their comparisons are over different seeds; run the "
+            "missing seeds for a like-for-like comparison"
+        )
     return warnings
 
 
-def _seed_list(seeds: tuple[int, ...]) -> str:
-    return ", ".join(map(str, seeds)) or "none known"
+def _join(words) -> str:
+    words = list(words)
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _group_name(method: str, factor: float, varied: tuple[tuple[str, str], ...]) -> str:
+    where = "" if method == BASELINE else f" at factor {factor:g}"
+    return f"{method}{where}{_show_varied(varied, ', ')}"
+
+
+def _labels(metrics: set[str]) -> str:
+    return ", ".join(METRIC[m].label for m in COMPARED_METRICS if m in metrics)
 
 
 def comparison_warnings(runs: list[Run]) -> list[str]:

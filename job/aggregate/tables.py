@@ -95,24 +95,30 @@ STATS_NOTE = (
     "run; (n=k) marks a statistic over fewer runs than completed: runs from before calibration have no ECE "
     "or Brier, and only runs with temperature scaling have T."
 )
+# How to read a difference of means over few seeds: both comparison tables say it.
+WELCH = (
+    "p is Welch's t-test: the chance that seed noise alone gives a difference at least this large (it does not "
+    "pair the seeds, so it errs on the cautious side). With few seeds only a large difference / SE is evidence: "
+    "p < 0.05 takes about 4.3 SE with 2 seeds per side, 2.8 with 3."
+)
 COMPARISON_NOTE = (
     "labels and loss optimise the same objective, so their difference at the same factor should be "
     "run-to-run noise: compare it with each method's std across seeds and with the standard error of the "
-    "difference, SE = sqrt(std_labels²/n_labels + std_loss²/n_loss). p is Welch's t-test: the chance that "
-    "seed noise alone gives a difference at least this large. With few seeds only a large difference / SE "
-    "is evidence: p < 0.05 takes about 4.3 SE with 2 seeds per method, 2.8 with 3."
+    "difference, SE = sqrt(std_labels²/n_labels + std_loss²/n_loss). " + WELCH
 )
 BASELINE_NOTE = (
-    "Each smoothed group minus the baseline (none) trained with the same other settings: what smoothing "
+    f"Each smoothed group minus the baseline ({BASELINE}) trained with the same other settings: what smoothing "
     "changed; a higher accuracy and a lower NLL or ECE are better. A seed starts every method from the same "
-    "weights, data order and augmentation. SE = sqrt(std_method²/n_method + std_none²/n_none); p is Welch's "
-    "t-test: the chance that seed noise alone gives a difference at least this large. With few seeds only a "
-    "large difference / SE is evidence: p < 0.05 takes about 4.3 SE with 2 seeds per side, 2.8 with 3."
+    f"weights, data order and augmentation. SE = sqrt(std_method²/n_method + std_{BASELINE}²/n_{BASELINE}). " + WELCH
 )
-NO_BASELINE = f"No smoothed group has completed runs beside completed `{BASELINE}` runs of the same other settings."
 NO_SPREAD_NOTE = (
     "No spread: the seeds of each method agreed exactly, so there is no noise to weigh the difference against."
 )
+
+
+def no_baseline(code: Callable[[str], str] = lambda name: f"`{name}`") -> str:
+    """Said in place of the baseline table; `code` marks up a method's name (the page: <code>)."""
+    return f"No smoothed group has completed runs beside completed {code(BASELINE)} runs of the same other settings."
 
 
 def comparison_note(comparisons: list[Difference], note: str = COMPARISON_NOTE) -> str:
@@ -228,7 +234,7 @@ def render_markdown(
             *_table(baseline_table(baseline_comparisons)),
         ]
     else:
-        lines += [NO_BASELINE]
+        lines += [no_baseline()]
 
     columns = run_columns(runs)
     lines += ["", "## Runs", ""]
