@@ -98,7 +98,8 @@ STATS_NOTE = (
 # How to read a difference of means over few seeds: both comparison tables say it.
 WELCH = (
     "p is Welch's t-test: the chance that seed noise alone gives a difference at least this large (it does not "
-    "pair the seeds, so it errs on the cautious side). With few seeds only a large difference / SE is evidence: "
+    "pair the seeds: where a seed's runs move together, that makes it cautious). With few seeds only a large "
+    "difference / SE is evidence: "
     "p < 0.05 takes about 4.3 SE with 2 seeds per side, 2.8 with 3."
 )
 COMPARISON_NOTE = (
