@@ -52,8 +52,8 @@ from job.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-OUTPUTS = {"aggregate.csv", "aggregate.md", "accuracy_vs_factor.png", "ece_vs_factor.png", "labels_vs_loss.png",
-           "aggregate.html"}  # fmt: skip
+OUTPUTS = {"aggregate.csv", "aggregate.json", "aggregate.md", "accuracy_vs_factor.png", "ece_vs_factor.png",
+           "labels_vs_loss.png", "aggregate.html"}  # fmt: skip
 # A run's own plots, as report.py writes them on completion; reliability.png since calibration.
 RUN_PLOTS = ("training.png", "reliability.png", "confusion_matrix.png")
 OLD_RUN_PLOTS = ("training.png", "confusion_matrix.png")
@@ -532,6 +532,25 @@ def test_each_smoothed_group_is_compared_with_the_baseline_of_the_same_settings(
     assert '<h2 id="vs-baseline">Smoothing vs none</h2>' in page and "+6.00" in page
 
 
+def test_the_json_holds_the_groups_and_comparisons_at_full_precision(aggregated):
+    tree, summary = aggregated
+    data = json.loads((tree / "aggregate.json").read_text())
+    assert set(data) == {"groups", "labels_vs_loss", "vs_baseline", "warnings"}
+    assert data["warnings"] == summary.warnings
+    assert [(g["method"], g["factor"], g["completed"]) for g in data["groups"]] == [
+        (g.method, g.factor, g.completed) for g in summary.groups
+    ]
+    labels = next(g for g in data["groups"] if (g["method"], g["factor"]) == ("labels", 0.1))
+    expected = {"mean": 0.83, "std": math.sqrt(13) / 100, "min": 0.8, "max": 0.87, "n": 3}
+    assert labels["stats"]["test_accuracy"] == pytest.approx(expected)
+    assert labels["seeds"]["test_accuracy"] == [0, 1, 2] and labels["settings"] == {}
+    key = ("labels", 0.1, "test_accuracy")
+    vs_none = next(d for d in data["vs_baseline"] if (d["method"], d["factor"], d["metric"]) == key)
+    assert vs_none["other"] == "none" and vs_none["difference"] == pytest.approx(0.06)
+    assert vs_none["p"] == pytest.approx(scipy.stats.ttest_ind([80, 82, 87], [75, 77, 79], equal_var=False).pvalue)
+    assert len(data["labels_vs_loss"]) == len(summary.comparisons)
+
+
 def test_a_comparison_over_different_seeds_says_so(tmp_path):
     # Each side's mean is over its own seeds: a seed that only one side has moves its mean alone.
     for method, seed in [("labels", 1), ("labels", 2), ("loss", 2), ("loss", 3), ("none", 1), ("none", 2)]:
@@ -978,7 +997,7 @@ def test_plot_copes_with_no_completed_runs(tmp_path, plots):
         assert "0 completed run(s) plotted; 1 left out" in plot["title"] and plot["legend"] == []
         assert plot["texts"] == ["no completed runs"]
     assert all(ax["bars"] == [] and "no factor has completed" in ax["texts"][0] for ax in plots["labels_vs_loss.png"])
-    for name in OUTPUTS - {"aggregate.csv", "aggregate.md", "aggregate.html"}:
+    for name in OUTPUTS - {"aggregate.csv", "aggregate.json", "aggregate.md", "aggregate.html"}:
         assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
     assert "No factor has completed runs of both `labels` and `loss`." in summary.markdown
     # No table, so no advice on reading one (nor on its "no spread" cells, read as a verdict).

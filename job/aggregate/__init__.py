@@ -1,8 +1,8 @@
 """Aggregate a results tree: one row per run, a per-(method, factor) summary, plots, a page.
 
 `aggregate(root)` finds every run directory under `root` at any depth and writes
-`aggregate.csv`, `aggregate.md`, `accuracy_vs_factor.png`, `ece_vs_factor.png`,
-`labels_vs_loss.png` and `aggregate.html` (job.aggregate.page). Every run directory
+`aggregate.csv`, `aggregate.json`, `aggregate.md`, `accuracy_vs_factor.png`,
+`ece_vs_factor.png`, `labels_vs_loss.png` and `aggregate.html` (job.aggregate.page). Every run directory
 found gets a row; a run that is not provably complete never counts as completed,
 and only completed runs enter the means and the plots.
 
@@ -38,7 +38,7 @@ from job.aggregate.page import write_page
 from job.aggregate.plots import COMPARISON_PLOT_NAME, FACTOR_PLOTS, write_comparison_plot, write_factor_plot
 from job.aggregate.runs import METRIC, METRICS, SPEC_FILE, AggregateError, NoRunsError, Run, collect
 from job.aggregate.stats import Summary, compare, compare_with_baseline, comparison_warnings, seed_warnings, summarize
-from job.aggregate.tables import CSV_COLUMNS, render_csv, render_markdown
+from job.aggregate.tables import CSV_COLUMNS, render_csv, render_json, render_markdown
 from job.atomic import clear_abandoned_staging, file_set, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
 from job.rundir import LOCK, MANIFEST, is_lsjob_lock
@@ -48,6 +48,7 @@ __all__ = [
     "CSV_COLUMNS",
     "CSV_NAME",
     "HTML_NAME",
+    "JSON_NAME",
     "MARKDOWN_NAME",
     "METRIC",
     "METRICS",
@@ -62,6 +63,7 @@ __all__ = [
 CSV_NAME = "aggregate.csv"
 MARKDOWN_NAME = "aggregate.md"
 HTML_NAME = "aggregate.html"
+JSON_NAME = "aggregate.json"
 # An aggregate writes its set in seconds; a staging folder this old is a killed one's.
 ABANDONED_STAGING_S = 3600
 
@@ -81,7 +83,7 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     comparisons, baseline_comparisons = compare(groups), compare_with_baseline(groups)
     warnings += comparison_warnings(runs) + seed_warnings(comparisons + baseline_comparisons)
     markdown = render_markdown(root, runs, groups, comparisons, baseline_comparisons, warnings)
-    names = (CSV_NAME, MARKDOWN_NAME, *(name for name, *_ in FACTOR_PLOTS), COMPARISON_PLOT_NAME, HTML_NAME)
+    names = (CSV_NAME, JSON_NAME, MARKDOWN_NAME, *(name for name, *_ in FACTOR_PLOTS), COMPARISON_PLOT_NAME, HTML_NAME)
     outputs = tuple(out / n for n in names)
     summary = Summary(root, out, runs, groups, comparisons, baseline_comparisons, warnings, markdown, outputs)
     try:
@@ -89,6 +91,7 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
         clear_abandoned_staging(out, ABANDONED_STAGING_S)
         with file_set(out) as files:  # a failure leaves the previous aggregate whole, not half replaced
             write_text(files.path(CSV_NAME), render_csv(runs))
+            write_text(files.path(JSON_NAME), render_json(groups, comparisons, baseline_comparisons, warnings))
             for name, metric, title, ylabel in FACTOR_PLOTS:
                 write_factor_plot(runs, METRIC[metric], title, ylabel, files.path(name))
             write_comparison_plot(comparisons, files.path(COMPARISON_PLOT_NAME))

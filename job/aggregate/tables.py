@@ -1,11 +1,13 @@
-"""The tables as text: aggregate.csv (a row per run, every column, full precision) and
-aggregate.md, and the cells of the groups, labels-vs-loss and runs tables that the HTML page
-(page.py) shows as they are here. A new column of the runs table is one more `Column` in COLUMNS."""
+"""The tables as text: aggregate.csv (a row per run, every column, full precision),
+aggregate.json (the groups and comparisons, for scripts) and aggregate.md, and the cells of
+the groups, comparison and runs tables that the HTML page (page.py) shows as they are here.
+A new column of the runs table is one more `Column` in COLUMNS."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -206,6 +208,53 @@ def _difference_cells(d: Difference) -> list[str]:
 
 def _spread(metric: Metric, s: Stats) -> str:
     return f"{metric.show(s.mean)} ± {'–' if s.std is None else metric.show(s.std)} ({s.n})"
+
+
+def render_json(
+    groups: list[Group], comparisons: list[Difference], baseline_comparisons: list[Difference], warnings: list[str]
+) -> str:
+    """aggregate.json: the groups' statistics and both comparisons at full precision, for scripts
+    (aggregate.csv has the runs). A varied setting is its value; null where a run lacks it."""
+
+    def stats(s: Stats) -> dict:
+        return {"mean": s.mean, "std": s.std, "min": s.min, "max": s.max, "n": s.n}
+
+    def difference(d: Difference) -> dict:
+        return {
+            "method": d.method, "other": d.other, "factor": d.factor, "settings": _json_settings(d.varied),
+            "metric": d.metric, "method_stats": stats(d.a), "other_stats": stats(d.b), "difference": d.value,
+            "se": d.se, "difference_over_se": d.ratio, "p": d.p_value,
+            "seeds": {"method": list(d.seeds[0]), "other": list(d.seeds[1])},
+        }  # fmt: skip
+
+    summary = {
+        "groups": [
+            {
+                "method": g.method,
+                "factor": g.factor,
+                "settings": _json_settings(g.varied),
+                "completed": g.completed,
+                "not_completed": g.not_completed,
+                "stats": {name: stats(s) for name, s in g.stats.items()},
+                "seeds": {name: list(seeds) for name, seeds in g.seeds.items()},
+            }  # fmt: skip
+            for g in groups
+        ],
+        "labels_vs_loss": [difference(d) for d in comparisons],
+        "vs_baseline": [difference(d) for d in baseline_comparisons],
+        "warnings": warnings,
+    }
+    return json.dumps(summary, indent=2) + "\n"
+
+
+def _json_settings(varied: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    def value(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None  # ABSENT, UNKNOWN
+
+    return {key: value(text) for key, text in varied}
 
 
 def render_markdown(
