@@ -212,7 +212,7 @@ def aggregate(
         Path | None, typer.Option(metavar="DIR", help="Where the tables, plots and page go (default: ROOT).")
     ] = None,
 ):
-    """Tabulate every run under ROOT (aggregate.csv, .md, .html); plot accuracy and ECE against the factor."""
+    """Tabulate every run under ROOT (aggregate.csv, .json, .md, .html); plot accuracy and ECE against the factor."""
     from job.aggregate import aggregate as aggregate_runs  # matplotlib: only for this command
 
     typer.echo(aggregate_runs(root, out).markdown, nl=False)
