@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -332,9 +331,10 @@ if args[0] == "bench":
 """
 
 
-def _fake_python(tmp_path, devices_check: str = 'echo "$2: fake"; exit 0') -> Path:
-    """A PYTHON for the script whose lsjob steps answer at once (FAKE_LSJOB) and whose checks of
-    the machine run `devices_check` instead."""
+def _run_check(tmp_path, devices_check: str = 'echo "$2: fake"; exit 0', bench_json: str | None = None, **env):
+    """The whole script with a PYTHON whose lsjob steps answer at once (FAKE_LSJOB, each bench
+    writing `bench_json`) and whose checks of the machine run `devices_check` instead; `env` is
+    added to the environment. Returns the process, OUT and the file of lsjob's calls."""
     (tmp_path / "fake_lsjob.py").write_text(FAKE_LSJOB)
     fake = tmp_path / "python"
     fake.write_text(f"""#!/usr/bin/env bash
@@ -344,21 +344,26 @@ if [[ $1 == -m && $2 == job ]]; then shift 2; exec {sys.executable} {tmp_path}/f
 exec {sys.executable} "$@"
 """)
     fake.chmod(0o755)
-    return fake
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    bench_json = json.dumps(_bench_json("jax", 64, "off", 1000)) if bench_json is None else bench_json
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
+           "BENCH_JSON": bench_json, **env}  # fmt: skip
+    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    return proc, out, calls
+
+
+def _no_gpu_for(backend: str, devices: str) -> str:
+    """A devices check where `backend` sees only `devices`, a CPU, and the other a GPU."""
+    return (
+        f"[[ $KERAS_BACKEND == {backend} && $3 == --gpu ]] && "
+        f'{{ echo "devices {devices}: no GPU visible to {backend}"; exit 1; }}; echo "devices [cuda:0]"; exit 0'
+    )
 
 
 def test_a_backend_that_sees_no_gpu_is_dropped_and_the_check_fails(tmp_path):
     # CUDA that failed to start leaves torch (or JAX) on the CPU: its benches would spend the
     # budget timing out. The check says so, benches the other backend only, and exits 1.
-    no_gpu_for_torch = (
-        '[[ $KERAS_BACKEND == torch && $3 == --gpu ]] && { echo "devices [cpu]: no GPU visible to torch"; exit 1; }; '
-        'echo "devices [cuda:0]"; exit 0'
-    )
-    fake = _fake_python(tmp_path, no_gpu_for_torch)
-    out, calls = tmp_path / "out", tmp_path / "calls"
-    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
-           "BENCH_JSON": json.dumps(_bench_json("jax", 64, "off", 1000))}  # fmt: skip
-    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc, out, calls = _run_check(tmp_path, _no_gpu_for("torch", "[cpu]"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "torch: FAILED: devices [cpu]: no GPU visible to torch" in proc.stdout
     assert {line.split()[0] for line in calls.read_text().splitlines()} == {"jax"}
@@ -368,27 +373,14 @@ def test_a_backend_that_sees_no_gpu_is_dropped_and_the_check_fails(tmp_path):
 def test_a_backend_dropped_for_want_of_a_gpu_never_gets_the_run(tmp_path):
     # JAX sees no GPU and every torch bench fails: no bench result to pick the run's backend
     # from, and the run goes to torch, not to JAX on the CPU, which would spend the budget.
-    no_gpu_for_jax = (
-        '[[ $KERAS_BACKEND == jax && $3 == --gpu ]] && { echo "devices [cpu:0]: no GPU visible to jax"; exit 1; }; '
-        'echo "devices [cuda:0]"; exit 0'
-    )
-    fake = _fake_python(tmp_path, no_gpu_for_jax)
-    out, calls = tmp_path / "out", tmp_path / "calls"
-    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
-           "BENCH_JSON": "not json: every bench fails"}  # fmt: skip
-    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc, out, calls = _run_check(tmp_path, _no_gpu_for("jax", "[cpu:0]"), bench_json="not json: every bench fails")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "2-epoch run on torch, off: start" in proc.stdout
     assert {line.split()[0] for line in calls.read_text().splitlines()} == {"torch"}
 
 
 def test_jax_goes_on_without_cuda_graphs_where_the_driver_cannot_build_them(tmp_path):
-    fake = _fake_python(tmp_path)
-    out, calls = tmp_path / "out", tmp_path / "calls"
-    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
-           "BENCH_JSON": json.dumps(_bench_json("jax", 64, "off", 1000)), "CUDA_GRAPHS_FAIL": "1"}  # fmt: skip
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc, out, calls = _run_check(tmp_path, CUDA_GRAPHS_FAIL="1", XLA_FLAGS="")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bench-jax-512-bf16: failed rc=1" in proc.stdout  # the first try of the first JAX bench
     assert "this bench again, and JAX's later steps, with XLA_FLAGS=--xla_gpu_enable_command_buffer=" in proc.stdout
@@ -413,11 +405,7 @@ def test_the_devices_check_refuses_a_cpu_where_a_gpu_is_needed():
 def test_the_script_benches_most_important_first_and_gives_the_run_all_the_time_left(tmp_path):
     """The whole script, lsjob's own steps answering at once: the order of the benches, the
     run's backend and precision picked from them, and the run's time limit."""
-    fake = _fake_python(tmp_path)
-    out, calls = tmp_path / "out", tmp_path / "calls"
-    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "CALLS": str(calls), "GPU_CHECK_WHEELS": "",
-           "BENCH_JSON": json.dumps(_bench_json("jax", 64, "off", 1000))}  # fmt: skip
-    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc, out, calls = _run_check(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = [line.split()[:2] + [a.split("=")[1] for a in line.split() if "batch_size=" in a or "precision=" in a]
              for line in calls.read_text().splitlines()]  # fmt: skip
