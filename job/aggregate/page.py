@@ -19,15 +19,11 @@ from job.aggregate.plots import COMPARISON_PLOT_NAME, ECE_PLOT_NAME, PLOT_NAME
 from job.aggregate.runs import STATUSES, Run
 from job.aggregate.stats import BASELINE, SAME_OBJECTIVE, Summary
 from job.aggregate.tables import (
-    BASELINE_NOTE,
     STATS_NOTE,
     Table,
-    baseline_table,
-    comparison_note,
-    comparison_table,
+    comparison_sections,
     group_table,
     metrics_note,
-    no_baseline,
     run_cells,
     run_columns,
     shown_metrics,
@@ -108,20 +104,16 @@ def render_page(summary: Summary, plots: Path | None = None) -> str:
     parts += ['<h2 id="summary">Completed runs by method and factor</h2>', _table(group_table(summary.groups, metrics))]
     parts += [f'<p class="note">{_e(STATS_NOTE + " " + metrics_note(metrics))}</p>']
 
-    parts += [f'<h2 id="labels-vs-loss">{_e(labels)} vs {_e(loss)} at the same factor</h2>']
-    if summary.comparisons:
-        parts += [f'<p class="note">{_e(comparison_note(summary.comparisons))}</p>']
-        parts += [_table(comparison_table(summary.comparisons))]
-    else:
-        parts += [f"<p>No factor has completed runs of both <code>{_e(labels)}</code> and <code>{_e(loss)}</code>.</p>"]
-    parts += [_figure(plots / COMPARISON_PLOT_NAME, f"{labels} minus {loss} at each factor beside the seed spread")]
-
-    parts += [f'<h2 id="vs-baseline">Smoothing vs {_e(BASELINE)}</h2>']
-    if summary.baseline_comparisons:
-        parts += [f'<p class="note">{_e(comparison_note(summary.baseline_comparisons, BASELINE_NOTE))}</p>']
-        parts += [_table(baseline_table(summary.baseline_comparisons))]
-    else:
-        parts += [f"<p>{no_baseline(lambda name: f'<code>{_e(name)}</code>')}</p>"]
+    # The page alone shows a figure beside a comparison's table.
+    figures = {"labels-vs-loss": (COMPARISON_PLOT_NAME, f"{labels} minus {loss} at each factor beside the seed spread")}
+    for section in comparison_sections(summary.comparisons, summary.baseline_comparisons):
+        parts += [f'<h2 id="{section.anchor}">{_e(section.title)}</h2>']
+        if section.table is not None:
+            parts += [f'<p class="note">{_e(section.note)}</p>', _table(section.table)]
+        else:
+            parts += [f"<p>{section.absent(lambda name: f'<code>{_e(name)}</code>')}</p>"]
+        if section.anchor in figures:
+            parts += [_figure(plots / figures[section.anchor][0], figures[section.anchor][1])]
 
     parts += ['<h2 id="plots">Plots</h2>']
     parts += [_figure(plots / PLOT_NAME, "test accuracy against the label-smoothing factor, per method")]

@@ -119,9 +119,34 @@ NO_SPREAD_NOTE = (
 )
 
 
-def no_baseline(code: Callable[[str], str] = lambda name: f"`{name}`") -> str:
-    """Said in place of the baseline table; `code` marks up a method's name (the page: <code>)."""
-    return f"No smoothed group has completed runs beside completed {code(BASELINE)} runs of the same other settings."
+@dataclass(frozen=True)
+class Section:
+    """A comparison as the Markdown and the page both show it: a note and a table, or a sentence."""
+
+    anchor: str  # the page's id for it
+    title: str
+    note: str | None  # None where there is nothing to compare
+    table: Table | None
+    absent: Callable[[Callable[[str], str]], str]  # the sentence instead; its argument marks up a method's name
+
+
+def comparison_sections(comparisons: list[Difference], baseline_comparisons: list[Difference]) -> list[Section]:
+    labels, loss = SAME_OBJECTIVE
+    return [
+        Section(
+            "labels-vs-loss", f"{labels} vs {loss} at the same factor",
+            comparison_note(comparisons) if comparisons else None,
+            comparison_table(comparisons) if comparisons else None,
+            lambda code: f"No factor has completed runs of both {code(labels)} and {code(loss)}.",
+        ),
+        Section(
+            "vs-baseline", f"Smoothing vs {BASELINE}",
+            comparison_note(baseline_comparisons, BASELINE_NOTE) if baseline_comparisons else None,
+            baseline_table(baseline_comparisons) if baseline_comparisons else None,
+            lambda code: f"No smoothed group has completed runs beside completed {code(BASELINE)} runs of the same "
+            "other settings.",
+        ),
+    ]  # fmt: skip
 
 
 def comparison_note(comparisons: list[Difference], note: str = COMPARISON_NOTE) -> str:
@@ -270,24 +295,15 @@ def render_markdown(
     lines += ["## Completed runs by method and factor", "", *_table(group_table(groups, metrics)), ""]
     lines += [STATS_NOTE + " " + metrics_note(metrics), ""]
 
-    labels, loss = SAME_OBJECTIVE
-    lines += [f"## {labels} vs {loss} at the same factor", ""]
-    if comparisons:
-        lines += [comparison_note(comparisons), "", *_table(comparison_table(comparisons))]
-    else:
-        lines += [f"No factor has completed runs of both `{labels}` and `{loss}`."]
-    lines += ["", f"## Smoothing vs {BASELINE}", ""]
-    if baseline_comparisons:
-        lines += [
-            comparison_note(baseline_comparisons, BASELINE_NOTE),
-            "",
-            *_table(baseline_table(baseline_comparisons)),
-        ]
-    else:
-        lines += [no_baseline()]
+    for section in comparison_sections(comparisons, baseline_comparisons):
+        lines += [f"## {section.title}", ""]
+        if section.table is not None:
+            lines += [section.note, "", *_table(section.table), ""]
+        else:
+            lines += [section.absent(lambda name: f"`{name}`"), ""]
 
     columns = run_columns(runs)
-    lines += ["", "## Runs", ""]
+    lines += ["## Runs", ""]
     rows = [run_cells(r, columns) for r in runs]
     lines += _table(Table([c.label for c in columns], rows, [c.right for c in columns]))
     present = [s for s in STATUSES if any(r.status == s for r in runs)]
