@@ -24,7 +24,7 @@ from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpa
 from job.model import save_model
 from job.rundir import RunDir, check_writable, now, slurm_restart
 from job.spec import Spec, identity_differences, load_spec
-from job.train import check_fits, train
+from job.train import check_fits, steps_per_epoch, train
 
 log = logging.getLogger("lsjob")
 
@@ -177,11 +177,13 @@ def _execute_claimed(
         }
         run_dir.write_manifest(manifest)
         # What computes, for whoever reads only the log (a Slurm .out, kubectl logs).
+        computing = manifest["runtime"]
         log.info(
             "computing: %s on %s; precision %s (%s); batch %d (%d per replica), %d steps per epoch",
             ", ".join(f"{name} {version}" for name, version in manifest["versions"].items() if name != "python"),
-            ", ".join(setup.replica_devices), setup.precision, setup.precision_source, spec.train.batch_size,
-            spec.train.batch_size // setup.replicas, len(data.x_train) // spec.train.batch_size,
+            ", ".join(computing["replica_devices"]), computing["precision"], computing["precision_source"],
+            computing["global_batch"], computing["per_replica_batch"],
+            steps_per_epoch(len(data.x_train), spec.train.batch_size),
         )  # fmt: skip
 
         result = train(spec, data, run_dir.path)

@@ -41,14 +41,16 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0] >> 1)
 
 
-def epoch_order(seed: int, epoch: int, size: int, batch_size: int) -> np.ndarray:
-    """The epoch's shuffle: a permutation fixed by (seed, epoch), cut to whole batches.
+def steps_per_epoch(size: int, batch_size: int) -> int:
+    """Whole batches only: the tutorial's steps_per_epoch = N // batch, and a fixed batch shape
+    spares a second compilation."""
+    return size // batch_size
 
-    Dropping the last partial batch follows the tutorial's steps_per_epoch = N // batch,
-    and a fixed batch shape spares a second compilation.
-    """
+
+def epoch_order(seed: int, epoch: int, size: int, batch_size: int) -> np.ndarray:
+    """The epoch's shuffle: a permutation fixed by (seed, epoch), cut to whole batches."""
     order = np.random.default_rng(epoch_seed(seed, epoch, 0)).permutation(size)
-    return order[: size // batch_size * batch_size]
+    return order[: steps_per_epoch(size, batch_size) * batch_size]
 
 
 class Progress(keras.callbacks.ProgbarLogger):
