@@ -558,8 +558,7 @@ def test_a_requeued_slurm_attempt_waits_for_the_lock_its_earlier_attempt_left(mo
     # the server lets it expire; the requeued attempt used to fail at once with exit 5, never requeued.
     monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
     _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="0")
-    earlier = RunDir(tmp_path / "r")
-    earlier.claim()  # stands for the lost node's lock: released below, as the server lets it expire
+    earlier = _held(tmp_path)  # stands for the lost node's lock: released below, as the server lets it expire
     lock = tmp_path / "r" / ".lock"
     assert lock.read_text().strip().endswith(" slurm job 4242 restart 0") and rundir.is_lsjob_lock(lock)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
@@ -577,10 +576,8 @@ def test_a_lock_that_outlasts_the_wait_is_refused_with_how_to_clear_it(monkeypat
     monkeypatch.setattr(rundir, "LOCK_WAIT_S", 0.05)
     monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
     _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="2")
-    earlier = RunDir(tmp_path / "r")
-    earlier.claim()
     held = "pid 4711 on node7.cluster.example since 2026-12-06T07:00:00+00:00 slurm job 4242 restart 2\n"
-    (tmp_path / "r" / ".lock").write_text(held)  # as a lost node wrote it; the flock is still held
+    earlier = _held(tmp_path, held)  # as a lost node wrote it; the flock is still held
     monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
     try:
         with pytest.raises(RunBusyError, match="still locked by pid") as err:
@@ -668,11 +665,7 @@ def test_a_kubernetes_pod_waits_for_the_lock_an_earlier_pod_of_its_index_left(mo
     # and lsjob is PID 1 in both: the lock names "pid 1 on <its own hostname>".
     monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
     _scheduler(monkeypatch, JOB_COMPLETION_INDEX="3")
-    earlier = RunDir(tmp_path / "r")
-    earlier.claim()
-    (tmp_path / "r" / ".lock").write_text(
-        f"pid {os.getpid()} on {socket.gethostname()} since 2026-12-06T07:00:00+00:00\n"
-    )
+    earlier = _held(tmp_path, f"pid {os.getpid()} on {socket.gethostname()} since 2026-12-06T07:00:00+00:00\n")
     replacement = RunDir(tmp_path / "r")
     errors = _claim_as_it_lets_go(replacement, earlier, "an earlier pod of this Job's index 3", caplog)
     try:
@@ -686,9 +679,7 @@ def test_a_kubernetes_lock_that_outlasts_the_wait_says_how_to_check_the_index(mo
     monkeypatch.setattr(rundir, "LOCK_POLL_S", 0.01)
     _scheduler(monkeypatch, JOB_COMPLETION_INDEX="3")
     monkeypatch.setattr(socket, "gethostname", lambda: "lsjob-sweep-3")  # an Indexed Job's pod
-    earlier = RunDir(tmp_path / "r")
-    earlier.claim()
-    (tmp_path / "r" / ".lock").write_text(f"pid {os.getpid()} on lsjob-sweep-3 since 2026-12-06T07:00:00+00:00\n")
+    earlier = _held(tmp_path, f"pid {os.getpid()} on lsjob-sweep-3 since 2026-12-06T07:00:00+00:00\n")
     try:
         with pytest.raises(RunBusyError, match="an earlier pod of this Job's index 3") as err:
             RunDir(tmp_path / "r").claim()
@@ -702,10 +693,8 @@ def test_a_kubernetes_lock_that_outlasts_the_wait_says_how_to_check_the_index(mo
 def test_a_kubernetes_pod_refuses_at_once_a_lock_of_another_pod_or_process(holder, monkeypatch, tmp_path):
     # Another index's pod (another hostname), or a process in this very pod (kubectl exec): live.
     _scheduler(monkeypatch, JOB_COMPLETION_INDEX="3")
-    earlier = RunDir(tmp_path / "r")
-    earlier.claim()
     pid, host = (os.getpid(), "lsjob-sweep-4") if holder == "another_host" else (os.getppid(), socket.gethostname())
-    (tmp_path / "r" / ".lock").write_text(f"pid {pid} on {host} since 2026-12-06T07:00:00+00:00\n")
+    earlier = _held(tmp_path, f"pid {pid} on {host} since 2026-12-06T07:00:00+00:00\n")
     monkeypatch.setattr(rundir.time, "sleep", lambda s: pytest.fail("waited for a live process's lock"))
     try:
         with pytest.raises(RunBusyError, match="is in use by pid"):
@@ -746,10 +735,19 @@ def _scheduler(monkeypatch, **env):
         monkeypatch.setenv(name, value)
 
 
-def test_a_stop_while_waiting_for_the_lock_stops_at_once(monkeypatch, tmp_path):
-    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="0")
+def _held(tmp_path, as_written: str | None = None) -> RunDir:
+    """The run directory r, claimed here, its lock's text replaced by `as_written` where given:
+    what the earlier attempt (a lost node, an earlier pod) wrote into it."""
     earlier = RunDir(tmp_path / "r")
     earlier.claim()
+    if as_written is not None:
+        (tmp_path / "r" / ".lock").write_text(as_written)
+    return earlier
+
+
+def test_a_stop_while_waiting_for_the_lock_stops_at_once(monkeypatch, tmp_path):
+    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="0")
+    earlier = _held(tmp_path)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
     monkeypatch.setattr(rundir, "LOCK_WAIT_S", 5.0)  # unheeded, it would end in RunBusyError
