@@ -68,6 +68,7 @@ main() {
     --set runtime.deterministic=false --set output.run=gpu-check)
   # Per backend: jax compiles the step with XLA (jit_compile auto); torch runs eagerly, never
   # torch.compile (auto means eager there too; said outright so the JSON shows it).
+  # Expanded as ${sets[@]+...}: an empty array is "unbound" to bash < 4.4 under set -u.
   backend_sets() {
     sets=()
     [[ $1 == torch ]] && sets=(--set runtime.jit_compile=false)
@@ -161,7 +162,7 @@ print(" ".join(m)); raise SystemExit(bool(m))' 2>&1); then
   usable=()
   for backend in "${backends[@]}"; do
     say "checking keras on $backend (limit $check_s s)"
-    if KERAS_BACKEND=$backend timeout -k 5 "$check_s" "$PYTHON" tools/gpu_check_table.py devices "${need_gpu[@]}" \
+    if KERAS_BACKEND=$backend timeout -k 5 "$check_s" "$PYTHON" tools/gpu_check_table.py devices ${need_gpu[@]+"${need_gpu[@]}"} \
       > "$work/check-$backend.log" 2>&1; then
       line=$(last_line "$work/check-$backend.log")
       usable+=("$backend")
@@ -204,7 +205,7 @@ print(" ".join(m)); raise SystemExit(bool(m))' 2>&1); then
         say "$name: start (limit $t s, $steps steps after $warmup)"
         t0=$SECONDS
         backend_sets "$backend"
-        KERAS_BACKEND=$backend timeout -k 5 "$t" "$PYTHON" -m job bench "$spec" "${common[@]}" "${sets[@]}" \
+        KERAS_BACKEND=$backend timeout -k 5 "$t" "$PYTHON" -m job bench "$spec" "${common[@]}" ${sets[@]+"${sets[@]}"} \
           --set "train.batch_size=$batch" --set "runtime.mixed_precision=$precision" \
           --steps "$steps" --warmup "$warmup" --out "$work/$name.json" > "$work/$name.log" 2>&1
         rc=$?
@@ -251,7 +252,7 @@ print(" ".join(m)); raise SystemExit(bool(m))' 2>&1); then
     t0=$SECONDS
     backend_sets "$run_backend"
     # Compiled afresh, as the first run of a sweep is: the end-to-end figure includes all of it.
-    KERAS_BACKEND=$run_backend timeout -k 5 "$t" "$PYTHON" -m job run "$spec" "${common[@]}" "${sets[@]}" \
+    KERAS_BACKEND=$run_backend timeout -k 5 "$t" "$PYTHON" -m job run "$spec" "${common[@]}" ${sets[@]+"${sets[@]}"} \
       --set "train.batch_size=$run_batch" --set "runtime.mixed_precision=$run_precision" \
       --set "output.root=$work/results" --set runtime.compile_cache=off 2>&1 |
       tee "$work/run.log" | while IFS= read -r line; do say "  | $line"; done
