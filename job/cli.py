@@ -73,9 +73,18 @@ def run(
         bool,
         typer.Option(help="Discard an existing run of this name and start over (a requeued Slurm attempt resumes)."),
     ] = False,
+    index_offset: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="K",
+            help="Added to the array index: slurm/submit.sh gives it to a sweep's later arrays where the sweep "
+            "has more points than one Slurm array may (MaxArraySize).",
+        ),
+    ] = 0,
 ):
     """Train (or resume) one run, or one point of a sweep, and write its results directory."""
-    point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)
+    point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index, offset=index_offset)
     _setup_logging()
     # Schedulers preempt with SIGTERM: checkpoint the current step, then stop (train.EpochRecorder).
     preemption.install()

@@ -72,19 +72,30 @@ def points(spec: Spec) -> list[Point]:
     return result
 
 
-def select(all_points: list[Point], index: int | None, environ: Mapping[str, str] = os.environ) -> Point:
-    """The point this task trains: --index, else the scheduler's array index (of a sweep only:
-    an array over plain spec files, `lsjob run run-$SLURM_ARRAY_TASK_ID.yaml`, is not indexing)."""
+def select(
+    all_points: list[Point], index: int | None, environ: Mapping[str, str] = os.environ, offset: int = 0
+) -> Point:
+    """The point this task trains: --index, else the scheduler's array index plus `offset` (of a
+    sweep only: an array over plain spec files, `lsjob run run-$SLURM_ARRAY_TASK_ID.yaml`, is not
+    indexing). The offset is --index-offset: a sweep larger than the scheduler's largest array is
+    submitted as several arrays, each numbered from 0 (slurm/submit.sh)."""
     source = "--index"
     plain = len(all_points) == 1 and not all_points[0].values
+    if index is not None and offset:
+        raise SpecError("--index-offset adds to the array index; with --index, give the point itself and no offset")
     if index is None and not plain:
         for var in INDEX_ENV:
             raw = environ.get(var, "").strip()
             if raw:
                 if not re.fullmatch(r"\d+", raw):
                     raise SpecError(f"{var}={raw!r} is not a sweep index; expected an integer 0..{len(all_points) - 1}")
-                index, source = int(raw), var
+                index, source = int(raw) + offset, f"{var} {int(raw)} + --index-offset {offset} =" if offset else var
                 break
+    if offset and source == "--index":  # no array index was read
+        raise SpecError(
+            f"--index-offset {offset} adds to the array index, but "
+            + ("this spec is not a sweep" if plain else f"neither {' nor '.join(INDEX_ENV)} is set")
+        )
     if index is None:
         if len(all_points) == 1:
             return all_points[0]
@@ -97,7 +108,11 @@ def select(all_points: list[Point], index: int | None, environ: Mapping[str, str
         count = len(all_points)
         raise SpecError(
             f"{source} {index} is out of range: the spec has {count} point{'s' if count > 1 else ''} "
-            f"(0..{count - 1}); an array job for it must be --array=0-{count - 1}"
+            + (
+                f"(0..{count - 1}); slurm/submit.sh sizes the arrays and their offsets from the count"
+                if offset
+                else f"(0..{count - 1}); an array job for it must be --array=0-{count - 1}"
+            )
         )
     return all_points[index]
 

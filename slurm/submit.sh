@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Submit every point of a sweep spec as one Slurm array job; prints the array's job id.
+# Submit every point of a sweep spec as a Slurm array job; prints the array's job id. A sweep
+# with more points than the cluster's MaxArraySize goes in as several arrays: one id a line.
 #
 #   slurm/submit.sh SPEC [sbatch options...] [-- lsjob run options...]
 #   e.g. slurm/submit.sh specs/x.yaml --partition=gpu -- --set train.epochs=30
@@ -9,7 +10,8 @@
 # Run it from the directory the logs (logs/) and, by default, the results (results/) go under.
 # The tasks read a copy of SPEC made at submission (logs/<spec name>.<random>.yaml), the one
 # counted: editing SPEC while tasks wait or requeue cannot shift the points under them.
-# LSJOB_THROTTLE=K runs at most K points at once (sbatch --array=...%K). The jobs' own settings
+# LSJOB_THROTTLE=K runs at most K points at once (sbatch --array=...%K, and each array after
+# the first waits for the one before to end: --dependency=afterany). The jobs' own settings
 # (LSJOB_RESULTS, LSJOB_VENV, LSJOB_CMD, ...) are described in sweep.sbatch and pass through.
 set -euo pipefail
 
@@ -68,6 +70,16 @@ if ((rc != 0)) || ! [[ $count =~ ^[1-9][0-9]*$ ]]; then
   echo "submit.sh: cannot count the points of $spec (lsjob sweep count: exit $rc, output '${count:-}'); nothing submitted" >&2
   exit $((rc != 0 ? rc : 1))
 fi
+# Slurm refuses an array index of MaxArraySize or more (1001 by default): a larger sweep goes in
+# as several arrays of at most that many tasks, each told by --index-offset where its points
+# start. With LSJOB_THROTTLE each waits for the one before, so that at most K run in all.
+max=$(scontrol show config 2> /dev/null | sed -n 's/^MaxArraySize *= *\([0-9][0-9]*\).*/\1/p')
+max=${max:-$count} # not read: one array, and sbatch says if the cluster takes none so large
+if ((max == 0)); then
+  echo "submit.sh: this cluster takes no array jobs (MaxArraySize = 0); run each point with" \
+    "sbatch slurm/train.sbatch $spec --index I, I in 0..$((count - 1)); nothing submitted" >&2
+  exit 2
+fi
 # The count is the array's size, so the tasks, which read their spec hours later and again at
 # each requeue, read a copy of the spec just counted, not a file that may be edited meanwhile.
 name=$(basename -- "$spec")
@@ -75,16 +87,42 @@ snapshot=$(mktemp "$PWD/logs/${name%.*}.XXXXXX.yaml")
 cp -- "$spec" "$snapshot"
 chmod a-w -- "$snapshot"
 
-array="0-$((count - 1))${LSJOB_THROTTLE:+%$LSJOB_THROTTLE}"
-rc=0
-job=$(sbatch --parsable --array="$array" ${sbatch_options[@]+"${sbatch_options[@]}"} "$here/sweep.sbatch" "$snapshot" \
-  ${lsjob_options[@]+"${lsjob_options[@]}"}) || rc=$?
-if ((rc != 0)); then
-  rm -f -- "$snapshot"
-  exit "$rc"
-fi
-job=${job%%;*}
-where="logs/lsjob-sweep_${job}_<index>.out"
+jobs=() ranges=() job=''
+for ((offset = 0; offset < count; offset += max)); do
+  size=$((count - offset < max ? count - offset : max))
+  shifted=() after=()
+  ((offset > 0)) && shifted=(--index-offset "$offset")
+  # Last, after the user's own: sbatch keeps the last --dependency, and the first array waits for theirs.
+  [[ -n ${LSJOB_THROTTLE:-} && -n $job ]] && after=(--dependency="afterany:$job")
+  rc=0
+  job=$(sbatch --parsable --array="0-$((size - 1))${LSJOB_THROTTLE:+%$LSJOB_THROTTLE}" \
+    ${sbatch_options[@]+"${sbatch_options[@]}"} ${after[@]+"${after[@]}"} "$here/sweep.sbatch" "$snapshot" \
+    ${shifted[@]+"${shifted[@]}"} ${lsjob_options[@]+"${lsjob_options[@]}"}) || rc=$?
+  if ((rc != 0)); then
+    # All or nothing: a sweep half queued would look whole to whoever resubmits it.
+    if ((${#jobs[@]} > 0)) && ! scancel "${jobs[@]}"; then
+      # They may yet run, and read the spec's copy: it stays.
+      echo "submit.sh: sbatch refused points $offset..$((offset + size - 1)), and the arrays already queued" \
+        "(${jobs[*]}) could not be cancelled: scancel ${jobs[*]}" >&2
+      exit "$rc"
+    elif ((${#jobs[@]} > 0)); then
+      echo "submit.sh: sbatch refused points $offset..$((offset + size - 1)); the arrays already queued" \
+        "(${jobs[*]}) are cancelled; nothing submitted" >&2
+    fi
+    rm -f -- "$snapshot"
+    exit "$rc"
+  fi
+  job=${job%%;*}
+  jobs+=("$job") ranges+=("$job: points $offset..$((offset + size - 1))")
+done
+where="logs/lsjob-sweep_<array id>_<task>.out"
 [[ ${#logs[@]} -eq 0 && -z $named ]] || where="as your --output/--error/--job-name say"
-echo "submit.sh: array job $job, $count point(s) of $spec (the tasks read ${snapshot#"$PWD"/}); logs: $where" >&2
-echo "$job"
+if ((${#jobs[@]} == 1)); then
+  where=${where/<array id>_<task>/${job}_<index>}
+  echo "submit.sh: array job $job, $count point(s) of $spec (the tasks read ${snapshot#"$PWD"/}); logs: $where" >&2
+else
+  ranges_text=$(printf '%s, ' "${ranges[@]}")
+  echo "submit.sh: ${#jobs[@]} array jobs (MaxArraySize is $max), $count points of $spec: ${ranges_text%, }" \
+    "(the tasks read ${snapshot#"$PWD"/}); logs: $where (tasks count from 0 in each array)" >&2
+fi
+printf '%s\n' "${jobs[@]}"

@@ -72,6 +72,8 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 # Finished jobs stay visible to `scontrol show job` long enough to inspect them.
 MinJobAge=600
+# Array indices 0..1 only: a 3-point sweep needs two arrays, as 1,002 points do by default.
+MaxArraySize=2
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """

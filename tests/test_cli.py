@@ -221,6 +221,9 @@ def test_sweep_count_and_list(tmp_path):
         ([], {"SLURM_ARRAY_TASK_ID": "8"}, "SLURM_ARRAY_TASK_ID 8 is out of range"),
         ([], {"JOB_COMPLETION_INDEX": "two"}, "JOB_COMPLETION_INDEX='two' is not a sweep index"),
         ([], {}, "a sweep of 8 runs: pick one with --index 0..7"),
+        (["--index-offset", "6"], {"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_ID 2 + --index-offset 6 = 8 is out"),
+        (["--index-offset", "6"], {}, "--index-offset 6 adds to the array index, but neither"),
+        (["--index-offset", "-1"], {"SLURM_ARRAY_TASK_ID": "2"}, "Invalid value for '--index-offset'"),
     ],
 )
 def test_a_bad_sweep_index_exits_2_before_anything_is_written(tmp_path, args, env, message):

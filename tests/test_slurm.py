@@ -316,6 +316,96 @@ def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path
     assert "logs: as your --output/--error/--job-name say" in proc.stderr
 
 
+def _stub_array_limit(bin_dir: Path, tmp_path: Path, max_array_size: int, refuse_call: int = 0) -> None:
+    """scontrol reports `max_array_size`; sbatch logs each call's argv and answers ids 101, 102, ...
+    (refusing its `refuse_call`th call, 1-based); scancel logs what it cancels."""
+    _stub(bin_dir, "lsjob", "echo 5\n")
+    _stub(bin_dir, "scontrol", f'[[ "$*" == "show config" ]] && echo "MaxArraySize            = {max_array_size}"\n')
+    _stub(
+        bin_dir,
+        "sbatch",
+        f"n=$(($(ls {tmp_path}/calls 2>/dev/null | wc -l) + 1))\n"
+        f'mkdir -p {tmp_path}/calls && printf "%s\\n" "$@" > {tmp_path}/calls/$n\n'
+        f'(( n == {refuse_call} )) && {{ echo "sbatch: error: QOSMaxSubmitJobPerUserLimit" >&2; exit 1; }}\n'
+        'echo "$((100 + n));cluster"\n',
+    )
+    _stub(bin_dir, "scancel", f'echo "$*" >> {tmp_path}/scancel.args\n')
+
+
+def test_submit_splits_a_sweep_larger_than_max_array_size_into_arrays_that_cover_every_point(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2)
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
+    proc = subprocess.run(
+        [SLURM / "submit.sh", "s.yaml", "--partition=gpu", "--", "--force"],
+        cwd=tmp_path, env={**env, "LSJOB_THROTTLE": "2"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "101\n102\n103\n"
+    calls = [(tmp_path / "calls" / str(n)).read_text().splitlines() for n in (1, 2, 3)]
+    snapshot = calls[0][4]
+    # Task i of array k trains point 2k + i; each array waits for the one before (the throttle holds in all).
+    assert calls[0] == ["--parsable", "--array=0-1%2", "--partition=gpu", str(SLURM / "sweep.sbatch"), snapshot,
+                        "--force"]  # fmt: skip
+    assert calls[1] == ["--parsable", "--array=0-1%2", "--partition=gpu", "--dependency=afterany:101",
+                        str(SLURM / "sweep.sbatch"), snapshot, "--index-offset", "2", "--force"]  # fmt: skip
+    assert calls[2] == ["--parsable", "--array=0-0%2", "--partition=gpu", "--dependency=afterany:102",
+                        str(SLURM / "sweep.sbatch"), snapshot, "--index-offset", "4", "--force"]  # fmt: skip
+    arrays = "101: points 0..1, 102: points 2..3, 103: points 4..4"
+    assert f"3 array jobs (MaxArraySize is 2), 5 points of s.yaml: {arrays}" in proc.stderr
+    assert not (tmp_path / "scancel.args").exists()
+
+
+def test_submit_without_a_throttle_queues_the_arrays_side_by_side(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 3)
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
+    subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, check=True)
+    calls = [(tmp_path / "calls" / str(n)).read_text().splitlines() for n in (1, 2)]
+    assert calls[0][:2] == ["--parsable", "--array=0-2"] and "--index-offset" not in calls[0]
+    assert calls[1][:3] == ["--parsable", "--array=0-1", str(SLURM / "sweep.sbatch")]
+    assert calls[1][4:] == ["--index-offset", "3"]
+
+
+def test_submit_cancels_the_queued_arrays_when_sbatch_refuses_a_later_one(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2, refuse_call=3)
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    # All or nothing: a sweep half queued would look whole to whoever resubmits it.
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert (tmp_path / "scancel.args").read_text() == "101 102\n"
+    assert "QOSMaxSubmitJobPerUserLimit" in proc.stderr
+    assert "sbatch refused points 4..4; the arrays already queued (101 102) are cancelled" in proc.stderr
+    assert list((tmp_path / "logs").iterdir()) == []  # the spec's copy goes too
+
+
+def test_submit_keeps_the_specs_copy_for_arrays_it_could_not_cancel(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2, refuse_call=2)
+    _stub(bin_dir, "scancel", 'echo "scancel: error: Unable to contact slurm controller" >&2\nexit 1\n')
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "the arrays already queued (101) could not be cancelled: scancel 101" in proc.stderr
+    # Array 101 may yet run, and its tasks read this copy.
+    copy = Path((tmp_path / "calls" / "1").read_text().split()[3])
+    assert list((tmp_path / "logs").iterdir()) == [copy] and copy.read_text() == (tmp_path / "s.yaml").read_text()
+
+
+def test_submit_refuses_a_cluster_without_job_arrays(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 0)
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
+    proc = subprocess.run(
+        [SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2
+    assert "takes no array jobs (MaxArraySize = 0); run each point with sbatch slurm/train.sbatch s.yaml --index I, " \
+        "I in 0..4; nothing submitted" in proc.stderr  # fmt: skip
+    assert not (tmp_path / "calls").exists() and list((tmp_path / "logs").iterdir()) == []
+
+
 def test_submit_refuses_when_the_count_fails(tmp_path, stubs):
     bin_dir, env = stubs
     _stub(bin_dir, "lsjob", 'echo "lsjob: error: spec file s.yaml does not exist" >&2\nexit 2\n')
@@ -367,21 +457,33 @@ def test_sweep_array_runs_every_point(cluster: SlurmCluster, tmp_path):
     env = _job_env(tmp_path)
     # `lsjob sweep count` loads no ML stack, but a loaded 2-core box can still take its time.
     count = int(cluster.run("lsjob", "sweep", "count", str(SWEEP_SPEC), env=env, timeout=600))
-    out = cluster.run(str(SLURM / "submit.sh"), str(SWEEP_SPEC), *SMALL, cwd=tmp_path, env=env, timeout=600)
-    array_id = out.strip()
-    assert array_id.isdigit(), out
+    # The cluster's MaxArraySize is 2: the 3 points go in as arrays of 2 and 1; the throttle makes
+    # the second wait for the first, even past a --dependency of the user's own (on an ended job).
+    first = cluster.sbatch("--wrap=true", *SMALL, cwd=tmp_path)
+    cluster.wait_gone(first, timeout=120)
+    out = cluster.run(str(SLURM / "submit.sh"), str(SWEEP_SPEC), *SMALL, f"--dependency=afterany:{first}",
+                      cwd=tmp_path, env={**env, "LSJOB_THROTTLE": "2"}, timeout=600)  # fmt: skip
+    arrays = out.split()
+    assert count == 3 and len(arrays) == 2 and all(a.isdigit() for a in arrays), out
+    # Asked while the first array trains (a minute or more), before Slurm clears a met dependency.
+    assert f"afterany:{arrays[0]}" in cluster.job(arrays[1])["Dependency"]
 
-    cluster.wait_gone(array_id, timeout=20 * 60)
+    for array_id in arrays:
+        cluster.wait_gone(array_id, timeout=20 * 60)
 
     manifests = sorted((tmp_path / "results").glob("*/manifest.json"))
     assert len(manifests) == count, [str(m) for m in manifests]
     for manifest in manifests:
         assert json.loads(manifest.read_text())["status"] == "completed", manifest
-    for index in range(count):
-        job = cluster.job(f"{array_id}_{index}")
+    run_of_point = {json.loads(m.read_text())["sweep"]["index"]: m.parent for m in manifests}
+    tasks = [(arrays[0], 0, 0), (arrays[0], 1, 1), (arrays[1], 0, 2)]  # array, task, point
+    for array_id, task, point in tasks:
+        job = cluster.job(f"{array_id}_{task}")
         assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), job
-        log = tmp_path / "logs" / f"lsjob-sweep_{array_id}_{index}.out"
-        assert f"task {index} restart 0" in log.read_text()
+        log = (tmp_path / "logs" / f"lsjob-sweep_{array_id}_{task}.out").read_text()
+        assert f"task {task} restart 0" in log and f"run {run_of_point[point]}: attempt 1" in log, log
+    ended = max(datetime.fromisoformat(cluster.job(f"{arrays[0]}_{t}")["EndTime"]) for t in (0, 1))
+    assert datetime.fromisoformat(cluster.job(f"{arrays[1]}_0")["StartTime"]) >= ended
 
 
 @pytest.mark.slow

@@ -218,6 +218,24 @@ class TestSelect:
         with pytest.raises(SpecError, match=r"a sweep of 4 runs: pick one with --index 0..3"):
             sweep.select(self.grid(4), None, {})
 
+    @pytest.mark.parametrize("var", sweep.INDEX_ENV)
+    def test_an_offset_moves_a_later_arrays_tasks_onto_their_points(self, var):
+        # slurm/submit.sh's second array of a sweep past MaxArraySize: its task 1 is point 3.
+        assert sweep.select(self.grid(5), None, {var: "1"}, offset=2).spec.train.seed == 3
+        with pytest.raises(SpecError, match=rf"{var} 3 \+ --index-offset 2 = 5 is out of range: .* 5 points \(0..4\); "
+                           "slurm/submit.sh sizes"):  # fmt: skip
+            sweep.select(self.grid(5), None, {var: "3"}, offset=2)
+
+    def test_an_offset_without_an_array_index_is_refused_not_ignored(self):
+        # Ignored, every task of an array would train the wrong point.
+        with pytest.raises(SpecError, match=r"--index-offset 2 adds to the array index, but neither "
+                           "SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set"):  # fmt: skip
+            sweep.select(self.grid(5), None, {}, offset=2)
+        with pytest.raises(SpecError, match=r"with --index, give the point itself and no offset"):
+            sweep.select(self.grid(5), 1, {"SLURM_ARRAY_TASK_ID": "1"}, offset=2)
+        with pytest.raises(SpecError, match=r"--index-offset 2 adds to the array index, but this spec is not a sweep"):
+            sweep.select(self.points, None, {"SLURM_ARRAY_TASK_ID": "1"}, offset=2)
+
     def test_a_plain_spec_is_point_zero_whatever_array_task_runs_it(self):
         assert sweep.select(self.points, None, {}).index == 0
         # An array over spec files: `lsjob run run-$SLURM_ARRAY_TASK_ID.yaml`.
