@@ -50,15 +50,28 @@ fi
 # sweep.sbatch logs to logs/ under the submit directory (and so do an --output or --error given
 # here, in their own folders); Slurm does not create them and a task whose log cannot be opened
 # fails without a word.
-logs=() named=''
+logs=() named='' cluster='' dependency='' own_array=''
 for ((i = 0; i < ${#sbatch_options[@]}; i++)); do
   case ${sbatch_options[i]} in
     -o | --output | -e | --error) logs+=("${sbatch_options[i + 1]:-}") ;;
     --output=* | --error=*) logs+=("${sbatch_options[i]#*=}") ;;
     -o?* | -e?*) logs+=("${sbatch_options[i]:2}") ;;
     -J | --job-name | --job-name=* | -J?*) named=1 ;;
+    # The cluster sbatch submits to: its MaxArraySize, and where queued arrays are cancelled.
+    -M | --clusters) cluster=${sbatch_options[i + 1]:-} ;;
+    --clusters=*) cluster=${sbatch_options[i]#*=} ;;
+    -M?*) cluster=${sbatch_options[i]:2} ;;
+    # sbatch keeps the last --dependency: a later array's afterany must carry the user's too.
+    -d | --dependency) dependency=${sbatch_options[i + 1]:-} ;;
+    --dependency=*) dependency=${sbatch_options[i]#*=} ;;
+    -d?*) dependency=${sbatch_options[i]:2} ;;
+    -a | --array | --array=* | -a?*) own_array=1 ;;
   esac
 done
+if [[ -n ${LSJOB_THROTTLE:-} && ! $LSJOB_THROTTLE =~ ^[1-9][0-9]*$ ]]; then
+  echo "submit.sh: LSJOB_THROTTLE=$LSJOB_THROTTLE is not a number of tasks (1 or more); nothing submitted" >&2
+  exit 2
+fi
 mkdir -p logs
 for log in ${logs[@]+"${logs[@]}"}; do
   folder=$(dirname -- "$log")
@@ -73,11 +86,29 @@ fi
 # Slurm refuses an array index of MaxArraySize or more (1001 by default): a larger sweep goes in
 # as several arrays of at most that many tasks, each told by --index-offset where its points
 # start. With LSJOB_THROTTLE each waits for the one before, so that at most K run in all.
-max=$(scontrol show config 2> /dev/null | sed -n 's/^MaxArraySize *= *\([0-9][0-9]*\).*/\1/p')
+# SchedulerParameters=max_array_tasks=N caps the tasks of one array below that. A controller
+# that does not answer (in 30 s) or a list of clusters (-M a,b) leaves them unread.
+where_to=()
+[[ -n $cluster ]] && where_to=(-M "$cluster")
+config=$(timeout 30 scontrol ${where_to[@]+"${where_to[@]}"} show config 2> /dev/null) || config=''
+max=$(sed -n 's/^MaxArraySize *= *\([0-9][0-9]*\).*/\1/p' <<< "$config")
+tasks=$(sed -n 's/^SchedulerParameters *=.*max_array_tasks=\([0-9][0-9]*\).*/\1/p' <<< "$config")
 max=${max:-$count} # not read: one array, and sbatch says if the cluster takes none so large
+if [[ -n $tasks ]] && ((tasks > 0 && tasks < max)); then max=$tasks; fi
 if ((max == 0)); then
   echo "submit.sh: this cluster takes no array jobs (MaxArraySize = 0); run each point with" \
-    "sbatch slurm/train.sbatch $spec --index I, I in 0..$((count - 1)); nothing submitted" >&2
+    "sbatch $here/train.sbatch $spec --index I, I in 0..$((count - 1)); nothing submitted" >&2
+  exit 2
+fi
+if ((count > max)) && [[ -n $own_array ]]; then
+  echo "submit.sh: $spec has $count points, more than one array may hold here ($max), and your --array would" \
+    "apply to each of the arrays it needs; leave --array out, or submit the points yourself:" \
+    "sbatch --array=... $here/sweep.sbatch SPEC --index-offset K (task i trains point K+i); nothing submitted" >&2
+  exit 2
+fi
+if ((count > max)) && [[ -n ${LSJOB_THROTTLE:-} && $dependency == *'?'* ]]; then
+  echo "submit.sh: --dependency=$dependency (any of, '?') cannot be joined with the afterany that chains" \
+    "LSJOB_THROTTLE's arrays; give the dependency with ',' or leave LSJOB_THROTTLE unset; nothing submitted" >&2
   exit 2
 fi
 # The count is the array's size, so the tasks, which read their spec hours later and again at
@@ -87,34 +118,47 @@ snapshot=$(mktemp "$PWD/logs/${name%.*}.XXXXXX.yaml")
 cp -- "$spec" "$snapshot"
 chmod a-w -- "$snapshot"
 
-jobs=() ranges=() job=''
+jobs=() ranges=() job='' pin=() stop=''
+# All or nothing: a sweep half queued would look whole to whoever resubmits it.
+undo() { # $1: what went wrong, $2: the exit status
+  trap - INT TERM HUP
+  if ((${#jobs[@]} > 0)) && ! scancel ${pin[@]+"${pin[@]}"} "${jobs[@]}"; then
+    # They may yet run, and read the spec's copy: it stays.
+    echo "submit.sh: $1, and the arrays already queued (${jobs[*]}) could not be cancelled:" \
+      "scancel ${pin[*]:+${pin[*]} }${jobs[*]}" >&2
+    exit "$2"
+  fi
+  rm -f -- "$snapshot"
+  echo "submit.sh: $1; ${jobs[*]:+the arrays already queued (${jobs[*]}) are cancelled; }nothing submitted" >&2
+  exit "$2"
+}
+# Also when interrupted (Ctrl-C, a lost ssh session): bash runs the trap once the sbatch under
+# way has ended, so its id is read, then undo cancels everything queued.
+trap 'stop=1' INT TERM HUP
 for ((offset = 0; offset < count; offset += max)); do
   size=$((count - offset < max ? count - offset : max))
+  span="points $offset..$((offset + size - 1))"
+  ((size > 1)) || span="point $offset"
   shifted=() after=()
   ((offset > 0)) && shifted=(--index-offset "$offset")
-  # Last, after the user's own: sbatch keeps the last --dependency, and the first array waits for theirs.
-  [[ -n ${LSJOB_THROTTLE:-} && -n $job ]] && after=(--dependency="afterany:$job")
+  # After the user's options, since sbatch keeps the last --dependency and -M: a later array
+  # waits for the one before and for the user's dependency, on the cluster the first went to.
+  [[ -n ${LSJOB_THROTTLE:-} && -n $job ]] && after=(--dependency="afterany:$job${dependency:+,$dependency}")
+  after+=(${pin[@]+"${pin[@]}"})
   rc=0
-  job=$(sbatch --parsable --array="0-$((size - 1))${LSJOB_THROTTLE:+%$LSJOB_THROTTLE}" \
+  out=$(sbatch --parsable --array="0-$((size - 1))${LSJOB_THROTTLE:+%$LSJOB_THROTTLE}" \
     ${sbatch_options[@]+"${sbatch_options[@]}"} ${after[@]+"${after[@]}"} "$here/sweep.sbatch" "$snapshot" \
     ${shifted[@]+"${shifted[@]}"} ${lsjob_options[@]+"${lsjob_options[@]}"}) || rc=$?
-  if ((rc != 0)); then
-    # All or nothing: a sweep half queued would look whole to whoever resubmits it.
-    if ((${#jobs[@]} > 0)) && ! scancel "${jobs[@]}"; then
-      # They may yet run, and read the spec's copy: it stays.
-      echo "submit.sh: sbatch refused points $offset..$((offset + size - 1)), and the arrays already queued" \
-        "(${jobs[*]}) could not be cancelled: scancel ${jobs[*]}" >&2
-      exit "$rc"
-    elif ((${#jobs[@]} > 0)); then
-      echo "submit.sh: sbatch refused points $offset..$((offset + size - 1)); the arrays already queued" \
-        "(${jobs[*]}) are cancelled; nothing submitted" >&2
-    fi
-    rm -f -- "$snapshot"
-    exit "$rc"
+  if ((rc == 0)); then
+    job=${out%%;*}
+    jobs+=("$job") ranges+=("$job: $span")
+    # With -M, --parsable prints "id;cluster": the later arrays go there, and are cancelled there.
+    [[ -n $cluster && $out == *';'* ]] && pin=(-M "${out#*;}")
   fi
-  job=${job%%;*}
-  jobs+=("$job") ranges+=("$job: points $offset..$((offset + size - 1))")
+  [[ -z $stop ]] || undo "interrupted" 130 # a Ctrl-C reaches sbatch too: not a refusal
+  ((rc == 0)) || undo "sbatch refused $span" "$rc"
 done
+trap - INT TERM HUP
 where="logs/lsjob-sweep_<array id>_<task>.out"
 [[ ${#logs[@]} -eq 0 && -z $named ]] || where="as your --output/--error/--job-name say"
 if ((${#jobs[@]} == 1)); then
@@ -122,7 +166,7 @@ if ((${#jobs[@]} == 1)); then
   echo "submit.sh: array job $job, $count point(s) of $spec (the tasks read ${snapshot#"$PWD"/}); logs: $where" >&2
 else
   ranges_text=$(printf '%s, ' "${ranges[@]}")
-  echo "submit.sh: ${#jobs[@]} array jobs (MaxArraySize is $max), $count points of $spec: ${ranges_text%, }" \
+  echo "submit.sh: ${#jobs[@]} array jobs (at most $max tasks an array here), $count points of $spec: ${ranges_text%, }" \
     "(the tasks read ${snapshot#"$PWD"/}); logs: $where (tasks count from 0 in each array)" >&2
 fi
 printf '%s\n' "${jobs[@]}"

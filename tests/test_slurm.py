@@ -351,8 +351,8 @@ def test_submit_splits_a_sweep_larger_than_max_array_size_into_arrays_that_cover
                         str(SLURM / "sweep.sbatch"), snapshot, "--index-offset", "2", "--force"]  # fmt: skip
     assert calls[2] == ["--parsable", "--array=0-0%2", "--partition=gpu", "--dependency=afterany:102",
                         str(SLURM / "sweep.sbatch"), snapshot, "--index-offset", "4", "--force"]  # fmt: skip
-    arrays = "101: points 0..1, 102: points 2..3, 103: points 4..4"
-    assert f"3 array jobs (MaxArraySize is 2), 5 points of s.yaml: {arrays}" in proc.stderr
+    arrays = "101: points 0..1, 102: points 2..3, 103: point 4"
+    assert f"3 array jobs (at most 2 tasks an array here), 5 points of s.yaml: {arrays}" in proc.stderr
     assert not (tmp_path / "scancel.args").exists()
 
 
@@ -376,7 +376,7 @@ def test_submit_cancels_the_queued_arrays_when_sbatch_refuses_a_later_one(tmp_pa
     assert proc.returncode == 1 and proc.stdout == ""
     assert (tmp_path / "scancel.args").read_text() == "101 102\n"
     assert "QOSMaxSubmitJobPerUserLimit" in proc.stderr
-    assert "sbatch refused points 4..4; the arrays already queued (101 102) are cancelled" in proc.stderr
+    assert "sbatch refused point 4; the arrays already queued (101 102) are cancelled" in proc.stderr
     assert list((tmp_path / "logs").iterdir()) == []  # the spec's copy goes too
 
 
@@ -401,9 +401,113 @@ def test_submit_refuses_a_cluster_without_job_arrays(tmp_path, stubs):
         [SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
     )
     assert proc.returncode == 2
-    assert "takes no array jobs (MaxArraySize = 0); run each point with sbatch slurm/train.sbatch s.yaml --index I, " \
-        "I in 0..4; nothing submitted" in proc.stderr  # fmt: skip
+    advice = f"run each point with sbatch {SLURM}/train.sbatch s.yaml --index I, I in 0..4; nothing submitted"
+    assert f"takes no array jobs (MaxArraySize = 0); {advice}" in proc.stderr
     assert not (tmp_path / "calls").exists() and list((tmp_path / "logs").iterdir()) == []
+
+
+@pytest.mark.parametrize("points, arrays", [(2, ["--array=0-1"]), (3, ["--array=0-1", "--array=0-0"])])
+def test_submit_splits_only_past_max_array_size(tmp_path, stubs, points, arrays):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2)
+    _stub(bin_dir, "lsjob", f"echo {points}\n")
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
+    subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, check=True)
+    calls = sorted((tmp_path / "calls").iterdir(), key=lambda p: int(p.name))
+    assert [c.read_text().splitlines()[1] for c in calls] == arrays
+
+
+@pytest.mark.parametrize("scontrol", ["exit 1\n", "sleep 0\n", "echo 'Configuration data as of now'\n"])
+def test_submit_goes_on_as_one_array_when_it_cannot_read_max_array_size(tmp_path, stubs, scontrol):
+    # A controller that refuses `show config`, or an scontrol that prints something else: one array
+    # as before, and sbatch says if the cluster takes none so large.
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2)
+    _stub(bin_dir, "scontrol", scontrol)
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "101\n", proc.stderr
+    assert (tmp_path / "calls" / "1").read_text().splitlines()[1] == "--array=0-4"
+
+
+def test_submit_sizes_the_arrays_by_max_array_tasks_where_lower(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2)
+    _stub(
+        bin_dir,
+        "scontrol",
+        'echo "MaxArraySize            = 1001"\n'
+        'echo "SchedulerParameters     = bf_continue,max_array_tasks=2,kill_invalid_depend"\n',
+    )
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
+    subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, check=True)
+    calls = [(tmp_path / "calls" / str(n)).read_text().splitlines()[1] for n in (1, 2, 3)]
+    assert calls == ["--array=0-1", "--array=0-1", "--array=0-0"]  # 5 points, 2 tasks an array at most
+
+
+@pytest.mark.parametrize("given", [["--dependency=afterok:7"], ["-d", "afterok:7"], ["-dafterok:7"]])
+def test_submit_keeps_the_users_dependency_on_every_chained_array(tmp_path, stubs, given):
+    # sbatch keeps the last --dependency: alone, afterany on the array before would let a later array
+    # run where the first was cancelled because the user's dependency failed (kill_invalid_depend).
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2)
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
+    subprocess.run([SLURM / "submit.sh", "s.yaml", *given], cwd=tmp_path, env={**env, "LSJOB_THROTTLE": "2"},
+                   capture_output=True, check=True)  # fmt: skip
+    assert "--dependency=afterany:101,afterok:7" in (tmp_path / "calls" / "2").read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    "given, env_add, message",
+    [
+        (["--array=1"], {}, "your --array would apply to each of the arrays"),
+        (["--dependency=afterok:7?afterok:8"], {"LSJOB_THROTTLE": "2"}, "cannot be joined with the afterany"),
+        ([], {"LSJOB_THROTTLE": "0"}, "LSJOB_THROTTLE=0 is not a number of tasks"),
+    ],
+)
+def test_submit_refuses_what_it_cannot_split_before_queuing_anything(tmp_path, stubs, given, env_add, message):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2)
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml", *given], cwd=tmp_path, env={**env, **env_add},
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "calls").exists()
+
+
+def test_submit_reads_the_limit_of_cancels_on_and_pins_the_cluster_given_with_M(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2, refuse_call=3)
+    _stub(
+        bin_dir,
+        "scontrol",
+        f'echo "$*" >> {tmp_path}/scontrol.calls\n'
+        '[[ "$*" == "-M gpu2 show config" ]] && echo "MaxArraySize            = 2"\n',
+    )
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml", "-M", "gpu2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1
+    assert (tmp_path / "calls" / "2").read_text().splitlines()[4:6] == ["-M", "cluster"]
+    assert (tmp_path / "scancel.args").read_text() == "-M cluster 101 102\n"
+
+
+def test_submit_cancels_what_it_queued_when_interrupted(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 2)
+    # Slow, so that the hang-up comes while the second sbatch runs: the trap waits for it.
+    sbatch = (bin_dir / "sbatch").read_text().removeprefix("#!/usr/bin/env bash\n")
+    _stub(bin_dir, "sbatch", sbatch.replace('echo "$((100', 'sleep 0.5\necho "$((100'))
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
+    proc = subprocess.Popen([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    while not (tmp_path / "calls" / "2").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and out == "", err
+    assert (tmp_path / "scancel.args").read_text() == "101 102\n"
+    assert "interrupted; the arrays already queued (101 102) are cancelled; nothing submitted" in err
+    assert list((tmp_path / "logs").iterdir()) == []
 
 
 def test_submit_refuses_when_the_count_fails(tmp_path, stubs):
