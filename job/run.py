@@ -153,7 +153,9 @@ def _execute_claimed(
     try:
         atomic.write_text(run_dir.path / "spec.yaml", spec.to_yaml())
         run_dir.write_manifest(manifest)
-        log.info("run %s: attempt %d", run_dir.path, len(manifest["attempts"]))
+        # A later array's task i trains point K+i (--index-offset): the log says which.
+        point = f" of sweep point {sweep_point['index']}" if sweep_point is not None else ""
+        log.info("run %s: attempt %d%s", run_dir.path, len(manifest["attempts"]), point)
         # Already done in execute() unless the run looked complete there and no longer does.
         setup = setup or runtime.configure(spec.runtime, spec.train.seed)
         data = dataset if dataset is not None else load_dataset(spec.data)

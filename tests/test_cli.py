@@ -270,6 +270,7 @@ def test_eight_tasks_on_one_results_root_never_clobber_or_look_complete_early(tm
         assert manifest["status"] == "completed" and manifest["sweep"]["index"] == index
         assert manifest["sweep"]["values"] == {"smoothing.method": name.split("-")[0], "train.seed": index % 4 + 1}
         assert len(manifest["attempts"]) == 1  # the duplicate never wrote into it
+        assert f"{root / name}: attempt 1 of sweep point {index}\n" in (root / name / "run.log").read_text()
         assert load_spec(root / name / "spec.yaml").run_name == name
 
     table = lsjob("aggregate", str(root))

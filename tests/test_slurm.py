@@ -585,7 +585,8 @@ def test_sweep_array_runs_every_point(cluster: SlurmCluster, tmp_path):
         job = cluster.job(f"{array_id}_{task}")
         assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), job
         log = (tmp_path / "logs" / f"lsjob-sweep_{array_id}_{task}.out").read_text()
-        assert f"task {task} restart 0" in log and f"run {run_of_point[point]}: attempt 1" in log, log
+        assert f"task {task} restart 0" in log, log
+        assert f"run {run_of_point[point]}: attempt 1 of sweep point {point}\n" in log, log
     ended = max(datetime.fromisoformat(cluster.job(f"{arrays[0]}_{t}")["EndTime"]) for t in (0, 1))
     assert datetime.fromisoformat(cluster.job(f"{arrays[1]}_0")["StartTime"]) >= ended
 
