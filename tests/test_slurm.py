@@ -215,8 +215,10 @@ def test_sbatch_survives_term_inside_a_command_substitution(tmp_path, stubs):
 
 def test_sbatch_keeps_the_exit_code_of_an_lsjob_that_ends_as_term_arrives(tmp_path, stubs):
     # The TERM and lsjob's exit at once: a trap-shortened `wait` lost that status (143 for 0).
+    # lsjob's own handler takes the TERM passed on (trap ''): without one, a script slow to exit
+    # after its kill would be killed by it (143, requeued) and the test fail now and then.
     bin_dir, env = stubs
-    _stub(bin_dir, "lsjob", "kill -TERM $PPID\nexit 0\n")
+    _stub(bin_dir, "lsjob", "trap '' TERM\nkill -TERM $PPID\nexit 0\n")
     for _ in range(3):
         proc = subprocess.run(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=20, check=False)  # fmt: skip
