@@ -25,16 +25,20 @@ python3 -m venv "$work/venv"
 # shellcheck disable=SC1091
 . "$work/venv/bin/activate"
 python -m pip install --quiet --upgrade pip
-# pyproject's own dependency list, so this stays true as it changes; TensorFlow left out.
-mapfile -t deps < <(python - <<'PY'
-import re, tomllib
-for dep in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]:
-    if re.split(r"[<>=!~\[ ;]", dep, maxsplit=1)[0].lower() != "tensorflow":
+python -m pip install --quiet --no-deps -e .
+# The project's own dependency list, as installed, so this stays true as it changes (and needs
+# no tomllib, which Python 3.10 lacks); TensorFlow and the extras left out. Captured before use:
+# a failure inside <(...) would go unseen by set -e.
+deps_text=$(python - <<'PY'
+import re
+from importlib.metadata import requires
+for dep in requires("lsjob"):
+    if "extra ==" not in dep and re.split(r"[<>=!~\[ ;]", dep, maxsplit=1)[0].lower() != "tensorflow":
         print(dep)
 PY
 )
+mapfile -t deps <<< "$deps_text"
 python -m pip install --quiet "${deps[@]}" "$engine"
-python -m pip install --quiet --no-deps -e .
 
 if python -c "import tensorflow" 2> /dev/null; then
   echo "check_without_tensorflow: tensorflow is importable here; the check would prove nothing" >&2
