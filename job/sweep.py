@@ -106,13 +106,12 @@ def select(
         )
     if not 0 <= index < len(all_points):
         count = len(all_points)
+        fix = "slurm/submit.sh sizes the arrays and their offsets from the count" if offset else (
+            f"an array job for it must be --array=0-{count - 1}"
+        )  # fmt: skip
         raise SpecError(
             f"{source} {index} is out of range: the spec has {count} point{'s' if count > 1 else ''} "
-            + (
-                f"(0..{count - 1}); slurm/submit.sh sizes the arrays and their offsets from the count"
-                if offset
-                else f"(0..{count - 1}); an array job for it must be --array=0-{count - 1}"
-            )
+            f"(0..{count - 1}); {fix}"
         )
     return all_points[index]
 
