@@ -318,10 +318,14 @@ def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path
     assert "logs: as your --output/--error/--job-name say" in proc.stderr
 
 
-def _stub_array_limit(bin_dir: Path, tmp_path: Path, max_array_size: int, refuse_call: int = 0) -> None:
-    """scontrol reports `max_array_size`; sbatch logs each call's argv and answers ids 101, 102, ...
-    (refusing its `refuse_call`th call, 1-based); scancel logs what it cancels."""
-    _stub(bin_dir, "lsjob", "echo 5\n")
+def _stub_array_limit(
+    bin_dir: Path, tmp_path: Path, max_array_size: int, refuse_call: int = 0, points: int = 5
+) -> None:
+    """s.yaml, a sweep of `points` that lsjob counts; scontrol reports `max_array_size`; sbatch logs
+    each call's argv and answers ids 101, 102, ... (refusing its `refuse_call`th call, 1-based);
+    scancel logs what it cancels."""
+    (tmp_path / "s.yaml").write_text(f"sweep:\n  train.seed: {list(range(1, points + 1))}\n")
+    _stub(bin_dir, "lsjob", f"echo {points}\n")
     _stub(bin_dir, "scontrol", f'[[ "$*" == "show config" ]] && echo "MaxArraySize            = {max_array_size}"\n')
     _stub(
         bin_dir,
@@ -337,7 +341,6 @@ def _stub_array_limit(bin_dir: Path, tmp_path: Path, max_array_size: int, refuse
 def test_submit_splits_a_sweep_larger_than_max_array_size_into_arrays_that_cover_every_point(tmp_path, stubs):
     bin_dir, env = stubs
     _stub_array_limit(bin_dir, tmp_path, 2)
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
     proc = subprocess.run(
         [SLURM / "submit.sh", "s.yaml", "--partition=gpu", "--", "--force"],
         cwd=tmp_path, env={**env, "LSJOB_THROTTLE": "2"}, capture_output=True, text=True,
@@ -361,7 +364,6 @@ def test_submit_splits_a_sweep_larger_than_max_array_size_into_arrays_that_cover
 def test_submit_without_a_throttle_queues_the_arrays_side_by_side(tmp_path, stubs):
     bin_dir, env = stubs
     _stub_array_limit(bin_dir, tmp_path, 3)
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
     subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, check=True)
     calls = [(tmp_path / "calls" / str(n)).read_text().splitlines() for n in (1, 2)]
     assert calls[0][:2] == ["--parsable", "--array=0-2"] and "--index-offset" not in calls[0]
@@ -372,7 +374,6 @@ def test_submit_without_a_throttle_queues_the_arrays_side_by_side(tmp_path, stub
 def test_submit_cancels_the_queued_arrays_when_sbatch_refuses_a_later_one(tmp_path, stubs):
     bin_dir, env = stubs
     _stub_array_limit(bin_dir, tmp_path, 2, refuse_call=3)
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
     proc = subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True)
     # All or nothing: a sweep half queued would look whole to whoever resubmits it.
     assert proc.returncode == 1 and proc.stdout == ""
@@ -386,7 +387,6 @@ def test_submit_keeps_the_specs_copy_for_arrays_it_could_not_cancel(tmp_path, st
     bin_dir, env = stubs
     _stub_array_limit(bin_dir, tmp_path, 2, refuse_call=2)
     _stub(bin_dir, "scancel", 'echo "scancel: error: Unable to contact slurm controller" >&2\nexit 1\n')
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
     proc = subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "the arrays already queued (101) could not be cancelled: scancel 101" in proc.stderr
@@ -398,7 +398,6 @@ def test_submit_keeps_the_specs_copy_for_arrays_it_could_not_cancel(tmp_path, st
 def test_submit_refuses_a_cluster_without_job_arrays(tmp_path, stubs):
     bin_dir, env = stubs
     _stub_array_limit(bin_dir, tmp_path, 0)
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
     proc = subprocess.run(
         [SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
     )
@@ -411,9 +410,7 @@ def test_submit_refuses_a_cluster_without_job_arrays(tmp_path, stubs):
 @pytest.mark.parametrize("points, arrays", [(2, ["--array=0-1"]), (3, ["--array=0-1", "--array=0-0"])])
 def test_submit_splits_only_past_max_array_size(tmp_path, stubs, points, arrays):
     bin_dir, env = stubs
-    _stub_array_limit(bin_dir, tmp_path, 2)
-    _stub(bin_dir, "lsjob", f"echo {points}\n")
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
+    _stub_array_limit(bin_dir, tmp_path, 2, points=points)
     subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, check=True)
     calls = sorted((tmp_path / "calls").iterdir(), key=lambda p: int(p.name))
     assert [c.read_text().splitlines()[1] for c in calls] == arrays
@@ -426,7 +423,6 @@ def test_submit_goes_on_as_one_array_when_it_cannot_read_max_array_size(tmp_path
     bin_dir, env = stubs
     _stub_array_limit(bin_dir, tmp_path, 2)
     _stub(bin_dir, "scontrol", scontrol)
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
     proc = subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout == "101\n", proc.stderr
     assert (tmp_path / "calls" / "1").read_text().splitlines()[1] == "--array=0-4"
@@ -441,7 +437,6 @@ def test_submit_sizes_the_arrays_by_max_array_tasks_where_lower(tmp_path, stubs)
         'echo "MaxArraySize            = 1001"\n'
         'echo "SchedulerParameters     = bf_continue,max_array_tasks=2,kill_invalid_depend"\n',
     )
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
     subprocess.run([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, capture_output=True, check=True)
     calls = [(tmp_path / "calls" / str(n)).read_text().splitlines()[1] for n in (1, 2, 3)]
     assert calls == ["--array=0-1", "--array=0-1", "--array=0-0"]  # 5 points, 2 tasks an array at most
@@ -453,7 +448,6 @@ def test_submit_keeps_the_users_dependency_on_every_chained_array(tmp_path, stub
     # run where the first was cancelled because the user's dependency failed (kill_invalid_depend).
     bin_dir, env = stubs
     _stub_array_limit(bin_dir, tmp_path, 2)
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
     subprocess.run([SLURM / "submit.sh", "s.yaml", *given], cwd=tmp_path, env={**env, "LSJOB_THROTTLE": "2"},
                    capture_output=True, check=True)  # fmt: skip
     assert "--dependency=afterany:101,afterok:7" in (tmp_path / "calls" / "2").read_text().splitlines()
@@ -470,7 +464,6 @@ def test_submit_keeps_the_users_dependency_on_every_chained_array(tmp_path, stub
 def test_submit_refuses_what_it_cannot_split_before_queuing_anything(tmp_path, stubs, given, env_add, message):
     bin_dir, env = stubs
     _stub_array_limit(bin_dir, tmp_path, 2)
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
     proc = subprocess.run([SLURM / "submit.sh", "s.yaml", *given], cwd=tmp_path, env={**env, **env_add},
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "calls").exists()
@@ -485,7 +478,6 @@ def test_submit_reads_the_limit_of_cancels_on_and_pins_the_cluster_given_with_M(
         f'echo "$*" >> {tmp_path}/scontrol.calls\n'
         '[[ "$*" == "-M gpu2 show config" ]] && echo "MaxArraySize            = 2"\n',
     )
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
     proc = subprocess.run([SLURM / "submit.sh", "s.yaml", "-M", "gpu2"], cwd=tmp_path, env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 1
@@ -499,7 +491,6 @@ def test_submit_cancels_what_it_queued_when_interrupted(tmp_path, stubs):
     # Slow, so that the hang-up comes while the second sbatch runs: the trap waits for it.
     sbatch = (bin_dir / "sbatch").read_text().removeprefix("#!/usr/bin/env bash\n")
     _stub(bin_dir, "sbatch", sbatch.replace('echo "$((100', 'sleep 0.5\necho "$((100'))
-    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3, 4, 5]\n")
     proc = subprocess.Popen([SLURM / "submit.sh", "s.yaml"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     while not (tmp_path / "calls" / "2").exists():
