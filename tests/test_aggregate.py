@@ -474,34 +474,38 @@ def test_labels_vs_loss_differences_beside_the_seed_spread(aggregated):
     found = {(d.factor, d.metric): d for d in summary.comparisons}
     # 0.3: loss has no completed run there, so there is nothing to compare.
     assert list(found) == [(f, m) for f in (0.1, 0.2) for m in ("test_accuracy", "val_nll", "test_ece")]
-    # Factor 0.1: labels 80, 82, 87 (mean 83, std sqrt(13)); loss 78, 80, 82 (mean 80, std 2).
+    # Factor 0.1, seeds 0, 1, 2: labels 80, 82, 87 (mean 83, std sqrt(13)); loss 78, 80, 82 (mean 80, std 2).
     acc = found[(0.1, "test_accuracy")]
     assert acc.value == pytest.approx(0.03)
     assert (acc.a.std, acc.b.std) == pytest.approx((math.sqrt(13) / 100, 0.02))
-    assert acc.se == pytest.approx(math.sqrt(13 / 3 + 4 / 3) / 100)
-    assert acc.ratio == pytest.approx(3 / math.sqrt(17 / 3))  # 1.26: within seed noise
-    # Welch's t-test, as scipy computes it from the runs themselves.
-    assert acc.p_value == pytest.approx(scipy.stats.ttest_ind([80, 82, 87], [78, 80, 82], equal_var=False).pvalue)
+    # Both completed the same seeds, so the test pairs them: differences 2, 2, 5 (std sqrt(3)), SE
+    # sqrt(3) / sqrt(3) = 1. Unpaired (Welch), the seeds' shared ups and downs would count as noise:
+    # SE sqrt(13/3 + 4/3) = 2.4.
+    assert acc.test == "paired" and np.allclose(acc.pairs, [(0.80, 0.78), (0.82, 0.80), (0.87, 0.82)])
+    assert acc.se == pytest.approx(0.01)
+    assert acc.ratio == pytest.approx(3.0)
+    # The paired t-test, as scipy computes it from the runs themselves.
+    assert acc.p_value == pytest.approx(scipy.stats.ttest_rel([80, 82, 87], [78, 80, 82]).pvalue)  # 0.095
     # ECE is 0.9 - accuracy here: labels 0.07, loss 0.10.
     ece = found[(0.1, "test_ece")]
     assert (ece.a.mean, ece.b.mean, ece.value) == pytest.approx((0.07, 0.10, -0.03))
-    assert ece.se == pytest.approx(acc.se)
+    assert (ece.se, ece.p_value) == pytest.approx((acc.se, acc.p_value))
     # Factor 0.2: labels 84, 85, 86 (mean 85, std 1); loss 81, 81, 84 (mean 82, std sqrt(3)).
     acc2 = found[(0.2, "test_accuracy")]
     assert (acc2.value, acc2.a.std, acc2.b.std) == pytest.approx((0.03, 0.01, math.sqrt(3) / 100))
-    assert acc2.se == pytest.approx(math.sqrt(1 / 3 + 3 / 3) / 100)
-    assert acc2.ratio == pytest.approx(3 / math.sqrt(4 / 3))  # 2.6
-    assert acc2.p_value == pytest.approx(scipy.stats.ttest_ind([84, 85, 86], [81, 81, 84], equal_var=False).pvalue)
+    assert acc2.se == pytest.approx(1 / math.sqrt(3) / 100)  # differences 3, 4, 2: std 1
+    assert acc2.ratio == pytest.approx(3 * math.sqrt(3))  # 5.2
+    assert acc2.p_value == pytest.approx(scipy.stats.ttest_rel([84, 85, 86], [81, 81, 84]).pvalue)  # 0.035
 
     lines = summary.markdown.splitlines()
     section = lines.index("## labels vs loss at the same factor")
-    assert "same objective" in lines[section + 2] and "No spread" not in summary.markdown  # every pair has spread
+    assert "same objective" in lines[section + 2] and "No spread" not in lines[section + 2]  # every pair has spread
     table = [line for line in lines[section:] if line.startswith("| 0.") and "val NLL" not in line][:4]
     assert table == [
-        "| 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 80.00 ± 2.00 (3) | +3.00 | 2.38 | +1.3 | 0.29 |",
-        "| 0.1 | ECE | 0.0700 ± 0.0361 (3) | 0.1000 ± 0.0200 (3) | -0.0300 | 0.0238 | -1.3 | 0.29 |",
-        "| 0.2 | test acc (%) | 85.00 ± 1.00 (3) | 82.00 ± 1.73 (3) | +3.00 | 1.15 | +2.6 | 0.075 |",
-        "| 0.2 | ECE | 0.0500 ± 0.0100 (3) | 0.0800 ± 0.0173 (3) | -0.0300 | 0.0115 | -2.6 | 0.075 |",
+        "| 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 80.00 ± 2.00 (3) | +3.00 | 1.00 | +3.0 | 0.095 | paired |",
+        "| 0.1 | ECE | 0.0700 ± 0.0361 (3) | 0.1000 ± 0.0200 (3) | -0.0300 | 0.0100 | -3.0 | 0.095 | paired |",
+        "| 0.2 | test acc (%) | 85.00 ± 1.00 (3) | 82.00 ± 1.73 (3) | +3.00 | 0.58 | +5.2 | 0.035 | paired |",
+        "| 0.2 | ECE | 0.0500 ± 0.0100 (3) | 0.0800 ± 0.0173 (3) | -0.0300 | 0.0058 | -5.2 | 0.035 | paired |",
     ]
 
 
@@ -516,18 +520,22 @@ def test_each_smoothed_group_is_compared_with_the_baseline_of_the_same_settings(
     # labels 0.1: 80, 82, 87 (mean 83, std sqrt(13)); none: 75, 77, 79 (mean 77, std 2).
     acc = found[("labels", 0.1, "test_accuracy")]
     assert (acc.other, acc.value, acc.b.mean) == ("none", pytest.approx(0.06), pytest.approx(0.77))
-    assert acc.se == pytest.approx(math.sqrt(13 / 3 + 4 / 3) / 100)
-    assert acc.p_value == pytest.approx(scipy.stats.ttest_ind([80, 82, 87], [75, 77, 79], equal_var=False).pvalue)
-    assert acc.seeds == ((0, 1, 2), (0, 1, 2))
+    assert acc.se == pytest.approx(0.01)  # paired: differences 5, 5, 8
+    assert acc.p_value == pytest.approx(scipy.stats.ttest_rel([80, 82, 87], [75, 77, 79]).pvalue)
+    assert acc.seeds == ((0, 1, 2), (0, 1, 2)) and acc.test == "paired"
     lines = summary.markdown.splitlines()
     section = lines.index("## Smoothing vs none")
     assert "what smoothing changed" in lines[section + 2]
     assert lines[section + 4].startswith("| method | factor | metric | method mean ± std (n) | none mean ± std (n) |")
     assert (
-        "| labels | 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 77.00 ± 2.00 (3) | +6.00 | 2.38 | +2.5 |"
+        "| labels | 0.1 | test acc (%) | 83.00 ± 3.61 (3) | 77.00 ± 2.00 (3) | +6.00 | 1.00 | +6.0 | 0.027 | paired |"
         in summary.markdown
     )
     assert "| loss | 0.2 | ECE | 0.0800 ± 0.0173 (3) | 0.1300 ± 0.0200 (3) | -0.0500 |" in summary.markdown
+    # loss 0.1 (78, 80, 82) is 3 points above none (75, 77, 79) at every seed: no noise to weigh it against.
+    row = "| loss | 0.1 | test acc (%) | 80.00 ± 2.00 (3) | 77.00 ± 2.00 (3) | +3.00 | 0.00 | no spread | – | paired |"
+    assert row in summary.markdown
+    assert "No spread: there is no noise" in lines[section + 2]
     page = (aggregated[0] / "aggregate.html").read_text()
     assert '<h2 id="vs-baseline">Smoothing vs none</h2>' in page and "+6.00" in page
 
@@ -547,7 +555,8 @@ def test_the_json_holds_the_groups_and_comparisons_at_full_precision(aggregated)
     key = ("labels", 0.1, "test_accuracy")
     vs_none = next(d for d in data["vs_baseline"] if (d["method"], d["factor"], d["metric"]) == key)
     assert vs_none["other"] == "none" and vs_none["difference"] == pytest.approx(0.06)
-    assert vs_none["p"] == pytest.approx(scipy.stats.ttest_ind([80, 82, 87], [75, 77, 79], equal_var=False).pvalue)
+    assert vs_none["p"] == pytest.approx(scipy.stats.ttest_rel([80, 82, 87], [75, 77, 79]).pvalue)
+    assert vs_none["test"] == "paired" and vs_none["se"] == pytest.approx(0.01)
     assert len(data["labels_vs_loss"]) == len(summary.comparisons)
 
 
@@ -593,7 +602,7 @@ def test_the_baseline_table_explains_itself_without_the_labels_vs_loss_one(tmp_p
         write_run(tmp_path, f"{method}-s{seed}", method, 0.1 if method != "none" else 0.0, seed)
     markdown = aggregate(tmp_path).markdown
     assert "No factor has completed runs of both `labels` and `loss`." in markdown
-    assert "Welch's t-test" in markdown.split("## Smoothing vs none")[1] and "as above" not in markdown
+    assert "p is from a t-test" in markdown.split("## Smoothing vs none")[1] and "as above" not in markdown
     assert markdown.startswith("# lsjob runs under") and "\n4 runs: 4 completed.\n" in markdown
 
 
@@ -609,8 +618,8 @@ def test_a_single_seed_has_no_spread_to_compare_with(tmp_path):
     summary = aggregate(tmp_path)
     acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
     assert acc.value == pytest.approx(0.04) and acc.a.std is None and acc.se is None and acc.ratio is None
-    assert acc.p_value is None
-    assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 81.00 ± 1.41 (2) | +4.00 | – | – | – |" in summary.markdown
+    assert acc.p_value is None and acc.test is None
+    assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 81.00 ± 1.41 (2) | +4.00 | – | – | – | – |" in summary.markdown
 
 
 def test_unequal_seed_counts_weigh_each_side_by_its_own(tmp_path):
@@ -623,10 +632,29 @@ def test_unequal_seed_counts_weigh_each_side_by_its_own(tmp_path):
         write_run(tmp_path, f"loss-f0.1-s{seed}", "loss", 0.1, seed, correct=correct)
     summary = aggregate(tmp_path)
     acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
-    assert (acc.a.n, acc.b.n) == (2, 5)
+    assert (acc.a.n, acc.b.n) == (2, 5) and (acc.test, acc.pairs) == ("Welch", None)  # seeds 2-4 have no pair
     assert acc.se == pytest.approx(math.sqrt(8 / 2 + 2.5 / 5) / 100)
     assert acc.ratio == pytest.approx(2 / math.sqrt(4.5))
     assert acc.p_value == pytest.approx(scipy.stats.ttest_ind(labels, loss, equal_var=False).pvalue)
+
+
+def test_only_the_same_seeds_once_each_are_paired(tmp_path):
+    # Seed 1 twice on the labels side: no one pairing, so Welch's over all four runs.
+    for name, method, seed, correct in [("a", "labels", 0, 80), ("b", "labels", 1, 84), ("c", "labels", 1, 86),
+                                        ("d", "loss", 0, 79), ("e", "loss", 1, 82)]:  # fmt: skip
+        write_run(tmp_path, name, method, 0.1, seed, correct=correct)
+    summary = aggregate(tmp_path)
+    acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
+    assert (acc.test, acc.pairs) == ("Welch", None)
+    assert acc.p_value == pytest.approx(scipy.stats.ttest_ind([80, 84, 86], [79, 82], equal_var=False).pvalue)
+    assert any("seed 1 completed 2 times" in w for w in summary.warnings)
+    # Once each: paired, whatever order the runs were found in.
+    shutil.rmtree(tmp_path / "c")
+    write_run(tmp_path, "0-first", "loss", 0.1, 2, correct=81)
+    write_run(tmp_path, "z-last", "labels", 0.1, 2, correct=83)
+    acc = next(d for d in aggregate(tmp_path).comparisons if d.metric == "test_accuracy")
+    assert acc.test == "paired" and np.allclose(acc.pairs, [(0.80, 0.79), (0.84, 0.82), (0.83, 0.81)])
+    assert acc.p_value == pytest.approx(scipy.stats.ttest_rel([80, 84, 83], [79, 82, 81]).pvalue)
 
 
 def test_seeds_that_agree_exactly_have_no_spread_and_still_plot(tmp_path):
@@ -641,8 +669,9 @@ def test_seeds_that_agree_exactly_have_no_spread_and_still_plot(tmp_path):
     ece = next(d for d in summary.comparisons if d.metric == "test_ece")
     assert (ece.a.mean, ece.a.std, ece.a.min, ece.a.max) == (0.05, 0.0, 0.05, 0.05)
     assert ece.se == 0.0 and ece.ratio is None and ece.p_value is None
-    assert "| 0.0500 ± 0.0000 (3) | 0.1200 ± 0.0000 (3) | -0.0700 | 0.0000 | no spread | – |" in summary.markdown
-    assert "No spread: the seeds of each method agreed exactly" in summary.markdown  # says what the cell means
+    row = "| 0.0500 ± 0.0000 (3) | 0.1200 ± 0.0000 (3) | -0.0700 | 0.0000 | no spread | – | paired |"
+    assert row in summary.markdown
+    assert "No spread: there is no noise to weigh the difference against" in summary.markdown  # says what it means
     assert all(path.stat().st_size for path in summary.files)
 
 
@@ -1111,7 +1140,8 @@ def test_html_page_lists_every_run_with_its_status_and_reason(aggregated):
         assert rows[run.run]["cells"][-1] == (run.reason or "")  # the whole reason, not shortened
     assert "not valid JSON (truncated or half-written?)" in rows["sweep/loss-f0.2-s9"]["cells"][-1]
     text = (tree / "aggregate.html").read_text(encoding="utf-8")
-    assert "labels vs loss at the same factor" in text and '<td class="num">+1.3</td>' in text
+    assert "labels vs loss at the same factor" in text
+    assert '<td class="num">+3.0</td><td class="num">0.095</td><td>paired</td>' in text
     assert "16 completed, 1 killed, 1 interrupted, 1 failed, 2 incomplete, 1 damaged" in text
 
 

@@ -1,8 +1,8 @@
 """The statistics over the runs `collect` read: a `Group` per (method, factor, varied settings)
 with each metric's mean, std, min and max over its completed runs; the differences of means
 (`Difference`, for COMPARED_METRICS) of labels minus loss at each factor, and of each smoothed
-group minus the unsmoothed baseline; the warnings that say where those means mislead; and the
-`Summary` that aggregate() returns."""
+group minus the unsmoothed baseline, with a t-test paired over seeds where it can be; the
+warnings that say where those means mislead; and the `Summary` that aggregate() returns."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ class Group:
     not_completed: int
     stats: dict[str, Stats]  # Metric.name -> statistics; absent when no completed run has it
     seeds: dict[str, tuple[int, ...]]  # Metric.name -> the seeds of the completed runs that have it
+    values: dict[str, tuple[tuple[int | None, float], ...]]  # Metric.name -> (seed, value) of each run behind stats
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,41 @@ class Difference:
     method: str
     other: str
     seeds: tuple[tuple[int, ...], tuple[int, ...]]  # each side's completed runs' seeds that have the metric
+    # (method's, other's) value per seed, in seed order, where both sides completed the same seeds,
+    # once each, and at least two: then the test pairs them. None otherwise.
+    pairs: tuple[tuple[float, float], ...] | None = None
 
     @property
     def value(self) -> float:
         return self.a.mean - self.b.mean
 
     @property
+    def test(self) -> str | None:
+        """'paired' or 'Welch': which t-test gives SE and p; None where neither can (one seed)."""
+        if self.pairs is not None:
+            return "paired"
+        return None if self.a.std is None or self.b.std is None else "Welch"
+
+    @property
     def se(self) -> float | None:
-        """Standard error of a difference of two means, sqrt(s1²/n1 + s2²/n2); None with one seed."""
-        if self.a.std is None or self.b.std is None:
+        """Standard error of the difference. Paired: std of the per-seed differences / sqrt(n), in
+        which noise that both runs of a seed share cancels. Welch: sqrt(s1²/n1 + s2²/n2). None with
+        one seed."""
+        if self.pairs is not None:
+            differences = self._differences()
+            return 0.0 if differences is None else float(differences.std(ddof=1)) / math.sqrt(len(differences))
+        if self.test is None:
             return None
         return math.sqrt(self.a.std**2 / self.a.n + self.b.std**2 / self.b.n)
+
+    def _differences(self) -> np.ndarray | None:
+        """The per-seed differences; None where they are all one number: subtracting rounds, so
+        equal differences (each seed 10 images apart) can differ in the last bits, which made a
+        std of 1e-17 and a difference / SE of 1e14."""
+        pairs = np.asarray(self.pairs, dtype=np.float64)
+        differences = pairs[:, 0] - pairs[:, 1]
+        rounding = 4 * np.finfo(np.float64).eps * float(np.abs(pairs).max())
+        return None if np.ptp(differences) <= rounding else differences
 
     @property
     def ratio(self) -> float | None:
@@ -80,11 +105,15 @@ class Difference:
 
     @property
     def p_value(self) -> float | None:
-        """Welch's t-test: the chance that seed noise alone gives a difference of means at least
-        this large. Read against the t distribution, not the normal: with 2 seeds a side a
-        difference of 3 SE happens by chance about one time in ten. None where `ratio` is."""
+        """The t-test's chance that seed noise alone gives a difference of means at least this
+        large: paired over the seeds where `pairs` has them, else Welch's. Read against the t
+        distribution, not the normal: with 2 seeds a side a difference of 3 SE happens by chance
+        about one time in ten (Welch's). None where `ratio` is."""
         if not self.se:
             return None
+        if self.pairs is not None:
+            mine, theirs = zip(*self.pairs)
+            return float(scipy.stats.ttest_rel(mine, theirs).pvalue)
         a, b = self.a, self.b
         return float(scipy.stats.ttest_ind_from_stats(a.mean, a.std, a.n, b.mean, b.std, b.n, equal_var=False).pvalue)
 
@@ -119,13 +148,14 @@ def summarize(runs: list[Run]) -> list[Group]:
     groups = []
     for (method, factor, varied), members in sorted(by_key.items(), key=lambda item: _group_key(*item[0])):
         done = [r for r in members if r.completed]
-        stats, seeds = {}, {}
+        stats, seeds, values = {}, {}, {}
         for metric in METRICS:
             having = [r for r in done if metric.name in r.metrics]
             if having:
                 stats[metric.name] = describe([r.metrics[metric.name] for r in having])
                 seeds[metric.name] = tuple(sorted({r.seed for r in having if r.seed is not None}))
-        groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats, seeds))
+                values[metric.name] = tuple((r.seed, r.metrics[metric.name]) for r in having)
+        groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats, seeds, values))
     return groups
 
 
@@ -176,10 +206,26 @@ def _differences(group: Group, other: Group) -> list[Difference]:
             group.method,
             other.method,
             (group.seeds[metric], other.seeds[metric]),
+            _pairs(group.values[metric], other.values[metric]),
         )  # fmt: skip
         for metric in COMPARED_METRICS
         if metric in group.stats and metric in other.stats
     ]
+
+
+def _pairs(mine, theirs) -> tuple[tuple[float, float], ...] | None:
+    """Each seed's two values, where both sides have the same seeds, each once, and at least two
+    of them. A seed starts every method from the same weights, data order and augmentation, so
+    its two runs share that part of their noise. Anything else (a seed one side lacks, a seed run
+    twice, a run of unknown seed) leaves the test unpaired, Welch's; the warnings name a seed one
+    side lacks and a seed run twice."""
+    mine_by_seed, theirs_by_seed = dict(mine), dict(theirs)
+    seeds = set(mine_by_seed)
+    paired = (
+        None not in seeds and len(seeds) >= 2 and seeds == set(theirs_by_seed)
+        and len(mine) == len(theirs) == len(seeds)  # no seed twice on either side
+    )  # fmt: skip
+    return tuple((mine_by_seed[s], theirs_by_seed[s]) for s in sorted(seeds)) if paired else None
 
 
 def seed_warnings(comparisons: list[Difference]) -> list[str]:

@@ -98,24 +98,26 @@ STATS_NOTE = (
     "or Brier, and only runs with temperature scaling have T."
 )
 # How to read a difference of means over few seeds: both comparison tables say it.
-WELCH = (
-    "p is Welch's t-test: the chance that seed noise alone gives a difference at least this large (it does not "
-    "pair the seeds: where a seed's runs move together, that makes it cautious). With few seeds only a large "
-    "difference / SE is evidence: "
-    "p < 0.05 takes about 4.3 SE with 2 seeds per side, 2.8 with 3."
+TEST_NOTE = (
+    "p is from a t-test: the chance that seed noise alone gives a difference at least this large. The test is "
+    "paired where both sides completed the same seeds, once each: a seed starts every method from the same "
+    "weights, data order and augmentation, so SE = std of the per-seed differences / sqrt(n), in which noise "
+    "a seed's two runs share cancels. Otherwise it is Welch's, SE = sqrt(std_a²/n_a + std_b²/n_b). With few "
+    "seeds only a large difference / SE is evidence: p < 0.05 takes about 12.7 SE with 2 paired seeds, 4.3 "
+    "with 3 and 2.8 with 5; Welch's, 4.3 SE with 2 seeds per side and 2.8 with 3."
 )
 COMPARISON_NOTE = (
     "labels and loss optimise the same objective, so their difference at the same factor should be "
     "run-to-run noise: compare it with each method's std across seeds and with the standard error of the "
-    "difference, SE = sqrt(std_labels²/n_labels + std_loss²/n_loss). " + WELCH
+    "difference, SE. " + TEST_NOTE
 )
 BASELINE_NOTE = (
     f"Each smoothed group minus the baseline ({BASELINE}) trained with the same other settings: what smoothing "
-    "changed; a higher accuracy and a lower NLL or ECE are better. A seed starts every method from the same "
-    f"weights, data order and augmentation. SE = sqrt(std_method²/n_method + std_{BASELINE}²/n_{BASELINE}). " + WELCH
+    "changed; a higher accuracy and a lower NLL or ECE are better. " + TEST_NOTE
 )
 NO_SPREAD_NOTE = (
-    "No spread: the seeds of each method agreed exactly, so there is no noise to weigh the difference against."
+    "No spread: there is no noise to weigh the difference against. Welch's: the seeds of each method agreed "
+    "exactly; paired: every seed's two runs differed by the same amount (by 0 where they matched run for run)."
 )
 
 
@@ -205,19 +207,19 @@ def comparison_table(comparisons: list[Difference]) -> Table:
     labels, loss = SAME_OBJECTIVE
     keys = [key for key, _ in comparisons[0].varied] if comparisons else []
     header = ["factor", *keys, "metric", f"{labels} mean ± std (n)", f"{loss} mean ± std (n)", f"{labels} − {loss}",
-              "SE", "difference / SE", "p"]  # fmt: skip
+              "SE", "difference / SE", "p", "test"]  # fmt: skip
     rows = [[f"{d.factor:g}", *(_show_value(v) for _, v in d.varied), *_difference_cells(d)] for d in comparisons]
-    return Table(header, rows, [True, *[False] * len(keys), False, True, True, True, True, True, True])
+    return Table(header, rows, [True, *[False] * len(keys), False, True, True, True, True, True, True, False])
 
 
 def baseline_table(comparisons: list[Difference]) -> Table:
     """Each smoothed group minus the baseline, a row per method, factor, varied settings and metric."""
     keys = [key for key, _ in comparisons[0].varied] if comparisons else []
     header = ["method", "factor", *keys, "metric", "method mean ± std (n)", f"{BASELINE} mean ± std (n)",
-              f"method − {BASELINE}", "SE", "difference / SE", "p"]  # fmt: skip
+              f"method − {BASELINE}", "SE", "difference / SE", "p", "test"]  # fmt: skip
     rows = [[d.method, f"{d.factor:g}", *(_show_value(v) for _, v in d.varied), *_difference_cells(d)]
             for d in comparisons]  # fmt: skip
-    return Table(header, rows, [False, True, *[False] * len(keys), False, True, True, True, True, True, True])
+    return Table(header, rows, [False, True, *[False] * len(keys), False, True, True, True, True, True, True, False])
 
 
 def _difference_cells(d: Difference) -> list[str]:
@@ -228,6 +230,7 @@ def _difference_cells(d: Difference) -> list[str]:
         "–" if d.se is None else metric.show(d.se),
         "–" if d.se is None else "no spread" if d.ratio is None else f"{d.ratio:+.1f}",
         "–" if d.p_value is None else f"{d.p_value:.2g}",
+        d.test or "–",
     ]  # fmt: skip
 
 
@@ -248,7 +251,7 @@ def render_json(
         return {
             "method": d.method, "other": d.other, "factor": d.factor, "settings": _json_settings(d.varied),
             "metric": d.metric, "method_stats": stats(d.a), "other_stats": stats(d.b), "difference": d.value,
-            "se": d.se, "difference_over_se": d.ratio, "p": d.p_value,
+            "se": d.se, "difference_over_se": d.ratio, "p": d.p_value, "test": d.test,
             "seeds": {"method": list(d.seeds[0]), "other": list(d.seeds[1])},
         }  # fmt: skip
 
