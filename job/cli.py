@@ -248,7 +248,9 @@ def k8s_render(
     spec: SpecArg,
     image: Annotated[str, typer.Option(help="The image built from the Dockerfile, e.g. REGISTRY/lsjob:0.1.0.")],
     name: Annotated[str | None, typer.Option(help="Job name. Default: lsjob-<spec file name>.")] = None,
-    parallelism: Annotated[int | None, typer.Option(min=1, help="Sweep points at once. Default: all.")] = None,
+    parallelism: Annotated[
+        int | None, typer.Option(min=1, help="Sweep points at once. Default: all, up to Kubernetes' limit.")
+    ] = None,
     results_claim: Annotated[str, typer.Option(help="PVC mounted at /results.")] = k8s.RESULTS_CLAIM,
     cache_claim: Annotated[str, typer.Option(help="PVC for the dataset cache.")] = k8s.CACHE_CLAIM,
     gpus: Annotated[

@@ -48,6 +48,12 @@ MIN_KUBERNETES = "1.33"
 # a slow network volume. Being killed after it loses nothing already checkpointed.
 GRACE_SECONDS = 120
 BACKOFF_LIMIT = 3
+# The API server's limits on an Indexed Job (pkg/apis/batch/validation): at most 10^5 pods at
+# once; above 10^5 completions with per-index retries, at most 10^4 at once, and maxFailedIndexes
+# (at most 10^4) must be set. With it, that many failed sweep points fail the whole Job.
+MAX_PARALLELISM = 100_000
+MANY_COMPLETIONS = 100_000
+MAX_PARALLELISM_WITH_MANY = MAX_FAILED_INDEXES = 10_000
 # Per GPU the pod asks for. A full-size run peaks at 1.6 GB of host memory on CPU
 # (tools/peak_rss.py); CUDA's host side adds a few GB. Limit = request: the pod is never
 # killed for memory it was promised.
@@ -119,6 +125,10 @@ def render(
         raise SpecError(f"--parallelism {parallelism}: {path} is one run, not a sweep; leave --parallelism out")
     if parallelism is not None and parallelism < 1:
         raise SpecError(f"--parallelism {parallelism}: run at least 1 sweep point at once")
+    if parallelism is not None and parallelism > _max_parallelism(count):
+        many = f" of more than {MANY_COMPLETIONS} sweep points" if count > MANY_COMPLETIONS else ""
+        raise SpecError(f"--parallelism {parallelism}: Kubernetes runs at most {_max_parallelism(count)} pods of an "
+                        f"Indexed Job{many} at once; give --parallelism {_max_parallelism(count)} or less")  # fmt: skip
     if backoff_limit < 0 or grace_seconds < 0:
         raise SpecError("the backoff limit and the grace period cannot be negative")
     gpus = pod_gpus([point.spec.runtime.replicas for point in points], gpus)
@@ -337,12 +347,19 @@ def container_command(manifest: dict) -> list[str]:
 def _completions(count: int, parallelism: int | None, backoff_limit: int) -> dict:
     # Indexed: pod i gets JOB_COMPLETION_INDEX=i and trains point i (a single run ignores it);
     # retries are counted per point, so one failing point cannot use up the others' retries.
-    return {
+    completions = {
         "completionMode": "Indexed",
         "completions": count,
-        "parallelism": parallelism or count,
+        "parallelism": parallelism or min(count, _max_parallelism(count)),
         "backoffLimitPerIndex": backoff_limit,
     }
+    if count > MANY_COMPLETIONS:
+        completions["maxFailedIndexes"] = MAX_FAILED_INDEXES
+    return completions
+
+
+def _max_parallelism(count: int | None) -> int:
+    return MAX_PARALLELISM_WITH_MANY if (count or 1) > MANY_COMPLETIONS else MAX_PARALLELISM
 
 
 def _failure_rules(*, sweep: bool) -> list[dict]:

@@ -138,6 +138,22 @@ def test_sweep_is_an_indexed_job_with_one_completion_per_point():
     assert int(out.stdout) == count
 
 
+def test_a_sweep_stays_within_the_api_servers_limits_on_an_indexed_job(tmp_path):
+    # The API server refuses an Indexed Job with more than 10^5 pods at once, or with more than 10^5
+    # completions and per-index retries but more than 10^4 at once or no maxFailedIndexes.
+    too_many = k8s.render(SWEEP_SPEC, image="x", parallelism=100_000)  # a small sweep: 10^5 at once is allowed
+    assert job_of(too_many)["spec"]["parallelism"] == 100_000
+    with pytest.raises(SpecError, match="at most 100000 pods of an Indexed Job at once; give --parallelism 100000"):
+        k8s.render(SWEEP_SPEC, image="x", parallelism=100_001)
+    big = tmp_path / "big.yaml"
+    big.write_text(f"sweep:\n  - train.seed: {list(range(100_001))}\n")
+    job = job_of(k8s.render(big, image="x"))["spec"]
+    assert (job["completions"], job["parallelism"], job["maxFailedIndexes"]) == (100_001, 10_000, 10_000)
+    assert "maxFailedIndexes" not in job_of(k8s.example("sweep.yaml"))["spec"]  # it stops a Job; only where needed
+    with pytest.raises(SpecError, match="at most 10000 pods of an Indexed Job of more than 100000 sweep points"):
+        k8s.render(big, image="x", parallelism=10_001)
+
+
 def test_options_reach_the_manifest():
     fresh = fresh_renders()
     job = job_of(fresh["sweep"])
