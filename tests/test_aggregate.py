@@ -496,6 +496,13 @@ def test_labels_vs_loss_differences_beside_the_seed_spread(aggregated):
     assert acc2.se == pytest.approx(1 / math.sqrt(3) / 100)  # differences 3, 4, 2: std 1
     assert acc2.ratio == pytest.approx(3 * math.sqrt(3))  # 5.2
     assert acc2.p_value == pytest.approx(scipy.stats.ttest_rel([84, 85, 86], [81, 81, 84]).pvalue)  # 0.035
+    # The 95% intervals: difference ± t(0.975, 2 df) SE, leaving out 0 exactly where p < 0.05.
+    t = scipy.stats.t.ppf(0.975, 2)
+    assert acc.interval == pytest.approx((0.03 - t * 0.01, 0.03 + t * 0.01))  # across 0: p 0.095
+    assert acc2.interval == pytest.approx((0.03 - t * acc2.se, 0.03 + t * acc2.se))  # 0.005 to 0.055: p 0.035
+    for d in summary.comparisons + summary.baseline_comparisons:
+        if d.p_value is not None:
+            assert (d.interval[0] > 0 or d.interval[1] < 0) == (d.p_value < 0.05), d
 
     lines = summary.markdown.splitlines()
     section = lines.index("## labels vs loss at the same factor")
@@ -557,6 +564,8 @@ def test_the_json_holds_the_groups_and_comparisons_at_full_precision(aggregated)
     assert vs_none["other"] == "none" and vs_none["difference"] == pytest.approx(0.06)
     assert vs_none["p"] == pytest.approx(scipy.stats.ttest_rel([80, 82, 87], [75, 77, 79]).pvalue)
     assert vs_none["test"] == "paired" and vs_none["se"] == pytest.approx(0.01)
+    t = scipy.stats.t.ppf(0.975, 2)
+    assert vs_none["ci95"] == pytest.approx([0.06 - t * 0.01, 0.06 + t * 0.01])
     assert len(data["labels_vs_loss"]) == len(summary.comparisons)
 
 
@@ -636,6 +645,9 @@ def test_unequal_seed_counts_weigh_each_side_by_its_own(tmp_path):
     assert acc.se == pytest.approx(math.sqrt(8 / 2 + 2.5 / 5) / 100)
     assert acc.ratio == pytest.approx(2 / math.sqrt(4.5))
     assert acc.p_value == pytest.approx(scipy.stats.ttest_ind(labels, loss, equal_var=False).pvalue)
+    # Welch-Satterthwaite: (8/2 + 2.5/5)² / ((8/2)²/1 + (2.5/5)²/4) = 20.25 / 16.0625 degrees of freedom.
+    half = scipy.stats.t.ppf(0.975, 20.25 / 16.0625) * acc.se
+    assert acc.interval == pytest.approx((0.02 - half, 0.02 + half))
 
 
 def test_only_the_same_seeds_once_each_are_paired(tmp_path):
@@ -657,7 +669,7 @@ def test_only_the_same_seeds_once_each_are_paired(tmp_path):
     assert acc.p_value == pytest.approx(scipy.stats.ttest_rel([80, 84, 83], [79, 82, 81]).pvalue)
 
 
-def test_seeds_that_agree_exactly_have_no_spread_and_still_plot(tmp_path):
+def test_seeds_that_agree_exactly_have_no_spread_and_still_plot(tmp_path, plots):
     # Three equal values: their float mean was a rounding step off them (mean([0.05] * 3) > 0.05), which
     # made a negative error bar (matplotlib refused it: aggregate failed) and a std of 1e-17.
     for seed in range(3):
@@ -672,6 +684,7 @@ def test_seeds_that_agree_exactly_have_no_spread_and_still_plot(tmp_path):
     row = "| 0.0500 ± 0.0000 (3) | 0.1200 ± 0.0000 (3) | -0.0700 | 0.0000 | no spread | – | paired |"
     assert row in summary.markdown
     assert "No spread: there is no noise to weigh the difference against" in summary.markdown  # says what it means
+    assert ece.interval is None and all(ax["segments"] == [] for ax in plots["labels_vs_loss.png"])  # no 0-wide bar
     assert all(path.stat().st_size for path in summary.files)
 
 
@@ -1015,6 +1028,12 @@ def test_labels_vs_loss_plot_puts_each_difference_beside_the_seed_spread(tree, p
             assert [bottom for _, bottom, _ in band] == pytest.approx([-s for s in expected])
         assert [x for x, _, _ in bars] == pytest.approx([-0.25, 0.75, 0, 1, 0.25, 1.25])
     assert accuracy["texts"] == ["3.00", "3.00"] and ece["texts"] == ["-0.0300", "-0.0300"]
+    # Each difference's 95% interval, the tables' paired t-test: 3 ± t SE, SE 1 at 0.1 and 1/sqrt(3) at 0.2.
+    t = scipy.stats.t.ppf(0.975, 2)
+    (interval,) = accuracy["segments"]
+    np.testing.assert_allclose(interval, [[[-0.25, 3 - t], [-0.25, 3 + t]],
+                                          [[0.75, 3 - t / math.sqrt(3)], [0.75, 3 + t / math.sqrt(3)]]])  # fmt: skip
+    assert "across 0: within seed noise" in accuracy["suptitle"]
 
 
 def test_plot_copes_with_no_completed_runs(tmp_path, plots):

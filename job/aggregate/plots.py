@@ -1,6 +1,6 @@
 """The aggregate's figures: a metric against the smoothing factor, a line per method and varied
-settings (one file per entry of FACTOR_PLOTS), and labels minus loss beside each method's seed
-spread (labels_vs_loss.png). Only completed runs are drawn."""
+settings (one file per entry of FACTOR_PLOTS), and labels minus loss with its confidence interval
+beside each method's seed spread (labels_vs_loss.png). Only completed runs are drawn."""
 
 from __future__ import annotations
 
@@ -91,8 +91,9 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
 
 
 def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
-    """labels minus loss per factor, each beside a ±1 std band of either method's seeds around
-    zero: a difference inside the bands is no bigger than run-to-run noise."""
+    """labels minus loss per factor with its 95% confidence interval (the tables' t-test: an
+    interval across zero is within seed noise), beside a ±1 std band of either method's seeds
+    around zero: how much each method's runs vary."""
     labels, loss = SAME_OBJECTIVE
     width = 0.25
     with matplotlib.style.context("ggplot"):
@@ -107,6 +108,12 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
                 value = np.array([scale * d.value for d in diffs])
                 bars = ax.bar(x - width, value, width, color="0.25", label=f"{labels} − {loss} (difference of means)")
                 ax.bar_label(bars, [metric.show(d.value) for d in diffs], fontsize=8, padding=2)
+                # No interval with a single seed, nor where the seeds left no spread.
+                low, high = scale * np.array([d.interval or (d.value, d.value) for d in diffs]).T
+                if (high > low).any():
+                    ax.errorbar(x - width, value, yerr=[value - low, high - value], fmt="none", ecolor="black",
+                                elinewidth=1.5, capsize=4,
+                                label="95% confidence interval of the difference (the tables' t-test)")  # fmt: skip
                 for offset, method, color in ((0.0, labels, "C0"), (width, loss, "C1")):
                     std = np.array([scale * ((d.a if method == labels else d.b).std or 0.0) for d in diffs])
                     ax.bar(x + offset, 2 * std, width, bottom=-std, color=color, alpha=0.45,
@@ -119,8 +126,9 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
             ax.set_xlabel("label-smoothing factor")
             ax.set_ylabel(f"{labels} − {loss}" + (" (percentage points)" if metric.percent else ""))
             ax.set_title(f"{PLOT_TITLE.get(name, metric.label)}: {labels} − {loss}")
-        fig.suptitle(f"{labels} vs {loss} at the same factor: the difference beside each method's seed spread")
+        fig.suptitle(f"{labels} vs {loss} at the same factor: the difference, its 95% interval (across 0: within "
+                     "seed noise), and each method's seed spread")  # fmt: skip
         if comparisons:  # one legend below the panels: inside one it hid a wide spread's bar
-            fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
-                       fontsize="small")  # fmt: skip
+            keys = {label: handle for ax in fig.axes for handle, label in zip(*ax.get_legend_handles_labels())}
+            fig.legend(keys.values(), keys.keys(), loc="outside lower center", ncols=2, fontsize="small")
         save_png(fig, path)

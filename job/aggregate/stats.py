@@ -104,6 +104,20 @@ class Difference:
         return self.value / se if se else None
 
     @property
+    def interval(self) -> tuple[float, float] | None:
+        """The difference's 95% confidence interval, from the same t-test as p: it leaves out 0
+        exactly when p < 0.05. None where p is."""
+        if not self.se:
+            return None
+        if self.pairs is not None:
+            df = len(self.pairs) - 1
+        else:  # Welch-Satterthwaite, as scipy's Welch test uses
+            va, vb = self.a.std**2 / self.a.n, self.b.std**2 / self.b.n
+            df = (va + vb) ** 2 / (va**2 / (self.a.n - 1) + vb**2 / (self.b.n - 1))
+        half = float(scipy.stats.t.ppf(0.975, df)) * self.se
+        return self.value - half, self.value + half
+
+    @property
     def p_value(self) -> float | None:
         """The t-test's chance that seed noise alone gives a difference of means at least this
         large: paired over the seeds where `pairs` has them, else Welch's. Read against the t

@@ -252,6 +252,7 @@ def render_json(
             "method": d.method, "other": d.other, "factor": d.factor, "settings": _json_settings(d.varied),
             "metric": d.metric, "method_stats": stats(d.a), "other_stats": stats(d.b), "difference": d.value,
             "se": d.se, "difference_over_se": d.ratio, "p": d.p_value, "test": d.test,
+            "ci95": None if d.interval is None else list(d.interval),
             "seeds": {"method": list(d.seeds[0]), "other": list(d.seeds[1])},
         }  # fmt: skip
 
