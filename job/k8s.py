@@ -50,7 +50,7 @@ GRACE_SECONDS = 120
 BACKOFF_LIMIT = 3
 # The API server's limits on an Indexed Job (pkg/apis/batch/validation): at most 10^5 pods at
 # once; above 10^5 completions with per-index retries, at most 10^4 at once, and maxFailedIndexes
-# (at most 10^4) must be set. With it, that many failed sweep points fail the whole Job.
+# (at most 10^4) must be set. With it, more failed sweep points than that fail the whole Job.
 MAX_PARALLELISM = 100_000
 MANY_COMPLETIONS = 100_000
 MAX_PARALLELISM_WITH_MANY = MAX_FAILED_INDEXES = 10_000
@@ -108,7 +108,7 @@ def render(
 
     The spec is validated here, every sweep point included, so a bad one is refused
     before it reaches a cluster. parallelism: sweep points running at once (default:
-    all; pods beyond the free GPUs wait in Pending). backoff_limit: retries of failures
+    all, up to the API server's limit; pods beyond the free GPUs wait in Pending). backoff_limit: retries of failures
     the job cannot explain (exit 1, 3, 5, 6, an OOM kill), per sweep point. gpus: per pod,
     by default the spec's runtime.replicas (required when that is `all`). cpu, memory:
     per pod, by default CPU_PER_GPU and MEMORY_PER_GPU_GI times the GPUs. node_selector:

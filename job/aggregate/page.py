@@ -105,7 +105,8 @@ def render_page(summary: Summary, plots: Path | None = None) -> str:
     parts += [f'<p class="note">{_e(STATS_NOTE + " " + metrics_note(metrics))}</p>']
 
     # The page alone shows a figure beside a comparison's table.
-    figures = {"labels-vs-loss": (COMPARISON_PLOT_NAME, f"{labels} minus {loss} at each factor beside the seed spread")}
+    caption = f"{labels} minus {loss} at each factor, with its 95% confidence interval, beside the seed spread"
+    figures = {"labels-vs-loss": (COMPARISON_PLOT_NAME, caption)}
     for section in comparison_sections(summary.comparisons, summary.baseline_comparisons):
         parts += [f'<h2 id="{section.anchor}">{_e(section.title)}</h2>']
         if section.table is not None:

@@ -92,8 +92,8 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
 
 def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
     """labels minus loss per factor with its 95% confidence interval (the tables' t-test: an
-    interval across zero is within seed noise), beside a ±1 std band of either method's seeds
-    around zero: how much each method's runs vary."""
+    interval across zero cannot tell the difference from seed noise with these seeds), beside a
+    ±1 std band of either method's seeds around zero: how much each method's runs vary."""
     labels, loss = SAME_OBJECTIVE
     width = 0.25
     with matplotlib.style.context("ggplot"):
@@ -108,11 +108,12 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
                 value = np.array([scale * d.value for d in diffs])
                 bars = ax.bar(x - width, value, width, color="0.25", label=f"{labels} − {loss} (difference of means)")
                 ax.bar_label(bars, [metric.show(d.value) for d in diffs], fontsize=8, padding=2)
-                # No interval with a single seed, nor where the seeds left no spread.
-                low, high = scale * np.array([d.interval or (d.value, d.value) for d in diffs]).T
-                if (high > low).any():
-                    ax.errorbar(x - width, value, yerr=[value - low, high - value], fmt="none", ecolor="black",
-                                elinewidth=1.5, capsize=4,
+                # No interval with a single seed, nor where the seeds left no spread: no bar, not a 0-wide one.
+                has = np.array([d.interval is not None for d in diffs])
+                if has.any():
+                    low, high = scale * np.array([d.interval for d in diffs if d.interval is not None]).T
+                    ax.errorbar(x[has] - width, value[has], yerr=[value[has] - low, high - value[has]], fmt="none",
+                                ecolor="black", elinewidth=1.5, capsize=4,
                                 label="95% confidence interval of the difference (the tables' t-test)")  # fmt: skip
                 for offset, method, color in ((0.0, labels, "C0"), (width, loss, "C1")):
                     std = np.array([scale * ((d.a if method == labels else d.b).std or 0.0) for d in diffs])
@@ -126,8 +127,8 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
             ax.set_xlabel("label-smoothing factor")
             ax.set_ylabel(f"{labels} − {loss}" + (" (percentage points)" if metric.percent else ""))
             ax.set_title(f"{PLOT_TITLE.get(name, metric.label)}: {labels} − {loss}")
-        fig.suptitle(f"{labels} vs {loss} at the same factor: the difference, its 95% interval (across 0: within "
-                     "seed noise), and each method's seed spread")  # fmt: skip
+        fig.suptitle(f"{labels} vs {loss} at the same factor: the difference, its 95% interval (across 0: not told "
+                     "apart from seed noise by these seeds), and each method's seed spread")  # fmt: skip
         if comparisons:  # one legend below the panels: inside one it hid a wide spread's bar
             keys = {label: handle for ax in fig.axes for handle, label in zip(*ax.get_legend_handles_labels())}
             fig.legend(keys.values(), keys.keys(), loc="outside lower center", ncols=2, fontsize="small")
