@@ -615,6 +615,17 @@ def test_the_baseline_table_explains_itself_without_the_labels_vs_loss_one(tmp_p
     assert markdown.startswith("# lsjob runs under") and "\n4 runs: 4 completed.\n" in markdown
 
 
+def test_the_same_root_given_two_ways_gives_the_same_files(tmp_path, monkeypatch):
+    for method, seed in [("labels", 1), ("labels", 2), ("none", 1), ("none", 2)]:
+        write_run(tmp_path, f"{method}-s{seed}", method, 0.1 if method != "none" else 0.0, seed)
+    monkeypatch.chdir(tmp_path)
+    relative = aggregate(".")
+    files = {name: (tmp_path / name).read_bytes() for name in ("aggregate.md", "aggregate.html")}
+    absolute = aggregate(tmp_path)
+    assert relative.markdown == absolute.markdown and relative.markdown.startswith(f"# lsjob runs under `{tmp_path}`")
+    assert files == {name: (tmp_path / name).read_bytes() for name in files}
+
+
 def test_one_run_is_one_run(tmp_path):
     write_run(tmp_path, "a", "labels", 0.1, 0)
     assert "\n1 run: 1 completed.\n" in aggregate(tmp_path).markdown

@@ -82,10 +82,13 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     groups = summarize(runs)
     comparisons, baseline_comparisons = compare(groups), compare_with_baseline(groups)
     warnings += comparison_warnings(runs) + seed_warnings(comparisons + baseline_comparisons)
-    markdown = render_markdown(root, runs, groups, comparisons, baseline_comparisons, warnings)
+    # Headed by the absolute path: `aggregate .` and `aggregate $PWD` write the same files, and a page
+    # opened elsewhere still says where its runs are.
+    where = Path(os.path.abspath(root))
+    markdown = render_markdown(where, runs, groups, comparisons, baseline_comparisons, warnings)
     names = (CSV_NAME, JSON_NAME, MARKDOWN_NAME, *(name for name, *_ in FACTOR_PLOTS), COMPARISON_PLOT_NAME, HTML_NAME)
     outputs = tuple(out / n for n in names)
-    summary = Summary(root, out, runs, groups, comparisons, baseline_comparisons, warnings, markdown, outputs)
+    summary = Summary(where, out, runs, groups, comparisons, baseline_comparisons, warnings, markdown, outputs)
     try:
         out.mkdir(parents=True, exist_ok=True)
         clear_abandoned_staging(out, ABANDONED_STAGING_S)

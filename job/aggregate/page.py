@@ -125,8 +125,8 @@ def render_page(summary: Summary, plots: Path | None = None) -> str:
     present = [s for s in STATUSES if any(r.status == s for r in runs)]
     parts += ['<dl class="note">', *(f"<dt>{_e(s)}</dt><dd>{_e(STATUSES[s])}</dd>" for s in present), "</dl>"]
     footer = (
-        f"Written by lsjob aggregate into {out}. The plots above are part of this file; the links to each "
-        "run's plots are relative to its folder, so they work while it stays beside the results."
+        f"Written by lsjob aggregate into {os.path.abspath(out)}. The plots above are part of this file; the links "
+        "to each run's plots are relative to its folder, so they work while it stays beside the results."
     )
     parts += [f'<p class="note">{_e(footer)}</p>', "</body>", "</html>"]
     return "\n".join(parts) + "\n"
