@@ -107,11 +107,11 @@ def render(
     """The ConfigMap and Job for the spec at `spec_path`, as multi-document YAML.
 
     The spec is validated here, every sweep point included, so a bad one is refused
-    before it reaches a cluster. parallelism: sweep points running at once (default:
-    all, up to the API server's limit; pods beyond the free GPUs wait in Pending). backoff_limit: retries of failures
-    the job cannot explain (exit 1, 3, 5, 6, an OOM kill), per sweep point. gpus: per pod,
-    by default the spec's runtime.replicas (required when that is `all`). cpu, memory:
-    per pod, by default CPU_PER_GPU and MEMORY_PER_GPU_GI times the GPUs. node_selector:
+    before it reaches a cluster. parallelism: sweep points running at once (default: all,
+    up to the API server's limit; pods beyond the free GPUs wait in Pending). backoff_limit:
+    retries of failures the job cannot explain (exit 1, 3, 5, 6, an OOM kill), per sweep
+    point. gpus: per pod, by default the spec's runtime.replicas (required when that is
+    `all`). cpu, memory: per pod, by default CPU_PER_GPU and MEMORY_PER_GPU_GI times the GPUs. node_selector:
     KEY=VALUE node labels the pods need (say, the GPU model); tolerations: taints of the GPU
     nodes they may run on, KEY[=VALUE][:EFFECT] as `kubectl taint` writes them.
     """
