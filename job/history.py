@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 from job import atomic
+from job.rundir import read_own_text
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_nll", "lr", "seconds")
 
@@ -33,14 +34,13 @@ def read_history(path: Path) -> list[dict]:
     """Every row, its values as floats (written with repr, so read back exactly). A damaged
     row is a ValueError naming the file, its line and what is wrong."""
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        for number, row in enumerate(reader, start=1):
-            try:
-                check_row(row, number)
-            except ValueError as e:
-                raise ValueError(f"{path.name} line {reader.line_num}: {e}") from None
-            rows.append({k: float(v) for k, v in row.items()})
+    reader = csv.DictReader(io.StringIO(read_own_text(path)))
+    for number, row in enumerate(reader, start=1):
+        try:
+            check_row(row, number)
+        except ValueError as e:
+            raise ValueError(f"{path.name} line {reader.line_num}: {e}") from None
+        rows.append({k: float(v) for k, v in row.items()})
     return rows
 
 

@@ -22,7 +22,7 @@ from job.checkpoint import Checkpoints
 from job.data import load_dataset
 from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpaceError, SpecError, storage_fault
 from job.model import save_model
-from job.rundir import RunDir, check_writable, now, slurm_restart
+from job.rundir import RUN_LOG, RunDir, check_writable, now, open_own, slurm_restart
 from job.spec import Spec, identity_differences, load_spec
 from job.train import check_fits, steps_per_epoch, train
 
@@ -145,7 +145,7 @@ def _execute_claimed(
     if force:
         run_dir.wipe()
 
-    handler = _log_to_file(run_dir.path / "run.log")
+    handler = _log_to_file(run_dir.path / RUN_LOG)
     manifest = _start_manifest(spec, previous, forced=force)
     if sweep_point is not None:
         manifest["sweep"] = sweep_point
@@ -367,8 +367,16 @@ def _git_commit() -> str | None:
     return lines[1]
 
 
+class _RunLog(logging.FileHandler):
+    """run.log, opened as a run's files are (rundir.open_own): never through a symbolic link."""
+
+    def _open(self):
+        fd = open_own(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def _log_to_file(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _RunLog(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     log.addHandler(handler)

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,11 @@ from job.errors import NO_SPACE_ERRNOS, NoSpaceError, RunBusyError, SpecError, s
 log = logging.getLogger("lsjob")
 LOCK = ".lock"
 MANIFEST = "manifest.json"
+RUN_LOG = "run.log"
+CHECKPOINTS = "checkpoints"
 # What a claimed run directory may hold before its manifest is written: a kill
 # mid-write also leaves job.atomic's temporary file of spec.yaml or manifest.json.
-PRE_MANIFEST = {LOCK, "run.log", "spec.yaml"}
+PRE_MANIFEST = {LOCK, RUN_LOG, "spec.yaml"}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
 ATOMIC_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")  # job.atomic: .<name>.<random>.tmp<suffix>
 # What RunDir.lock writes into .lock; read back by lock_holder. The Slurm part (job id and
@@ -47,6 +50,32 @@ LOCK_POLL_S = 2.0
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# A run's files are lsjob's, written by a rename or opened in place, never symbolic links. In a
+# results root others can write to, a link there would have this user's run overwrite, or its
+# aggregate copy into its tables, whatever the link points at: so links are never followed, and
+# only plain files are used (a FIFO would block a reader for good).
+def open_own(path: Path, flags: int) -> int:
+    """os.open of a run's file, refusing a symbolic link or anything but a plain file (OSError,
+    whose strerror says which)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)  # the umask decides
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link (not followed)", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a plain file", str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_own_text(path: Path, errors: str = "strict") -> str:
+    """The text of a run's file, as open_own allows it."""
+    with open(open_own(path, os.O_RDONLY), encoding="utf-8", errors=errors, newline="") as f:
+        return f.read()
 
 
 def owned_by(path: Path, run: Path) -> str:
@@ -120,13 +149,18 @@ class RunDir:
         """Take the lock of an existing run directory (claim's last step; `lsjob report`
         takes it alone: rewriting a run's reports needs only that folder)."""
         with _claiming(self.path, "locking the run directory"):
+            self._refuse_links()
             try:
-                fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for results
+                fd = open_own(self.path / LOCK, os.O_RDWR | os.O_CREAT)
             except PermissionError as e:  # a teammate's run in a shared folder, say
                 raise SpecError(
                     f"cannot lock the run directory {self.path} as user {os.getuid()} ({e.strerror}): "
                     f"{owned_by(self.path / LOCK, self.path)}"
                 ) from None
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.EINVAL):
+                    raise
+                raise SpecError(_not_lsjobs(self.path / LOCK, e)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -152,6 +186,12 @@ class RunDir:
                 raise
         self._lock_fd = fd
         self._remove_torn_writes()
+
+    def _refuse_links(self) -> None:
+        """Where the run writes in place, or under, a symbolic link would take its writes elsewhere."""
+        for name in (RUN_LOG, CHECKPOINTS):
+            if (self.path / name).is_symlink():
+                raise SpecError(_not_lsjobs(self.path / name, OSError(errno.ELOOP, "a symbolic link (not followed)")))
 
     def _wait_for_an_earlier_attempt(self, fd: int) -> None:
         """Return once `fd` is locked, where the holder is this task's attempt before the scheduler
@@ -202,7 +242,7 @@ class RunDir:
     def read_manifest(self, advice: str = "move it away or pass --force to start the run afresh") -> dict | None:
         """The manifest; None when there is none. A damaged one is a SpecError ending in `advice`."""
         try:
-            manifest = json.loads(self.manifest_path.read_text())
+            manifest = json.loads(read_own_text(self.manifest_path))
         except (FileNotFoundError, NotADirectoryError):  # no run there (a file in the path: no root either)
             return None
         except (OSError, ValueError) as e:
@@ -305,13 +345,20 @@ def _claiming(path: Path, doing: str):
         raise
 
 
+def _not_lsjobs(path: Path, error: OSError) -> str:
+    return (
+        f"{path} is {error.strerror}; lsjob never leaves one in a run directory, so it was put there by "
+        f"hand: see what it is (ls -l {path}), remove it, and re-run the same command"
+    )
+
+
 # ---------------------------------------------------------------------------- reading another process's run
 
 
 def is_lsjob_lock(path: Path) -> bool:
     """Whether `path` holds the text RunDir.lock writes; other tools keep a .lock too."""
     try:
-        return LOCK_TEXT.fullmatch(path.read_text(encoding="utf-8", errors="replace").strip()) is not None
+        return LOCK_TEXT.fullmatch(read_own_text(path, errors="replace").strip()) is not None
     except OSError:
         return False
 
@@ -328,7 +375,7 @@ def lock_holder(path: Path) -> Holder:
     """What .lock says about the run's process. Only reads: the flock itself is never taken."""
     lock = path / LOCK
     try:
-        text = lock.read_text(encoding="utf-8", errors="replace").strip()
+        text = read_own_text(lock, errors="replace").strip()
     except FileNotFoundError:
         return Holder(f"there is no {LOCK}, so whether its process is alive is unknown")
     except OSError as e:

@@ -626,6 +626,36 @@ def test_the_same_root_given_two_ways_gives_the_same_files(tmp_path, monkeypatch
     assert files == {name: (tmp_path / name).read_bytes() for name in files}
 
 
+def test_links_planted_in_runs_are_not_followed_into_the_outputs(tmp_path):
+    # A teammate who can write to a shared results root linked a run's files to files of yours: the
+    # aggregate you run, written where they can read it, quoted them (a .lock's first 60 characters,
+    # a spec.yaml's keys and values as settings).
+    secrets = tmp_path / "home"
+    secrets.mkdir()
+    (secrets / "netrc").write_text("machine registry login alice password S3cr3t\n")
+    (secrets / "kubeconfig").write_text("token: SECRET-TOKEN\n")
+    (secrets / "history").write_text("epoch\nSECRET-ROW\n")
+    root = tmp_path / "results"
+    write_run(root, "ok", "labels", 0.1, 1)
+    running = write_run(root, "lock", "labels", 0.1, 2, status="running", done=1)
+    planted = {"lock": (".lock", "netrc"), "spec": ("spec.yaml", "kubeconfig"), "manifest": ("manifest.json", "netrc"),
+               "history": ("history.csv", "history")}  # fmt: skip
+    for run, (name, secret) in planted.items():
+        path = running if run == "lock" else write_run(root, run, "labels", 0.1, 3)
+        (path / name).unlink()
+        (path / name).symlink_to(secrets / secret)
+    summary = aggregate(root)
+    outputs = "".join(
+        (root / n).read_text() for n in ("aggregate.md", "aggregate.csv", "aggregate.json", "aggregate.html")
+    )
+    assert "S3cr3t" not in outputs and "SECRET" not in outputs
+    reasons = {r.run: r.reason for r in summary.runs}
+    assert ".lock is unreadable (a symbolic link (not followed))" in reasons["lock"]
+    assert reasons["manifest"] == "cannot read manifest.json: a symbolic link (not followed)"
+    assert "history.csv is unreadable: a symbolic link (not followed)" in reasons["history"]
+    assert reasons["ok"] is None
+
+
 def test_one_run_is_one_run(tmp_path):
     write_run(tmp_path, "a", "labels", 0.1, 0)
     assert "\n1 run: 1 completed.\n" in aggregate(tmp_path).markdown

@@ -601,6 +601,40 @@ def test_the_lock_file_has_the_umask_permissions(tmp_path):
     assert (tmp_path / "r" / ".lock").stat().st_mode & 0o777 == 0o664
 
 
+@pytest.mark.parametrize("name", [".lock", "run.log", "checkpoints"])
+def test_a_link_in_a_run_directory_is_never_written_through(tmp_path, name):
+    # In a results root others may write to, a link planted in a run directory made this user's run
+    # empty and overwrite (.lock) or append to (run.log) whatever file it pointed at.
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("a year of work\n")
+    run = tmp_path / "root" / "r"
+    first = RunDir(run)  # a run that stopped, to be resumed
+    first.claim()
+    first.write_manifest({"status": "interrupted"})
+    first.release()
+    (run / name).unlink(missing_ok=True)
+    (run / name).symlink_to(victim if name == "checkpoints" else victim / "thesis.tex")
+    with pytest.raises(SpecError, match=rf"{run / name} is a symbolic link \(not followed\); lsjob never leaves one"):
+        RunDir(run).claim()
+    assert (victim / "thesis.tex").read_text() == "a year of work\n" and os.listdir(victim) == ["thesis.tex"]
+    # Nor is a link to nothing followed to create its target.
+    (run / name).unlink()
+    (run / name).symlink_to(victim / "new")
+    with pytest.raises(SpecError, match="is a symbolic link"):
+        RunDir(run).claim()
+    assert not (victim / "new").exists()
+
+
+def test_a_lock_that_is_not_a_plain_file_is_refused_at_once(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    os.mkfifo(run / ".lock")  # opened for reading and writing, a FIFO would hold the lock's text for no one
+    with pytest.raises(SpecError, match=r"\.lock is not a plain file; lsjob never leaves one") as err:
+        RunDir(run).claim()
+    assert err.value.exit_code == EXIT_BAD_INPUT
+
+
 def test_a_run_whose_lock_another_user_owns_is_refused_in_one_line(monkeypatch, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / ".lock").write_text("")
@@ -874,7 +908,7 @@ def test_a_storage_fault_is_not_called_bad_input_nor_a_damaged_run(tmp_path, mon
     run_dir.claim()
     run_dir.write_manifest({"status": "running"})
     run_dir.release()
-    monkeypatch.setattr(Path, "read_text", fail)
+    monkeypatch.setattr(rundir, "read_own_text", fail)
     with pytest.raises(error) as err:
         run_dir.read_manifest()
     assert err.value.exit_code == exit_code

@@ -17,7 +17,7 @@ import yaml
 
 from job.errors import EXIT_BAD_INPUT, JobError
 from job.history import read_history
-from job.rundir import MANIFEST, lock_holder, run_directories
+from job.rundir import MANIFEST, lock_holder, read_own_text, run_directories
 from job.spec import Spec, flatten
 
 SPEC_FILE = "spec.yaml"
@@ -257,7 +257,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
 
 def _read_manifest(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_own_text(path)
     except (OSError, ValueError) as e:
         raise _Unreadable(f"cannot read {MANIFEST}: {_why(e)}") from None
     if not text.strip():
@@ -321,7 +321,7 @@ def _completion_problems(path: Path, manifest: dict) -> tuple[list[str], dict[st
 
 def _read_json_object(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_own_text(path))
     except FileNotFoundError:
         raise _Unreadable(f"there is no {path.name}") from None
     except (OSError, ValueError) as e:
@@ -356,7 +356,7 @@ def _epochs_so_far(path: Path) -> int | None:
 
 def _read_spec(path: Path) -> dict | None:
     try:
-        doc = yaml.safe_load((path / SPEC_FILE).read_text(encoding="utf-8"))
+        doc = yaml.safe_load(read_own_text(path / SPEC_FILE))
     except (OSError, ValueError, yaml.YAMLError):
         return None
     return doc if isinstance(doc, dict) else None
