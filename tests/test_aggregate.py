@@ -656,6 +656,22 @@ def test_links_planted_in_runs_are_not_followed_into_the_outputs(tmp_path):
     assert reasons["ok"] is None
 
 
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_stay_text(tmp_path):
+    # Folders a run name cannot have, but anyone who can write to the results may make.
+    write_run(tmp_path, "=HYPERLINK(1)/a", "labels", 0.1, 1)
+    failed = write_run(tmp_path, "@SUM(1)/b", "labels", 0.2, 1, status="failed", done=1)
+    edit_manifest(failed, reason="=cmd|' /C calc'!A0")
+    for seed, note in ((2, "'-2+3'"), (3, "-0.5")):  # a setting's text, and a negative number
+        run = write_run(tmp_path, f"r{seed}", "labels", 0.1, seed)
+        with open(run / "spec.yaml", "a") as f:
+            f.write(f"note: {note}\n")
+    aggregate(tmp_path)
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "aggregate.csv").read_text()))}
+    assert {"'=HYPERLINK(1)/a", "'@SUM(1)/b"} <= set(rows)
+    assert rows["'@SUM(1)/b"]["reason"] == "'=cmd|' /C calc'!A0"
+    assert (rows["r2"]["note"], rows["r3"]["note"]) == ("'-2+3", "-0.5")
+
+
 def test_one_run_is_one_run(tmp_path):
     write_run(tmp_path, "a", "labels", 0.1, 0)
     assert "\n1 run: 1 completed.\n" in aggregate(tmp_path).markdown

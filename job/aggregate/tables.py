@@ -78,9 +78,24 @@ def render_csv(runs: list[Run]) -> str:
     columns = _with_settings(CSV_COLUMNS, runs, csv=True)
     writer.writerow([c.name for c in columns])
     for run in runs:
-        writer.writerow(["" if (v := c.get(run)) is None else repr(v) if isinstance(v, float) else v
+        writer.writerow(["" if (v := c.get(run)) is None else repr(v) if isinstance(v, float) else _csv_text(v)
                          for c in columns])  # fmt: skip
     return out.getvalue()
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...), a DDE
+# call): a run folder's name or a reason, which anyone who can write to the results may choose,
+# is kept as text by a leading ', as OWASP advises. Numbers (-0.5) stay as they are.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(value):
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
 
 
 @dataclass(frozen=True)
