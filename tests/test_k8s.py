@@ -212,6 +212,9 @@ def test_node_selectors_and_tolerations_place_the_pods_on_the_gpu_nodes_asked_fo
     # kubectl's YAML reader takes 1e3 for a number, which a label value cannot be: quoted.
     text = k8s.render(SINGLE_SPEC, image="r/l:1", node_selector=["gen=1e3"], tolerations=["t=2e5:NoSchedule"])
     assert "gen: '1e3'" in text and "value: '2e5'" in text
+    # Nor y (a boolean to it) or 0o17 (15).
+    text = k8s.render(SINGLE_SPEC, image="r/l:1", node_selector=["gpu=y", "rev=0o17"], tolerations=["t=N:NoSchedule"])
+    assert "gpu: 'y'" in text and "rev: '0o17'" in text and "value: 'N'" in text
 
 
 @pytest.mark.parametrize(
