@@ -34,7 +34,7 @@ def read_history(path: Path) -> list[dict]:
     """Every row, its values as floats (written with repr, so read back exactly). A damaged
     row is a ValueError naming the file, its line and what is wrong."""
     rows = []
-    reader = csv.DictReader(io.StringIO(read_own_text(path)))
+    reader = csv.DictReader(io.StringIO(read_own_text(path), newline=""))  # as csv wants: \r\n and \r too
     for number, row in enumerate(reader, start=1):
         try:
             check_row(row, number)

@@ -457,8 +457,15 @@ class _Dumper(SpecDumper):
         return True
 
 
+# What kubectl's YAML reader (go-yaml) takes for no string, beyond what SpecDumper quotes: y/Y/n/N
+# (booleans), and numbers once it drops every `_`, as Go reads them (0X1F, 0O17, 0B11, 0_x1F, 1_0.5).
+_GO_NOT_A_STRING = re.compile(
+    r"[yYnN]|[-+]?(?:0[xXoObB][0-9a-fA-F]+|[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?)"
+)
+
+
 def _str(dumper, value):
-    style = "|" if "\n" in value else None
+    style = "|" if "\n" in value else "'" if _GO_NOT_A_STRING.fullmatch(value.replace("_", "")) else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 

@@ -32,7 +32,7 @@ from job import calibration
 from job.atomic import atomic_path, file_set, save_png, write_json, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, SpecError, storage_fault
 from job.history import read_history
-from job.rundir import MANIFEST, RunDir, run_directories
+from job.rundir import MANIFEST, RunDir, open_own, run_directories
 
 log = logging.getLogger("lsjob")
 PREDICTIONS = "predictions.npz"
@@ -180,8 +180,10 @@ def save_predictions(run_dir: Path, predictions: Predictions) -> None:
 
 
 def load_predictions(run_dir: Path) -> Predictions:
-    # allow_pickle=False: a results volume is shared; a tampered file must not run code.
-    with np.load(Path(run_dir) / PREDICTIONS, allow_pickle=False) as f:
+    # allow_pickle=False: a results volume is shared; a tampered file must not run code. Nor is a
+    # teammate's link to a file of this user's read as one (rundir.open_own).
+    path = Path(run_dir) / PREDICTIONS
+    with open(open_own(path, os.O_RDONLY), "rb") as raw, np.load(raw, allow_pickle=False) as f:
         holdout = "holdout_probs" in f.files
         return Predictions(
             test_probs=f["test_probs"],

@@ -52,24 +52,53 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# A run's files are lsjob's, written by a rename or opened in place, never symbolic links. In a
-# results root others can write to, a link there would have this user's run overwrite, or its
-# aggregate copy into its tables, whatever the link points at: so links are never followed, and
-# only plain files are used (a FIFO would block a reader for good).
+# In a results root others can write to, a symbolic link planted in a run directory would have this
+# user's run overwrite, or its aggregate quote into its tables, whatever file of theirs it points at.
+# So a link there is followed only to what the link's own owner owns: one's own links (a folder kept
+# on a scratch disk, git-annex, DVC), a teammate's links to their own files. Only plain files are
+# used: a FIFO would block a reader for good.
+FOREIGN_LINK = "a symbolic link to another user's file (not followed)"
+DANGLING_LINK = "a symbolic link to nothing (not followed)"
+
+
 def open_own(path: Path, flags: int) -> int:
-    """os.open of a run's file, refusing a symbolic link or anything but a plain file (OSError,
-    whose strerror says which)."""
+    """os.open of a run's file, where it is a plain file or a link its owner may follow (OSError
+    otherwise, whose strerror says why)."""
+    flags |= os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)  # the umask decides
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)  # the umask decides
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, "a symbolic link (not followed)", str(path)) from None
-        raise
+        if e.errno != errno.ELOOP:
+            raise
+        fd = _open_link(path, flags & ~os.O_CREAT)  # a link never makes a file where it points
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a plain file", str(path))
     os.set_blocking(fd, True)
     return fd
+
+
+def _open_link(path: Path, flags: int) -> int:
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise OSError(errno.ELOOP, DANGLING_LINK, str(path)) from None
+    # Owners compared after opening: the link then read is the one followed, or a later one.
+    if os.fstat(fd).st_uid != os.lstat(path).st_uid:
+        os.close(fd)
+        raise OSError(errno.ELOOP, FOREIGN_LINK, str(path))
+    return fd
+
+
+def link_refusal(path: Path) -> str | None:
+    """Why a link at `path` is not followed (see open_own); None where it is no link, or may be."""
+    try:
+        link = os.lstat(path)
+        if not stat.S_ISLNK(link.st_mode):
+            return None
+        return None if os.stat(path).st_uid == link.st_uid else FOREIGN_LINK
+    except FileNotFoundError:
+        return DANGLING_LINK if path.is_symlink() else None
 
 
 def read_own_text(path: Path, errors: str = "strict") -> str:
@@ -188,10 +217,14 @@ class RunDir:
         self._remove_torn_writes()
 
     def _refuse_links(self) -> None:
-        """Where the run writes in place, or under, a symbolic link would take its writes elsewhere."""
+        """What the run writes in, or under, as open_own allows (its .lock is opened so)."""
         for name in (RUN_LOG, CHECKPOINTS):
-            if (self.path / name).is_symlink():
-                raise SpecError(_not_lsjobs(self.path / name, OSError(errno.ELOOP, "a symbolic link (not followed)")))
+            path = self.path / name
+            why = link_refusal(path)
+            if why is None and name == RUN_LOG and path.exists() and not path.is_file():
+                why = "not a plain file"
+            if why is not None:
+                raise SpecError(_not_lsjobs(path, OSError(errno.ELOOP, why)))
 
     def _wait_for_an_earlier_attempt(self, fd: int) -> None:
         """Return once `fd` is locked, where the holder is this task's attempt before the scheduler
@@ -347,8 +380,9 @@ def _claiming(path: Path, doing: str):
 
 def _not_lsjobs(path: Path, error: OSError) -> str:
     return (
-        f"{path} is {error.strerror}; lsjob never leaves one in a run directory, so it was put there by "
-        f"hand: see what it is (ls -l {path}), remove it, and re-run the same command"
+        f"{path} is {error.strerror}: lsjob uses a run's files only where they are plain files, or links to "
+        f"files of the link's own owner. See what it is (ls -l {path}), remove or replace it, and re-run the "
+        "same command"
     )
 
 

@@ -500,9 +500,6 @@ class SpecDumper(yaml.SafeDumper):
 
 for _tag, _regex, _first in _YAML12_RESOLVERS:
     SpecDumper.add_implicit_resolver(_tag, _regex, _first)
-# go-yaml, with which kubectl reads a manifest, also takes y/Y/n/N for booleans and 0o17 for a number.
-SpecDumper.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
-SpecDumper.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?0o[0-7_]+$"), list("-+0"))
 
 
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> Spec:

@@ -626,6 +626,7 @@ def test_the_same_root_given_two_ways_gives_the_same_files(tmp_path, monkeypatch
     assert files == {name: (tmp_path / name).read_bytes() for name in files}
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="making another user's file, as a teammate's, needs root")
 def test_links_planted_in_runs_are_not_followed_into_the_outputs(tmp_path):
     # A teammate who can write to a shared results root linked a run's files to files of yours: the
     # aggregate you run, written where they can read it, quoted them (a .lock's first 60 characters,
@@ -644,16 +645,29 @@ def test_links_planted_in_runs_are_not_followed_into_the_outputs(tmp_path):
         path = running if run == "lock" else write_run(root, run, "labels", 0.1, 3)
         (path / name).unlink()
         (path / name).symlink_to(secrets / secret)
+        os.lchown(path / name, 54321, 54321)  # the teammate's link to your file
     summary = aggregate(root)
     outputs = "".join(
         (root / n).read_text() for n in ("aggregate.md", "aggregate.csv", "aggregate.json", "aggregate.html")
     )
     assert "S3cr3t" not in outputs and "SECRET" not in outputs
     reasons = {r.run: r.reason for r in summary.runs}
-    assert ".lock is unreadable (a symbolic link (not followed))" in reasons["lock"]
-    assert reasons["manifest"] == "cannot read manifest.json: a symbolic link (not followed)"
-    assert "history.csv is unreadable: a symbolic link (not followed)" in reasons["history"]
+    foreign = "a symbolic link to another user's file (not followed)"
+    assert f".lock is unreadable ({foreign})" in reasons["lock"]
+    assert reasons["manifest"] == f"cannot read manifest.json: {foreign}"
+    assert f"history.csv is unreadable: {foreign}" in reasons["history"]
     assert reasons["ok"] is None
+
+
+def test_runs_whose_files_are_links_of_their_owner_are_read(tmp_path):
+    # git-annex, DVC or `cp -rs` leave a run's files as links to files of the same owner.
+    run = write_run(tmp_path / "store", "r", "labels", 0.1, 1)
+    linked = tmp_path / "results" / "r"
+    linked.mkdir(parents=True)
+    for path in run.iterdir():
+        (linked / path.name).symlink_to(path)
+    (run_row,) = aggregate(tmp_path / "results").runs
+    assert run_row.status == "completed" and run_row.metrics["test_accuracy"] == pytest.approx(0.8)
 
 
 def test_csv_cells_a_spreadsheet_would_run_as_formulas_stay_text(tmp_path):

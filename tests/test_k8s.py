@@ -212,9 +212,13 @@ def test_node_selectors_and_tolerations_place_the_pods_on_the_gpu_nodes_asked_fo
     # kubectl's YAML reader takes 1e3 for a number, which a label value cannot be: quoted.
     text = k8s.render(SINGLE_SPEC, image="r/l:1", node_selector=["gen=1e3"], tolerations=["t=2e5:NoSchedule"])
     assert "gen: '1e3'" in text and "value: '2e5'" in text
-    # Nor y (a boolean to it) or 0o17 (15).
-    text = k8s.render(SINGLE_SPEC, image="r/l:1", node_selector=["gpu=y", "rev=0o17"], tolerations=["t=N:NoSchedule"])
-    assert "gpu: 'y'" in text and "rev: '0o17'" in text and "value: 'N'" in text
+    # Nor y (a boolean to it), nor what Go reads as a number once it drops every _ (0O17 is 15).
+    values = ["0o17", "0O17", "0X1F", "0B11", "0_x1F", "1_0.5", "1_000"]
+    selectors = ["gpu=y", *(f"rev{i}={v}" for i, v in enumerate(values))]
+    text = k8s.render(SINGLE_SPEC, image="r/l:1", node_selector=selectors, tolerations=["t=N:NoSchedule"])
+    assert "gpu: 'y'" in text and "value: 'N'" in text
+    assert all(f"rev{i}: '{v}'" in text for i, v in enumerate(values))
+    assert pod_of(text)["nodeSelector"]["rev4"] == "0_x1F"  # and reads back as written
 
 
 @pytest.mark.parametrize(

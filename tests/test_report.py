@@ -15,7 +15,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from job.data import CLASS_NAMES
-from job.errors import JobError
+from job.errors import JobError, SpecError
 from job.report import (
     Predictions,
     classification_metrics,
@@ -200,6 +200,11 @@ def test_predictions_round_trip_and_history_reads_back(tmp_path):
     np.testing.assert_array_equal(loaded.test_probs, probs)
     assert loaded.class_names == CLASS_NAMES and loaded.holdout_probs.shape == (200, 10)
     assert read_history(tmp_path / "history.csv")[1]["val_nll"] == history(2)[1]["val_nll"]
+    # A copy whose lines end in \r\n or a bare \r (an editor's, a tool's) reads back the same.
+    text = (tmp_path / "history.csv").read_text()
+    for ending in ("\r\n", "\r"):
+        (tmp_path / "copy.csv").write_bytes(text.replace("\n", ending).encode())
+        assert read_history(tmp_path / "copy.csv") == read_history(tmp_path / "history.csv")
 
 
 def test_temperature_scaling_is_reported_before_and_after(tmp_path):
@@ -256,6 +261,19 @@ def test_regenerate_reproduces_every_file_byte_for_byte(tmp_path):
         (tmp_path / name).unlink()
     regenerate(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != ".lock"} == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making another user's link, as a teammate's, needs root")
+def test_regenerate_reads_predictions_only_through_a_link_of_their_owner(tmp_path):
+    run = tmp_path / "run"
+    saved_run(run)
+    kept = tmp_path / "scratch.npz"
+    (run / "predictions.npz").rename(kept)
+    (run / "predictions.npz").symlink_to(kept)
+    regenerate(run)  # one's own link: followed
+    os.lchown(run / "predictions.npz", 54321, 54321)  # a teammate's link to one's own file: not
+    with pytest.raises(SpecError, match=r"a symbolic link to another user.s file \(not followed\): .*predictions.npz"):
+        regenerate(run)
 
 
 def test_regenerate_brings_the_manifest_metrics_along(tmp_path):

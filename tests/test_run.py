@@ -601,38 +601,67 @@ def test_the_lock_file_has_the_umask_permissions(tmp_path):
     assert (tmp_path / "r" / ".lock").stat().st_mode & 0o777 == 0o664
 
 
+OTHER_USER = 54321
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="making another user's file, as a teammate's, needs root")
+
+
+def stopped_run(path):
+    """A run directory of a run that stopped, to be resumed."""
+    run_dir = RunDir(path)
+    run_dir.claim()
+    run_dir.write_manifest({"status": "interrupted"})
+    run_dir.release()
+    return path
+
+
+@as_root
 @pytest.mark.parametrize("name", [".lock", "run.log", "checkpoints"])
-def test_a_link_in_a_run_directory_is_never_written_through(tmp_path, name):
+def test_a_link_to_another_users_file_is_never_written_through(tmp_path, name):
     # In a results root others may write to, a link planted in a run directory made this user's run
-    # empty and overwrite (.lock) or append to (run.log) whatever file it pointed at.
+    # empty and overwrite (.lock) or append to (run.log) whatever file of theirs it pointed at.
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "thesis.tex").write_text("a year of work\n")
-    run = tmp_path / "root" / "r"
-    first = RunDir(run)  # a run that stopped, to be resumed
-    first.claim()
-    first.write_manifest({"status": "interrupted"})
-    first.release()
+    for path in (victim, victim / "thesis.tex"):
+        os.chown(path, OTHER_USER, OTHER_USER)
+    run = stopped_run(tmp_path / "root" / "r")
     (run / name).unlink(missing_ok=True)
     (run / name).symlink_to(victim if name == "checkpoints" else victim / "thesis.tex")
-    with pytest.raises(SpecError, match=rf"{run / name} is a symbolic link \(not followed\); lsjob never leaves one"):
+    with pytest.raises(SpecError, match=rf"{run / name} is a symbolic link to another user's file \(not followed\)"):
         RunDir(run).claim()
     assert (victim / "thesis.tex").read_text() == "a year of work\n" and os.listdir(victim) == ["thesis.tex"]
     # Nor is a link to nothing followed to create its target.
     (run / name).unlink()
     (run / name).symlink_to(victim / "new")
-    with pytest.raises(SpecError, match="is a symbolic link"):
+    with pytest.raises(SpecError, match="is a symbolic link to nothing"):
         RunDir(run).claim()
     assert not (victim / "new").exists()
 
 
-def test_a_lock_that_is_not_a_plain_file_is_refused_at_once(tmp_path):
-    run = tmp_path / "r"
-    run.mkdir()
-    os.mkfifo(run / ".lock")  # opened for reading and writing, a FIFO would hold the lock's text for no one
-    with pytest.raises(SpecError, match=r"\.lock is not a plain file; lsjob never leaves one") as err:
-        RunDir(run).claim()
-    assert err.value.exit_code == EXIT_BAD_INPUT
+def test_links_of_ones_own_are_followed(tmp_path):
+    # A run's log or checkpoints kept on another disk, by a link its owner made.
+    scratch = tmp_path / "scratch"
+    (scratch / "checkpoints").mkdir(parents=True)
+    (scratch / "run.log").write_text("attempt 1\n")
+    run = stopped_run(tmp_path / "root" / "r")
+    for name in ("run.log", "checkpoints"):
+        (run / name).symlink_to(scratch / name)
+    run_dir = RunDir(run)
+    run_dir.claim()
+    run_dir.release()
+    with open(rundir.open_own(run / "run.log", os.O_WRONLY | os.O_APPEND), "a") as log:
+        log.write("attempt 2\n")
+    assert (scratch / "run.log").read_text() == "attempt 1\nattempt 2\n"
+
+
+def test_run_files_that_are_not_plain_files_are_refused_at_once(tmp_path):
+    for name in (".lock", "run.log"):
+        run = stopped_run(tmp_path / name)
+        (run / name).unlink(missing_ok=True)
+        os.mkfifo(run / name)  # would hold the lock's text for no one; a log opened for writing blocks
+        with pytest.raises(SpecError, match=rf"{run / name} is not a plain file: lsjob uses a run's files") as err:
+            RunDir(run).claim()
+        assert err.value.exit_code == EXIT_BAD_INPUT
 
 
 def test_a_run_whose_lock_another_user_owns_is_refused_in_one_line(monkeypatch, tmp_path):
