@@ -59,6 +59,8 @@ def now() -> str:
 # used: a FIFO would block a reader for good.
 FOREIGN_LINK = "a symbolic link to another user's file (not followed)"
 DANGLING_LINK = "a symbolic link to nothing (not followed)"
+# Likewise a hard link (where the file server lets one be made to a file one does not own).
+FOREIGN_HARD_LINK = "another user's file of several names (hard links), not written through"
 
 
 def open_own(path: Path, flags: int) -> int:
@@ -71,9 +73,13 @@ def open_own(path: Path, flags: int) -> int:
         if e.errno != errno.ELOOP:
             raise
         fd = _open_link(path, flags & ~os.O_CREAT)  # a link never makes a file where it points
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    writes = flags & (os.O_WRONLY | os.O_RDWR)
+    if not stat.S_ISREG(st.st_mode) or (writes and st.st_nlink > 1 and st.st_uid != os.geteuid()):
         os.close(fd)
-        raise OSError(errno.EINVAL, "not a plain file", str(path))
+        raise OSError(
+            errno.EINVAL, "not a plain file" if not stat.S_ISREG(st.st_mode) else FOREIGN_HARD_LINK, str(path)
+        )
     os.set_blocking(fd, True)
     return fd
 

@@ -638,6 +638,18 @@ def test_a_link_to_another_users_file_is_never_written_through(tmp_path, name):
     assert not (victim / "new").exists()
 
 
+@as_root
+def test_a_hard_link_to_another_users_file_is_never_written_through(tmp_path):
+    (tmp_path / "thesis.tex").write_text("a year of work\n")
+    os.chown(tmp_path / "thesis.tex", OTHER_USER, OTHER_USER)
+    run = stopped_run(tmp_path / "root" / "r")
+    (run / ".lock").unlink()
+    os.link(tmp_path / "thesis.tex", run / ".lock")
+    with pytest.raises(SpecError, match=r"\.lock is another user's file of several names \(hard links\)"):
+        RunDir(run).claim()
+    assert (tmp_path / "thesis.tex").read_text() == "a year of work\n"
+
+
 def test_links_of_ones_own_are_followed(tmp_path):
     # A run's log or checkpoints kept on another disk, by a link its owner made.
     scratch = tmp_path / "scratch"
