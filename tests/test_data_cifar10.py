@@ -715,6 +715,21 @@ def test_a_failing_cache_disk_while_filling_it_is_a_storage_fault(
     assert err.value.exit_code == 1
 
 
+def test_a_link_planted_as_the_cache_lock_makes_no_file_where_it_points(small, small_tar, trusted, monkeypatch,
+                                                                       tmp_path, caplog):  # fmt: skip
+    # The cache is shared (a Kubernetes claim, a cluster's scratch): opening the lock with O_CREAT
+    # through a teammate's link made an empty file wherever it pointed.
+    trusted(small_tar)
+    monkeypatch.setattr(cifar10, "fetch", lambda url, dest: shutil.copyfile(small_tar, dest))
+    datasets = tmp_path / "cache" / "datasets"
+    datasets.mkdir(parents=True)
+    (datasets / cifar10.CACHE_LOCK).symlink_to(tmp_path / "made-elsewhere")
+    with caplog.at_level(logging.WARNING, logger="lsjob"):
+        x_train, *_ = cifar10.load_cifar10(None, tmp_path / "cache")  # correct, only not shared
+    assert len(x_train) and not (tmp_path / "made-elsewhere").exists()
+    assert "going on without the lock" in caplog.text
+
+
 @pytest.mark.parametrize("stage", ["download", "extraction"])
 def test_a_full_disk_while_filling_the_cache_says_so_with_exit_6(stage, small, small_tar, trusted, monkeypatch,
                                                                  tmp_path):  # fmt: skip

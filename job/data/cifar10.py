@@ -276,7 +276,7 @@ def _acquire(lock: Path) -> tuple[int | None, bool]:
     whether a holder that stopped writing was gone around (see _LockWait)."""
     wait = _LockWait(lock)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # a planted link: no file made there
         try:
             held = wait.take(fd)
         except OSError as e:  # e.g. ENOLCK on an NFS mount without a lock manager
