@@ -195,7 +195,7 @@ class RunDir:
             except OSError as e:
                 if e.errno not in (errno.ELOOP, errno.EINVAL):
                     raise
-                raise SpecError(_not_lsjobs(self.path / LOCK, e)) from None
+                raise SpecError(_not_lsjobs(self.path / LOCK, e.strerror)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -230,7 +230,7 @@ class RunDir:
             if why is None and name == RUN_LOG and path.exists() and not path.is_file():
                 why = "not a plain file"
             if why is not None:
-                raise SpecError(_not_lsjobs(path, OSError(errno.ELOOP, why)))
+                raise SpecError(_not_lsjobs(path, why))
 
     def _wait_for_an_earlier_attempt(self, fd: int) -> None:
         """Return once `fd` is locked, where the holder is this task's attempt before the scheduler
@@ -384,9 +384,9 @@ def _claiming(path: Path, doing: str):
         raise
 
 
-def _not_lsjobs(path: Path, error: OSError) -> str:
+def _not_lsjobs(path: Path, why: str) -> str:
     return (
-        f"{path} is {error.strerror}: lsjob uses a run's files only where they are plain files, or links to "
+        f"{path} is {why}: lsjob uses a run's files only where they are plain files, or links to "
         f"files of the link's own owner. See what it is (ls -l {path}), remove or replace it, and re-run the "
         "same command"
     )
