@@ -125,10 +125,10 @@ def render(
         raise SpecError(f"--parallelism {parallelism}: {path} is one run, not a sweep; leave --parallelism out")
     if parallelism is not None and parallelism < 1:
         raise SpecError(f"--parallelism {parallelism}: run at least 1 sweep point at once")
-    if parallelism is not None and parallelism > _max_parallelism(count):
+    if parallelism is not None and parallelism > (limit := _max_parallelism(count)):
         many = f" of more than {MANY_COMPLETIONS} sweep points" if count > MANY_COMPLETIONS else ""
-        raise SpecError(f"--parallelism {parallelism}: Kubernetes runs at most {_max_parallelism(count)} pods of an "
-                        f"Indexed Job{many} at once; give --parallelism {_max_parallelism(count)} or less")  # fmt: skip
+        raise SpecError(f"--parallelism {parallelism}: Kubernetes runs at most {limit} pods of an Indexed Job{many} "
+                        f"at once; give --parallelism {limit} or less")  # fmt: skip
     if backoff_limit < 0 or grace_seconds < 0:
         raise SpecError("the backoff limit and the grace period cannot be negative")
     gpus = pod_gpus([point.spec.runtime.replicas for point in points], gpus)
