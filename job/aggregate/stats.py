@@ -43,8 +43,12 @@ class Group:
     completed: int
     not_completed: int
     stats: dict[str, Stats]  # Metric.name -> statistics; absent when no completed run has it
-    seeds: dict[str, tuple[int, ...]]  # Metric.name -> the seeds of the completed runs that have it
     values: dict[str, tuple[tuple[int | None, float], ...]]  # Metric.name -> (seed, value) of each run behind stats
+
+    @property
+    def seeds(self) -> dict[str, tuple[int, ...]]:
+        """Metric.name -> the known seeds of the completed runs that have it, sorted, each once."""
+        return {name: tuple(sorted({s for s, _ in runs if s is not None})) for name, runs in self.values.items()}
 
 
 @dataclass(frozen=True)
@@ -164,14 +168,13 @@ def summarize(runs: list[Run]) -> list[Group]:
     groups = []
     for (method, factor, varied), members in sorted(by_key.items(), key=lambda item: _group_key(*item[0])):
         done = [r for r in members if r.completed]
-        stats, seeds, values = {}, {}, {}
+        stats, values = {}, {}
         for metric in METRICS:
             having = [r for r in done if metric.name in r.metrics]
             if having:
                 stats[metric.name] = describe([r.metrics[metric.name] for r in having])
-                seeds[metric.name] = tuple(sorted({r.seed for r in having if r.seed is not None}))
                 values[metric.name] = tuple((r.seed, r.metrics[metric.name]) for r in having)
-        groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats, seeds, values))
+        groups.append(Group(method, factor, varied, len(done), len(members) - len(done), stats, values))
     return groups
 
 
