@@ -178,13 +178,13 @@ class RunDir:
             )
         with _claiming(self.path, "making the run directory"):
             self.path.mkdir(exist_ok=True)
+            self._refuse_links()
         self.lock()
 
     def lock(self) -> None:
         """Take the lock of an existing run directory (claim's last step; `lsjob report`
         takes it alone: rewriting a run's reports needs only that folder)."""
         with _claiming(self.path, "locking the run directory"):
-            self._refuse_links()
             try:
                 fd = open_own(self.path / LOCK, os.O_RDWR | os.O_CREAT)
             except PermissionError as e:  # a teammate's run in a shared folder, say
@@ -223,7 +223,8 @@ class RunDir:
         self._remove_torn_writes()
 
     def _refuse_links(self) -> None:
-        """What the run writes in, or under, as open_own allows (its .lock is opened so)."""
+        """What a run writes in, or under, as open_own allows (its .lock is opened so). Not in
+        lock(): `lsjob report` writes neither, so a foreign link there is no reason to refuse it."""
         for name in (RUN_LOG, CHECKPOINTS):
             path = self.path / name
             why = link_refusal(path)

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from job.data import CLASS_NAMES
 from job.errors import JobError, SpecError
+from job.rundir import RunDir
 from job.report import (
     Predictions,
     classification_metrics,
@@ -274,6 +275,23 @@ def test_regenerate_reads_predictions_only_through_a_link_of_their_owner(tmp_pat
     os.lchown(run / "predictions.npz", 54321, 54321)  # a teammate's link to one's own file: not
     with pytest.raises(SpecError, match=r"a symbolic link to another user.s file \(not followed\): .*predictions.npz"):
         regenerate(run)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making another user's link, as a teammate's, needs root")
+def test_regenerate_is_not_refused_for_run_files_it_never_writes(tmp_path):
+    # A teammate's link to one's own file as run.log, or a link to nothing as checkpoints/, stops a
+    # run, which would write through them; the reports are rewritten without touching either.
+    (tmp_path / "notes").write_text("my notes\n")
+    run = tmp_path / "run"
+    saved_run(run)
+    (run / "run.log").symlink_to(tmp_path / "notes")
+    os.lchown(run / "run.log", 54321, 54321)
+    (run / "checkpoints").symlink_to(tmp_path / "gone")
+    with pytest.raises(SpecError, match="symbolic link"):
+        RunDir(run).claim()  # what a run does with them
+    regenerate(run)
+    assert (tmp_path / "notes").read_text() == "my notes\n" and not (tmp_path / "gone").exists()
+    assert (run / "metrics.json").is_file()
 
 
 def test_regenerate_brings_the_manifest_metrics_along(tmp_path):
