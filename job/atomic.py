@@ -25,6 +25,8 @@ os.umask(_UMASK)
 STAGING_PREFIX = ".staging."
 # file_set's staging folder, as mkdtemp names it.
 STAGING_TMP = re.compile(re.escape(STAGING_PREFIX) + r"[^./]+\.tmp")
+# atomic_path's and write_once's temporary files, as mkstemp names them: .<name>.<random>.tmp<suffix>
+WRITE_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")
 
 
 def temporary_folder(prefix: str, directory: Path) -> Path:
@@ -138,6 +140,15 @@ def write_once(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def clear_torn(folder: Path) -> int:
+    """Delete every temporary file and staging folder this module's writes left in `folder`,
+    whatever their age: for a folder whose lock the caller holds (a run directory), where no
+    other process can be writing. Returns how many. The files they were replacing are untouched."""
+    return _clear_abandoned(folder, None, WRITE_TMP, Path.is_file, Path.unlink) + _clear_abandoned(
+        folder, None, STAGING_TMP, Path.is_dir, shutil.rmtree
+    )
+
+
 def clear_abandoned_writes(folder: Path, older_than_s: float, suffix: str) -> int:
     """Delete write_once's temporaries of files named `*<suffix>` in `folder` untouched for
     `older_than_s`; returns how many. The suffix keeps other tools' like-named files out."""
@@ -150,17 +161,16 @@ def clear_abandoned_staging(folder: Path, older_than_s: float) -> int:
     return _clear_abandoned(folder, older_than_s, STAGING_TMP, Path.is_dir, shutil.rmtree)
 
 
-def _clear_abandoned(folder: Path, older_than_s: float, name: re.Pattern, is_kind, remove) -> int:
-    """What processes killed mid-write left, in a folder no run cleans up at its start (as RunDir
-    does its own). Other processes may be writing in a shared folder right now, so only what is far
-    older than any write takes goes, and only what bears the name this module gives: other tools'
-    hidden files are theirs."""
+def _clear_abandoned(folder: Path, older_than_s: float | None, name: re.Pattern, is_kind, remove) -> int:
+    """What processes killed mid-write left. Where others may be writing in the folder right now,
+    only what is far older than any write takes goes (`older_than_s`; None: whatever its age), and
+    anywhere only what bears the name this module gives: other tools' hidden files are theirs."""
     cleared = 0
-    cutoff = time.time() - older_than_s
-    for leftover in folder.glob(".*.tmp"):
+    cutoff = None if older_than_s is None else time.time() - older_than_s
+    for leftover in folder.glob(".*.tmp*"):
         with contextlib.suppress(OSError):  # gone already (another process cleared it), or not ours to delete
             if name.fullmatch(leftover.name) and not leftover.is_symlink() and is_kind(leftover):
-                if leftover.lstat().st_mtime < cutoff:
+                if cutoff is None or leftover.lstat().st_mtime < cutoff:
                     remove(leftover)
                     cleared += 1
     return cleared

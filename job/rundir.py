@@ -36,7 +36,6 @@ CHECKPOINTS = "checkpoints"
 # mid-write also leaves job.atomic's temporary file of spec.yaml or manifest.json.
 PRE_MANIFEST = {LOCK, RUN_LOG, "spec.yaml"}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
-ATOMIC_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")  # job.atomic: .<name>.<random>.tmp<suffix>
 # What RunDir.lock writes into .lock; read back by lock_holder. The Slurm part (job id and
 # restart count) tells a requeued attempt that the lock is its own earlier attempt's.
 LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)(?: slurm job (\S+) restart (\d+))?")
@@ -220,7 +219,8 @@ class RunDir:
                 os.close(fd)
                 raise
         self._lock_fd = fd
-        self._remove_torn_writes()
+        # What a process killed mid-write left: ours alone to clear, since we hold the lock.
+        atomic.clear_torn(self.path)
 
     def _refuse_links(self) -> None:
         """What a run writes in, or under, as open_own allows (its .lock is opened so). Not in
@@ -264,15 +264,6 @@ class RunDir:
             f"{earlier.why} (NFSv3 keeps a lost node's locks until the node starts again). Once {earlier.check}, "
             f"remove {self.path / LOCK} and {earlier.again}: the run resumes from its last checkpoint."
         )
-
-    def _remove_torn_writes(self) -> None:
-        # job.atomic's temporary files of a process killed mid-write; ours alone to clear,
-        # since we hold the lock. The files they were replacing are untouched.
-        for leftover in self.path.glob(".*.tmp*"):
-            if atomic.STAGING_TMP.fullmatch(leftover.name) and leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)  # atomic.file_set's, of a report set
-            elif ATOMIC_TMP.fullmatch(leftover.name) and leftover.is_file():
-                leftover.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self._lock_fd is not None:

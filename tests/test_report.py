@@ -16,7 +16,6 @@ from matplotlib.figure import Figure
 
 from job.data import CLASS_NAMES
 from job.errors import JobError, SpecError
-from job.rundir import RunDir
 from job.report import (
     Predictions,
     classification_metrics,
@@ -28,6 +27,7 @@ from job.report import (
     write_reports,
     write_training_plot,
 )
+from job.rundir import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]

@@ -912,6 +912,8 @@ def test_claiming_a_run_clears_temporary_files_of_writers_killed_midway_and_noth
     (run.path / ".staging.x1y2.tmp").mkdir()
     (run.path / ".staging.x1y2.tmp" / "calibration.json").write_text("torn")
     (run.path / "notes.tmp").write_text("the user's")
+    future = time.time() + 3600  # another node's clock: however new it looks, nothing else writes here
+    os.utime(run.path / ".model.keras.a8b_q0.tmp.keras", (future, future))
     run.claim()
     try:
         assert sorted(p.name for p in run.path.iterdir()) == [".lock", "manifest.json", "notes.tmp"]
