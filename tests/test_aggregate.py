@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -1367,6 +1368,23 @@ def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch)
         aggregate(tmp_path / "results", out=tmp_path / "out")
     assert caught.value.exit_code == EXIT_INTERNAL
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+def test_a_second_aggregate_into_one_folder_waits_for_the_first(tmp_path):
+    # Two aggregates writing at once would interleave their renames: a CSV of one and a page of the
+    # other. A folder's flock (the one the first holds while writing) makes the second wait.
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(folder, fcntl.LOCK_EX)
+    second = threading.Thread(target=aggregate, args=(tmp_path,))
+    try:
+        second.start()
+        second.join(10)  # an unlocked aggregate of one run is written in a second or two
+        assert second.is_alive() and not (tmp_path / "aggregate.csv").exists()
+    finally:
+        os.close(folder)
+    second.join()
+    assert (tmp_path / "aggregate.html").is_file() and not list(tmp_path.glob(".staging.*"))
 
 
 KILLED_WRITING_THE_PAGE = """

@@ -31,6 +31,8 @@ loss, smoothing vs none) one more name in stats.COMPARED_METRICS.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -92,7 +94,9 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     try:
         out.mkdir(parents=True, exist_ok=True)
         clear_abandoned_staging(out, ABANDONED_STAGING_S)
-        with file_set(out) as files:  # a failure leaves the previous aggregate whole, not half replaced
+        # A failure leaves the previous aggregate whole, not half replaced; a second aggregate
+        # into the same folder waits, so the two cannot interleave their files' renames.
+        with _one_writer_at_a_time(out), file_set(out) as files:
             write_text(files.path(CSV_NAME), render_csv(runs))
             write_text(files.path(JSON_NAME), render_json(groups, comparisons, baseline_comparisons, warnings))
             for name, metric, title, ylabel in FACTOR_PLOTS:
@@ -109,6 +113,20 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
             f"cannot write the aggregate into {out}: {e.strerror or e}; {kept}; pass --out DIR to write it elsewhere"
         ) from None
     return summary
+
+
+@contextlib.contextmanager
+def _one_writer_at_a_time(out: Path):
+    """A flock on the output folder itself, for the while a set is written: nothing is left behind
+    in the folder, and the lock dies with its holder. Where the filesystem cannot lock a folder
+    (NFS locks only files opened for writing) the set is written unlocked, as before."""
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 def _refuse_run_directory(out: Path, runs: list[Run]) -> None:
