@@ -6,8 +6,11 @@
 # (tests/replica_step.py), that a stop is acted on within a few steps (tests/run_ahead.py), and
 # that compile-cache entries are written whole (tests/compile_cache_writes.py);
 # the first run leaves its compiled programs in the compile
-# cache (runtime.compile_cache: auto). (The GPU test machine is
-# such an environment: JAX and PyTorch, no TensorFlow.) .ci/run calls this.
+# cache (runtime.compile_cache: auto). Under torch, a 1-epoch smoke run, then torch is
+# uninstalled and JAX installed, and the run's model.keras must load there with its optimizer
+# state and predict what the run did (tests/model_file_loads.py): a file that names Keras's
+# torch optimizer class loads only where torch is. (The GPU test machine is
+# such an environment: JAX and PyTorch, no TensorFlow.) .ci/run calls this for both.
 #
 #   tools/check_without_tensorflow.sh [backend]     # jax (default) or torch
 set -euo pipefail
@@ -92,4 +95,12 @@ PY
     exit 1
   fi
   echo "check_without_tensorflow: a test set that 2 replicas cannot split is refused up front"
+fi
+
+if [[ $backend == torch ]]; then
+  # Where the model goes next (a laptop with JAX or TensorFlow) has no torch.
+  echo "check_without_tensorflow: the torch run's model.keras, loaded under KERAS_BACKEND=jax without torch"
+  python -m pip uninstall --quiet --yes torch
+  python -m pip install --quiet jax
+  KERAS_BACKEND=jax python tests/model_file_loads.py "$work/results/smoke"
 fi
