@@ -127,21 +127,8 @@ def _execute_claimed(
     spec: Spec, run_dir: RunDir, force: bool, dataset, sweep_point: dict | None, setup: runtime.Setup | None
 ) -> int:
     previous = run_dir.read_manifest() if not force else None
-    if previous is not None:
-        differences = _made_by(previous, run_dir, spec)
-        if differences is not None:
-            what = f"it differs in {'; '.join(differences)}" if differences else (
-                f"hash {previous.get('spec_hash')}, this spec {spec.content_hash()}")  # fmt: skip
-            raise SpecError(
-                f"{run_dir.path} holds a run of a different spec ({what}); use {_elsewhere(sweep_point)}, or "
-                "--force to discard that run"
-            )
-        if previous.get("status") == "completed":
-            # Removed after the manifest said completed: a process killed in between left them.
-            shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
-            log.info("%s is already complete%s; nothing to do (--force runs it again from scratch)",
-                     run_dir.path, _result(previous))  # fmt: skip
-            return EXIT_OK
+    if previous is not None and _already_complete(previous, run_dir, spec, sweep_point):
+        return EXIT_OK
     if force:
         run_dir.wipe()
 
@@ -159,46 +146,12 @@ def _execute_claimed(
         # Already done in execute() unless the run looked complete there and no longer does.
         setup = setup or runtime.configure(spec.runtime, spec.train.seed)
         data = dataset if dataset is not None else load_dataset(spec.data)
-        x_holdout = y_holdout = None
-        if spec.eval.temperature_scaling:
-            data, x_holdout, y_holdout = data.split_holdout(spec.eval.holdout_size)
-            manifest["holdout"] = {
-                "examples": len(y_holdout),
-                "what": "the last training images, excluded from training; temperature scaling is fitted on them",
-            }
-        manifest["data"] = data.description
-        log.info("data: %s", data.description)
-        manifest["devices"] = runtime.devices()
-        _record_computation(manifest, previous, setup)
-        manifest["runtime"] = {
-            **setup.describe(),
-            "global_batch": spec.train.batch_size,
-            "per_replica_batch": spec.train.batch_size // setup.replicas,
-            "lr_scaling": spec.train.lr_scaling,
-            "base_lr": spec.train.base_lr,  # epoch 0's learning rate, after scaling
-        }
+        data, holdout = _hold_out(spec, data, manifest)
+        _record_setup(spec, data, setup, manifest, previous)
         run_dir.write_manifest(manifest)
-        # What computes, for whoever reads only the log (a Slurm .out, kubectl logs).
-        computing = manifest["runtime"]
-        log.info(
-            "computing: %s on %s; precision %s (%s); batch %d (%d per replica), %d steps per epoch",
-            ", ".join(f"{name} {version}" for name, version in manifest["versions"].items() if name != "python"),
-            ", ".join(computing["replica_devices"]), computing["precision"], computing["precision_source"],
-            computing["global_batch"], computing["per_replica_batch"],
-            steps_per_epoch(len(data.x_train), spec.train.batch_size),
-        )  # fmt: skip
 
         result = train(spec, data, run_dir.path)
-        holdout_probs = None
-        if x_holdout is not None:
-            holdout = runtime.feed(x_holdout, batch_size=spec.train.eval_batch_size)
-            holdout_probs = result.model.predict(**holdout, verbose=0)
-        report.save_predictions(
-            run_dir.path,
-            report.Predictions(result.test_probs, data.y_test, data.class_names, holdout_probs, y_holdout),
-        )
-        metrics = report.write_reports(run_dir.path)
-        save_model(result.model, run_dir.path / "model.keras")
+        metrics = _write_results(spec, data, holdout, result, run_dir.path)
         _finish(manifest, started, "completed")
         manifest.update(
             epochs_done=len(result.history),
@@ -229,6 +182,77 @@ def _execute_claimed(
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _already_complete(previous: dict, run_dir: RunDir, spec: Spec, sweep_point: dict | None) -> bool:
+    """Whether the run in `run_dir` is this spec's and complete: nothing to do. A run of another
+    spec there is refused."""
+    differences = _made_by(previous, run_dir, spec)
+    if differences is not None:
+        what = f"it differs in {'; '.join(differences)}" if differences else (
+            f"hash {previous.get('spec_hash')}, this spec {spec.content_hash()}")  # fmt: skip
+        raise SpecError(
+            f"{run_dir.path} holds a run of a different spec ({what}); use {_elsewhere(sweep_point)}, or "
+            "--force to discard that run"
+        )
+    if previous.get("status") != "completed":
+        return False
+    # Removed after the manifest said completed: a process killed in between left them.
+    shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
+    log.info("%s is already complete%s; nothing to do (--force runs it again from scratch)",
+             run_dir.path, _result(previous))  # fmt: skip
+    return True
+
+
+def _hold_out(spec: Spec, data, manifest: dict):
+    """The data to train on, and the held-out slice temperature scaling is fitted on (None when off)."""
+    if not spec.eval.temperature_scaling:
+        return data, None
+    data, x_holdout, y_holdout = data.split_holdout(spec.eval.holdout_size)
+    manifest["holdout"] = {
+        "examples": len(y_holdout),
+        "what": "the last training images, excluded from training; temperature scaling is fitted on them",
+    }
+    return data, (x_holdout, y_holdout)
+
+
+def _record_setup(spec: Spec, data, setup: runtime.Setup, manifest: dict, previous: dict | None) -> None:
+    """What this attempt trains on and computes with, in the manifest and, for whoever reads only
+    the log (a Slurm .out, kubectl logs), in the log."""
+    manifest["data"] = data.description
+    log.info("data: %s", data.description)
+    manifest["devices"] = runtime.devices()
+    _record_computation(manifest, previous, setup)
+    computing = manifest["runtime"] = {
+        **setup.describe(),
+        "global_batch": spec.train.batch_size,
+        "per_replica_batch": spec.train.batch_size // setup.replicas,
+        "lr_scaling": spec.train.lr_scaling,
+        "base_lr": spec.train.base_lr,  # epoch 0's learning rate, after scaling
+    }
+    log.info(
+        "computing: %s on %s; precision %s (%s); batch %d (%d per replica), %d steps per epoch",
+        ", ".join(f"{name} {version}" for name, version in manifest["versions"].items() if name != "python"),
+        ", ".join(computing["replica_devices"]), computing["precision"], computing["precision_source"],
+        computing["global_batch"], computing["per_replica_batch"],
+        steps_per_epoch(len(data.x_train), spec.train.batch_size),
+    )  # fmt: skip
+
+
+def _write_results(spec: Spec, data, holdout, result, path: Path) -> dict:
+    """The trained model's predictions, the reports made from them, and model.keras; the metrics."""
+    holdout_probs = y_holdout = None
+    if holdout is not None:
+        x_holdout, y_holdout = holdout
+        holdout_probs = result.model.predict(
+            **runtime.feed(x_holdout, batch_size=spec.train.eval_batch_size), verbose=0
+        )
+    report.save_predictions(
+        path, report.Predictions(result.test_probs, data.y_test, data.class_names, holdout_probs, y_holdout)
+    )
+    metrics = report.write_reports(path)
+    save_model(result.model, path / "model.keras")
+    return metrics
 
 
 # h5py and some Keras paths re-raise with the errno only in the message.
