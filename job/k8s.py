@@ -121,27 +121,11 @@ def render(
     count = len(points) if spec.sweep is not None else None
     for point in points:
         check_data_paths(point.spec.data)
-    if parallelism is not None and count is None:
-        raise SpecError(f"--parallelism {parallelism}: {path} is one run, not a sweep; leave --parallelism out")
-    if parallelism is not None and parallelism < 1:
-        raise SpecError(f"--parallelism {parallelism}: run at least 1 sweep point at once")
-    if parallelism is not None and parallelism > (limit := _max_parallelism(count)):
-        many = f" of more than {MANY_COMPLETIONS} sweep points" if count > MANY_COMPLETIONS else ""
-        raise SpecError(f"--parallelism {parallelism}: Kubernetes runs at most {limit} pods of an Indexed Job{many} "
-                        f"at once; give --parallelism {limit} or less")  # fmt: skip
+    if parallelism is not None:
+        _check_parallelism(parallelism, count, path)
     if backoff_limit < 0 or grace_seconds < 0:
         raise SpecError("the backoff limit and the grace period cannot be negative")
-    gpus = pod_gpus([point.spec.runtime.replicas for point in points], gpus)
-    for point in points:  # `all` becomes the pod's GPUs: the batch must split across them, as run checks
-        if point.spec.runtime.replicas == "all" and point.spec.train.batch_size % gpus:
-            raise SpecError(
-                f"train.batch_size {point.spec.train.batch_size} does not split evenly across the {gpus} GPUs "
-                "that runtime.replicas: all takes in each pod; give --gpus a count that divides it"
-            )
-    cpu = cpu or str(CPU_PER_GPU * gpus)
-    memory = memory or f"{MEMORY_PER_GPU_GI * gpus}Gi"
-    _check_quantity("cpu", cpu, _CPU_QUANTITY, "4 or 3500m")
-    _check_quantity("memory", memory, _MEMORY_QUANTITY, "16Gi or 16000M")
+    gpus, cpu, memory = _pod_resources(points, gpus, cpu, memory)
     placement = {}
     if node_selector:
         placement["nodeSelector"] = parse_node_selector(node_selector)
@@ -190,6 +174,33 @@ def render(
         },
     }
     return _HEADER + _dump([config_map, job])
+
+
+def _check_parallelism(parallelism: int, count: int | None, path: Path) -> None:
+    if count is None:
+        raise SpecError(f"--parallelism {parallelism}: {path} is one run, not a sweep; leave --parallelism out")
+    if parallelism < 1:
+        raise SpecError(f"--parallelism {parallelism}: run at least 1 sweep point at once")
+    if parallelism > (limit := _max_parallelism(count)):
+        many = f" of more than {MANY_COMPLETIONS} sweep points" if count > MANY_COMPLETIONS else ""
+        raise SpecError(f"--parallelism {parallelism}: Kubernetes runs at most {limit} pods of an Indexed Job{many} "
+                        f"at once; give --parallelism {limit} or less")  # fmt: skip
+
+
+def _pod_resources(points, gpus: int | None, cpu: str | None, memory: str | None) -> tuple[int, str, str]:
+    """Each pod's GPUs, CPU and memory: those given, else what the spec's replicas need."""
+    gpus = pod_gpus([point.spec.runtime.replicas for point in points], gpus)
+    for point in points:  # `all` becomes the pod's GPUs: the batch must split across them, as run checks
+        if point.spec.runtime.replicas == "all" and point.spec.train.batch_size % gpus:
+            raise SpecError(
+                f"train.batch_size {point.spec.train.batch_size} does not split evenly across the {gpus} GPUs "
+                "that runtime.replicas: all takes in each pod; give --gpus a count that divides it"
+            )
+    cpu = cpu or str(CPU_PER_GPU * gpus)
+    memory = memory or f"{MEMORY_PER_GPU_GI * gpus}Gi"
+    _check_quantity("cpu", cpu, _CPU_QUANTITY, "4 or 3500m")
+    _check_quantity("memory", memory, _MEMORY_QUANTITY, "16Gi or 16000M")
+    return gpus, cpu, memory
 
 
 def pod_results_root(root: Path) -> str:
