@@ -3,8 +3,9 @@
 The model takes uint8 images. Per-pixel mean subtraction and augmentation
 (random 10% shifts with nearest fill, horizontal flips: job/augment.py) are its
 first layers, so they run on the device, are active in training only, and travel
-with model.keras. Everything model.keras names is registered here: `import job.model`
-before keras.saving.load_model.
+with model.keras. Everything model.keras names is registered on importing this module
+(the augmentation layer in job/augment.py, which it imports): `import job.model` before
+keras.saving.load_model.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Backend setup: seeds, determinism, precision, devices and data parallelism.
 
-The only module that may touch a specific backend; everything else speaks Keras 3,
-so KERAS_BACKEND=jax or torch runs the same job.
+The only module that imports a backend (tensorflow, jax, torch) itself; everything else
+speaks Keras 3, asking keras.backend.backend() where a backend behaves differently, so
+KERAS_BACKEND=jax or torch runs the same job.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ log = logging.getLogger("lsjob")
 
 
 def learning_rate(epoch: int, train: TrainSpec) -> float:
-    """The recipe's polynomial decay, applied per epoch: 5e-3 falling linearly to 0."""
+    """The recipe's polynomial decay, applied per epoch: base_lr (the recipe's 5e-3, times the
+    batch's factor under lr_scaling) falling to 0 at train.epochs, linearly at lr_power 1."""
     return train.base_lr * (1.0 - epoch / train.epochs) ** train.lr_power
 
 

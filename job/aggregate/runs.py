@@ -1,7 +1,7 @@
-"""Reading the runs under a results root: which directories are runs, what each one's manifest,
-metrics.json, history.csv and spec.yaml say and, from that, its status (completed only where they
-all agree), its metrics and the result-changing settings it ran with, as a `Run`; `collect` reads
-them all and sorts them. Nothing here writes, and no run's lock is taken."""
+"""Reading the runs under a results root (rundir.run_directories finds them): what each one's
+manifest, metrics.json, history.csv and spec.yaml say and, from that, its status (completed only
+where they all agree), its metrics and the result-changing settings it ran with, as a `Run`;
+`collect` reads them all and sorts them. Nothing here writes, and no run's lock is taken."""
 
 from __future__ import annotations
 
@@ -184,14 +184,11 @@ def _setting(run: Run, key: str) -> str:
     return ABSENT if run.spec_read and key not in (BACKEND, PRECISION, REPLICAS) else UNKNOWN
 
 
-# ---------------------------------------------------------------------------- finding runs
+# ---------------------------------------------------------------------------- reading one run
 
 
 def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()  # "." when the root is itself a run
-
-
-# ---------------------------------------------------------------------------- reading one run
 
 
 class _Unreadable(Exception):
