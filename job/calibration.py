@@ -40,8 +40,9 @@ def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> list[dict]:
-    """Per equal-width confidence bin (lower, upper]: count, mean confidence, accuracy."""
+def reliability_bins(probs: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Per equal-width confidence bin (lower, upper], BINS of them: count, mean confidence, accuracy."""
+    bins = BINS
     probs = np.asarray(probs, dtype=np.float64)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
@@ -71,11 +72,11 @@ def ece_mce(table: list[dict]) -> tuple[float, float]:
     return float(sum(n * g for n, g in gaps) / total), float(max(g for _, g in gaps))
 
 
-def summary(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict:
+def summary(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Everything calibration.json reports for one set of predictions."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    table = reliability_bins(probs, labels, bins)
+    table = reliability_bins(probs, labels)
     ece, mce = ece_mce(table)
     return {
         "examples": int(len(labels)),
