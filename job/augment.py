@@ -19,12 +19,15 @@ image). keras.ops only, so every backend runs it.
 
 from __future__ import annotations
 
+import typing
+
 import keras
 from keras import ops
 
 from job import runtime
+from job.spec import FillMode
 
-FILL_MODES = ("nearest", "reflect", "wrap", "constant")
+FILL_MODES = typing.get_args(FillMode)
 
 
 def source_index(index, n: int, fill_mode: str):

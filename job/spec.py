@@ -137,6 +137,10 @@ class TrainSpec(Section):
         return self.lr * scale
 
 
+# The augmentation layer's fill modes (job.augment), as ImageDataGenerator names them.
+FillMode = Literal["nearest", "reflect", "wrap", "constant"]
+
+
 class AugmentSpec(Section):
     shift: float = Field(
         0.1,
@@ -146,9 +150,7 @@ class AugmentSpec(Section):
         "ImageDataGenerator's width_shift_range, which reads 1 or more as pixels.",
     )
     horizontal_flip: bool = Field(True, description="Random horizontal flips, each image with probability 1/2.")
-    fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = Field(
-        "nearest", description="How pixels shifted in are filled."
-    )
+    fill_mode: FillMode = Field("nearest", description="How pixels shifted in are filled.")
 
 
 class EvalSpec(Section):
