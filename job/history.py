@@ -13,7 +13,9 @@ from pathlib import Path
 from job import atomic
 from job.rundir import read_own_text
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_nll", "lr", "seconds")
+# What Keras's fit logs at an epoch's end, kept as it reports them.
+FIT_LOGS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_nll")
+HISTORY_COLUMNS = ("epoch", *FIT_LOGS, "lr", "seconds")
 
 
 def check_row(row: dict, number: int) -> None:

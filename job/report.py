@@ -32,11 +32,9 @@ from job import calibration
 from job.atomic import atomic_path, file_set, save_png, write_json, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, SpecError, storage_fault
 from job.history import read_history
-from job.rundir import MANIFEST, RunDir, open_own, run_directories
+from job.rundir import HISTORY_FILE, MANIFEST, METRICS_FILE, PREDICTIONS_FILE, RunDir, open_own, run_directories
 
 log = logging.getLogger("lsjob")
-PREDICTIONS = "predictions.npz"
-HISTORY = "history.csv"
 
 # The training plot's panels: y label, then (history key, legend label, line style) per series.
 # All but val_nll are the tutorial's lines; val_nll is the unsmoothed loss, the one number
@@ -175,14 +173,14 @@ def save_predictions(run_dir: Path, predictions: Predictions) -> None:
     if predictions.holdout_probs is not None:
         arrays["holdout_probs"] = np.asarray(predictions.holdout_probs, dtype=np.float32)
         arrays["holdout_labels"] = np.asarray(predictions.holdout_labels, dtype=np.int64)
-    with atomic_path(Path(run_dir) / PREDICTIONS, suffix=".npz") as tmp:
+    with atomic_path(Path(run_dir) / PREDICTIONS_FILE, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
 
 
 def load_predictions(run_dir: Path) -> Predictions:
     # allow_pickle=False: a results volume is shared; a tampered file must not run code. Nor is a
     # teammate's link to a file of this user's read as one (rundir.open_own).
-    path = Path(run_dir) / PREDICTIONS
+    path = Path(run_dir) / PREDICTIONS_FILE
     with open(open_own(path, os.O_RDONLY), "rb") as raw, np.load(raw, allow_pickle=False) as f:
         holdout = "holdout_probs" in f.files
         return Predictions(
@@ -278,7 +276,7 @@ def write_reports(run_dir: Path) -> dict:
     """Write every report of a run from its predictions.npz and history.csv; returns the metrics."""
     run_dir = Path(run_dir)
     predictions = load_predictions(run_dir)
-    history = read_history(run_dir / HISTORY)
+    history = read_history(run_dir / HISTORY_FILE)
     y_true, probs = predictions.test_labels, predictions.test_probs
     metrics, text = classification_metrics(y_true, probs, predictions.class_names)
     calibration_json = calibration_report(predictions)
@@ -299,7 +297,7 @@ def write_reports(run_dir: Path) -> dict:
         write_reliability_diagram(calibration_json, files.path("reliability.png"))
         write_json(files.path("calibration.json"), calibration_json)
         # Put in place last, so a metrics.json on disk means the whole report set is there.
-        write_json(files.path("metrics.json"), metrics)
+        write_json(files.path(METRICS_FILE), metrics)
     return metrics
 
 
@@ -317,7 +315,7 @@ def regenerate(run_dir: Path) -> dict:
         )
     claimed = RunDir(run_dir)
     damaged = "restore manifest.json from a copy of the run, or delete it to rewrite the reports without it"
-    for name in (PREDICTIONS, HISTORY):
+    for name in (PREDICTIONS_FILE, HISTORY_FILE):
         if not (run_dir / name).is_file():
             status = (claimed.read_manifest(damaged) or {}).get("status", "no manifest")
             raise SpecError(

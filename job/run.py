@@ -22,7 +22,17 @@ from job.checkpoint import Checkpoints
 from job.data import load_dataset
 from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpaceError, SpecError, storage_fault
 from job.model import save_model
-from job.rundir import RUN_LOG, RunDir, check_writable, now, open_own, slurm_restart
+from job.rundir import (
+    CHECKPOINTS,
+    MODEL_FILE,
+    RUN_LOG,
+    SPEC_FILE,
+    RunDir,
+    check_writable,
+    now,
+    open_own,
+    slurm_restart,
+)
 from job.spec import Spec, identity_differences, load_spec
 from job.train import check_fits, steps_per_epoch, train
 
@@ -117,7 +127,7 @@ def _made_by(previous: dict, run_dir: RunDir, spec: Spec) -> list[str] | None:
     if previous.get("spec_hash") == spec.content_hash():
         return None
     try:
-        made = load_spec(run_dir.path / "spec.yaml")
+        made = load_spec(run_dir.path / SPEC_FILE)
     except (SpecError, OSError):
         return []
     return None if made.content_hash() == spec.content_hash() else identity_differences(made, spec)
@@ -138,7 +148,7 @@ def _execute_claimed(
         manifest["sweep"] = sweep_point
     started = time.monotonic()
     try:
-        atomic.write_text(run_dir.path / "spec.yaml", spec.to_yaml())
+        atomic.write_text(run_dir.path / SPEC_FILE, spec.to_yaml())
         run_dir.write_manifest(manifest)
         # A later array's task i trains point K+i (--index-offset): the log says which.
         point = f" of sweep point {sweep_point['index']}" if sweep_point is not None else ""
@@ -159,7 +169,7 @@ def _execute_claimed(
         )
         run_dir.write_manifest(manifest)
         # Only now: until the manifest says completed, a re-run resumes from these.
-        shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
+        shutil.rmtree(run_dir.path / CHECKPOINTS, ignore_errors=True)
         log.info(
             "completed: test accuracy %.4f, test NLL %.4f -> %s",
             metrics["test_accuracy"], metrics["test_nll"], run_dir.path,
@@ -198,7 +208,7 @@ def _already_complete(previous: dict, run_dir: RunDir, spec: Spec, sweep_point: 
     if previous.get("status") != "completed":
         return False
     # Removed after the manifest said completed: a process killed in between left them.
-    shutil.rmtree(run_dir.path / "checkpoints", ignore_errors=True)
+    shutil.rmtree(run_dir.path / CHECKPOINTS, ignore_errors=True)
     log.info("%s is already complete%s; nothing to do (--force runs it again from scratch)",
              run_dir.path, _result(previous))  # fmt: skip
     return True
@@ -251,7 +261,7 @@ def _write_results(spec: Spec, data, holdout, result, path: Path) -> dict:
         path, report.Predictions(result.test_probs, data.y_test, data.class_names, holdout_probs, y_holdout)
     )
     metrics = report.write_reports(path)
-    save_model(result.model, path / "model.keras")
+    save_model(result.model, path / MODEL_FILE)
     return metrics
 
 
@@ -269,7 +279,7 @@ def _no_space_error(error: BaseException, path: Path) -> NoSpaceError | None:
             continue
         then = (
             "it resumes from the last intact checkpoint"
-            if Checkpoints(path / "checkpoints").any_saved()
+            if Checkpoints(path / CHECKPOINTS).any_saved()
             else "no checkpoint was written yet, so it starts the training over"
         )
         return NoSpaceError(

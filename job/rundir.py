@@ -32,9 +32,14 @@ LOCK = ".lock"
 MANIFEST = "manifest.json"
 RUN_LOG = "run.log"
 CHECKPOINTS = "checkpoints"
+SPEC_FILE = "spec.yaml"  # the spec as the run resolved it
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.npz"
+MODEL_FILE = "model.keras"
 # What a claimed run directory may hold before its manifest is written: a kill
 # mid-write also leaves job.atomic's temporary file of spec.yaml or manifest.json.
-PRE_MANIFEST = {LOCK, RUN_LOG, "spec.yaml"}
+PRE_MANIFEST = {LOCK, RUN_LOG, SPEC_FILE}
 PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
 # What RunDir.lock writes into .lock; read back by lock_holder. The Slurm part (job id and
 # restart count) tells a requeued attempt that the lock is its own earlier attempt's.
@@ -300,7 +305,7 @@ class RunDir:
         """--force: discard everything of an earlier run, keeping our lock. The spec and then the
         manifest go last: killed midway, the folder still reads as a run of ours, which --force
         can finish discarding, rather than as a foreign folder no command will write into."""
-        last = ("spec.yaml", MANIFEST)
+        last = (SPEC_FILE, MANIFEST)
         for p in sorted(self.path.iterdir(), key=lambda p: last.index(p.name) + 1 if p.name in last else 0):
             if p.name == LOCK:
                 continue
@@ -510,7 +515,7 @@ def find_runs(directory: Path, warnings: list[str], above: frozenset[str] = froz
         if is_dir and not atomic.STAGING_TMP.fullmatch(entry.name):
             found += find_runs(Path(entry.path), warnings, above)
     # Other tools keep a .lock too (pytest's numbered folders): only lsjob's own text makes a run.
-    if not found and ("spec.yaml" in names or (LOCK in names and is_lsjob_lock(directory / LOCK))):
+    if not found and (SPEC_FILE in names or (LOCK in names and is_lsjob_lock(directory / LOCK))):
         return [(directory, False)]
     return found
 

@@ -25,8 +25,9 @@ from job import preemption, runtime, smoothing
 from job.checkpoint import Checkpoints, MidEpoch, Resume
 from job.data import Dataset, per_pixel_mean
 from job.errors import DivergedError, SpecError
-from job.history import HISTORY_COLUMNS, write_history_csv
+from job.history import FIT_LOGS, write_history_csv
 from job.model import build_model, synchronize_batch_norm, validation_nll
+from job.rundir import CHECKPOINTS, HISTORY_FILE
 from job.spec import Spec, TrainSpec
 
 log = logging.getLogger("lsjob")
@@ -77,12 +78,13 @@ class EpochSeeds(keras.callbacks.Callback):
         self.seed = seed
 
     def on_epoch_begin(self, epoch, logs=None):
-        states = [v for v in self.model.variables if v.name == "seed_generator_state"]
-        for stream, state in enumerate(states, start=1):
+        for stream, state in enumerate(_seed_states(self.model), start=1):
             state.assign(np.array([epoch_seed(self.seed, epoch, stream), 0], dtype=state.dtype))
 
 
 def _seed_states(model: keras.Model) -> list:
+    """Every layer's random stream, in one order: EpochSeeds numbers them by it, and a mid-epoch
+    checkpoint saves and restores them by it."""
     return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
@@ -179,13 +181,13 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:6]}}
+        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in FIT_LOGS}}
         row["lr"] = learning_rate(epoch, self.train)
         row["seconds"] = round(self.seconds_before + time.perf_counter() - self.started, 3)
         self.history.append(row)
         # The checkpoint first: history.csv never lists an epoch that no checkpoint holds.
         self.checkpoints.save(self.model, epoch + 1, self.history)
-        write_history_csv(self.run_dir / "history.csv", self.history)
+        write_history_csv(self.run_dir / HISTORY_FILE, self.history)
         left = self.train.epochs - (epoch + 1)
         log.info(
             "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_nll %.4f  lr %.2e  %.1fs%s",
@@ -284,7 +286,7 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
     """Train on `data` (its holdout already set aside); check_fits first."""
     check_replicas(spec, len(data.x_test))
     log.info(smoothing.describe(data.y_train, data.num_classes, spec.smoothing))
-    checkpoints = Checkpoints(run_dir / "checkpoints")
+    checkpoints = Checkpoints(run_dir / CHECKPOINTS)
     with runtime.replica_scope():  # mirrored variables, optimizer slots included, on every replica
         model = compile_model(spec, per_pixel_mean(data.x_train), data.num_classes)
         resume: Resume = checkpoints.restore(model)
@@ -297,9 +299,9 @@ def train(spec: Spec, data: Dataset, run_dir: Path) -> TrainResult:
     # As the checkpoint has it: rows of epochs it does not hold (an attempt that failed saving
     # its first one) would be trained again.
     if history:
-        write_history_csv(run_dir / "history.csv", history)
+        write_history_csv(run_dir / HISTORY_FILE, history)
     else:
-        (run_dir / "history.csv").unlink(missing_ok=True)
+        (run_dir / HISTORY_FILE).unlink(missing_ok=True)
 
     targets = smoothing.training_targets(data.y_train, data.num_classes, spec.smoothing)
     test_targets = smoothing.one_hot(data.y_test, data.num_classes)  # never smoothed

@@ -38,12 +38,12 @@ from pathlib import Path
 
 from job.aggregate.page import write_page
 from job.aggregate.plots import COMPARISON_PLOT_NAME, FACTOR_PLOTS, write_comparison_plot, write_factor_plot
-from job.aggregate.runs import METRIC, METRICS, SPEC_FILE, AggregateError, NoRunsError, Run, collect
+from job.aggregate.runs import METRIC, METRICS, AggregateError, NoRunsError, Run, collect
 from job.aggregate.stats import Summary, compare, compare_with_baseline, comparison_warnings, seed_warnings, summarize
 from job.aggregate.tables import CSV_COLUMNS, render_csv, render_json, render_markdown
 from job.atomic import clear_abandoned_staging, file_set, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
-from job.rundir import LOCK, MANIFEST, is_lsjob_lock
+from job.rundir import LOCK, MANIFEST, SPEC_FILE, is_lsjob_lock
 
 # What other modules and the tests use; the rest lives in the modules named above.
 __all__ = [

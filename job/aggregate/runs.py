@@ -17,12 +17,8 @@ import yaml
 
 from job.errors import EXIT_BAD_INPUT, JobError
 from job.history import read_history
-from job.rundir import MANIFEST, lock_holder, read_own_text, run_directories
+from job.rundir import HISTORY_FILE, MANIFEST, METRICS_FILE, SPEC_FILE, lock_holder, read_own_text, run_directories
 from job.spec import Spec, flatten
-
-SPEC_FILE = "spec.yaml"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
 
 COMPLETED = "completed"
 NO_FACTOR = "none"  # the method whose factor is ignored: a reference line, not a curve

@@ -15,7 +15,8 @@ import numpy as np
 import scipy.stats
 
 from job.aggregate.display import _runs, _show_factor, _show_varied
-from job.aggregate.runs import ABSENT, METRIC, METRICS, NO_FACTOR, SPEC_FILE, STATUSES, Run, _group_key, _value_order
+from job.aggregate.runs import ABSENT, METRIC, METRICS, NO_FACTOR, STATUSES, Run, _group_key, _value_order
+from job.rundir import SPEC_FILE
 
 # Two implementations of one objective (smoothed targets vs a smoothed loss): any
 # difference between them at the same factor is run-to-run noise, or a bug.
