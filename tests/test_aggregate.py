@@ -353,12 +353,22 @@ def test_a_process_that_only_reuses_the_pid_of_a_killed_run_is_not_it(tmp_path):
 
 
 def test_aggregate_never_takes_a_run_lock(tree, monkeypatch):
-    def refuse(*args):
-        raise AssertionError("aggregate must not take a run's flock")
+    # Only its output folder's, which no run locks (one aggregate writing there at a time).
+    real_flock, taken = fcntl.flock, []
 
-    monkeypatch.setattr(fcntl, "flock", refuse)
+    def output_folder_only(fd, operation):
+        if not os.path.samestat(os.fstat(fd), os.stat(tree)):
+            raise AssertionError("aggregate must not take a run's flock")
+        taken.append(fd)
+        return real_flock(fd, operation)
+
+    def refuse(*args):
+        raise AssertionError("aggregate must not take a run's lock")
+
+    monkeypatch.setattr(fcntl, "flock", output_folder_only)
     monkeypatch.setattr(fcntl, "lockf", refuse)
     aggregate(tree)
+    assert len(taken) == 1
 
 
 def test_a_starting_run_with_a_live_lock_is_running(tmp_path):
