@@ -10,21 +10,21 @@ from typing import Any
 from job.aggregate.runs import ABSENT, NO_FACTOR, UNKNOWN
 
 
-def _text(value: Any, missing: str = "") -> str:
+def as_text(value: Any, missing: str = "") -> str:
     return missing if value is None else str(value)
 
 
-def _runs(n: int) -> str:
+def count_runs(n: int) -> str:
     return f"{n} run{'s' * (n != 1)}"
 
 
-def _show_factor(method: str | None, factor: float | None) -> str:
+def show_factor(method: str | None, factor: float | None) -> str:
     if method == NO_FACTOR:
         return "–"  # the factor is ignored
     return "" if factor is None else f"{factor:g}"
 
 
-def _show_value(text: str) -> str:
+def show_value(text: str) -> str:
     """A setting's JSON text as a reader writes it: bf16, not "bf16"."""
     try:
         value = json.loads(text)
@@ -33,16 +33,16 @@ def _show_value(text: str) -> str:
     return value if isinstance(value, str) else text
 
 
-def _csv_value(text: str) -> str:
-    return "" if text in (ABSENT, UNKNOWN) else _show_value(text)
+def csv_value(text: str) -> str:
+    return "" if text in (ABSENT, UNKNOWN) else show_value(text)
 
 
-def _show_varied(varied: tuple[tuple[str, str], ...], lead: str) -> str:
+def show_varied(varied: tuple[tuple[str, str], ...], lead: str) -> str:
     """`lead` and "key=value, ..." for a group's varied settings; "" where nothing varies."""
-    return lead + ", ".join(f"{key}={_show_value(value)}" for key, value in varied) if varied else ""
+    return lead + ", ".join(f"{key}={show_value(value)}" for key, value in varied) if varied else ""
 
 
-def _show_duration(seconds: float | None) -> str:
+def show_duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
     minutes, secs = divmod(round(seconds), 60)
@@ -50,11 +50,11 @@ def _show_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _shorten(text: str, limit: int) -> str:
+def shorten(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _cell(text: str) -> str:
+def markdown_cell(text: str) -> str:
     """Markdown table cell: one line, pipes escaped."""
     return " ".join(str(text).split()).replace("|", "\\|")

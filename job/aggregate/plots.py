@@ -10,8 +10,8 @@ import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
 
-from job.aggregate.display import _runs, _show_varied
-from job.aggregate.runs import METRIC, NO_FACTOR, Metric, Run, _group_key
+from job.aggregate.display import count_runs, show_varied
+from job.aggregate.runs import METRIC, NO_FACTOR, Metric, Run, group_key
 from job.aggregate.stats import COMPARED_METRICS, SAME_OBJECTIVE, Difference, describe
 from job.atomic import save_png
 
@@ -36,7 +36,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
     for r in done:
         values.setdefault((r.method, r.varied), {}).setdefault(r.factor, []).append(scale * r.metrics[metric.name])
 
-    order = sorted(values, key=lambda series: _group_key(series[0], None, series[1]))
+    order = sorted(values, key=lambda series: group_key(series[0], None, series[1]))
     curves = [series for series in order if series[0] != NO_FACTOR]
     references = [series for series in order if series[0] == NO_FACTOR]
     factors = sorted({f for series in curves for f in values[series]})
@@ -54,7 +54,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             means = np.array([s.mean for s in stats])
             low, high = means - [s.min for s in stats], [s.max for s in stats] - means
             n = sum(len(v) for _, v in points)
-            label = f"{method}{_show_varied(varied, ', ')} ({_runs(n)})"
+            label = f"{method}{show_varied(varied, ', ')} ({count_runs(n)})"
             (line,) = ax.plot(x, means, marker="o", label=label, zorder=3)
             ax.errorbar(x, means, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=4, zorder=2)
             seeds_x = [f + offset for f, v in points for _ in v]
@@ -65,7 +65,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             reference = [a for v in values[(method, varied)].values() for a in v]
             # Grey when it is the only one; otherwise each in a colour of its own.
             color = "0.35" if len(references) == 1 else f"C{(len(curves) + i) % 10}"
-            label = f"{NO_FACTOR}{_show_varied(varied, ', ')} ({_runs(len(reference))}, no smoothing)"
+            label = f"{NO_FACTOR}{show_varied(varied, ', ')} ({count_runs(len(reference))}, no smoothing)"
             ax.axhline(describe(reference).mean, color=color, linestyle="--", label=label)
             ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
         if factors:
@@ -119,7 +119,7 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
                     std = np.array([scale * ((d.a if method == labels else d.b).std or 0.0) for d in diffs])
                     ax.bar(x + offset, 2 * std, width, bottom=-std, color=color, alpha=0.45,
                            label=f"±1 std of {method} across seeds (none for a single seed)")  # fmt: skip
-                ax.set_xticks(x, [f"{d.factor:g}" + _show_varied(d.varied, "\n") for d in diffs])
+                ax.set_xticks(x, [f"{d.factor:g}" + show_varied(d.varied, "\n") for d in diffs])
             else:
                 ax.set_xticks([])
                 ax.text(0.5, 0.5, f"no factor has completed {labels} and {loss} runs\nthat report {metric.label}",

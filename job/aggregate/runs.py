@@ -140,7 +140,7 @@ class Run:
         return self.status == COMPLETED
 
     def sort_key(self) -> tuple:
-        return (*_group_key(self.method, self.factor, self.varied), self.seed is None, self.seed or 0, self.run)
+        return (*group_key(self.method, self.factor, self.varied), self.seed is None, self.seed or 0, self.run)
 
 
 def collect(root: str | os.PathLike) -> tuple[list[Run], list[str]]:
@@ -417,13 +417,13 @@ def _resolved_settings(manifest: dict, spec: dict | None) -> dict[str, str]:
 # ---------------------------------------------------------------------------- order
 
 
-def _group_key(method: str | None, factor: float | None, varied: tuple = ()) -> tuple:
+def group_key(method: str | None, factor: float | None, varied: tuple = ()) -> tuple:
     # Each setting's block together, then method and factor as in a sweep without one.
-    settings = tuple(_value_order(value) for _, value in varied)
+    settings = tuple(value_order(value) for _, value in varied)
     return (settings, method is None, method or "", factor is None, factor or 0.0)
 
 
-def _value_order(text: str) -> tuple:
+def value_order(text: str) -> tuple:
     """Numbers in numeric order (0.005 < 0.05 < 1 < 10), then text, then absent or unknown."""
     try:
         value = json.loads(text)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from job.aggregate.display import _runs, _show_factor, _show_varied
-from job.aggregate.runs import ABSENT, METRIC, METRICS, NO_FACTOR, STATUSES, Run, _group_key, _value_order
+from job.aggregate.display import count_runs, show_factor, show_varied
+from job.aggregate.runs import ABSENT, METRIC, METRICS, NO_FACTOR, STATUSES, Run, group_key, value_order
 from job.rundir import SPEC_FILE
 
 # Two implementations of one objective (smoothed targets vs a smoothed loss): any
@@ -167,7 +167,7 @@ def summarize(runs: list[Run]) -> list[Group]:
         if run.method is not None and run.factor is not None:
             by_key.setdefault((run.method, run.factor, run.varied), []).append(run)
     groups = []
-    for (method, factor, varied), members in sorted(by_key.items(), key=lambda item: _group_key(*item[0])):
+    for (method, factor, varied), members in sorted(by_key.items(), key=lambda item: group_key(*item[0])):
         done = [r for r in members if r.completed]
         stats, values = {}, {}
         for metric in METRICS:
@@ -287,7 +287,7 @@ def _join(words) -> str:
 
 def _group_name(method: str, factor: float, varied: tuple[tuple[str, str], ...]) -> str:
     where = "" if method == BASELINE else f" at factor {factor:g}"
-    return f"{method}{where}{_show_varied(varied, ', ')}"
+    return f"{method}{where}{show_varied(varied, ', ')}"
 
 
 def _labels(metrics: set[str]) -> str:
@@ -314,8 +314,8 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
     for key in keys:
         values = Counter(r.settings.get(key, ABSENT) for r in known)
         if len(values) > 1:
-            in_order = sorted(values.items(), key=lambda item: _value_order(item[0]))
-            listed = ", ".join(f"{value} ({_runs(n)})" for value, n in in_order)
+            in_order = sorted(values.items(), key=lambda item: value_order(item[0]))
+            listed = ", ".join(f"{value} ({count_runs(n)})" for value, n in in_order)
             warnings.append(
                 f"completed runs differ in {key}: {listed}; each value is a group of its own in the tables "
                 "and the plots, with a column for it"
@@ -329,7 +329,7 @@ def _duplicate_warnings(runs: list[Run]) -> list[str]:
         if run.completed:
             seen.setdefault((run.method, run.factor, run.varied, run.seed), []).append(run.run)
     return [
-        f"{method} factor {_show_factor(method, factor) or '-'}{_show_varied(varied, ', ')} seed {seed} "
+        f"{method} factor {show_factor(method, factor) or '-'}{show_varied(varied, ', ')} seed {seed} "
         f"completed {len(paths)} times ({', '.join(paths)}); each counts in the mean"
         for (method, factor, varied, seed), paths in seen.items()
         if len(paths) > 1

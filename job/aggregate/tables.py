@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job.aggregate.display import _cell, _csv_value, _runs, _shorten, _show_duration, _show_factor, _show_value, _text
+from job.aggregate.display import (
+    as_text,
+    count_runs,
+    csv_value,
+    markdown_cell,
+    shorten,
+    show_duration,
+    show_factor,
+    show_value,
+)
 from job.aggregate.runs import METRIC, METRICS, STATUSES, Metric, Run
 from job.aggregate.stats import BASELINE, SAME_OBJECTIVE, Difference, Group, Stats
 
@@ -45,17 +54,19 @@ def _metric_column(metric: Metric) -> Column:
 COLUMNS = (
     Column("run", lambda r: r.run, "run"),
     Column("method", lambda r: r.method, "method"),
-    Column("factor", lambda r: r.factor, "factor", lambda r: _show_factor(r.method, r.factor), right=True),
+    Column("factor", lambda r: r.factor, "factor", lambda r: show_factor(r.method, r.factor), right=True),
     Column("seed", lambda r: r.seed, "seed", right=True),
     Column("status", lambda r: r.status, "status"),
     *(_metric_column(m) for m in METRICS),
     Column("epochs_done", lambda r: r.epochs_done),
     Column("epochs_total", lambda r: r.epochs_total),
-    Column("", lambda r: None, "epochs", lambda r: f"{_text(r.epochs_done, '?')}/{_text(r.epochs_total, '?')}", True),
-    Column("duration_s", lambda r: r.duration_s, "duration", lambda r: _show_duration(r.duration_s), right=True),
+    Column(
+        "", lambda r: None, "epochs", lambda r: f"{as_text(r.epochs_done, '?')}/{as_text(r.epochs_total, '?')}", True
+    ),
+    Column("duration_s", lambda r: r.duration_s, "duration", lambda r: show_duration(r.duration_s), right=True),
     Column("attempts", lambda r: r.attempts, "attempts", right=True),
     Column("spec_hash", lambda r: r.spec_hash, "spec hash"),
-    Column("reason", lambda r: r.reason, "reason", lambda r: _shorten(r.reason or "", MD_REASON_CHARS)),
+    Column("reason", lambda r: r.reason, "reason", lambda r: shorten(r.reason or "", MD_REASON_CHARS)),
 )
 CSV_COLUMNS = tuple(c for c in COLUMNS if c.name)
 
@@ -64,7 +75,7 @@ def _with_settings(columns: tuple[Column, ...] | list[Column], runs: list[Run], 
     """The columns, with one per varied setting after the seed (empty in the CSV where unknown)."""
     keys = [key for key, _ in runs[0].varied] if runs else []
     added = [
-        Column(key, lambda r, i=i: _csv_value(r.varied[i][1]) if csv else _show_value(r.varied[i][1]), key)
+        Column(key, lambda r, i=i: csv_value(r.varied[i][1]) if csv else show_value(r.varied[i][1]), key)
         for i, key in enumerate(keys)
     ]
     at = next(i for i, c in enumerate(columns) if c.name == "seed") + 1
@@ -174,7 +185,7 @@ def comparison_note(comparisons: list[Difference], note: str = COMPARISON_NOTE) 
 
 def tally(runs: list[Run]) -> str:
     counts = Counter(r.status for r in runs)
-    return f"{_runs(len(runs))}: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+    return f"{count_runs(len(runs))}: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
 
 
 def shown_metrics(runs: list[Run]) -> list[Metric]:
@@ -193,7 +204,7 @@ def run_columns(runs: list[Run]) -> list[Column]:
 
 
 def run_cells(run: Run, columns: list[Column]) -> list[str]:
-    return [c.show(run) if c.show else _text(c.get(run)) for c in columns]
+    return [c.show(run) if c.show else as_text(c.get(run)) for c in columns]
 
 
 def group_table(groups: list[Group], metrics: list[Metric]) -> Table:
@@ -203,7 +214,7 @@ def group_table(groups: list[Group], metrics: list[Metric]) -> Table:
         header += [f"{metric.label} mean ± std", f"{metric.label} min – max"]
     rows = []
     for g in groups:
-        cells = [g.method, _show_factor(g.method, g.factor), *(_show_value(v) for _, v in g.varied), str(g.completed),
+        cells = [g.method, show_factor(g.method, g.factor), *(show_value(v) for _, v in g.varied), str(g.completed),
                  str(g.not_completed)]  # fmt: skip
         for metric in metrics:
             s = g.stats.get(metric.name)
@@ -223,7 +234,7 @@ def comparison_table(comparisons: list[Difference]) -> Table:
     keys = [key for key, _ in comparisons[0].varied] if comparisons else []
     header = ["factor", *keys, "metric", f"{labels} mean ± std (n)", f"{loss} mean ± std (n)", f"{labels} − {loss}",
               "SE", "difference / SE", "p", "test"]  # fmt: skip
-    rows = [[f"{d.factor:g}", *(_show_value(v) for _, v in d.varied), *_difference_cells(d)] for d in comparisons]
+    rows = [[f"{d.factor:g}", *(show_value(v) for _, v in d.varied), *_difference_cells(d)] for d in comparisons]
     return Table(header, rows, [True, *[False] * len(keys), False, True, True, True, True, True, True, False])
 
 
@@ -232,7 +243,7 @@ def baseline_table(comparisons: list[Difference]) -> Table:
     keys = [key for key, _ in comparisons[0].varied] if comparisons else []
     header = ["method", "factor", *keys, "metric", "method mean ± std (n)", f"{BASELINE} mean ± std (n)",
               f"method − {BASELINE}", "SE", "difference / SE", "p", "test"]  # fmt: skip
-    rows = [[d.method, f"{d.factor:g}", *(_show_value(v) for _, v in d.varied), *_difference_cells(d)]
+    rows = [[d.method, f"{d.factor:g}", *(show_value(v) for _, v in d.varied), *_difference_cells(d)]
             for d in comparisons]  # fmt: skip
     return Table(header, rows, [False, True, *[False] * len(keys), False, True, True, True, True, True, True, False])
 
@@ -328,10 +339,10 @@ def render_markdown(
     present = [s for s in STATUSES if any(r.status == s for r in runs)]
     lines += ["", "Status: " + "; ".join(f"`{s}`: {STATUSES[s]}" for s in present) + "."]
     if warnings:
-        lines += ["", "## Warnings", "", *(f"- {_cell(w)}" for w in warnings)]
+        lines += ["", "## Warnings", "", *(f"- {markdown_cell(w)}" for w in warnings)]
     return "\n".join(lines) + "\n"
 
 
 def _table(table: Table) -> list[str]:
     rule = ["---:" if r else "---" for r in table.right]
-    return ["| " + " | ".join(_cell(c) for c in row) + " |" for row in (table.header, rule, *table.rows)]
+    return ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in (table.header, rule, *table.rows)]
