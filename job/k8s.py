@@ -349,12 +349,6 @@ def default_name(spec_path: str | Path, longest: int = 63) -> str:
     return f"lsjob-{stem}"[:longest].rstrip("-")
 
 
-def container_command(manifest: dict) -> list[str]:
-    """The command line of the Job's lsjob container in a loaded manifest (for tests and users)."""
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    return [*container["command"], *container["args"]]
-
-
 def _completions(count: int, parallelism: int | None, backoff_limit: int) -> dict:
     # Indexed: pod i gets JOB_COMPLETION_INDEX=i and trains point i (a single run ignores it);
     # retries are counted per point, so one failing point cannot use up the others' retries.

@@ -85,11 +85,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
     return metrics, text
 
 
-def write_training_plot(
-    history: Sequence[Mapping[str, float]],
-    path: Path,
-    title: str = "Training Loss and Accuracy",
-) -> None:
+def write_training_plot(history: Sequence[Mapping[str, float]], path: Path) -> None:
     """The tutorial's curves, losses and accuracies per epoch, plus val_nll; on two panels
     rather than the tutorial's one, so that a loss far above 1 cannot flatten the accuracies."""
     epochs = np.arange(1, len(history) + 1)
@@ -111,44 +107,34 @@ def write_training_plot(
                     ax.set_yscale("log")
                     ylabel += " (log scale)"
             ax.set_ylabel(ylabel)
-        axes[0].set_title(title)
+        axes[0].set_title("Training Loss and Accuracy")
         axes[-1].set_xlabel("Epoch #")
         # Whole epochs only, even for a 1-epoch run where one tick is all there is.
         axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         save_png(fig, path)
 
 
-def write_confusion_matrix(
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    class_names: Sequence[str],
-    path: Path,
-    normalize: bool = True,
-) -> None:
-    """sklearn's confusion-matrix plot; normalised rows read as per-class recall."""
+def write_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], path: Path) -> None:
+    """sklearn's confusion-matrix plot, rows normalised: each reads as that class's recall."""
     labels = list(range(len(class_names)))
     counts = confusion_matrix(y_true, y_pred, labels=labels)
     support = counts.sum(axis=1)
-    if normalize:
-        # A class absent from y_true has an all-zero row, not a row of NaNs.
-        matrix = counts / np.maximum(support, 1)[:, None]
-        plot_kw = dict(values_format=".2f", im_kw=dict(vmin=0.0, vmax=1.0))
-        title = "Confusion matrix (rows normalised to the true class)"
-    else:
-        matrix = counts
-        plot_kw = dict(values_format="d")
-        title = "Confusion matrix (counts)"
+    # A class absent from y_true has an all-zero row, not a row of NaNs.
+    matrix = counts / np.maximum(support, 1)[:, None]
 
     fig = Figure(figsize=(9, 8), layout="constrained")
     ax = fig.add_subplot()
     display = ConfusionMatrixDisplay(matrix, display_labels=list(class_names))
-    display.plot(ax=ax, cmap="Blues", xticks_rotation=45, text_kw=dict(fontsize=9), **plot_kw)
+    display.plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, values_format=".2f", im_kw=dict(vmin=0.0, vmax=1.0),
+        text_kw=dict(fontsize=9),
+    )  # fmt: skip
     # Fractions hide how many examples a row stands on; the labels carry the count.
     ax.set_yticks(labels, [f"{name} ({n})" for name, n in zip(class_names, support)])
     for tick in ax.get_xticklabels():
         tick.set(horizontalalignment="right", rotation_mode="anchor")
     ax.set_ylabel("True label (support)")
-    ax.set_title(title)
+    ax.set_title("Confusion matrix (rows normalised to the true class)")
     save_png(fig, path)
 
 

@@ -39,6 +39,12 @@ def job_of(text: str) -> dict:
     return next(d for d in docs(text) if d["kind"] == "Job")
 
 
+def container_command(manifest: dict) -> list[str]:
+    """The command line of the Job's lsjob container in a loaded manifest."""
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    return [*container["command"], *container["args"]]
+
+
 def pod_of(text: str) -> dict:
     return job_of(text)["spec"]["template"]["spec"]
 
@@ -334,7 +340,7 @@ def test_the_container_runs_the_spec_from_its_config_map():
         pod = pod_of(text)
         (container,) = pod["containers"]
         command = ["lsjob", "run", "/spec/spec.yaml", "--set", f"output.root={root}"]
-        assert k8s.container_command(job_of(text)) == command
+        assert container_command(job_of(text)) == command
         # The spec ships as written, and is mounted where the command reads it.
         assert config_map["data"] == {"spec.yaml": spec_file.read_text(encoding="utf-8")}
         assert config_map["immutable"] is True
@@ -462,10 +468,10 @@ def test_a_results_root_that_yaml_would_misread_reaches_the_pod_whole(tmp_path):
     spec = tmp_path / "odd.yaml"
     spec.write_text("output: {root: 'results/run #1: it''s'}\n")
     (_, job) = yaml.safe_load_all(k8s.render(spec, image="r/l:1"))
-    override = k8s.container_command(job)[-1]
+    override = container_command(job)[-1]
     assert load_spec(None, [override]).output.root == Path("/results/run #1: it's")
     (_, job) = yaml.safe_load_all(k8s.render(SWEEP_SPEC, image="r/l:1"))
-    assert k8s.container_command(job)[-1] == "output.root=/results/sweep-factors"  # plain where it can be
+    assert container_command(job)[-1] == "output.root=/results/sweep-factors"  # plain where it can be
 
 
 def test_default_name_is_a_valid_job_name():

@@ -500,7 +500,7 @@ def test_a_damaged_predictions_file_is_a_clear_error_and_changes_nothing(tmp_pat
 
 
 def test_training_plot_without_val_nll(tmp_path):
-    write_training_plot(history(3, with_nll=False), tmp_path / "t.png", title="No NLL")
+    write_training_plot(history(3, with_nll=False), tmp_path / "t.png")
     assert_png(tmp_path / "t.png")
 
 
@@ -524,12 +524,6 @@ def test_training_plot_keeps_accuracy_readable_when_a_loss_blows_up(monkeypatch)
     loss, accuracy = drawn_training_plot(monkeypatch, rows)
     assert loss.get_yscale() == "log" and "log scale" in loss.get_ylabel()
     assert accuracy.get_yscale() == "linear" and accuracy.get_ylim()[1] < 1
-
-
-def test_confusion_matrix_counts(tmp_path):
-    y, probs = cifar_predictions()
-    write_confusion_matrix(y, probs.argmax(axis=1), CLASS_NAMES, tmp_path / "cm.png", normalize=False)
-    assert_png(tmp_path / "cm.png")
 
 
 def test_the_normalised_confusion_matrix_shows_per_class_recall(monkeypatch):
