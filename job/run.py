@@ -159,6 +159,7 @@ def _execute_claimed(
         data, holdout = _hold_out(spec, data, manifest)
         _record_setup(spec, data, setup, manifest, previous)
         run_dir.write_manifest(manifest)
+        _log_computing(spec, data, manifest)
 
         result = train(spec, data, run_dir.path)
         metrics = _write_results(spec, data, holdout, result, run_dir.path)
@@ -227,19 +228,24 @@ def _hold_out(spec: Spec, data, manifest: dict):
 
 
 def _record_setup(spec: Spec, data, setup: runtime.Setup, manifest: dict, previous: dict | None) -> None:
-    """What this attempt trains on and computes with, in the manifest and, for whoever reads only
-    the log (a Slurm .out, kubectl logs), in the log."""
+    """What this attempt trains on and computes with, in the manifest."""
     manifest["data"] = data.description
     log.info("data: %s", data.description)
     manifest["devices"] = runtime.devices()
     _record_computation(manifest, previous, setup)
-    computing = manifest["runtime"] = {
+    manifest["runtime"] = {
         **setup.describe(),
         "global_batch": spec.train.batch_size,
         "per_replica_batch": spec.train.batch_size // setup.replicas,
         "lr_scaling": spec.train.lr_scaling,
         "base_lr": spec.train.base_lr,  # epoch 0's learning rate, after scaling
     }
+
+
+def _log_computing(spec: Spec, data, manifest: dict) -> None:
+    """What computes, for whoever reads only the log (a Slurm .out, kubectl logs); once the
+    manifest has it."""
+    computing = manifest["runtime"]
     log.info(
         "computing: %s on %s; precision %s (%s); batch %d (%d per replica), %d steps per epoch",
         ", ".join(f"{name} {version}" for name, version in manifest["versions"].items() if name != "python"),

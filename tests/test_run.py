@@ -1064,3 +1064,21 @@ def test_the_baseline_is_recorded_at_factor_zero_whatever_the_specs_factor(tiny_
     manifest = _start_manifest(tiny_spec("smoothing.method=none"), None)
     assert (manifest["method"], manifest["factor"]) == ("none", 0.0)
     assert _start_manifest(tiny_spec("smoothing.factor=0.2"), None)["factor"] == 0.2
+
+
+def test_the_log_says_what_computes_only_once_the_manifest_records_it(tiny_spec, monkeypatch, caplog):
+    # A disk that fills as the attempt's setup is recorded: run.log must not describe a setup
+    # that its manifest never got.
+    real_write = RunDir.write_manifest
+
+    def full_at_the_setup(self, manifest):
+        if manifest.get("runtime") is not None and manifest["status"] == "running":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, manifest)
+
+    monkeypatch.setattr(RunDir, "write_manifest", full_at_the_setup)
+    monkeypatch.setattr(run_mod, "train", lambda *a, **k: pytest.fail("trained without its setup recorded"))
+    caplog.set_level("INFO", logger="lsjob")
+    with pytest.raises(NoSpaceError):
+        run_mod.execute(tiny_spec("train.epochs=1"))
+    assert "data: synthetic" in caplog.text and "computing:" not in caplog.text
