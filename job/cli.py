@@ -224,6 +224,7 @@ def aggregate(
     """Tabulate every run under ROOT (aggregate.csv, .json, .md, .html); plot accuracy and ECE against the factor."""
     from job.aggregate import aggregate as aggregate_runs  # matplotlib: only for this command
 
+    _setup_logging()  # on stderr: stdout is the Markdown
     typer.echo(aggregate_runs(root, out).markdown, nl=False)
 
 

@@ -1380,9 +1380,10 @@ def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch)
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
-def test_a_second_aggregate_into_one_folder_waits_for_the_first(tmp_path):
+def test_a_second_aggregate_into_one_folder_waits_for_the_first(tmp_path, caplog):
     # Two aggregates writing at once would interleave their renames: a CSV of one and a page of the
-    # other. A folder's flock (the one the first holds while writing) makes the second wait.
+    # other. A folder's flock (the one the first holds while writing) makes the second wait, saying so.
+    caplog.set_level("WARNING", logger="lsjob")
     write_run(tmp_path, "a", "labels", 0.1, 0)
     folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(folder, fcntl.LOCK_EX)
@@ -1391,6 +1392,7 @@ def test_a_second_aggregate_into_one_folder_waits_for_the_first(tmp_path):
         second.start()
         second.join(10)  # an unlocked aggregate of one run is written in a second or two
         assert second.is_alive() and not (tmp_path / "aggregate.csv").exists()
+        assert f"another lsjob aggregate is writing into {tmp_path}; waiting" in caplog.text
     finally:
         os.close(folder)
     second.join()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from pathlib import Path
 
@@ -61,6 +62,8 @@ __all__ = [
     "collect",
     "comparison_warnings",
 ]
+
+log = logging.getLogger("lsjob")
 
 CSV_NAME = "aggregate.csv"
 MARKDOWN_NAME = "aggregate.md"
@@ -118,12 +121,18 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
 @contextlib.contextmanager
 def _one_writer_at_a_time(out: Path):
     """A flock on the output folder itself, for the while a set is written: nothing is left behind
-    in the folder, and the lock dies with its holder. Where the filesystem cannot lock a folder
-    (NFS locks only files opened for writing) the set is written unlocked, as before."""
+    in the folder, and the lock dies with its holder. On NFS a folder's flock holds within one
+    node only; where none can be had at all, the set is written unlocked, as before."""
     fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another lsjob aggregate is writing into %s; waiting for it to finish", out)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
         yield
     finally:
         os.close(fd)  # closing drops the flock
