@@ -277,21 +277,29 @@ def test_regenerate_reads_predictions_only_through_a_link_of_their_owner(tmp_pat
         regenerate(run)
 
 
+def test_regenerate_is_not_refused_for_a_link_to_nothing_it_never_writes(tmp_path):
+    # A link to nothing as checkpoints/ (or run.log) stops a run, which would create its target;
+    # the reports are rewritten without touching either.
+    run = tmp_path / "run"
+    saved_run(run)
+    (run / "checkpoints").symlink_to(tmp_path / "gone")
+    with pytest.raises(SpecError, match="symbolic link to nothing"):
+        RunDir(run).claim()  # what a run does with it
+    regenerate(run)
+    assert not (tmp_path / "gone").exists() and (run / "metrics.json").is_file()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="making another user's link, as a teammate's, needs root")
-def test_regenerate_is_not_refused_for_run_files_it_never_writes(tmp_path):
-    # A teammate's link to one's own file as run.log, or a link to nothing as checkpoints/, stops a
-    # run, which would write through them; the reports are rewritten without touching either.
+def test_regenerate_is_not_refused_for_a_teammates_link_it_never_writes(tmp_path):
     (tmp_path / "notes").write_text("my notes\n")
     run = tmp_path / "run"
     saved_run(run)
     (run / "run.log").symlink_to(tmp_path / "notes")
-    os.lchown(run / "run.log", 54321, 54321)
-    (run / "checkpoints").symlink_to(tmp_path / "gone")
-    with pytest.raises(SpecError, match="symbolic link"):
-        RunDir(run).claim()  # what a run does with them
+    os.lchown(run / "run.log", 54321, 54321)  # a teammate's link to one's own file
+    with pytest.raises(SpecError, match="symbolic link to another user's file"):
+        RunDir(run).claim()
     regenerate(run)
-    assert (tmp_path / "notes").read_text() == "my notes\n" and not (tmp_path / "gone").exists()
-    assert (run / "metrics.json").is_file()
+    assert (tmp_path / "notes").read_text() == "my notes\n" and (run / "metrics.json").is_file()
 
 
 def test_regenerate_brings_the_manifest_metrics_along(tmp_path):
