@@ -25,8 +25,9 @@ os.umask(_UMASK)
 STAGING_PREFIX = ".staging."
 # file_set's staging folder, as mkdtemp names it.
 STAGING_TMP = re.compile(re.escape(STAGING_PREFIX) + r"[^./]+\.tmp")
-# atomic_path's and write_once's temporary files, as mkstemp names them: .<name>.<random>.tmp<suffix>
-WRITE_TMP = re.compile(r"\..+\.[^./]+\.tmp(\.[A-Za-z0-9]+)?")
+# atomic_path's and write_once's temporary files, as mkstemp names them: .<name>.<8 random>.tmp<suffix>.
+# The 8 random characters keep a user's own hidden file (.notes.old.tmp) out.
+WRITE_TMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?")
 
 
 def temporary_folder(prefix: str, directory: Path) -> Path:
