@@ -456,6 +456,18 @@ def test_readme_documents_every_spec_field():
             assert f"`{section}.{field}`" in readme, f"README's spec table lacks {section}.{field}"
 
 
+def test_readme_gives_every_spec_field_its_default():
+    # The table is what users read; the model is what runs. A default changed in one alone misleads.
+    table = (ROOT / "README.md").read_text().split("| field | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    defaults = load_spec(None).model_dump(mode="json")
+    rows = re.findall(r"^\| `([a-z_]+)\.([a-z_]+)` \| (.+?) \|", table, re.M)
+    assert len(rows) == sum(len(fields) for fields in defaults.values() if isinstance(fields, dict))
+    for section, field, shown in rows:
+        value = defaults[section][field]
+        said = "unset" if value is None else f"`{json.dumps(value) if isinstance(value, bool) else value}`"
+        assert shown == said, f"README says {section}.{field} defaults to {shown}, the spec to {said}"
+
+
 def test_the_compile_cache_is_a_keyword_or_a_folder_and_not_part_of_the_run_identity():
     assert load_spec(None).runtime.compile_cache == "auto"
     assert load_spec(None, ["runtime.compile_cache=~/cc"]).runtime.compile_cache == "~/cc"
