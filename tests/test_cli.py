@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -294,3 +295,10 @@ def test_eight_tasks_on_one_results_root_never_clobber_or_look_complete_early(tm
 def _read_json_retrying(path):
     # Files are replaced by rename, never rewritten in place, so a read sees a whole file.
     return json.loads(path.read_text())
+
+
+def test_readme_lists_every_exit_code_and_no_other():
+    # Schedulers are configured from that table (which codes to requeue, which to fail).
+    section = (ROOT / "README.md").read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    listed = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)}
+    assert listed == {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
