@@ -7,6 +7,7 @@ import base64
 import copy
 import csv
 import datetime as dt
+import errno
 import fcntl
 import functools
 import html.parser
@@ -1397,6 +1398,38 @@ def test_a_second_aggregate_into_one_folder_waits_for_the_first(tmp_path, caplog
         os.close(folder)
     second.join()
     assert (tmp_path / "aggregate.html").is_file() and not list(tmp_path.glob(".staging.*"))
+
+
+def test_the_set_goes_in_place_while_the_folder_is_locked(tmp_path, monkeypatch):
+    # A lock let go before the renames would leave two aggregates' renames free to interleave.
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    real_replace, renamed = os.replace, []
+
+    def replace_while_locked(src, dst):
+        probe = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
+        renamed.append(Path(dst).name)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr("job.atomic.os.replace", replace_while_locked)
+    aggregate(tmp_path)
+    assert {"aggregate.csv", "aggregate.html"} <= set(renamed)
+
+
+def test_a_folder_that_cannot_be_locked_is_written_unlocked(tmp_path, monkeypatch):
+    # NFS mounted nolock, say: flock fails with ENOLCK, and the aggregate is written all the same.
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    aggregate(tmp_path)
+    assert (tmp_path / "aggregate.html").is_file()
 
 
 KILLED_WRITING_THE_PAGE = """

@@ -274,6 +274,8 @@ def test_a_multi_gpu_pod_gets_shared_memory_for_nccl_and_a_one_gpu_pod_none(tmp_
         ("  replicas: 1", {"memory": "0Gi"}, "memory '0Gi'"),
         # Each pod would exit 2 ("does not split evenly") on the cluster.
         ("  replicas: all\ntrain:\n  batch_size: 64", {"gpus": 3}, "64 does not split evenly across the 3 GPUs"),
+        # So would a later sweep point's alone.
+        ("  replicas: all\nsweep:\n  train.batch_size: [48, 64]", {"gpus": 3}, "64 does not split evenly"),
     ],
 )
 def test_gpus_cpu_and_memory_that_cannot_work_are_refused(tmp_path, runtime, options, message):
@@ -411,6 +413,8 @@ def test_bad_input_is_refused_before_it_reaches_a_cluster(tmp_path):
         k8s.render(SINGLE_SPEC, image="x", name="Bad_Name")
     with pytest.raises(SpecError, match="one run, not a sweep; leave --parallelism out"):
         k8s.render(SINGLE_SPEC, image="x", parallelism=2)
+    with pytest.raises(SpecError, match="run at least 1 sweep point at once"):
+        k8s.render(SWEEP_SPEC, image="x", parallelism=0)
     with pytest.raises(SpecError, match="image"):
         k8s.render(SINGLE_SPEC, image="has space")
 

@@ -550,6 +550,9 @@ def test_the_normalised_confusion_matrix_shows_per_class_recall(monkeypatch):
     np.testing.assert_allclose(shown, [[2 / 3, 1 / 3, 0], [0, 1, 0], [0, 0, 0]])
     assert "rows normalised to the true class" in fig.axes[0].get_title()
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a (3)", "b (1)", "c (0)"]
+    # One colour scale, 0 to 1, for every run: a best recall of 0.5 is not drawn as dark as a perfect one.
+    write_confusion_matrix(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), NAMES_SMALL, Path("unused.png"))
+    assert figures[-1].axes[0].images[0].get_clim() == (0.0, 1.0)
 
 
 def test_plot_style_does_not_leak(tmp_path):

@@ -911,14 +911,21 @@ def test_claiming_a_run_clears_temporary_files_of_writers_killed_midway_and_noth
     (run.path / ".model.keras.a8b_q0xz.tmp.keras").write_text("torn")
     (run.path / ".staging.x1y2.tmp").mkdir()
     (run.path / ".staging.x1y2.tmp" / "calibration.json").write_text("torn")
-    for users in ("notes.tmp", ".notes.old.tmp", ".draft.v2.tmp.bak"):
+    for users in ("notes.tmp", ".notes.old.tmp", ".notes.backup.tmp", ".draft.v2.tmp.bak"):
         (run.path / users).write_text("the user's")
     future = time.time() + 3600  # another node's clock: however new it looks, nothing else writes here
     os.utime(run.path / ".model.keras.a8b_q0xz.tmp.keras", (future, future))
     run.claim()
     try:
         left = sorted(p.name for p in run.path.iterdir())
-        assert left == [".draft.v2.tmp.bak", ".lock", ".notes.old.tmp", "manifest.json", "notes.tmp"]
+        assert left == [
+            ".draft.v2.tmp.bak",
+            ".lock",
+            ".notes.backup.tmp",
+            ".notes.old.tmp",
+            "manifest.json",
+            "notes.tmp",
+        ]
     finally:
         run.release()
 

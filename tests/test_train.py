@@ -81,6 +81,9 @@ def test_every_epoch_draws_its_own_shifts_flips_and_dropout_masks():
     second = states(1)
     assert all(a != b for a, b in zip(first, second))
     assert states(0) == first
+    # Stream i is the i-th state in _seed_states' order, the one a mid-epoch checkpoint restores
+    # by: renumbered, every seed would give another run than before.
+    assert first == [(train_mod.epoch_seed(7, 0, 1), 0), (train_mod.epoch_seed(7, 0, 2), 0)]
 
 
 def test_epoch_order_follows_seed_and_epoch_only():
