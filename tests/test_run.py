@@ -638,6 +638,17 @@ def test_a_link_to_another_users_file_is_never_written_through(tmp_path, name):
     assert not (victim / "new").exists()
 
 
+@pytest.mark.parametrize("name", ["run.log", "checkpoints"])
+def test_a_link_to_nothing_among_a_runs_files_is_never_followed(tmp_path, name):
+    # Without root as well: a dangling link would have the run create its target, wherever it points.
+    run = stopped_run(tmp_path / "root" / "r")
+    (run / name).unlink(missing_ok=True)
+    (run / name).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SpecError, match=rf"{run / name} is a symbolic link to nothing"):
+        RunDir(run).claim()
+    assert not (tmp_path / "elsewhere").exists()
+
+
 @as_root
 def test_a_hard_link_to_another_users_file_is_never_written_through(tmp_path):
     (tmp_path / "thesis.tex").write_text("a year of work\n")
