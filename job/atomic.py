@@ -23,8 +23,9 @@ from pathlib import Path
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 STAGING_PREFIX = ".staging."
-# file_set's staging folder, as mkdtemp names it.
-STAGING_TMP = re.compile(re.escape(STAGING_PREFIX) + r"[^./]+\.tmp")
+# file_set's staging folder, as mkdtemp names it (8 random characters: a user's own .staging.old.tmp
+# folder is never taken for one and deleted).
+STAGING_TMP = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}\.tmp")
 # atomic_path's and write_once's temporary files, as mkstemp names them: .<name>.<8 random>.tmp<suffix>.
 # The 8 random characters keep a user's own hidden file (.notes.old.tmp) out.
 WRITE_TMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?")

@@ -1462,7 +1462,7 @@ def test_another_aggregates_staging_folder_is_not_searched(tmp_path, monkeypatch
     # A second `lsjob aggregate` of the same root writes its set in a staging folder there,
     # and deletes it while this one may be listing it.
     write_run(tmp_path, "a", "labels", 0.1, 0)
-    staging = tmp_path / ".staging.x1y2z3.tmp"
+    staging = tmp_path / ".staging.x1y2z3q4.tmp"
     staging.mkdir()
     listed = []
     real_find = job.rundir.find_runs

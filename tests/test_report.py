@@ -471,7 +471,7 @@ def test_a_temperature_at_the_end_of_the_search_is_flagged(tmp_path, caplog):
 
 def test_a_killed_report_writer_leaves_nothing_the_next_one_keeps(tmp_path):
     saved_run(tmp_path)
-    leftover = tmp_path / ".staging.abc123.tmp"
+    leftover = tmp_path / ".staging.abc123_x.tmp"
     leftover.mkdir()
     (leftover / "metrics.json").write_text("{}")
     regenerate(tmp_path)

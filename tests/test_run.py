@@ -920,10 +920,12 @@ def test_claiming_a_run_clears_temporary_files_of_writers_killed_midway_and_noth
     run.path.mkdir()
     (run.path / "manifest.json").write_text("{}")
     (run.path / ".model.keras.a8b_q0xz.tmp.keras").write_text("torn")
-    (run.path / ".staging.x1y2.tmp").mkdir()
-    (run.path / ".staging.x1y2.tmp" / "calibration.json").write_text("torn")
+    (run.path / ".staging.x1y2z3q4.tmp").mkdir()
+    (run.path / ".staging.x1y2z3q4.tmp" / "calibration.json").write_text("torn")
     for users in ("notes.tmp", ".notes.old.tmp", ".notes.backup.tmp", ".draft.v2.tmp.bak"):
         (run.path / users).write_text("the user's")
+    (run.path / ".staging.old.tmp").mkdir()  # the user's folder, not file_set's
+    (run.path / ".staging.old.tmp" / "draft.txt").write_text("the user's")
     future = time.time() + 3600  # another node's clock: however new it looks, nothing else writes here
     os.utime(run.path / ".model.keras.a8b_q0xz.tmp.keras", (future, future))
     run.claim()
@@ -934,6 +936,7 @@ def test_claiming_a_run_clears_temporary_files_of_writers_killed_midway_and_noth
             ".lock",
             ".notes.backup.tmp",
             ".notes.old.tmp",
+            ".staging.old.tmp",
             "manifest.json",
             "notes.tmp",
         ]
