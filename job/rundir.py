@@ -40,7 +40,7 @@ MODEL_FILE = "model.keras"
 # What a claimed run directory may hold before its manifest is written: a kill
 # mid-write also leaves job.atomic's temporary file of spec.yaml or manifest.json.
 PRE_MANIFEST = {LOCK, RUN_LOG, SPEC_FILE}
-PRE_MANIFEST_TMP = re.compile(r"\.(spec\.yaml|manifest\.json)\.[^/]+\.tmp")
+PRE_MANIFEST_TMP_OF = (f".{SPEC_FILE}.", f".{MANIFEST}.")
 # What RunDir.lock writes into .lock; read back by lock_holder. The Slurm part (job id and
 # restart count) tells a requeued attempt that the lock is its own earlier attempt's.
 LOCK_TEXT = re.compile(r"pid (\d+) on (\S+) since (\S+)(?: slurm job (\S+) restart (\d+))?")
@@ -298,7 +298,10 @@ class RunDir:
 
     def is_foreign(self) -> bool:
         """A non-empty directory that lsjob did not create: never write into it."""
-        names = {p.name for p in self.path.iterdir() if not PRE_MANIFEST_TMP.fullmatch(p.name)}
+        names = {
+            p.name for p in self.path.iterdir()
+            if not (atomic.WRITE_TMP.fullmatch(p.name) and p.name.startswith(PRE_MANIFEST_TMP_OF))
+        }  # fmt: skip
         return MANIFEST not in names and not names <= PRE_MANIFEST
 
     def wipe(self) -> None:

@@ -890,10 +890,10 @@ def test_a_foreign_directory_is_never_written_into(tiny_spec):
 def test_a_run_killed_while_writing_its_first_files_is_still_ours(tmp_path):
     # SIGKILL during the first spec.yaml or manifest write leaves job.atomic's temporary file.
     (tmp_path / "r").mkdir()
-    for name in (".lock", "run.log", ".spec.yaml.k2j4x_1.tmp", ".manifest.json.a8b_q0.tmp"):
+    for name in (".lock", "run.log", ".spec.yaml.k2j4x_1q.tmp", ".manifest.json.a8b_q0xz.tmp"):
         (tmp_path / "r" / name).write_text("")
     assert not RunDir(tmp_path / "r").is_foreign()
-    (tmp_path / "r" / ".thesis.tex.a8b_q0.tmp").write_text("")
+    (tmp_path / "r" / ".thesis.tex.a8b_q0xz.tmp").write_text("")
     assert RunDir(tmp_path / "r").is_foreign()
 
 
