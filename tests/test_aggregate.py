@@ -12,6 +12,7 @@ import fcntl
 import functools
 import html.parser
 import io
+import itertools
 import json
 import math
 import os
@@ -1148,6 +1149,58 @@ def test_labels_vs_loss_plot_puts_each_difference_beside_the_seed_spread(tree, p
     np.testing.assert_allclose(interval, [[[-0.25, 3 - t], [-0.25, 3 + t]],
                                           [[0.75, 3 - t / math.sqrt(3)], [0.75, 3 + t / math.sqrt(3)]]])  # fmt: skip
     assert "across 0: not told apart from seed noise" in accuracy["suptitle"]
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Each saved figure itself, by file name, to measure where its texts were drawn."""
+    seen = {}
+    savefig = Figure.savefig
+
+    def keep(fig, fname, *args, **kwargs):
+        seen[next(n for n in OUTPUTS if Path(fname).name.startswith(f".{n}."))] = fig
+        return savefig(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return seen
+
+
+def unreadable_texts(fig):
+    """Texts of one panel drawn over each other (the values over the bars, the factors under
+    them, the title), values outside their panel, and texts, legends and titles cut off by the
+    figure's edge."""
+    fig.draw_without_rendering()
+    found = []
+    for ax in fig.axes:
+        texts = [(t.get_text(), t.get_window_extent()) for t in (*ax.texts, *ax.get_xticklabels(), ax.title)]
+        pairs = itertools.combinations([(text, box) for text, box in texts if text], 2)
+        found += [f"{a!r} over {b!r}" for (a, box), (b, other) in pairs if box.overlaps(other)]
+        found += [f"{t.get_text()!r} outside its panel" for t in ax.texts if not inside(t, ax.bbox)]
+    texts = [*fig.texts, *fig.legends, *(t for ax in fig.axes for t in (*ax.texts, *ax.get_xticklabels()))]
+    return found + [f"{t} cut off" for t in texts if t.get_window_extent().width and not inside(t, fig.bbox)]
+
+
+def inside(artist, bbox):
+    return all(bbox.padded(1).contains(x, y) for x, y in artist.get_window_extent().corners())
+
+
+@pytest.mark.parametrize(
+    "factors, lrs, seeds",
+    [(2, [None], 2), (10, [None], 2), (20, [None], 2), (10, [0.005, 0.01], 2), (10, [None], 1), (20, [None], 1)],
+)
+def test_a_sweep_of_many_factors_draws_every_value_and_factor_legibly(tmp_path, figures, factors, lrs, seeds):
+    # Values of 4 decimals side by side at 10 factors ran into one another ("0.00000.0000...").
+    # With one seed, nothing but the differences' own bars sets a panel's height.
+    for seed, lr, method, i in itertools.product(range(seeds), lrs, ("labels", "loss"), range(1, factors + 1)):
+        write_run(tmp_path, f"{method}-f{i}-s{seed}-lr{lr}", method, round(0.5 * i / factors, 3), seed,
+                  correct=60 + (7 * i + 3 * seed + 5 * (method == "loss")) % 37,
+                  overrides=[f"train.lr={lr}"] if lr else [])  # fmt: skip
+    aggregate(tmp_path)
+    assert set(figures) == {"accuracy_vs_factor.png", "ece_vs_factor.png", "labels_vs_loss.png"}
+    for name, fig in figures.items():
+        assert unreadable_texts(fig) == [], name
+    bars = len(figures["labels_vs_loss.png"].axes[1].texts)
+    assert bars == factors * len(lrs)  # every difference has its value drawn
 
 
 def test_plot_copes_with_no_completed_runs(tmp_path, plots):

@@ -87,6 +87,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         ax.set_title(f"{title} vs label-smoothing factor\n{subtitle}", fontsize="medium")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize="small")
+        _stand_crowded_texts_upright(fig)
         save_png(fig, path)
 
 
@@ -96,9 +97,15 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
     ±1 std band of either method's seeds around zero: how much each method's runs vary."""
     labels, loss = SAME_OBJECTIVE
     width = 0.25
+    # A sweep of many factors (or factors times varied settings) widens the panels, up to a point,
+    # and past 8 bars stacks them: side by side, the page would shrink them to an unreadable size.
+    most = max((sum(d.metric == name for d in comparisons) for name in COMPARED_METRICS), default=0)
+    stacked = most > 8
+    panel_width = min(12.0, max(8.0 if stacked else 5.0, 1.5 + 0.45 * most))
+    rows, cols = (len(COMPARED_METRICS), 1) if stacked else (1, len(COMPARED_METRICS))
     with matplotlib.style.context("ggplot"):
-        fig = Figure(figsize=(5 * len(COMPARED_METRICS), 5), layout="constrained")
-        for ax, name in zip(fig.subplots(1, len(COMPARED_METRICS), squeeze=False)[0], COMPARED_METRICS):
+        fig = Figure(figsize=(panel_width * cols, 5 * rows), layout="constrained")
+        for ax, name in zip(fig.subplots(rows, cols, squeeze=False).flat, COMPARED_METRICS):
             metric = METRIC[name]
             scale = 100 if metric.percent else 1
             diffs = [d for d in comparisons if d.metric == name]
@@ -128,8 +135,24 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
             ax.set_ylabel(f"{labels} − {loss}" + (" (percentage points)" if metric.percent else ""))
             ax.set_title(f"{PLOT_TITLE.get(name, metric.label)}: {labels} − {loss}")
         fig.suptitle(f"{labels} vs {loss} at the same factor: the difference, its 95% interval (across 0: not told "
-                     "apart from seed noise by these seeds), and each method's seed spread")  # fmt: skip
+                     "apart from seed noise by these seeds), and each method's seed spread", wrap=True)  # fmt: skip
         if comparisons:  # one legend below the panels: inside one it hid a wide spread's bar
             keys = {label: handle for ax in fig.axes for handle, label in zip(*ax.get_legend_handles_labels())}
             fig.legend(keys.values(), keys.keys(), loc="outside lower center", ncols=2, fontsize="small")
+            _stand_crowded_texts_upright(fig)
         save_png(fig, path)
+
+
+def _stand_crowded_texts_upright(fig: Figure) -> None:
+    """Turns a panel's values over the bars, or its factors under them, upright where side by side
+    they would run into each other (a sweep of many factors): measured after a layout, since how
+    wide a text draws depends on its font and the figure."""
+    fig.draw_without_rendering()  # the extents below are then the drawn ones
+    for ax in fig.axes:
+        for texts in (ax.texts, ax.get_xticklabels()):
+            boxes = sorted((t.get_window_extent() for t in texts if t.get_text()), key=lambda b: b.x0)
+            if any(left.x1 + 2 > right.x0 for left, right in zip(boxes, boxes[1:])):
+                for text in texts:
+                    text.set_rotation(90)
+        if any(t.get_rotation() == 90 for t in ax.texts):
+            ax.margins(y=0.25)  # room above and below the bars for the taller, upright values
