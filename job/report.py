@@ -220,6 +220,8 @@ def write_reliability_diagram(report: dict, path: Path) -> None:
         for column, (title, summary) in enumerate(panels):
             _reliability_panel(axes[0, column], axes[1, column], title, summary)
         fig.suptitle(f"Reliability diagram ({report['bins']} equal-width bins, top-1 confidence)")
+        # Below the panels: wherever it sat inside one, some model's bars and counts were under it.
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8)
         save_png(fig, path)
 
 
@@ -240,18 +242,17 @@ def _reliability_panel(top, bottom, title: str, summary: dict) -> None:
             color="#DD8452", alpha=0.45, edgecolor="#DD8452", hatch="//", label="gap to confidence")  # fmt: skip
     for x, y, n in zip(centers[filled], accuracy[filled], counts[filled]):
         top.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
-    top.set(xlim=(0, 1), ylim=(0, 1.05), ylabel="accuracy", title=title)
-    top.text(0.03, 0.95, f"ECE {summary['ece']:.4f}\nMCE {summary['mce']:.4f}\nNLL {summary['nll']:.4f}\n"
-             f"Brier {summary['brier']:.4f}", transform=top.transAxes, va="top", fontsize=9,
-             bbox=dict(facecolor="white", alpha=0.8))  # fmt: skip
-    top.legend(loc="lower right", fontsize=8)
+    top.set(xlim=(0, 1), ylim=(0, 1.05), ylabel="accuracy")
+    # The scores in the title, not in a box over the bins: any corner of the plot holds some model's bars.
+    top.set_title(f"{title}\nECE {summary['ece']:.4f} · MCE {summary['mce']:.4f} · NLL {summary['nll']:.4f} · "
+                  f"Brier {summary['brier']:.4f}", fontsize="medium")  # fmt: skip
 
     bottom.bar(centers, counts, width=width, color="#4C72B0", edgecolor="black", linewidth=0.5)
     bottom.axvline(summary["accuracy"], color="black", linestyle="-", label=f"accuracy {summary['accuracy']:.3f}")
     bottom.axvline(summary["mean_confidence"], color="#DD8452", linestyle="--",
                    label=f"mean confidence {summary['mean_confidence']:.3f}")  # fmt: skip
     bottom.set(xlabel="confidence (top-1 probability)", ylabel="examples")
-    bottom.legend(loc="upper left", fontsize=8)
+    bottom.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=2, fontsize=8, borderaxespad=0.2)  # over the bars
 
 
 # The metrics a completed run's manifest repeats, so a results table needs only manifests.

@@ -342,6 +342,57 @@ def test_the_reliability_diagram_draws_the_bins_it_reports():
     assert sum(b["count"] for b in summary["bins"]) == 2000
 
 
+def overconfident_and_wrong(n=2000):
+    """A 1-epoch or collapsed model: one class at near-certainty, right one time in ten."""
+    y, _ = cifar_predictions(n)
+    probs = np.full((n, 10), 0.004, dtype=np.float32)
+    probs[:, 3] = 0.964
+    return y, probs
+
+
+def heavily_smoothed(n=2000):
+    """smoothing.factor 0.9 on a good model: right 85% of the time at a top-1 probability near 0.19."""
+    y, _ = cifar_predictions(n)
+    guess = np.where(np.arange(n) % 20 < 17, y, (y + 1) % 10)
+    probs = np.full((n, 10), 0.09, dtype=np.float32)
+    probs[np.arange(n), guess] = 0.19
+    return y, probs
+
+
+@pytest.mark.parametrize("model", [overconfident_and_wrong, heavily_smoothed])
+@pytest.mark.parametrize("holdout", [False, True])
+def test_the_reliability_diagram_keeps_its_legends_and_scores_off_every_models_bins(tmp_path, monkeypatch, model,
+                                                                                     holdout):  # fmt: skip
+    # Any corner of the plot holds some model's bins: these two fill the lower right and the upper left.
+    from job import calibration
+    from job.report import calibration_report, write_reliability_diagram
+
+    figures = []
+    savefig = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    y, probs = model()
+    hold_y, hold_probs = model(500) if holdout else (None, None)
+    write_reliability_diagram(calibration_report(Predictions(probs, y, CLASS_NAMES, hold_probs, hold_y)),
+                              tmp_path / "reliability.png")  # fmt: skip
+    (fig,) = figures
+    fig.draw_without_rendering()
+    panels = len(fig.axes) // 2  # a reliability diagram over a histogram, per panel
+    assert panels == (2 if holdout else 1)
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    assert len(legends) == 1 + panels
+    for legend in legends:
+        box = legend.get_window_extent()
+        assert not any(box.overlaps(ax.bbox) for ax in fig.axes), legend.get_texts()[0].get_text()
+    for ax in fig.axes[:panels]:
+        assert all(text.get_text().isdigit() for text in ax.texts)  # only the bins' counts inside
+    assert f"ECE {calibration.summary(probs, y)['ece']:.4f}" in fig.axes[0].get_title()
+
+
 def test_regenerate_refuses_what_it_cannot_redo(tmp_path):
     from job.errors import SpecError
 
