@@ -1167,16 +1167,26 @@ def figures(monkeypatch):
 
 def unreadable_texts(fig):
     """Texts of one panel drawn over each other (the values over the bars, the factors under
-    them, the title), values outside their panel, and texts, legends and titles cut off by the
-    figure's edge."""
+    them, the axis labels, the title), values outside their panel, a legend over the points it
+    describes, and texts, legends and titles cut off by the figure's edge."""
     fig.draw_without_rendering()
     found = []
     for ax in fig.axes:
-        texts = [(t.get_text(), t.get_window_extent()) for t in (*ax.texts, *ax.get_xticklabels(), ax.title)]
-        pairs = itertools.combinations([(text, box) for text, box in texts if text], 2)
+        labels = (*ax.texts, *ax.get_xticklabels(), ax.title, ax.xaxis.label, ax.yaxis.label)
+        pairs = itertools.combinations([(t.get_text(), t.get_window_extent()) for t in labels if t.get_text()], 2)
         found += [f"{a!r} over {b!r}" for (a, box), (b, other) in pairs if box.overlaps(other)]
         found += [f"{t.get_text()!r} outside its panel" for t in ax.texts if not inside(t, ax.bbox)]
-    texts = [*fig.texts, *fig.legends, *(t for ax in fig.axes for t in (*ax.texts, *ax.get_xticklabels()))]
+        if ax.get_legend():
+            legend = ax.get_legend().get_window_extent()
+            points = [line.get_transform().transform(line.get_xydata()) for line in ax.lines]
+            points += [
+                c.get_offset_transform().transform(c.get_offsets()) for c in ax.collections if len(c.get_offsets())
+            ]
+            found += [f"legend over the point {xy}" for xy in np.concatenate(points) if legend.contains(*xy)]
+    found += [f"figure legend over {ax.get_title()!r}" for ax in fig.axes for legend in fig.legends
+              if legend.get_window_extent().overlaps(ax.bbox)]  # fmt: skip
+    texts = [*fig.texts, *fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    texts += [t for ax in fig.axes for t in (*ax.texts, *ax.get_xticklabels(), ax.xaxis.label, ax.yaxis.label)]
     return found + [f"{t} cut off" for t in texts if t.get_window_extent().width and not inside(t, fig.bbox)]
 
 
@@ -1184,23 +1194,43 @@ def inside(artist, bbox):
     return all(bbox.padded(1).contains(x, y) for x, y in artist.get_window_extent().corners())
 
 
+THREE_SETTINGS = {"train.lr": [0.005, 0.01], "train.batch_size": [64, 128], "augment.fill_mode": ["nearest", "reflect"]}
+
+
 @pytest.mark.parametrize(
-    "factors, lrs, seeds",
-    [(2, [None], 2), (10, [None], 2), (20, [None], 2), (10, [0.005, 0.01], 2), (10, [None], 1), (20, [None], 1)],
+    "factors, seeds, grid",
+    [
+        (2, 2, {}),
+        (10, 2, {}),
+        (20, 2, {}),
+        (10, 1, {}),  # one seed: nothing but the differences' own bars sets a panel's height
+        (20, 1, {}),
+        (10, 2, {"train.lr": [0.005, 0.01]}),
+        (4, 1, {"eval.temperature_scaling": [True, False]}),
+        (1, 2, {"train.lr": [0.005, 0.01], "train.batch_size": [64, 128]}),
+        (2, 1, THREE_SETTINGS),
+    ],
 )
-def test_a_sweep_of_many_factors_draws_every_value_and_factor_legibly(tmp_path, figures, factors, lrs, seeds):
-    # Values of 4 decimals side by side at 10 factors ran into one another ("0.00000.0000...").
-    # With one seed, nothing but the differences' own bars sets a panel's height.
-    for seed, lr, method, i in itertools.product(range(seeds), lrs, ("labels", "loss"), range(1, factors + 1)):
-        write_run(tmp_path, f"{method}-f{i}-s{seed}-lr{lr}", method, round(0.5 * i / factors, 3), seed,
-                  correct=60 + (7 * i + 3 * seed + 5 * (method == "loss")) % 37,
-                  overrides=[f"train.lr={lr}"] if lr else [])  # fmt: skip
+def test_a_sweep_of_many_factors_or_settings_draws_every_value_factor_and_line_legibly(tmp_path, figures, factors,
+                                                                                      seeds, grid):  # fmt: skip
+    # Values of 4 decimals side by side at 10 factors ran into one another ("0.00000.0000..."),
+    # upright factors with their settings squeezed the panels, a long legend hid lines.
+    for seed, setting, i in itertools.product(range(seeds), itertools.product(*grid.values()), range(factors + 1)):
+        overrides = [f"{key}={value}" for key, value in zip(grid, setting)]
+        for method in ("labels", "loss") if i else ("none",):
+            correct = 60 + (7 * i + 3 * seed + 5 * (method == "loss") + 11 * len(str(setting))) % 37
+            write_run(tmp_path, f"{method}-f{i}-s{seed}-{'-'.join(map(str, setting))}", method,
+                      round(0.5 * i / factors, 3), seed, overrides=overrides, correct=correct)  # fmt: skip
     aggregate(tmp_path)
     assert set(figures) == {"accuracy_vs_factor.png", "ece_vs_factor.png", "labels_vs_loss.png"}
     for name, fig in figures.items():
         assert unreadable_texts(fig) == [], name
-    bars = len(figures["labels_vs_loss.png"].axes[1].texts)
-    assert bars == factors * len(lrs)  # every difference has its value drawn
+    settings = math.prod(len(values) for values in grid.values())
+    assert len(figures["labels_vs_loss.png"].axes[1].texts) == factors * settings  # each difference's value
+    ax = figures["accuracy_vs_factor.png"].axes[0]
+    colours = [matplotlib.colors.to_hex(line.get_color()) for line in ax.lines if not line.get_label().startswith("_")]
+    assert len(colours) == 3 * settings  # labels, loss and none per setting, in a colour each while 20 go round
+    assert len(set(colours)) == min(len(colours), 20)
 
 
 def test_plot_copes_with_no_completed_runs(tmp_path, plots):

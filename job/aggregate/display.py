@@ -37,9 +37,9 @@ def csv_value(text: str) -> str:
     return "" if text in (ABSENT, UNKNOWN) else show_value(text)
 
 
-def show_varied(varied: tuple[tuple[str, str], ...], lead: str) -> str:
-    """`lead` and "key=value, ..." for a group's varied settings; "" where nothing varies."""
-    return lead + ", ".join(f"{key}={show_value(value)}" for key, value in varied) if varied else ""
+def show_varied(varied: tuple[tuple[str, str], ...], lead: str, sep: str = ", ") -> str:
+    """`lead` and "key=value, ..." (joined by `sep`) for a group's varied settings; "" where nothing varies."""
+    return lead + sep.join(f"{key}={show_value(value)}" for key, value in varied) if varied else ""
 
 
 def show_duration(seconds: float | None) -> str:

@@ -45,9 +45,13 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
     offsets = np.linspace(-1, 1, len(curves)) * 0.01 * span if len(curves) > 1 else [0.0]
 
     with matplotlib.style.context("ggplot"):
+        # ggplot's 7 colours, or 20 where more lines would share one.
+        palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        if len(curves) + len(references) > len(palette):
+            palette = matplotlib.colormaps["tab20"].colors
         fig = Figure(figsize=(8, 5.5), layout="constrained")
         ax = fig.add_subplot()
-        for (method, varied), offset in zip(curves, offsets):
+        for i, ((method, varied), offset) in enumerate(zip(curves, offsets)):
             points = sorted(values[(method, varied)].items())
             x = np.array([f for f, _ in points]) + offset
             stats = [describe(v) for _, v in points]  # the tables' numbers
@@ -55,7 +59,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             low, high = means - [s.min for s in stats], [s.max for s in stats] - means
             n = sum(len(v) for _, v in points)
             label = f"{method}{show_varied(varied, ', ')} ({count_runs(n)})"
-            (line,) = ax.plot(x, means, marker="o", label=label, zorder=3)
+            (line,) = ax.plot(x, means, marker="o", label=label, zorder=3, color=palette[i % len(palette)])
             ax.errorbar(x, means, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=4, zorder=2)
             seeds_x = [f + offset for f, v in points for _ in v]
             seeds_y = [a for _, v in points for a in v]
@@ -64,7 +68,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         for i, (method, varied) in enumerate(references):
             reference = [a for v in values[(method, varied)].values() for a in v]
             # Grey when it is the only one; otherwise each in a colour of its own.
-            color = "0.35" if len(references) == 1 else f"C{(len(curves) + i) % 10}"
+            color = "0.35" if len(references) == 1 else palette[(len(curves) + i) % len(palette)]
             label = f"{NO_FACTOR}{show_varied(varied, ', ')} ({count_runs(len(reference))}, no smoothing)"
             ax.axhline(describe(reference).mean, color=color, linestyle="--", label=label)
             ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
@@ -85,9 +89,16 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         if len(completed) > len(done):
             subtitle += f"\n{len(completed) - len(done)} completed run(s) without {metric.label} left out (older runs)"
         ax.set_title(f"{title} vs label-smoothing factor\n{subtitle}", fontsize="medium")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize="small")
-        _stand_crowded_texts_upright(fig)
+        # The legend outside the plot, which grows for it: inside, a sweep of many factors or a long
+        # legend left it no free corner, and it hid points. Below it on a line, else beside it.
+        entries = len(ax.get_legend_handles_labels()[0])
+        if entries > 3:
+            fig.set_size_inches(13, max(5.5, 1.5 + 0.22 * entries))
+            fig.legend(loc="outside right upper", fontsize="small")
+        elif entries:
+            fig.set_figheight(5.8)
+            fig.legend(loc="outside lower center", fontsize="small", ncols=entries)
+        _keep_texts_apart(fig)
         save_png(fig, path)
 
 
@@ -126,7 +137,7 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
                     std = np.array([scale * ((d.a if method == labels else d.b).std or 0.0) for d in diffs])
                     ax.bar(x + offset, 2 * std, width, bottom=-std, color=color, alpha=0.45,
                            label=f"±1 std of {method} across seeds (none for a single seed)")  # fmt: skip
-                ax.set_xticks(x, [f"{d.factor:g}" + show_varied(d.varied, "\n") for d in diffs])
+                ax.set_xticks(x, [f"{d.factor:g}" + show_varied(d.varied, "\n", "\n") for d in diffs])
             else:
                 ax.set_xticks([])
                 ax.text(0.5, 0.5, f"no factor has completed {labels} and {loss} runs\nthat report {metric.label}",
@@ -139,20 +150,37 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
         if comparisons:  # one legend below the panels: inside one it hid a wide spread's bar
             keys = {label: handle for ax in fig.axes for handle, label in zip(*ax.get_legend_handles_labels())}
             fig.legend(keys.values(), keys.keys(), loc="outside lower center", ncols=2, fontsize="small")
-            _stand_crowded_texts_upright(fig)
+            _keep_texts_apart(fig)
         save_png(fig, path)
 
 
-def _stand_crowded_texts_upright(fig: Figure) -> None:
+def _keep_texts_apart(fig: Figure) -> None:
     """Turns a panel's values over the bars, or its factors under them, upright where side by side
-    they would run into each other (a sweep of many factors): measured after a layout, since how
-    wide a text draws depends on its font and the figure."""
-    fig.draw_without_rendering()  # the extents below are then the drawn ones
+    they would run into each other (a sweep of many factors, or of several settings), and grows
+    the figure by what upright factors take: their height, row by row, and width where they still
+    touch. Measured after a layout: how large a text draws depends on its font and the figure."""
+    fig.draw_without_rendering()
     for ax in fig.axes:
         for texts in (ax.texts, ax.get_xticklabels()):
-            boxes = sorted((t.get_window_extent() for t in texts if t.get_text()), key=lambda b: b.x0)
-            if any(left.x1 + 2 > right.x0 for left, right in zip(boxes, boxes[1:])):
+            if _crowding(texts) > 1:
                 for text in texts:
                     text.set_rotation(90)
         if any(t.get_rotation() == 90 for t in ax.texts):
             ax.margins(y=0.25)  # room above and below the bars for the taller, upright values
+    upright = [ax for ax in fig.axes if any(t.get_rotation() == 90 for t in ax.get_xticklabels())]
+    if upright:
+        fig.draw_without_rendering()
+        tallest = max(t.get_window_extent().height for ax in upright for t in ax.get_xticklabels()) / fig.dpi
+        rows = {round(ax.get_position().y0, 3) for ax in upright}
+        wider = max(1.0, 1.1 * max(_crowding(ax.get_xticklabels()) for ax in upright))
+        fig.set_size_inches(fig.get_figwidth() * wider, fig.get_figheight() + len(rows) * tallest)
+
+
+def _crowding(texts) -> float:
+    """How much room texts side by side take over what their centres leave: above 1, they touch."""
+    boxes = sorted((t.get_window_extent() for t in texts if t.get_text()), key=lambda box: box.x0)
+    return max(
+        [((a.width + b.width) / 2 + 2) / max(1.0, (b.x0 + b.width / 2) - (a.x0 + a.width / 2))
+         for a, b in zip(boxes, boxes[1:])],
+        default=0.0,
+    )  # fmt: skip
