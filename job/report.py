@@ -252,7 +252,7 @@ def _reliability_panel(top, bottom, title: str, summary: dict) -> None:
     bottom.axvline(summary["mean_confidence"], color="#DD8452", linestyle="--",
                    label=f"mean confidence {summary['mean_confidence']:.3f}")  # fmt: skip
     bottom.set(xlabel="confidence (top-1 probability)", ylabel="examples")
-    bottom.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=2, fontsize=8, borderaxespad=0.2)  # over the bars
+    bottom.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=2, fontsize=8, borderaxespad=0.2)  # above the bars
 
 
 # The metrics a completed run's manifest repeats, so a results table needs only manifests.
