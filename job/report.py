@@ -221,7 +221,7 @@ def write_reliability_diagram(report: dict, path: Path) -> None:
             _reliability_panel(axes[0, column], axes[1, column], title, summary)
         fig.suptitle(f"Reliability diagram ({report['bins']} equal-width bins, top-1 confidence)")
         # Below the panels: wherever it sat inside one, some model's bars and counts were under it.
-        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8)
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=8)
         save_png(fig, path)
 
 
@@ -237,10 +237,15 @@ def _reliability_panel(top, bottom, title: str, summary: dict) -> None:
     top.plot([0, 1], [0, 1], linestyle="--", color="0.4", label="perfect calibration")
     top.bar(centers[filled], accuracy[filled], width=width, edgecolor="black", linewidth=0.5,
             color="#4C72B0", label="accuracy")  # fmt: skip
-    # The gap to each bin's mean confidence is the error ECE averages.
+    # The gap to each bin's mean confidence is the error ECE averages. Hatched, not filled: a smoothed
+    # model's gap lies inside its accuracy bar, where a fill tinted the bar's top and left plain blue
+    # only up to the confidence, which then read as the accuracy.
     top.bar(centers[filled], confidence[filled] - accuracy[filled], bottom=accuracy[filled], width=width,
-            color="#DD8452", alpha=0.45, edgecolor="#DD8452", hatch="//", label="gap to confidence")  # fmt: skip
-    for x, y, n in zip(centers[filled], accuracy[filled], counts[filled]):
+            facecolor="none", edgecolor="#DD8452", linewidth=0, hatch="//", label="gap to confidence")  # fmt: skip
+    top.hlines(confidence[filled], centers[filled] - width / 2, centers[filled] + width / 2, color="#DD8452",
+               linewidth=2, label="bin's mean confidence")  # fmt: skip
+    # Above whichever is higher, so the count is on neither the bar's top nor the confidence mark.
+    for x, y, n in zip(centers[filled], np.maximum(accuracy, confidence)[filled], counts[filled]):
         top.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
     top.set(xlim=(0, 1), ylim=(0, 1.05), ylabel="accuracy")
     # The scores in the title, not in a box over the bins: any corner of the plot holds some model's bars.

@@ -334,6 +334,8 @@ def test_the_reliability_diagram_draws_the_bins_it_reports():
     # The gap bars run from each bin's accuracy up (or down) to its mean confidence.
     gaps = top.containers[1].patches
     assert [round(g.get_y() + g.get_height(), 9) for g in gaps] == [round(b["confidence"], 9) for b in filled]
+    (marks,) = top.collections  # and each bin's mean confidence is marked across the bin
+    assert [round(segment[0][1], 9) for segment in marks.get_segments()] == [round(b["confidence"], 9) for b in filled]
     # The diagonal, the bin counts written over the bars, the histogram below.
     diagonal = top.lines[0]
     assert list(diagonal.get_xdata()) == [0, 1] and list(diagonal.get_ydata()) == [0, 1]
@@ -357,6 +359,45 @@ def heavily_smoothed(n=2000):
     probs = np.full((n, 10), 0.09, dtype=np.float32)
     probs[np.arange(n), guess] = 0.19
     return y, probs
+
+
+@pytest.mark.parametrize("model", [overconfident_and_wrong, heavily_smoothed])
+def test_each_bins_accuracy_reads_off_its_bar_and_its_gap_stays_marked(model):
+    # A smoothed model's gap lies inside its accuracy bar: a filled gap layer tinted the bar's top,
+    # so the plain blue ended at the confidence and read as the accuracy.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from job import calibration
+    from job.report import _reliability_panel
+
+    y, probs = model()
+    summary = calibration.summary(probs, y)
+    ((b),) = [b for b in summary["bins"] if b["count"]]
+    fig = Figure(figsize=(6, 8), dpi=100)
+    top, bottom = fig.subplots(2)
+    _reliability_panel(top, bottom, "test", summary)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+
+    def region(low, high):
+        """The pixels of the bin's middle 60% between two heights, away from the edges."""
+        quarter = (b["upper"] - b["lower"]) * 0.2
+        (x0, y0), (x1, y1) = top.transData.transform([(b["lower"] + quarter, low), (b["upper"] - quarter, high)])
+        rows = slice(round(fig.bbox.height - y1) + 3, round(fig.bbox.height - y0) - 3)
+        return pixels[rows, round(x0) : round(x1)].reshape(-1, 3)
+
+    def share(colour, pixels):
+        return np.mean(np.abs(pixels - np.array(matplotlib.colors.to_rgb(colour)) * 255).max(axis=1) < 30)
+
+    accuracy, confidence = b["accuracy"], b["confidence"]
+    gap = region(min(accuracy, confidence) + 0.03, max(accuracy, confidence) - 0.03)
+    assert 1 - share(top.get_facecolor(), gap) - share("#4C72B0", gap) > 0.05  # something marks the gap
+    if accuracy > confidence:
+        assert share("#4C72B0", gap) > 0.7  # the accuracy bar, untinted, up to the accuracy
+    else:
+        assert share("#4C72B0", gap) == 0  # the accuracy bar ends at the accuracy
+    assert share("#4C72B0", region(0.01, min(accuracy, confidence) - 0.01)) > 0.95
 
 
 @pytest.mark.parametrize("model", [overconfident_and_wrong, heavily_smoothed])
