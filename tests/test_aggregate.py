@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import matplotlib.image
+import matplotlib.path
 import numpy as np
 import pytest
 import scipy.stats
@@ -1167,8 +1168,9 @@ def figures(monkeypatch):
 
 def unreadable_texts(fig):
     """Texts of one panel drawn over each other (the values over the bars, the factors under
-    them, the axis labels, the title), values outside their panel, a legend over the points it
-    describes, and texts, legends and titles cut off by the figure's edge."""
+    them, the axis labels, the title), values outside their panel or crossed by an interval's
+    bar, a legend over the points it describes, and texts, legends and titles cut off by the
+    figure's edge."""
     fig.draw_without_rendering()
     found = []
     for ax in fig.axes:
@@ -1176,6 +1178,11 @@ def unreadable_texts(fig):
         pairs = itertools.combinations([(t.get_text(), t.get_window_extent()) for t in labels if t.get_text()], 2)
         found += [f"{a!r} over {b!r}" for (a, box), (b, other) in pairs if box.overlaps(other)]
         found += [f"{t.get_text()!r} outside its panel" for t in ax.texts if not inside(t, ax.bbox)]
+        intervals = [lines for lines in ax.collections if isinstance(lines, LineCollection)]
+        segments = [matplotlib.path.Path(lines.get_transform().transform(segment))
+                    for lines in intervals for segment in lines.get_segments()]  # fmt: skip
+        found += [f"{t.get_text()!r} crossed by an interval" for t in ax.texts
+                  if any(line.intersects_bbox(t.get_window_extent(), filled=False) for line in segments)]  # fmt: skip
         if ax.get_legend():
             legend = ax.get_legend().get_window_extent()
             points = [line.get_transform().transform(line.get_xydata()) for line in ax.lines]
@@ -1227,6 +1234,11 @@ def test_a_sweep_of_many_factors_or_settings_draws_every_value_factor_and_line_l
         assert unreadable_texts(fig) == [], name
     settings = math.prod(len(values) for values in grid.values())
     assert len(figures["labels_vs_loss.png"].axes[1].texts) == factors * settings  # each difference's value
+    for ax in figures["labels_vs_loss.png"].axes:  # no seed spread flush with the panel's edge, as if cut off
+        low, high = ax.get_ylim()
+        spreads = [bar for bars in ax.containers if bars.get_label().startswith("±1 std") for bar in bars]
+        assert len(spreads) == 2 * factors * settings
+        assert all(low < bar.get_y() and bar.get_y() + bar.get_height() < high for bar in spreads if bar.get_height())
     ax = figures["accuracy_vs_factor.png"].axes[0]
     colours = [matplotlib.colors.to_hex(line.get_color()) for line in ax.lines if not line.get_label().startswith("_")]
     assert len(colours) == 3 * settings  # labels, loss and none per setting, in a colour each while 20 go round

@@ -124,19 +124,35 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
             ax.axhline(0, color="0.3", linewidth=0.8)
             if diffs:
                 value = np.array([scale * d.value for d in diffs])
-                bars = ax.bar(x - width, value, width, color="0.25", label=f"{labels} − {loss} (difference of means)")
-                ax.bar_label(bars, [metric.show(d.value) for d in diffs], fontsize=8, padding=2)
+                ax.bar(x - width, value, width, color="0.25", label=f"{labels} − {loss} (difference of means)")
                 # No interval with a single seed, nor where the seeds left no spread: no bar, not a 0-wide one.
                 has = np.array([d.interval is not None for d in diffs])
+                # Each value written past its interval, which ran through it at the bar's end (bar_label's place).
+                end = value.copy()
                 if has.any():
                     low, high = scale * np.array([d.interval for d in diffs if d.interval is not None]).T
                     ax.errorbar(x[has] - width, value[has], yerr=[value[has] - low, high - value[has]], fmt="none",
                                 ecolor="black", elinewidth=1.5, capsize=4,
                                 label="95% confidence interval of the difference (the tables' t-test)")  # fmt: skip
+                    end[has] = np.where(value[has] >= 0, high, low)
+                ax.margins(y=0.15)  # room past the outermost interval for its value
+                for at, top, d in zip(x - width, end, diffs):
+                    up = d.value >= 0
+                    ax.annotate(
+                        metric.show(d.value),
+                        (at, top),
+                        xytext=(0, 3 if up else -3),
+                        textcoords="offset points",
+                        ha="center",
+                        va="bottom" if up else "top",
+                        fontsize=8,
+                    )
                 for offset, method, color in ((0.0, labels, "C0"), (width, loss, "C1")):
                     std = np.array([scale * ((d.a if method == labels else d.b).std or 0.0) for d in diffs])
-                    ax.bar(x + offset, 2 * std, width, bottom=-std, color=color, alpha=0.45,
-                           label=f"±1 std of {method} across seeds (none for a single seed)")  # fmt: skip
+                    spread = ax.bar(x + offset, 2 * std, width, bottom=-std, color=color, alpha=0.45,
+                                    label=f"±1 std of {method} across seeds (none for a single seed)")  # fmt: skip
+                    for bar in spread:  # a margin below them too: flush with the axis, they looked cut off
+                        bar.sticky_edges.y.clear()
                 ax.set_xticks(x, [f"{d.factor:g}" + show_varied(d.varied, "\n", "\n") for d in diffs])
             else:
                 ax.set_xticks([])
