@@ -1216,6 +1216,7 @@ THREE_SETTINGS = {"train.lr": [0.005, 0.01], "train.batch_size": [64, 128], "aug
         (4, 1, {"eval.temperature_scaling": [True, False]}),
         (1, 2, {"train.lr": [0.005, 0.01], "train.batch_size": [64, 128]}),
         (2, 1, THREE_SETTINGS),
+        (1, 1, {**THREE_SETTINGS, "train.momentum": [0.9, 0.95]}),  # 32 lines of labels or loss: past 20 colours
     ],
 )
 def test_a_sweep_of_many_factors_or_settings_draws_every_value_factor_and_line_legibly(tmp_path, figures, factors,
@@ -1239,10 +1240,16 @@ def test_a_sweep_of_many_factors_or_settings_draws_every_value_factor_and_line_l
         spreads = [bar for bars in ax.containers if bars.get_label().startswith("±1 std") for bar in bars]
         assert len(spreads) == 2 * factors * settings
         assert all(low < bar.get_y() and bar.get_y() + bar.get_height() < high for bar in spreads if bar.get_height())
+    for name in ("accuracy_vs_factor.png", "ece_vs_factor.png"):  # however long the legend beside it
+        fig = figures[name]
+        assert fig.axes[0].get_position().width * fig.get_figwidth() > 6.5
     ax = figures["accuracy_vs_factor.png"].axes[0]
-    colours = [matplotlib.colors.to_hex(line.get_color()) for line in ax.lines if not line.get_label().startswith("_")]
-    assert len(colours) == 3 * settings  # labels, loss and none per setting, in a colour each while 20 go round
-    assert len(set(colours)) == min(len(colours), 20)
+    lines = [line for line in ax.lines if not line.get_label().startswith("_")]
+    assert len(lines) == 3 * settings  # labels, loss and none per setting
+    colours = [matplotlib.colors.to_hex(line.get_color()) for line in lines]
+    assert len(set(colours)) == min(len(colours), 20)  # a colour each while 20 go round
+    looks = {(colour, line.get_linestyle(), line.get_marker()) for colour, line in zip(colours, lines)}
+    assert len(looks) == len(lines)  # and past them, a look each still
 
 
 def test_plot_copes_with_no_completed_runs(tmp_path, plots):

@@ -59,7 +59,10 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             low, high = means - [s.min for s in stats], [s.max for s in stats] - means
             n = sum(len(v) for _, v in points)
             label = f"{method}{show_varied(varied, ', ')} ({count_runs(n)})"
-            (line,) = ax.plot(x, means, marker="o", label=label, zorder=3, color=palette[i % len(palette)])
+            # Past the palette, each round of colours in a line style and marker of its own.
+            again = i // len(palette)
+            (line,) = ax.plot(x, means, marker="osD^"[again % 4], linestyle=("-", ":", "-.")[again % 3], label=label,
+                              zorder=3, color=palette[i % len(palette)])  # fmt: skip
             ax.errorbar(x, means, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=4, zorder=2)
             seeds_x = [f + offset for f, v in points for _ in v]
             seeds_y = [a for _, v in points for a in v]
@@ -95,6 +98,8 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         if entries > 3:
             fig.set_size_inches(13, max(5.5, 1.5 + 0.22 * entries))
             fig.legend(loc="outside right upper", fontsize="small")
+            fig.draw_without_rendering()  # a legend of long settings took most of the 13 in: the plot keeps 7
+            fig.set_figwidth(13 + max(0.0, 7 - ax.get_position().width * 13))
         elif entries:
             fig.set_figheight(5.8)
             fig.legend(loc="outside lower center", fontsize="small", ncols=entries)
