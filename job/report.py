@@ -93,9 +93,12 @@ def write_training_plot(history: Sequence[Mapping[str, float]], path: Path) -> N
         fig = Figure(figsize=(9, 7), layout="constrained")
         axes = fig.subplots(2, 1, sharex=True)
         for ax, (ylabel, series) in zip(axes, _PANELS):
+            curves = {key: np.array([row.get(key, np.nan) for row in history], dtype=float) for key, _, _ in series}
             drawn = []
             for key, label, linestyle in series:
-                values = np.array([row.get(key, np.nan) for row in history], dtype=float)
+                values = curves[key]
+                if key == "val_nll" and np.allclose(values, curves["val_loss"], rtol=1e-5, atol=1e-6, equal_nan=True):
+                    label += " (= val_loss here)"  # labels, none: one line hid the other, as if one were missing
                 if np.isfinite(values).any():
                     # Markers keep a one-epoch run (a single point) visible.
                     ax.plot(epochs, values, linestyle=linestyle, marker="o", markersize=4, label=label)

@@ -619,6 +619,18 @@ def test_training_plot_keeps_accuracy_readable_when_a_loss_blows_up(monkeypatch)
     assert accuracy.get_yscale() == "linear" and accuracy.get_ylim()[1] < 1
 
 
+def test_the_training_plot_says_when_val_nll_is_the_val_loss_it_hides(monkeypatch):
+    # labels and none validate on hard labels with an unsmoothed loss: the two curves are one.
+    rows = history(3)
+    for row in rows:
+        row["val_nll"] = row["val_loss"]
+    loss, _ = drawn_training_plot(monkeypatch, rows)
+    assert [line.get_label() for line in loss.get_lines()] == ["train_loss", "val_loss", "val_nll (= val_loss here)"]
+    rows[2]["val_nll"] -= 0.01  # loss: its val_loss is smoothed, its val_nll not
+    loss, _ = drawn_training_plot(monkeypatch, rows)
+    assert loss.get_lines()[2].get_label() == "val_nll"
+
+
 def test_the_normalised_confusion_matrix_shows_per_class_recall(monkeypatch):
     # The title promises rows normalised to the true class: each row must read as that class's
     # recall (summing to 1), and a class with no test images as a row of zeros, not NaNs.
