@@ -372,7 +372,7 @@ def test_each_bins_accuracy_reads_off_its_bar_and_its_gap_stays_marked(model):
 
     y, probs = model()
     summary = calibration.summary(probs, y)
-    ((b),) = [b for b in summary["bins"] if b["count"]]
+    (b,) = [b for b in summary["bins"] if b["count"]]
     fig = Figure(figsize=(6, 8), dpi=100)
     top, bottom = fig.subplots(2)
     _reliability_panel(top, bottom, "test", summary)
@@ -382,8 +382,8 @@ def test_each_bins_accuracy_reads_off_its_bar_and_its_gap_stays_marked(model):
 
     def region(low, high):
         """The pixels of the bin's middle 60% between two heights, away from the edges."""
-        quarter = (b["upper"] - b["lower"]) * 0.2
-        (x0, y0), (x1, y1) = top.transData.transform([(b["lower"] + quarter, low), (b["upper"] - quarter, high)])
+        margin = (b["upper"] - b["lower"]) * 0.2
+        (x0, y0), (x1, y1) = top.transData.transform([(b["lower"] + margin, low), (b["upper"] - margin, high)])
         rows = slice(round(fig.bbox.height - y1) + 3, round(fig.bbox.height - y0) - 3)
         return pixels[rows, round(x0) : round(x1)].reshape(-1, 3)
 
