@@ -99,7 +99,8 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             fig.set_size_inches(13, max(5.5, 1.5 + 0.22 * entries))
             fig.legend(loc="outside right upper", fontsize="small")
             fig.draw_without_rendering()  # a legend of long settings took most of the 13 in: the plot keeps 7
-            fig.set_figwidth(13 + max(0.0, 7 - ax.get_position().width * 13))
+            plot_width = ax.get_position().width * fig.get_figwidth()
+            fig.set_figwidth(fig.get_figwidth() + max(0.0, 7 - plot_width))
         elif entries:
             fig.set_figheight(5.8)
             fig.legend(loc="outside lower center", fontsize="small", ncols=entries)
