@@ -33,13 +33,14 @@ from job.spec import load_spec  # noqa: E402
 from job.train import compile_model  # noqa: E402
 
 BATCH = 16
-# The largest relative difference of a step allowed. Sums in another order differ in the last
-# bits (JAX: 8e-6 for the weights). TensorFlow's synchronized batch normalization (Keras's)
-# takes the variance as E[x^2] - E[x]^2, which in float32 moves the weights' step by 5e-4 on
-# one replica alone, 2e-3 on two (measured). Errors measured against these: a gradient summed
-# over the replicas, not averaged, 1.0; per-replica batch statistics, 0.6 for the weights and
-# 1e-2 for the moving statistics.
-TOLERANCE = {"weights": 1e-2, "moving statistics": 1e-4}
+# The largest relative difference of a step allowed. Random images at initialisation make a
+# float32 step whose rounding alone moves it by about 1e-3: one replica given the same batch in
+# another order (the same update in exact arithmetic) differed by 2.1e-3 on TensorFlow 2.21,
+# 1.2e-3 on JAX 0.10.2 and 4.9e-3 on JAX 0.11.2 (measured); 2 replicas against 1 by 5.5e-4,
+# 1.2e-3 and 4.9e-3. Errors measured against these: a gradient summed over the replicas, not
+# averaged, 1.0; per-replica batch statistics, 0.6 for the weights and 1e-2 for the moving
+# statistics. 5e-2 sits ten times from both.
+TOLERANCE = {"weights": 5e-2, "moving statistics": 1e-4}
 
 
 def one_step(method: str, replicas: int, x: np.ndarray, labels: np.ndarray) -> dict[str, tuple[list, list]]:
