@@ -247,9 +247,11 @@ def _reliability_panel(top, bottom, title: str, summary: dict) -> None:
             facecolor="none", edgecolor="#DD8452", linewidth=0, hatch="//", label="gap to confidence")  # fmt: skip
     top.hlines(confidence[filled], centers[filled] - width / 2, centers[filled] + width / 2, color="#DD8452",
                linewidth=2, label="bin's mean confidence")  # fmt: skip
-    # Above whichever is higher, so the count is on neither the bar's top nor the confidence mark.
+    # Above whichever is higher, so the count is on neither the bar's top nor the confidence mark; on
+    # a patch of background, since a calibrated model's bars end on the diagonal, which then ran through it.
     for x, y, n in zip(centers[filled], np.maximum(accuracy, confidence)[filled], counts[filled]):
-        top.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
+        top.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7,
+                     bbox={"boxstyle": "square,pad=0.1", "facecolor": top.get_facecolor(), "linewidth": 0})  # fmt: skip
     top.set(xlim=(0, 1), ylim=(0, 1.05), ylabel="accuracy")
     # The scores in the title, not in a box over the bins: any corner of the plot holds some model's bars.
     top.set_title(f"{title}\nECE {summary['ece']:.4f} · MCE {summary['mce']:.4f} · NLL {summary['nll']:.4f} · "

@@ -400,6 +400,52 @@ def test_each_bins_accuracy_reads_off_its_bar_and_its_gap_stays_marked(model):
     assert share("#4C72B0", region(0.01, min(accuracy, confidence) - 0.01)) > 0.95
 
 
+def well_calibrated(n=3000):
+    """A temperature-scaled model: right about as often as its top-1 probability says."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 10, n)
+    top = rng.uniform(0.2, 1.0, n)
+    guess = np.where(rng.uniform(size=n) < top, y, (y + 1) % 10)
+    probs = np.repeat(((1 - top) / 9)[:, None], 10, axis=1)
+    probs[np.arange(n), guess] = top
+    return y, probs.astype(np.float32)
+
+
+def test_no_line_runs_through_a_bins_count():
+    # A calibrated model's bars end on the diagonal, so each count written above its bar sat on the
+    # dashed line (the temperature-scaled panel): every digit struck through.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from job import calibration
+    from job.report import _reliability_panel
+
+    y, probs = well_calibrated()
+    fig = Figure(figsize=(6, 8), dpi=100)
+    top, bottom = fig.subplots(2)
+    _reliability_panel(top, bottom, "test", calibration.summary(probs, y))
+    counts = [t for t in top.texts if t.get_text().isdigit()]
+    background = top.get_facecolor()
+    for text in counts:
+        text.set_color(background)  # the digits vanish: whatever else shows in their place was drawn over them
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    diagonal = top.transData.transform([(0, 0), (1, 1)])
+    crossed = 0
+    for text in counts:
+        box = text.get_window_extent()
+        # Where the diagonal runs at the box's height: the test means something only where it crosses the box.
+        x_at = np.interp([box.y0, box.y1], diagonal[:, 1], diagonal[:, 0])
+        if x_at.max() < box.x0 or x_at.min() > box.x1:
+            continue
+        crossed += 1
+        rows = slice(round(fig.bbox.height - box.y1) + 1, round(fig.bbox.height - box.y0) - 1)
+        patch = pixels[rows, round(box.x0) + 1 : round(box.x1) - 1].reshape(-1, 3)
+        off = np.abs(patch - np.array(matplotlib.colors.to_rgb(background)) * 255).max(axis=1) > 30
+        assert off.mean() < 0.01, f"count {text.get_text()}: {off.mean():.0%} of it drawn over"
+    assert crossed >= 5  # most counts of a calibrated model lie on the diagonal's path
+
+
 @pytest.mark.parametrize("model", [overconfident_and_wrong, heavily_smoothed])
 @pytest.mark.parametrize("holdout", [False, True])
 def test_the_reliability_diagram_keeps_its_legends_and_scores_off_every_models_bins(monkeypatch, model, holdout):
