@@ -361,24 +361,41 @@ def heavily_smoothed(n=2000):
     return y, probs
 
 
+def reliability_panel(summary):
+    """One reliability panel over its histogram, as write_reliability_diagram draws each: (fig, top)."""
+    from job.report import _reliability_panel
+
+    fig = Figure(figsize=(6, 8), dpi=100)
+    top, bottom = fig.subplots(2)
+    _reliability_panel(top, bottom, "test", summary)
+    return fig, top
+
+
+def rendered(fig):
+    """The figure's RGB pixels as Agg draws them, rows from the top."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def near(pixels, colour):
+    """Which of (n, 3) pixels are within 30 levels of `colour` in every channel."""
+    return np.abs(pixels - np.array(matplotlib.colors.to_rgb(colour)) * 255).max(axis=1) < 30
+
+
 @pytest.mark.parametrize("model", [overconfident_and_wrong, heavily_smoothed])
 def test_each_bins_accuracy_reads_off_its_bar_and_its_gap_stays_marked(model):
     # A smoothed model's gap lies inside its accuracy bar: a filled gap layer tinted the bar's top,
     # so the plain blue ended at the confidence and read as the accuracy.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     from job import calibration
-    from job.report import _reliability_panel
 
     y, probs = model()
     summary = calibration.summary(probs, y)
     (b,) = [b for b in summary["bins"] if b["count"]]
-    fig = Figure(figsize=(6, 8), dpi=100)
-    top, bottom = fig.subplots(2)
-    _reliability_panel(top, bottom, "test", summary)
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    fig, top = reliability_panel(summary)
+    pixels = rendered(fig)
 
     def region(low, high):
         """The pixels of the bin's middle 60% between two heights, away from the edges."""
@@ -388,7 +405,7 @@ def test_each_bins_accuracy_reads_off_its_bar_and_its_gap_stays_marked(model):
         return pixels[rows, round(x0) : round(x1)].reshape(-1, 3)
 
     def share(colour, pixels):
-        return np.mean(np.abs(pixels - np.array(matplotlib.colors.to_rgb(colour)) * 255).max(axis=1) < 30)
+        return np.mean(near(pixels, colour))
 
     accuracy, confidence = b["accuracy"], b["confidence"]
     gap = region(min(accuracy, confidence) + 0.03, max(accuracy, confidence) - 0.03)
@@ -414,22 +431,15 @@ def well_calibrated(n=3000):
 def test_no_line_runs_through_a_bins_count():
     # A calibrated model's bars end on the diagonal, so each count written above its bar sat on the
     # dashed line (the temperature-scaled panel): every digit struck through.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     from job import calibration
-    from job.report import _reliability_panel
 
     y, probs = well_calibrated()
-    fig = Figure(figsize=(6, 8), dpi=100)
-    top, bottom = fig.subplots(2)
-    _reliability_panel(top, bottom, "test", calibration.summary(probs, y))
+    fig, top = reliability_panel(calibration.summary(probs, y))
     counts = [t for t in top.texts if t.get_text().isdigit()]
     background = top.get_facecolor()
     for text in counts:
         text.set_color(background)  # the digits vanish: whatever else shows in their place was drawn over them
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    pixels = rendered(fig)
     diagonal = top.transData.transform([(0, 0), (1, 1)])
     crossed = 0
     for text in counts:
@@ -441,7 +451,7 @@ def test_no_line_runs_through_a_bins_count():
         crossed += 1
         rows = slice(round(fig.bbox.height - box.y1) + 1, round(fig.bbox.height - box.y0) - 1)
         patch = pixels[rows, round(box.x0) + 1 : round(box.x1) - 1].reshape(-1, 3)
-        off = np.abs(patch - np.array(matplotlib.colors.to_rgb(background)) * 255).max(axis=1) > 30
+        off = ~near(patch, background)
         assert off.mean() < 0.01, f"count {text.get_text()}: {off.mean():.0%} of it drawn over"
     assert crossed >= 5  # most counts of a calibrated model lie on the diagonal's path
 
