@@ -474,6 +474,9 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 # `mixed_precision: off` arrived as False), 010 as 8 (octal), 0x1F as 31 and 1:30 as 90 (base
 # 60). A seed of 010 or a run named 0x1F is then refused or kept as written, never changed.
 _NUMBERS_AND_BOOLS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
+# Nor dates, which YAML 1.2 does not have: a run named 2024-02-28 was refused as "not text", and
+# 2024-02-30 crashed PyYAML's date constructor. Both are text now, as quoted.
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _YAML12_RESOLVERS = [
     ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")),
     ("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")),
@@ -487,7 +490,7 @@ _YAML12_RESOLVERS = [
     ),
 ]
 _UniqueKeyLoader.yaml_implicit_resolvers = {  # this class's own copy: SafeLoader's is shared by all of PyYAML
-    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBERS_AND_BOOLS]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBERS_AND_BOOLS | {_TIMESTAMP}]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 for _tag, _regex, _first in _YAML12_RESOLVERS:
@@ -545,6 +548,8 @@ def _read_yaml(path: Path) -> dict:
         doc = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise SpecError(f"{path} is not valid YAML: {str(e).replace('<unicode string>', str(path))}") from None
+    except _TAGGED_VALUE_ERRORS as e:
+        raise SpecError(f"{path}: {_tagged_value_problem(e)}") from None
     except RecursionError:  # PyYAML composes nested collections recursively
         problem = f"{path} nests lists or mappings thousands deep; a spec has {MAX_DEPTH} levels at most"
         raise SpecError(problem) from None
@@ -561,6 +566,18 @@ def _read_yaml(path: Path) -> dict:
 # A real spec is 4 levels deep (sweep -> grid -> field -> values); far more is an attack or
 # a mistake, and would only reach pydantic and the sweep expansion as unbounded recursion.
 MAX_DEPTH = 16
+
+
+# What PyYAML's constructors raise, rather than a YAMLError, for a value its explicit tag cannot
+# take: `!!int 2x`, `!!float 5e-3.`, `!!bool maybe` (KeyError), `!!timestamp 2024-02-30`.
+_TAGGED_VALUE_ERRORS = (ValueError, KeyError, TypeError, OverflowError)
+
+
+def _tagged_value_problem(error: Exception) -> str:
+    return (
+        f"a value's !!tag cannot read it ({type(error).__name__}: {error}); drop the tag, and quote the value "
+        "if it is meant as text"
+    )
 
 
 def _check_nesting(doc: Any, source: str) -> None:
@@ -603,6 +620,8 @@ def _apply_override(doc: dict, item: str) -> list[str]:
         _refuse_comment(item, raw)
     except yaml.YAMLError as e:
         raise SpecError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    except _TAGGED_VALUE_ERRORS as e:
+        raise SpecError(f"--set {item!r}: {_tagged_value_problem(e)}") from None
     except RecursionError:
         raise SpecError(f"--set {key.strip()}=...: the value nests thousands deep") from None
     node = doc
@@ -669,12 +688,21 @@ def problem_lines(error: ValidationError, set_fields: list[str] = ()) -> list[st
         message = _PLAIN_MESSAGES.get(e["type"], e["msg"].removeprefix("Value error, "))
         if e["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; `lsjob schema` lists every field)"
+            if _is_field_path(where) and len(e["loc"]) == 1:
+                # `train.epochs: 2` copied from a --set into the file: spelled right, but a file nests.
+                section, _, name = where.partition(".")
+                message = f"a dotted path works in --set and sweep; in a file, nest it: `{section}:` then `  {name}:`"
         # A whole section as "input" says nothing useful; a scalar does; a message with its own (got ...) has it.
         quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict) or "(got " in message
         got = "" if quiet else f" (got {_short(e.get('input'))})"
         origin = " (from --set)" if any(where == k or where.startswith(k + ".") for k in set_fields) else ""
         lines.append(f"{where}: {message}{got}{origin}")
     return lines
+
+
+def _is_field_path(path: str) -> bool:
+    section, _, name = path.partition(".")
+    return section in SECTIONS and name in Spec.model_fields[section].annotation.model_fields
 
 
 # Bounded however large the value: an alias bomb expands to millions of items when printed whole.

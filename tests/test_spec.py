@@ -267,6 +267,17 @@ MALFORMED = {
     "overflowing float": ("train: {epochs: 1e400}\n", "train.epochs"),
     "tab indentation": ("train:\n\tepochs: 2\n", "not valid YAML"),
     "date for seed": ("train: {seed: 2001-12-14}\n", "train.seed"),
+    # PyYAML's constructors raise ValueError or KeyError, not a YAMLError, for a value its tag cannot take.
+    "tagged int": ("train: {epochs: !!int 2x}\n", "a value's !!tag cannot read it (ValueError"),
+    "tagged float": ("train: {lr: !!float 5e-3.}\n", "a value's !!tag cannot read it (ValueError"),
+    "tagged bool": ("augment: {horizontal_flip: !!bool maybe}\n", "a value's !!tag cannot read it (KeyError"),
+    "tagged impossible date": ("output: {run: !!timestamp 2024-02-30}\n", "a value's !!tag cannot read it"),
+    # Copied from a --set: spelled right, but a file nests its fields.
+    "dotted field in a file": (
+        "train.epochs: 2\n",
+        "train.epochs: a dotted path works in --set and sweep; in a file, nest it: `train:` then `  epochs:`",
+    ),
+    "dotted unknown field in a file": ("train.epoch: 2\n", "train.epoch: unknown field (check the spelling"),
     "binary tag": ("train: !!binary aGVsbG8=\n", "train"),
     "set tag": ("train: !!set {a, b}\n", "train"),
     "merge key": ("<<: {train: {epochs: 2}}\n", "not valid YAML"),
@@ -341,7 +352,17 @@ def test_malformed_files_name_the_problem(tmp_path, data, needle):
 MALFORMED_OVERRIDES = [
     ["train.epochs"], ["=3"], ["train..epochs=3"], ["train.epochs=3", "train.epochs.x=3"], ["train.epochs=[1"],
     ["sweep.train.seed=[1]"], ["train.seed=" + "[" * 2000 + "]" * 2000], [".".join(["a"] * 40) + "=1"],
+    ["train.epochs=!!int 2x"], ["augment.horizontal_flip=!!bool maybe"], ["output.run=!!timestamp 2024-02-30"],
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize("date", ["2024-02-28", "2024-02-30"])
+def test_a_date_is_text_as_yaml_1_2_reads_it(tmp_path, date):
+    # YAML 1.1's dates made `run: 2024-02-28` "not text" and `run: 2024-02-30` a crash in PyYAML.
+    assert load_spec(write(tmp_path, f"output: {{run: {date}}}\n")).output.run == date
+    spec = load_spec(None, [f"output.run={date}"])
+    assert spec.output.run == date
+    assert "run: '" in spec.to_yaml()  # quoted, so a YAML 1.1 reader (kubectl's) keeps it text too
 
 
 @pytest.mark.parametrize(
