@@ -64,10 +64,12 @@ MEMORY_PER_GPU_GI = 8
 # makes it fail at the first step ("posix_fallocate failed: No space left on device", or a
 # segfault). Its pages count against the pod's memory limit. NVIDIA's containers suggest 1 GiB.
 SHM_SIZE = "1Gi"
+# Less memory than this is a unit left off (`--memory 16`: 16 bytes, a pod that cannot start).
+MIN_MEMORY_BYTES = 1024**3
 # Kubernetes quantities, as the API server takes them for these two resources.
 _NUMBER = r"(\d+(\.\d+)?|\.\d+)"
 _CPU_QUANTITY = re.compile(_NUMBER + r"(m|[eE][+-]?\d+)?")
-_MEMORY_QUANTITY = re.compile(_NUMBER + r"([KMGTPE]i?|k|[eE][+-]?\d+)?")
+_MEMORY_QUANTITY = re.compile(_NUMBER + r"([KMGTPE]i|[kMGTPE]|[eE][+-]?\d+)?")  # 16K is no quantity: 16k is
 # Label keys and values (a node selector's, a taint's), as the API server takes them: a name of
 # at most 63 characters, the key with an optional DNS-subdomain prefix such as nvidia.com/.
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -200,6 +202,11 @@ def _pod_resources(points, gpus: int | None, cpu: str | None, memory: str | None
     memory = memory or f"{MEMORY_PER_GPU_GI * gpus}Gi"
     _check_quantity("cpu", cpu, _CPU_QUANTITY, "4 or 3500m")
     _check_quantity("memory", memory, _MEMORY_QUANTITY, "16Gi or 16000M")
+    if _memory_bytes(memory) < MIN_MEMORY_BYTES:
+        raise SpecError(
+            f"memory {memory!r} is {_memory_bytes(memory):,.0f} bytes, below the 1Gi this job needs at the least "
+            "(its imports alone take 650 MiB; a full-size run peaks at 1.6 GB): give a unit, e.g. 16Gi"
+        )
     return gpus, cpu, memory
 
 
@@ -433,6 +440,16 @@ def _pod(name, image, args, results_claim, cache_claim, grace_seconds, gpus, cpu
         "containers": [container],
         "volumes": volumes,
     }
+
+
+def _memory_bytes(quantity: str) -> float:
+    """A memory quantity _MEMORY_QUANTITY takes, in bytes."""
+    number, unit = re.fullmatch(r"([\d.]+)(.*)", quantity).groups()
+    if re.fullmatch(r"[eE][+-]?\d+", unit):
+        return float(number) * 10 ** int(unit[1:])
+    if unit.endswith("i"):
+        return float(number) * 1024 ** ("KMGTPE".index(unit[0]) + 1)
+    return float(number) * 1000 ** ("kMGTPE".index(unit) + 1 if unit else 0)
 
 
 def _check_quantity(label: str, value: str, quantity: re.Pattern, example: str) -> None:

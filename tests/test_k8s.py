@@ -188,9 +188,11 @@ def test_a_multi_gpu_run_gets_a_gpu_per_replica_and_resources_to_match(tmp_path)
         "limits": {"memory": "32Gi", "nvidia.com/gpu": 4},
     }
     assert resources_for(tmp_path, "  replicas: all", gpus=8)["limits"]["nvidia.com/gpu"] == 8
-    # The exponent form, as the Kubernetes docs write 129e6.
-    requests = resources_for(tmp_path, "  replicas: 1", memory="129e6", cpu="2e0")["requests"]
-    assert requests == {"cpu": "2e0", "memory": "129e6"}
+    # The exponent form, as the Kubernetes docs write 129e6 (here 129e8: 12.9 GB).
+    requests = resources_for(tmp_path, "  replicas: 1", memory="129e8", cpu="2e0")["requests"]
+    assert requests == {"cpu": "2e0", "memory": "129e8"}
+    for quantity in ("16Gi", "16G", "16000M", "1.5Ti", ".5Ti", "1073741824"):  # the suffixes the API server takes
+        assert resources_for(tmp_path, "  replicas: 1", memory=quantity)["requests"]["memory"] == quantity
     assert resources_for(tmp_path, "  replicas: 2", gpus=2, cpu="3500m", memory="20Gi") == {
         "requests": {"cpu": "3500m", "memory": "20Gi"},
         "limits": {"memory": "20Gi", "nvidia.com/gpu": 2},
@@ -272,6 +274,12 @@ def test_a_multi_gpu_pod_gets_shared_memory_for_nccl_and_a_one_gpu_pod_none(tmp_
         ("  replicas: 1", {"cpu": "four"}, "cpu 'four'"),
         ("  replicas: 1", {"memory": "8GB"}, "memory '8GB'"),
         ("  replicas: 1", {"memory": "0Gi"}, "memory '0Gi'"),
+        ("  replicas: 1", {"memory": "16K"}, "memory '16K'"),  # kubectl's refusal: 16k or 16Ki
+        # A unit left off: 16 bytes, a pod that can never start.
+        ("  replicas: 1", {"memory": "16"}, "memory '16' is 16 bytes, below the 1Gi"),
+        ("  replicas: 1", {"memory": "1073741823"}, "below the 1Gi"),
+        ("  replicas: 1", {"memory": "512Mi"}, "below the 1Gi"),
+        ("  replicas: 1", {"memory": "129e6"}, "below the 1Gi"),
         # Each pod would exit 2 ("does not split evenly") on the cluster.
         ("  replicas: all\ntrain:\n  batch_size: 64", {"gpus": 3}, "64 does not split evenly across the 3 GPUs"),
         # So would a later sweep point's alone.
