@@ -92,6 +92,11 @@ def file_set(folder: str | os.PathLike) -> Iterator[FileSet]:
         for name in files.names:
             with open(staging / name, "rb+") as f:
                 os.fsync(f.fileno())
+            # The one thing a rename can meet that a write did not: refused before the first goes in.
+            if (folder / name).is_dir() and not (folder / name).is_symlink():
+                raise IsADirectoryError(
+                    errno.EISDIR, "a folder stands where this file goes; move it away", str(folder / name)
+                )
         for name in files.names:
             os.replace(staging / name, folder / name)
         fsync_dir(folder)

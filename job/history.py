@@ -33,13 +33,21 @@ def check_row(row: dict, number: int) -> None:
 
 
 def read_history(path: Path) -> list[dict]:
-    """Every row, its values as floats (written with repr, so read back exactly). A damaged
-    row is a ValueError naming the file, its line and what is wrong."""
+    """Every row, its values as floats (written with repr, so read back exactly), epochs numbered
+    1..n. A damaged file is a ValueError naming it, the line and what is wrong: an empty file or a
+    header cut short too, which would otherwise read as a run of no epochs or blank curves."""
     rows = []
     reader = csv.DictReader(io.StringIO(read_own_text(path), newline=""))  # as csv wants: \r\n and \r too
+    if reader.fieldnames is None:
+        raise ValueError(f"{path.name} is empty (a copy cut short?)")
+    missing = [name for name in HISTORY_COLUMNS if name not in reader.fieldnames]
+    if missing:
+        raise ValueError(f"{path.name}'s header has no {', '.join(missing)} column (a copy cut short?)")
     for number, row in enumerate(reader, start=1):
         try:
             check_row(row, number)
+            if float(row["epoch"]) != number:
+                raise ValueError(f"row {number} is epoch {row['epoch']}: epochs must be numbered 1, 2, ...")
         except ValueError as e:
             raise ValueError(f"{path.name} line {reader.line_num}: {e}") from None
         rows.append({k: float(v) for k, v in row.items()})

@@ -171,14 +171,19 @@ def load_predictions(run_dir: Path) -> Predictions:
     # teammate's link to a file of this user's read as one (rundir.open_own).
     path = Path(run_dir) / PREDICTIONS_FILE
     with open(open_own(path, os.O_RDONLY), "rb") as raw, np.load(raw, allow_pickle=False) as f:
-        holdout = "holdout_probs" in f.files
-        return Predictions(
-            test_probs=f["test_probs"],
-            test_labels=f["test_labels"],
-            class_names=tuple(str(n) for n in f["class_names"]),
-            holdout_probs=f["holdout_probs"] if holdout else None,
-            holdout_labels=f["holdout_labels"] if holdout else None,
-        )
+        names = f["class_names"]
+        if names.ndim != 1 or names.dtype.kind != "U" or not len(names):
+            raise ValueError(f"class_names is an array of {names.dtype} of shape {names.shape}, not a list of names")
+        class_names = tuple(str(n) for n in names)
+        # Checked here, each array by name: a wrong shape reached numpy and sklearn as an error
+        # naming neither, or broadcast into a temperature fitted on nonsense.
+        test_labels, test_probs = _check_predictions(f["test_labels"], f["test_probs"], class_names, "test")
+        holdout_labels = holdout_probs = None
+        if "holdout_probs" in f.files:
+            holdout_labels, holdout_probs = _check_predictions(
+                f["holdout_labels"], f["holdout_probs"], class_names, "holdout"
+            )
+        return Predictions(test_probs, test_labels, class_names, holdout_probs, holdout_labels)
 
 
 def calibration_report(predictions: Predictions) -> dict:
@@ -269,11 +274,18 @@ def _reliability_panel(top, bottom, title: str, summary: dict) -> None:
 MANIFEST_METRICS = ("test_accuracy", "test_nll", "test_ece")
 
 
-def write_reports(run_dir: Path) -> dict:
-    """Write every report of a run from its predictions.npz and history.csv; returns the metrics."""
+def write_reports(run_dir: Path, epochs: int | None = None) -> dict:
+    """Write every report of a run from its predictions.npz and history.csv; returns the metrics.
+    `epochs`: how many history.csv must hold (the manifest's epochs_done), where known: a copy
+    cut short at a line's end reads as a whole file of fewer epochs."""
     run_dir = Path(run_dir)
     predictions = load_predictions(run_dir)
     history = read_history(run_dir / HISTORY_FILE)
+    if not history or (epochs is not None and len(history) != epochs):
+        of = f", the manifest says {epochs}" if epochs is not None else ""
+        raise ValueError(
+            f"{HISTORY_FILE} holds {len(history)} epochs{of} (a copy cut short?): restore it from a copy of the run"
+        )
     y_true, probs = predictions.test_labels, predictions.test_probs
     metrics, text = classification_metrics(y_true, probs, predictions.class_names)
     calibration_json = calibration_report(predictions)
@@ -313,6 +325,11 @@ def regenerate(run_dir: Path) -> dict:
     claimed = RunDir(run_dir)
     damaged = "restore manifest.json from a copy of the run, or delete it to rewrite the reports without it"
     for name in (PREDICTIONS_FILE, HISTORY_FILE):
+        if (run_dir / name).exists() and not (run_dir / name).is_file():
+            raise SpecError(
+                f"{run_dir / name} is not a regular file; the reports are made from the file the run wrote "
+                "there: restore it from a copy of the run"
+            )
         if not (run_dir / name).is_file():
             status = (claimed.read_manifest(damaged) or {}).get("status", "no manifest")
             raise SpecError(
@@ -327,7 +344,8 @@ def regenerate(run_dir: Path) -> dict:
     claimed.lock()
     try:
         manifest = claimed.read_manifest(damaged)  # before any report is rewritten
-        metrics = write_reports(run_dir)
+        done = (manifest or {}).get("epochs_done")
+        metrics = write_reports(run_dir, done if isinstance(done, int) and not isinstance(done, bool) else None)
         # The manifest carries copies of the headline metrics, and aggregate checks them
         # against metrics.json: after a metric change both must move together.
         fresh = {key: metrics[key] for key in MANIFEST_METRICS}
@@ -357,23 +375,32 @@ def _runs_below(folder: Path) -> list[str]:
 
 
 def _check_predictions(
-    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], name: str = "test"
 ) -> tuple[np.ndarray, np.ndarray]:
-    y_true = np.asarray(y_true)
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[1] != len(class_names):
-        raise ValueError(f"probs must be (N, {len(class_names)}), got {probs.shape}")
-    if y_true.shape != (len(probs),):
-        raise ValueError(f"y_true must be ({len(probs)},), got {y_true.shape}")
+    """Labels and probabilities fit to score, or a ValueError naming what is wrong (`name`: which
+    set, as predictions.npz names its arrays {name}_labels and {name}_probs)."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
+    classes = len(class_names)
+    if probs.dtype.kind != "f" or probs.ndim != 2 or probs.shape[1] != classes or not len(probs):
+        raise ValueError(
+            f"{name}_probs must be probabilities of shape (N, {classes}), N > 0, got an array of {probs.dtype} of "
+            f"shape {probs.shape}"
+        )
+    if y_true.dtype.kind not in "iu" or y_true.shape != (len(probs),):
+        raise ValueError(
+            f"{name}_labels must be {len(probs)} integer class indices, one per row of {name}_probs, got an "
+            f"array of {y_true.dtype} of shape {y_true.shape}"
+        )
+    probs = probs.astype(np.float64)
     if not np.isfinite(probs).all():
         rows = int((~np.isfinite(probs)).any(axis=1).sum())
         raise ValueError(
-            f"the probabilities of {rows} of {len(probs)} images are not finite (NaN or inf): the model's outputs "
-            "overflowed, so no metric of them means anything; train again with a lower train.lr"
+            f"the {name} probabilities of {rows} of {len(probs)} images are not finite (NaN or inf): the model's "
+            "outputs overflowed, so no metric of them means anything; train again with a lower train.lr"
         )
     # sklearn would silently drop an out-of-range label from the matrix and report.
-    if len(y_true) and not (0 <= y_true.min() and y_true.max() < len(class_names)):
-        raise ValueError(f"y_true labels must lie in [0, {len(class_names)}), got {y_true.min()}..{y_true.max()}")
+    if not (0 <= y_true.min() and y_true.max() < classes):
+        raise ValueError(f"{name}_labels must lie in [0, {classes}), got {y_true.min()}..{y_true.max()}")
     return y_true.astype(np.int64), probs
 
 

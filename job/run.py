@@ -266,7 +266,7 @@ def _write_results(spec: Spec, data, holdout, result, path: Path) -> dict:
     report.save_predictions(
         path, report.Predictions(result.test_probs, data.y_test, data.class_names, holdout_probs, y_holdout)
     )
-    metrics = report.write_reports(path)
+    metrics = report.write_reports(path, epochs=len(result.history))
     save_model(result.model, path / MODEL_FILE)
     return metrics
 

@@ -495,7 +495,10 @@ def test_regenerate_refuses_what_it_cannot_redo(tmp_path):
 
 
 def contents(run_dir):
-    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != ".lock"}
+    """Each file's bytes, each folder's entries: a staging folder left behind shows as one more."""
+    return {
+        p.name: sorted(os.listdir(p)) if p.is_dir() else p.read_bytes() for p in run_dir.iterdir() if p.name != ".lock"
+    }
 
 
 def test_a_damaged_manifest_is_refused_before_any_report_is_rewritten(tmp_path):
@@ -534,6 +537,101 @@ def test_a_damaged_history_is_a_clear_error_and_changes_nothing(tmp_path, row):
     assert {k: v for k, v in contents(tmp_path).items() if k != "history.csv"} == {
         k: v for k, v in before.items() if k != "history.csv"
     }
+
+
+def cut_history(keep):
+    """A history.csv cut short at a line's end, or a byte: what a copy of a run can hold."""
+
+    def cut(run_dir):
+        text = (run_dir / "history.csv").read_text()
+        lines = text.splitlines(keepends=True)
+        (run_dir / "history.csv").write_text(keep(text, lines))
+
+    return cut
+
+
+@pytest.mark.parametrize(
+    "epochs_done, cut, message",
+    [
+        # Each read as a run of no epochs, and training.png was redrawn as empty axes over the good one.
+        (3, cut_history(lambda text, lines: ""), "history.csv is empty"),
+        (None, cut_history(lambda text, lines: ""), "history.csv is empty"),
+        (3, cut_history(lambda text, lines: lines[0]), "history.csv holds 0 epochs, the manifest says 3"),
+        (None, cut_history(lambda text, lines: lines[0]), "history.csv holds 0 epochs (a copy cut short?)"),
+        (3, cut_history(lambda text, lines: "epoch,loss\n"), "header has no accuracy, val_loss, val_accuracy, val_nll"),
+        (3, cut_history(lambda text, lines: "".join(lines[:3])), "history.csv holds 2 epochs, the manifest says 3"),
+        (3, cut_history(lambda text, lines: lines[0] + lines[2] + lines[1] + lines[3]), "row 1 is epoch 2"),
+    ],
+)
+def test_a_history_cut_short_at_a_lines_end_is_refused_and_changes_nothing(tmp_path, epochs_done, cut, message):
+    from job.errors import SpecError
+
+    saved_run(tmp_path, 3)
+    manifest = {"status": "completed", **({"epochs_done": epochs_done} if epochs_done else {})}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    regenerate(tmp_path)
+    cut(tmp_path)
+    before = contents(tmp_path)
+    with pytest.raises(SpecError, match="cannot regenerate the reports of") as err:
+        regenerate(tmp_path)
+    assert message in str(err.value)
+    assert contents(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: a.update(class_names=np.array("airplane")), "class_names is an array of <U8 of shape ()"),
+        # Broadcast against the probabilities, this one fitted a temperature and exited 0.
+        (lambda a: a.update(holdout_labels=a["holdout_labels"][:, None]), "holdout_labels must be 200 integer class"),
+        (lambda a: a.update(holdout_probs=a["holdout_probs"][:, 0]), "holdout_probs must be probabilities of shape"),
+        (lambda a: a.update(holdout_probs=a["holdout_probs"] * np.nan), "the holdout probabilities of 200 of 200"),
+        (lambda a: a.update(holdout_labels=a["holdout_labels"] + 50), "holdout_labels must lie in [0, 10), got 50"),
+        (lambda a: a.update(test_labels=a["test_labels"] + 0.5), "test_labels must be 200 integer class indices"),
+        (lambda a: a.update(test_probs=np.array(["x"] * 10)), "test_probs must be probabilities of shape (N, 10)"),
+        (lambda a: a.update(test_labels=a["test_labels"][:0], test_probs=a["test_probs"][:0]), "N > 0, got an"),
+    ],
+)
+def test_a_malformed_predictions_array_is_named_and_changes_nothing(tmp_path, edit, message):
+    from job.errors import SpecError
+
+    saved_run(tmp_path, holdout=True)
+    regenerate(tmp_path)
+    with np.load(tmp_path / "predictions.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    edit(arrays)
+    np.savez(tmp_path / "predictions.npz", **arrays)
+    before = contents(tmp_path)
+    with pytest.raises(SpecError, match="cannot regenerate the reports of") as err:
+        regenerate(tmp_path)
+    assert message in str(err.value)
+    assert contents(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["history.csv", "predictions.npz"])
+def test_a_folder_in_place_of_a_runs_file_is_not_called_missing(tmp_path, name):
+    from job.errors import SpecError
+
+    saved_run(tmp_path)
+    (tmp_path / name).unlink()
+    (tmp_path / name).mkdir()
+    with pytest.raises(SpecError, match=f"{name} is not a regular file"):
+        regenerate(tmp_path)
+
+
+def test_a_folder_where_a_report_goes_is_refused_before_any_report_is_replaced(tmp_path):
+    from job.errors import SpecError
+
+    saved_run(tmp_path)
+    regenerate(tmp_path)
+    (tmp_path / "training.png").unlink()
+    (tmp_path / "training.png").mkdir()
+    y, probs = cifar_predictions(seed=5)  # new predictions: every report would change
+    save_predictions(tmp_path, Predictions(probs, y, CLASS_NAMES))
+    before = contents(tmp_path)
+    with pytest.raises(SpecError, match="a folder stands where this file goes; move it away: .*training.png"):
+        regenerate(tmp_path)
+    assert contents(tmp_path) == before  # classification_report.txt was replaced before
 
 
 def test_a_failure_midway_keeps_the_previous_report_set_whole(tmp_path, monkeypatch):
