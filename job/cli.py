@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from job import k8s, preemption, sweep
-from job.errors import JobError, SpecError
+from job.errors import EXIT_NO_SPACE, NO_SPACE_ERRNOS, JobError, SpecError
 from job.spec import json_schema, load_spec
 
 app = typer.Typer(
@@ -330,6 +330,13 @@ def main() -> None:
     except JobError as e:
         print(f"lsjob: {e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:
+        # Writing stdout into a full disk (`lsjob show > spec.yaml`, `aggregate > table.md`): the
+        # commands' own files turn this into a NoSpaceError, naming them, before it gets here.
+        if e.errno not in NO_SPACE_ERRNOS:
+            raise
+        print(f"lsjob: error: cannot write the output: {e.strerror}; free space and run it again", file=sys.stderr)
+        sys.exit(EXIT_NO_SPACE)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,19 @@ def test_bad_input_exit_codes_and_no_traceback(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails")
+@pytest.mark.parametrize("command", [["show", "/dev/null"], ["schema"]])
+def test_output_into_a_full_disk_exits_6_with_one_line(command):
+    # `lsjob show spec.yaml > full/disk/spec.yaml`: a traceback and exit 1 ("a bug, retry") before.
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "job", *command], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == errors.EXIT_NO_SPACE
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "lsjob: error: cannot write the output: No space left on device; free space and run it again"
+    )
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_a_file_size_limit_is_a_clear_no_space_failure_with_its_own_exit_code(tmp_path):
     import resource
