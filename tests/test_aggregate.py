@@ -940,8 +940,32 @@ def test_backend_and_resolved_precision_group_runs_and_auto_matches_what_it_beca
     ]
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "aggregate.csv").read_text())))
     assert [(row["run"], row["backend"]) for row in rows] == [("c", "jax"), ("a", "tensorflow"), ("b", "tensorflow")]
-    assert any(w.startswith('completed runs differ in backend: "jax" (1 run), "tensorflow" (2 runs)')
+    assert any(w.startswith("completed runs differ in backend: jax (1 run), tensorflow (2 runs)")
                for w in summary.warnings)  # fmt: skip
+
+
+def test_a_settings_warning_names_only_the_columns_and_groups_the_tables_have(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path, f"plain-s{seed}", "labels", 0.1, seed)
+    for seed in (2, 3):  # holdout_size 5000 recorded here only: without temperature scaling it is unused
+        write_run(tmp_path, f"scaled-s{seed}", "labels", 0.1, seed, overrides=["eval.temperature_scaling=true"])
+    old = write_run(tmp_path, "old-s4", "labels", 0.1, 4)  # from before manifests recorded the backend
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["backend"]
+    write_json(old / "manifest.json", manifest)
+    summary = aggregate(tmp_path, out=tmp_path / "out")
+    assert [g.varied for g in summary.groups] == [
+        (("eval.temperature_scaling", "false"),),
+        (("eval.temperature_scaling", "true"),),
+    ]
+    header = next(csv.reader(io.StringIO((tmp_path / "out" / "aggregate.csv").read_text())))
+    assert "eval.temperature_scaling" in header and "eval.holdout_size" not in header and "backend" not in header
+    # Each warned-of setting is a column that splits the groups, and no other: holdout_size and
+    # backend were listed with an "(absent)" value, "with a column for it", that no table had.
+    assert summary.warnings == [
+        "completed runs differ in eval.temperature_scaling: false (3 runs), true (2 runs); each value is a group "
+        "of its own in the tables and the plots, with a column for it"
+    ]
 
 
 def test_fields_a_run_of_an_older_version_did_not_write_count_as_their_defaults(tmp_path):

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from job.aggregate.display import count_runs, show_factor, show_varied
-from job.aggregate.runs import ABSENT, METRIC, METRICS, NO_FACTOR, STATUSES, Run, group_key, value_order
+from job.aggregate.display import count_runs, show_factor, show_value, show_varied
+from job.aggregate.runs import METRIC, METRICS, NO_FACTOR, STATUSES, Run, group_key, value_order
 from job.rundir import SPEC_FILE
 
 # Two implementations of one objective (smoothed targets vs a smoothed loss): any
@@ -310,12 +310,15 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
             f"{len(done) - len(known)} completed run(s) have no readable {SPEC_FILE}; "
             "their settings could not be compared with the others"
         )
-    keys = sorted({key for r in known for key in r.settings})
-    for key in keys:
-        values = Counter(r.settings.get(key, ABSENT) for r in known)
+    # The settings the tables give a column and split the groups by (Run.varied), valued as
+    # there: counting a run that does not record a key as one more value promised a column and
+    # groups that did not exist (holdout_size, dropped without temperature scaling; an old
+    # manifest's missing backend).
+    for key in [key for key, _ in known[0].varied] if known else []:
+        values = Counter(dict(r.varied)[key] for r in known)
         if len(values) > 1:
             in_order = sorted(values.items(), key=lambda item: value_order(item[0]))
-            listed = ", ".join(f"{value} ({count_runs(n)})" for value, n in in_order)
+            listed = ", ".join(f"{show_value(value)} ({count_runs(n)})" for value, n in in_order)
             warnings.append(
                 f"completed runs differ in {key}: {listed}; each value is a group of its own in the tables "
                 "and the plots, with a column for it"
