@@ -624,7 +624,7 @@ def test_the_baseline_table_explains_itself_without_the_labels_vs_loss_one(tmp_p
     for method, seed in [("labels", 1), ("labels", 2), ("none", 1), ("none", 2)]:
         write_run(tmp_path, f"{method}-s{seed}", method, 0.1 if method != "none" else 0.0, seed)
     markdown = aggregate(tmp_path).markdown
-    assert "No factor has completed runs of both `labels` and `loss`." in markdown
+    assert "No factor has completed runs of both `labels` and `loss` with the same other settings." in markdown
     assert "p is from a t-test" in markdown.split("## Smoothing vs none")[1] and "as above" not in markdown
     assert markdown.startswith("# lsjob runs under") and "\n4 runs: 4 completed.\n" in markdown
 
@@ -1276,6 +1276,17 @@ def test_a_sweep_of_many_factors_or_settings_draws_every_value_factor_and_line_l
     assert len(looks) == len(lines)  # and past them, a look each still
 
 
+def test_labels_and_loss_of_other_settings_are_not_compared_nor_called_missing(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path, f"labels-s{seed}", "labels", 0.1, seed)
+        write_run(tmp_path, f"loss-s{seed}", "loss", 0.1, seed, overrides=["train.epochs=5"])
+    summary = aggregate(tmp_path)
+    assert summary.comparisons == []
+    # Both have completed runs at 0.1: "no factor has runs of both" read as if the loss runs were missing.
+    assert "No factor has completed runs of both `labels` and `loss` with the same other settings." in summary.markdown
+    assert any(w.startswith("completed runs differ in train.epochs: 3 (2 runs), 5 (2 runs)") for w in summary.warnings)
+
+
 def test_plot_copes_with_no_completed_runs(tmp_path, plots):
     write_run(tmp_path, "run", "labels", 0.1, 0, status="failed", done=1)
     summary = aggregate(tmp_path)
@@ -1287,7 +1298,7 @@ def test_plot_copes_with_no_completed_runs(tmp_path, plots):
     assert all(ax["bars"] == [] and "no factor has completed" in ax["texts"][0] for ax in plots["labels_vs_loss.png"])
     for name in OUTPUTS - {"aggregate.csv", "aggregate.json", "aggregate.md", "aggregate.html"}:
         assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
-    assert "No factor has completed runs of both `labels` and `loss`." in summary.markdown
+    assert "No factor has completed runs of both `labels` and `loss` with the same other settings." in summary.markdown
     # No table, so no advice on reading one (nor on its "no spread" cells, read as a verdict).
     page = (tmp_path / "aggregate.html").read_text()
     assert all("No spread" not in text and "Welch" not in text for text in (summary.markdown, page))

@@ -162,7 +162,8 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
                 ax.set_xticks(x, [f"{d.factor:g}" + show_varied(d.varied, "\n", "\n") for d in diffs])
             else:
                 ax.set_xticks([])
-                ax.text(0.5, 0.5, f"no factor has completed {labels} and {loss} runs\nthat report {metric.label}",
+                ax.text(0.5, 0.5, f"no factor has completed {labels} and {loss} runs\nof the same other settings "
+                        f"that report {metric.label}",
                         transform=ax.transAxes, ha="center", va="center")  # fmt: skip
             ax.set_xlabel("label-smoothing factor")
             ax.set_ylabel(f"{labels} − {loss}" + (" (percentage points)" if metric.percent else ""))

@@ -165,7 +165,9 @@ def comparison_sections(comparisons: list[Difference], baseline_comparisons: lis
             "labels-vs-loss", f"{labels} vs {loss} at the same factor",
             comparison_note(comparisons) if comparisons else None,
             comparison_table(comparisons) if comparisons else None,
-            lambda code: f"No factor has completed runs of both {code(labels)} and {code(loss)}.",
+            # "With the same other settings": both may have runs at a factor, only not comparable ones.
+            lambda code: f"No factor has completed runs of both {code(labels)} and {code(loss)} with the same other "
+            "settings.",
         ),
         Section(
             "vs-baseline", f"Smoothing vs {BASELINE}",
