@@ -1225,6 +1225,22 @@ def inside(artist, bbox):
     return all(bbox.padded(1).contains(x, y) for x, y in artist.get_window_extent().corners())
 
 
+def test_a_legend_of_few_long_entries_is_not_cut_off_at_the_figures_edges(tmp_path, figures):
+    # Three entries go in a row under the plot: with a setting's long name the row outgrew the
+    # 8 in figure, and the first entry's colour and method were cut off the left edge.
+    for seed in (0, 1):
+        write_run(tmp_path, f"labels-s{seed}", "labels", 0.1, seed, correct=80 + seed)
+        write_run(tmp_path, f"labels-T-s{seed}", "labels", 0.1, seed, correct=82 + seed,
+                  overrides=["eval.temperature_scaling=true"])  # fmt: skip
+        write_run(tmp_path, f"none-s{seed}", "none", 0.0, seed, correct=78 + seed)
+    aggregate(tmp_path)
+    for name in ("accuracy_vs_factor.png", "ece_vs_factor.png"):
+        fig = figures[name]
+        (legend,) = fig.legends
+        assert len(legend.get_texts()) == 3 and "eval.temperature_scaling=false" in legend.get_texts()[0].get_text()
+        assert unreadable_texts(fig) == [], name
+
+
 THREE_SETTINGS = {"train.lr": [0.005, 0.01], "train.batch_size": [64, 128], "augment.fill_mode": ["nearest", "reflect"]}
 
 

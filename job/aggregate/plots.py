@@ -103,7 +103,14 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             fig.set_figwidth(fig.get_figwidth() + max(0.0, 7 - plot_width))
         elif entries:
             fig.set_figheight(5.8)
-            fig.legend(loc="outside lower center", fontsize="small", ncols=entries)
+            legend = fig.legend(loc="outside lower center", fontsize="small", ncols=entries)
+            fig.draw_without_rendering()
+            if legend.get_window_extent().width > fig.bbox.width:  # long settings: both ends were cut off
+                legend.remove()
+                fig.set_figheight(5.5 + 0.25 * entries)
+                legend = fig.legend(loc="outside lower center", fontsize="small", ncols=1)
+                fig.draw_without_rendering()
+                fig.set_figwidth(max(fig.get_figwidth(), legend.get_window_extent().width / fig.dpi + 0.2))
         _keep_texts_apart(fig)
         save_png(fig, path)
 
