@@ -119,6 +119,27 @@ def test_sbatch_passes_exit_codes_through_and_requeues_on_75(tmp_path, stubs, co
     assert (calls.read_text() if calls.exists() else "") == ("requeue 41\n" if code == 75 else "")
 
 
+@pytest.mark.parametrize("job_id", ["41", "44"])  # the task holding the array's own id, and another
+def test_an_array_task_requeues_and_signals_only_itself(tmp_path, stubs, job_id):
+    bin_dir, env = stubs
+    _stub(bin_dir, "scancel", f'echo "$*" >> {tmp_path}/scancel.calls\n')
+    _stub(bin_dir, "srun", 'trap "" TERM\nwhile [[ ! -e stop ]]; do sleep 0.1; done\nexit 75\n')
+    env = {**env, "SLURM_JOB_ID": job_id, "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3",
+           "LSJOB_RESULTS": "out", "LSJOB_CMD": "srun lsjob"}  # fmt: skip
+    proc = subprocess.Popen(["bash", SLURM / "sweep.sbatch", "spec.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)  # what --signal=B:TERM sends
+    time.sleep(1.5)
+    (tmp_path / "stop").touch()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, err
+    # To scontrol and scancel, 41 alone is every task of array 41: finished ones went back too.
+    assert (tmp_path / "scancel.calls").read_text() == "--signal=TERM 41_3\n"
+    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41_3\n"
+    assert "requeueing job 41_3" in out
+
+
 def test_sbatch_without_results_env_keeps_the_specs_output_root(tmp_path, stubs):
     bin_dir, env = stubs
     _stub(bin_dir, "lsjob", f'echo "$*" > {tmp_path}/lsjob.args\n')
@@ -294,6 +315,20 @@ def test_submit_sizes_the_array_from_the_sweep_and_the_tasks_read_the_spec_it_co
     assert copy.parent == tmp_path / "logs" and re.fullmatch(r"s\.\w{6}\.yaml", copy.name)
     assert copy.read_text() == (tmp_path / "s.yaml").read_text() and copy.stat().st_mode & 0o222 == 0
     assert f"the tasks read logs/{copy.name}); logs: logs/lsjob-sweep_77_<index>.out" in proc.stderr
+
+
+def test_submit_finds_its_scripts_with_cdpath_set(tmp_path, stubs):
+    # cd prints the folder it found through CDPATH: captured with it, the path had two lines.
+    bin_dir, env = stubs
+    (tmp_path / "s.yaml").write_text("sweep:\n  smoothing.factor: [0.1, 0.2]\n")
+    (tmp_path / "repo").symlink_to(ROOT)
+    _stub(bin_dir, "lsjob", '[[ "$*" == "sweep count s.yaml" ]] && echo 2\n')
+    _stub(bin_dir, "sbatch", f'echo "$*" > {tmp_path}/sbatch.args\necho "77;cluster"\n')
+    proc = subprocess.run(["bash", "repo/slurm/submit.sh", "s.yaml"], cwd=tmp_path, env={**env, "CDPATH": "."},
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    *_, script, _copy = (tmp_path / "sbatch.args").read_text().split(" ")
+    assert script == f"{tmp_path}/repo/slurm/sweep.sbatch"
 
 
 def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path, stubs):
@@ -656,6 +691,44 @@ def test_time_limit_signal_requeues_array_tasks(cluster: SlurmCluster, tmp_path)
         assert (job["JobState"], job["Restarts"], job["ExitCode"]) == ("COMPLETED", "1", "0:0"), job
         text = (tmp_path / "logs" / f"lsjob-sweep_{array_id}_{index}.out").read_text()
         assert "stand-in: TERM" in text and f"task {index} restart 1" in text, text
+
+
+@pytest.mark.slow
+def test_an_interrupted_array_task_sends_back_no_other_task(cluster: SlurmCluster, tmp_path):
+    """One task of an array has the array's id as its SLURM_JOB_ID (the last to start), and to
+    scontrol that id is the whole array: requeued by it, the task that had already finished
+    went back and ran again. A stand-in lsjob: that task exits 75 once the other has ended."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(
+        bin_dir,
+        "lsjob",
+        'mkdir -p "$LSJOB_RESULTS"\n'
+        'mark="$LSJOB_RESULTS/attempts.$SLURM_ARRAY_TASK_ID"\n'
+        'echo "$SLURM_JOB_ID $SLURM_ARRAY_JOB_ID" >> "$mark"\n'
+        '[[ $SLURM_JOB_ID != "$SLURM_ARRAY_JOB_ID" || $(wc -l < "$mark") -gt 1 ]] && exit 0\n'
+        'until [[ $(find "$LSJOB_RESULTS" -name "attempts.*" | wc -l) -ge 2 ]]; do sleep 0.2; done\n'
+        "sleep 5\n"  # the other task's script ends: it is COMPLETED when this one requeues
+        "exit 75\n",
+    )
+    (tmp_path / "logs").mkdir()
+    results = tmp_path / "results"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "LSJOB_RESULTS": str(results)}
+    array_id = cluster.run("sbatch", "--parsable", "--array=0-1", *SMALL, str(SLURM / "sweep.sbatch"), "spec.yaml",
+                           cwd=tmp_path, env=env).strip()  # fmt: skip
+    cluster.wait_gone(array_id, timeout=6 * 60)
+
+    attempts = {i: (results / f"attempts.{i}").read_text().splitlines() for i in range(2)}
+    holder = [i for i, lines in attempts.items() if lines[0].split() == [array_id, array_id]]
+    assert len(holder) == 1, attempts  # what this test is about: one task holds the array's id
+    (other,) = {0, 1} - set(holder)
+    assert len(attempts[holder[0]]) == 2 and len(attempts[other]) == 1, attempts
+    restarts = {i: cluster.job(f"{array_id}_{i}")["Restarts"] for i in range(2)}
+    assert restarts == {holder[0]: "1", other: "0"}, restarts
+    for i in range(2):
+        assert cluster.job(f"{array_id}_{i}")["JobState"] == "COMPLETED"
+    log = (tmp_path / "logs" / f"lsjob-sweep_{array_id}_{holder[0]}.out").read_text()
+    assert f"requeueing job {array_id}_{holder[0]}" in log, log
 
 
 @pytest.mark.slow
