@@ -437,6 +437,23 @@ def test_download_failure_says_where_to_put_the_file(monkeypatch, tmp_path):
     assert files_under(cache) == ["datasets"]  # and it is gone after the failure
 
 
+def test_a_download_of_the_wrong_file_is_said_to_be_one(monkeypatch, tmp_path):
+    # A proxy's "503" page served with status 200: the message named the private copy, deleted
+    # by then, and advised data.path, which the user never set, without the way to fix it.
+    page = b"<html><body>503 Service Unavailable</body></html>"
+    monkeypatch.setattr(cifar10, "fetch", lambda url, dest: dest.write_bytes(page))
+    with pytest.raises(DataError) as err:
+        cifar10.load_cifar10(None, tmp_path)
+    message = str(err.value)
+    assert message.startswith(
+        f"could not download CIFAR-10 from {cifar10.CIFAR10_URL} (what it sent, {len(page)} bytes"
+    )
+    assert f"its sha256 is {hashlib.sha256(page).hexdigest()}, expected {cifar10.CIFAR10_SHA256}" in message
+    assert f"download {cifar10.ARCHIVE_NAME} yourself and set data.path to it, or put it at" in message
+    assert ".download." not in message and err.value.exit_code == 3
+    assert files_under(tmp_path) == ["datasets"]  # nothing of it kept
+
+
 def test_a_wrong_archive_in_the_cache_is_named_when_the_download_fails(monkeypatch, tmp_path):
     # The README's offline route with a copy cut short: "put it at <the place it already is>" misleads.
     monkeypatch.setattr(cifar10, "fetch", offline)
