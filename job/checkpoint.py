@@ -146,6 +146,11 @@ class Checkpoints:
                 path.rename(aside)
                 log.warning("moved the unusable checkpoint %s aside to %s", path.name, aside.name)
 
+    def newest(self) -> str | None:
+        """The newest complete checkpoint's name: an attempt that changed it saved some progress."""
+        complete = self._complete()
+        return complete[-1].name if complete else None
+
     def any_saved(self) -> bool:
         """Whether a re-run has a checkpoint to resume from (or, if all are damaged, to refuse on)."""
         return bool(self._complete())

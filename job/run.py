@@ -147,6 +147,8 @@ def _execute_claimed(
     if sweep_point is not None:
         manifest["sweep"] = sweep_point
     started = time.monotonic()
+    checkpoints = Checkpoints(run_dir.path / CHECKPOINTS)
+    resumes_from = checkpoints.newest()
     try:
         atomic.write_text(run_dir.path / SPEC_FILE, spec.to_yaml())
         run_dir.write_manifest(manifest)
@@ -178,6 +180,9 @@ def _execute_claimed(
         return EXIT_OK
     except BaseException as e:
         error = _no_space_error(e, run_dir.path) or _second_ctrl_c(e) or _storage_error(e, run_dir.path) or e
+        if isinstance(error, InterruptedRun):
+            manifest["attempts"][-1]["checkpointed"] = checkpoints.newest() != resumes_from
+            error = _stalled(manifest) or error
         status = "interrupted" if isinstance(error, InterruptedRun) else "failed"
         reason = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
         _finish(manifest, started, status, reason)
@@ -193,6 +198,28 @@ def _execute_claimed(
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+# Attempts in a row stopped before checkpointing anything, after which a stop is no longer a
+# requeue: preemption rarely strikes one job's first minute this often, while a time limit
+# inside sbatch's --signal margin (--time=5 with TERM@300) stops every attempt before its
+# first step, and each requeued attempt would repeat it forever.
+STALLED_ATTEMPTS = 5
+
+
+def _stalled(manifest: dict) -> SpecError | None:
+    """Why a stop ends the run rather than asking for a requeue, when the last STALLED_ATTEMPTS
+    attempts (this one included) were all stopped before they saved a checkpoint."""
+    attempts = manifest["attempts"][-STALLED_ATTEMPTS:]
+    earlier_stalled = all(a.get("status") == "interrupted" for a in attempts[:-1])
+    if len(attempts) < STALLED_ATTEMPTS or not earlier_stalled or any(a.get("checkpointed", True) for a in attempts):
+        return None
+    return SpecError(
+        f"stopped {STALLED_ATTEMPTS} attempts in a row before any of them saved a checkpoint, so requeueing "
+        "would only repeat it; a time limit within the stop signal's margin does this (sbatch --time under "
+        "about 6 minutes with slurm/'s --signal=B:TERM@300): give the job more time, then run the same command "
+        "to resume"
+    )
 
 
 def _already_complete(previous: dict, run_dir: RunDir, spec: Spec, sweep_point: dict | None) -> bool:

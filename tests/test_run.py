@@ -480,6 +480,54 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_ends_exactly_the_
     _assert_same_run(spec.run_dir, completed.run_dir)
 
 
+def test_attempts_stopped_before_any_checkpoint_end_the_run_rather_than_requeue_forever(completed, tiny_spec,
+                                                                                     monkeypatch):  # fmt: skip
+    # sbatch --time=5 with --signal=B:TERM@300: TERM comes before every attempt's first step, and
+    # each exit 75 was requeued to be stopped the same way again, without end.
+    from job import preemption, run, train
+    from job.errors import EXIT_BAD_INPUT, InterruptedRun
+
+    spec = tiny_spec()
+    monkeypatch.setattr(run, "STALLED_ATTEMPTS", 3)  # not 5: each attempt builds a model
+
+    def stopped_attempts(n):
+        with monkeypatch.context() as m:
+            m.setattr(preemption, "_requested", "SIGTERM")
+            for _ in range(n):
+                with pytest.raises(InterruptedRun, match="SIGTERM"):
+                    run_mod.execute(spec)
+
+    stopped_attempts(run.STALLED_ATTEMPTS - 1)
+    # One that saved a step breaks the streak: a job that gets somewhere each time is requeued on.
+    original = train.EpochRecorder.on_train_batch_begin
+
+    def stop_after_a_step(self, batch, logs=None):
+        if batch == 2:
+            monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+        original(self, batch, logs)
+
+    with monkeypatch.context() as m:
+        m.setattr(train.EpochRecorder, "on_train_batch_begin", stop_after_a_step)
+        with pytest.raises(InterruptedRun):
+            run_mod.execute(spec)
+    monkeypatch.setattr(preemption, "_requested", None)
+    stopped_attempts(run.STALLED_ATTEMPTS - 1)
+    attempts = RunDir(spec.run_dir).read_manifest()["attempts"]
+    assert [a["checkpointed"] for a in attempts] == [False] * 2 + [True] + [False] * 2
+    assert all(a["status"] == "interrupted" for a in attempts)
+
+    with monkeypatch.context() as m:  # the third in a row: not a stop to requeue, exit 2 saying why
+        m.setattr(preemption, "_requested", "SIGTERM")
+        with pytest.raises(SpecError, match="stopped 3 attempts in a row before any of them saved a checkpoint") as err:
+            run_mod.execute(spec)
+    assert err.value.exit_code == EXIT_BAD_INPUT and "give the job more time" in str(err.value)
+    manifest = RunDir(spec.run_dir).read_manifest()
+    assert manifest["status"] == "failed" and manifest["attempts"][-1]["checkpointed"] is False
+    assert sorted(p.name for p in (spec.run_dir / "checkpoints").iterdir()) == ["epoch-0000-step-000002"]
+    assert run_mod.execute(spec) == 0  # given its time, the same command resumes and finishes
+    _assert_same_run(spec.run_dir, completed.run_dir)
+
+
 def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_a_rerun_resumes(tiny_spec, monkeypatch):
     import errno
 
