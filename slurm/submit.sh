@@ -35,7 +35,7 @@ for ((i = 0; i < ${#lsjob_options[@]}; i++)); do
     --set=*) sets+=("${lsjob_options[i]}") ;;
   esac
 done
-here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" > /dev/null && pwd) # cd prints the folder where CDPATH is set
 if [[ -n ${LSJOB_OUTPUT_ROOT:-} && -z ${LSJOB_RESULTS:-} ]]; then
   # Every task would refuse it (sweep.sbatch): refused here, before anything is queued.
   echo "submit.sh: LSJOB_OUTPUT_ROOT=$LSJOB_OUTPUT_ROOT is set but LSJOB_RESULTS is not; set LSJOB_RESULTS to the" \
