@@ -974,6 +974,32 @@ def test_tasks_starting_together_on_a_cold_cache_download_once(
     assert sorted(p.name for p in (cache / "datasets").iterdir()) == sorted([cifar10.ARCHIVE_NAME, BATCHES])
 
 
+def test_tasks_waiting_on_a_download_that_fails_fail_with_it_and_a_later_start_tries_again(monkeypatch, tmp_path):
+    # Compute nodes whose firewall drops the connection: each waiter tried again after the holder
+    # gave up, and task n of a sweep failed after n download timeouts, holding its GPU meanwhile.
+    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.05)
+    calls = []
+
+    def fetch(url, dest):
+        calls.append(threading.current_thread().name)
+        time.sleep(1.0)  # the timeout, while the others start waiting
+        offline(url, dest)
+
+    monkeypatch.setattr(cifar10, "fetch", fetch)
+    cache = tmp_path / "cache"
+    results, errors = load_in_tasks(cache, 3, apart_s=0.1)
+    assert results == {} and len(errors) == 3 and calls == ["task0"]
+    first, *waiters = sorted((str(e) for e in errors), key=lambda m: m.startswith("the download of the process"))
+    assert first.startswith(f"could not download CIFAR-10 from {cifar10.CIFAR10_URL} (")
+    for message in waiters:
+        assert message == f"the download of the process this one waited for failed: {first}"
+    assert all(e.exit_code == 3 for e in errors)
+    assert files_under(cache) == ["datasets"]  # the reason went with the lock file: nothing left
+    with pytest.raises(DataError, match="could not download CIFAR-10 from"):
+        cifar10.load_cifar10(None, cache)  # no one waited: this one tries for itself
+    assert len(calls) == 2
+
+
 def hold_cache_lock(datasets):
     datasets.mkdir(parents=True, exist_ok=True)
     fd = os.open(datasets / cifar10.CACHE_LOCK, os.O_RDWR | os.O_CREAT)

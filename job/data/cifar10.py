@@ -70,6 +70,11 @@ _CHUNK = 1 << 20  # bytes per read when hashing or copying an archive
 # Held while one process fills the cache (download, extraction): the tasks of a sweep that
 # start together on a cold shared cache wait for it instead of each fetching 170 MB.
 CACHE_LOCK = ".cifar-10.lock"
+# Written into the lock file by a holder whose download failed, before it deletes the file: the
+# processes that waited on it read it through their own descriptor and fail at once. Trying
+# again each, they failed after the same timeout one after another (task n of a sweep after n
+# minutes, on compute nodes whose firewall drops the connection). A later start tries itself.
+FAILED_MARK = b"lsjob: the download failed: "
 LOCK_POLL_S = 1.0
 # No byte for this long and a download is given up (exit 3): a server that stops answering
 # would otherwise hold every task of a sweep, waiting on the cache lock, until its time limit.
@@ -184,7 +189,7 @@ def _load_from_cache(datasets: Path):
     batches = _cached_batches(datasets)
     if batches is not None:
         return _read_cached(batches)
-    with _cache_lock(datasets):
+    with _cache_lock(datasets) as lock:
         batches = _cached_batches(datasets)  # filled while this process waited for the lock
         if batches is not None:
             return _read_cached(batches)
@@ -198,7 +203,12 @@ def _load_from_cache(datasets: Path):
                 log.warning("%s is not the official %s (its sha256 differs: cut short?); fetching it again",
                             archive, ARCHIVE_NAME)  # fmt: skip
                 rejected.append(archive)
-        return _load_archive(download_archive(datasets, rejected), datasets)
+        try:
+            archive = download_archive(datasets, rejected)
+        except DataError as e:
+            lock.download_failed(str(e))
+            raise
+        return _load_archive(archive, datasets)
 
 
 @contextlib.contextmanager
@@ -222,13 +232,35 @@ def _cache_lock(datasets: Path):
     if not went_around:  # a holder gone around may be suspended, its folders still in use
         _clear_leftovers(datasets)
     try:
-        yield
+        yield _Held(fd)
     finally:
         if fd is not None:
             with contextlib.suppress(OSError):
                 if _names(lock, fd):  # not a newer holder's file, where this one was gone around meanwhile
                     os.unlink(lock)  # still held: a process waiting on this file will see it gone and retry
             os.close(fd)  # closing drops the flock
+
+
+class _Held:
+    """The cache lock, as its holder sees it."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def download_failed(self, message: str) -> None:
+        """Leave the reason for the processes waiting on this lock file (see FAILED_MARK)."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):  # they then try for themselves, as before
+                os.pwrite(self.fd, FAILED_MARK + message.encode(), 0)
+
+
+def _failure_left_in(fd: int) -> str | None:
+    """The reason a holder of this lock file gave for its failed download, if it gave one."""
+    try:
+        text = os.pread(fd, 4096, 0)
+    except OSError:  # NFS: a file its holder deleted can be stale here; this process tries itself
+        return None
+    return text[len(FAILED_MARK) :].decode("utf-8", "replace") if text.startswith(FAILED_MARK) else None
 
 
 def _fill_activity(datasets: Path) -> list[tuple[str, int, int]]:
@@ -298,7 +330,10 @@ def _acquire(lock: Path) -> tuple[int | None, bool]:
         # file was replaced while this process waited.
         if held and _names(lock, fd):
             return fd, wait.went_around
+        failure = _failure_left_in(fd)
         os.close(fd)
+        if failure is not None:
+            raise DataError(f"the download of the process this one waited for failed: {failure}")
 
 
 class _LockWait:
