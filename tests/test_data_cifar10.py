@@ -1000,6 +1000,39 @@ def test_tasks_waiting_on_a_download_that_fails_fail_with_it_and_a_later_start_t
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("stage", ["download", "extraction"])
+def test_a_suspended_fill_whose_folder_was_cleared_reads_the_cache_another_filled(
+    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path, stage
+):
+    # Suspended past LEFTOVER_AGE_S, a holder is gone around and its folder deleted as a dead
+    # process's by a later one; resumed, it failed with exit 3 (never retried) beside a full cache.
+    trusted(small_tar)
+    datasets = tmp_path / "cache" / "datasets"
+
+    def gone_around_meanwhile(folder):
+        shutil.rmtree(folder)
+        cifar10.safe_extract(small_tar, datasets)  # what the process that went around published
+
+    def fetch(url, dest):
+        shutil.copyfile(small_tar, dest)
+        if stage == "download":
+            gone_around_meanwhile(dest.parent)
+
+    real_read = cifar10.read_batch_dir
+
+    def read_batch_dir(batches):  # suspended once its extraction is written, before it is read
+        if stage == "extraction" and batches.parent.name.endswith(".partial"):
+            gone_around_meanwhile(batches.parent)
+        return real_read(batches)
+
+    monkeypatch.setattr(cifar10, "fetch", fetch)
+    monkeypatch.setattr(cifar10, "read_batch_dir", read_batch_dir)
+    with caplog.at_level(logging.WARNING, logger="lsjob"):
+        arrays = cifar10.load_cifar10(None, tmp_path / "cache")
+    assert_loaded(arrays, expected_arrays(cifar_sample, SMALL))
+    assert "but another filled it meanwhile" in caplog.text
+
+
 def hold_cache_lock(datasets):
     datasets.mkdir(parents=True, exist_ok=True)
     fd = os.open(datasets / cifar10.CACHE_LOCK, os.O_RDWR | os.O_CREAT)

@@ -204,11 +204,23 @@ def _load_from_cache(datasets: Path):
                             archive, ARCHIVE_NAME)  # fmt: skip
                 rejected.append(archive)
         try:
-            archive = download_archive(datasets, rejected)
-        except DataError as e:
-            lock.download_failed(str(e))
-            raise
-        return _load_archive(archive, datasets)
+            try:
+                archive = download_archive(datasets, rejected)
+            except DataError as e:
+                if _cached_batches(datasets) is None:
+                    lock.download_failed(str(e))
+                raise
+            return _load_archive(archive, datasets)
+        except (DataError, FileNotFoundError):
+            # Suspended (Slurm's PreemptMode=SUSPEND) for longer than LEFTOVER_AGE_S, this process
+            # was gone around, and its download or extraction folder deleted as a dead process's
+            # by a later one; the process that went around has filled the cache meanwhile.
+            batches = _cached_batches(datasets)
+            if batches is None:
+                raise
+            log.warning("this process's fill of the CIFAR-10 cache failed, but another filled it meanwhile; "
+                        "reading %s", batches)  # fmt: skip
+            return _read_cached(batches)
 
 
 @contextlib.contextmanager
@@ -344,7 +356,8 @@ class _LockWait:
     or it is suspended. Waiting on, every task of a sweep would sit until its time limit, so its
     lock file is removed and the lock taken on a new one: the tasks waiting on the old file move
     to the new one, and none waits on it again. A fill beside a suspended one is safe: neither
-    shows a partial file under a final name.
+    shows a partial file under a final name, and the suspended one, its folders deleted meanwhile
+    as a dead process's, reads the cache the other filled (_load_from_cache).
     """
 
     def __init__(self, lock: Path):
