@@ -7,7 +7,8 @@
 #
 # lsjob options after `--` reach every task; the count is taken with the same --set options,
 # so one the tasks would refuse is refused here, before anything is queued.
-# Run it from the directory the logs (logs/) and, by default, the results (results/) go under.
+# Run it from the directory the logs (logs/) and, by default, the results (results/) go under,
+# or name that directory with sbatch's -D (--chdir).
 # The tasks read a copy of SPEC made at submission (logs/<spec name>.<random>.yaml), the one
 # counted: editing SPEC while tasks wait or requeue cannot shift the points under them.
 # LSJOB_THROTTLE=K runs at most K points at once (sbatch --array=...%K, and each array after
@@ -47,10 +48,10 @@ if [[ -n ${LSJOB_VENV:-} ]]; then
   # shellcheck disable=SC1091  # the user's venv, not known here
   source "$LSJOB_VENV/bin/activate"
 fi
-# sweep.sbatch logs to logs/ under the submit directory (and so do an --output or --error given
-# here, in their own folders); Slurm does not create them and a task whose log cannot be opened
-# fails without a word.
-logs=() named='' cluster='' dependency='' own_array=''
+# sweep.sbatch logs to logs/ under the job's working directory (this one, or -D's; and so do an
+# --output or --error given here, in their own folders); Slurm does not create them and a task
+# whose log cannot be opened fails without a word.
+logs=() named='' cluster='' dependency='' own_array='' workdir=''
 for ((i = 0; i < ${#sbatch_options[@]}; i++)); do
   case ${sbatch_options[i]} in
     -o | --output | -e | --error) logs+=("${sbatch_options[i + 1]:-}") ;;
@@ -66,15 +67,20 @@ for ((i = 0; i < ${#sbatch_options[@]}; i++)); do
     --dependency=*) dependency=${sbatch_options[i]#*=} ;;
     -d?*) dependency=${sbatch_options[i]:2} ;;
     -a | --array | --array=* | -a?*) own_array=1 ;;
+    -D | --chdir) workdir=${sbatch_options[i + 1]:-} ;;
+    --chdir=*) workdir=${sbatch_options[i]#*=} ;;
+    -D?*) workdir=${sbatch_options[i]:2} ;;
   esac
 done
+# A relative log path is the job's: under its working directory.
+in_workdir() { if [[ $1 == /* || -z $workdir ]]; then echo "$1"; else echo "$workdir/$1"; fi; }
 if [[ -n ${LSJOB_THROTTLE:-} && ! $LSJOB_THROTTLE =~ ^[1-9][0-9]*$ ]]; then
   echo "submit.sh: LSJOB_THROTTLE=$LSJOB_THROTTLE is not a number of tasks (1 or more); nothing submitted" >&2
   exit 2
 fi
-mkdir -p logs
+mkdir -p logs "$(in_workdir logs)"
 for log in ${logs[@]+"${logs[@]}"}; do
-  folder=$(dirname -- "$log")
+  folder=$(dirname -- "$(in_workdir "$log")")
   [[ $folder == *%* ]] || mkdir -p -- "$folder" # a folder named by job id cannot be made before
 done
 rc=0
@@ -159,7 +165,7 @@ for ((offset = 0; offset < count; offset += max)); do
   ((rc == 0)) || undo "sbatch refused $span" "$rc"
 done
 trap - INT TERM HUP
-where="logs/lsjob-sweep_<array id>_<task>.out"
+where="$(in_workdir logs)/lsjob-sweep_<array id>_<task>.out"
 [[ ${#logs[@]} -eq 0 && -z $named ]] || where="as your --output/--error/--job-name say"
 if ((${#jobs[@]} == 1)); then
   where=${where/<array id>_<task>/${job}_<index>}

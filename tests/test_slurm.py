@@ -331,6 +331,23 @@ def test_submit_finds_its_scripts_with_cdpath_set(tmp_path, stubs):
     assert script == f"{tmp_path}/repo/slurm/sweep.sbatch"
 
 
+@pytest.mark.parametrize("chdir", [["-D", "work"], ["--chdir=work"], ["-Dwork"], ["--chdir", "TMP/work"]])
+def test_submit_makes_the_log_folders_in_the_jobs_working_directory(tmp_path, stubs, chdir):
+    # Slurm opens --output=logs/... in the job's working directory (-D), and does not create it:
+    # made under the submit directory instead, every task failed without a log.
+    bin_dir, env = stubs
+    (tmp_path / "s.yaml").write_text("sweep:\n  smoothing.factor: [0.1, 0.2]\n")
+    _stub(bin_dir, "lsjob", '[[ "$*" == "sweep count s.yaml" ]] && echo 2\n')
+    _stub(bin_dir, "sbatch", 'echo "77;cluster"\n')
+    options = [option.replace("TMP", str(tmp_path)) for option in chdir] + ["--error=err/%A.txt"]
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml", *options], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "work" / "logs").is_dir() and (tmp_path / "work" / "err").is_dir()
+    assert not (tmp_path / "err").exists()
+    assert "logs: as your --output/--error/--job-name say" in proc.stderr
+
+
 def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path, stubs):
     bin_dir, env = stubs
     # The count sees the tasks' overrides, so an override they would refuse stops the submission.
