@@ -151,8 +151,12 @@ class RunAheadLimit(keras.callbacks.Callback):
         if keras.backend.backend() != "jax":
             return
         # Keras's JAX trainer keeps the last step's output state here for callbacks; read before
-        # the next step takes it (its buffers are donated to that step).
-        state = getattr(self.model, "_jax_state", None) or {}
+        # the next step takes it (its buffers are donated to that step). Through `_model`: reading
+        # `self.model` on JAX writes every variable of the state back into the model
+        # (Callback.model calls jax_state_sync), and the next step then gathers and purges them
+        # all again, on the host at every step: what Keras's trainer warns "would be a big
+        # performance bottleneck".
+        state = getattr(self._model, "_jax_state", None) or {}
         optimizer_variables = state.get("optimizer_variables") or []
         if not optimizer_variables:
             return  # a fit's first step, or a Keras without it: nothing to wait on

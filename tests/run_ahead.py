@@ -9,7 +9,8 @@ arriving just then would. Run as a script (tools/check_without_tensorflow.sh doe
     KERAS_BACKEND=jax python tests/run_ahead.py
 
 Exit status 0 when the checkpoint falls within RunAheadLimit's depth (and a thread's slack)
-of step 9, 1 with what happened when not. TensorFlow waits for every step by itself.
+of step 9, and the limit never copied the model's state back from JAX's between steps; 1 with
+what happened when not. TensorFlow waits for every step by itself.
 """
 
 from __future__ import annotations
@@ -39,7 +40,27 @@ class StopAsStepFinishes(train_mod.StopOnNonFiniteLoss):
             preemption._requested = preemption._requested or "SIGTERM"
 
 
+def counting_state_syncs() -> list[int]:
+    """Each time Keras's JAX trainer writes its state back into the model's variables (the
+    step it was at): a callback that reads `self.model` at every step made it do so at every
+    step, and the next step gather and purge it all again."""
+    from keras.src.backend.jax.trainer import JAXTrainer
+
+    syncs, real = [], JAXTrainer.jax_state_sync
+
+    def sync(model):
+        if getattr(model, "_jax_state", None) and not model._jax_state_synced:
+            syncs.append(
+                int(model._jax_state["optimizer_variables"][0]) if "optimizer_variables" in model._jax_state else -1
+            )
+        real(model)
+
+    JAXTrainer.jax_state_sync = sync
+    return syncs
+
+
 def main() -> int:
+    syncs = counting_state_syncs()
     with tempfile.TemporaryDirectory() as folder:
         spec = load_spec(
             None,
@@ -62,7 +83,13 @@ def main() -> int:
         print(f"run_ahead: stopped at {saved}, asked after step {STOP_AFTER}: more than {limit} steps in "
               "(the loop ran ahead of the device)", file=sys.stderr)  # fmt: skip
         return 1
-    print(f"run_ahead: asked after step {STOP_AFTER} of 64, checkpointed at step {max(steps)}")
+    # Once, for the stop's checkpoint: not at every step, as before the limit read `_model`.
+    if len(syncs) > 1:
+        print(f"run_ahead: the model's state was copied back from JAX's {len(syncs)} times in {max(steps)} "
+              f"steps (at steps {syncs}): a per-step callback reads `self.model`", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"run_ahead: asked after step {STOP_AFTER} of 64, checkpointed at step {max(steps)}; the state was copied "
+          f"back into the model {len(syncs)} time(s)")  # fmt: skip
     return 0
 
 
