@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,7 +106,7 @@ class Checkpoints:
                 if sha256_file(weights) != state["weights_sha256"]:
                     raise ValueError("weights do not match their recorded sha256")
                 mid_epoch = MidEpoch(**state["mid_epoch"]) if "mid_epoch" in state else None
-                model.load_weights(weights)
+                _load_weights(model, weights, path.name)
                 self._set_aside(damaged)
                 return Resume(int(state["epochs_done"]), list(state["history"]), mid_epoch)
             except Exception as e:  # any damage: fall back to the previous checkpoint
@@ -171,6 +172,27 @@ class Checkpoints:
         if not self.directory.is_dir():
             return []
         return sorted(p for p in self.directory.glob("epoch-*") if p.is_dir())
+
+
+def _load_weights(model: keras.Model, path: Path, name: str) -> None:
+    """model.load_weights, saying so where Keras leaves the optimizer's state out (it only warns):
+    under fp16 a LossScaleOptimizer wraps SGD, so a checkpoint from an attempt of another
+    precision (runtime.mixed_precision auto, requeued onto another kind of GPU) holds a state
+    of another shape, and the momentum would start from zero unannounced."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    for warning in caught:
+        if str(warning.message).startswith("Skipping variable loading for optimizer"):
+            log.warning(
+                "checkpoint %s: its optimizer state does not fit this attempt's optimizer (fp16's loss scaling wraps "
+                "it, so the precision changed to or from fp16): the weights resume, SGD's momentum starts from zero",
+                name,
+            )
+            break
+    for warning in caught:  # everything else as it would have been shown
+        if not str(warning.message).startswith("Skipping variable loading for optimizer"):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _save_weights(model: keras.Model, path: Path) -> None:

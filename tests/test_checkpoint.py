@@ -38,6 +38,35 @@ def test_restore_brings_back_weights_optimizer_and_history(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # momentum and iteration count
 
 
+@pytest.mark.parametrize("saved_scaled", [False, True])
+def test_an_optimizer_state_of_another_shape_is_announced_and_the_weights_still_resume(tmp_path, caplog, saved_scaled):
+    # fp16 wraps SGD in a LossScaleOptimizer: an attempt on another kind of GPU (precision auto)
+    # found a state of another shape, which Keras skipped with only a Python warning.
+    def model(scaled, seed):
+        keras.utils.set_random_seed(seed)
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+        m.compile(keras.optimizers.LossScaleOptimizer(sgd) if scaled else sgd, "categorical_crossentropy")
+        return m
+
+    trained, store = model(saved_scaled, 0), Checkpoints(tmp_path)
+    train_step(trained)
+    store.save(trained, 1, [{"epoch": 1}])
+    fresh = model(not saved_scaled, 1)
+    with caplog.at_level(logging.WARNING, logger="lsjob"):
+        assert store.restore(fresh) == Resume(1, [{"epoch": 1}])
+    assert "checkpoint epoch-0001: its optimizer state does not fit this attempt's optimizer" in caplog.text
+    assert "SGD's momentum starts from zero" in caplog.text
+    for a, b in zip(trained.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    caplog.clear()
+    same = model(saved_scaled, 1)  # the same optimizer: its state loads, and nothing is said
+    with caplog.at_level(logging.WARNING, logger="lsjob"):
+        store.restore(same)
+    assert "optimizer state" not in caplog.text
+    assert int(np.asarray(same.optimizer.iterations)) == int(np.asarray(trained.optimizer.iterations)) == 1
+
+
 def test_keeps_the_newest_two_and_no_temporaries(tmp_path):
     model, store = small_model(), Checkpoints(tmp_path)
     for epoch in (1, 2, 3):
