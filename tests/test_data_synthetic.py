@@ -75,7 +75,7 @@ def test_test_set_does_not_depend_on_the_train_size():
 
 @pytest.mark.parametrize("train_size, test_size", [(0, 10), (10, 0), (-5, 10), (10, 2.5), (True, 10)])
 def test_rejects_bad_sizes(train_size, test_size):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"_size must be an integer >= 1, got"):  # not numpy's own refusal
         make_synthetic(train_size, test_size, seed=0)
 
 

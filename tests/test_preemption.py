@@ -40,6 +40,16 @@ def test_a_second_sigterm_stays_graceful_a_second_ctrl_c_does_not(handlers):
         os.kill(os.getpid(), signal.SIGINT)  # the person at the terminal means now
 
 
+def test_a_first_ctrl_c_is_a_request_to_stop_and_the_second_stops_at_once(handlers):
+    # Python's own SIGINT handler raises at once: the first Ctrl-C must only ask for a stop.
+    preemption.install()
+    os.kill(os.getpid(), signal.SIGINT)  # raises here if install() left Python's handler in place
+    with pytest.raises(InterruptedRun, match="stopped by SIGINT"):
+        preemption.check()
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_the_first_signal_is_the_one_reported(handlers):
     # The log says what stopped the run: the scheduler's SIGTERM, not a Ctrl-C that came after it.
     preemption._record(signal.SIGTERM, None)

@@ -147,11 +147,12 @@ def test_report_text_is_the_tutorials_printout():
 
 
 def test_shape_mismatch_is_rejected():
-    with pytest.raises(ValueError):
+    # Each by the check's own message: sklearn refuses some of these too, naming neither array.
+    with pytest.raises(ValueError, match=r"test_probs must be probabilities of shape \(N, 3\)"):
         classification_metrics(Y_SMALL, P_SMALL[:, :2], NAMES_SMALL)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="test_labels must be 3 integer class indices"):
         classification_metrics(Y_SMALL[:2], P_SMALL, NAMES_SMALL)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"test_labels must lie in \[0, 3\), got 0..3"):
         classification_metrics(np.array([0, 1, 3]), P_SMALL, NAMES_SMALL)
 
 

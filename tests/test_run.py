@@ -1106,9 +1106,13 @@ def test_a_run_of_another_hash_whose_spec_yaml_cannot_be_read_is_refused_not_tak
 def test_force_starts_over(completed):
     # Last in this module: it replaces the shared run the tests above read.
     first = json.loads((completed.run_dir / "manifest.json").read_text())
+    model = (completed.run_dir / "model.keras").stat().st_mtime_ns
     assert run_mod.execute(completed, force=True) == 0
     second = json.loads((completed.run_dir / "manifest.json").read_text())
-    assert len(second["attempts"]) == 1  # a fresh run, not another attempt of the old one
+    (attempt,) = second["attempts"]  # a fresh run, not another attempt of the old one
+    # Trained anew: not "already complete, nothing to do", which leaves the manifest as it was.
+    assert attempt["forced"] is True and attempt["started"] != first["attempts"][-1]["started"]
+    assert (completed.run_dir / "model.keras").stat().st_mtime_ns != model
     assert second["status"] == "completed" and second["finished"] >= first["finished"]
 
 
