@@ -545,11 +545,9 @@ def _read_yaml(path: Path) -> dict:
     except OSError as e:
         raise SpecError(f"cannot read spec {path}: {e}") from None
     try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)
+        doc = _load_yaml(text)
     except yaml.YAMLError as e:
         raise SpecError(f"{path} is not valid YAML: {str(e).replace('<unicode string>', str(path))}") from None
-    except _TAGGED_VALUE_ERRORS as e:
-        raise SpecError(f"{path}: {_tagged_value_problem(e)}") from None
     except RecursionError:  # PyYAML composes nested collections recursively
         problem = f"{path} nests lists or mappings thousands deep; a spec has {MAX_DEPTH} levels at most"
         raise SpecError(problem) from None
@@ -568,16 +566,19 @@ def _read_yaml(path: Path) -> dict:
 MAX_DEPTH = 16
 
 
-# What PyYAML's constructors raise, rather than a YAMLError, for a value its explicit tag cannot
-# take: `!!int 2x`, `!!float 5e-3.`, `!!bool maybe` (KeyError), `!!timestamp 2024-02-30`.
-_TAGGED_VALUE_ERRORS = (ValueError, KeyError, TypeError, OverflowError)
-
-
-def _tagged_value_problem(error: Exception) -> str:
-    return (
-        f"a value's !!tag cannot read it ({type(error).__name__}: {error}); drop the tag, and quote the value "
-        "if it is meant as text"
-    )
+def _load_yaml(text: str) -> Any:
+    """YAML as a spec reads it (_UniqueKeyLoader), every problem a YAMLError. PyYAML's constructors
+    raise ValueError, KeyError and the like, not a YAMLError, for a value its explicit tag cannot
+    take: `!!int 2x`, `!!float 5e-3.`, `!!bool maybe` (KeyError), `!!timestamp 2024-02-30`."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"a value's !!tag cannot read it ({type(e).__name__}: {e}); drop the tag, and quote the "
+            "value if it is meant as text",
+        ) from None
 
 
 def _check_nesting(doc: Any, source: str) -> None:
@@ -616,12 +617,10 @@ def _apply_override(doc: dict, item: str) -> list[str]:
     if parts[0] == "sweep":  # its keys are dotted paths themselves; --set cannot address them
         raise SpecError(f"--set {item!r}: the sweep cannot be changed with --set; edit the spec file")
     try:
-        value = yaml.load(raw, Loader=_UniqueKeyLoader)
+        value = _load_yaml(raw)
         _refuse_comment(item, raw)
     except yaml.YAMLError as e:
         raise SpecError(f"--set {item!r}: value is not valid YAML: {e}") from None
-    except _TAGGED_VALUE_ERRORS as e:
-        raise SpecError(f"--set {item!r}: {_tagged_value_problem(e)}") from None
     except RecursionError:
         raise SpecError(f"--set {key.strip()}=...: the value nests thousands deep") from None
     node = doc
@@ -647,7 +646,7 @@ def yaml_string(text: str) -> str:
     """`text` as a --set value that reads back as exactly this string: plain where YAML
     would read it so, else single-quoted (a path with ' #' or ': ' in it, say)."""
     try:
-        plain = yaml.load(text, Loader=_UniqueKeyLoader) == text and "#" not in text
+        plain = _load_yaml(text) == text and "#" not in text
     except yaml.YAMLError:
         plain = False
     return text if plain else "'" + text.replace("'", "''") + "'"

@@ -381,7 +381,9 @@ def test_an_override_yaml_would_cut_at_a_comment_is_refused_with_its_quoted_form
     assert load_spec(None, ["output.root=a#b"]).output.root == Path("a#b")  # no space: no comment
 
 
-@pytest.mark.parametrize("text", ["/results", "/scratch/exp #2", "a: b", "it's", "#", "true", "2024", " x "])
+@pytest.mark.parametrize(
+    "text", ["/results", "/scratch/exp #2", "a: b", "it's", "#", "true", "2024", " x ", "!!int 2x"]
+)
 def test_yaml_string_reads_back_as_the_same_string(text):
     from job.spec import yaml_string
 
