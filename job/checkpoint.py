@@ -182,16 +182,15 @@ def _load_weights(model: keras.Model, path: Path, name: str) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.load_weights(path)
-    for warning in caught:
-        if str(warning.message).startswith("Skipping variable loading for optimizer"):
-            log.warning(
-                "checkpoint %s: its optimizer state does not fit this attempt's optimizer (fp16's loss scaling wraps "
-                "it, so the precision changed to or from fp16): the weights resume, SGD's momentum starts from zero",
-                name,
-            )
-            break
+    skipped = [w for w in caught if str(w.message).startswith("Skipping variable loading for optimizer")]
+    if skipped:
+        log.warning(
+            "checkpoint %s: its optimizer state does not fit this attempt's optimizer (fp16's loss scaling wraps "
+            "it, so the precision changed to or from fp16): the weights resume, SGD's momentum starts from zero",
+            name,
+        )
     for warning in caught:  # everything else as it would have been shown
-        if not str(warning.message).startswith("Skipping variable loading for optimizer"):
+        if warning not in skipped:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
