@@ -620,6 +620,42 @@ def test_a_baseline_short_of_a_seed_is_one_warning_however_many_groups_it_is_com
     ]
 
 
+def test_a_group_left_out_of_a_comparison_for_its_settings_is_named(tmp_path):
+    # labels and loss at lr 0.005 beside none at lr 0.005; labels alone at lr 0.01: its rows are
+    # in neither table, and the warnings say which group and why.
+    for method, lr in [("labels", 0.005), ("loss", 0.005), ("none", 0.005), ("labels", 0.01)]:
+        for seed in (1, 2):
+            factor = 0.0 if method == "none" else 0.1
+            write_run(tmp_path, f"{method}-s{seed}-lr{lr}", method, factor, seed, overrides=[f"train.lr={lr}"])
+    summary = aggregate(tmp_path)
+    assert {(d.method, d.varied) for d in summary.baseline_comparisons} == {
+        ("labels", (("train.lr", "0.005"),)), ("loss", (("train.lr", "0.005"),))
+    }  # fmt: skip
+    left_out = [w for w in summary.warnings if "leaves out" in w]
+    assert left_out == [
+        "Smoothing vs none leaves out labels at factor 0.1, train.lr=0.01: no completed none run has the same "
+        "other settings; run none with those settings to compare them",
+        "labels vs loss leaves out labels at factor 0.1, train.lr=0.01: the other method has completed runs at "
+        "that factor only with other settings; run it with those settings to compare them",
+    ]
+    assert all(w in summary.markdown for w in left_out)
+    for method in ("loss", "none"):
+        for seed in (1, 2):
+            factor = 0.0 if method == "none" else 0.1
+            write_run(tmp_path, f"{method}-s{seed}-lr0.01", method, factor, seed, overrides=["train.lr=0.01"])
+    summary = aggregate(tmp_path)
+    assert not any("leaves out" in w for w in summary.warnings)
+    assert len(summary.baseline_comparisons) == 2 * len(summary.comparisons) == 4 * 3
+
+
+def test_no_group_is_said_left_out_where_its_partner_never_completed(tmp_path):
+    # No completed none or loss at all: each section's own sentence says there is nothing to compare.
+    write_run(tmp_path, "labels-s1", "labels", 0.1, 1)
+    write_run(tmp_path, "none-s1", "none", 0.0, 1, status="running", done=1)
+    write_run(tmp_path, "loss-s1", "loss", 0.2, 1)
+    assert not any("leaves out" in w for w in aggregate(tmp_path).warnings)
+
+
 def test_the_baseline_table_explains_itself_without_the_labels_vs_loss_one(tmp_path):
     for method, seed in [("labels", 1), ("labels", 2), ("none", 1), ("none", 2)]:
         write_run(tmp_path, f"{method}-s{seed}", method, 0.1 if method != "none" else 0.0, seed)

@@ -18,7 +18,7 @@ so it runs in seconds on a laptop holding a copy of the results volume.
 
 The package, in the order the data flows: runs (each run directory read into a `Run`,
 its status and settings), stats (the groups' statistics, labels vs loss, smoothing vs none,
-the warnings),
+the warnings, among them the groups a comparison leaves out),
 tables (the CSV and the Markdown, and the cells the page shows), plots (the figures),
 page (aggregate.html); display says how a value reads in all of them. This module
 writes the set, as one.
@@ -40,7 +40,15 @@ from pathlib import Path
 from job.aggregate.page import write_page
 from job.aggregate.plots import COMPARISON_PLOT_NAME, FACTOR_PLOTS, write_comparison_plot, write_factor_plot
 from job.aggregate.runs import METRIC, METRICS, AggregateError, NoRunsError, Run, collect
-from job.aggregate.stats import Summary, compare, compare_with_baseline, comparison_warnings, seed_warnings, summarize
+from job.aggregate.stats import (
+    Summary,
+    compare,
+    compare_with_baseline,
+    comparison_warnings,
+    seed_warnings,
+    summarize,
+    unpaired_warnings,
+)
 from job.aggregate.tables import CSV_COLUMNS, render_csv, render_json, render_markdown
 from job.atomic import clear_abandoned_staging, file_set, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
@@ -86,7 +94,9 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     _refuse_run_directory(out, runs)
     groups = summarize(runs)
     comparisons, baseline_comparisons = compare(groups), compare_with_baseline(groups)
-    warnings += comparison_warnings(runs) + seed_warnings(comparisons + baseline_comparisons)
+    warnings += (
+        comparison_warnings(runs) + unpaired_warnings(groups) + seed_warnings(comparisons + baseline_comparisons)
+    )
     # Headed by the absolute path: `aggregate .` and `aggregate $PWD` write the same files, and a page
     # opened elsewhere still says where its runs are.
     where = Path(os.path.abspath(root))

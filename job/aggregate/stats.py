@@ -280,6 +280,39 @@ def seed_warnings(comparisons: list[Difference]) -> list[str]:
     return warnings
 
 
+def unpaired_warnings(groups: list[Group]) -> list[str]:
+    """Completed groups a comparison table leaves out because their partner completed runs only
+    with other settings (labels at batch 128 beside none at batch 64): their rows would be missing
+    without a word. Where the partner has no completed run at all, the section's own sentence says so."""
+    done = [g for g in groups if g.completed]
+    warnings = []
+    baseline = {g.varied for g in done if g.method == BASELINE}
+    left = [g for g in done if g.method != BASELINE and g.varied not in baseline]
+    if baseline and left:
+        warnings.append(
+            f"Smoothing vs {BASELINE} leaves out {_join(_group_name(g.method, g.factor, g.varied) for g in left)}: "
+            f"no completed {BASELINE} run has the same other settings; run {BASELINE} with those settings to "
+            "compare them"
+        )
+    labels, loss = SAME_OBJECTIVE
+    by_factor: dict[tuple[str, float], set] = {}
+    for g in done:
+        by_factor.setdefault((g.method, g.factor), set()).add(g.varied)
+    left = [
+        g for g in done
+        if g.method in SAME_OBJECTIVE
+        and (partners := by_factor.get((loss if g.method == labels else labels, g.factor)))
+        and g.varied not in partners
+    ]  # fmt: skip
+    if left:
+        warnings.append(
+            f"{labels} vs {loss} leaves out {_join(_group_name(g.method, g.factor, g.varied) for g in left)}: the "
+            "other method has completed runs at that factor only with other settings; run it with those "
+            "settings to compare them"
+        )
+    return warnings
+
+
 def _join(words) -> str:
     words = list(words)
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
