@@ -17,7 +17,7 @@ from pathlib import Path
 
 import keras
 
-from job import atomic, report, runtime
+from job import atomic, preemption, report, runtime
 from job.checkpoint import Checkpoints
 from job.data import load_dataset
 from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpaceError, SpecError, storage_fault
@@ -181,7 +181,9 @@ def _execute_claimed(
     except BaseException as e:
         error = _no_space_error(e, run_dir.path) or _second_ctrl_c(e) or _storage_error(e, run_dir.path) or e
         if isinstance(error, InterruptedRun):
-            manifest["attempts"][-1]["checkpointed"] = checkpoints.newest() != resumes_from
+            # A second Ctrl-C raised KeyboardInterrupt before any handler could record a signal.
+            stopped_by = "SIGINT" if isinstance(e, KeyboardInterrupt) else preemption.requested()
+            manifest["attempts"][-1].update(stopped_by=stopped_by, checkpointed=checkpoints.newest() != resumes_from)
             error = _stalled(manifest) or error
         status = "interrupted" if isinstance(error, InterruptedRun) else "failed"
         reason = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
@@ -200,19 +202,21 @@ def _execute_claimed(
         handler.close()
 
 
-# Attempts in a row stopped before checkpointing anything, after which a stop is no longer a
-# requeue: preemption rarely strikes one job's first minute this often, while a time limit
-# inside sbatch's --signal margin (--time=5 with TERM@300) stops every attempt before its
-# first step, and each requeued attempt would repeat it forever.
+# Attempts in a row stopped by SIGTERM before checkpointing anything, after which a stop is no
+# longer a requeue: preemption rarely strikes one job's first minute this often, while a time
+# limit inside sbatch's --signal margin (--time=5 with TERM@300) stops every attempt before its
+# first step, and each requeued attempt would repeat it forever. A Ctrl-C is a person at the
+# terminal, who needs no such guard: it breaks the streak.
 STALLED_ATTEMPTS = 5
 
 
 def _stalled(manifest: dict) -> SpecError | None:
     """Why a stop ends the run rather than asking for a requeue, when the last STALLED_ATTEMPTS
-    attempts (this one included) were all stopped before they saved a checkpoint."""
+    attempts (this one included) were all stopped by SIGTERM before they saved a checkpoint."""
     attempts = manifest["attempts"][-STALLED_ATTEMPTS:]
-    earlier_stalled = all(a.get("status") == "interrupted" for a in attempts[:-1])
-    if len(attempts) < STALLED_ATTEMPTS or not earlier_stalled or any(a.get("checkpointed", True) for a in attempts):
+    earlier_stopped = all(a.get("status") == "interrupted" for a in attempts[:-1])  # this one's is not yet written
+    none_saved = all(a.get("checkpointed") is False and a.get("stopped_by") != "SIGINT" for a in attempts)
+    if len(attempts) < STALLED_ATTEMPTS or not earlier_stopped or not none_saved:
         return None
     return SpecError(
         f"stopped {STALLED_ATTEMPTS} attempts in a row before any of them saved a checkpoint, so requeueing "

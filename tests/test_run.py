@@ -528,6 +528,26 @@ def test_attempts_stopped_before_any_checkpoint_end_the_run_rather_than_requeue_
     _assert_same_run(spec.run_dir, completed.run_dir)
 
 
+def test_ctrl_c_before_a_checkpoint_is_not_counted_as_a_stalled_requeue(tiny_spec, monkeypatch):
+    # The guard is for a scheduler's TERM repeating forever; a person pressing Ctrl-C while trying
+    # things is not that, and their next TERM-stopped attempt must still be requeued.
+    from job import preemption, run
+    from job.errors import InterruptedRun
+
+    spec = tiny_spec()
+    monkeypatch.setattr(run, "STALLED_ATTEMPTS", 3)
+    for signal_name in ("SIGTERM", "SIGINT", "SIGTERM", "SIGTERM"):
+        with monkeypatch.context() as m:
+            m.setattr(preemption, "_requested", signal_name)
+            with pytest.raises(InterruptedRun, match=signal_name):
+                run_mod.execute(spec)
+    attempts = RunDir(spec.run_dir).read_manifest()["attempts"]
+    assert [(a["status"], a["stopped_by"], a["checkpointed"]) for a in attempts] == [
+        ("interrupted", "SIGTERM", False), ("interrupted", "SIGINT", False),
+        ("interrupted", "SIGTERM", False), ("interrupted", "SIGTERM", False),
+    ]  # fmt: skip
+
+
 def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_a_rerun_resumes(tiny_spec, monkeypatch):
     import errno
 
