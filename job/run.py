@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -172,7 +171,7 @@ def _execute_claimed(
         )
         run_dir.write_manifest(manifest)
         # Only now: until the manifest says completed, a re-run resumes from these.
-        shutil.rmtree(run_dir.path / CHECKPOINTS, ignore_errors=True)
+        checkpoints.clear()
         log.info(
             "completed: test accuracy %.4f, test NLL %.4f -> %s",
             metrics["test_accuracy"], metrics["test_nll"], run_dir.path,
@@ -240,7 +239,7 @@ def _already_complete(previous: dict, run_dir: RunDir, spec: Spec, sweep_point: 
     if previous.get("status") != "completed":
         return False
     # Removed after the manifest said completed: a process killed in between left them.
-    shutil.rmtree(run_dir.path / CHECKPOINTS, ignore_errors=True)
+    Checkpoints(run_dir.path / CHECKPOINTS).clear()
     log.info("%s is already complete%s; nothing to do (--force runs it again from scratch)",
              run_dir.path, _result(previous))  # fmt: skip
     return True
