@@ -22,9 +22,9 @@ import keras
 import numpy as np
 
 from job import runtime, smoothing
-from job.data import SYNTHETIC_SEED, per_pixel_mean
+from job.data import CLASS_NAMES, SYNTHETIC_SEED, per_pixel_mean
 from job.data.synthetic import make_synthetic
-from job.spec import Spec
+from job.spec import TRAIN_IMAGES, Spec
 from job.train import check_batch_splits, compile_model
 
 log = logging.getLogger("lsjob")
@@ -66,11 +66,11 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     log.info("bench: %s on %s, batch %d, %s; building the model", keras.backend.backend(),
              ", ".join(runtime.devices()), batch, setup.precision)  # fmt: skip
     x, y, _, _ = make_synthetic(batch * max(steps, warmup), 1, seed=SYNTHETIC_SEED)
-    targets = smoothing.training_targets(y, 10, spec.smoothing)
+    targets = smoothing.training_targets(y, len(CLASS_NAMES), spec.smoothing)
     # The programs loaded from the compile cache rather than compiled: the model's build and warm-up.
     with runtime.compile_cache_hits() as hits:
         with runtime.replica_scope():
-            model = compile_model(spec, per_pixel_mean(x), 10)
+            model = compile_model(spec, per_pixel_mean(x), len(CLASS_NAMES))
         log.info("bench: compiling the training step and %d warm-up steps", warmup)
         first_call_s, _ = _fit(model, x, targets, batch, warmup)
     cached_after_warmup = _cache_entries(setup.compile_cache)
@@ -102,7 +102,7 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
         "step_ms_median": 1000 * steady,
         "step_ms_p90": 1000 * float(np.percentile(step_s, 90)),
         "compile_and_warmup_s": first_call_s,
-        "epoch_s_estimate": 50_000 // batch * steady,
+        "epoch_s_estimate": TRAIN_IMAGES // batch * steady,  # a CIFAR-10 epoch's full batches
         "host_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_peak_mb": runtime.device_peak_memory_mb(),
         "versions": runtime.versions(),
