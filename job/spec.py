@@ -35,6 +35,7 @@ def _usable_path(path: Path) -> Path:
 # Lax only where YAML cannot express the type: paths arrive as strings.
 PathField = Annotated[Path, Field(strict=False), AfterValidator(_usable_path)]
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_NAME_FIELDS = ("smoothing.method", "smoothing.factor", "train.seed")  # what Spec.run_name names a run by
 # Not part of a run's identity (Spec.content_hash): fields that cannot change its results.
 IDENTITY_EXCLUDES = {
     "output": True, "sweep": True, "runtime": {"compile_cache"}, "data": {"cache_dir"}, "train": {"eval_batch_size"},
@@ -373,6 +374,7 @@ class Spec(Section):
 
     @property
     def run_name(self) -> str:
+        """output.run, else named from RUN_NAME_FIELDS: labels-f0.1-s42; none-s42, its factor counting for nothing."""
         if self.output.run:
             return self.output.run
         if self.smoothing.method == "none":

@@ -26,12 +26,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from job.errors import SpecError
-from job.spec import RUN_NAME, Spec, problem_lines
+from job.spec import RUN_NAME, RUN_NAME_FIELDS, Spec, problem_lines
 
 # The array-task index variables of the schedulers we document, in the order read.
 INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
-# Already in every derived run name (method-f<factor>-s<seed>).
-NAMED_BY_DEFAULT = ("smoothing.method", "smoothing.factor", "train.seed")
 # An invalid sweep names at most this many points per problem.
 SHOWN_INDICES = 10
 
@@ -143,7 +141,7 @@ def _run_name(spec: Spec, values: dict[str, Any]) -> str:
     labels-f0.1-s42-lr_0.01: a directory listing shows what each run varied."""
     parts = [spec.run_name]
     for path in values:
-        if path not in NAMED_BY_DEFAULT:
+        if path not in RUN_NAME_FIELDS:
             section, name = path.split(".")
             parts.append(f"{name}_{_slug(getattr(getattr(spec, section), name))}")
     name = "-".join(parts)
