@@ -88,9 +88,6 @@ def run(
     _setup_logging()
     # Schedulers preempt with SIGTERM: checkpoint the current step, then stop (train.EpochRecorder).
     preemption.install()
-    # TensorFlow's C++ notes (CPU instructions) bury the epoch lines. Those it prints before its
-    # logging starts (no CUDA here) cannot be hidden this way; level 3 would hide its errors too.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _load_keras()
     from job.run import execute  # imports the ML stack; keep validate/show/schema instant
 
@@ -118,7 +115,6 @@ def bench(
     if out is not None:  # before minutes of benchmarking, not after
         _check_out_file(out)
     _setup_logging()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _load_keras()
     from job import atomic
     from job.bench import bench as run_bench
@@ -142,6 +138,9 @@ def bench(
 def _load_keras() -> None:
     """Import Keras: a backend that is missing or misspelt is a setup error, exit 2 with one
     line, not a traceback under exit 1 (a bug) that a Job would retry."""
+    # TensorFlow's C++ notes (CPU instructions) bury the epoch lines. Those it prints before its
+    # logging starts (no CUDA here) cannot be hidden this way; level 3 would hide its errors too.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import keras  # noqa: F401
     except (ImportError, ValueError) as e:
