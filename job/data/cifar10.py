@@ -203,20 +203,18 @@ def _load_from_cache(datasets: Path):
                 log.warning("%s is not the official %s (its sha256 differs: cut short?); fetching it again",
                             archive, ARCHIVE_NAME)  # fmt: skip
                 rejected.append(archive)
+        archive = None
         try:
-            try:
-                archive = download_archive(datasets, rejected)
-            except DataError as e:
-                if _cached_batches(datasets) is None:
-                    lock.download_failed(str(e))
-                raise
+            archive = download_archive(datasets, rejected)
             return _load_archive(archive, datasets)
-        except (DataError, FileNotFoundError):
+        except (DataError, FileNotFoundError) as e:
             # Suspended (Slurm's PreemptMode=SUSPEND) for longer than LEFTOVER_AGE_S, this process
             # was gone around, and its download or extraction folder deleted as a dead process's
             # by a later one; the process that went around has filled the cache meanwhile.
             batches = _cached_batches(datasets)
             if batches is None:
+                if archive is None and isinstance(e, DataError):  # the download's own failure: waiters' too
+                    lock.download_failed(str(e))
                 raise
             log.warning("this process's fill of the CIFAR-10 cache failed, but another filled it meanwhile; "
                         "reading %s", batches)  # fmt: skip
