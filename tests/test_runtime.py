@@ -2,6 +2,7 @@
 and data parallelism over several devices in one run (here: CPU devices split in two)."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -89,6 +90,21 @@ def test_several_steps_per_call_on_pytorch_are_refused_before_anything_is_set_up
     with pytest.raises(SpecError, match="steps_per_execution is 2, but Keras's PyTorch backend runs one step") as err:
         runtime.configure(RuntimeSpec(steps_per_execution=2), seed=0)
     assert str(err.value).endswith(", or use the TensorFlow backend (KERAS_BACKEND=tensorflow)")  # no JAX here
+
+
+@pytest.mark.parametrize("jit_compile", [True, "auto", False])
+def test_torch_compile_asked_for_on_pytorch_is_warned_of(monkeypatch, caplog, jit_compile):
+    # It runs, some twenty times slower than eager: worth a line in the log, not a refusal.
+    monkeypatch.setattr(runtime.keras.backend, "backend", lambda: "torch")
+    monkeypatch.setattr(runtime, "_set_up_replicas", lambda replicas: ["cpu"])  # no torch devices here
+    with caplog.at_level(logging.WARNING, logger="lsjob"):
+        runtime.configure(RuntimeSpec(jit_compile=jit_compile), seed=0)
+    warned = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    if jit_compile is True:
+        assert len(warned) == 1 and "about 20 times slower than eager" in warned[0]
+        assert "leave it auto (eager on PyTorch)" in warned[0]
+    else:
+        assert warned == []
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tests the TensorFlow backend")
