@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,11 @@ def epoch_order(seed: int, epoch: int, size: int, batch_size: int) -> np.ndarray
     return order[: steps_per_epoch(size, batch_size) * batch_size]
 
 
+# The terminal, between the bar (redrawn from Keras's callback threads, on stdout) and a log
+# line inside an epoch (stderr): held by whichever writes, so a line never lands inside the other.
+_screen = threading.Lock()
+
+
 class Progress(keras.callbacks.ProgbarLogger):
     """Keras's progress bar, counting the run's epochs rather than those of one fit call."""
 
@@ -68,6 +74,19 @@ class Progress(keras.callbacks.ProgbarLogger):
 
     def set_params(self, params):
         super().set_params({**params, "epochs": self.total_epochs})
+
+    def on_train_batch_end(self, batch, logs=None):
+        with _screen:
+            super().on_train_batch_end(batch, logs)
+
+
+def _log_inside_epoch(message: str, *args) -> None:
+    """A log line while the bar, if any, is mid-line: the bar's line is ended first."""
+    with _screen:
+        if sys.stdout.isatty():  # train() shows the bar exactly then
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        log.info(message, *args)
 
 
 class EpochSeeds(keras.callbacks.Callback):
@@ -177,7 +196,9 @@ class EpochRecorder(keras.callbacks.Callback):
             seconds=self.seconds_before + time.perf_counter() - self.started,
         )
         path = self.checkpoints.save(model, self.epoch, self.history, state)
-        log.info("checkpoint %s/%s (epoch %d, step %d)", path.parent.name, path.name, self.epoch + 1, steps_done)
+        _log_inside_epoch(
+            "checkpoint %s/%s (epoch %d, step %d)", path.parent.name, path.name, self.epoch + 1, steps_done
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

@@ -127,9 +127,9 @@ def test_the_runs_callbacks_leave_the_loop_free_to_queue_steps_ahead(tiny_spec, 
     assert keras.callbacks.CallbackList(callbacks)._async_train
 
 
-def test_on_a_terminal_the_bar_ends_its_line_before_each_epochs_log_line(tiny_spec, tmp_path, monkeypatch, caplog):
-    # Both reach one terminal: the bar on stdout, the log on stderr. Each epoch's line must
-    # start a line of its own, not be glued to the end of the finished bar.
+def test_on_a_terminal_the_bar_ends_its_line_before_each_log_line(tiny_spec, tmp_path, monkeypatch, caplog):
+    # Both reach one terminal: the bar on stdout, the log on stderr. Each epoch's line, and each
+    # step checkpoint's inside an epoch, must start a line of its own, not be glued to the bar.
     import io
     import logging
 
@@ -154,12 +154,13 @@ def test_on_a_terminal_the_bar_ends_its_line_before_each_epochs_log_line(tiny_sp
     train_mod.log.addHandler(handler)
     caplog.set_level(logging.INFO, logger=train_mod.log.name)  # setLevel: logging caches what a level lets through
     try:
-        train_mod.train(tiny_spec(), load_dataset(tiny_spec().data), tmp_path)
+        train_mod.train(tiny_spec("output.checkpoint_steps=3"), load_dataset(tiny_spec().data), tmp_path)
     finally:
         train_mod.log.removeHandler(handler)
     text = "".join(screen)
-    assert "━" in text and text.count("LOG epoch ") == 2
-    assert all(line.startswith("LOG epoch ") for line in re.findall(r"[^\n]*LOG epoch [^\n]*", text)), text
+    assert "━" in text and text.count("LOG epoch ") == 2 and text.count("LOG checkpoint ") == 4  # steps 3 and 6
+    for logged in ("LOG epoch ", "LOG checkpoint "):
+        assert all(line.startswith(logged) for line in re.findall(rf"[^\n]*{logged}[^\n]*", text)), text
     assert "  ~" in text.split("LOG epoch 1/2")[1].split("\n")[0]  # the time left, after the first epoch
     assert "left" not in text.split("LOG epoch 2/2")[1].split("\n")[0]
 
