@@ -1080,7 +1080,7 @@ def test_force_removes_the_manifest_last(completed, monkeypatch):
     # Killed midway, the folder must still read as a run of ours, which --force can finish;
     # without its manifest it reads as foreign, and no command writes into it again.
     removed = []
-    real_rmtree, real_unlink = run_mod.shutil.rmtree, Path.unlink
+    real_rmtree, real_unlink = shutil.rmtree, Path.unlink
     monkeypatch.setattr("job.rundir.shutil.rmtree", lambda p, *a, **k: (removed.append(Path(p).name), real_rmtree(p)))
     monkeypatch.setattr(Path, "unlink", lambda p, *a, **k: (removed.append(p.name), real_unlink(p, *a, **k)))
     RunDir(completed.run_dir).wipe()
