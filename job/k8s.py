@@ -444,8 +444,9 @@ def _pod(name, image, args, results_claim, cache_claim, grace_seconds, gpus, cpu
 
 def _memory_bytes(quantity: str) -> float:
     """A memory quantity _MEMORY_QUANTITY takes, in bytes."""
-    number, unit = re.fullmatch(r"([\d.]+)(.*)", quantity).groups()
-    if re.fullmatch(r"[eE][+-]?\d+", unit):
+    number, _, unit = _MEMORY_QUANTITY.fullmatch(quantity).groups()
+    unit = unit or ""
+    if re.fullmatch(r"[eE][+-]?\d+", unit):  # an exponent, not E (exa)
         return float(number) * 10 ** int(unit[1:])
     if unit.endswith("i"):
         return float(number) * 1024 ** ("KMGTPE".index(unit[0]) + 1)

@@ -191,7 +191,7 @@ def test_a_multi_gpu_run_gets_a_gpu_per_replica_and_resources_to_match(tmp_path)
     # The exponent form, as the Kubernetes docs write 129e6 (here 129e8: 12.9 GB).
     requests = resources_for(tmp_path, "  replicas: 1", memory="129e8", cpu="2e0")["requests"]
     assert requests == {"cpu": "2e0", "memory": "129e8"}
-    for quantity in ("16Gi", "16G", "16000M", "1.5Ti", ".5Ti", "1073741824"):  # the suffixes the API server takes
+    for quantity in ("16Gi", "16G", "16000M", "1.5Ti", ".5Ti", "1073741824", "1E", "1Ei"):  # the suffixes the API takes
         assert resources_for(tmp_path, "  replicas: 1", memory=quantity)["requests"]["memory"] == quantity
     assert resources_for(tmp_path, "  replicas: 2", gpus=2, cpu="3500m", memory="20Gi") == {
         "requests": {"cpu": "3500m", "memory": "20Gi"},
