@@ -1041,6 +1041,19 @@ def test_runs_that_are_one_experiment_to_lsjob_run_are_one_group(tmp_path):
     assert any(w.startswith("completed runs differ in train.lr_scaling") for w in warnings)
 
 
+def test_a_spec_that_no_longer_validates_still_ignores_the_reference_batch_without_lr_scaling(tmp_path):
+    # A field since renamed makes spec.yaml invalid, so its settings are read as written; an
+    # unused reference batch must not split its seeds there either.
+    for seed, batch in ((1, 64), (2, 128)):
+        run = write_run(tmp_path, f"none-s{seed}", "none", 0.0, seed, overrides=[f"train.lr_reference_batch={batch}"])
+        spec = yaml.safe_load((run / "spec.yaml").read_text())
+        spec["train"]["renamed_since"] = 1
+        (run / "spec.yaml").write_text(yaml.safe_dump(spec))
+    summary = aggregate(tmp_path)
+    assert [(g.method, g.completed, g.varied) for g in summary.groups] == [("none", 2, ())]
+    assert summary.warnings == []
+
+
 def test_a_clean_sweep_warns_only_of_a_comparison_over_other_seeds(aggregated):
     # The pilot's lone labels run at 0.3 (seed 1) against the sweep's baseline (seeds 0-2).
     assert aggregated[1].warnings == [

@@ -388,8 +388,11 @@ def _settings(spec: dict) -> dict[str, str]:
         for key, value in flatten(spec).items()
         if not any(key == skip or key.startswith(skip + ".") for skip in NOT_COMPARED)
     }
+    # Spec.identity's rule again, for a spec.yaml that no longer validates (read as written).
     if flat.get("eval.temperature_scaling") != "true":
         flat.pop("eval.holdout_size", None)  # holds nothing out without temperature scaling
+    if flat.get("train.lr_scaling") != '"linear"':
+        flat.pop("train.lr_reference_batch", None)  # scales nothing without lr_scaling
     return flat
 
 
