@@ -32,7 +32,16 @@ from job import calibration
 from job.atomic import atomic_path, file_set, save_png, write_json, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, SpecError, storage_fault
 from job.history import read_history
-from job.rundir import HISTORY_FILE, MANIFEST, METRICS_FILE, PREDICTIONS_FILE, RunDir, open_own, run_directories
+from job.rundir import (
+    COMPLETED,
+    HISTORY_FILE,
+    MANIFEST,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RunDir,
+    open_own,
+    run_directories,
+)
 
 log = logging.getLogger("lsjob")
 
@@ -350,7 +359,7 @@ def regenerate(run_dir: Path) -> dict:
         # against metrics.json: after a metric change both must move together.
         fresh = {key: metrics[key] for key in MANIFEST_METRICS}
         stale = manifest is not None and any(manifest.get(k) != v for k, v in fresh.items())
-        if stale and manifest.get("status") == "completed":
+        if stale and manifest.get("status") == COMPLETED:
             claimed.write_manifest({**manifest, **fresh})
         return metrics
     except OSError as e:

@@ -23,8 +23,12 @@ from job.errors import EXIT_OK, NO_SPACE_ERRNOS, InterruptedRun, JobError, NoSpa
 from job.model import save_model
 from job.rundir import (
     CHECKPOINTS,
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
     MODEL_FILE,
     RUN_LOG,
+    RUNNING,
     SPEC_FILE,
     RunDir,
     check_writable,
@@ -58,7 +62,7 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         raise SpecError(f"{run_dir.path} is {what}, so no run can be written there; remove it, or use "
                         f"{_elsewhere(sweep_point)}")  # fmt: skip
     setup = None
-    if not (previous or {}).get("status") == "completed":
+    if not (previous or {}).get("status") == COMPLETED:
         try:
             setup = runtime.configure(spec.runtime, spec.train.seed)
             dataset = dataset if dataset is not None else load_dataset(spec.data)
@@ -112,7 +116,7 @@ def _elsewhere(sweep_point: dict | None) -> str:
 def _complete_on_read_only_storage(previous: dict | None, run_dir: RunDir, spec: Spec) -> bool:
     return (
         previous is not None
-        and previous.get("status") == "completed"
+        and previous.get("status") == COMPLETED
         and not os.access(run_dir.path, os.W_OK)
         and _made_by(previous, run_dir, spec) is None
     )
@@ -164,7 +168,7 @@ def _execute_claimed(
 
         result = train(spec, data, run_dir.path)
         metrics = _write_results(spec, data, holdout, result, run_dir.path)
-        _finish(manifest, started, "completed")
+        _finish(manifest, started, COMPLETED)
         manifest.update(
             epochs_done=len(result.history),
             **{key: metrics[key] for key in report.MANIFEST_METRICS},
@@ -184,7 +188,7 @@ def _execute_claimed(
             stopped_by = "SIGINT" if isinstance(e, KeyboardInterrupt) else preemption.requested()
             manifest["attempts"][-1].update(stopped_by=stopped_by, checkpointed=checkpoints.newest() != resumes_from)
             error = _stalled(manifest) or error
-        status = "interrupted" if isinstance(error, InterruptedRun) else "failed"
+        status = INTERRUPTED if isinstance(error, InterruptedRun) else FAILED
         reason = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
         _finish(manifest, started, status, reason)
         try:
@@ -192,7 +196,7 @@ def _execute_claimed(
         except OSError as again:  # the disk is still full: the log line must do
             log.error("could not record the %s run in its manifest: %s", status, again)
         # A preemption is routine, not an error: a sweep's logs searched for ERROR find failures only.
-        (log.warning if status == "interrupted" else log.error)("run %s: %s", status, reason)
+        (log.warning if status == INTERRUPTED else log.error)("run %s: %s", status, reason)
         if error is not e:
             raise error from e
         raise
@@ -213,7 +217,7 @@ def _stalled(manifest: dict) -> SpecError | None:
     """Why a stop ends the run rather than asking for a requeue, when the last STALLED_ATTEMPTS
     attempts (this one included) were all stopped by SIGTERM before they saved a checkpoint."""
     attempts = manifest["attempts"][-STALLED_ATTEMPTS:]
-    earlier_stopped = all(a.get("status") == "interrupted" for a in attempts[:-1])  # this one's is not yet written
+    earlier_stopped = all(a.get("status") == INTERRUPTED for a in attempts[:-1])  # this one's is not yet written
     none_saved = all(a.get("checkpointed") is False and a.get("stopped_by") != "SIGINT" for a in attempts)
     if len(attempts) < STALLED_ATTEMPTS or not earlier_stopped or not none_saved:
         return None
@@ -236,7 +240,7 @@ def _already_complete(previous: dict, run_dir: RunDir, spec: Spec, sweep_point: 
             f"{run_dir.path} holds a run of a different spec ({what}); use {_elsewhere(sweep_point)}, or "
             "--force to discard that run"
         )
-    if previous.get("status") != "completed":
+    if previous.get("status") != COMPLETED:
         return False
     # Removed after the manifest said completed: a process killed in between left them.
     Checkpoints(run_dir.path / CHECKPOINTS).clear()
@@ -363,7 +367,7 @@ def _start_manifest(spec: Spec, previous: dict | None, forced: bool = False) -> 
     attempts.append(attempt)
     return {
         "run": spec.run_name,
-        "status": "running",
+        "status": RUNNING,
         "reason": None,
         "spec_hash": spec.content_hash(),
         "method": spec.smoothing.method,

@@ -37,6 +37,9 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 MODEL_FILE = "model.keras"
+# A manifest's status, as job.run writes it; job.aggregate reads runs by it.
+RUNNING, COMPLETED, INTERRUPTED, FAILED = "running", "completed", "interrupted", "failed"
+MANIFEST_STATUSES = (RUNNING, COMPLETED, FAILED, INTERRUPTED)
 # What a claimed run directory may hold before its manifest is written: a kill
 # mid-write also leaves job.atomic's temporary file of spec.yaml or manifest.json.
 PRE_MANIFEST = {LOCK, RUN_LOG, SPEC_FILE}

@@ -17,22 +17,33 @@ import yaml
 
 from job.errors import EXIT_BAD_INPUT, JobError
 from job.history import read_history
-from job.rundir import HISTORY_FILE, MANIFEST, METRICS_FILE, SPEC_FILE, lock_holder, read_own_text, run_directories
+from job.rundir import (
+    COMPLETED,
+    FAILED,
+    HISTORY_FILE,
+    INTERRUPTED,
+    MANIFEST,
+    MANIFEST_STATUSES,
+    METRICS_FILE,
+    RUNNING,
+    SPEC_FILE,
+    lock_holder,
+    read_own_text,
+    run_directories,
+)
 from job.spec import Spec, flatten
 
-COMPLETED = "completed"
 NO_FACTOR = "none"  # the method whose factor is ignored: a reference line, not a curve
 # Display order; also every status a row can have.
 STATUSES = {
-    "completed": "finished, and its manifest, metrics.json and history.csv agree",
-    "running": "the manifest says running and its process may be alive",
+    COMPLETED: "finished, and its manifest, metrics.json and history.csv agree",
+    RUNNING: "the manifest says running and its process may be alive",
     "killed": "the manifest says running, but the process its .lock names is gone (same host)",
-    "interrupted": "stopped by SIGTERM/SIGINT; re-run the same command to resume",
-    "failed": "ended with an error (see reason); re-run to resume",
+    INTERRUPTED: "stopped by SIGTERM/SIGINT; re-run the same command to resume",
+    FAILED: "ended with an error (see reason); re-run to resume",
     "incomplete": "never wrote a manifest, or says completed while results are missing or disagree",
     "damaged": "manifest.json unreadable or of an unknown shape",
 }
-MANIFEST_STATUSES = ("running", "completed", "failed", "interrupted")  # what run.py writes
 # What a manifest must hold, and of which JSON type, to be read at all.
 MANIFEST_FIELDS = {
     "status": str, "method": str, "factor": float, "seed": int,
@@ -204,7 +215,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
         run.epochs_done = _epochs_so_far(path)
         holder = lock_holder(path)
         if holder.alive:
-            run.status, run.reason = "running", f"starting, no manifest yet: {holder.text}"
+            run.status, run.reason = RUNNING, f"starting, no manifest yet: {holder.text}"
         else:
             run.reason = "no manifest.json: the run stopped while starting"
             if spec is None:
@@ -236,13 +247,13 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
         return run
 
     run.epochs_done = _epochs_so_far(path)
-    if status == "running":
+    if status == RUNNING:
         holder = lock_holder(path)
         if holder.dead:
             run.status = "killed"
             run.reason = f"the manifest says running, but {holder.text} is gone; re-run the same command to resume"
         else:
-            run.status, run.reason = "running", holder.text
+            run.status, run.reason = RUNNING, holder.text
         return run
     run.status, run.reason = status, manifest.get("reason") if isinstance(manifest.get("reason"), str) else None
     return run
