@@ -62,14 +62,21 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         raise SpecError(f"{run_dir.path} is {what}, so no run can be written there; remove it, or use "
                         f"{_elsewhere(sweep_point)}")  # fmt: skip
     setup = None
-    if not (previous or {}).get("status") == COMPLETED:
-        try:
-            setup = runtime.configure(spec.runtime, spec.train.seed)
-            dataset = dataset if dataset is not None else load_dataset(spec.data)
-        except KeyboardInterrupt as e:  # a second Ctrl-C in a download: nothing started, nothing lost
-            raise _second_ctrl_c(e) from None
-        check_fits(spec, len(dataset.x_train), len(dataset.x_test))
-    run_dir.claim()
+    try:
+        if not (previous or {}).get("status") == COMPLETED:
+            try:
+                setup = runtime.configure(spec.runtime, spec.train.seed)
+                dataset = dataset if dataset is not None else load_dataset(spec.data)
+            except KeyboardInterrupt as e:  # a second Ctrl-C in a download: nothing started, nothing lost
+                raise _second_ctrl_c(e) from None
+            check_fits(spec, len(dataset.x_train), len(dataset.x_test))
+        run_dir.claim()  # may wait for an earlier attempt's lock, and be stopped there
+    except InterruptedRun as e:
+        # No attempt is recorded yet; a stop in a download or a lock wait counts towards the guard too.
+        stalled = _stalled_before_claim(run_dir)
+        if stalled:
+            raise stalled from e
+        raise
     try:
         return _execute_claimed(spec, run_dir, force, dataset, sweep_point, setup)
     finally:
@@ -187,7 +194,7 @@ def _execute_claimed(
             # A second Ctrl-C raised KeyboardInterrupt before any handler could record a signal.
             stopped_by = "SIGINT" if isinstance(e, KeyboardInterrupt) else preemption.requested()
             manifest["attempts"][-1].update(stopped_by=stopped_by, checkpointed=checkpoints.newest() != resumes_from)
-            error = _stalled(manifest) or error
+            error = _stalled(manifest["attempts"]) or error
         status = INTERRUPTED if isinstance(error, InterruptedRun) else FAILED
         reason = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
         _finish(manifest, started, status, reason)
@@ -213,10 +220,50 @@ def _execute_claimed(
 STALLED_ATTEMPTS = 5
 
 
-def _stalled(manifest: dict) -> SpecError | None:
+# A Slurm attempt that left no record: stopped before it claimed the run directory (in the
+# data's download, or waiting on a lock) or killed before lsjob could act on the TERM, which
+# slurm/'s scripts requeue too. Either way it saved nothing.
+UNRECORDED_STOP = {"status": INTERRUPTED, "stopped_by": "SIGTERM", "checkpointed": False}
+
+
+def _stalled_before_claim(run_dir: RunDir) -> SpecError | None:
+    """_stalled for an attempt stopped before it claimed the run directory, under Slurm, whose
+    restart count tells the attempts that left no record (elsewhere a stop there is requeued)."""
+    if preemption.requested() != "SIGTERM" or not os.environ.get("SLURM_JOB_ID"):
+        return None
+    try:
+        manifest = run_dir.read_manifest() or {}
+    except JobError:  # damaged: its attempts tell nothing
+        manifest = {}
+    attempts = manifest.get("attempts")
+    return _stalled(attempts if isinstance(attempts, list) else [], this_one=UNRECORDED_STOP)
+
+
+def _with_unrecorded(attempts: list) -> list:
+    """`attempts`, with each earlier attempt of this Slurm job that left no record (its restart
+    count missing among them) put back in its place as an UNRECORDED_STOP."""
+    job = os.environ.get("SLURM_JOB_ID")
+    ours = [a for a in attempts if isinstance(a, dict) and a.get("slurm_job") == job] if job else []
+    missing = sorted(set(range(slurm_restart())) - {_restart_of(a) for a in ours}) if job else []
+    out = []
+    for attempt in attempts:
+        while missing and any(attempt is a for a in ours) and missing[0] < _restart_of(attempt):
+            out.append(UNRECORDED_STOP)
+            missing.pop(0)
+        out.append(attempt)
+    return out + [UNRECORDED_STOP] * len(missing)
+
+
+def _restart_of(attempt: dict) -> int:
+    restart = attempt.get("slurm_restart", 0)  # an older lsjob's record: its job's first attempt
+    return restart if isinstance(restart, int) else 0
+
+
+def _stalled(attempts: list, this_one: dict | None = None) -> SpecError | None:
     """Why a stop ends the run rather than asking for a requeue, when the last STALLED_ATTEMPTS
-    attempts (this one included) were all stopped by SIGTERM before they saved a checkpoint."""
-    attempts = manifest["attempts"][-STALLED_ATTEMPTS:]
+    attempts (this one included: the last recorded, or `this_one` where it left no record) were
+    all stopped by SIGTERM before they saved a checkpoint."""
+    attempts = [*_with_unrecorded(attempts), *([this_one] if this_one else [])][-STALLED_ATTEMPTS:]
     earlier_stopped = all(a.get("status") == INTERRUPTED for a in attempts[:-1])  # this one's is not yet written
     none_saved = all(a.get("checkpointed") is False and a.get("stopped_by") != "SIGINT" for a in attempts)
     if len(attempts) < STALLED_ATTEMPTS or not earlier_stopped or not none_saved:

@@ -528,6 +528,62 @@ def test_attempts_stopped_before_any_checkpoint_end_the_run_rather_than_requeue_
     _assert_same_run(spec.run_dir, completed.run_dir)
 
 
+def test_slurm_attempts_stopped_before_they_claimed_the_run_count_towards_the_guard(tiny_spec, monkeypatch):
+    # A first sweep on a cold cache with --time=5: TERM comes in the download (or the wait on the
+    # cache lock), before the run directory exists, so no attempt is ever recorded; Slurm's
+    # restart count still tells how many there were.
+    from job import preemption, run
+    from job.errors import EXIT_BAD_INPUT, InterruptedRun
+
+    def download(_data):
+        preemption.check()  # as cifar10's downloader does between chunks
+        raise AssertionError("the stop must come first")
+
+    spec = tiny_spec()
+    monkeypatch.setattr(run, "load_dataset", download)
+    monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+    for restart in range(run.STALLED_ATTEMPTS - 1):
+        _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(restart))
+        with pytest.raises(InterruptedRun, match="SIGTERM"):
+            run_mod.execute(spec)
+    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(run.STALLED_ATTEMPTS - 1))
+    with pytest.raises(SpecError, match="stopped 5 attempts in a row") as err:
+        run_mod.execute(spec)
+    assert err.value.exit_code == EXIT_BAD_INPUT and "give the job more time" in str(err.value)
+    assert not spec.run_dir.exists()  # nothing written, as for any stop before the claim
+    # Outside Slurm nothing counts them: a stop there is a plain interruption.
+    _scheduler(monkeypatch)
+    with pytest.raises(InterruptedRun):
+        run_mod.execute(spec)
+
+
+def test_unrecorded_slurm_attempts_take_their_place_among_the_recorded_ones(tmp_path, monkeypatch):
+    from job import preemption, run
+
+    def attempt(restart, checkpointed, job="4242"):
+        return {"slurm_job": job, "slurm_restart": restart, "status": "interrupted", "stopped_by": "SIGTERM",
+                "checkpointed": checkpointed}  # fmt: skip
+
+    def stalled(restart, attempts):
+        _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(restart))
+        monkeypatch.setattr(RunDir, "read_manifest", lambda self: {"attempts": attempts})
+        return run._stalled_before_claim(RunDir(tmp_path / "run")) is not None
+
+    monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+    # Restart 0 saved a step; 1 to 3 left no record; this one (4) is the fourth stop in a row, not the fifth.
+    assert not stalled(4, [attempt(0, True)])
+    assert stalled(5, [attempt(0, True)])
+    # Recorded stops and unrecorded ones make one streak, in restart order.
+    assert stalled(4, [attempt(1, False), attempt(3, False)])
+    # Restart 3 saved a step: the unrecorded 0 to 2 came before it, and only 4 to 6 after.
+    assert not stalled(6, [attempt(3, True)]) and stalled(8, [attempt(3, True)])
+    # An earlier submission's attempts are its own: they stand for none of this job's restarts.
+    earlier_job = [attempt(restart, True, "99") for restart in range(4)]
+    assert stalled(4, earlier_job) and not stalled(3, earlier_job)
+    monkeypatch.setattr(preemption, "_requested", "SIGINT")  # a person's Ctrl-C: never counted
+    assert not stalled(9, [])
+
+
 def test_ctrl_c_before_a_checkpoint_is_not_counted_as_a_stalled_requeue(tiny_spec, monkeypatch):
     # The guard is for a scheduler's TERM repeating forever; a person pressing Ctrl-C while trying
     # things is not that, and their next TERM-stopped attempt must still be requeued.
