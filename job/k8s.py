@@ -18,6 +18,7 @@ The files in k8s/ are these manifests for the example specs; `python -m job.k8s
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -202,10 +203,15 @@ def _pod_resources(points, gpus: int | None, cpu: str | None, memory: str | None
     memory = memory or f"{MEMORY_PER_GPU_GI * gpus}Gi"
     _check_quantity("cpu", cpu, _CPU_QUANTITY, "4 or 3500m")
     _check_quantity("memory", memory, _MEMORY_QUANTITY, "16Gi or 16000M")
-    if _memory_bytes(memory) < MIN_MEMORY_BYTES:
+    size = _memory_bytes(memory)
+    if size == math.inf:
+        raise SpecError(f"memory {memory!r} is too large to be a number of bytes; give one such as 16Gi")
+    if size < MIN_MEMORY_BYTES:
+        # Plain bytes this small are a unit left off, not a choice.
+        remedy = "give a unit, e.g. 16Gi" if _MEMORY_QUANTITY.fullmatch(memory)[3] is None else "give 1Gi or more"
         raise SpecError(
-            f"memory {memory!r} is {_memory_bytes(memory):,.0f} bytes, below the 1Gi this job needs at the least "
-            "(its imports alone take 650 MiB; a full-size run peaks at 1.6 GB): give a unit, e.g. 16Gi"
+            f"memory {memory!r} is {size:,.0f} bytes, below the 1Gi this job needs at the least "
+            f"(its imports alone take 650 MiB; a full-size run peaks at 1.6 GB): {remedy}"
         )
     return gpus, cpu, memory
 
@@ -447,7 +453,7 @@ def _memory_bytes(quantity: str) -> float:
     number, _, unit = _MEMORY_QUANTITY.fullmatch(quantity).groups()
     unit = unit or ""
     if re.fullmatch(r"[eE][+-]?\d+", unit):  # an exponent, not E (exa)
-        return float(number) * 10 ** int(unit[1:])
+        return float(number + unit)  # inf, not an OverflowError, for 1e400
     if unit.endswith("i"):
         return float(number) * 1024 ** ("KMGTPE".index(unit[0]) + 1)
     return float(number) * 1000 ** ("kMGTPE".index(unit) + 1 if unit else 0)

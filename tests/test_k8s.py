@@ -191,7 +191,8 @@ def test_a_multi_gpu_run_gets_a_gpu_per_replica_and_resources_to_match(tmp_path)
     # The exponent form, as the Kubernetes docs write 129e6 (here 129e8: 12.9 GB).
     requests = resources_for(tmp_path, "  replicas: 1", memory="129e8", cpu="2e0")["requests"]
     assert requests == {"cpu": "2e0", "memory": "129e8"}
-    for quantity in ("16Gi", "16G", "16000M", "1.5Ti", ".5Ti", "1073741824", "1E", "1Ei"):  # the suffixes the API takes
+    # 1Gi, the least a pod may have, and the suffixes the API takes.
+    for quantity in ("1Gi", "1024Mi", "16Gi", "16G", "16000M", "1.5Ti", ".5Ti", "1073741824", "1E", "1Ei"):
         assert resources_for(tmp_path, "  replicas: 1", memory=quantity)["requests"]["memory"] == quantity
     assert resources_for(tmp_path, "  replicas: 2", gpus=2, cpu="3500m", memory="20Gi") == {
         "requests": {"cpu": "3500m", "memory": "20Gi"},
@@ -277,9 +278,18 @@ def test_a_multi_gpu_pod_gets_shared_memory_for_nccl_and_a_one_gpu_pod_none(tmp_
         ("  replicas: 1", {"memory": "16K"}, "memory '16K'"),  # kubectl's refusal: 16k or 16Ki
         # A unit left off: 16 bytes, a pod that can never start.
         ("  replicas: 1", {"memory": "16"}, "memory '16' is 16 bytes, below the 1Gi"),
-        ("  replicas: 1", {"memory": "1073741823"}, "below the 1Gi"),
-        ("  replicas: 1", {"memory": "512Mi"}, "below the 1Gi"),
+        ("  replicas: 1", {"memory": "1073741823"}, "GB): give a unit, e.g. 16Gi"),
+        # A unit given, too small: asking for one would name the wrong mistake.
+        (
+            "  replicas: 1",
+            {"memory": "512Mi"},
+            "is 536,870,912 bytes, below the 1Gi this job needs at the least "
+            "(its imports alone take 650 MiB; a full-size run peaks at 1.6 GB): "
+            "give 1Gi or more",
+        ),
+        ("  replicas: 1", {"memory": "1G"}, "GB): give 1Gi or more"),
         ("  replicas: 1", {"memory": "129e6"}, "below the 1Gi"),
+        ("  replicas: 1", {"memory": "1e400"}, "memory '1e400' is too large to be a number of bytes"),
         # Each pod would exit 2 ("does not split evenly") on the cluster.
         ("  replicas: all\ntrain:\n  batch_size: 64", {"gpus": 3}, "64 does not split evenly across the 3 GPUs"),
         # So would a later sweep point's alone.
