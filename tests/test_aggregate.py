@@ -656,6 +656,23 @@ def test_no_group_is_said_left_out_where_its_partner_never_completed(tmp_path):
     assert not any("leaves out" in w for w in aggregate(tmp_path).warnings)
 
 
+def test_a_partner_that_only_failed_at_a_groups_settings_does_not_hide_that_it_is_left_out(tmp_path):
+    # labels completed at lr 0.005 and 0.01; loss and none completed at 0.005 only, and failed at
+    # 0.01: labels at 0.01 is in neither table, and a partner that failed there must not silence it.
+    for method, lr, status in [
+        ("labels", 0.005, "completed"), ("loss", 0.005, "completed"), ("none", 0.005, "completed"),
+        ("labels", 0.01, "completed"), ("loss", 0.01, "failed"), ("none", 0.01, "failed"),
+    ]:  # fmt: skip
+        factor = 0.0 if method == "none" else 0.1
+        write_run(tmp_path, f"{method}-lr{lr}", method, factor, 1, status=status,
+                  done=None if status == "completed" else 1, overrides=[f"train.lr={lr}"])  # fmt: skip
+    left_out = [w.split(":")[0] for w in aggregate(tmp_path).warnings if "leaves out" in w]
+    assert left_out == [
+        "Smoothing vs none leaves out labels at factor 0.1, train.lr=0.01",
+        "labels vs loss leaves out labels at factor 0.1, train.lr=0.01",
+    ]
+
+
 def test_the_baseline_table_explains_itself_without_the_labels_vs_loss_one(tmp_path):
     for method, seed in [("labels", 1), ("labels", 2), ("none", 1), ("none", 2)]:
         write_run(tmp_path, f"{method}-s{seed}", method, 0.1 if method != "none" else 0.0, seed)

@@ -4,6 +4,7 @@ import errno
 import logging
 import os
 import stat
+import warnings
 
 import numpy as np
 import pytest
@@ -72,6 +73,33 @@ def test_keeps_the_newest_two_and_no_temporaries(tmp_path):
     for epoch in (1, 2, 3):
         store.save(model, epoch, [{"epoch": e} for e in range(1, epoch + 1)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002", "epoch-0003"]
+
+
+def test_newest_names_the_latest_checkpoint(tmp_path):
+    # run.py records whether an attempt saved anything by comparing it before and after: one that
+    # resumed from the only checkpoint and saved another made progress, and is no stalled attempt.
+    model, store = small_model(), Checkpoints(tmp_path)
+    assert store.newest() is None
+    for epoch in (1, 2, 3):
+        store.save(model, epoch, [{"epoch": e} for e in range(1, epoch + 1)])
+        assert store.newest() == f"epoch-{epoch:04d}"
+
+
+def test_keras_other_warnings_while_loading_a_checkpoint_still_reach_the_user(tmp_path, monkeypatch):
+    # Only the optimizer-shape warning is turned into a log line; any other is Keras's to say.
+    model, store = small_model(), Checkpoints(tmp_path)
+    train_step(model)
+    store.save(model, 1, [{"epoch": 1}])
+    fresh = small_model(seed=1)
+    real = type(fresh).load_weights
+
+    def load_weights(self, path, *args, **kwargs):
+        warnings.warn("A total of 1 objects could not be loaded", UserWarning)
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(type(fresh), "load_weights", load_weights)
+    with pytest.warns(UserWarning, match="objects could not be loaded"):
+        store.restore(fresh)
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):

@@ -315,3 +315,26 @@ def test_readme_lists_every_exit_code_and_no_other():
     section = (ROOT / "README.md").read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     listed = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)}
     assert listed == {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+
+
+def test_an_os_error_other_than_a_full_disk_is_not_called_one(monkeypatch):
+    # An unreadable folder, or `lsjob show | head` (EPIPE): not "free space", nor exit 6, which
+    # schedulers would treat as a full disk.
+    import errno
+
+    from job import cli
+
+    def app():
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(PermissionError):
+        cli.main()
+
+
+def test_loading_keras_quiets_tensorflows_notes_for_run_and_bench(monkeypatch):
+    from job import cli
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    cli._load_keras()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"

@@ -1000,6 +1000,31 @@ def test_tasks_waiting_on_a_download_that_fails_fail_with_it_and_a_later_start_t
     assert len(calls) == 2
 
 
+def test_an_extraction_that_fails_after_a_good_download_does_not_fail_the_waiters(
+    small, cifar_sample, small_tar, trusted, monkeypatch, tmp_path
+):
+    # Only the download's own failure is passed on to the tasks waiting on the lock: an archive
+    # verified and in the cache is theirs to extract, not "the download ... failed".
+    trusted(small_tar)
+    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.05)
+    calls = []
+    monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls, delay=0.5))
+    real_extract, failed = cifar10.safe_extract, []
+
+    def safe_extract(archive, dest):
+        if not failed:  # the holder's extraction, once
+            failed.append(threading.current_thread().name)
+            raise DataError(f"could not extract {archive} into {dest}: Input/output error")
+        return real_extract(archive, dest)
+
+    monkeypatch.setattr(cifar10, "safe_extract", safe_extract)
+    results, errors = load_in_tasks(tmp_path / "cache", 3, apart_s=0.1)
+    assert len(calls) == 1 and len(errors) == 1 and str(errors[0]).startswith("could not extract")
+    assert len(results) == 2
+    for arrays in results.values():
+        assert_loaded(arrays, expected_arrays(cifar_sample, SMALL))
+
+
 @pytest.mark.parametrize("stage", ["download", "extraction"])
 def test_a_suspended_fill_whose_folder_was_cleared_reads_the_cache_another_filled(
     small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path, stage

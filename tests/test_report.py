@@ -609,6 +609,22 @@ def test_a_malformed_predictions_array_is_named_and_changes_nothing(tmp_path, ed
     assert contents(tmp_path) == before
 
 
+@pytest.mark.parametrize("bad", [lambda p: p.astype(str), lambda p: p > 0.5], ids=["text", "booleans"])
+def test_probabilities_that_are_not_floats_are_named(tmp_path, bad):
+    # The right shape, but text or booleans: named as test_probs, not numpy's "could not convert
+    # string to float", nor scored as though 0 and 1 were probabilities.
+    saved_run(tmp_path)
+    regenerate(tmp_path)
+    with np.load(tmp_path / "predictions.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["test_probs"] = bad(arrays["test_probs"])
+    np.savez(tmp_path / "predictions.npz", **arrays)
+    before = contents(tmp_path)
+    with pytest.raises(SpecError, match="test_probs must be probabilities of shape"):
+        regenerate(tmp_path)
+    assert contents(tmp_path) == before
+
+
 @pytest.mark.parametrize("name", ["history.csv", "predictions.npz"])
 def test_a_folder_in_place_of_a_runs_file_is_not_called_missing(tmp_path, name):
     from job.errors import SpecError

@@ -604,6 +604,36 @@ def test_ctrl_c_before_a_checkpoint_is_not_counted_as_a_stalled_requeue(tiny_spe
     ]  # fmt: skip
 
 
+def test_a_run_the_stall_guard_ended_counts_afresh_when_run_again(monkeypatch):
+    # "give the job more time, then run the same command": one early SIGTERM of that re-run is a
+    # requeue, not exit 2 again; the failed attempt the guard ended breaks the streak.
+    _scheduler(monkeypatch)
+    n = run_mod.STALLED_ATTEMPTS
+    stopped = {"status": "interrupted", "stopped_by": "SIGTERM", "checkpointed": False}
+    ended = {**stopped, "status": "failed"}
+    this = {"stopped_by": "SIGTERM", "checkpointed": False}  # its status is not yet written
+    assert run_mod._stalled([stopped] * (n - 1) + [this]) is not None
+    assert run_mod._stalled([stopped] * (n - 1) + [ended, this]) is None
+
+
+def test_a_second_ctrl_c_after_a_term_is_recorded_as_sigint(tiny_spec, monkeypatch):
+    # The scheduler's TERM came first; then a person pressed Ctrl-C twice, and the second raised.
+    # Recorded as the TERM, it would count towards the stall guard, which is for TERMs alone.
+    from job.errors import InterruptedRun
+
+    spec = tiny_spec("train.epochs=1")
+    monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+
+    def second_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "train", second_ctrl_c)
+    with pytest.raises(InterruptedRun, match="second Ctrl-C"):
+        run_mod.execute(spec)
+    attempt = RunDir(spec.run_dir).read_manifest()["attempts"][-1]
+    assert attempt["stopped_by"] == "SIGINT" and attempt["checkpointed"] is False
+
+
 def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_a_rerun_resumes(tiny_spec, monkeypatch):
     import errno
 

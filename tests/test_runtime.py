@@ -322,3 +322,38 @@ def test_the_tensorflow_feed_runs_without_tf_data_autotuning():
     assert fed.options().autotune.enabled is False
     validation = runtime.validation_feed(np.zeros((8, 2, 2, 1), np.uint8), np.zeros((8, 4), np.float32), batch_size=4)
     assert list(validation) == ["validation_data"] and validation["validation_data"].options().autotune.enabled is False
+
+
+def test_run_ahead_limit_marks_each_step_without_syncing_the_model_and_compiles_its_mark_once(monkeypatch):
+    # On JAX, Callback.model writes every variable back into the model (jax_state_sync): at every
+    # step, the host-side bottleneck Keras warns of. The mark is jitted once, not at every step.
+    # A stand-in for jax: this test runs where JAX is not installed (tests/run_ahead.py runs JAX).
+    import types
+
+    import keras
+
+    jitted, syncs, waited = [], [], []
+
+    class Step:
+        def __init__(self, n):
+            self.n = n
+
+        def block_until_ready(self):
+            waited.append(self.n)
+
+    def jit(fn):
+        jitted.append(fn)
+        return lambda counter: Step(counter)
+
+    monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(jit=jit))
+    for module in (runtime.keras.backend, keras.src.backend):
+        monkeypatch.setattr(module, "backend", lambda: "jax")
+    model = types.SimpleNamespace(jax_state_sync=lambda: syncs.append(1), _jax_state=None)
+    limit = runtime.RunAheadLimit(depth=2)
+    limit.set_model(model)
+    limit.on_epoch_begin(0)
+    for step in range(5):
+        model._jax_state = {"optimizer_variables": [step]}
+        limit.on_train_batch_begin(step)
+    assert syncs == [] and len(jitted) == 1
+    assert waited == [0, 1, 2] and [s.n for s in limit.in_flight] == [3, 4]

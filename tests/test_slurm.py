@@ -348,6 +348,23 @@ def test_submit_makes_the_log_folders_in_the_jobs_working_directory(tmp_path, st
     assert "logs: as your --output/--error/--job-name say" in proc.stderr
 
 
+def test_submit_with_chdir_keeps_an_absolute_log_path_and_says_where_the_logs_go(tmp_path, stubs):
+    bin_dir, env = stubs
+    (tmp_path / "s.yaml").write_text("sweep:\n  smoothing.factor: [0.1, 0.2]\n")
+    _stub(bin_dir, "lsjob", '[[ "$*" == "sweep count s.yaml" ]] && echo 2\n')
+    _stub(bin_dir, "sbatch", 'echo "77;cluster"\n')
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml", "-D", "work", f"--output={tmp_path}/abs/%A_%a.out"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "abs").is_dir()  # an absolute path is not under the job's working directory
+    assert not (tmp_path / "work" / str(tmp_path).lstrip("/")).exists()
+    # No --output: the logs are under -D's folder, and the closing line says so.
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml", "-D", "work"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "logs: work/logs/lsjob-sweep_77_<index>.out" in proc.stderr
+
+
 def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path, stubs):
     bin_dir, env = stubs
     # The count sees the tasks' overrides, so an override they would refuse stops the submission.

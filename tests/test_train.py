@@ -165,6 +165,32 @@ def test_on_a_terminal_the_bar_ends_its_line_before_each_log_line(tiny_spec, tmp
     assert "left" not in text.split("LOG epoch 2/2")[1].split("\n")[0]
 
 
+def test_off_a_terminal_a_log_line_inside_an_epoch_writes_nothing_to_stdout(monkeypatch, caplog):
+    # Under Slurm or kubectl logs stdout is a file with no bar to end: no blank line per checkpoint.
+    import io
+    import logging
+
+    out = io.StringIO()  # isatty() is False
+    monkeypatch.setattr(train_mod.sys, "stdout", out)
+    with caplog.at_level(logging.INFO, logger=train_mod.log.name):
+        train_mod._log_inside_epoch("checkpoint %s", "x")
+    assert out.getvalue() == "" and "checkpoint x" in caplog.text
+
+
+def test_the_bar_redraws_under_the_screen_lock(monkeypatch):
+    # Keras redraws the bar from its callback threads (JAX, torch): a log line must not land inside it.
+    import keras
+
+    held = []
+    monkeypatch.setattr(
+        keras.callbacks.ProgbarLogger,
+        "on_train_batch_end",
+        lambda self, batch, logs=None: held.append(train_mod._screen.locked()),
+    )
+    train_mod.Progress(epochs=2).on_train_batch_end(0, {})
+    assert held == [True]
+
+
 @pytest.mark.parametrize(
     "seconds, shown", [(45, "45s"), (59.4, "59s"), (59.6, "1m"), (60, "1m"), (721, "12m"), (3900, "1h05m")]
 )
