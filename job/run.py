@@ -187,6 +187,10 @@ def _execute_claimed(
             "completed: test accuracy %.4f, test NLL %.4f -> %s",
             metrics["test_accuracy"], metrics["test_nll"], run_dir.path,
         )  # fmt: skip
+        if preemption.requested():
+            # The last check is at the last epoch's end: stopping after it would save nothing, and
+            # the results take seconds where a requeue would take minutes.
+            log.info("%s came after training ended, so the run finished rather than stop", preemption.requested())
         return EXIT_OK
     except BaseException as e:
         error = _no_space_error(e, run_dir.path) or _second_ctrl_c(e) or _storage_error(e, run_dir.path) or e

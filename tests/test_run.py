@@ -634,6 +634,23 @@ def test_a_second_ctrl_c_after_a_term_is_recorded_as_sigint(tiny_spec, monkeypat
     assert attempt["stopped_by"] == "SIGINT" and attempt["checkpointed"] is False
 
 
+def test_a_term_after_training_ended_lets_the_run_finish_and_says_so(tiny_spec, monkeypatch, caplog):
+    # Past the last epoch's checkpoint a stop would save nothing: the results are written, exit 0,
+    # and the log tells the operator who sent the TERM why the job did not stop.
+    real_write_results = run_mod._write_results
+
+    def term_while_writing(*args, **kwargs):
+        monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+        return real_write_results(*args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "_write_results", term_while_writing)
+    spec = tiny_spec()
+    with caplog.at_level(logging.INFO, logger="lsjob"):
+        assert run_mod.execute(spec) == 0
+    assert RunDir(spec.run_dir).read_manifest()["status"] == "completed"
+    assert "SIGTERM came after training ended, so the run finished rather than stop" in caplog.text
+
+
 def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_a_rerun_resumes(tiny_spec, monkeypatch):
     import errno
 
