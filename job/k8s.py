@@ -65,12 +65,13 @@ MEMORY_PER_GPU_GI = 8
 # makes it fail at the first step ("posix_fallocate failed: No space left on device", or a
 # segfault). Its pages count against the pod's memory limit. NVIDIA's containers suggest 1 GiB.
 SHM_SIZE = "1Gi"
-# Less memory than this is a unit left off (`--memory 16`: 16 bytes, a pod that cannot start).
+# Less memory than this is refused: the job's imports alone take 650 MiB. Given without a unit,
+# it is a unit left off (`--memory 16`: 16 bytes, a pod that cannot start).
 MIN_MEMORY_BYTES = 1024**3
 # Kubernetes quantities, as the API server takes them for these two resources.
 _NUMBER = r"(\d+(\.\d+)?|\.\d+)"
 _CPU_QUANTITY = re.compile(_NUMBER + r"(m|[eE][+-]?\d+)?")
-_MEMORY_QUANTITY = re.compile(_NUMBER + r"([KMGTPE]i|[kMGTPE]|[eE][+-]?\d+)?")  # 16K is no quantity: 16k is
+_MEMORY_QUANTITY = re.compile(_NUMBER + r"(?P<unit>[KMGTPE]i|[kMGTPE]|[eE][+-]?\d+)?")  # 16K is no quantity: 16k is
 # Label keys and values (a node selector's, a taint's), as the API server takes them: a name of
 # at most 63 characters, the key with an optional DNS-subdomain prefix such as nvidia.com/.
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -208,7 +209,7 @@ def _pod_resources(points, gpus: int | None, cpu: str | None, memory: str | None
         raise SpecError(f"memory {memory!r} is too large to be a number of bytes; give one such as 16Gi")
     if size < MIN_MEMORY_BYTES:
         # Plain bytes this small are a unit left off, not a choice.
-        remedy = "give a unit, e.g. 16Gi" if _MEMORY_QUANTITY.fullmatch(memory)[3] is None else "give 1Gi or more"
+        remedy = "give a unit, e.g. 16Gi" if _MEMORY_QUANTITY.fullmatch(memory)["unit"] is None else "give 1Gi or more"
         raise SpecError(
             f"memory {memory!r} is {size:,.0f} bytes, below the 1Gi this job needs at the least "
             f"(its imports alone take 650 MiB; a full-size run peaks at 1.6 GB): {remedy}"
@@ -450,8 +451,8 @@ def _pod(name, image, args, results_claim, cache_claim, grace_seconds, gpus, cpu
 
 def _memory_bytes(quantity: str) -> float:
     """A memory quantity _MEMORY_QUANTITY takes, in bytes."""
-    number, _, unit = _MEMORY_QUANTITY.fullmatch(quantity).groups()
-    unit = unit or ""
+    match = _MEMORY_QUANTITY.fullmatch(quantity)
+    number, unit = match[1], match["unit"] or ""
     if re.fullmatch(r"[eE][+-]?\d+", unit):  # an exponent, not E (exa)
         return float(number + unit)  # inf, not an OverflowError, for 1e400
     if unit.endswith("i"):
