@@ -12,6 +12,8 @@ import os
 import socket
 import subprocess
 import time
+import types
+from collections.abc import Mapping
 from pathlib import Path
 
 import keras
@@ -227,7 +229,11 @@ STALLED_ATTEMPTS = 5
 # A Slurm attempt that left no record: stopped before it claimed the run directory (in the
 # data's download, or waiting on a lock) or killed before lsjob could act on the TERM, which
 # slurm/'s scripts requeue too. Either way it saved nothing.
-UNRECORDED_STOP = {"status": INTERRUPTED, "stopped_by": "SIGTERM", "checkpointed": False}
+UNRECORDED_STOP = types.MappingProxyType({"status": INTERRUPTED, "stopped_by": "SIGTERM", "checkpointed": False})
+# Set by slurm/'s batch scripts, which run one `lsjob run` per job (array task): every restart
+# of the job was then an attempt at this run, those before its first record too. A script of
+# the user's own may run several in turn, where a run's first restarts went to the ones before.
+ONE_RUN_PER_JOB = "LSJOB_SLURM_ONE_RUN"
 
 
 def _stalled_before_claim(run_dir: RunDir) -> SpecError | None:
@@ -237,33 +243,34 @@ def _stalled_before_claim(run_dir: RunDir) -> SpecError | None:
         return None
     try:
         manifest = run_dir.read_manifest() or {}
-    except JobError:  # damaged: its attempts tell nothing
-        manifest = {}
+    except JobError:  # damaged, or the storage failed: no streak can be told, so no guard
+        return None
     attempts = manifest.get("attempts")
     return _stalled(attempts if isinstance(attempts, list) else [], this_one=UNRECORDED_STOP)
 
 
 def _with_unrecorded(attempts: list) -> list:
     """`attempts`, with each earlier attempt of this Slurm job that left no record (its restart
-    count missing among them) put back in its place as an UNRECORDED_STOP."""
+    count missing among them) put back in its place as an UNRECORDED_STOP: from the job's first
+    restart under ONE_RUN_PER_JOB, else from the first this run recorded."""
     job = os.environ.get("SLURM_JOB_ID")
-    ours = [a for a in attempts if isinstance(a, dict) and a.get("slurm_job") == job] if job else []
-    missing = sorted(set(range(slurm_restart())) - {_restart_of(a) for a in ours}) if job else []
+    if not job:
+        return attempts
+    ours = {id(a): a.get("slurm_restart") for a in attempts if isinstance(a, dict) and a.get("slurm_job") == job}
+    if not all(isinstance(restart, int) for restart in ours.values()):
+        return attempts  # recorded by an lsjob from before restarts were: nothing to go by
+    first = 0 if os.environ.get(ONE_RUN_PER_JOB) == "1" else min(ours.values(), default=slurm_restart())
+    missing = sorted(set(range(first, slurm_restart())) - set(ours.values()))
     out = []
     for attempt in attempts:
-        while missing and any(attempt is a for a in ours) and missing[0] < _restart_of(attempt):
+        while missing and id(attempt) in ours and missing[0] < ours[id(attempt)]:
             out.append(UNRECORDED_STOP)
             missing.pop(0)
         out.append(attempt)
     return out + [UNRECORDED_STOP] * len(missing)
 
 
-def _restart_of(attempt: dict) -> int:
-    restart = attempt.get("slurm_restart", 0)  # an older lsjob's record: its job's first attempt
-    return restart if isinstance(restart, int) else 0
-
-
-def _stalled(attempts: list, this_one: dict | None = None) -> SpecError | None:
+def _stalled(attempts: list, this_one: Mapping | None = None) -> SpecError | None:
     """Why a stop ends the run rather than asking for a requeue, when the last STALLED_ATTEMPTS
     attempts (this one included: the last recorded, or `this_one` where it left no record) were
     all stopped by SIGTERM before they saved a checkpoint."""
@@ -272,11 +279,13 @@ def _stalled(attempts: list, this_one: dict | None = None) -> SpecError | None:
     none_saved = all(a.get("checkpointed") is False and a.get("stopped_by") != "SIGINT" for a in attempts)
     if len(attempts) < STALLED_ATTEMPTS or not earlier_stopped or not none_saved:
         return None
+    unrecorded = sum(a is UNRECORDED_STOP for a in attempts)
+    told = f" ({unrecorded} of them left no record in the run's manifest; SLURM_RESTART_COUNT counts them)"
     return SpecError(
-        f"stopped {STALLED_ATTEMPTS} attempts in a row before any of them saved a checkpoint, so requeueing "
-        "would only repeat it; a time limit within the stop signal's margin does this (sbatch --time under "
-        "about 6 minutes with slurm/'s --signal=B:TERM@300): give the job more time, then run the same command "
-        "to resume"
+        f"stopped {STALLED_ATTEMPTS} attempts in a row before any of them saved a checkpoint"
+        f"{told if unrecorded else ''}, so requeueing would only repeat it; a time limit within the stop "
+        "signal's margin does this (sbatch --time under about 6 minutes with slurm/'s --signal=B:TERM@300): give "
+        "the job more time, then run the same command to resume"
     )
 
 

@@ -531,7 +531,7 @@ def test_attempts_stopped_before_any_checkpoint_end_the_run_rather_than_requeue_
 def test_slurm_attempts_stopped_before_they_claimed_the_run_count_towards_the_guard(tiny_spec, monkeypatch):
     # A first sweep on a cold cache with --time=5: TERM comes in the download (or the wait on the
     # cache lock), before the run directory exists, so no attempt is ever recorded; Slurm's
-    # restart count still tells how many there were.
+    # restart count still tells how many there were, where slurm/'s scripts say each was this run's.
     from job import preemption, run
     from job.errors import EXIT_BAD_INPUT, InterruptedRun
 
@@ -542,30 +542,52 @@ def test_slurm_attempts_stopped_before_they_claimed_the_run_count_towards_the_gu
     spec = tiny_spec()
     monkeypatch.setattr(run, "load_dataset", download)
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+    one_run = {"SLURM_JOB_ID": "4242", "LSJOB_SLURM_ONE_RUN": "1"}
+    # Each of these leaves nothing behind: the next tells them from its restart count alone.
     for restart in range(run.STALLED_ATTEMPTS - 1):
-        _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(restart))
+        _scheduler(monkeypatch, **one_run, SLURM_RESTART_COUNT=str(restart))
         with pytest.raises(InterruptedRun, match="SIGTERM"):
             run_mod.execute(spec)
-    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(run.STALLED_ATTEMPTS - 1))
+        assert not spec.run_dir.exists()
+    _scheduler(monkeypatch, **one_run, SLURM_RESTART_COUNT=str(run.STALLED_ATTEMPTS - 1))
     with pytest.raises(SpecError, match="stopped 5 attempts in a row") as err:
         run_mod.execute(spec)
     assert err.value.exit_code == EXIT_BAD_INPUT and "give the job more time" in str(err.value)
+    assert "(5 of them left no record in the run's manifest; SLURM_RESTART_COUNT counts them)" in str(err.value)
     assert not spec.run_dir.exists()  # nothing written, as for any stop before the claim
-    # Outside Slurm nothing counts them: a stop there is a plain interruption.
-    _scheduler(monkeypatch)
+    # A script of the user's own may have spent those restarts on other runs: a plain stop.
+    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(run.STALLED_ATTEMPTS - 1))
+    with pytest.raises(InterruptedRun):
+        run_mod.execute(spec)
+    _scheduler(monkeypatch)  # and outside Slurm nothing counts them
     with pytest.raises(InterruptedRun):
         run_mod.execute(spec)
 
 
+def test_a_run_started_late_in_a_job_of_several_runs_is_not_ended_by_their_restarts(tiny_spec, monkeypatch):
+    # A script of the user's own trains run a, then run b, in one requeueable job: a took restarts
+    # 0 to 3, and b's first attempt, at restart 4, is stopped before its first step. A stop, not
+    # the stall guard's exit 2: b has been stopped once.
+    from job.errors import InterruptedRun
+
+    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="4")
+    monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+    spec = tiny_spec("output.run=b")
+    with pytest.raises(InterruptedRun, match="SIGTERM"):
+        run_mod.execute(spec)
+    assert [a["status"] for a in RunDir(spec.run_dir).read_manifest()["attempts"]] == ["interrupted"]
+
+
 def test_unrecorded_slurm_attempts_take_their_place_among_the_recorded_ones(tmp_path, monkeypatch):
     from job import preemption, run
+    from job.errors import StorageError
 
     def attempt(restart, checkpointed, job="4242"):
         return {"slurm_job": job, "slurm_restart": restart, "status": "interrupted", "stopped_by": "SIGTERM",
                 "checkpointed": checkpointed}  # fmt: skip
 
-    def stalled(restart, attempts):
-        _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(restart))
+    def stalled(restart, attempts, one_run="1"):
+        _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(restart), LSJOB_SLURM_ONE_RUN=one_run)
         monkeypatch.setattr(RunDir, "read_manifest", lambda self: {"attempts": attempts})
         return run._stalled_before_claim(RunDir(tmp_path / "run")) is not None
 
@@ -577,9 +599,17 @@ def test_unrecorded_slurm_attempts_take_their_place_among_the_recorded_ones(tmp_
     assert stalled(4, [attempt(1, False), attempt(3, False)])
     # Restart 3 saved a step: the unrecorded 0 to 2 came before it, and only 4 to 6 after.
     assert not stalled(6, [attempt(3, True)]) and stalled(8, [attempt(3, True)])
+    # Without slurm/'s word that the job is this run's alone, only restarts after the run's first
+    # record are its own: restarts 0 to 2 may have trained other runs.
+    assert not stalled(4, [attempt(3, False)], one_run="") and stalled(4, [attempt(3, False)])
+    assert stalled(6, [attempt(2, False)], one_run="")
     # An earlier submission's attempts are its own: they stand for none of this job's restarts.
     earlier_job = [attempt(restart, True, "99") for restart in range(4)]
     assert stalled(4, earlier_job) and not stalled(3, earlier_job)
+    # Records of an lsjob from before restarts were recorded: no restart numbers to go by.
+    assert not stalled(6, [{**attempt(0, False), "slurm_restart": None}])
+    monkeypatch.setattr(RunDir, "read_manifest", lambda self: (_ for _ in ()).throw(StorageError("EIO")))
+    assert not run._stalled_before_claim(RunDir(tmp_path / "run"))  # unreadable: no streak can be told
     monkeypatch.setattr(preemption, "_requested", "SIGINT")  # a person's Ctrl-C: never counted
     assert not stalled(9, [])
 
@@ -986,7 +1016,7 @@ def _claim_as_it_lets_go(run_dir, earlier, holder_is, caplog):
 
 def _scheduler(monkeypatch, **env):
     """The scheduler's variables this process sees: exactly `env`."""
-    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "JOB_COMPLETION_INDEX"):
+    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "JOB_COMPLETION_INDEX", "LSJOB_SLURM_ONE_RUN"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -97,6 +97,7 @@ def stubs(tmp_path):
         "LSJOB_OUTPUT_ROOT",
         "LSJOB_VENV",
         "LSJOB_THROTTLE",
+        "LSJOB_SLURM_ONE_RUN",
         "SLURM_RESTART_COUNT",
     ):
         env.pop(var, None)
@@ -138,6 +139,15 @@ def test_an_array_task_requeues_and_signals_only_itself(tmp_path, stubs, job_id)
     assert (tmp_path / "scancel.calls").read_text() == "--signal=TERM 41_3\n"
     assert (tmp_path / "scontrol.calls").read_text() == "requeue 41_3\n"
     assert "requeueing job 41_3" in out
+
+
+@pytest.mark.parametrize("script", ["train.sbatch", "sweep.sbatch"])
+def test_sbatch_tells_lsjob_that_the_job_is_this_runs_alone(tmp_path, stubs, script):
+    # So lsjob's stall guard may count every restart of the job, those that left no record too.
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", f'echo "$LSJOB_SLURM_ONE_RUN" > {tmp_path}/one_run\n')
+    subprocess.run(["bash", SLURM / script, "spec.yaml"], cwd=tmp_path, env=env, check=True)
+    assert (tmp_path / "one_run").read_text() == "1\n"
 
 
 def test_sbatch_without_results_env_keeps_the_specs_output_root(tmp_path, stubs):
