@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -1750,3 +1751,185 @@ def test_csv_lines_parse_with_embedded_newlines_and_commas(tmp_path):
     lines = (tmp_path / "aggregate.md").read_text(encoding="utf-8").splitlines()
     md_row = next(line for line in lines if line.startswith("| run | labels"))
     assert "second line \\| pipe" in md_row
+
+
+def test_one_shared_seed_a_side_is_not_a_paired_test(tmp_path):
+    # One seed each, the same one: no spread to weigh the difference against; not "paired" with
+    # an SE of 0 and "no spread", as if the two runs had agreed seed for seed.
+    write_run(tmp_path, "labels-s0", "labels", 0.1, 0, correct=85)
+    write_run(tmp_path, "loss-s0", "loss", 0.1, 0, correct=80)
+    summary = aggregate(tmp_path)
+    acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
+    assert (acc.pairs, acc.test, acc.se, acc.ratio, acc.p_value, acc.interval) == (None, None, None, None, None, None)
+    assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 80.00 ± – (1) | +5.00 | – | – | – | – |" in summary.markdown
+    assert "No spread" not in summary.markdown
+
+
+def test_two_shared_seeds_are_paired(tmp_path):
+    # The notes promise "12.7 SE with 2 paired seeds": two seeds a side, the same two, pair.
+    for seed, (labels, loss) in enumerate([(80, 78), (84, 81)]):
+        write_run(tmp_path, f"labels-s{seed}", "labels", 0.1, seed, correct=labels)
+        write_run(tmp_path, f"loss-s{seed}", "loss", 0.1, seed, correct=loss)
+    acc = next(d for d in aggregate(tmp_path).comparisons if d.metric == "test_accuracy")
+    assert acc.test == "paired" and np.allclose(acc.pairs, [(0.80, 0.78), (0.84, 0.81)])
+    assert acc.p_value == pytest.approx(scipy.stats.ttest_rel([80, 84], [78, 81]).pvalue)
+
+
+def test_a_seed_run_twice_on_the_other_side_is_not_paired_either(tmp_path):
+    # loss has seed 1 twice: pairing would take one of its two runs and drop the other, while
+    # loss's mean counts both. Welch's, over all five runs.
+    for name, method, seed, correct in [("a", "labels", 0, 80), ("b", "labels", 1, 84), ("c", "loss", 0, 79),
+                                        ("d", "loss", 1, 82), ("e", "loss", 1, 86)]:  # fmt: skip
+        write_run(tmp_path, name, method, 0.1, seed, correct=correct)
+    acc = next(d for d in aggregate(tmp_path).comparisons if d.metric == "test_accuracy")
+    assert (acc.test, acc.pairs) == ("Welch", None)
+    assert acc.p_value == pytest.approx(scipy.stats.ttest_ind([80, 84], [79, 82, 86], equal_var=False).pvalue)
+
+
+def test_each_smoothed_group_is_compared_with_the_baseline_of_its_own_settings(tmp_path):
+    # Two learning rates, a baseline at each, far apart: labels at lr 0.05 minus none at lr 0.05,
+    # never minus the baseline of lr 0.005.
+    for lr, none, labels in ((0.005, 70, 80), (0.05, 30, 40)):
+        for seed in (0, 1):
+            write_run(tmp_path, f"none-s{seed}-lr{lr}", "none", 0.0, seed, correct=none + seed,
+                      overrides=[f"train.lr={lr}"])  # fmt: skip
+            write_run(tmp_path, f"labels-s{seed}-lr{lr}", "labels", 0.1, seed, correct=labels + 2 * seed,
+                      overrides=[f"train.lr={lr}"])  # fmt: skip
+    found = {d.varied: d for d in aggregate(tmp_path).baseline_comparisons if d.metric == "test_accuracy"}
+    assert set(found) == {(("train.lr", "0.005"),), (("train.lr", "0.05"),)}
+    for varied, none_mean, labels_mean in (
+        ((("train.lr", "0.005"),), 0.705, 0.81),
+        ((("train.lr", "0.05"),), 0.305, 0.41),
+    ):
+        d = found[varied]
+        assert (d.a.mean, d.b.mean, d.value) == pytest.approx((labels_mean, none_mean, 0.105)), varied
+
+
+def test_differences_a_single_test_image_apart_still_have_spread(tmp_path):
+    # The margin that calls differences "all one number" is for float rounding: differences that
+    # differ by 1e-4 (an image in CIFAR-10's 10000) are seed noise to weigh, not "no spread".
+    for seed, (labels, loss) in enumerate([(0.05, 0.0510), (0.06, 0.0611), (0.07, 0.0710)]):
+        for method, ece in (("labels", labels), ("loss", loss)):
+            run = write_run(tmp_path, f"{method}-s{seed}", method, 0.1, seed, correct=80 + seed)
+            metrics = json.loads((run / "metrics.json").read_text())
+            write_json(run / "metrics.json", {**metrics, "test_ece": ece})
+    ece = next(d for d in aggregate(tmp_path).comparisons if d.metric == "test_ece")
+    assert ece.test == "paired" and ece.se == pytest.approx(np.std([0.0010, 0.0011, 0.0010], ddof=1) / np.sqrt(3))
+    assert ece.p_value == pytest.approx(scipy.stats.ttest_rel([0.05, 0.06, 0.07], [0.0510, 0.0611, 0.0710]).pvalue)
+    assert ece.interval is not None
+
+
+def test_a_failed_attempt_beside_a_completed_run_of_its_seed_is_no_repeat(tmp_path):
+    # A seed that failed in one folder and was run again, to completion, in another: one run in the
+    # mean, so no "completed 2 times" warning (naming the failed folder as if it had completed).
+    write_run(tmp_path, "first/labels-s0", "labels", 0.1, 0, status="failed", done=1)
+    write_run(tmp_path, "again/labels-s0", "labels", 0.1, 0)
+    write_run(tmp_path, "again/labels-s1", "labels", 0.1, 1)
+    summary = aggregate(tmp_path)
+    assert summary.warnings == []
+    assert [(g.completed, g.not_completed) for g in summary.groups] == [(2, 1)]
+
+
+def test_a_statistic_over_one_run_fewer_than_completed_says_so(tmp_path):
+    # Three completed runs, one from before calibration: the ECE mean is over two of them.
+    write_run(tmp_path, "labels-s0", "labels", 0.1, 0, correct=80)
+    write_run(tmp_path, "labels-s1", "labels", 0.1, 1, correct=84)
+    write_run(tmp_path, "labels-s2", "labels", 0.1, 2, correct=86, calibrated=False)
+    lines = aggregate(tmp_path).markdown.splitlines()
+    group = next(line for line in lines if line.startswith("| labels | 0.1 |"))
+    assert f"| {(expected_ece(80) + expected_ece(84)) / 2:.4f} ± " in group and " (n=2) |" in group
+    assert group.count("(n=") == 2  # ECE and Brier; accuracy and NLL are over all three
+
+
+def _cells(line):
+    """A Markdown table row's cells (an escaped \\| is inside one)."""
+    return re.split(r"(?<!\\)\|", line)[1:-1]
+
+
+def test_every_table_row_has_the_headers_cells_in_the_markdown_and_the_page(tmp_path):
+    # A settings column in every table; an alignment list one short broke the Markdown table
+    # (its rule row shorter than its header) and cut the page's last column.
+    for lr in (0.005, 0.05):
+        for method in ("labels", "loss", "none"):
+            for seed in (0, 1):
+                write_run(tmp_path, f"{method}-s{seed}-lr{lr}", method, 0.0 if method == "none" else 0.1, seed,
+                          correct=80 + seed + (method == "labels"), overrides=[f"train.lr={lr}"])  # fmt: skip
+    summary = aggregate(tmp_path)
+    blocks, block = [], []
+    for line in summary.markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            blocks.append(block)
+            block = []
+    assert len(blocks) == 4  # groups, labels vs loss, vs none, runs
+    for block in blocks:
+        assert {len(_cells(line)) for line in block} == {len(_cells(block[0]))}, block[0]
+    page = (tmp_path / "aggregate.html").read_text()
+    for table in re.findall(r"<table.*?</table>", page, flags=re.S):
+        heads = len(re.findall(r"<th\b", table))
+        for row in re.findall(r"<tr>(?:(?!</tr>).)*<td.*?</tr>", table, flags=re.S):
+            assert len(re.findall(r"<td\b", row)) == heads, row[:200]
+
+
+def test_the_csv_leaves_a_setting_it_cannot_know_empty(tmp_path):
+    # "empty for unknown": a run without its spec.yaml has no train.lr to give; not "?" in a numeric column.
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    write_run(tmp_path, "b", "labels", 0.1, 1, overrides=["train.lr=0.01"])
+    c = write_run(tmp_path, "c", "labels", 0.1, 2)
+    (c / "spec.yaml").unlink()
+    aggregate(tmp_path)
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "aggregate.csv").read_text()))}
+    assert (rows["a"]["train.lr"], rows["b"]["train.lr"], rows["c"]["train.lr"]) == ("0.005", "0.01", "")
+
+
+def test_csv_cells_led_by_a_tab_stay_text(tmp_path):
+    # OWASP's list, which FORMULA_START follows: a spreadsheet may also run "\t=...".
+    failed = write_run(tmp_path, "a", "labels", 0.1, 1, status="failed", done=1)
+    edit_manifest(failed, reason="\t=cmd|' /C calc'!A0")
+    aggregate(tmp_path)
+    with open(tmp_path / "aggregate.csv", newline="", encoding="utf-8") as f:
+        (row,) = csv.DictReader(f)
+    assert row["reason"] == "'\t=cmd|' /C calc'!A0"
+
+
+def test_a_carriage_return_in_a_cell_keeps_the_csv_row_whole(tmp_path):
+    # Keras's progress bar and Windows line ends put "\r" in messages: csv.writer before Python
+    # 3.13 quotes a field only for the characters of its lineterminator (it was "\n"), so "\r"
+    # went out bare and every CSV reader ended the row there.
+    failed = write_run(tmp_path, "a", "labels", 0.1, 1, status="failed", done=1)
+    edit_manifest(failed, reason="epoch 1/3\rloss became nan")
+    aggregate(tmp_path)
+    with open(tmp_path / "aggregate.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["reason"] for row in rows] == ["epoch 1/3\rloss became nan"]
+
+
+def test_the_json_says_which_side_is_which_and_every_count(tmp_path):
+    # labels has seeds 0 and 1, one more that failed; none has seeds 0, 1 and 2; lr varies (a none
+    # run at 0.05), so the groups have a train.lr setting, a number in the JSON.
+    for seed, correct in enumerate((80, 84)):
+        write_run(tmp_path, f"labels-s{seed}", "labels", 0.1, seed, correct=correct)
+    write_run(tmp_path, "labels-s2", "labels", 0.1, 2, status="failed", done=1)
+    for seed, correct in enumerate((70, 71, 75)):
+        write_run(tmp_path, f"none-s{seed}", "none", 0.0, seed, correct=correct)
+    write_run(tmp_path, "none-s0-lr", "none", 0.0, 0, overrides=["train.lr=0.05"])
+    summary = aggregate(tmp_path)
+    data = json.loads((tmp_path / "aggregate.json").read_text())
+    labels = next(g for g in data["groups"] if g["method"] == "labels")
+    assert (labels["completed"], labels["not_completed"]) == (2, 1)
+    assert labels["settings"] == {"train.lr": 0.005}
+    (d,) = [d for d in data["vs_baseline"] if d["metric"] == "test_accuracy"]
+    assert d["method_stats"]["mean"] == pytest.approx(0.82) and d["other_stats"]["mean"] == pytest.approx(0.72)
+    assert (d["method_stats"]["n"], d["other_stats"]["n"]) == (2, 3)
+    assert d["seeds"] == {"method": [0, 1], "other": [0, 1, 2]}
+    assert d["test"] == "Welch" and d["difference_over_se"] == pytest.approx(d["difference"] / d["se"])
+    (same,) = [x for x in summary.baseline_comparisons if x.metric == "test_accuracy"]
+    assert d["difference_over_se"] == pytest.approx(same.ratio)
+
+
+def test_a_required_metric_keeps_its_column_when_no_run_has_it_yet(tmp_path):
+    write_run(tmp_path, "a", "labels", 0.1, 1, status="failed", done=1)
+    lines = aggregate(tmp_path).markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| run |"))
+    assert "| test acc (%) |" in header and "| val NLL |" in header

@@ -85,7 +85,9 @@ def _with_settings(columns: tuple[Column, ...] | list[Column], runs: list[Run], 
 def render_csv(runs: list[Run]) -> str:
     """One row per run, every column, floats at full (round-trip) precision, empty for unknown."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # RFC 4180's line end: Python before 3.13 quotes a field only for the characters of the
+    # lineterminator, so with "\n" alone a "\r" in a reason went out bare and split its row.
+    writer = csv.writer(out, lineterminator="\r\n")
     columns = _with_settings(CSV_COLUMNS, runs, csv=True)
     writer.writerow([c.name for c in columns])
     for run in runs:
