@@ -1933,3 +1933,15 @@ def test_a_required_metric_keeps_its_column_when_no_run_has_it_yet(tmp_path):
     lines = aggregate(tmp_path).markdown.splitlines()
     header = next(line for line in lines if line.startswith("| run |"))
     assert "| test acc (%) |" in header and "| val NLL |" in header
+
+
+def test_a_sweep_of_more_than_eight_factors_stacks_the_comparison_panels(tmp_path, figures):
+    # Side by side, three panels of 10 bars each made a figure 36 in wide that the page shrank to
+    # an unreadable size: past 8 bars the panels go one under another.
+    for i in range(1, 11):
+        for method in ("labels", "loss"):
+            write_run(tmp_path, f"{method}-f{i}", method, round(0.05 * i, 3), 0, correct=70 + i + (method == "loss"))
+    aggregate(tmp_path)
+    fig = figures["labels_vs_loss.png"]
+    assert len({round(ax.get_position().x0, 3) for ax in fig.axes}) == 1  # one column
+    assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 3

@@ -91,3 +91,17 @@ def test_what_a_killed_writer_left_is_cleared_once_old_and_nothing_else_is(tmp_p
     os.utime(kept[-1], (hour_ago, hour_ago))
     assert atomic.clear_abandoned_writes(tmp_path, older_than_s=3600, suffix="-cache") == 1
     assert sorted(tmp_path.iterdir()) == sorted([new, *kept])  # a write that may still be going on is left be
+
+
+def test_a_users_own_staging_named_folder_is_never_cleared(tmp_path):
+    # file_set's staging folders have mkdtemp's 8 random characters; a user's .staging.old.tmp,
+    # however old, is theirs.
+    ours, theirs = tmp_path / ".staging.x1y2z3q4.tmp", tmp_path / ".staging.old.tmp"
+    hour_ago = os.stat(tmp_path).st_mtime - 3601
+    for folder in (ours, theirs):
+        folder.mkdir()
+        (folder / "notes").write_text("keep")
+        os.utime(folder, (hour_ago, hour_ago))
+    assert atomic.clear_abandoned_staging(tmp_path, older_than_s=3600) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging.old.tmp"]
+    assert atomic.clear_torn(tmp_path) == 0 and (theirs / "notes").read_text() == "keep"

@@ -362,6 +362,22 @@ def heavily_smoothed(n=2000):
     return y, probs
 
 
+@pytest.mark.parametrize("model", [overconfident_and_wrong, heavily_smoothed])
+def test_each_bins_count_sits_above_both_its_accuracy_and_its_confidence(model):
+    # Over an overconfident model's bars a count placed at the accuracy sat under the confidence mark.
+    from job import calibration
+    from job.report import _reliability_panel
+
+    y, probs = model()
+    summary = calibration.summary(probs, y)
+    top, bottom = Figure().subplots(2)
+    _reliability_panel(top, bottom, "test", summary)
+    filled = [b for b in summary["bins"] if b["count"]]
+    assert [t.get_text() for t in top.texts] == [str(b["count"]) for b in filled]
+    for text, b in zip(top.texts, filled):
+        assert text.xy[1] == pytest.approx(max(b["accuracy"], b["confidence"])), b
+
+
 def reliability_panel(summary):
     """One reliability panel over its histogram, as write_reliability_diagram draws each: (fig, top)."""
     from job.report import _reliability_panel

@@ -1098,6 +1098,16 @@ def test_a_run_killed_while_writing_its_first_files_is_still_ours(tmp_path):
     assert RunDir(tmp_path / "r").is_foreign()
 
 
+@pytest.mark.parametrize("name", [".spec.yaml.old.tmp", ".manifest.json.bak", ".spec.yaml.k2j4x_1q"])
+def test_a_file_only_named_like_a_first_write_leaves_a_directory_foreign(tmp_path, name):
+    # Only job.atomic's own temporaries (.spec.yaml.<8 random>.tmp) are a killed first write's; a
+    # user's hidden backup beside a lock is not, and the directory is not lsjob's to wipe.
+    (tmp_path / "r").mkdir()
+    for entry in (".lock", name):
+        (tmp_path / "r" / entry).write_text("")
+    assert RunDir(tmp_path / "r").is_foreign()
+
+
 def test_unwritable_results_root_fails_before_the_data_loads(tmp_path, tiny_spec, monkeypatch):
     # Before a 170 MB CIFAR-10 download and the devices' set-up, not after.
     def no_data(*args, **kwargs):
