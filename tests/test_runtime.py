@@ -1,6 +1,7 @@
 """Backend setup (job/runtime.py): precision chosen per device, fp16 with loss scaling,
 and data parallelism over several devices in one run (here: CPU devices split in two)."""
 
+import importlib.util
 import json
 import logging
 import os
@@ -79,7 +80,11 @@ def test_replicas_the_spec_cannot_split_or_the_machine_lacks_are_refused():
         load_spec(None, ["runtime.replicas=3"])
     with pytest.raises(SpecError, match="runtime.replicas"):
         load_spec(None, ["runtime.replicas=0"])
-    with pytest.raises(SpecError, match=r"runtime.replicas is 4 but this machine has 1 device\(s\)"):
+    if keras.backend.backend() == "torch":
+        refusal = r"runtime.replicas is 4: data parallelism in one run needs the TensorFlow or JAX backend, not torch"
+    else:
+        refusal = r"runtime.replicas is 4 but this machine has 1 device\(s\)"
+    with pytest.raises(SpecError, match=refusal):
         runtime.configure(RuntimeSpec(replicas=4), seed=0)
     assert runtime.configure(RuntimeSpec(replicas="all"), seed=0).replicas == 1  # one CPU device here
 
@@ -87,9 +92,16 @@ def test_replicas_the_spec_cannot_split_or_the_machine_lacks_are_refused():
 def test_several_steps_per_call_on_pytorch_are_refused_before_anything_is_set_up(monkeypatch):
     # Keras refuses it only when it builds the first step, after the run directory exists.
     monkeypatch.setattr(runtime.keras.backend, "backend", lambda: "torch")
+    # A machine with TensorFlow and without JAX: only the backend it has is suggested.
+    find_spec = importlib.util.find_spec
+    installed = {"tensorflow": True, "jax": False}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: (object() if installed[name] else None) if name in installed
+        else find_spec(name, *a)
+    )  # fmt: skip
     with pytest.raises(SpecError, match="steps_per_execution is 2, but Keras's PyTorch backend runs one step") as err:
         runtime.configure(RuntimeSpec(steps_per_execution=2), seed=0)
-    assert str(err.value).endswith(", or use the TensorFlow backend (KERAS_BACKEND=tensorflow)")  # no JAX here
+    assert str(err.value).endswith(", or use the TensorFlow backend (KERAS_BACKEND=tensorflow)")
 
 
 @pytest.mark.parametrize("jit_compile", [True, "auto", False])
@@ -213,6 +225,7 @@ def test_two_replicas_train_one_run_with_the_global_batch_split_and_recorded(tmp
 
 
 @pytest.mark.slow
+@TENSORFLOW_ONLY
 def test_two_replicas_make_the_same_training_step_as_one():
     # tests/replica_step.py: one step of the compiled model from the same weights and batch, each
     # smoothing method; tools/check_without_tensorflow.sh runs it on JAX.

@@ -15,6 +15,11 @@
 #   bash tools/gpu_check.sh                           # on the GPU machine, from anywhere
 #   GPU_CHECK_SCALE=tiny PYTHON=/tmp/venv-jax/bin/python bash tools/gpu_check.sh   # a few minutes on a CPU
 #
+# The closest rehearsal a CPU allows: a Python 3.12 venv with the GPU machine's versions (jax and
+# jaxlib 0.11.2, numpy 2.5.2, torch 2.11.0; absl-py, rich, scikit-learn, matplotlib, h5py, pyyaml,
+# typer) and neither keras nor TensorFlow, run at GPU_CHECK_SCALE=tiny with the default
+# GPU_CHECK_WHEELS, so that the wheels fetched for 3.12 install as they will there (100 s on 2 cores).
+#
 # Settings (environment):
 #   PYTHON              the Python with the packages (default python3)
 #   GPU_CHECK_SCALE     full (default) or tiny: small batches, steps, data and longer limits, for a CPU
