@@ -16,6 +16,8 @@ from job import errors
 from job.errors import EXIT_BUSY, EXIT_INTERRUPTED
 from job.spec import load_spec
 
+keras = pytest.importorskip("keras")
+
 
 def lsjob(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "job", *args], capture_output=True, text=True, **kwargs)
@@ -37,7 +39,8 @@ def test_smoke_spec_end_to_end(tmp_path):
     assert "\x08" not in proc.stdout and "━" not in proc.stdout
     assert "0.91" in proc.stderr  # the tutorial's smoothed-label example
     # What computes is in the log, which may be all a Slurm or Kubernetes user has.
-    computing = f"computing: lsjob {manifest['versions']['lsjob']}, keras {manifest['versions']['keras']}, tensorflow "
+    versions, backend = manifest["versions"], keras.backend.backend()  # the subprocess's: same environment
+    computing = f"computing: lsjob {versions['lsjob']}, keras {versions['keras']}, {backend} "
     assert (
         computing in proc.stderr
         and "precision off (spec); batch 32 (32 per replica), 16 steps per epoch" in proc.stderr
