@@ -89,6 +89,13 @@ def test_inference_is_the_identity_and_a_seed_repeats_itself():
     assert [v.name for v in RandomShiftFlip(0.1, True, seed=1).variables] == ["seed_generator_state"]
 
 
+def test_the_config_keeps_every_setting():
+    # What model.keras reloads: a reflect or constant fill read back as nearest would be another model.
+    layer = RandomShiftFlip(0.2, False, fill_mode="reflect", seed=5)
+    again = RandomShiftFlip.from_config(layer.get_config())
+    assert (again.shift, again.flip, again.fill_mode, again.seed) == (0.2, False, "reflect", 5)
+
+
 def test_a_bad_fill_mode_is_refused():
     with pytest.raises(ValueError, match="fill_mode"):
         RandomShiftFlip(0.1, True, fill_mode="mirror")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -96,6 +97,39 @@ def test_bench_refuses_a_bad_spec_before_loading_anything(tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 2 and "train.batch_size" in proc.stderr
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="PyTorch runs one step an execution")
+def test_the_figures_are_worked_out_from_the_step_clock_as_the_table_says(monkeypatch):
+    # Known clock readings, 2 steps an execution: the figures by hand. The slow test above
+    # has one step an execution and checks only that the figures agree with one another.
+    import types
+
+    from job import bench
+    from job.spec import load_spec
+
+    fits = []
+
+    def fit(model, x, targets, batch, n):
+        fits.append(n)
+        if len(fits) == 1:
+            return 5.0, [0.0, 5.0]  # compilation and warm-up
+        ends = [0.0, 1.0]  # the first gap holds fit's set-up: left out
+        for gap in [0.02, 0.02, 0.02, 0.02, 0.2]:
+            ends.append(ends[-1] + gap)
+        return ends[-1], ends
+
+    monkeypatch.setattr(bench, "_fit", fit)
+    monkeypatch.setattr(bench, "compile_model", lambda *args: types.SimpleNamespace(jit_compile=False))
+    spec = load_spec(None, ["runtime.steps_per_execution=2", "train.batch_size=16"])
+    result = bench.bench(spec, steps=12, warmup=4)
+    assert fits == [4, 12]  # the whole warm-up asked for, then the timed steps
+    assert result["step_samples"] == 5 and result["step_ms_median"] == pytest.approx(10.0)
+    assert result["step_ms_p90"] == pytest.approx(1000 * float(np.percentile([0.01] * 4 + [0.1], 90)))
+    assert result["images_per_s"] == pytest.approx(16 / 0.01)
+    assert result["images_per_s_overall"] == pytest.approx(12 * 16 / 1.28)
+    assert result["epoch_s_estimate"] == pytest.approx(50_000 // 16 * 0.01)
+    assert result["compile_and_warmup_s"] == 5.0
 
 
 def test_bench_refuses_a_batch_the_replicas_cannot_split_as_run_does(monkeypatch):

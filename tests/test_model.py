@@ -21,6 +21,25 @@ def test_parameter_count_matches_the_tutorial(model):
     assert model.count_params() == 1_656_250
 
 
+def test_the_head_is_the_tutorials_7x7_average_pooling_then_dropout_of_a_half(model):
+    # Neither changes the parameter count, which the test above checks.
+    head = [type(layer).__name__ for layer in model.layers[-5:]]
+    assert head == ["AveragePooling2D", "ReplicaDropout", "Flatten", "Dense", "Activation"]
+    assert tuple(model.layers[-5].pool_size) == (7, 7) and model.get_layer("dropout").rate == 0.5
+
+
+def test_replica_dropout_scales_what_it_keeps_as_keras_dropout_does(monkeypatch):
+    # Its own path, taken under MirroredStrategy alone: inference must see the activations training did.
+    from job import runtime
+    from job.model import ReplicaDropout
+
+    monkeypatch.setattr(runtime, "mirrored", lambda: True)
+    monkeypatch.setattr(runtime, "uniform_per_replica", lambda shape, seed: keras.random.uniform(shape, seed=seed))
+    out = keras.ops.convert_to_numpy(ReplicaDropout(0.5, seed=1)(np.ones((64, 64), np.float32), training=True))
+    assert set(np.unique(out).tolist()) == {0.0, 2.0}
+    assert abs(out.mean() - 1.0) < 0.05
+
+
 def test_takes_uint8_and_outputs_probabilities(model):
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     probs = keras.ops.convert_to_numpy(model(x))

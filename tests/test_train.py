@@ -44,6 +44,39 @@ def test_learning_rate_decays_linearly_to_zero_per_epoch():
     assert math.isclose(train_mod.learning_rate(5, TrainSpec(epochs=10, lr_power=2.0)), 5e-3 * 0.25)
 
 
+def test_linear_lr_scaling_scales_the_whole_schedule():
+    # What a multi-GPU run's global batch trains at: 256 is 4 times the reference batch of 64.
+    spec = TrainSpec(batch_size=256, lr_scaling="linear")
+    assert train_mod.learning_rate(0, spec) == pytest.approx(4 * 5e-3)
+    assert train_mod.learning_rate(35, spec) == pytest.approx(2 * 5e-3)
+
+
+@pytest.mark.parametrize("method, in_the_loss", [("loss", 0.2), ("labels", 0.0), ("none", 0.0)])
+def test_the_compiled_loss_smooths_under_method_loss_alone(tiny_spec, method, in_the_loss):
+    # Under labels the targets are smoothed already: smoothing them again in the loss would double it.
+    spec = tiny_spec(f"smoothing.method={method}", "smoothing.factor=0.2")
+    model = train_mod.compile_model(spec, np.zeros((32, 32, 3), np.float32), 10)
+    assert model.loss.label_smoothing == pytest.approx(in_the_loss)
+
+
+@pytest.mark.parametrize("method", ["labels", "loss"])
+def test_validation_labels_are_never_smoothed(tiny_spec, tmp_path, monkeypatch, method):
+    from job.data import load_dataset
+
+    class Fed(Exception):
+        pass
+
+    def validation_feed(x, y, **kwargs):
+        raise Fed(y)
+
+    monkeypatch.setattr(train_mod.runtime, "validation_feed", validation_feed)
+    spec = tiny_spec(f"smoothing.method={method}", "smoothing.factor=0.2")
+    data = load_dataset(spec.data)
+    with pytest.raises(Fed) as fed:
+        train_mod.train(spec, data, tmp_path)
+    np.testing.assert_array_equal(fed.value.args[0], np.eye(10, dtype=np.float32)[data.y_test])
+
+
 def test_a_run_trains_on_the_training_mean_with_each_epochs_learning_rate_and_the_specs_momentum(tiny_spec, tmp_path):
     """The recipe as the model trained it, not as the spec says: mean subtraction with the
     training images' own mean (the test set's would leak it into training), the learning rate
