@@ -93,12 +93,14 @@ def test_several_steps_per_call_on_pytorch_are_refused_before_anything_is_set_up
     # Keras refuses it only when it builds the first step, after the run directory exists.
     monkeypatch.setattr(runtime.keras.backend, "backend", lambda: "torch")
     # A machine with TensorFlow and without JAX: only the backend it has is suggested.
-    find_spec = importlib.util.find_spec
-    installed = {"tensorflow": True, "jax": False}
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: (object() if installed[name] else None) if name in installed
-        else find_spec(name, *a)
-    )  # fmt: skip
+    real_find_spec, installed = importlib.util.find_spec, {"tensorflow": True, "jax": False}
+
+    def find_spec(name, *args):
+        if name in installed:
+            return object() if installed[name] else None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(SpecError, match="steps_per_execution is 2, but Keras's PyTorch backend runs one step") as err:
         runtime.configure(RuntimeSpec(steps_per_execution=2), seed=0)
     assert str(err.value).endswith(", or use the TensorFlow backend (KERAS_BACKEND=tensorflow)")
