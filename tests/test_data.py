@@ -49,3 +49,25 @@ def test_the_mean_image_is_per_pixel_exact_for_bright_images_without_a_float_cop
     assert mean.dtype == np.float32 and mean.shape == (32, 32, 3)
     assert mean[0, 0, 0] == pytest.approx((500 * 255 + 1500 * 5) / 2000) and mean[31, 31, 2] == 250
     assert mean[0, 0, 1] == 5 and mean[16, 0, 0] == 250
+
+
+def test_head_keeps_each_image_with_its_own_label():
+    # data.train_size/test_size: a prefix of images, and of their labels.
+    full = _dataset(20, 12)
+    part = full.head(10, 5)
+    for name, n in (("x_train", 10), ("y_train", 10), ("x_test", 5), ("y_test", 5)):
+        np.testing.assert_array_equal(getattr(part, name), getattr(full, name)[:n])
+
+
+def test_labels_that_do_not_match_the_images_are_refused():
+    full = _dataset()
+    with pytest.raises(ValueError, match=r"labels \(3,\) do not match images \(4, 32, 32, 3\)"):
+        Dataset(full.x_train, full.y_train, full.x_test, full.y_test[:3], "test data")
+
+
+def test_a_synthetic_test_set_is_cifars_size_unless_the_spec_says_otherwise():
+    from job.data import load_dataset
+    from job.spec import TEST_IMAGES, DataSpec
+
+    data = load_dataset(DataSpec(source="synthetic", train_size=10))
+    assert len(data.x_train) == 10 and len(data.x_test) == len(data.y_test) == TEST_IMAGES == 10_000

@@ -191,6 +191,15 @@ def test_official_counts(cifar_sample, tmp_path):
     assert_loaded((x_train, y_train, x_test, y_test), expected_arrays(cifar_sample, 10000))
 
 
+def test_asking_for_every_image_by_size_is_not_refused(small, cifar_sample, small_batches):
+    # data.train_size: 50000 on the full set; only more than there is is refused.
+    from job.data import load_dataset
+    from job.spec import DataSpec
+
+    data = load_dataset(DataSpec(path=small_batches, train_size=5 * SMALL, test_size=SMALL))
+    assert_loaded((data.x_train, data.y_train, data.x_test, data.y_test), expected_arrays(cifar_sample, SMALL))
+
+
 def test_the_pickles_need_only_numpy_globals(small_batches):
     """The test files reference what the official ones do, so the allow-list is exercised for real."""
     import pickletools
@@ -798,6 +807,15 @@ def test_a_fill_paused_for_minutes_keeps_its_folder(tmp_path):
     assert sorted(p.name for p in datasets.iterdir()) == sorted([".download.p4us3d", f".{BATCHES}.sl0w.partial"])
 
 
+def test_a_damaged_cache_says_to_delete_it(small, small_batches, no_download, tmp_path):
+    batches = shutil.copytree(small_batches, tmp_path / "cache" / "datasets" / BATCHES)
+    data = (batches / "data_batch_3").read_bytes()
+    (batches / "data_batch_3").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="data_batch_3") as err:
+        cifar10.load_cifar10(None, tmp_path / "cache")
+    assert f"the cached copy in {batches} is damaged: delete it to fetch CIFAR-10 again" in str(err.value)
+
+
 def test_a_cache_that_cannot_be_read_is_named_not_called_damaged(small, small_batches, no_download, monkeypatch,
                                                                  tmp_path):  # fmt: skip
     # Files another user made 0600 in a shared cache: "damaged: delete it" would have them delete good data.
@@ -1063,6 +1081,26 @@ def hold_cache_lock(datasets):
     fd = os.open(datasets / cifar10.CACHE_LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
+
+
+def test_an_archive_given_as_data_path_is_extracted_under_the_cache_lock(small, small_tar, trusted, monkeypatch,
+                                                                         tmp_path):  # fmt: skip
+    # Else every task of a sweep extracts the 180 MB into the shared cache at once.
+    trusted(small_tar)
+    holder = hold_cache_lock(tmp_path / "cache" / "datasets")  # another task, extracting
+
+    class Waited(Exception):
+        pass
+
+    def sleep(seconds):
+        raise Waited
+
+    monkeypatch.setattr(cifar10.time, "sleep", sleep)
+    try:
+        with pytest.raises(Waited):
+            cifar10.load_cifar10(small_tar, tmp_path / "cache")
+    finally:
+        os.close(holder)
 
 
 def stalled_cache(small_tar, trusted, monkeypatch, tmp_path, stall_s, delay=0.0):

@@ -13,6 +13,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
 from job.data import CLASS_NAMES
 from job.errors import JobError, SpecError
@@ -595,6 +596,34 @@ def test_a_history_cut_short_at_a_lines_end_is_refused_and_changes_nothing(tmp_p
     assert contents(tmp_path) == before
 
 
+def test_a_history_longer_than_the_manifest_says_is_refused(tmp_path):
+    # Epochs the metrics did not come from (a history.csv from another attempt) would be plotted.
+    from job.errors import SpecError
+
+    saved_run(tmp_path, 3)
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "completed", "epochs_done": 2}))
+    with pytest.raises(SpecError, match="history.csv holds 3 epochs, the manifest says 2"):
+        regenerate(tmp_path)
+
+
+def test_the_confusion_matrix_plot_is_drawn_from_the_reported_predictions(tmp_path, monkeypatch):
+    import job.report
+
+    y, probs = saved_run(tmp_path, 2)
+    drawn, real = [], job.report.write_confusion_matrix
+
+    def write_confusion_matrix(y_true, y_pred, names, path):
+        drawn.append((y_true, y_pred))
+        return real(y_true, y_pred, names, path)
+
+    monkeypatch.setattr(job.report, "write_confusion_matrix", write_confusion_matrix)
+    metrics = write_reports(tmp_path)
+    ((y_true, y_pred),) = drawn
+    np.testing.assert_array_equal(y_true, y)
+    np.testing.assert_array_equal(y_pred, probs.argmax(axis=1))
+    assert sklearn_confusion_matrix(y_true, y_pred, labels=range(10)).tolist() == metrics["confusion_matrix"]
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -804,6 +833,16 @@ def test_training_plot_keeps_accuracy_readable_when_a_loss_blows_up(monkeypatch)
     loss, accuracy = drawn_training_plot(monkeypatch, rows)
     assert loss.get_yscale() == "log" and "log scale" in loss.get_ylabel()
     assert accuracy.get_yscale() == "linear" and accuracy.get_ylim()[1] < 1
+
+
+def test_each_training_curve_plots_its_own_history_column_by_epoch_number(monkeypatch):
+    rows = history(3)
+    loss, accuracy = drawn_training_plot(monkeypatch, rows)
+    for ax, keys in ((loss, ("loss", "val_loss", "val_nll")), (accuracy, ("accuracy", "val_accuracy"))):
+        assert len(ax.get_lines()) == len(keys)
+        for line, key in zip(ax.get_lines(), keys):
+            assert list(line.get_xdata()) == [1, 2, 3]  # epochs counted from 1, as history.csv does
+            np.testing.assert_allclose(line.get_ydata(), [row[key] for row in rows])
 
 
 def test_the_training_plot_says_when_val_nll_is_the_val_loss_it_hides(monkeypatch):
