@@ -1555,6 +1555,19 @@ def test_html_escapes_run_names_and_reasons(tmp_path):
     assert odd.is_dir()
 
 
+def test_html_escapes_the_root_and_puts_each_runs_plots_under_its_header(tmp_path):
+    root = tmp_path / "<i>r&d</i>"  # a results folder's name is user text too
+    write_run(root, "labels-s0", "labels", 0.1, 0)
+    aggregate(root)
+    text = (root / "aggregate.html").read_text(encoding="utf-8")
+    assert "<i>" not in text and "&lt;i&gt;r&amp;d&lt;/i&gt;" in text
+    head = re.search(r'<table class="runs"><thead><tr>(.*?)</tr>', text)[1]
+    headers = re.findall(r"<th>(.*?)</th>", head)
+    (row,) = re.findall(r'<tr class="ok"[^>]*>(.*?)</tr>', text)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert len(cells) == len(headers) and "training.png" in cells[headers.index("plots")]
+
+
 # ---------------------------------------------------------------------------- errors
 
 

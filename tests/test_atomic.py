@@ -105,3 +105,42 @@ def test_a_users_own_staging_named_folder_is_never_cleared(tmp_path):
     assert atomic.clear_abandoned_staging(tmp_path, older_than_s=3600) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".staging.old.tmp"]
     assert atomic.clear_torn(tmp_path) == 0 and (theirs / "notes").read_text() == "keep"
+
+
+def test_every_write_is_fsynced_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    # Else a crash can leave the final name on an empty or partial file, or lose the rename.
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic.write_text(tmp_path / "a.json", "{}")
+    assert [os.path.basename(p).startswith(".a.json.") for p in synced] == [True, False]
+    assert synced[1] == str(tmp_path)  # the folder, which holds the rename
+    synced.clear()
+    with atomic.file_set(tmp_path) as files:
+        files.path("b.txt").write_text("b")
+    assert [os.path.basename(p) for p in synced] == ["b.txt", tmp_path.name]
+    synced.clear()
+    atomic.write_once(tmp_path / "c", b"c")
+    assert len(synced) == 1 and os.path.basename(synced[0]).startswith(".c.")
+
+
+def test_write_once_without_hard_links_keeps_a_file_written_meanwhile(tmp_path, monkeypatch):
+    target = tmp_path / "entry"
+
+    def no_links(src, dst):  # another process finishes its write between the check and the rename
+        target.write_bytes(b"theirs")
+        raise OSError(errno.EPERM, "no hard links here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    atomic.write_once(target, b"ours")
+    assert target.read_bytes() == b"theirs" and os.listdir(tmp_path) == ["entry"]
+
+
+def test_a_link_named_like_a_temporary_file_is_not_cleared(tmp_path):
+    (tmp_path / "notes").write_text("the user's")
+    (tmp_path / ".notes.a8b_q0xz.tmp").symlink_to(tmp_path / "notes")
+    assert atomic.clear_torn(tmp_path) == 0 and (tmp_path / ".notes.a8b_q0xz.tmp").is_symlink()

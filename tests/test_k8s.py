@@ -591,3 +591,23 @@ def test_the_manifest_command_trains_the_right_run(tmp_path, file, spec_file):
     assert manifest["status"] == "completed"
     assert expected.run_name != all_points[0].run_name  # the index, not a default, chose it
     assert manifest["sweep"]["index"] == index
+
+
+def test_the_stricter_limits_start_above_ten_to_the_fifth_points_not_at_it():
+    # The API server's 10^4-pods-at-once and maxFailedIndexes rules are for more than 10^5
+    # completions: a sweep of exactly 10^5 may run them all at once, and 10^4 failed points do
+    # not fail the whole Job. (The helpers: rendering a 10^5-point spec takes some 10 s.)
+    at = k8s._completions(100_000, None, 3)
+    assert at["parallelism"] == 100_000 and "maxFailedIndexes" not in at
+    k8s._check_parallelism(100_000, 100_000, Path("sweep.yaml"))  # not refused
+    above = k8s._completions(100_001, None, 3)
+    assert (above["parallelism"], above["maxFailedIndexes"]) == (10_000, 10_000)
+    with pytest.raises(SpecError, match="at most 10000 pods"):
+        k8s._check_parallelism(10_001, 100_001, Path("sweep.yaml"))
+
+
+def test_memory_with_a_capital_e_exponent_is_bytes_as_kubernetes_reads_it(tmp_path):
+    # To the API server 16E9 is 16 * 10^9 bytes (E followed by digits is an exponent, not exa).
+    resources = resources_for(tmp_path, "  replicas: 1", memory="16E9")
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "16E9"
+    assert k8s._memory_bytes("16E9") == k8s._memory_bytes("16e9") == 16e9

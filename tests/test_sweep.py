@@ -247,3 +247,15 @@ class TestSelect:
             update={"sweep": {"train.seed": [5]}}))  # fmt: skip
         with pytest.raises(SpecError, match=r"SLURM_ARRAY_TASK_ID 1 is out of range: the spec has 1 point"):
             sweep.select(one_point_sweep, None, {"SLURM_ARRAY_TASK_ID": "1"})
+
+
+def test_a_swept_float_is_named_by_its_value_to_six_digits_as_the_factor_is(tmp_path):
+    # A run named lr_0.012 that trained at 0.0125 misleads whoever reads the listing, and two
+    # values that differ in the third digit must not be refused as one run.
+    points = sweep.points(load_spec(write(tmp_path, "sweep: {train.lr: [0.0125, 0.012, 1e-05, 1.0]}")))
+    assert [p.run_name for p in points] == [
+        "labels-f0.1-s42-lr_0.0125",
+        "labels-f0.1-s42-lr_0.012",
+        "labels-f0.1-s42-lr_1e-05",
+        "labels-f0.1-s42-lr_1",
+    ]
