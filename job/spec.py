@@ -633,9 +633,14 @@ def _apply_override(doc: dict, item: str) -> list[str]:
         node = child
     # A mapping merges into the section it names, as dotted keys would: `train={epochs: 3}` keeps
     # the file's other train fields rather than quietly resetting them to the defaults.
-    node[parts[-1]] = _merged(node.get(parts[-1]), value)
+    old = node.get(parts[-1])
+    node[parts[-1]] = _merged(old, value)
     key = ".".join(parts)
-    return [f"{key}.{field}" for field in flatten(value)] if isinstance(value, dict) and value else [key]
+    # An empty mapping merged into a section (or naming one the file leaves out) sets no field;
+    # on a plain field, it sets that field (to a mapping, which validation then refuses).
+    if isinstance(value, dict) and (value or isinstance(old, dict) or (old is None and key in SECTIONS)):
+        return [f"{key}.{field}" for field in flatten(value)]
+    return [key]
 
 
 def _merged(old: Any, new: Any) -> Any:

@@ -169,6 +169,16 @@ def test_a_mapping_override_counts_as_the_fields_it_sets(tmp_path):
     lines = str(err.value).splitlines()
     assert "  train.lr: Input should be greater than 0 (got -1)" in lines
     assert "  data.train_size: CIFAR-10 has only 50,000 images there (got 60000) (from --set)" in lines
+    # An empty mapping sets nothing: the file's own problems stay the file's, a swept field stays free.
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, "train: {lr: -1}\n"), ["train={}"])
+    assert "  train.lr: Input should be greater than 0 (got -1)" in str(err.value).splitlines()
+    assert load_spec(sweep_spec, ["train={}"]).grids == [{"train.seed": [1, 2]}]
+    assert (
+        load_spec(write(tmp_path, "sweep: {train.seed: [1, 2]}\ntrain: {epochs: 2}\n"), ["train={}"]).train.epochs == 2
+    )
+    with pytest.raises(SpecError, match=r"train\.seed: .*\(from --set\)"):
+        load_spec(None, ["train.seed={}"])
 
 
 def test_a_compile_cache_folder_is_checked_as_a_path():
