@@ -1,6 +1,7 @@
 """Calibration metrics against values worked out by hand, and temperature scaling."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -114,3 +115,42 @@ def test_a_temperature_at_either_end_of_the_search_is_flagged():
     probs[np.arange(50), labels] = 0.19
     temperature = calibration.fit_temperature(probs, labels)
     assert temperature == pytest.approx(low, rel=1e-3) and calibration.at_search_bound(temperature)
+
+
+# The report warns of a temperature at an end of the search; a real optimum near one is not flagged.
+def test_a_temperature_near_but_not_at_an_end_of_the_search_is_not_flagged():
+    low, high = np.exp(calibration.LOG_T_BOUNDS)
+    assert not calibration.at_search_bound(low * 1.05) and not calibration.at_search_bound(high / 1.05)
+    assert calibration.at_search_bound(low * 1.0005) and calibration.at_search_bound(high / 1.0005)
+
+
+# The range the report's warning names, 0.05 to 20.
+def test_temperatures_from_0_05_to_20_are_searched():
+    np.testing.assert_allclose(np.exp(calibration.LOG_T_BOUNDS), (0.05, 20.0))
+    # A model that needs sharpening by 1/T = 12.5 gets it: T = 0.08 lies inside the range.
+    rng = np.random.default_rng(2)
+    n, k = 20_000, 10
+    logits = rng.normal(size=(n, k))
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(k, p=p) for p in calibrated])
+    timid = calibration.apply_temperature(calibrated, 1 / 0.08)
+    assert calibration.fit_temperature(timid, labels) == pytest.approx(0.08, rel=0.05)
+
+
+# Clipped rows are still distributions, so a confident
+# miss costs -log(1e-7 / (1 + 1e-7)) and scikit-learn is never handed rows that do not sum to 1
+# (which it warns of on every call).
+def test_clipped_probabilities_still_sum_to_one_and_the_nll_warns_of_nothing():
+    clipped = calibration.clip_probs(np.array([[1.0, 0.0], [0.5, 0.5]]))
+    np.testing.assert_allclose(clipped.sum(axis=1), 1.0, rtol=0, atol=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert calibration.nll(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(-math.log(1e-7 / (1 + 1e-7)))
+
+
+# A float32 confidence rounded a hair above 1 is
+# still counted, in the last bin, not dropped from the table and the ECE.
+def test_a_confidence_rounded_above_one_lands_in_the_last_bin():
+    probs = np.array([[np.nextafter(1.0, 2.0), 0.0], [0.9, 0.1]])
+    table = calibration.reliability_bins(probs, np.array([0, 0]))
+    assert sum(b["count"] for b in table) == 2 and table[-1]["count"] == 1

@@ -17,6 +17,7 @@ from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
 from job.data import CLASS_NAMES
 from job.errors import JobError, SpecError
+from job.history import write_history_csv
 from job.report import (
     Predictions,
     classification_metrics,
@@ -904,3 +905,43 @@ def test_failed_savefig_keeps_previous_png(tmp_path, monkeypatch):
 def test_module_does_not_import_the_training_stack():
     code = "import job.report, sys; assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+HISTORY_ROWS = [
+    {"epoch": e, "loss": 2.0 - 0.1 * e, "accuracy": 0.3 + 0.05 * e, "val_loss": 2.1 - 0.1 * e,
+     "val_accuracy": 0.28 + 0.05 * e, "val_nll": 1.8 - 0.1 * e, "lr": 0.005 / e, "seconds": 12.5 + e}
+    for e in (1, 2, 3)
+]  # fmt: skip
+
+
+# The file as the README documents it, `epoch, loss, accuracy, val_loss, val_accuracy, val_nll, lr, seconds`,
+# one line per epoch, and every value read back exactly.
+def test_history_csv_is_written_as_documented_and_reads_back_exactly(tmp_path):
+    write_history_csv(tmp_path / "history.csv", HISTORY_ROWS)
+    data = (tmp_path / "history.csv").read_bytes()
+    lines = data.decode().split("\n")
+    assert lines[0] == "epoch,loss,accuracy,val_loss,val_accuracy,val_nll,lr,seconds"
+    assert b"\r" not in data and len(lines) == 1 + len(HISTORY_ROWS) + 1 and lines[-1] == ""
+    assert lines[2].split(",")[-2:] == [repr(0.0025), repr(14.5)]
+    assert read_history(tmp_path / "history.csv") == [{k: float(v) for k, v in row.items()} for row in HISTORY_ROWS]
+
+
+# The message names the row's line in the file (its number plus one for the header), as an editor shows it.
+def test_a_damaged_row_is_named_by_its_line_in_the_file(tmp_path):
+    write_history_csv(tmp_path / "history.csv", HISTORY_ROWS)
+    text = (tmp_path / "history.csv").read_text().replace(",14.5\n", ",x\n")
+    (tmp_path / "history.csv").write_text(text)
+    with pytest.raises(ValueError, match=r"^history\.csv line 3: row 2 has seconds 'x', not a number$"):
+        read_history(tmp_path / "history.csv")
+
+
+# A row with a field too many says so, not the opposite.
+@pytest.mark.parametrize(
+    "row, says", [("4,2.3,0.5", "row 4 has fewer fields"), (",".join(["4"] * 9), "row 4 has more fields")]
+)
+def test_a_row_of_the_wrong_length_says_which_way_it_is_wrong(tmp_path, row, says):
+    write_history_csv(tmp_path / "history.csv", HISTORY_ROWS)
+    with open(tmp_path / "history.csv", "a") as f:
+        f.write(row + "\n")
+    with pytest.raises(ValueError, match=f"^history\\.csv line 5: {says} than the header \\(a copy cut short\\?\\)$"):
+        read_history(tmp_path / "history.csv")

@@ -1050,7 +1050,9 @@ def test_a_stop_while_waiting_for_the_lock_stops_at_once(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("call, code, error, exit_code", [
     ("pwrite", errno.ENOSPC, NoSpaceError, 6), ("open", errno.EDQUOT, NoSpaceError, 6),
-    ("mkdir", errno.EIO, StorageError, 1),
+    ("pwrite", errno.EFBIG, NoSpaceError, 6),  # over a file-size limit (ulimit -f)
+    ("mkdir", errno.EIO, StorageError, 1), ("mkdir", errno.ETIMEDOUT, StorageError, 1),  # an NFS timeout
+    ("mkdir", errno.ENOTCONN, StorageError, 1),
 ])  # fmt: skip
 def test_a_full_or_failing_disk_when_a_run_starts_is_said_in_one_line(call, code, error, exit_code, monkeypatch,
                                                                       tmp_path):  # fmt: skip
@@ -1067,6 +1069,11 @@ def test_a_full_or_failing_disk_when_a_run_starts_is_said_in_one_line(call, code
     with pytest.raises(error, match="disk space|storage failed") as err:
         RunDir(tmp_path / "r").claim()
     assert err.value.exit_code == exit_code
+    if error is StorageError:  # the storage's fault, retried, and the line says what to do
+        assert str(err.value) == (
+            f"{tmp_path / 'r'}: {os.strerror(code)} (the storage failed, not the spec); run the same command "
+            "again once the storage is healthy: a run resumes where it stopped"
+        )
     monkeypatch.undo()
     run_dir = RunDir(tmp_path / "r")  # once the disk is back, the same run starts
     run_dir.claim()

@@ -513,3 +513,95 @@ def test_a_results_root_under_home_is_expanded(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     spec = load_spec(None, ["output.root=~/lsjob-results", "output.run=r"])
     assert spec.run_dir == tmp_path / "lsjob-results" / "r"
+
+
+# A run's folder is output.root/output.run: a name like ".." would put it outside the root.
+def test_a_run_name_is_128_characters_at_most_and_cannot_climb_out_of_the_root(tmp_path):
+    assert load_spec(None, ["output.run=" + "a" * 128]).output.run == "a" * 128
+    for bad in ["a" * 129, "..", ".", ".hidden", "-rf", "_x"]:
+        with pytest.raises(SpecError, match=r"output\.run: must be 1-128 letters, digits"):
+            load_spec(None, [f"output.run='{bad}'"])
+    # A newline would end up in the directory's name: YAML can hold one in a quoted string.
+    with pytest.raises(SpecError, match=r"output\.run: must be 1-128 letters"):
+        load_spec(write(tmp_path, 'output: {run: "x\\n"}\n'))
+
+
+def test_a_size_of_exactly_the_whole_set_is_allowed():
+    spec = load_spec(None, ["data.train_size=50000", "data.test_size=10000"])
+    assert (spec.data.train_size, spec.data.test_size) == (50_000, 10_000)
+    synthetic = load_spec(None, ["data.source=synthetic", "data.train_size=1000000", "data.test_size=1000000"])
+    assert synthetic.data.train_size == 1_000_000
+    with pytest.raises(SpecError, match=r"data\.test_size: the synthetic set is made in memory, 1,000,000"):
+        load_spec(None, ["data.source=synthetic", "data.test_size=1000001"])
+
+
+# A seed must fit a 32-bit signed int (TensorFlow's, NumPy's legacy).
+def test_the_largest_seed_is_2_to_the_31_less_one():
+    assert load_spec(None, [f"train.seed={2**31 - 1}"]).train.seed == 2**31 - 1
+    with pytest.raises(SpecError, match=r"train\.seed: Input should be less than 2147483648"):
+        load_spec(None, [f"train.seed={2**31}"])
+
+
+def test_temperature_scaling_on_an_empty_holdout_is_refused():
+    with pytest.raises(SpecError, match=r"eval\.holdout_size: Input should be greater than 0 \(got 0\)"):
+        load_spec(None, ["eval.temperature_scaling=true", "eval.holdout_size=0"])
+
+
+# `lsjob run` names what differs in a fixed, alphabetical order: the same two specs, the same message.
+def test_what_differs_between_two_identities_is_listed_in_field_order():
+    changed = ["train.lr=0.01", "augment.shift=0.2", "train.epochs=3", "data.source=synthetic", "smoothing.factor=0.2"]
+    assert identity_differences(load_spec(None), load_spec(None, changed)) == [
+        "augment.shift: 0.1 -> 0.2",
+        'data.source: "cifar10" -> "synthetic"',
+        "smoothing.factor: 0.1 -> 0.2",
+        "train.epochs: 70 -> 3",
+        "train.lr: 0.005 -> 0.01",
+    ]
+
+
+# A run's spec.yaml and `lsjob show` of a spec with no sweep say nothing of one.
+def test_a_spec_without_a_sweep_is_written_without_one(tmp_path):
+    assert "sweep" not in load_spec(None).to_yaml()
+    swept = load_spec(write(tmp_path, "sweep: {train.seed: [1, 2]}\n"))
+    assert "sweep:" in swept.to_yaml() and load_spec(write(tmp_path, swept.to_yaml(), "again.yaml")) == swept
+
+
+# `sweep:` with its grid commented out is no sweep, as
+# `train:` with its fields commented out is the train defaults.
+def test_a_sweep_left_empty_is_no_sweep(tmp_path):
+    spec = load_spec(write(tmp_path, "sweep:\n#  train.seed: [1, 2]\n"))
+    assert spec.sweep is None and spec.grids == []
+
+
+def test_a_spec_that_is_not_a_text_file_says_what_to_give_instead(tmp_path):
+    with pytest.raises(SpecError, match=r"^spec .* is a directory; give a YAML file$"):
+        load_spec(tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes("output: {run: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=r"cannot read spec .*latin1\.yaml: .*; save it as UTF-8$"):
+        load_spec(tmp_path / "latin1.yaml")
+
+
+# A shared alias counts as deep as the place it is used.
+def test_an_alias_used_deeper_than_it_is_defined_counts_at_its_deepest(tmp_path):
+    # &a is 10 lists deep at depth 1 (11 levels: fine there); used at depth 7 it reaches 17.
+    text = "x: &a " + "[" * 10 + "]" * 10 + "\ntrain: {seed: " + "[" * 5 + "*a" + "]" * 5 + "}\n"
+    with pytest.raises(SpecError, match="lists or mappings nested more than 16 deep; a spec needs 4"):
+        load_spec(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("item", ["train..epochs=3", "=3", "train.=3", ".epochs=3"])
+def test_an_override_with_an_empty_key_part_shows_the_expected_form(item):
+    with pytest.raises(SpecError, match=r"expected dotted\.key=value, e\.g\. --set train\.epochs=2"):
+        load_spec(None, [item])
+
+
+# A problem of the whole spec is "(top level)"; a message with its own "(got ...)" gets no second one.
+def test_problem_lines_read_as_one_sentence_each():
+    with pytest.raises(SpecError) as err:
+        load_spec(None, ["data.train_size=16", "train.batch_size=17"])
+    assert str(err.value).splitlines()[1].startswith("  (top level): train.batch_size 17 is more than the 16")
+    with pytest.raises(SpecError) as err:
+        load_spec(None, ["runtime.jit_compile=Auto"])
+    assert (
+        str(err.value).splitlines()[1] == "  runtime.jit_compile: must be true, false or auto (got 'Auto') (from --set)"
+    )
