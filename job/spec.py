@@ -400,7 +400,8 @@ class Spec(Section):
         """The fields content_hash covers. A field the spec's own settings ignore counts at its
         default, whatever it says (factor under method none, holdout_size without temperature
         scaling, lr_reference_batch without lr_scaling), so changing it never blocks a resume;
-        at its default, not left out, so every other run keeps the hash it had."""
+        at its default, not left out, so every other run keeps the hash it had. So does a size
+        of the whole set (data.train_size 50000, test_size 10000): the same images as unset."""
         payload = self.model_dump(mode="json", exclude=IDENTITY_EXCLUDES)
         ignored = [
             ("smoothing", "factor", self.smoothing.method == "none"),
@@ -410,6 +411,9 @@ class Spec(Section):
         for section, name, unused in ignored:
             if unused:
                 payload[section][name] = type(getattr(self, section)).model_fields[name].default
+        for name, whole in (("train_size", TRAIN_IMAGES), ("test_size", TEST_IMAGES)):
+            if payload["data"][name] == whole:  # the first N of N, for CIFAR-10 and the synthetic set
+                payload["data"][name] = None
         return payload
 
 

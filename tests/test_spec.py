@@ -95,6 +95,14 @@ def test_a_field_the_spec_ignores_is_no_part_of_the_identity_and_defaults_keep_t
         assert identity_differences(load_spec(None, ignored[:1]), load_spec(None, ignored)) == []
     used = ["eval.temperature_scaling=true", "eval.holdout_size=100"]
     assert load_spec(None, used).content_hash() != load_spec(None, used[:1]).content_hash()
+    # A size of the whole set is the run that leaves it unset: it may resume it, and groups with it.
+    for source in ("cifar10", "synthetic"):
+        unset = load_spec(None, [f"data.source={source}"])
+        whole = load_spec(None, [f"data.source={source}", "data.train_size=50000", "data.test_size=10000"])
+        assert whole.content_hash() == unset.content_hash() and identity_differences(unset, whole) == []
+        assert (
+            load_spec(None, [f"data.source={source}", "data.train_size=49999"]).content_hash() != unset.content_hash()
+        )
     assert base.content_hash() == "b4681dc38e475edf"  # the recipe's hash, as every earlier lsjob wrote it
 
 
