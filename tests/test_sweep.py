@@ -79,6 +79,7 @@ def test_two_points_that_would_share_a_directory_are_refused(tmp_path):
         "[{train.lr: [0.005, 0.01]}, {train.momentum: [0.9, 0.95]}]",  # the baseline in both grids
         "{train.eval_batch_size: [128, 256]}",  # a field that changes no result
         "{train.lr_reference_batch: [64, 128]}",  # one the spec ignores (lr_scaling: none)
+        "{data.train_size: [5000, null, 50000]}",  # all of CIFAR-10's training set, twice
     ],
 )
 def test_one_experiment_under_two_names_is_refused(tmp_path, grids):
