@@ -1330,3 +1330,230 @@ def test_the_log_says_what_computes_only_once_the_manifest_records_it(tiny_spec,
     with pytest.raises(NoSpaceError):
         run_mod.execute(tiny_spec("train.epochs=1"))
     assert "data: synthetic" in caplog.text and "computing:" not in caplog.text
+
+
+def test_a_completed_run_is_a_no_op_without_its_data_or_its_devices(completed, monkeypatch):
+    # A finished sweep resubmitted where its data is gone (a node offline, a cleared cache)
+    # has nothing to do: neither a download nor the devices' set-up may stand in its way.
+    monkeypatch.setattr(run_mod, "load_dataset", lambda *a, **k: pytest.fail("loaded the data of a completed run"))
+    monkeypatch.setattr(run_mod.runtime, "configure", lambda *a, **k: pytest.fail("set up devices for a completed run"))
+    assert run_mod.execute(completed) == 0
+
+
+def test_a_full_disk_as_the_run_is_marked_completed_keeps_its_checkpoints_and_the_rerun_trains_nothing(
+    tiny_spec, monkeypatch, caplog
+):
+    # Checkpoints/ goes only once the manifest says completed; cleared first, a failure
+    # (or a kill) there threw away the whole training, and the re-run started it over.
+    spec = tiny_spec("output.run=last-write")
+    real_write = RunDir.write_manifest
+
+    def full_at_the_end(self, manifest):
+        if manifest["status"] == "completed":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, manifest)
+
+    with monkeypatch.context() as m:
+        m.setattr(RunDir, "write_manifest", full_at_the_end)
+        with pytest.raises(NoSpaceError, match="it resumes from the last intact checkpoint"):
+            run_mod.execute(spec)
+    caplog.clear()
+    caplog.set_level("INFO", logger="lsjob")
+    assert run_mod.execute(spec) == 0
+    assert "resuming after epoch 2 of 2" in caplog.text and "epoch 1/2" not in caplog.text
+
+
+def test_an_unexpected_error_is_recorded_with_its_type(tiny_spec, monkeypatch):
+    # A bug's reason in the manifest ("KeyError: 'val_nll'"), not a bare "'val_nll'".
+    spec = tiny_spec("train.epochs=1")
+    monkeypatch.setattr(run_mod, "train", lambda *a, **k: (_ for _ in ()).throw(KeyError("val_nll")))
+    with pytest.raises(KeyError):
+        run_mod.execute(spec)
+    manifest = RunDir(spec.run_dir).read_manifest()
+    assert manifest["status"] == "failed" and manifest["reason"] == "KeyError: 'val_nll'"
+    assert manifest["attempts"][-1]["reason"] == "KeyError: 'val_nll'"
+
+
+def test_a_disk_too_full_to_record_the_failure_still_exits_as_a_full_disk(tiny_spec, monkeypatch, caplog):
+    # The manifest's own write failing must not replace the full disk (exit 6) by a traceback.
+    from job.checkpoint import Checkpoints
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_write = RunDir.write_manifest
+    monkeypatch.setattr(Checkpoints, "save", full)
+    monkeypatch.setattr(
+        RunDir, "write_manifest", lambda self, m: full() if m["status"] == "failed" else real_write(self, m)
+    )
+    spec = tiny_spec("train.epochs=1", "output.run=still-full")
+    with caplog.at_level("ERROR", logger="lsjob"), pytest.raises(NoSpaceError, match="ran out of disk space") as err:
+        run_mod.execute(spec)
+    assert err.value.exit_code == 6
+    assert "could not record the failed run in its manifest" in caplog.text
+
+
+def test_no_change_of_setting_is_warned_of_on_a_first_attempt_nor_a_resume_on_the_same_setup(tiny_spec, monkeypatch,
+                                                                                            caplog):  # fmt: skip
+    # A setting the run never recorded (its first attempt) is no change.
+    spec = tiny_spec("train.epochs=1")
+    with caplog.at_level("WARNING", logger="lsjob"):
+        fail_one_attempt(spec, monkeypatch)
+        assert run_mod.execute(spec) == 0
+    assert "another setting than the run so far" not in caplog.text
+
+
+def test_each_run_logs_into_its_own_run_log_only(tiny_spec, monkeypatch):
+    # A process that runs several specs (a notebook, tests) must not log run b into a's run.log.
+    first = tiny_spec("train.epochs=1", "output.run=first")
+    second = tiny_spec("train.epochs=1", "output.run=second")
+    fail_one_attempt(first, monkeypatch)
+    fail_one_attempt(second, monkeypatch)
+    assert str(second.run_dir) not in (first.run_dir / "run.log").read_text()
+
+
+def test_an_error_raised_while_handling_a_full_disk_is_still_a_full_disk(tmp_path):
+    # Keras and h5py also raise their own error inside an `except OSError` (no `from`): the
+    # ENOSPC is then the error's __context__, and must still say "free space, re-run".
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("could not save the model")  # noqa: B904
+    except RuntimeError as e:
+        wrapped = e
+    assert wrapped.__cause__ is None and isinstance(wrapped.__context__, OSError)
+    error = run_mod._no_space_error(wrapped, tmp_path)
+    assert error is not None and "(No space left on device)" in str(error)
+
+
+def test_outside_slurm_a_stop_before_the_claim_is_a_stop_whatever_the_run_recorded(tmp_path, monkeypatch):
+    # The streak of unrecorded stops is told by Slurm's restart count; elsewhere (Kubernetes,
+    # a terminal) a stop in the download is requeued as any stop, never ended by the guard.
+    stopped = {"status": "interrupted", "stopped_by": "SIGTERM", "checkpointed": False}
+    _scheduler(monkeypatch)
+    monkeypatch.setattr(preemption, "_requested", "SIGTERM")
+    monkeypatch.setattr(RunDir, "read_manifest", lambda self: {"attempts": [stopped] * run_mod.STALLED_ATTEMPTS})
+    assert run_mod._stalled_before_claim(RunDir(tmp_path / "run")) is None
+    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="0")  # under Slurm the same record is a streak
+    assert run_mod._stalled_before_claim(RunDir(tmp_path / "run")) is not None
+
+
+def test_a_forced_attempt_recorded_without_its_restart_counts_as_its_jobs_first(tiny_spec, monkeypatch):
+    # An lsjob from before restarts were recorded wrote only the job id; once Slurm requeues
+    # that job, --force must resume what it trained, not discard it again.
+    spec = tiny_spec()
+    record = {"spec_hash": spec.content_hash(), "attempts": [{"forced": True, "slurm_job": "77"}]}
+    monkeypatch.setattr(RunDir, "read_manifest", lambda self: record)
+    _scheduler(monkeypatch, SLURM_JOB_ID="77", SLURM_RESTART_COUNT="1")
+    assert run_mod._discarded_by_this_job(RunDir(spec.run_dir), spec)
+    _scheduler(monkeypatch, SLURM_JOB_ID="77", SLURM_RESTART_COUNT="0")
+    assert not run_mod._discarded_by_this_job(RunDir(spec.run_dir), spec)
+
+
+def test_the_manifest_records_the_backends_version(completed):
+    # Which TensorFlow, JAX or PyTorch computed the run.
+    import importlib
+
+    backend = keras.backend.backend()
+    manifest = json.loads((completed.run_dir / "manifest.json").read_text())
+    assert manifest["versions"][backend] == importlib.import_module(backend).__version__
+
+
+def test_a_manifest_that_is_not_a_json_object_is_a_damaged_run_that_force_discards(tiny_spec):
+    # Exit 2 with what to do, not an AttributeError traceback (exit 1, "a bug").
+    spec = tiny_spec("train.epochs=1")
+    fail_an_attempt(spec)
+    (spec.run_dir / "manifest.json").write_text("[]")
+    with pytest.raises(SpecError, match=r"holds a JSON list, not an object; the run directory is damaged") as err:
+        run_mod.execute(spec)
+    assert err.value.exit_code == EXIT_BAD_INPUT and "--force" in str(err.value)
+    assert run_mod.execute(spec, force=True) == 0
+
+
+def test_a_run_killed_after_writing_its_spec_before_its_manifest_is_still_ours(tiny_spec):
+    # .lock, run.log and spec.yaml, all three (killed between the two first writes): the
+    # same command resumes it, rather than refusing the folder as foreign for good.
+    spec = tiny_spec("train.epochs=1")
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / ".lock").write_text("")
+    (spec.run_dir / "run.log").write_text("")
+    (spec.run_dir / "spec.yaml").write_text(spec.to_yaml())
+    assert run_mod.execute(spec) == 0
+
+
+def test_force_removes_a_link_of_ones_own_in_place_of_checkpoints(tmp_path):
+    # --force on a run whose checkpoints/ its owner keeps elsewhere by a link: the link goes,
+    # what it points at is not the run's to delete, and nothing fails (rmtree refuses a link).
+    scratch = tmp_path / "scratch" / "checkpoints"
+    (scratch / "epoch-0001").mkdir(parents=True)
+    run = stopped_run(tmp_path / "root" / "r")
+    (run / "checkpoints").symlink_to(scratch)
+    run_dir = RunDir(run)
+    run_dir.claim()
+    try:
+        run_dir.wipe()
+    finally:
+        run_dir.release()
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert (scratch / "epoch-0001").is_dir()
+
+
+def test_a_results_root_several_folders_deep_is_made(tmp_path):
+    # Output.root=/scratch/$USER/project/results on a fresh scratch disk.
+    run_dir = RunDir(tmp_path / "a" / "b" / "results" / "r")
+    run_dir.claim()
+    run_dir.release()
+    assert (tmp_path / "a" / "b" / "results" / "r" / ".lock").is_file()
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL])
+def test_a_filesystem_without_locks_is_warned_of_and_the_run_goes_on(code, monkeypatch, caplog, tmp_path):
+    # Some NFS and Lustre mounts refuse flock: a warning, not a failure before training.
+    def no_locks(fd, operation):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(rundir.fcntl, "flock", no_locks)
+    run_dir = RunDir(tmp_path / "r")
+    with caplog.at_level("WARNING", logger="lsjob"):
+        run_dir.claim()
+    run_dir.release()
+    assert "does not support locks; duplicate tasks are not detected" in caplog.text
+    assert f"pid {os.getpid()} on " in (tmp_path / "r" / ".lock").read_text()
+
+
+def test_the_lock_names_only_its_new_holder_whatever_a_longer_earlier_one_wrote(tmp_path):
+    # The earlier holder's longer text must not trail the new one's: aggregate reads the lock
+    # to tell a live run from a killed one.
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / ".lock").write_text(
+        "pid 999999 on a-node-with-a-long-name.cluster.example since 2026-12-06T07:00:00+00:00 "
+        "slurm job 4242 restart 7\n"
+    )
+    run_dir = RunDir(tmp_path / "r")
+    run_dir.claim()
+    try:
+        assert rundir.is_lsjob_lock(tmp_path / "r" / ".lock")
+        assert rundir.lock_holder(tmp_path / "r").alive
+        assert "4242" not in (tmp_path / "r" / ".lock").read_text()
+    finally:
+        run_dir.release()
+
+
+def test_a_lock_naming_pid_0_names_no_process(tmp_path):
+    # Kill(0, 0) signals this very process group and succeeds: pid 0 must never read as alive.
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / ".lock").write_text(f"pid 0 on {socket.gethostname()} since 2026-12-06T07:00:00+00:00\n")
+    holder = rundir.lock_holder(tmp_path / "r")
+    assert not holder.alive and "does not name a process" in holder.text
+
+
+def test_an_unwritable_root_says_which_folder_cannot_hold_it(tmp_path, monkeypatch):
+    # Where the root does not exist yet, the folder that refuses it is named.
+    (tmp_path / "read-only").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        "job.rundir.os.access", lambda p, mode: os.path.basename(p) != "read-only" and real_access(p, mode)
+    )
+    with pytest.raises(SpecError, match=rf"results is not writable \({tmp_path / 'read-only'} cannot hold it\)"):
+        rundir.check_writable(tmp_path / "read-only" / "results", create=False)

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +43,8 @@ def test_auto_precision_is_chosen_per_device(monkeypatch, accelerator, expected)
     monkeypatch.setattr(runtime, "accelerator", lambda: accelerator)
     setup = runtime.configure(RuntimeSpec(mixed_precision="auto"), seed=0)
     assert (setup.precision, setup.precision_source) == expected
-    assert keras.config.dtype_policy().name == runtime.POLICY[expected[0]]
+    policy = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[expected[0]]
+    assert keras.config.dtype_policy().name == policy
 
 
 def test_an_explicit_precision_is_kept_and_this_cpu_gets_float32_from_auto():
@@ -140,7 +143,6 @@ def test_deterministic_turns_on_tensorflows_op_determinism_and_only_when_asked(m
 )
 def test_deterministic_on_a_jax_gpu_without_xlas_flag_says_it_is_not(monkeypatch, caplog, platform, flags, warned):
     # The flag is read as JAX's backend starts, before lsjob can set it: a warning, not a silent no.
-    import types
 
     monkeypatch.setattr(runtime.keras.backend, "backend", lambda: "jax")
     monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(default_backend=lambda: platform))
@@ -189,6 +191,28 @@ main()
 
 
 @pytest.mark.slow
+@TENSORFLOW_ONLY
+def test_replicas_run_on_the_first_devices_asked_for_and_one_replica_on_one(monkeypatch):
+    # On a machine of three GPUs, runtime.replicas 1 is one device and 2 the first
+    # two (another task may use the third); more than it has says how to fix it.
+    import tensorflow as tf
+
+    gpus = ["/device:GPU:0", "/device:GPU:1", "/device:GPU:2"]
+    mirrored = []
+    monkeypatch.setattr(runtime, "_strategy", None)  # restored afterwards: later tests see one device
+    monkeypatch.setattr(runtime, "replica_candidates", lambda: gpus)
+    monkeypatch.setattr(
+        tf.distribute, "MirroredStrategy",
+        lambda chosen: mirrored.append(chosen) or types.SimpleNamespace(num_replicas_in_sync=len(chosen)),
+    )  # fmt: skip
+    setup = runtime.configure(RuntimeSpec(replicas=1), seed=0)
+    assert (setup.replicas, setup.replica_devices, mirrored) == (1, gpus[:1], [])
+    setup = runtime.configure(RuntimeSpec(replicas=2), seed=0)
+    assert (setup.replicas, setup.replica_devices, mirrored) == (2, gpus[:2], [gpus[:2]])
+    with pytest.raises(SpecError, match=r"this machine has 3 device\(s\) .*; lower runtime.replicas or use 'all'$"):
+        runtime.configure(RuntimeSpec(replicas=4), seed=0)
+
+
 @TENSORFLOW_ONLY
 def test_two_replicas_train_one_run_with_the_global_batch_split_and_recorded(tmp_path):
     sets = [*TINY, f"output.root={tmp_path}", "output.run=mirrored", "runtime.replicas=2",
@@ -310,6 +334,17 @@ def test_an_unwritable_compile_cache_fails_when_named_and_is_skipped_with_a_warn
     assert "compiling afresh" in caplog.text
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: a folder no one may write in, root included")
+def test_a_compile_cache_folder_that_exists_but_takes_no_files_is_refused_when_named(monkeypatch, caplog):
+    # An existing folder that cannot be written to (read-only mount, another user's): mkdir
+    # succeeds there, and JAX would only warn at each write and compile afresh every time.
+    with pytest.raises(SpecError, match="runtime.compile_cache is /proc but compiled programs cannot be kept there"):
+        runtime.compile_cache_folder("/proc")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/proc")
+    assert runtime.compile_cache_folder("auto") == (None, f"off: {Path('/proc')} is not writable")
+    assert "compiling afresh" in caplog.text
+
+
 @pytest.mark.parametrize("size, batch", [(256, 64), (100, 32)])
 def test_feed_hands_over_every_example_in_order_in_batches(size, batch):
     x = np.arange(size * 4, dtype=np.uint8).reshape(size, 2, 2, 1)
@@ -343,7 +378,6 @@ def test_run_ahead_limit_marks_each_step_without_syncing_the_model_and_compiles_
     # On JAX, Callback.model writes every variable back into the model (jax_state_sync): at every
     # step, the host-side bottleneck Keras warns of. The mark is jitted once, not at every step.
     # A stand-in for jax: this test runs where JAX is not installed (tests/run_ahead.py runs JAX).
-    import types
 
     import keras
 
