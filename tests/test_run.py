@@ -559,9 +559,10 @@ def test_slurm_attempts_stopped_before_they_claimed_the_run_count_towards_the_gu
     assert "(5 of them left no record in the run's manifest; SLURM_RESTART_COUNT counts them)" in str(err.value)
     assert not spec.run_dir.exists()  # nothing written, as for any stop before the claim
     # A script of the user's own may have spent those restarts on other runs: a plain stop.
-    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(run.STALLED_ATTEMPTS - 1))
-    with pytest.raises(InterruptedRun):
-        run_mod.execute(spec)
+    for off in ({}, {"LSJOB_SLURM_ONE_RUN": "0"}):
+        _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(run.STALLED_ATTEMPTS - 1), **off)
+        with pytest.raises(InterruptedRun):
+            run_mod.execute(spec)
     _scheduler(monkeypatch)  # and outside Slurm nothing counts them
     with pytest.raises(InterruptedRun):
         run_mod.execute(spec)
@@ -1023,6 +1024,15 @@ def _scheduler(monkeypatch, **env):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+
+
+def test_a_restart_count_that_is_not_a_number_counts_as_no_restart(monkeypatch):
+    # A site's prolog or a user's export may garble it: the run goes on, as a first attempt.
+    for value in ("x", "1.5", ""):
+        _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=value)
+        assert rundir.slurm_restart() == 0
+    _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="3")
+    assert rundir.slurm_restart() == 3
 
 
 def _held(tmp_path, as_written: str | None = None) -> RunDir:
