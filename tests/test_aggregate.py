@@ -954,7 +954,10 @@ def test_a_completed_run_without_its_spec_still_shows_the_backend_its_manifest_r
     (b / "spec.yaml").unlink()
     runs = collect(tmp_path)[0]
     assert {r.run: r.varied for r in runs} == {"a": (("backend", '"tensorflow"'),), "b": (("backend", '"jax"'),)}
-    assert any("1 completed run(s) have no readable spec.yaml" in w for w in comparison_warnings(runs))
+    warnings = comparison_warnings(runs)
+    assert any("1 completed run(s) have no readable spec.yaml" in w for w in warnings)
+    # Its manifest tells its backend: the split is warned of as where both kept their specs.
+    assert any(w.startswith("completed runs differ in backend: jax (1 run), tensorflow (1 run);") for w in warnings)
 
 
 def test_the_plots_draw_a_line_per_method_and_varied_setting(tmp_path, monkeypatch):
@@ -1958,3 +1961,14 @@ def test_a_sweep_of_more_than_eight_factors_stacks_the_comparison_panels(tmp_pat
     fig = figures["labels_vs_loss.png"]
     assert len({round(ax.get_position().x0, 3) for ax in fig.axes}) == 1  # one column
     assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 3
+
+
+# A sweep's 0.05 * 3 (0.15000000000000002) reads 0.15, and two factors that differ in the seventh
+# digit read apart (as %g, both were 0.123457: two rows alike).
+def test_a_factor_reads_as_written_and_two_factors_read_apart(tmp_path):
+    for run, factor in (("a", 0.05 * 3), ("b", 0.1234567), ("c", 0.1234568)):
+        write_run(tmp_path, run, "labels", factor, 0)
+    lines = aggregate(tmp_path).markdown.splitlines()
+    for run, shown in (("a", "0.15"), ("b", "0.1234567"), ("c", "0.1234568")):
+        assert any(line.startswith(f"| labels | {shown} | 1 | 0 |") for line in lines)  # the groups table
+        assert any(line.startswith(f"| {run} | labels | {shown} | 0 |") for line in lines)  # the runs table

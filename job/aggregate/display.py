@@ -18,10 +18,16 @@ def count_runs(n: int) -> str:
     return f"{n} run{'s' * (n != 1)}"
 
 
+def factor_text(factor: float) -> str:
+    """12 significant digits: a sweep's 0.15000000000000002 reads 0.15, yet two groups at 0.1234567
+    and 0.1234568 (6 digits, :g, would show both as 0.123457) read apart."""
+    return f"{factor:.12g}"
+
+
 def show_factor(method: str | None, factor: float | None) -> str:
     if method == NO_FACTOR:
         return "–"  # the factor is ignored
-    return "" if factor is None else f"{factor:g}"
+    return "" if factor is None else factor_text(factor)
 
 
 def show_value(text: str) -> str:

@@ -10,7 +10,7 @@ import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
 
-from job.aggregate.display import count_runs, show_varied
+from job.aggregate.display import count_runs, factor_text, show_varied
 from job.aggregate.runs import METRIC, NO_FACTOR, Metric, Run, group_key
 from job.aggregate.stats import COMPARED_METRICS, SAME_OBJECTIVE, Difference, describe
 from job.atomic import save_png
@@ -76,7 +76,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             ax.axhline(describe(reference).mean, color=color, linestyle="--", label=label)
             ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
         if factors:
-            ax.set_xticks(factors, [f"{f:g}" for f in factors])
+            ax.set_xticks(factors, [factor_text(f) for f in factors])
         if len(factors) == 1:  # else the axis spans only the offsets, and "slightly apart" looks far apart
             ax.set_xlim(factors[0] - 0.1 * span, factors[0] + 0.1 * span)
         if not done:
@@ -166,7 +166,7 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
                                     label=f"±1 std of {method} across seeds (none for a single seed)")  # fmt: skip
                     for bar in spread:  # a margin below them too: flush with the axis, they looked cut off
                         bar.sticky_edges.y.clear()
-                ax.set_xticks(x, [f"{d.factor:g}" + show_varied(d.varied, "\n", "\n") for d in diffs])
+                ax.set_xticks(x, [factor_text(d.factor) + show_varied(d.varied, "\n", "\n") for d in diffs])
             else:
                 ax.set_xticks([])
                 ax.text(0.5, 0.5, f"no factor has completed {labels} and {loss} runs\nof the same other settings "

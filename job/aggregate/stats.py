@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from job.aggregate.display import count_runs, show_factor, show_value, show_varied
-from job.aggregate.runs import METRIC, METRICS, NO_FACTOR, STATUSES, Run, group_key, value_order
+from job.aggregate.display import count_runs, factor_text, show_factor, show_value, show_varied
+from job.aggregate.runs import METRIC, METRICS, NO_FACTOR, STATUSES, UNKNOWN, Run, group_key, value_order
 from job.rundir import SPEC_FILE
 
 # Two implementations of one objective (smoothed targets vs a smoothed loss): any
@@ -319,7 +319,7 @@ def _join(words) -> str:
 
 
 def _group_name(method: str, factor: float, varied: tuple[tuple[str, str], ...]) -> str:
-    where = "" if method == BASELINE else f" at factor {factor:g}"
+    where = "" if method == BASELINE else f" at factor {factor_text(factor)}"
     return f"{method}{where}{show_varied(varied, ', ')}"
 
 
@@ -346,9 +346,10 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
     # The settings the tables give a column and split the groups by (Run.varied), valued as
     # there: counting a run that does not record a key as one more value promised a column and
     # groups that did not exist (holdout_size, dropped without temperature scaling; an old
-    # manifest's missing backend).
-    for key in [key for key, _ in known[0].varied] if known else []:
-        values = Counter(dict(r.varied)[key] for r in known)
+    # manifest's missing backend). A run without spec.yaml counts where its manifest tells
+    # (backend, precision, replicas): two backends are warned of whether or not specs were kept.
+    for key in [key for key, _ in done[0].varied] if done else []:
+        values = Counter(value for r in done if (value := dict(r.varied)[key]) != UNKNOWN or r.spec_read)
         if len(values) > 1:
             in_order = sorted(values.items(), key=lambda item: value_order(item[0]))
             listed = ", ".join(f"{show_value(value)} ({count_runs(n)})" for value, n in in_order)

@@ -18,6 +18,7 @@ from job.aggregate.display import (
     as_text,
     count_runs,
     csv_value,
+    factor_text,
     markdown_cell,
     shorten,
     show_duration,
@@ -238,7 +239,7 @@ def comparison_table(comparisons: list[Difference]) -> Table:
     keys = [key for key, _ in comparisons[0].varied] if comparisons else []
     header = ["factor", *keys, "metric", f"{labels} mean ± std (n)", f"{loss} mean ± std (n)", f"{labels} − {loss}",
               "SE", "difference / SE", "p", "test"]  # fmt: skip
-    rows = [[f"{d.factor:g}", *(show_value(v) for _, v in d.varied), *_difference_cells(d)] for d in comparisons]
+    rows = [[factor_text(d.factor), *(show_value(v) for _, v in d.varied), *_difference_cells(d)] for d in comparisons]
     return Table(header, rows, [True, *[False] * len(keys), False, True, True, True, True, True, True, False])
 
 
@@ -247,7 +248,7 @@ def baseline_table(comparisons: list[Difference]) -> Table:
     keys = [key for key, _ in comparisons[0].varied] if comparisons else []
     header = ["method", "factor", *keys, "metric", "method mean ± std (n)", f"{BASELINE} mean ± std (n)",
               f"method − {BASELINE}", "SE", "difference / SE", "p", "test"]  # fmt: skip
-    rows = [[d.method, f"{d.factor:g}", *(show_value(v) for _, v in d.varied), *_difference_cells(d)]
+    rows = [[d.method, factor_text(d.factor), *(show_value(v) for _, v in d.varied), *_difference_cells(d)]
             for d in comparisons]  # fmt: skip
     return Table(header, rows, [False, True, *[False] * len(keys), False, True, True, True, True, True, True, False])
 
