@@ -47,6 +47,7 @@ from job.aggregate import (
     collect,
     comparison_warnings,
 )
+from job.aggregate.runs import value_order
 from job.atomic import write_bytes, write_json, write_text
 from job.data import CLASS_NAMES
 from job.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_NO_SPACE, NoSpaceError, StorageError
@@ -1963,6 +1964,301 @@ def test_a_sweep_of_more_than_eight_factors_stacks_the_comparison_panels(tmp_pat
     assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 3
 
 
+def _starting(root, rel, seed, *overrides):
+    """A run that stopped while starting: spec.yaml only, as in built_tree."""
+    starting = root / rel
+    spec = load_spec(None, ["data.source=synthetic", "smoothing.factor=0.1", f"train.seed={seed}",
+                            f"train.epochs={EPOCHS}", f"output.root={starting.parent}", *overrides])  # fmt: skip
+    starting.mkdir(parents=True)
+    write_text(starting / "spec.yaml", spec.to_yaml())
+    return starting
+
+
+# A run with spec.yaml but no manifest yet has no backend to know: "?", not "(absent)".
+def test_a_run_that_stopped_while_starting_has_an_unknown_backend_not_an_absent_one(tmp_path):
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    set_manifest(write_run(tmp_path, "b", "labels", 0.1, 1), backend="jax")
+    _starting(tmp_path, "c", 2)
+    runs = {r.run: r for r in collect(tmp_path)[0]}
+    assert dict(runs["c"].varied)["backend"] == "?"  # no manifest: it never said which backend it ran on
+    lines = aggregate(tmp_path).markdown.splitlines()
+    assert next(line for line in lines if line.startswith("| c |")).startswith("| c | labels | 0.1 | 2 | ? |")
+
+
+# A run whose spec.yaml was read but has no such field lacks it ("(absent)");
+# only a run without a readable spec.yaml is unknown ("?").
+def test_a_setting_a_read_spec_leaves_out_is_absent_and_one_without_a_spec_unknown(tmp_path):
+    for seed, holdout in ((0, 1000), (1, 5000)):
+        write_run(tmp_path, f"s{seed}", "labels", 0.1, seed,
+                  overrides=["eval.temperature_scaling=true", f"eval.holdout_size={holdout}"])  # fmt: skip
+    write_run(tmp_path, "plain", "labels", 0.1, 2)  # no temperature scaling: holds nothing out
+    (write_run(tmp_path, "nospec", "labels", 0.1, 3) / "spec.yaml").unlink()
+    varied = {r.run: dict(r.varied) for r in collect(tmp_path)[0]}
+    assert varied["plain"]["eval.holdout_size"] == "(absent)"
+    assert varied["nospec"]["eval.holdout_size"] == "?"
+
+
+# The reason says when a run that stopped while starting has no spec.yaml either.
+def test_a_run_that_stopped_while_starting_says_whether_it_has_its_spec(tmp_path):
+    claimed = RunDir(tmp_path / "bare")
+    claimed.claim()  # killed right after taking its lock: nothing but .lock
+    claimed.release()
+    set_lock_pid(claimed.path, dead_pid())  # its process is gone
+    _starting(tmp_path, "with-spec", 1)
+    reasons = {r.run: r.reason for r in collect(tmp_path)[0]}
+    assert reasons["bare"] == "no manifest.json: the run stopped while starting (and has no readable spec.yaml)"
+    assert reasons["with-spec"] == "no manifest.json: the run stopped while starting"
+
+
+# A damaged manifest still shows how far the run got, from history.csv.
+def test_a_run_with_a_damaged_manifest_still_shows_its_epochs_done(tmp_path):
+    run_dir = write_run(tmp_path, "run", "labels", 0.1, 0, status="failed", done=2)
+    (run_dir / "manifest.json").write_text("")
+    (run,) = collect(tmp_path)[0]
+    assert (run.status, run.epochs_done) == ("damaged", 2)
+
+
+# A reason that is not text is no reason, not a crash of the tables.
+def test_a_manifest_reason_that_is_not_text_is_left_out(tmp_path):
+    failed = write_run(tmp_path, "run", "labels", 0.1, 0, status="failed", done=1)
+    edit_manifest(failed, reason={"error": "nan"})
+    summary = aggregate(tmp_path)
+    assert [(r.status, r.reason) for r in summary.runs] == [("failed", None)]
+
+
+# A manifest of whitespace only is empty, as an empty one is.
+def test_a_manifest_of_only_whitespace_is_empty(tmp_path):
+    run_dir = write_run(tmp_path, "run", "labels", 0.1, 1)
+    (run_dir / "manifest.json").write_text("\n  \n")
+    (run,) = collect(tmp_path)[0]
+    assert run.status == "damaged" and "is empty" in run.reason
+
+
+# More epochs done than the run was to train is no completed run either.
+def test_a_manifest_with_more_epochs_done_than_planned_is_not_completed(tmp_path):
+    write_run(tmp_path, "run", "labels", 0.1, 0, done=EPOCHS + 1)  # history.csv agrees: 4 rows
+    (run,) = collect(tmp_path)[0]
+    assert run.status == "incomplete" and f"{EPOCHS + 1} of {EPOCHS} epochs" in run.reason
+
+
+# A history.csv with more epochs than the manifest says is a disagreement too.
+def test_a_history_longer_than_the_manifests_epochs_done_is_not_completed(tmp_path):
+    run_dir = write_run(tmp_path, "run", "labels", 0.1, 0)
+    (run_dir / "history.csv").write_text(history_csv(EPOCHS + 1))
+    (run,) = collect(tmp_path)[0]
+    assert run.status == "incomplete"
+    assert f"history.csv has {EPOCHS + 1} epochs, the manifest says {EPOCHS}" in run.reason
+
+
+# A baseline run that stopped while starting sits at factor 0, as run.py records
+# the baseline: an unfinished member of the baseline's group, not a group of its own at its spec's factor.
+def test_a_baseline_run_that_stopped_while_starting_is_in_the_baselines_group(tmp_path):
+    write_run(tmp_path, "none-s0", "none", 0.0, 0)
+    _starting(tmp_path, "none-s1", 1, "smoothing.method=none")  # its spec keeps factor 0.1, which none ignores
+    summary = aggregate(tmp_path)
+    assert [(g.method, g.factor, g.completed, g.not_completed) for g in summary.groups] == [("none", 0.0, 1, 1)]
+
+
+# A spec that no longer validates and says nothing of precision ran at the default, off.
+def test_a_spec_without_runtime_that_no_longer_validates_ran_at_the_default_precision(tmp_path):
+    for seed in (1, 2):
+        run = write_run(tmp_path, f"labels-s{seed}", "labels", 0.1, seed)
+        spec = yaml.safe_load((run / "spec.yaml").read_text())
+        spec["train"]["renamed_since"] = 1
+        if seed == 2:
+            del spec["runtime"]  # from before runtime settings existed
+        (run / "spec.yaml").write_text(yaml.safe_dump(spec))
+    summary = aggregate(tmp_path)
+    assert [(g.completed, g.varied) for g in summary.groups] == [(2, ())] and summary.warnings == []
+
+
+# Setting values in order: numbers, then text, then other JSON, then absent or unknown.
+def test_setting_values_order_numbers_then_text_then_the_rest():
+    values = ["(absent)", "true", '"bf16"', "10", "null", "0.05", "?"]
+    assert sorted(values, key=value_order) == ["0.05", "10", '"bf16"', "null", "true", "(absent)", "?"]
+
+
+# Runs whose setting is unknown come after the known values, in the runs and the groups.
+def test_runs_of_unknown_settings_sort_after_the_known_ones(tmp_path):
+    (write_run(tmp_path, "0-nospec", "labels", 0.1, 2) / "spec.yaml").unlink()
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    write_run(tmp_path, "b", "labels", 0.1, 1, overrides=["train.lr=0.01"])
+    summary = aggregate(tmp_path)
+    assert [r.run for r in summary.runs] == ["a", "b", "0-nospec"]
+    assert [dict(g.varied)["train.lr"] for g in summary.groups] == ["0.005", "0.01", "?"]
+
+
+# JSON true is not the number 1: a manifest with seed true is of an unknown shape.
+def test_a_manifest_with_a_boolean_for_a_number_is_damaged(tmp_path):
+    edit_manifest(write_run(tmp_path, "run", "labels", 0.1, 1), seed=True)
+    (run,) = collect(tmp_path)[0]
+    assert run.status == "damaged" and "'seed' is True, not int" in run.reason
+
+
+# An optional metric that is not finite is left out, not averaged as NaN.
+def test_an_optional_metric_that_is_not_finite_is_left_out(tmp_path):
+    for seed in (0, 1):
+        run = write_run(tmp_path, f"s{seed}", "labels", 0.1, seed, correct=80 + seed)
+    text = (run / "metrics.json").read_text()
+    metrics = json.loads(text)
+    (run / "metrics.json").write_text(text.replace(json.dumps(metrics["test_ece"]), "NaN", 1))
+    summary = aggregate(tmp_path)
+    assert [r.status for r in summary.runs] == ["completed", "completed"]
+    assert "test_ece" not in summary.runs[1].metrics
+    ece = summary.groups[0].stats["test_ece"]
+    assert ece.n == 1 and ece.mean == pytest.approx(expected_ece(80))
+
+
+# Metrics.json and the manifest must agree to the last bits, not to a percent.
+def test_a_manifest_a_tenth_of_a_point_off_metrics_json_is_not_completed(tmp_path):
+    edit_manifest(write_run(tmp_path, "run", "labels", 0.1, 0, correct=80), test_accuracy=0.801)
+    (run,) = collect(tmp_path)[0]
+    assert run.status == "incomplete" and "the manifest 0.801" in run.reason
+
+
+# Epochs_done must be a whole number of epochs.
+def test_a_manifest_with_a_fractional_type_of_epochs_done_is_not_completed(tmp_path):
+    edit_manifest(write_run(tmp_path, "run", "labels", 0.1, 0), epochs_done=float(EPOCHS))
+    (run,) = collect(tmp_path)[0]
+    assert run.status == "incomplete" and "no epochs_done" in run.reason
+
+
+# A loss group whose labels partner completed only at other settings is named too.
+def test_a_loss_group_left_out_of_labels_vs_loss_for_its_settings_is_named(tmp_path):
+    for method, lr in [("labels", 0.005), ("loss", 0.005), ("loss", 0.01)]:
+        write_run(tmp_path, f"{method}-lr{lr}", method, 0.1, 1, overrides=[f"train.lr={lr}"])
+    left_out = [w.split(":")[0] for w in aggregate(tmp_path).warnings if "leaves out" in w]
+    assert left_out == ["labels vs loss leaves out loss at factor 0.1, train.lr=0.01"]
+
+
+# A settings warning lists each setting's values in order, whatever the runs' order.
+def test_a_settings_warning_lists_every_settings_values_in_order(tmp_path):
+    write_run(tmp_path, "a", "labels", 0.1, 0, overrides=["train.lr=0.005", "train.batch_size=256"])
+    write_run(tmp_path, "b", "labels", 0.1, 1, overrides=["train.lr=0.01", "train.batch_size=128"])
+    warnings = comparison_warnings(collect(tmp_path)[0])
+    assert any(w.startswith("completed runs differ in train.batch_size: 128 (1 run), 256 (1 run);") for w in warnings)
+    assert any(w.startswith("completed runs differ in train.lr: 0.005 (1 run), 0.01 (1 run);") for w in warnings)
+
+
+# A difference of exactly 0 has no sign; only a positive one gets "+".
+def test_a_zero_difference_reads_without_a_sign(tmp_path):
+    for method in ("labels", "loss"):
+        for seed in (0, 1):
+            write_run(tmp_path, f"{method}-s{seed}", method, 0.1, seed, correct=80 + 2 * seed)
+    markdown = aggregate(tmp_path).markdown
+    row = "| 0.1 | test acc (%) | 81.00 ± 1.41 (2) | 81.00 ± 1.41 (2) | 0.00 | 0.00 | no spread | – | paired |"
+    assert row in markdown
+
+
+# In aggregate.json a setting a group cannot know is null, not the tables' "?".
+def test_the_json_gives_a_setting_it_cannot_know_as_null(tmp_path):
+    write_run(tmp_path, "a", "labels", 0.1, 0)
+    write_run(tmp_path, "b", "labels", 0.1, 1, overrides=["train.lr=0.01"])
+    (write_run(tmp_path, "c", "labels", 0.1, 2) / "spec.yaml").unlink()
+    aggregate(tmp_path)
+    data = json.loads((tmp_path / "aggregate.json").read_text())
+    assert [g["settings"] for g in data["groups"]] == [{"train.lr": 0.005}, {"train.lr": 0.01}, {"train.lr": None}]
+
+
+# The Markdown right-aligns number columns (its rule row), the text ones not.
+def test_markdown_tables_right_align_their_number_columns(aggregated):
+    lines = aggregated[1].markdown.splitlines()
+    groups = lines.index("## Completed runs by method and factor") + 2
+    assert lines[groups + 1] == "| --- | ---: | ---: | ---: |" + " ---: |" * 8
+    runs = lines.index("## Runs") + 2
+    assert lines[runs + 1].startswith("| --- | --- | ---: | ---: | --- | ---: |")
+
+
+# The Markdown shortens a long reason to 160 characters,
+# ending in "…"; one of 160 stays whole; the CSV keeps it whole.
+@pytest.mark.parametrize("length, shown", [(160, None), (161, 159), (400, 159)])
+def test_a_long_reason_is_shortened_in_the_markdown_only(tmp_path, length, shown):
+    reason = ("x" * 9 + " ") * 40
+    reason = reason[: length - 1] + "!"
+    edit_manifest(write_run(tmp_path, "run", "labels", 0.1, 0, status="failed", done=1), reason=reason)
+    summary = aggregate(tmp_path)
+    row = next(line for line in summary.markdown.splitlines() if line.startswith("| run |") and "failed" in line)
+    cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+    assert cell == (reason if shown is None else reason[:shown] + "…") and len(cell) <= 160
+    csv_row = next(csv.DictReader(io.StringIO((tmp_path / "aggregate.csv").read_text())))
+    assert csv_row["reason"] == reason
+
+
+# The tally and the status legend go in STATUSES' order, and the
+# legend names only the statuses present.
+def test_the_tally_and_the_status_legend_follow_the_statuses_order(aggregated):
+    markdown = aggregated[1].markdown
+    assert "\n22 runs: 16 completed, 1 killed, 1 interrupted, 1 failed, 2 incomplete, 1 damaged.\n" in markdown
+    legend = next(line for line in markdown.splitlines() if line.startswith("Status: "))
+    assert re.findall(r"`(\w+)`: ", legend) == [
+        "completed", "killed", "interrupted", "failed", "incomplete", "damaged"
+    ]  # fmt: skip
+
+
+# The baseline's factor is ignored, so its group row shows "–", not 0.
+def test_the_baselines_group_row_shows_no_factor(aggregated):
+    lines = aggregated[1].markdown.splitlines()
+    assert any(line.startswith("| none | – | 3 | 0 |") for line in lines)
+    assert not any(line.startswith("| none | 0 |") for line in lines)
+
+
+# A duration reads h:mm:ss, rounded to the second.
+@pytest.mark.parametrize("seconds, shown", [(3725.7, "1:02:06"), (59.6, "0:01:00"), (125, "0:02:05")])
+def test_a_duration_reads_hours_minutes_seconds(tmp_path, seconds, shown):
+    edit_manifest(write_run(tmp_path, "run", "labels", 0.1, 0), duration_s=seconds)
+    row = next(line for line in aggregate(tmp_path).markdown.splitlines() if line.startswith("| run | labels"))
+    assert f"| 3/3 | {shown} | 1 |" in row
+
+
+# A group's text setting reads as a reader writes it in the warnings: backend=jax.
+def test_a_warning_names_a_groups_text_setting_without_quotes(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path, f"none-s{seed}", "none", 0.0, seed)
+        set_manifest(write_run(tmp_path, f"labels-s{seed}", "labels", 0.1, seed), backend="jax")
+    warnings = aggregate(tmp_path).warnings
+    assert any(w.startswith("Smoothing vs none leaves out labels at factor 0.1, backend=jax: ") for w in warnings)
+
+
+# A field an older run's spec.yaml did not write counts as its default even where
+# newer runs differ in it: the old run joins the group of the default, not a group "(absent)" of its own.
+def test_a_field_an_older_run_did_not_write_joins_the_group_of_its_default(tmp_path):
+    old = write_run(tmp_path, "old", "labels", 0.1, 0)
+    write_run(tmp_path, "new", "labels", 0.1, 1)
+    write_run(tmp_path, "scaled", "labels", 0.1, 2, overrides=["eval.temperature_scaling=true"])
+    spec = yaml.safe_load((old / "spec.yaml").read_text())
+    del spec["eval"]  # from before temperature scaling existed: it ran without
+    (old / "spec.yaml").write_text(yaml.safe_dump(spec))
+    summary = aggregate(tmp_path)
+    assert [(g.varied, g.completed) for g in summary.groups] == [
+        ((("eval.temperature_scaling", "false"),), 2),
+        ((("eval.temperature_scaling", "true"),), 1),
+    ]
+
+
+# A reason is measured as it reads (runs of spaces and line ends as one space):
+# one of 150 words-and-spaces that Keras padded to 300 characters stays whole.
+def test_a_reason_padded_with_whitespace_is_measured_as_it_reads(tmp_path):
+    words = " ".join(["nan"] * 37) + " loss!"  # 154 characters as it reads
+    edit_manifest(write_run(tmp_path, "run", "labels", 0.1, 0, status="failed", done=1),
+                  reason=words.replace(" ", " \n  "))  # fmt: skip
+    lines = aggregate(tmp_path).markdown.splitlines()
+    row = next(line for line in lines if line.startswith("| run |") and "failed" in line)
+    assert row.endswith(f"| {words} |")
+
+
+# Differences that agree to 1e-12 are one number (the margin is 1e-9 of the
+# values, far above float64's rounding): no spread, not a difference of 1e10 standard errors.
+def test_differences_that_agree_to_a_trillionth_have_no_spread(tmp_path):
+    for seed, (labels, jitter) in enumerate([(0.05, 0.0), (0.06, 1e-12), (0.07, -1e-12)]):
+        for method, ece in (("labels", labels), ("loss", labels + 0.01 + jitter)):
+            run = write_run(tmp_path, f"{method}-s{seed}", method, 0.1, seed, correct=80 + seed)
+            metrics = json.loads((run / "metrics.json").read_text())
+            write_json(run / "metrics.json", {**metrics, "test_ece": ece})
+    ece = next(d for d in aggregate(tmp_path).comparisons if d.metric == "test_ece")
+    assert ece.test == "paired" and ece.value == pytest.approx(-0.01)
+    assert (ece.se, ece.ratio, ece.p_value, ece.interval) == (0.0, None, None, None)
+
+
 # A sweep's 0.05 * 3 (0.15000000000000002) reads 0.15, and two factors that differ in the seventh
 # digit read apart (as %g, both were 0.123457: two rows alike).
 def test_a_factor_reads_as_written_and_two_factors_read_apart(tmp_path):
@@ -1972,3 +2268,14 @@ def test_a_factor_reads_as_written_and_two_factors_read_apart(tmp_path):
     for run, shown in (("a", "0.15"), ("b", "0.1234567"), ("c", "0.1234568")):
         assert any(line.startswith(f"| labels | {shown} | 1 | 0 |") for line in lines)  # the groups table
         assert any(line.startswith(f"| {run} | labels | {shown} | 0 |") for line in lines)  # the runs table
+
+
+# A folder holding a manifest is a run directory even without its .lock
+# (copied without hidden files, say): aggregate does not write into it.
+def test_aggregate_never_writes_into_a_run_directory_that_lost_its_lock(tmp_path):
+    write_run(tmp_path, "results/done", "labels", 0.1, 0)
+    elsewhere = write_run(tmp_path, "other/run", "labels", 0.1, 0)  # not under the root aggregated
+    (elsewhere / ".lock").unlink()
+    with pytest.raises(AggregateError, match="inside the run directory .*pass --out DIR"):
+        aggregate(tmp_path / "results", out=elsewhere / "tables")
+    assert not (elsewhere / "tables").exists()
