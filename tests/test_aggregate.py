@@ -2279,3 +2279,15 @@ def test_aggregate_never_writes_into_a_run_directory_that_lost_its_lock(tmp_path
     with pytest.raises(AggregateError, match="inside the run directory .*pass --out DIR"):
         aggregate(tmp_path / "results", out=elsewhere / "tables")
     assert not (elsewhere / "tables").exists()
+
+
+def test_a_data_size_sweep_reads_the_whole_set_as_its_size_and_groups_unset_with_it(tmp_path):
+    write_run(tmp_path, "small", "labels", 0.1, 0, overrides=["data.train_size=5000"])
+    write_run(tmp_path, "unset", "labels", 0.1, 1)
+    write_run(tmp_path, "whole", "labels", 0.1, 2, overrides=["data.train_size=50000"])  # the same images as unset
+    summary = aggregate(tmp_path)
+    assert [(g.varied, g.completed) for g in summary.groups] == [
+        ((("data.train_size", "5000"),), 1),
+        ((("data.train_size", "50000"),), 2),
+    ]
+    assert any(line.startswith("| labels | 0.1 | 50000 | 2 |") for line in summary.markdown.splitlines())

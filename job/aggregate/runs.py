@@ -31,7 +31,7 @@ from job.rundir import (
     read_own_text,
     run_directories,
 )
-from job.spec import Spec, flatten
+from job.spec import TEST_IMAGES, TRAIN_IMAGES, Spec, flatten
 
 NO_FACTOR = "none"  # the method whose factor is ignored: a reference line, not a curve
 # Display order; also every status a row can have.
@@ -404,6 +404,11 @@ def _settings(spec: dict) -> dict[str, str]:
         flat.pop("eval.holdout_size", None)  # holds nothing out without temperature scaling
     if flat.get("train.lr_scaling") != '"linear"':
         flat.pop("train.lr_reference_batch", None)  # scales nothing without lr_scaling
+    # Unset is the whole set (Spec.identity counts 50000 as unset): a data-size sweep's last
+    # column reads 50000, not null.
+    for key, whole in (("data.train_size", TRAIN_IMAGES), ("data.test_size", TEST_IMAGES)):
+        if flat.get(key) == "null":
+            flat[key] = json.dumps(whole)
     return flat
 
 
