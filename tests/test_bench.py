@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,148 @@ def test_the_compile_cache_count_leaves_out_entries_being_written(tmp_path):
         (tmp_path / name).write_bytes(b"")
     assert bench_mod._cache_entries(str(tmp_path)) == 1
     assert bench_mod._cache_entries(None) is None
+
+
+def _fake_fit(fits, per_call, setup_s=1.0, gap_s=0.01):
+    """A bench._fit stand-in: records (steps, images handed in); every execution after the
+    first, fit's set-up included, takes gap_s."""
+
+    def fit(model, x, targets, batch, n):
+        fits.append((n, len(x), len(targets)))
+        ends = [0.0, setup_s]
+        for _ in range(n // per_call - 1):
+            ends.append(ends[-1] + gap_s * per_call)
+        return ends[-1], ends
+
+    return fit
+
+
+def _bench(monkeypatch, sets, **kwargs):
+    from job import bench
+    from job.spec import load_spec
+
+    fits = []
+    spec = load_spec(None, sets)
+    monkeypatch.setattr(bench, "_fit", _fake_fit(fits, spec.runtime.steps_per_execution))
+    monkeypatch.setattr(bench, "compile_model", lambda *args: types.SimpleNamespace(jit_compile=False))
+    return bench.bench(spec, **kwargs), fits
+
+
+@pytest.mark.parametrize(
+    "per_call, steps, warmup, fitted",
+    [
+        (1, 1, 0, [1, 2]),  # at least one warm-up step, and two timed for one step time
+        (2, 1, 1, [2, 4]),  # ... in whole executions
+        (1, 2, 10, [10, 2]),  # more warm-up than timed steps still has the images for it
+    ],
+)
+def test_bench_always_warms_up_and_times_enough_whole_executions(monkeypatch, per_call, steps, warmup, fitted):
+    if per_call > 1 and keras.backend.backend() == "torch":
+        pytest.skip("PyTorch runs one step an execution")
+    result, fits = _bench(monkeypatch, [f"runtime.steps_per_execution={per_call}", "train.batch_size=16"],
+                          steps=steps, warmup=warmup)  # fmt: skip
+    assert [n for n, _, _ in fits] == fitted
+    assert all(images >= n * 16 and labels >= n * 16 for n, images, labels in fits)  # every step a full batch
+    assert result["steps_timed"] == fitted[1] and result["step_samples"] >= 1
+
+
+def test_an_epoch_estimate_counts_only_full_batches(monkeypatch):
+    # 50,000 // 64 = 781 steps an epoch, not 781.25 (the batch of 16 elsewhere divides evenly).
+    result, _ = _bench(monkeypatch, ["train.batch_size=64"], steps=4, warmup=1)
+    assert result["step_ms_median"] == pytest.approx(10.0)
+    assert result["epoch_s_estimate"] == pytest.approx(781 * 0.01)
+
+
+def test_without_a_step_time_per_execution_the_step_time_is_the_calls_average(monkeypatch):
+    # A clock that saw no execution end but the last: the timed call's wall time per step.
+    from job import bench
+    from job.spec import load_spec
+
+    monkeypatch.setattr(bench, "_fit", lambda model, x, targets, batch, n: (1.28, [0.0, 1.28]))
+    monkeypatch.setattr(bench, "compile_model", lambda *args: types.SimpleNamespace(jit_compile=False))
+    result = bench.bench(load_spec(None, ["train.batch_size=16"]), steps=8, warmup=1)
+    assert result["step_samples"] == 1 and result["step_ms_median"] == pytest.approx(1000 * 1.28 / 8)
+    assert result["images_per_s"] == pytest.approx(16 * 8 / 1.28)
+
+
+def test_the_bench_counts_the_compile_cache_entries_its_warm_up_wrote(monkeypatch, tmp_path):
+    # Written is the entries added during build and warm-up, not all there are.
+    from dataclasses import replace
+
+    from job import bench, runtime
+    from job.spec import load_spec
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for n in range(3):
+        (cache / f"old-{n}").write_bytes(b"")
+    real_configure = runtime.configure
+
+    def configure(spec_runtime, seed):
+        return replace(real_configure(spec_runtime, seed), compile_cache=str(cache), compile_cache_source="spec")
+
+    calls = []
+
+    def fit(model, x, targets, batch, n):
+        calls.append(n)
+        if len(calls) == 1:  # the warm-up compiles two programs
+            (cache / "new-1").write_bytes(b"")
+            (cache / "new-2").write_bytes(b"")
+        return 1.0, [0.0, 0.5, 0.51, 0.52]
+
+    monkeypatch.setattr(bench.runtime, "configure", configure)
+    monkeypatch.setattr(bench, "_fit", fit)
+    monkeypatch.setattr(bench, "compile_model", lambda *args: types.SimpleNamespace(jit_compile=False))
+    result = bench.bench(load_spec(None, ["train.batch_size=16"]), steps=3, warmup=1)
+    assert result["compile_cache_entries_at_start"] == 3 and result["compile_cache_entries_written"] == 2
+
+
+def test_a_fit_call_hands_in_exactly_its_steps_and_times_each_execution_from_its_start(monkeypatch):
+    # The warm-up's call trains `n` steps, not all the images made for the timed
+    # call; its first end is measured from the call's start, so the set-up gap can be left out.
+    import numpy as np
+
+    from job import bench
+
+    now = [10.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(
+        bench.runtime, "feed", lambda x, y=None, *, batch_size: {"x": x, "y": y, "batch_size": batch_size}
+    )
+    seen = []
+
+    class Model:
+        def fit(self, x=None, y=None, batch_size=None, callbacks=(), **kwargs):
+            seen.append((len(x), len(y), batch_size))
+            clock = callbacks[-1]
+            for step in range(len(x) // batch_size):
+                now[0] += 1.0
+                clock.on_train_batch_end(step, {"loss": 0.5})
+
+    x, targets = np.zeros((160, 32, 32, 3), np.uint8), np.zeros((160, 10), np.float32)
+    total, ends = bench._fit(Model(), x, targets, 16, 2)
+    assert seen == [(32, 32, 16)]
+    assert ends == [10.0, 11.0, 12.0] and total == pytest.approx(2.0)
+
+
+def test_the_bench_table_says_where_the_precision_came_from_and_the_devices_peak(monkeypatch):
+    # "off" as the spec set it; "(auto: ...)" when chosen for the device; peak memory or n/a.
+    from job.bench import table
+
+    result = {"backend": "jax", "devices": ["cuda:0"], "precision": "bf16", "precision_source": "spec",
+              "replicas": 1, "jit_compile": True, "jit_compile_spec": "auto", "batch_size": 512,
+              "images_per_s": 25_000.0, "step_ms_median": 20.48, "step_ms_p90": 22.5, "compile_and_warmup_s": 21.5,
+              "compile_cache": None, "compile_cache_source": "spec: off", "epoch_s_estimate": 2.0,
+              "host_peak_mb": 3_000.0, "device_peak_mb": 12_345.0, "steps_timed": 50, "step_samples": 49,
+              "steps_per_execution": 1}  # fmt: skip
+    lines = dict(line.split("  ", 1) for line in table(result).splitlines())
+    assert lines["precision"].strip() == "bf16"
+    assert lines["device peak MB"].strip() == "12,345"
+    lines = dict(
+        line.split("  ", 1)
+        for line in table(
+            {**result, "precision_source": "auto: bf16 on compute capability 9.0", "device_peak_mb": None}
+        ).splitlines()  # fmt: skip
+    )
+    assert lines["precision"].strip() == "bf16 (auto: bf16 on compute capability 9.0)"
+    assert lines["device peak MB"].strip() == "n/a"

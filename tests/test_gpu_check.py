@@ -422,3 +422,121 @@ def test_the_script_benches_most_important_first_and_gives_the_run_all_the_time_
     budget = int(re.search(r"^\s*full\)\n.*?\bbudget_s=(\d+)", GPU_CHECK.read_text(), re.M | re.S).group(1))
     assert 130 < limit <= budget - 5
     assert (out / "gpu_check.md").is_file() and (out / "gpu_check.log").is_file()
+
+
+def _write_rows(work, rows):
+    (work / "bench.tsv").write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+
+def _two_epoch_run(work, tsv_line, log_times=("13:53:32,000", "13:53:35,000"), seconds=(30.0, 3.0)):
+    """A 2-epoch run's folder as gpu_check.sh leaves it: run.tsv's line, history.csv, manifest, run.log."""
+    run_dir = work / "results" / "gpu-check"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (work / "run.tsv").write_text(tsv_line)
+    with (run_dir / "history.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_nll", "lr", "seconds"])
+        for epoch, s in enumerate(seconds, start=1):
+            writer.writerow([epoch, 2.0, 0.3, 1.9, 0.35, 1.9, 0.005, s])
+    (run_dir / "run.log").write_text(
+        "2026-12-05 13:53:02,000 INFO run /w/results/gpu-check: attempt 1\n"
+        + "".join(f"2026-12-05 {t} INFO epoch {n}/2  loss 2.0000 ...\n" for n, t in enumerate(log_times, start=1))
+    )
+    return run_dir
+
+
+def test_a_bench_that_timed_out_after_writing_its_json_shows_no_figures_and_is_not_picked(tmp_path):
+    # A bench can write its JSON and then hang on exit past its limit (timeout -k kills it): its
+    # status says it did not finish, and neither the table nor `pick` takes its figures.
+    _write_rows(
+        tmp_path,
+        [
+            ("jax", 64, "off", "ok", 30, ""),
+            ("torch", 64, "bf16", "timeout 60s", 65, "no result within 60 s; last output: x"),
+        ],
+    )
+    (tmp_path / "bench-jax-64-off.json").write_text(json.dumps(_bench_json("jax", 64, "off", 10_000.0)))
+    (tmp_path / "bench-torch-64-bf16.json").write_text(json.dumps(_bench_json("torch", 64, "bf16", 30_000.0)))
+    assert _table("pick", tmp_path, 64, "torch").strip() == "jax off"
+    torch = next(line for line in _table("table", tmp_path, tmp_path).splitlines() if line.startswith("torch "))
+    assert "30,000" not in torch and torch.split()[3] == "-" and torch.endswith("timeout 60s")
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [b["result"] is None for b in saved["bench"]] == [False, True]
+
+
+def test_an_epoch_time_of_exactly_the_goal_meets_it(tmp_path):
+    # "goal at batch 512: 1.5x or less": 1.50x itself is met.
+    _write_rows(tmp_path, [("jax", 512, "bf16", "ok", 30, "")])
+    (tmp_path / "bench-jax-512-bf16.json").write_text(json.dumps(_bench_json("jax", 512, "bf16", 33_400 / 1.5)))
+    (tmp_path / "header.txt").write_text("nvidia-smi: NVIDIA H100 80GB HBM3, 81559 MiB, 570.00\n")
+    assert "best at batch 512: jax bf16, 1.50x: goal met\n" in _table("table", tmp_path, tmp_path)
+
+
+def test_the_run_line_says_how_long_everything_outside_the_epochs_took(tmp_path):
+    # 40 s end to end, epochs of 30 s and 3 s: 7 s of start-up, data, evaluation and reports.
+    _two_epoch_run(tmp_path, "jax\t64\toff\tcompleted\t40\t\n")
+    text = _table("table", tmp_path, tmp_path)
+    assert (
+        "epoch seconds (validation included): 1: 30.0, 2: 3.0; start-up, data, final evaluation and reports: 7 s"
+        in text
+    )
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["run"]["outside_epochs_s"] == 7
+
+
+def test_a_run_stopped_after_its_first_epoch_still_gets_a_table_without_a_projection(tmp_path):
+    # Timed out in epoch 2: one epoch line in run.log, no gap between two to project from.
+    _two_epoch_run(tmp_path, "jax\t64\toff\ttimeout 130s\t135\tno result within 130 s\n",
+                   log_times=("13:53:32,000",), seconds=(30.0,))  # fmt: skip
+    text = _table("table", tmp_path, tmp_path)
+    assert "2-epoch run (jax, batch 64, float32): timeout 130s" in text
+    assert "projected" not in text
+    assert "epoch_cycle_s" not in json.loads((tmp_path / "gpu_check.json").read_text())["run"]
+
+
+def test_a_run_at_another_batch_than_64_is_not_judged_against_the_goal_at_64(tmp_path):
+    # Fast enough, but at batch 512: the 5-minute goal is the recipe's, at batch 64.
+    _two_epoch_run(tmp_path, "jax\t512\toff\tcompleted\t40\t\n")
+    text = _table("table", tmp_path, tmp_path)
+    assert "goal at batch 64 under 300 s: not measured (the run was at batch 512)" in text
+    assert ": met" not in text
+
+
+def test_a_projection_of_exactly_the_goal_is_not_under_it(tmp_path):
+    # "under 300 s": 96 + 68 x 3.0 = 300 s is not.
+    _two_epoch_run(tmp_path, "jax\t64\toff\tcompleted\t96\t\n")
+    assert "96 + 68 x 3.0 = 300 s (5.0 min); goal at batch 64 under 300 s: NOT met" in _table(
+        "table", tmp_path, tmp_path
+    )
+
+
+def test_the_table_has_a_rule_under_its_header_and_numbers_aligned_right(tmp_path):
+    # Columns of figures of different widths line up on the right.
+    _write_rows(tmp_path, [("jax", 64, "off", "ok", 31, ""), ("torch", 64, "off", "ok", 8, "")])
+    (tmp_path / "bench-jax-64-off.json").write_text(json.dumps(_bench_json("jax", 64, "off", 20_000.0)))
+    (tmp_path / "bench-torch-64-off.json").write_text(json.dumps(_bench_json("torch", 64, "off", 4_000.0)))
+    lines = _table("table", tmp_path, tmp_path).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("backend "))
+    header, rule, jax, torch = lines[at : at + 4]
+    assert set(rule.replace(" ", "")) == {"-"} and len(rule.split()) == 13  # one dash run a column
+    end = header.index("images/s") + len("images/s")
+    assert jax[:end].endswith("20,000") and torch[:end].endswith("4,000")
+    end = header.index("wall s") + len("wall s")
+    assert jax[:end].endswith("31") and torch[:end].endswith(" 8")
+
+
+def test_a_header_without_an_nvidia_gpu_is_not_taken_for_a_gpu_name(tmp_path):
+    # nvidia-smi missing or not answering: the verdict names no GPU, not "not found".
+    _write_rows(tmp_path, [("jax", 512, "bf16", "ok", 30, "")])
+    (tmp_path / "bench-jax-512-bf16.json").write_text(json.dumps(_bench_json("jax", 512, "bf16", 25_000.0)))
+    for header in ("nvidia-smi: not found", "nvidia-smi: no answer within 10 s"):
+        (tmp_path / "header.txt").write_text(header + "\n")
+        assert "this ran on no NVIDIA GPU)" in _table("table", tmp_path, tmp_path), header
+
+
+def test_the_summary_of_a_bench_is_one_line_of_its_figures(tmp_path):
+    # What gpu_check.sh prints after each bench.
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(_bench_json("jax", 512, "bf16", 25_000.0)))
+    assert _table("summary", path) == (
+        "25,000 images/s, step 20.48 ms median, compile and warm-up 21.5 s, on NVIDIA H100\n"
+    )

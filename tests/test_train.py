@@ -8,7 +8,7 @@ import pytest
 
 from job import train as train_mod
 from job.data import Dataset
-from job.errors import DivergedError
+from job.errors import DivergedError, SpecError
 from job.spec import TrainSpec
 
 keras = pytest.importorskip("keras")
@@ -315,3 +315,153 @@ def test_learns_real_cifar10_pixels(cifar_sample, tiny_spec, tmp_path):
     accuracy = float((result.test_probs.argmax(axis=1) == data.y_test).mean())
     # 1,000 test images: chance is 10% +- 1%; a pipeline that scrambled pixels or labels stays there.
     assert accuracy > 0.2, accuracy
+
+
+def test_epoch_seeds_fit_every_backends_seed_state():
+    # PyTorch keeps seed_generator_state as int32 (JAX uint32, TensorFlow int64): a seed of 2**31
+    # or more would not even assign there. Half of all raw 32-bit states are; none of ours.
+    seeds = [train_mod.epoch_seed(seed, epoch, stream) for seed in (0, 42, 2**40) for epoch in range(70)
+             for stream in range(3)]  # fmt: skip
+    assert all(0 <= s < 2**31 for s in seeds)
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_an_infinite_loss_fails_the_run_as_a_nan_does():
+    # A loss that overflowed to inf is as diverged as NaN.
+    cb = train_mod.StopOnNonFiniteLoss()
+    cb.on_epoch_begin(0)
+    for loss in (float("inf"), float("-inf")):
+        with pytest.raises(DivergedError, match=rf"loss became {loss} at epoch 1, step 3"):
+            cb.on_train_batch_end(2, {"loss": loss})
+
+
+def test_a_non_finite_loss_in_a_resumed_epoch_names_its_step_in_the_whole_epoch():
+    # Resumed at step 120 of epoch 4, the 5th step after it is the epoch's step 125.
+    cb = train_mod.StopOnNonFiniteLoss()
+    cb.step_offset = 120  # as train() sets it for the resumed epoch
+    cb.on_epoch_begin(3)
+    with pytest.raises(DivergedError, match=r"epoch 4, step 125$"):
+        cb.on_train_batch_end(4, {"loss": float("nan")})
+
+
+def test_a_mid_epoch_checkpoint_of_another_model_is_refused_not_half_restored():
+    # Zip() would restore what lines up and silently drop the rest.
+    from job.checkpoint import MidEpoch
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy", metrics=["accuracy"])
+    metrics = len(model.metrics_variables)
+    before = [np.asarray(v).tolist() for v in model.metrics_variables]
+    state = MidEpoch(steps_done=3, seed_states=[[7, 3]], metric_values=[[9.0]] * metrics)  # a stream this model lacks
+    resume = train_mod.ResumeMidEpoch(2, state)
+    resume.set_model(model)
+    with pytest.raises(SpecError, match=rf"holds 1 random streams and {metrics} metric values, this model 0 and "
+                                        rf"{metrics}.*delete the run's checkpoints/"):  # fmt: skip
+        resume.on_epoch_begin(2)
+    assert [np.asarray(v).tolist() for v in model.metrics_variables] == before
+
+
+def test_a_resumed_epoch_counts_the_seconds_it_ran_before_the_stop(tmp_path, monkeypatch):
+    # The epoch's seconds in a step checkpoint and in history.csv include those its
+    # earlier attempt ran (MidEpoch.seconds, handed in as seconds_before).
+    from job.history import FIT_LOGS
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy", metrics=["accuracy"])
+    saved = []
+
+    class Saves:
+        def save(self, model, epochs_done, history, mid_epoch=None):
+            saved.append(mid_epoch)
+            return tmp_path / "checkpoints" / "saved"
+
+    now = [100.0]
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: now[0])
+    recorder = train_mod.EpochRecorder([], tmp_path, Saves(), TrainSpec(epochs=2), every=3)
+    recorder.set_model(model)
+    recorder.step_offset, recorder.seconds_before = 4, 25.0  # resumed at step 4, after 25 s
+    recorder.on_epoch_begin(1)
+    now[0] = 130.0
+    recorder.on_train_batch_begin(2)  # step 6: a step checkpoint
+    assert saved[-1].steps_done == 6 and saved[-1].seconds == pytest.approx(55.0)
+    now[0] = 160.0
+    recorder.on_epoch_end(1, {k: 1.0 for k in FIT_LOGS})
+    assert recorder.history[-1]["seconds"] == pytest.approx(85.0)
+    assert saved[-1] is None  # the epoch's own checkpoint
+
+
+@pytest.mark.parametrize("seconds, shown", [(3570, "1h00m"), (3629, "1h00m"), (3569, "59m")])
+def test_an_hour_left_reads_as_hours(seconds, shown):
+    # 60 minutes is 1h00m, not 60m.
+    assert train_mod._duration(seconds) == shown
+
+
+def test_a_resumed_epoch_hands_its_step_and_seconds_to_the_callbacks_and_trains_on_the_rest(tiny_spec, tmp_path,
+                                                                                          monkeypatch):  # fmt: skip
+    # Resumed at step 5 of 8 after 12.5 s, epoch 2's fit
+    # gets the last 3 batches of its order, and the recorder and the non-finite check count on
+    # from step 5 and 12.5 s.
+    from job.checkpoint import Checkpoints, MidEpoch, Resume
+    from job.data import load_dataset
+    from job.history import FIT_LOGS
+
+    class Captured(Exception):
+        pass
+
+    def fit(self, *args, x=None, callbacks=None, initial_epoch=None, **kwargs):
+        raise Captured(x, callbacks, initial_epoch)
+
+    spec = tiny_spec()
+    data = load_dataset(spec.data)
+    train_mod.runtime.configure(spec.runtime, spec.train.seed)
+    row = {"epoch": 1, **{k: 1.0 for k in FIT_LOGS}, "lr": 5e-3, "seconds": 3.0}
+
+    def restore(self, model):
+        metrics = [np.asarray(v).tolist() for v in model.metrics_variables]
+        seeds = [np.asarray(v).tolist() for v in train_mod._seed_states(model)]
+        return Resume(1, [row], MidEpoch(steps_done=5, seed_states=seeds, metric_values=metrics, seconds=12.5))
+
+    monkeypatch.setattr(Checkpoints, "restore", restore)
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    monkeypatch.setattr(
+        train_mod.runtime, "feed", lambda x, y=None, *, batch_size: {"x": x, "y": y, "batch_size": batch_size}
+    )
+    with monkeypatch.context() as m:
+        m.setattr(keras.Model, "evaluate", lambda *a, **k: None)
+        with pytest.raises(Captured) as captured:
+            train_mod.train(spec, data, tmp_path)
+    x, callbacks, initial_epoch = captured.value.args
+    order = train_mod.epoch_order(spec.train.seed, 1, len(data.x_train), 16)
+    assert initial_epoch == 1
+    np.testing.assert_array_equal(x, data.x_train[order[5 * 16 :]])
+    recorder = next(c for c in callbacks if isinstance(c, train_mod.EpochRecorder))
+    diverged = next(c for c in callbacks if isinstance(c, train_mod.StopOnNonFiniteLoss))
+    assert (recorder.step_offset, diverged.step_offset, recorder.seconds_before) == (5, 5, 12.5)
+
+
+def test_every_epochs_streams_start_at_counter_zero_from_that_epochs_seed():
+    # The existing test pins epoch 0 only, where the epoch number and 0 coincide.
+    from job.model import build_model
+    from job.spec import AugmentSpec
+
+    model = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(), seed=1)
+    seeds = train_mod.EpochSeeds(7)
+    seeds.set_model(model)
+    seeds.on_epoch_begin(5)
+    assert [tuple(np.asarray(v).tolist()) for v in train_mod._seed_states(model)] == [
+        (train_mod.epoch_seed(7, 5, 1), 0), (train_mod.epoch_seed(7, 5, 2), 0)
+    ]  # fmt: skip
+
+
+def test_check_fits_takes_the_holdout_off_and_lets_exactly_one_batch_through(tiny_spec):
+    # Exactly one batch of images is enough (steps_per_epoch 1); the holdout of temperature
+    # scaling is not trained on, so it does not count towards the batch.
+    spec = tiny_spec()
+    train_mod.check_fits(spec, 16, 32)  # one whole batch: trains
+    with pytest.raises(SpecError, match="the training set has 15 images, fewer than train.batch_size 16"):
+        train_mod.check_fits(spec, 15, 32)
+    # Data handed to execute() in place of the spec's (its size known only there): 100 held out.
+    held = tiny_spec("eval.temperature_scaling=true", "eval.holdout_size=100")
+    train_mod.check_fits(held, 116, 32)  # 16 left after the holdout
+    with pytest.raises(SpecError, match="has 108 images, 100 of them held out by eval.holdout_size, leaving 8, fewer"):
+        train_mod.check_fits(held, 108, 32)
