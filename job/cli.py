@@ -164,9 +164,15 @@ def _check_out_file(out: Path) -> None:
     if not folder.is_dir():
         raise SpecError(f"--out {out}: the folder {folder} does not exist; create it first")
     if _written_into(out):
-        if not os.access(out, os.W_OK):
-            raise SpecError(f"--out {out} is not writable")
-        return
+        target = out.resolve()
+        if target.exists():
+            if not os.access(target, os.W_OK):
+                raise SpecError(f"--out {out} is not writable")
+            return
+        # A link to a file not made yet: writing through it makes the file at its end.
+        folder = target.parent
+        if not folder.is_dir():
+            raise SpecError(f"--out {out} links to {target}, whose folder does not exist; create it first")
     try:  # a file made there, not os.access: that says yes to root on a read-only mount or /proc
         with tempfile.TemporaryFile(dir=folder):
             pass

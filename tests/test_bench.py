@@ -73,6 +73,23 @@ def test_out_names_a_link_or_device_it_writes_into_and_a_file_it_replaces_whole(
     assert not _written_into(target) and not _written_into(tmp_path / "new.json")
 
 
+def test_out_may_name_a_link_to_a_file_not_made_yet_where_the_file_can_be_made(tmp_path):
+    # A link of the user's own to where the figures are to go (results kept elsewhere): its file
+    # is made by the write; only where the file cannot be made is the link refused.
+    from job.cli import _check_out_file
+    from job.errors import SpecError
+
+    (tmp_path / "link.json").symlink_to(tmp_path / "later.json")
+    _check_out_file(tmp_path / "link.json")
+    (tmp_path / "nowhere.json").symlink_to(tmp_path / "missing" / "later.json")
+    with pytest.raises(SpecError, match=r"links to .*missing/later\.json, whose folder does not exist"):
+        _check_out_file(tmp_path / "nowhere.json")
+    (tmp_path / "proc.json").symlink_to("/proc/later.json")  # a folder no one may make files in, root too
+    with pytest.raises(SpecError, match="the folder /proc is not writable"):
+        _check_out_file(tmp_path / "proc.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "nowhere.json", "proc.json"]
+
+
 def test_the_bench_table_says_whether_its_compile_time_was_a_compile_or_a_load():
     from job.bench import _cache_how
 
