@@ -99,3 +99,18 @@ def test_the_config_keeps_every_setting():
 def test_a_bad_fill_mode_is_refused():
     with pytest.raises(ValueError, match="fill_mode"):
         RandomShiftFlip(0.1, True, fill_mode="mirror")
+
+
+def test_the_default_fill_is_the_tutorials_nearest():
+    # A layer built without naming a fill mode (the docstring's and the tutorial's default).
+    layer = RandomShiftFlip(0.1, flip=False, seed=0)
+    assert layer.fill_mode == "nearest" and layer.get_config()["fill_mode"] == "nearest"
+
+
+def test_each_shift_is_a_fraction_of_its_own_side_on_a_non_square_image():
+    # 8 rows by 32 columns, a vertical ramp (value = row): dy is at most 0.25 * 8 = 2 pixels.
+    n = 500
+    ramp = np.tile(np.arange(8, dtype=np.float32)[None, :, None, None], (n, 1, 32, 1))
+    out = ops.convert_to_numpy(RandomShiftFlip(0.25, flip=False, seed=1)(ramp, training=True))
+    dy = 4 - out[:, 4, 16, 0]
+    assert np.abs(dy).max() <= 2.0 + 1e-4 and dy.min() < -1.8 and dy.max() > 1.8

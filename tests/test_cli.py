@@ -341,3 +341,156 @@ def test_loading_keras_quiets_tensorflows_notes_for_run_and_bench(monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     cli._load_keras()
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+
+
+def test_validate_says_what_it_checked(tmp_path):
+    # A plain spec: the run directory and the spec hash; a sweep: how many runs, under which root.
+    plain = lsjob("validate", str(ROOT / "specs" / "smoke.yaml"))
+    spec = load_spec(ROOT / "specs" / "smoke.yaml")
+    assert plain.returncode == 0
+    assert (
+        plain.stdout
+        == f"{ROOT / 'specs' / 'smoke.yaml'}: valid (run {spec.run_dir}, spec hash {spec.content_hash()})\n"
+    )
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(SWEEP)
+    swept = lsjob("validate", str(sweep_file), "--set", f"output.root={tmp_path / 'results'}")
+    assert swept.returncode == 0
+    assert swept.stdout == f"{sweep_file}: valid sweep of 8 runs under {tmp_path / 'results'}\n"
+
+
+def test_show_index_0_prints_the_first_point_not_the_sweep(tmp_path):
+    # --index 0 is a point like any other (a falsy 0 must not fall back to the whole sweep).
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP)
+    first = lsjob("show", str(spec), "--index", "0")
+    assert first.returncode == 0, first.stderr
+    assert "sweep:" not in first.stdout
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(first.stdout)
+    point = load_spec(shown)
+    assert (point.smoothing.method, point.train.seed) == ("labels", 1)
+    # Exactly the YAML, no blank line added: `lsjob show --index 0 s.yaml > point.yaml` is a spec file.
+    assert first.stdout == point.to_yaml()
+
+
+def test_sweep_list_aligns_columns_and_marks_fields_a_grid_does_not_sweep(tmp_path):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        "data: {source: synthetic, train_size: 128, test_size: 32}\n"
+        "sweep: [{smoothing.method: [labels]}, {train.seed: [1, 2]}]\n"
+    )
+    lines = lsjob("sweep", "list", str(spec)).stdout.splitlines()
+    assert [line.split() for line in lines] == [
+        ["index", "run", "smoothing.method", "train.seed"],
+        ["0", "labels-f0.1-s42", "labels", "-"],
+        ["1", "labels-f0.1-s1", "-", "1"],
+        ["2", "labels-f0.1-s2", "-", "2"],
+    ]
+    # Columns line up under their headers (a table to read, and to cut by column).
+    for header in ("run", "smoothing.method", "train.seed"):
+        column = lines[0].index(header)
+        for line in lines[1:]:
+            assert line[column] != " " and line[column - 1] == " ", (header, line)
+
+
+@pytest.mark.parametrize("option", [["--steps", "1"], ["--warmup", "0"]])
+def test_bench_refuses_too_few_steps_before_benchmarking(tmp_path, option):
+    # One timed step leaves no step time once the first (fit's set-up) is left out; no warm-up
+    # would time the compilation.
+    proc = lsjob("bench", str(ROOT / "specs" / "smoke.yaml"), *option, cwd=tmp_path)
+    assert proc.returncode == 2 and f"Invalid value for '{option[0]}'" in proc.stderr, proc.stderr
+    assert "images/s" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_bench_refuses_a_link_or_device_out_it_may_not_write(tmp_path, monkeypatch):
+    from job import cli
+    from job.errors import SpecError
+
+    target = tmp_path / "real.json"
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    # As a user without write permission sees it (root's os.access says yes to almost anything).
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    with pytest.raises(SpecError, match=r"^--out .*link.json is not writable$"):
+        cli._check_out_file(link)
+
+
+def _run_in_process(monkeypatch, argv):
+    """Call `lsjob run` in this process with execute() replaced: what the command hands it."""
+    from job import cli, preemption
+    from job import run as run_mod
+
+    calls = []
+
+    def execute(spec, *, force, sweep_point):
+        calls.append({"spec": spec, "force": force, "sweep_point": sweep_point})
+        return 0
+
+    monkeypatch.setattr(run_mod, "execute", execute)
+    monkeypatch.setattr(preemption, "install", lambda: None)
+    # A handler on this process's logger would outlive the test.
+    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["lsjob", "run", *argv])
+    for var in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 0
+    return calls[0]
+
+
+def test_run_hands_force_and_the_sweep_point_to_execute(tmp_path, monkeypatch):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP)
+    call = _run_in_process(monkeypatch, [str(spec), "--index", "5", "--force"])
+    assert call["force"] is True
+    assert call["sweep_point"] == {"index": 5, "values": {"smoothing.method": "loss", "train.seed": 2}}
+    assert call["spec"].run_name == "loss-f0.1-s2"
+    # A plain spec is no sweep: its manifest records no sweep point; and no --force, no discarding.
+    call = _run_in_process(monkeypatch, [str(ROOT / "specs" / "smoke.yaml")])
+    assert call["force"] is False and call["sweep_point"] is None
+
+
+def test_report_prints_the_regenerated_figures(tmp_path, monkeypatch, capsys):
+    from job import cli
+    from job import report as report_mod
+
+    monkeypatch.setattr(report_mod, "regenerate",
+                        lambda run_dir: {"test_accuracy": 0.8123, "test_nll": 0.61234, "test_ece": 0.0345})  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["lsjob", "report", str(tmp_path)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == (
+        f"{tmp_path}: reports rewritten (test accuracy 0.8123, NLL 0.6123, ECE 0.0345)\n"
+    )
+
+
+def test_bench_figures_that_cannot_be_written_to_out_go_to_stdout(tmp_path, monkeypatch, capsys):
+    # Minutes of benchmarking are not lost to a disk that fails at the end: the JSON goes to stdout.
+    import errno
+
+    from job import atomic, cli
+    from job import bench as bench_mod
+
+    monkeypatch.setattr(bench_mod, "bench", lambda spec, steps, warmup: {"images_per_s": 123.0})
+    monkeypatch.setattr(bench_mod, "table", lambda result: "the table")
+    # A handler on this process's logger would outlive the test.
+    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+
+    def write_json(path, data):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(atomic, "write_json", write_json)
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", ["lsjob", "bench", str(ROOT / "specs" / "smoke.yaml"), "--out", str(out)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    captured = capsys.readouterr()
+    assert exited.value.code == 2
+    assert json.loads(captured.out) == {"images_per_s": 123.0}
+    assert captured.err.endswith(
+        f"lsjob: error: --out {out}: cannot write it (Input/output error); the JSON went to stdout\n"
+    )

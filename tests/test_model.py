@@ -2,11 +2,18 @@
 
 import json
 import zipfile
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from job.model import _name_public_optimizers, build_model, save_model
+from job.model import (
+    _name_public_optimizers,
+    _rename_backend_optimizers,
+    build_model,
+    save_model,
+    synchronize_batch_norm,
+)
 from job.spec import AugmentSpec
 
 keras = pytest.importorskip("keras")
@@ -28,16 +35,23 @@ def test_the_head_is_the_tutorials_7x7_average_pooling_then_dropout_of_a_half(mo
     assert tuple(model.layers[-5].pool_size) == (7, 7) and model.get_layer("dropout").rate == 0.5
 
 
-def test_replica_dropout_scales_what_it_keeps_as_keras_dropout_does(monkeypatch):
+def test_replica_dropout_drops_the_rate_only_in_training_scales_what_it_keeps_and_follows_noise_shape(monkeypatch):
     # Its own path, taken under MirroredStrategy alone: inference must see the activations training did.
     from job import runtime
     from job.model import ReplicaDropout
 
     monkeypatch.setattr(runtime, "mirrored", lambda: True)
     monkeypatch.setattr(runtime, "uniform_per_replica", lambda shape, seed: keras.random.uniform(shape, seed=seed))
-    out = keras.ops.convert_to_numpy(ReplicaDropout(0.5, seed=1)(np.ones((64, 64), np.float32), training=True))
-    assert set(np.unique(out).tolist()) == {0.0, 2.0}
-    assert abs(out.mean() - 1.0) < 0.05
+    x = np.ones((256, 64), np.float32)
+    # Inference: the identity, as Keras's dropout.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ReplicaDropout(0.5, seed=1)(x, training=False)), x)
+    # rate is the fraction dropped (not kept), and what is kept is scaled by 1 / (1 - rate).
+    out = keras.ops.convert_to_numpy(ReplicaDropout(0.25, seed=1)(x, training=True))
+    assert abs((out == 0).mean() - 0.25) < 0.02
+    np.testing.assert_allclose(out[out != 0], 1 / 0.75, rtol=1e-6)
+    # noise_shape (None, 1): one decision per row, broadcast along it.
+    rows = keras.ops.convert_to_numpy(ReplicaDropout(0.5, noise_shape=(None, 1), seed=1)(x, training=True))
+    assert all(len(set(row.tolist())) == 1 for row in rows) and 0.3 < (rows[:, 0] == 0).mean() < 0.7
 
 
 def test_takes_uint8_and_outputs_probabilities(model):
@@ -166,3 +180,48 @@ def _write_config(path, config):
     with zipfile.ZipFile(path, "w") as archive:
         for name, compression, data in entries:
             archive.writestr(name, json.dumps(config) if name == "config.json" else data, compress_type=compression)
+
+
+def test_the_layers_are_the_tutorials(model):
+    # The parameter count cannot see activations, pooling kinds or batch-norm settings.
+    kinds = Counter(type(layer).__name__ for layer in model.layers)
+    # A conv module each: 1 first, 2 in each of 8 inception modules, 1 in each of 2 downsample modules.
+    assert kinds["Conv2D"] == kinds["BatchNormalization"] == 19
+    assert kinds["MaxPooling2D"] == 2 and kinds["AveragePooling2D"] == 1  # downsample pools by max; the head by average
+    activations = [layer.get_config()["activation"] for layer in model.layers if type(layer).__name__ == "Activation"]
+    assert activations == ["relu"] * 19 + ["softmax"]
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):  # Keras's defaults, as the tutorial has them
+            assert (layer.momentum, layer.epsilon) == (0.99, 1e-3)
+
+
+@pytest.mark.parametrize("fill_mode", ["reflect", "constant"])
+def test_the_specs_fill_mode_reaches_the_augmentation(fill_mode):
+    augment = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(fill_mode=fill_mode), seed=1).get_layer(
+        "augment"
+    )
+    assert augment.fill_mode == fill_mode
+
+
+def test_synchronize_batch_norm_switches_every_batch_norm_and_save_model_saves_it_off(tmp_path):
+    net = build_model(np.zeros((32, 32, 3), np.float32), AugmentSpec(), seed=1)
+    norms = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    synchronize_batch_norm(net, True)
+    assert norms and all(layer.synchronized for layer in norms)
+    # A synchronized model.keras would load on TensorFlow alone: saved, it is not.
+    path = tmp_path / "model.keras"
+    save_model(net, path)
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    saved = [layer["config"] for layer in config["config"]["layers"] if layer["class_name"] == "BatchNormalization"]
+    assert len(saved) == len(norms) and not any(c.get("synchronized") for c in saved)
+    synchronize_batch_norm(net, False)
+    assert not any(layer.synchronized for layer in norms)
+
+
+def test_an_optimizer_from_outside_keras_is_never_renamed():
+    # Only Keras's backend-specific subclasses become keras.optimizers: a user's own class that
+    # shares a name with one keeps its module.
+    config = {"optimizer": {"module": "mylab.optimizers", "class_name": "SGD", "config": {}}}
+    assert not _rename_backend_optimizers(config)
+    assert config["optimizer"]["module"] == "mylab.optimizers"

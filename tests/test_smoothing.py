@@ -19,9 +19,28 @@ def test_smooth_labels_reproduces_the_tutorial_example():
     np.testing.assert_allclose(after.sum(axis=1), 1.0, atol=1e-6)
 
 
-def test_describe_logs_before_and_after():
-    text = smoothing.describe(np.array([6]), 10, SmoothingSpec(method="labels", factor=0.1))
-    assert "[0. 0. 0. 0. 0. 0. 1. 0. 0. 0.]" in text and "0.91" in text and "0.01" in text
+def test_describe_shows_one_label_before_and_after_and_says_what_each_method_does():
+    labels = np.array([6, 2, 0])  # the first training label, before and after: the same frog
+    text = smoothing.describe(labels, 10, SmoothingSpec(method="labels", factor=0.1))
+    assert text == (
+        "smoothing labels (f=0.1): [0. 0. 0. 0. 0. 0. 1. 0. 0. 0.] -> "
+        "[0.01 0.01 0.01 0.01 0.01 0.01 0.91 0.01 0.01 0.01]"
+    )
+    assert smoothing.describe(labels, 10, SmoothingSpec(method="loss", factor=0.2)) == (
+        "smoothing in the loss (f=0.2); labels stay hard: [0. 0. 0. 0. 0. 0. 1. 0. 0. 0.]"
+    )
+    assert smoothing.describe(labels, 10, SmoothingSpec(method="none")) == (
+        "no label smoothing; labels: [0. 0. 0. 0. 0. 0. 1. 0. 0. 0.]"
+    )
+
+
+@pytest.mark.parametrize("method", ["labels", "loss", "none"])
+def test_training_targets_are_float32_whatever_the_method(method):
+    # What the model is fitted on, and (hard) what it validates on: float32 as the model's outputs,
+    # under every method alike, not float64 for the two that leave them hard.
+    targets = smoothing.training_targets(np.array([0, 3, 9]), 10, SmoothingSpec(method=method, factor=0.1))
+    assert targets.dtype == np.float32
+    assert smoothing.one_hot(np.array([1]), 10).dtype == np.float32
 
 
 def test_training_targets_per_method():
