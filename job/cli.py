@@ -321,7 +321,12 @@ def _point_record(point: sweep.Point) -> dict | None:
 
 
 def _setup_logging() -> None:
+    # One such handler, on today's stderr: a second command in one process (a notebook calling
+    # main, a test) printed every line twice, the first time to a stderr since replaced.
+    for earlier in [h for h in log.handlers if getattr(h, "lsjob_stderr", False)]:
+        log.removeHandler(earlier)
     handler = logging.StreamHandler(sys.stderr)
+    handler.lsjob_stderr = True
     # The date too: a requeued job's attempts, or kubectl logs of a long run, span days.
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)

@@ -494,3 +494,16 @@ def test_bench_figures_that_cannot_be_written_to_out_go_to_stdout(tmp_path, monk
     assert captured.err.endswith(
         f"lsjob: error: --out {out}: cannot write it (Input/output error); the JSON went to stdout\n"
     )
+
+
+def test_two_commands_in_one_process_log_each_line_once(monkeypatch, capsys):
+    import logging
+
+    from job import cli
+
+    monkeypatch.setattr(cli.log, "handlers", list(cli.log.handlers))  # put back as it was afterwards
+    cli._setup_logging()
+    cli._setup_logging()
+    cli.log.info("once")
+    assert capsys.readouterr().err.count("once") == 1
+    assert sum(isinstance(h, logging.StreamHandler) and h.stream is sys.stderr for h in cli.log.handlers) == 1
