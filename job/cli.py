@@ -164,12 +164,12 @@ def _check_out_file(out: Path) -> None:
     if not folder.is_dir():
         raise SpecError(f"--out {out}: the folder {folder} does not exist; create it first")
     if _written_into(out):
-        target = out.resolve()
-        if target.exists():
-            if not os.access(target, os.W_OK):
+        if out.exists():  # through the link: /dev/stdout's end, a pipe, has no path to resolve
+            if not os.access(out, os.W_OK):
                 raise SpecError(f"--out {out} is not writable")
             return
         # A link to a file not made yet: writing through it makes the file at its end.
+        target = out.resolve()
         folder = target.parent
         if not folder.is_dir():
             raise SpecError(f"--out {out} links to {target}, whose folder does not exist; create it first")
