@@ -431,6 +431,9 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def identity_differences(old: Spec, new: Spec) -> list[str]:
     """Where `new` differs from `old` in what makes a run's identity: 'field: old -> new'."""
     a, b = (flatten(spec.identity()) for spec in (old, new))
+    for key, whole in (("data.train_size", TRAIN_IMAGES), ("data.test_size", TEST_IMAGES)):
+        for side in (a, b):  # identity's None for the whole set, as a reader knows it: 50000, not null
+            side[key] = whole if side.get(key) is None else side[key]
     return [f"{key}: {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}"
             for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]  # fmt: skip
 

@@ -87,7 +87,16 @@ def test_out_may_name_a_link_to_a_file_not_made_yet_where_the_file_can_be_made(t
     (tmp_path / "proc.json").symlink_to("/proc/later.json")  # a folder no one may make files in, root too
     with pytest.raises(SpecError, match="the folder /proc is not writable"):
         _check_out_file(tmp_path / "proc.json")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "nowhere.json", "proc.json"]
+    (tmp_path / "folder.json").symlink_to(f"{tmp_path}/new/")  # writing would fail: "Is a directory"
+    with pytest.raises(SpecError, match=r"links to a folder, .*new/; name a file"):
+        _check_out_file(tmp_path / "folder.json")
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    with pytest.raises(SpecError, match=r"loop1 is a link that leads to no file \(Too many levels of symbolic links\)"):
+        _check_out_file(tmp_path / "loop1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "folder.json", "link.json", "loop1", "loop2", "nowhere.json", "proc.json"
+    ]  # fmt: skip
 
 
 def test_the_bench_table_says_whether_its_compile_time_was_a_compile_or_a_load():

@@ -100,6 +100,9 @@ def test_a_field_the_spec_ignores_is_no_part_of_the_identity_and_defaults_keep_t
         unset = load_spec(None, [f"data.source={source}"])
         whole = load_spec(None, [f"data.source={source}", "data.train_size=50000", "data.test_size=10000"])
         assert whole.content_hash() == unset.content_hash() and identity_differences(unset, whole) == []
+        # Named as a reader knows the whole set, where the run's spec.yaml may say either.
+        less = load_spec(None, [f"data.source={source}", "data.train_size=40000"])
+        assert identity_differences(whole, less) == ["data.train_size: 50000 -> 40000"]
         assert (
             load_spec(None, [f"data.source={source}", "data.train_size=49999"]).content_hash() != unset.content_hash()
         )

@@ -341,7 +341,8 @@ def _settings_warnings(runs: list[Run]) -> list[str]:
     if len(known) < len(done):
         warnings.append(
             f"{len(done) - len(known)} completed run(s) have no readable {SPEC_FILE}; "
-            "their settings could not be compared with the others"
+            "their settings could not be compared with the others, but for what their manifests record "
+            "(backend, precision, replicas)"
         )
     # The settings the tables give a column and split the groups by (Run.varied), valued as
     # there: counting a run that does not record a key as one more value promised a column and
