@@ -164,17 +164,16 @@ def _check_out_file(out: Path) -> None:
     if not folder.is_dir():
         raise SpecError(f"--out {out}: the folder {folder} does not exist; create it first")
     if _written_into(out):
-        if out.exists():  # through the link: /dev/stdout's end, a pipe, has no path to resolve
+        try:
+            out.stat()  # through the link: /dev/stdout's end, a pipe, has no path to resolve
+        except FileNotFoundError:
+            pass  # a link to a file not made yet: writing through it makes the file at its end
+        except OSError as e:  # a loop, a file where a folder should be
+            raise SpecError(f"--out {out} is a link that leads to no file ({e.strerror or e}); name a file") from None
+        else:
             if not os.access(out, os.W_OK):
                 raise SpecError(f"--out {out} is not writable")
             return
-        # A link to a file not made yet: writing through it makes the file at its end.
-        try:
-            out.stat()
-        except FileNotFoundError:
-            pass
-        except OSError as e:  # a loop (exists() says False to it), a file where a folder should be
-            raise SpecError(f"--out {out} is a link that leads to no file ({e.strerror or e}); name a file") from None
         target = out.resolve()
         if os.readlink(out).endswith("/"):
             raise SpecError(f"--out {out} links to a folder, {target}/; name a file")

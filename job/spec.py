@@ -42,6 +42,8 @@ IDENTITY_EXCLUDES = {
 }  # fmt: skip
 TRAIN_IMAGES = 50_000  # CIFAR-10's training set, and the synthetic set's size unless data.train_size says
 TEST_IMAGES = 10_000
+# The sizes that take every image: a run's identity counts them as unset (Spec.identity).
+WHOLE_SET = {"data.train_size": TRAIN_IMAGES, "data.test_size": TEST_IMAGES}
 # The synthetic set is made in memory, 3 KB an image: a mistyped size would take gigabytes first.
 SYNTHETIC_MAX_IMAGES = 1_000_000
 MAX_REPLICAS = 4096  # far beyond any one machine: a larger count is a typo
@@ -411,9 +413,10 @@ class Spec(Section):
         for section, name, unused in ignored:
             if unused:
                 payload[section][name] = type(getattr(self, section)).model_fields[name].default
-        for name, whole in (("train_size", TRAIN_IMAGES), ("test_size", TEST_IMAGES)):
-            if payload["data"][name] == whole:  # the first N of N, for CIFAR-10 and the synthetic set
-                payload["data"][name] = None
+        for key, whole in WHOLE_SET.items():
+            section, name = key.split(".")
+            if payload[section][name] == whole:  # the first N of N, for CIFAR-10 and the synthetic set
+                payload[section][name] = None
         return payload
 
 
@@ -428,12 +431,14 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def sizes_shown(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flattened fields with an unset data size as the whole set's, as a reader knows it: 50000, not null."""
+    return {**flat, **{key: whole for key, whole in WHOLE_SET.items() if key in flat and flat[key] is None}}
+
+
 def identity_differences(old: Spec, new: Spec) -> list[str]:
     """Where `new` differs from `old` in what makes a run's identity: 'field: old -> new'."""
-    a, b = (flatten(spec.identity()) for spec in (old, new))
-    for key, whole in (("data.train_size", TRAIN_IMAGES), ("data.test_size", TEST_IMAGES)):
-        for side in (a, b):  # identity's None for the whole set, as a reader knows it: 50000, not null
-            side[key] = whole if side.get(key) is None else side[key]
+    a, b = (sizes_shown(flatten(spec.identity())) for spec in (old, new))
     return [f"{key}: {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}"
             for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]  # fmt: skip
 

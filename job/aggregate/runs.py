@@ -31,7 +31,7 @@ from job.rundir import (
     read_own_text,
     run_directories,
 )
-from job.spec import TEST_IMAGES, TRAIN_IMAGES, Spec, flatten
+from job.spec import Spec, flatten, sizes_shown
 
 NO_FACTOR = "none"  # the method whose factor is ignored: a reference line, not a curve
 # Display order; also every status a row can have.
@@ -393,10 +393,11 @@ def _with_defaults(spec: dict) -> dict:
 
 
 def _settings(spec: dict) -> dict[str, str]:
-    """spec.yaml flattened to dotted keys, without the fields that do not change results."""
+    """spec.yaml flattened to dotted keys, without the fields that do not change results; an
+    unset data size as the whole set's (a data-size sweep's last column reads 50000, not null)."""
     flat = {
         key: json.dumps(value, sort_keys=True)
-        for key, value in flatten(spec).items()
+        for key, value in sizes_shown(flatten(spec)).items()
         if not any(key == skip or key.startswith(skip + ".") for skip in NOT_COMPARED)
     }
     # Spec.identity's rule again, for a spec.yaml that no longer validates (read as written).
@@ -404,11 +405,6 @@ def _settings(spec: dict) -> dict[str, str]:
         flat.pop("eval.holdout_size", None)  # holds nothing out without temperature scaling
     if flat.get("train.lr_scaling") != '"linear"':
         flat.pop("train.lr_reference_batch", None)  # scales nothing without lr_scaling
-    # Unset is the whole set (Spec.identity counts 50000 as unset): a data-size sweep's last
-    # column reads 50000, not null.
-    for key, whole in (("data.train_size", TRAIN_IMAGES), ("data.test_size", TEST_IMAGES)):
-        if flat.get(key) == "null":
-            flat[key] = json.dumps(whole)
     return flat
 
 
