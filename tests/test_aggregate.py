@@ -203,6 +203,16 @@ EXPECTED = {
 }  # fmt: skip
 
 
+def _starting(root, rel, seed, *overrides):
+    """A run that stopped while starting: its spec.yaml alone."""
+    starting = root / rel
+    spec = load_spec(None, ["data.source=synthetic", "smoothing.factor=0.1", f"train.seed={seed}",
+                            f"train.epochs={EPOCHS}", f"output.root={starting.parent}", *overrides])  # fmt: skip
+    starting.mkdir(parents=True)
+    write_text(starting / "spec.yaml", spec.to_yaml())
+    return starting
+
+
 @pytest.fixture(scope="module")
 def built_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("built") / "results"
@@ -218,11 +228,7 @@ def built_tree(tmp_path_factory):
     killed = write_run(root, "sweep/labels-f0.1-s7", "labels", 0.1, 7, status="running", done=2)
     set_lock_pid(killed, dead_pid())
 
-    starting = root / "sweep/labels-f0.2-s8"
-    spec = load_spec(None, ["data.source=synthetic", "smoothing.factor=0.2", "train.seed=8", f"train.epochs={EPOCHS}",
-                            f"output.root={starting.parent}"])  # fmt: skip
-    starting.mkdir(parents=True)
-    write_text(starting / "spec.yaml", spec.to_yaml())
+    _starting(root, "sweep/labels-f0.2-s8", 8, "smoothing.factor=0.2")
 
     no_metrics = write_run(root, "sweep/loss-f0.1-s5", "loss", 0.1, 5, correct=90)
     (no_metrics / "metrics.json").unlink()
@@ -1962,16 +1968,6 @@ def test_a_sweep_of_more_than_eight_factors_stacks_the_comparison_panels(tmp_pat
     fig = figures["labels_vs_loss.png"]
     assert len({round(ax.get_position().x0, 3) for ax in fig.axes}) == 1  # one column
     assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 3
-
-
-def _starting(root, rel, seed, *overrides):
-    """A run that stopped while starting: spec.yaml only, as in built_tree."""
-    starting = root / rel
-    spec = load_spec(None, ["data.source=synthetic", "smoothing.factor=0.1", f"train.seed={seed}",
-                            f"train.epochs={EPOCHS}", f"output.root={starting.parent}", *overrides])  # fmt: skip
-    starting.mkdir(parents=True)
-    write_text(starting / "spec.yaml", spec.to_yaml())
-    return starting
 
 
 # A run with spec.yaml but no manifest yet has no backend to know: "?", not "(absent)".

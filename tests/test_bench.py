@@ -244,13 +244,14 @@ def _fake_fit(fits, per_call, setup_s=1.0, gap_s=0.01):
     return fit
 
 
-def _bench(monkeypatch, sets, **kwargs):
+def _bench(monkeypatch, sets, fit=None, **kwargs):
+    """bench.bench on the spec `sets` make, with no model and `fit` (default _fake_fit's) as its clock."""
     from job import bench
     from job.spec import load_spec
 
     fits = []
     spec = load_spec(None, sets)
-    monkeypatch.setattr(bench, "_fit", _fake_fit(fits, spec.runtime.steps_per_execution))
+    monkeypatch.setattr(bench, "_fit", fit or _fake_fit(fits, spec.runtime.steps_per_execution))
     monkeypatch.setattr(bench, "compile_model", lambda *args: types.SimpleNamespace(jit_compile=False))
     return bench.bench(spec, **kwargs), fits
 
@@ -282,12 +283,10 @@ def test_an_epoch_estimate_counts_only_full_batches(monkeypatch):
 
 def test_without_a_step_time_per_execution_the_step_time_is_the_calls_average(monkeypatch):
     # A clock that saw no execution end but the last: the timed call's wall time per step.
-    from job import bench
-    from job.spec import load_spec
+    def one_end(model, x, targets, batch, n):
+        return 1.28, [0.0, 1.28]
 
-    monkeypatch.setattr(bench, "_fit", lambda model, x, targets, batch, n: (1.28, [0.0, 1.28]))
-    monkeypatch.setattr(bench, "compile_model", lambda *args: types.SimpleNamespace(jit_compile=False))
-    result = bench.bench(load_spec(None, ["train.batch_size=16"]), steps=8, warmup=1)
+    result, _ = _bench(monkeypatch, ["train.batch_size=16"], fit=one_end, steps=8, warmup=1)
     assert result["step_samples"] == 1 and result["step_ms_median"] == pytest.approx(1000 * 1.28 / 8)
     assert result["images_per_s"] == pytest.approx(16 * 8 / 1.28)
 
@@ -297,7 +296,6 @@ def test_the_bench_counts_the_compile_cache_entries_its_warm_up_wrote(monkeypatc
     from dataclasses import replace
 
     from job import bench, runtime
-    from job.spec import load_spec
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -318,9 +316,7 @@ def test_the_bench_counts_the_compile_cache_entries_its_warm_up_wrote(monkeypatc
         return 1.0, [0.0, 0.5, 0.51, 0.52]
 
     monkeypatch.setattr(bench.runtime, "configure", configure)
-    monkeypatch.setattr(bench, "_fit", fit)
-    monkeypatch.setattr(bench, "compile_model", lambda *args: types.SimpleNamespace(jit_compile=False))
-    result = bench.bench(load_spec(None, ["train.batch_size=16"]), steps=3, warmup=1)
+    result, _ = _bench(monkeypatch, ["train.batch_size=16"], fit=fit, steps=3, warmup=1)
     assert result["compile_cache_entries_at_start"] == 3 and result["compile_cache_entries_written"] == 2
 
 
