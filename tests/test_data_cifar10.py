@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 
 from job import preemption
-from job.data import CLASS_NAMES, cifar10
+from job.data import CLASS_NAMES, batch_files, cache_lock, cifar10, download
 from job.errors import DataError, InterruptedRun, NoSpaceError, StorageError
 
 SMALL = 1000
 RECONSTRUCT = np.empty(0, dtype=np.uint8).__reduce__()[0]
-BATCHES = cifar10.BATCHES_DIR
+BATCHES = batch_files.BATCHES_DIR
 
 
 class Py2Pickler(pickle._Pickler):
@@ -131,7 +131,7 @@ def files_under(root):
 
 @pytest.fixture
 def small(monkeypatch):
-    monkeypatch.setattr(cifar10, "ROWS_PER_BATCH", SMALL)
+    monkeypatch.setattr(batch_files, "ROWS_PER_BATCH", SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_extracted_dir_round_trips_byte_exact(spelling, small, cifar_sample, tmp
 
 
 def test_official_counts(cifar_sample, tmp_path):
-    assert cifar10.ROWS_PER_BATCH == 10000
+    assert batch_files.ROWS_PER_BATCH == 10000
     batches = write_batches(tmp_path, cifar_sample, rows=10000)
     x_train, y_train, x_test, y_test = cifar10.load_cifar10(batches, None)
     assert x_train.shape == (50000, 32, 32, 3) and y_train.shape == (50000,)
@@ -230,7 +230,7 @@ def test_archive_is_extracted_into_the_cache_then_reused(
     assert_loaded(cifar10.load_cifar10(small_tar, cache), expected)
     # Reused without the cache lock: a holder stalled on it (a lost node's) keeps no reader waiting.
     holder = hold_cache_lock(datasets)
-    monkeypatch.setattr(cifar10.time, "sleep", lambda s: pytest.fail("waited for the cache lock"))
+    monkeypatch.setattr(cache_lock.time, "sleep", lambda s: pytest.fail("waited for the cache lock"))
     try:
         assert_loaded(cifar10.load_cifar10(small_tar, cache), expected)
     finally:
@@ -548,7 +548,7 @@ def server(monkeypatch):
         return f"http://127.0.0.1:{httpd.server_address[1]}/{cifar10.ARCHIVE_NAME}"
 
     serve.requests = requests
-    monkeypatch.setattr(cifar10, "DOWNLOAD_RESUME_PAUSE_S", 0.0)
+    monkeypatch.setattr(download, "DOWNLOAD_RESUME_PAUSE_S", 0.0)
     yield serve
     release.set()
     for httpd in handlers:
@@ -575,7 +575,7 @@ def test_a_server_that_stalls_or_cuts_the_download_short_fails_it_in_time(
     data = small_tar.read_bytes()
     url = server(b"", declared=len(data), stall=True) if failure == "stall" else server(data[:1000], declared=len(data))
     monkeypatch.setattr(cifar10, "CIFAR10_URL", url)
-    monkeypatch.setattr(cifar10, "DOWNLOAD_STALL_S", 0.5)
+    monkeypatch.setattr(download, "DOWNLOAD_STALL_S", 0.5)
     started = time.monotonic()
     with pytest.raises(DataError, match="could not download") as err:
         cifar10.load_cifar10(None, tmp_path / "cache")
@@ -583,7 +583,7 @@ def test_a_server_that_stalls_or_cuts_the_download_short_fails_it_in_time(
     assert ("timed out" if failure == "stall" else f"after 1000 of {len(data)} bytes") in str(err.value)
     assert files_under(tmp_path / "cache") == ["datasets"]
     # Sending nothing fails at once; bytes that keep breaking off are resumed a bounded number of times.
-    assert len(server.requests) == (1 if failure == "stall" else 1 + cifar10.DOWNLOAD_RESUMES)
+    assert len(server.requests) == (1 if failure == "stall" else 1 + download.DOWNLOAD_RESUMES)
 
 
 def test_a_download_that_breaks_off_resumes_where_it_stopped(small, cifar_sample, small_tar, trusted, server,
@@ -603,10 +603,10 @@ def test_a_download_that_breaks_off_resumes_where_it_stopped(small, cifar_sample
 def test_the_pause_before_each_resume_doubles(small_tar, server, monkeypatch, tmp_path):
     # Retrying a struggling server at once, five times, would spend the resumes in seconds.
     data = small_tar.read_bytes()
-    url = server(data, cuts=[1000] * (1 + cifar10.DOWNLOAD_RESUMES), ranges=True)
-    monkeypatch.setattr(cifar10, "DOWNLOAD_RESUME_PAUSE_S", 2.0)
+    url = server(data, cuts=[1000] * (1 + download.DOWNLOAD_RESUMES), ranges=True)
+    monkeypatch.setattr(download, "DOWNLOAD_RESUME_PAUSE_S", 2.0)
     pauses = []
-    monkeypatch.setattr(cifar10, "_pause", pauses.append)
+    monkeypatch.setattr(download, "_pause", pauses.append)
     with pytest.raises(OSError, match=f"closed after 6000 of {len(data)} bytes"):  # the resumes spent
         cifar10.fetch(url, tmp_path / "archive")
     assert pauses == [2.0, 4.0, 8.0, 16.0, 32.0]
@@ -689,7 +689,7 @@ def test_a_stop_during_a_stalled_or_slow_download_is_a_stop_at_once(sent, small,
     trusted(small_tar)
     data = small_tar.read_bytes()
     monkeypatch.setattr(cifar10, "CIFAR10_URL", server(data[:sent], declared=len(data), stall=True))
-    monkeypatch.setattr(cifar10, "DOWNLOAD_STALL_S", 0.5 if sent == 0 else 20.0)
+    monkeypatch.setattr(download, "DOWNLOAD_STALL_S", 0.5 if sent == 0 else 20.0)
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
     started = time.monotonic()
     with pytest.raises(InterruptedRun, match="SIGTERM"):
@@ -749,7 +749,7 @@ def test_a_link_planted_as_the_cache_lock_makes_no_file_where_it_points(small, s
     monkeypatch.setattr(cifar10, "fetch", lambda url, dest: shutil.copyfile(small_tar, dest))
     datasets = tmp_path / "cache" / "datasets"
     datasets.mkdir(parents=True)
-    (datasets / cifar10.CACHE_LOCK).symlink_to(tmp_path / "made-elsewhere")
+    (datasets / cache_lock.CACHE_LOCK).symlink_to(tmp_path / "made-elsewhere")
     with caplog.at_level(logging.WARNING, logger="lsjob"):
         x_train, *_ = cifar10.load_cifar10(None, tmp_path / "cache")  # correct, only not shared
     assert len(x_train) and not (tmp_path / "made-elsewhere").exists()
@@ -796,14 +796,15 @@ def test_a_fill_paused_for_minutes_keeps_its_folder(tmp_path):
     # Only a folder idle well past what a live fill goes without writing (a stall, a resume pause,
     # slow shared storage) is a dead task's: a task starting beside a live fill must not delete it.
     datasets = tmp_path / "datasets"
-    ages = {".download.p4us3d": 300, f".{BATCHES}.sl0w.partial": 300, ".download.k1ll3d": cifar10.LEFTOVER_AGE_S + 60}
+    stale = cache_lock.LEFTOVER_AGE_S + 60
+    ages = {".download.p4us3d": 300, f".{BATCHES}.sl0w.partial": 300, ".download.k1ll3d": stale}
     for name, age in ages.items():
         (datasets / name).mkdir(parents=True)
         (datasets / name / "part").write_bytes(b"x" * 100)
         then = time.time() - age
         for path in (datasets / name / "part", datasets / name):
             os.utime(path, (then, then))
-    cifar10._clear_leftovers(datasets)
+    cache_lock._clear_leftovers(datasets)
     assert sorted(p.name for p in datasets.iterdir()) == sorted([".download.p4us3d", f".{BATCHES}.sl0w.partial"])
 
 
@@ -828,7 +829,7 @@ def test_a_cache_that_cannot_be_read_is_named_not_called_damaged(small, small_ba
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(cifar10, "open", denied, raising=False)
+    monkeypatch.setattr(batch_files, "open", denied, raising=False)
     with pytest.raises(DataError) as err:
         cifar10.load_cifar10(None, cache)
     assert f"cannot read {cache / 'datasets' / BATCHES / 'data_batch_2'} (Permission denied)" in str(err.value)
@@ -839,7 +840,7 @@ def test_a_folder_it_may_not_enter_is_a_data_error_not_a_traceback(monkeypatch, 
     def denied(directory, complete):
         raise PermissionError(errno.EACCES, "Permission denied", str(directory))
 
-    monkeypatch.setattr(cifar10, "_find_batches", denied)
+    monkeypatch.setattr(cifar10, "find_batches", denied)
     (tmp_path / "data").mkdir()
     with pytest.raises(DataError, match=f"cannot read {tmp_path / 'data'} \\(Permission denied\\)") as err:
         cifar10.load_cifar10(tmp_path / "data", tmp_path / "cache")
@@ -979,7 +980,7 @@ def test_tasks_starting_together_on_a_cold_cache_download_once(
 ):
     # A sweep's tasks start at once on one shared cache: the first fetches, the others wait for it.
     trusted(small_tar)
-    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.05)
+    monkeypatch.setattr(cache_lock, "LOCK_POLL_S", 0.05)
     calls = []
     monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls, delay=0.5))
     cache = tmp_path / "cache"
@@ -995,7 +996,7 @@ def test_tasks_starting_together_on_a_cold_cache_download_once(
 def test_tasks_waiting_on_a_download_that_fails_fail_with_it_and_a_later_start_tries_again(monkeypatch, tmp_path):
     # Compute nodes whose firewall drops the connection: each waiter tried again after the holder
     # gave up, and task n of a sweep failed after n download timeouts, holding its GPU meanwhile.
-    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.05)
+    monkeypatch.setattr(cache_lock, "LOCK_POLL_S", 0.05)
     calls = []
 
     def fetch(url, dest):
@@ -1024,7 +1025,7 @@ def test_an_extraction_that_fails_after_a_good_download_does_not_fail_the_waiter
     # Only the download's own failure is passed on to the tasks waiting on the lock: an archive
     # verified and in the cache is theirs to extract, not "the download ... failed".
     trusted(small_tar)
-    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.05)
+    monkeypatch.setattr(cache_lock, "LOCK_POLL_S", 0.05)
     calls = []
     monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls, delay=0.5))
     real_extract, failed = cifar10.safe_extract, []
@@ -1078,7 +1079,7 @@ def test_a_suspended_fill_whose_folder_was_cleared_reads_the_cache_another_fille
 
 def hold_cache_lock(datasets):
     datasets.mkdir(parents=True, exist_ok=True)
-    fd = os.open(datasets / cifar10.CACHE_LOCK, os.O_RDWR | os.O_CREAT)
+    fd = os.open(datasets / cache_lock.CACHE_LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 
@@ -1095,7 +1096,7 @@ def test_an_archive_given_as_data_path_is_extracted_under_the_cache_lock(small, 
     def sleep(seconds):
         raise Waited
 
-    monkeypatch.setattr(cifar10.time, "sleep", sleep)
+    monkeypatch.setattr(cache_lock.time, "sleep", sleep)
     try:
         with pytest.raises(Waited):
             cifar10.load_cifar10(small_tar, tmp_path / "cache")
@@ -1108,8 +1109,8 @@ def stalled_cache(small_tar, trusted, monkeypatch, tmp_path, stall_s, delay=0.0)
     lost mid-fill leaves it on the file server; a waiter gives up after `stall_s` of no writes,
     and a fetch (taking `delay`) is counted: (datasets, the holder's descriptor, the fetches)."""
     trusted(small_tar)
-    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
-    monkeypatch.setattr(cifar10, "LEFTOVER_AGE_S", stall_s)
+    monkeypatch.setattr(cache_lock, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(cache_lock, "LEFTOVER_AGE_S", stall_s)
     calls = []
     monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls, delay))
     datasets = tmp_path / "cache" / "datasets"
@@ -1120,7 +1121,7 @@ def test_a_waiting_task_goes_on_once_the_lock_is_let_go(
     small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
 ):
     trusted(small_tar)
-    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.05)
+    monkeypatch.setattr(cache_lock, "LOCK_POLL_S", 0.05)
     calls = []
     monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls))
     datasets = tmp_path / "cache" / "datasets"
@@ -1165,7 +1166,7 @@ def test_a_lock_whose_holder_writes_nothing_for_long_is_gone_around(
     assert len(calls) == 1
     assert_loaded(result[0], expected_arrays(cifar_sample, SMALL))
     assert dead.exists()  # a suspended holder's would still be in use
-    assert not (datasets / cifar10.CACHE_LOCK).exists()  # the stale lock file is gone: no task waits on it again
+    assert not (datasets / cache_lock.CACHE_LOCK).exists()  # the stale lock file is gone: no task waits on it again
 
 
 def test_tasks_waiting_on_a_stalled_holder_go_around_it_one_at_a_time(
@@ -1221,7 +1222,7 @@ def test_a_holder_that_keeps_writing_is_waited_for_however_long_it_takes(
 def test_a_lock_won_on_a_file_its_holder_deleted_is_taken_again_on_the_file_now_there(monkeypatch, tmp_path):
     # The holder unlinks the lock file as it lets go: a waiter left holding a lock on that orphan
     # would fill the cache beside a task that locked the new file.
-    lock = tmp_path / cifar10.CACHE_LOCK
+    lock = tmp_path / cache_lock.CACHE_LOCK
     real_flock, calls = fcntl.flock, []
 
     def holder_lets_go_first(fd, op):
@@ -1231,8 +1232,8 @@ def test_a_lock_won_on_a_file_its_holder_deleted_is_taken_again_on_the_file_now_
             lock.touch()  # and a task starting then made the file anew
         return real_flock(fd, op)
 
-    monkeypatch.setattr(cifar10.fcntl, "flock", holder_lets_go_first)
-    fd, went_around = cifar10._acquire(lock)
+    monkeypatch.setattr(cache_lock.fcntl, "flock", holder_lets_go_first)
+    fd, went_around = cache_lock._acquire(lock)
     try:
         assert len(calls) == 2 and not went_around
         assert os.fstat(fd).st_ino == os.stat(lock).st_ino
@@ -1243,7 +1244,7 @@ def test_a_lock_won_on_a_file_its_holder_deleted_is_taken_again_on_the_file_now_
 def test_a_lock_file_deleted_under_a_waiters_handle_is_waited_on_anew(monkeypatch, caplog, tmp_path):
     # NFSv3: the holder deletes the file as it lets go, and the waiter's next try on its handle
     # fails with a stale handle. That is no filesystem without locks: every waiter went on alone.
-    lock = tmp_path / cifar10.CACHE_LOCK
+    lock = tmp_path / cache_lock.CACHE_LOCK
     real_flock, calls = fcntl.flock, []
 
     def stale_once(fd, op):
@@ -1254,9 +1255,9 @@ def test_a_lock_file_deleted_under_a_waiters_handle_is_waited_on_anew(monkeypatc
             raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
         return real_flock(fd, op)
 
-    monkeypatch.setattr(cifar10.fcntl, "flock", stale_once)
+    monkeypatch.setattr(cache_lock.fcntl, "flock", stale_once)
     with caplog.at_level(logging.INFO, logger="lsjob"):
-        fd, went_around = cifar10._acquire(lock)
+        fd, went_around = cache_lock._acquire(lock)
     try:
         assert fd is not None and not went_around and len(calls) == 2
         assert os.fstat(fd).st_ino == os.stat(lock).st_ino
@@ -1266,7 +1267,7 @@ def test_a_lock_file_deleted_under_a_waiters_handle_is_waited_on_anew(monkeypatc
 
 
 def test_a_stale_handle_seen_while_checking_the_lock_file_is_waited_on_anew(monkeypatch, caplog, tmp_path):
-    lock = tmp_path / cifar10.CACHE_LOCK
+    lock = tmp_path / cache_lock.CACHE_LOCK
     holder = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(holder, fcntl.LOCK_EX)
     real_fstat, stale = os.fstat, []
@@ -1280,10 +1281,10 @@ def test_a_stale_handle_seen_while_checking_the_lock_file_is_waited_on_anew(monk
             raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
         return real_fstat(fd)
 
-    monkeypatch.setattr(cifar10, "LOCK_POLL_S", 0.01)
-    monkeypatch.setattr(cifar10.os, "fstat", stale_once)
+    monkeypatch.setattr(cache_lock, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(cache_lock.os, "fstat", stale_once)
     with caplog.at_level(logging.INFO, logger="lsjob"):
-        fd, _ = cifar10._acquire(lock)
+        fd, _ = cache_lock._acquire(lock)
     try:
         assert fd is not None and stale and "going on without the lock" not in caplog.text
     finally:
@@ -1294,11 +1295,11 @@ def test_a_holder_gone_around_leaves_the_newer_holders_lock_file_alone(monkeypat
     # Resumed after a suspension, it must not delete the lock file that the task that went
     # around it holds: a third task would then fill beside that one.
     datasets = tmp_path / "datasets"
-    with cifar10._cache_lock(datasets):
-        (datasets / cifar10.CACHE_LOCK).unlink()  # gone around meanwhile: the file replaced
-        (datasets / cifar10.CACHE_LOCK).write_text("")
-        newer = os.stat(datasets / cifar10.CACHE_LOCK).st_ino
-    assert os.stat(datasets / cifar10.CACHE_LOCK).st_ino == newer
+    with cache_lock.cache_lock(datasets):
+        (datasets / cache_lock.CACHE_LOCK).unlink()  # gone around meanwhile: the file replaced
+        (datasets / cache_lock.CACHE_LOCK).write_text("")
+        newer = os.stat(datasets / cache_lock.CACHE_LOCK).st_ino
+    assert os.stat(datasets / cache_lock.CACHE_LOCK).st_ino == newer
 
 
 def test_a_stop_while_waiting_for_the_lock_stops_at_once(small, monkeypatch, tmp_path):
@@ -1319,7 +1320,7 @@ def test_a_filesystem_without_locks_still_loads(small, cifar_sample, small_tar, 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(cifar10.fcntl, "flock", no_locks)
+    monkeypatch.setattr(cache_lock.fcntl, "flock", no_locks)
     calls = []
     monkeypatch.setattr(cifar10, "fetch", fetch_counting(small_tar, calls))
     cache = tmp_path / "cache"
@@ -1338,7 +1339,7 @@ def test_a_lock_file_it_cannot_open_is_a_warning_and_the_load_goes_on(
     def not_ours(lock):
         raise PermissionError(errno.EACCES, "Permission denied", str(lock))
 
-    monkeypatch.setattr(cifar10, "_acquire", not_ours)
+    monkeypatch.setattr(cache_lock, "_acquire", not_ours)
     monkeypatch.setattr(cifar10, "fetch", lambda url, dest: shutil.copyfile(small_tar, dest))
     with caplog.at_level(logging.WARNING, logger="lsjob"):
         assert_loaded(cifar10.load_cifar10(None, tmp_path / "cache"), expected_arrays(cifar_sample, SMALL))
