@@ -8,6 +8,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar10-sample.npz"
 
+# Official-format CIFAR-10 files and their fixtures, for the test_data_* files.
+pytest_plugins = ["cifar_files"]
+
 
 @pytest.fixture(scope="session")
 def cifar_sample():
