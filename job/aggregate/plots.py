@@ -37,12 +37,10 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         values.setdefault((r.method, r.varied), {}).setdefault(r.factor, []).append(scale * r.metrics[metric.name])
 
     order = sorted(values, key=lambda series: group_key(series[0], None, series[1]))
-    curves = [series for series in order if series[0] != NO_FACTOR]
-    references = [series for series in order if series[0] == NO_FACTOR]
-    factors = sorted({f for series in curves for f in values[series]})
-    # Lines sharing a factor are drawn a little apart so that their bars and dots stay legible.
+    curves = {series: values[series] for series in order if series[0] != NO_FACTOR}
+    references = {series: values[series] for series in order if series[0] == NO_FACTOR}
+    factors = sorted({f for points in curves.values() for f in points})
     span = (factors[-1] - factors[0]) if len(factors) > 1 else 0.5
-    offsets = np.linspace(-1, 1, len(curves)) * 0.01 * span if len(curves) > 1 else [0.0]
 
     with matplotlib.style.context("ggplot"):
         # ggplot's 7 colours, or 20 where more lines would share one.
@@ -51,30 +49,8 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             palette = matplotlib.colormaps["tab20"].colors
         fig = Figure(figsize=(8, 5.5), layout="constrained")
         ax = fig.add_subplot()
-        for i, ((method, varied), offset) in enumerate(zip(curves, offsets)):
-            points = sorted(values[(method, varied)].items())
-            x = np.array([f for f, _ in points]) + offset
-            stats = [describe(v) for _, v in points]  # the tables' numbers
-            means = np.array([s.mean for s in stats])
-            low, high = means - [s.min for s in stats], [s.max for s in stats] - means
-            n = sum(len(v) for _, v in points)
-            label = f"{method}{show_varied(varied, ', ')} ({count_runs(n)})"
-            # Past the palette, each round of colours in a line style and marker of its own.
-            again = i // len(palette)
-            (line,) = ax.plot(x, means, marker="osD^"[again % 4], linestyle=("-", ":", "-.")[again % 3], label=label,
-                              zorder=3, color=palette[i % len(palette)])  # fmt: skip
-            ax.errorbar(x, means, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=4, zorder=2)
-            seeds_x = [f + offset for f, v in points for _ in v]
-            seeds_y = [a for _, v in points for a in v]
-            ax.scatter(seeds_x, seeds_y, s=22, color=line.get_color(), edgecolors="white", linewidths=0.6,
-                       zorder=4)  # fmt: skip
-        for i, (method, varied) in enumerate(references):
-            reference = [a for v in values[(method, varied)].values() for a in v]
-            # Grey when it is the only one; otherwise each in a colour of its own.
-            color = "0.35" if len(references) == 1 else palette[(len(curves) + i) % len(palette)]
-            label = f"{NO_FACTOR}{show_varied(varied, ', ')} ({count_runs(len(reference))}, no smoothing)"
-            ax.axhline(describe(reference).mean, color=color, linestyle="--", label=label)
-            ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
+        _draw_curves(ax, curves, span, palette)
+        _draw_references(ax, references, palette, first_colour=len(curves))
         if factors:
             ax.set_xticks(factors, [factor_text(f) for f in factors])
         if len(factors) == 1:  # else the axis spans only the offsets, and "slightly apart" looks far apart
@@ -92,27 +68,65 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         if len(completed) > len(done):
             subtitle += f"\n{len(completed) - len(done)} completed run(s) without {metric.label} left out (older runs)"
         ax.set_title(f"{title} vs label-smoothing factor\n{subtitle}", fontsize="medium")
-        # The legend outside the plot, which grows for it: inside, a sweep of many factors or a long
-        # legend left it no free corner, and it hid points. Below it on a line, else beside it.
-        entries = len(ax.get_legend_handles_labels()[0])
-        if entries > 3:
-            fig.set_size_inches(13, max(5.5, 1.5 + 0.22 * entries))
-            fig.legend(loc="outside right upper", fontsize="small")
-            fig.draw_without_rendering()  # a legend of long settings took most of the 13 in: the plot keeps 7
-            plot_width = ax.get_position().width * fig.get_figwidth()
-            fig.set_figwidth(fig.get_figwidth() + max(0.0, 7 - plot_width))
-        elif entries:
-            fig.set_figheight(5.8)
-            legend = fig.legend(loc="outside lower center", fontsize="small", ncols=entries)
-            fig.draw_without_rendering()
-            if legend.get_window_extent().width > fig.bbox.width:  # long settings: both ends were cut off
-                legend.remove()
-                fig.set_figheight(5.5 + 0.25 * entries)
-                legend = fig.legend(loc="outside lower center", fontsize="small", ncols=1)
-                fig.draw_without_rendering()
-                fig.set_figwidth(max(fig.get_figwidth(), legend.get_window_extent().width / fig.dpi + 0.2))
+        _place_legend(fig, ax)
         _keep_texts_apart(fig)
         save_png(fig, path)
+
+
+def _draw_curves(ax, curves: dict[tuple[str, tuple], dict[float, list[float]]], span: float, palette) -> None:
+    """A line of means per series, min-max bars, and a dot per run."""
+    # Lines sharing a factor are drawn a little apart so that their bars and dots stay legible.
+    offsets = np.linspace(-1, 1, len(curves)) * 0.01 * span if len(curves) > 1 else [0.0]
+    for i, (((method, varied), by_factor), offset) in enumerate(zip(curves.items(), offsets)):
+        points = sorted(by_factor.items())
+        x = np.array([f for f, _ in points]) + offset
+        stats = [describe(v) for _, v in points]  # the tables' numbers
+        means = np.array([s.mean for s in stats])
+        low, high = means - [s.min for s in stats], [s.max for s in stats] - means
+        n = sum(len(v) for _, v in points)
+        label = f"{method}{show_varied(varied, ', ')} ({count_runs(n)})"
+        # Past the palette, each round of colours in a line style and marker of its own.
+        again = i // len(palette)
+        (line,) = ax.plot(x, means, marker="osD^"[again % 4], linestyle=("-", ":", "-.")[again % 3], label=label,
+                          zorder=3, color=palette[i % len(palette)])  # fmt: skip
+        ax.errorbar(x, means, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=4, zorder=2)
+        seeds_x = [f + offset for f, v in points for _ in v]
+        seeds_y = [a for _, v in points for a in v]
+        ax.scatter(seeds_x, seeds_y, s=22, color=line.get_color(), edgecolors="white", linewidths=0.6,
+                   zorder=4)  # fmt: skip
+
+
+def _draw_references(ax, references: dict[tuple[str, tuple], dict[float, list[float]]], palette, first_colour: int):
+    """`none`'s runs, of each varied setting: a dashed mean across the plot, and a min-max band."""
+    for i, ((_, varied), by_factor) in enumerate(references.items()):
+        reference = [a for v in by_factor.values() for a in v]
+        # Grey when it is the only one; otherwise each in a colour of its own.
+        color = "0.35" if len(references) == 1 else palette[(first_colour + i) % len(palette)]
+        label = f"{NO_FACTOR}{show_varied(varied, ', ')} ({count_runs(len(reference))}, no smoothing)"
+        ax.axhline(describe(reference).mean, color=color, linestyle="--", label=label)
+        ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
+
+
+def _place_legend(fig: Figure, ax) -> None:
+    """The legend outside the plot, which grows for it: inside, a sweep of many factors or a long
+    legend left it no free corner, and it hid points. Below it on a line, else beside it."""
+    entries = len(ax.get_legend_handles_labels()[0])
+    if entries > 3:
+        fig.set_size_inches(13, max(5.5, 1.5 + 0.22 * entries))
+        fig.legend(loc="outside right upper", fontsize="small")
+        fig.draw_without_rendering()  # a legend of long settings took most of the 13 in: the plot keeps 7
+        plot_width = ax.get_position().width * fig.get_figwidth()
+        fig.set_figwidth(fig.get_figwidth() + max(0.0, 7 - plot_width))
+    elif entries:
+        fig.set_figheight(5.8)
+        legend = fig.legend(loc="outside lower center", fontsize="small", ncols=entries)
+        fig.draw_without_rendering()
+        if legend.get_window_extent().width > fig.bbox.width:  # long settings: both ends were cut off
+            legend.remove()
+            fig.set_figheight(5.5 + 0.25 * entries)
+            legend = fig.legend(loc="outside lower center", fontsize="small", ncols=1)
+            fig.draw_without_rendering()
+            fig.set_figwidth(max(fig.get_figwidth(), legend.get_window_extent().width / fig.dpi + 0.2))
 
 
 def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
