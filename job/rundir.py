@@ -68,17 +68,22 @@ FOREIGN_LINK = "a symbolic link to another user's file (not followed)"
 DANGLING_LINK = "a symbolic link to nothing (not followed)"
 # Likewise a hard link (where the file server lets one be made to a file one does not own).
 FOREIGN_HARD_LINK = "another user's file of several names (hard links), not written through"
+# The lock is emptied and rewritten at every start: through a link, even one's own, that would
+# destroy the file it points at (as root, any file), and a lock file kept elsewhere gains nothing.
+LINKED_LOCK = "a symbolic link, never followed to a lock"
 
 
-def open_own(path: Path, flags: int) -> int:
-    """os.open of a run's file, where it is a plain file or a link its owner may follow (OSError
-    otherwise, whose strerror says why)."""
+def open_own(path: Path, flags: int, follow: bool = True) -> int:
+    """os.open of a run's file, where it is a plain file or (with `follow`) a link its owner may
+    follow (OSError otherwise, whose strerror says why)."""
     flags |= os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)  # the umask decides
     except OSError as e:
         if e.errno != errno.ELOOP:
             raise
+        if not follow:
+            raise OSError(errno.ELOOP, LINKED_LOCK, str(path)) from None
         fd = _open_link(path, flags & ~os.O_CREAT)  # a link never makes a file where it points
     st = os.fstat(fd)
     writes = flags & (os.O_WRONLY | os.O_RDWR)
@@ -193,7 +198,7 @@ class RunDir:
         takes it alone: rewriting a run's reports needs only that folder)."""
         with _claiming(self.path, "locking the run directory"):
             try:
-                fd = open_own(self.path / LOCK, os.O_RDWR | os.O_CREAT)
+                fd = open_own(self.path / LOCK, os.O_RDWR | os.O_CREAT, follow=False)
             except PermissionError as e:  # a teammate's run in a shared folder, say
                 raise SpecError(
                     f"cannot lock the run directory {self.path} as user {os.getuid()} ({e.strerror}): "
@@ -202,6 +207,13 @@ class RunDir:
             except OSError as e:
                 if e.errno not in (errno.ELOOP, errno.EINVAL):
                     raise
+                if e.strerror == LINKED_LOCK:
+                    raise SpecError(
+                        f"{self.path / LOCK} is a symbolic link: a run's lock is emptied and rewritten at every "
+                        "start, so lsjob never takes it through a link, which would overwrite the file it points "
+                        f"at. Remove the link (rm {self.path / LOCK}; nothing of the run is lost) and re-run the "
+                        "same command"
+                    ) from None
                 raise SpecError(_not_lsjobs(self.path / LOCK, e.strerror)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

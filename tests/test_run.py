@@ -820,10 +820,10 @@ def stopped_run(path):
 
 
 @as_root
-@pytest.mark.parametrize("name", [".lock", "run.log", "checkpoints"])
+@pytest.mark.parametrize("name", ["run.log", "checkpoints"])
 def test_a_link_to_another_users_file_is_never_written_through(tmp_path, name):
     # In a results root others may write to, a link planted in a run directory made this user's run
-    # empty and overwrite (.lock) or append to (run.log) whatever file of theirs it pointed at.
+    # append to (run.log) or write into (checkpoints) whatever of theirs it pointed at.
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "thesis.tex").write_text("a year of work\n")
@@ -864,6 +864,24 @@ def test_a_hard_link_to_another_users_file_is_never_written_through(tmp_path):
     with pytest.raises(SpecError, match=r"\.lock is another user's file of several names \(hard links\)"):
         RunDir(run).claim()
     assert (tmp_path / "thesis.tex").read_text() == "a year of work\n"
+
+
+@pytest.mark.parametrize("target", ["own file", "nothing"])
+def test_a_lock_is_never_taken_through_a_link_even_ones_own(tmp_path, target):
+    # The lock is emptied and rewritten at every start: through a link of one's own, it destroyed the
+    # file it pointed at (as root, any file: /etc/passwd), by `lsjob run` and `lsjob report` alike.
+    notes = tmp_path / "notes.txt"
+    if target == "own file":
+        notes.write_text("a year of work\n")
+    run = stopped_run(tmp_path / "root" / "r")
+    (run / ".lock").unlink()
+    (run / ".lock").symlink_to(notes)
+    for take in (RunDir.claim, RunDir.lock):  # lock() alone: lsjob report
+        with pytest.raises(SpecError, match=rf"{run / '.lock'} is a symbolic link: .* Remove the link") as err:
+            take(RunDir(run))
+        assert err.value.exit_code == EXIT_BAD_INPUT
+    assert notes.read_text() == "a year of work\n" if target == "own file" else not notes.exists()
+    assert (run / ".lock").is_symlink()
 
 
 def test_links_of_ones_own_are_followed(tmp_path):
