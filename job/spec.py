@@ -677,8 +677,11 @@ def _refuse_comment(item: str, raw: str) -> None:
     rest = raw[max((t.end_mark.index for t in tokens), default=0) :].strip()
     if rest.startswith("#"):
         key = item.partition("=")[0].strip()
+        before = raw.rstrip()[: -len(rest)].strip()
+        # A note after a number (`train.epochs=2 #was 70`) is meant to go; a path's `#2` to stay.
         raise SpecError(
-            f"--set {item!r}: YAML reads {rest!r} as a comment and drops it; to keep it, quote the value: "
+            f"--set {item!r}: YAML reads {rest!r} as a comment and drops it. A note: leave it out "
+            f'(--set "{key}={before}"); part of a text value (a path, a name): quote the value: '
             f'--set "{key}={yaml_string(raw.strip())}"'
         )
 

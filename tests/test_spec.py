@@ -397,9 +397,17 @@ def test_a_date_is_text_as_yaml_1_2_reads_it(tmp_path, date):
 def test_an_override_yaml_would_cut_at_a_comment_is_refused_with_its_quoted_form(item, kept):
     with pytest.raises(SpecError, match="as a comment and drops it") as err:
         load_spec(None, [item])
-    quoted = re.search(r'--set "(.*)"$', str(err.value))[1]
+    quoted = re.search(r'quote the value: --set "(.*)"$', str(err.value))[1]
     assert str(getattr(load_spec(None, [quoted]).output, item.split(".")[1].split("=")[0])) == kept
     assert load_spec(None, ["output.root=a#b"]).output.root == Path("a#b")  # no space: no comment
+
+
+def test_a_note_after_a_number_is_refused_with_the_value_left_without_it():
+    # Quoting, the advice for a path, made `train.epochs='2 #was 70'`: text, refused again.
+    with pytest.raises(SpecError, match="as a comment and drops it") as err:
+        load_spec(None, ["train.epochs=2 #was 70"])
+    without = re.search(r'leave it out \(--set "(.*?)"\)', str(err.value))[1]
+    assert without == "train.epochs=2" and load_spec(None, [without]).train.epochs == 2
 
 
 @pytest.mark.parametrize(
