@@ -288,7 +288,13 @@ def write_reports(run_dir: Path, epochs: int | None = None) -> dict:
     `epochs`: how many history.csv must hold (the manifest's epochs_done), where known: a copy
     cut short at a line's end reads as a whole file of fewer epochs."""
     run_dir = Path(run_dir)
-    predictions = load_predictions(run_dir)
+    try:
+        predictions = load_predictions(run_dir)
+    # BadZipFile, EOFError: a predictions.npz cut short (a results volume copied in part).
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"{PREDICTIONS_FILE} is damaged ({type(e).__name__}: {e}): restore it from a copy of the run"
+        ) from e
     history = read_history(run_dir / HISTORY_FILE)
     if not history or (epochs is not None and len(history) != epochs):
         of = f", the manifest says {epochs}" if epochs is not None else ""
@@ -341,10 +347,13 @@ def regenerate(run_dir: Path) -> dict:
             )
         if not (run_dir / name).is_file():
             status = (claimed.read_manifest(damaged) or {}).get("status", "no manifest")
-            raise SpecError(
-                f"{run_dir} has no {name} (run status: {status}); reports are made from it when a run "
-                "finishes, so finish the run first (runs from before predictions.npz existed cannot be redone)"
-            )
+            if status == COMPLETED:
+                fix = "the run wrote it as it finished, so it was lost since (a copy in part?): restore it from a copy"
+            else:
+                fix = "reports are made from it when a run finishes, so finish the run first"
+            if name == PREDICTIONS_FILE:
+                fix += " (a run from before lsjob wrote predictions.npz cannot be redone)"
+            raise SpecError(f"{run_dir} has no {name} (run status: {status}); {fix}")
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise SpecError(
             f"{run_dir} is not writable, so its reports cannot be rewritten there; "
@@ -371,9 +380,8 @@ def regenerate(run_dir: Path) -> dict:
         raise storage_fault(run_dir, e) or SpecError(
             f"cannot regenerate the reports of {run_dir}: {type(e).__name__}: {e}"
         ) from None
-    # BadZipFile, EOFError: a predictions.npz cut short (a results volume copied in part).
-    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise SpecError(f"cannot regenerate the reports of {run_dir}: {type(e).__name__}: {e}") from None
+    except ValueError as e:  # a damaged predictions.npz or history.csv, named by write_reports
+        raise SpecError(f"cannot regenerate the reports of {run_dir}: {e}") from None
     finally:
         claimed.release()
 

@@ -509,8 +509,14 @@ def test_regenerate_refuses_what_it_cannot_redo(tmp_path):
         regenerate(tmp_path / "nope")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "manifest.json").write_text('{"status": "running"}')
-    with pytest.raises(SpecError, match=r"has no predictions.npz \(run status: running\)"):
+    with pytest.raises(SpecError, match=r"has no predictions.npz \(run status: running\)") as err:
         regenerate(tmp_path / "run")
+    assert "finish the run first" in str(err.value)
+    # A completed run wrote it: one without it lost it since, and finishing the run again is no fix.
+    (tmp_path / "run" / "manifest.json").write_text('{"status": "completed"}')
+    with pytest.raises(SpecError, match=r"has no predictions.npz \(run status: completed\)") as err:
+        regenerate(tmp_path / "run")
+    assert "restore it from a copy" in str(err.value) and "finish the run" not in str(err.value)
 
 
 def contents(run_dir):
@@ -802,8 +808,10 @@ def test_a_damaged_predictions_file_is_a_clear_error_and_changes_nothing(tmp_pat
     else:
         data[len(data) // 2 : len(data) // 2 + 50] = b"x" * 50
     (tmp_path / "predictions.npz").write_bytes(bytes(data))
-    with pytest.raises(SpecError, match=r"cannot regenerate the reports of .*BadZipFile"):
+    with pytest.raises(SpecError, match=r"cannot regenerate the reports of .*BadZipFile") as err:
         regenerate(tmp_path)
+    assert "predictions.npz is damaged" in str(err.value)
+    assert str(err.value).endswith("restore it from a copy of the run")
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     kept = lambda files: {k: v for k, v in files.items() if k not in ("predictions.npz", ".lock")}  # noqa: E731
     assert kept(after) == kept(before)
