@@ -716,7 +716,12 @@ def problem_lines(error: ValidationError, set_fields: list[str] = ()) -> list[st
         # A whole section as "input" says nothing useful; a scalar does; a message with its own (got ...) has it.
         quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict) or "(got " in message
         got = "" if quiet else f" (got {_short(e.get('input'))})"
-        origin = " (from --set)" if any(where == k or where.startswith(k + ".") for k in set_fields) else ""
+        # An unknown key is reported where it starts: `trian` for `--set trian.epochs=2`.
+        unknown = e["type"] == "extra_forbidden"
+        from_set = any(
+            where == k or where.startswith(k + ".") or (unknown and k.startswith(where + ".")) for k in set_fields
+        )
+        origin = " (from --set)" if from_set else ""
         lines.append(f"{where}: {message}{got}{origin}")
     return lines
 

@@ -199,9 +199,15 @@ def test_a_compile_cache_folder_is_checked_as_a_path():
 
 def test_a_problem_set_by_an_override_says_so_and_one_in_the_file_does_not(tmp_path):
     with pytest.raises(SpecError) as err:
-        load_spec(write(tmp_path, "train: {epochs: 0}\n"), ["train.eppochs=3", "smoothing={factor: 2}"])
+        load_spec(
+            write(tmp_path, "train: {epochs: 0}\ntrain2: {seed: 1}\n"),
+            ["train.eppochs=3", "smoothing={factor: 2}", "trian.seed=1"],
+        )
     lines = str(err.value).splitlines()
     assert "  train.epochs: Input should be greater than 0 (got 0)" in lines
+    # An unknown section is reported where it starts: `trian`, which only the --set wrote.
+    assert any(line.startswith("  trian: unknown field") and line.endswith("(from --set)") for line in lines)
+    assert any(line.startswith("  train2: unknown field") and not line.endswith("(from --set)") for line in lines)
     assert any(line.startswith("  train.eppochs: unknown field") and line.endswith("(from --set)") for line in lines)
     assert any(line.startswith("  smoothing.factor:") and line.endswith("(from --set)") for line in lines)
 
