@@ -1595,8 +1595,10 @@ def test_missing_root_and_unwritable_out(tmp_path):
         aggregate(tmp_path / "nope")
     write_run(tmp_path, "results/run", "labels", 0.1, 0)
     (tmp_path / "file").write_text("")
-    with pytest.raises(AggregateError, match="cannot write the aggregate"):
-        aggregate(tmp_path / "results", out=tmp_path / "file" / "out")
+    for out in (tmp_path / "file", tmp_path / "file" / "out"):  # mkdir said only "File exists"
+        with pytest.raises(AggregateError, match=f"into {out}: {tmp_path / 'file'} is a file, and the aggregate is"):
+            aggregate(tmp_path / "results", out=out)
+    assert (tmp_path / "file").read_text() == ""
 
 
 def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch):

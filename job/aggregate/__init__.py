@@ -91,6 +91,7 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None) -> 
             "written by lsjob; give the results root that holds the run directories"
         )
     out = root if out is None else Path(out)
+    _refuse_file(out)
     _refuse_run_directory(out, runs)
     groups = summarize(runs)
     comparisons, baseline_comparisons = compare(groups), compare_with_baseline(groups)
@@ -146,6 +147,18 @@ def _one_writer_at_a_time(out: Path):
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def _refuse_file(out: Path) -> None:
+    """--out naming a file, or a folder below one: mkdir said only "File exists"."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise AggregateError(
+                    f"cannot write the aggregate into {out}: {folder} is a file, and the aggregate is a folder of "
+                    "files; pass --out DIR naming a folder (made if missing)"
+                )
+            return
 
 
 def _refuse_run_directory(out: Path, runs: list[Run]) -> None:
