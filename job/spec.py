@@ -244,6 +244,15 @@ class RuntimeSpec(Section):
             raise ValueError(f"must be a number of devices from 1 to {MAX_REPLICAS}, or all (got {_short(value)})")
         return value
 
+    @field_validator("compile_cache", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value):
+        # As jit_compile takes false: "must be text" alone left `false` looking like the way to write off.
+        if value is True or value is False:
+            meant = "auto for the default folder" if value else "off to compile afresh every time"
+            raise ValueError(f"must be auto, off or a folder (got {str(value).lower()}): write {meant}")
+        return value
+
     @field_validator("compile_cache")
     @classmethod
     def _cache_keyword_or_folder(cls, cache):

@@ -532,6 +532,11 @@ def test_the_compile_cache_is_a_keyword_or_a_folder_and_not_part_of_the_run_iden
     assert load_spec(None, ["runtime.compile_cache=/x"]).content_hash() == load_spec(None).content_hash()
     with pytest.raises(SpecError, match=r"runtime.compile_cache: write off in lower case \(or ./Off"):
         load_spec(None, ["runtime.compile_cache=Off"])
+    # As jit_compile takes false: a boolean is pointed to the keyword meant.
+    with pytest.raises(SpecError, match=r"compile_cache: must be auto, off or a folder \(got false\): write off to"):
+        load_spec(None, ["runtime.compile_cache=false"])
+    with pytest.raises(SpecError, match=r"\(got true\): write auto for the default folder"):
+        load_spec(None, ["runtime.compile_cache=true"])
 
 
 def test_a_results_root_under_home_is_expanded(monkeypatch, tmp_path):
