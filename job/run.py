@@ -28,6 +28,7 @@ from job.rundir import (
     COMPLETED,
     FAILED,
     INTERRUPTED,
+    LOCK,
     MODEL_FILE,
     RUN_LOG,
     RUNNING,
@@ -151,7 +152,9 @@ def _execute_claimed(
     previous = run_dir.read_manifest() if not force else None
     if previous is not None and _already_complete(previous, run_dir, spec, sweep_point):
         return EXIT_OK
+    discarded = None
     if force:
+        discarded = _what_force_discards(run_dir)
         run_dir.wipe()
 
     handler = _log_to_file(run_dir.path / RUN_LOG)
@@ -162,6 +165,8 @@ def _execute_claimed(
     checkpoints = Checkpoints(run_dir.path / CHECKPOINTS)
     resumes_from = checkpoints.newest()
     try:
+        if discarded:  # the new run.log's first line: the old one, which said so, is gone
+            log.warning("--force: discarded the run that was in %s (%s)", run_dir.path, discarded)
         atomic.write_text(run_dir.path / SPEC_FILE, spec.to_yaml())
         run_dir.write_manifest(manifest)
         # A later array's task i trains point K+i (--index-offset): the log says which.
@@ -411,6 +416,20 @@ def _chain(error: BaseException):
         visited.add(id(seen))
         yield seen
         seen = seen.__cause__ or seen.__context__
+
+
+def _what_force_discards(run_dir: RunDir) -> str | None:
+    """The run --force is about to discard, in words; None where the folder holds nothing yet."""
+    if not any(p.name != LOCK for p in run_dir.path.iterdir()):
+        return None
+    try:
+        manifest = run_dir.read_manifest()
+    except SpecError:
+        return "its manifest.json was damaged"
+    if manifest is None:
+        return "it had no manifest.json yet"
+    done = manifest.get("epochs_done")
+    return f"status {manifest.get('status')}, {done if isinstance(done, int) else '?'} epoch(s) done"
 
 
 def _start_manifest(spec: Spec, previous: dict | None, forced: bool = False) -> dict:

@@ -172,6 +172,21 @@ def test_a_different_spec_under_the_same_name_is_refused_naming_what_differs(com
         run_mod.execute(changed, sweep_point={"index": 0, "values": {"train.epochs": 3}})
 
 
+def test_force_says_in_the_new_run_log_what_it_discarded(tiny_spec):
+    # run.log holds only the new attempt after --force: it must say an earlier run was discarded.
+    spec = tiny_spec("train.epochs=1")
+    run_mod.execute(spec, force=True)  # nothing there yet: nothing discarded
+    assert "discarded" not in (spec.run_dir / "run.log").read_text()
+    run_mod.execute(spec, force=True)
+    lines = (spec.run_dir / "run.log").read_text().splitlines()
+    said = f"WARNING --force: discarded the run that was in {spec.run_dir} (status completed, 1 epoch(s) done)"
+    assert said in lines[0]
+    assert sum("attempt 1" in line for line in lines) == 1
+    (spec.run_dir / "manifest.json").write_text('{"status": "comp')
+    run_mod.execute(spec, force=True)
+    assert "(its manifest.json was damaged)" in (spec.run_dir / "run.log").read_text().splitlines()[0]
+
+
 def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_spec, monkeypatch, caplog):
     caplog.set_level("INFO", logger="lsjob")
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
