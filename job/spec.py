@@ -688,10 +688,10 @@ def _refuse_comment(item: str, raw: str) -> None:
         key = item.partition("=")[0].strip()
         before = raw.rstrip()[: -len(rest)].strip()
         # A note after a number (`train.epochs=2 #was 70`) is meant to go; a path's `#2` to stay.
+        note = f'A note: leave it out (--set "{key}={before}"); part' if before else "Part"
         raise SpecError(
-            f"--set {item!r}: YAML reads {rest!r} as a comment and drops it. A note: leave it out "
-            f'(--set "{key}={before}"); part of a text value (a path, a name): quote the value: '
-            f'--set "{key}={yaml_string(raw.strip())}"'
+            f"--set {item!r}: YAML reads {rest!r} as a comment and drops it. {note} of a text value (a path, "
+            f'a name): quote the value: --set "{key}={yaml_string(raw.strip())}"'
         )
 
 

@@ -414,6 +414,9 @@ def test_a_note_after_a_number_is_refused_with_the_value_left_without_it():
         load_spec(None, ["train.epochs=2 #was 70"])
     without = re.search(r'leave it out \(--set "(.*?)"\)', str(err.value))[1]
     assert without == "train.epochs=2" and load_spec(None, [without]).train.epochs == 2
+    with pytest.raises(SpecError) as err:  # all comment: leaving it out leaves nothing
+        load_spec(None, ["output.run=#1"])
+    assert "leave it out" not in str(err.value) and "Part of a text value" in str(err.value)
 
 
 @pytest.mark.parametrize(
