@@ -172,19 +172,13 @@ def test_a_different_spec_under_the_same_name_is_refused_naming_what_differs(com
         run_mod.execute(changed, sweep_point={"index": 0, "values": {"train.epochs": 3}})
 
 
-def test_force_says_in_the_new_run_log_what_it_discarded(tiny_spec):
-    # run.log holds only the new attempt after --force: it must say an earlier run was discarded.
-    spec = tiny_spec("train.epochs=1")
-    run_mod.execute(spec, force=True)  # nothing there yet: nothing discarded
-    assert "discarded" not in (spec.run_dir / "run.log").read_text()
-    run_mod.execute(spec, force=True)
-    lines = (spec.run_dir / "run.log").read_text().splitlines()
-    said = f"WARNING --force: discarded the run that was in {spec.run_dir} (status completed, 1 epoch(s) done)"
-    assert said in lines[0]
-    assert sum("attempt 1" in line for line in lines) == 1
-    (spec.run_dir / "manifest.json").write_text('{"status": "comp')
-    run_mod.execute(spec, force=True)
-    assert "(its manifest.json was damaged)" in (spec.run_dir / "run.log").read_text().splitlines()[0]
+def test_force_has_nothing_to_say_discarded_in_a_folder_it_just_made(tmp_path):
+    run_dir = RunDir(tmp_path / "r")
+    run_dir.claim()  # the folder and its lock, as --force finds them for a run never started
+    try:
+        assert run_mod._what_force_discards(run_dir) is None
+    finally:
+        run_dir.release()
 
 
 def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_spec, monkeypatch, caplog):
@@ -1330,6 +1324,13 @@ def test_force_starts_over(completed):
     assert attempt["forced"] is True and attempt["started"] != first["attempts"][-1]["started"]
     assert (completed.run_dir / "model.keras").stat().st_mtime_ns != model
     assert second["status"] == "completed" and second["finished"] >= first["finished"]
+    # run.log holds only the new run: its first line says an earlier one was discarded.
+    lines = (completed.run_dir / "run.log").read_text().splitlines()
+    assert (
+        f"WARNING --force: discarded the run that was in {completed.run_dir} (status completed, 2 epoch(s) done)"
+        in lines[0]
+    )
+    assert sum("attempt 1" in line for line in lines) == 1
 
 
 def test_a_full_disk_says_in_one_line_whether_a_rerun_resumes_or_starts_over(tmp_path):
@@ -1512,6 +1513,7 @@ def test_a_manifest_that_is_not_a_json_object_is_a_damaged_run_that_force_discar
         run_mod.execute(spec)
     assert err.value.exit_code == EXIT_BAD_INPUT and "--force" in str(err.value)
     assert run_mod.execute(spec, force=True) == 0
+    assert "(its manifest.json was damaged)" in (spec.run_dir / "run.log").read_text().splitlines()[0]
 
 
 def test_a_run_killed_after_writing_its_spec_before_its_manifest_is_still_ours(tiny_spec):
