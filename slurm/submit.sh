@@ -9,8 +9,9 @@
 # so one the tasks would refuse is refused here, before anything is queued.
 # Run it from the directory the logs (logs/) and, by default, the results (results/) go under,
 # or name that directory with sbatch's -D (--chdir).
-# The tasks read a copy of SPEC made at submission (logs/<spec name>.<random>.yaml), the one
-# counted: editing SPEC while tasks wait or requeue cannot shift the points under them.
+# The tasks read a copy of SPEC made at submission (logs/<spec name>.<random>.yaml, in the job's
+# working directory), the one counted: editing SPEC while tasks wait or requeue cannot shift the
+# points under them.
 # LSJOB_THROTTLE=K runs at most K points at once (sbatch --array=...%K, and each array after
 # the first waits for the one before to end: --dependency=afterany). The jobs' own settings
 # (LSJOB_RESULTS, LSJOB_VENV, LSJOB_CMD, ...) are described in sweep.sbatch and pass through.
@@ -34,6 +35,19 @@ for ((i = 0; i < ${#lsjob_options[@]}; i++)); do
   case ${lsjob_options[i]} in
     --set) sets+=(--set "${lsjob_options[i + 1]:-}") && i=$((i + 1)) ;;
     --set=*) sets+=("${lsjob_options[i]}") ;;
+    --force) ;;
+    --index | --index=* | --index-offset | --index-offset=*)
+      # Every task would train that one point: the rest find it taken (exit 5), then complete.
+      echo "submit.sh: ${lsjob_options[i]} after -- would reach every task, and each would train the same point;" \
+        "each task trains the point of its array index: to run some points only, give sbatch --array=3,7" \
+        "(before the --); nothing submitted" >&2
+      exit 2
+      ;;
+    *)
+      echo "submit.sh: '${lsjob_options[i]}' after -- is not an option of lsjob run that every task can take" \
+        "(--set KEY=VALUE, --force); nothing submitted" >&2
+      exit 2
+      ;;
   esac
 done
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" > /dev/null && pwd) # cd prints the folder where CDPATH is set
@@ -78,10 +92,17 @@ if [[ -n ${LSJOB_THROTTLE:-} && ! $LSJOB_THROTTLE =~ ^[1-9][0-9]*$ ]]; then
   echo "submit.sh: LSJOB_THROTTLE=$LSJOB_THROTTLE is not a number of tasks (1 or more); nothing submitted" >&2
   exit 2
 fi
-mkdir -p logs "$(in_workdir logs)"
 for log in ${logs[@]+"${logs[@]}"}; do
-  folder=$(dirname -- "$(in_workdir "$log")")
-  [[ $folder == *%* ]] || mkdir -p -- "$folder" # a folder named by job id cannot be made before
+  if [[ $(dirname -- "$log") == *%* ]]; then
+    echo "submit.sh: the folder of your --output/--error $log holds a % pattern, which names it after the job" \
+      "or task: Slurm makes no folders, and this one cannot be made before the job has its id, so every task" \
+      "would fail without a log; keep the pattern in the file name (e.g. logs/x_%A_%a.out); nothing submitted" >&2
+    exit 2
+  fi
+done
+mkdir -p "$(in_workdir logs)"
+for log in ${logs[@]+"${logs[@]}"}; do
+  mkdir -p -- "$(dirname -- "$(in_workdir "$log")")"
 done
 rc=0
 count=$(lsjob sweep count "$spec" ${sets[@]+"${sets[@]}"}) || rc=$?
@@ -112,6 +133,11 @@ if ((count > max)) && [[ -n $own_array ]]; then
     "sbatch --array=... $here/sweep.sbatch SPEC --index-offset K (task i trains point K+i); nothing submitted" >&2
   exit 2
 fi
+if [[ -n $own_array && -n ${LSJOB_THROTTLE:-} ]]; then
+  echo "submit.sh: your --array replaces the one LSJOB_THROTTLE=$LSJOB_THROTTLE would limit; end yours with" \
+    "%$LSJOB_THROTTLE instead (e.g. --array=3,7%$LSJOB_THROTTLE) and unset LSJOB_THROTTLE; nothing submitted" >&2
+  exit 2
+fi
 if ((count > max)) && [[ -n ${LSJOB_THROTTLE:-} && $dependency == *'?'* ]]; then
   echo "submit.sh: --dependency=$dependency (any of, '?') cannot be joined with the afterany that chains" \
     "LSJOB_THROTTLE's arrays; give the dependency with ',' or leave LSJOB_THROTTLE unset; nothing submitted" >&2
@@ -119,8 +145,9 @@ if ((count > max)) && [[ -n ${LSJOB_THROTTLE:-} && $dependency == *'?'* ]]; then
 fi
 # The count is the array's size, so the tasks, which read their spec hours later and again at
 # each requeue, read a copy of the spec just counted, not a file that may be edited meanwhile.
+# Under the job's working directory, as its logs: a container there (Pyxis) mounts that one.
 name=$(basename -- "$spec")
-snapshot=$(mktemp "$PWD/logs/${name%.*}.XXXXXX.yaml")
+snapshot=$(mktemp "$(cd -- "$(in_workdir logs)" > /dev/null && pwd)/${name%.*}.XXXXXX.yaml")
 cp -- "$spec" "$snapshot"
 chmod a-w -- "$snapshot"
 
@@ -151,8 +178,10 @@ for ((offset = 0; offset < count; offset += max)); do
   # waits for the one before and for the user's dependency, on the cluster the first went to.
   [[ -n ${LSJOB_THROTTLE:-} && -n $job ]] && after=(--dependency="afterany:$job${dependency:+,$dependency}")
   after+=(${pin[@]+"${pin[@]}"})
+  array=(--array="0-$((size - 1))${LSJOB_THROTTLE:+%$LSJOB_THROTTLE}")
+  [[ -z $own_array ]] || array=() # one array (refused above otherwise), of the points yours names
   rc=0
-  out=$(sbatch --parsable --array="0-$((size - 1))${LSJOB_THROTTLE:+%$LSJOB_THROTTLE}" \
+  out=$(sbatch --parsable ${array[@]+"${array[@]}"} \
     ${sbatch_options[@]+"${sbatch_options[@]}"} ${after[@]+"${after[@]}"} "$here/sweep.sbatch" "$snapshot" \
     ${shifted[@]+"${shifted[@]}"} ${lsjob_options[@]+"${lsjob_options[@]}"}) || rc=$?
   if ((rc == 0)); then
@@ -169,7 +198,9 @@ where="$(in_workdir logs)/lsjob-sweep_<array id>_<task>.out"
 [[ ${#logs[@]} -eq 0 && -z $named ]] || where="as your --output/--error/--job-name say"
 if ((${#jobs[@]} == 1)); then
   where=${where/<array id>_<task>/${job}_<index>}
-  echo "submit.sh: array job $job, $count point(s) of $spec (the tasks read ${snapshot#"$PWD"/}); logs: $where" >&2
+  points="$count point(s)"
+  [[ -z $own_array ]] || points="the points your --array names, of the $count"
+  echo "submit.sh: array job $job, $points of $spec (the tasks read ${snapshot#"$PWD"/}); logs: $where" >&2
 else
   ranges_text=$(printf '%s, ' "${ranges[@]}")
   echo "submit.sh: ${#jobs[@]} array jobs (at most $max tasks an array here), $count points of $spec: ${ranges_text%, }" \

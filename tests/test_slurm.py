@@ -157,6 +157,19 @@ def test_sbatch_without_results_env_keeps_the_specs_output_root(tmp_path, stubs)
     assert (tmp_path / "lsjob.args").read_text().split() == ["run", "spec.yaml"]
 
 
+@pytest.mark.parametrize("script", ["train.sbatch", "sweep.sbatch"])
+def test_sbatch_set_up_wrong_is_refused_in_one_line_with_exit_2(tmp_path, stubs, script):
+    bin_dir, env = stubs
+    # No spec: bash's ${1:?} said so with exit 1, a failure schedulers and people read as a bug.
+    proc = subprocess.run(["bash", SLURM / script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "lsjob: usage: sbatch" in proc.stderr
+    # No lsjob on the node, LSJOB_VENV and LSJOB_CMD unset: exit 127, "lsjob: command not found" alone.
+    env = {**env, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", SLURM / script, "s.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "'lsjob' is not a command on" in proc.stderr and "set LSJOB_VENV to the virtual" in proc.stderr
+
+
 def _stub_lsjob_that_checkpoints_on_term(bin_dir: Path, tmp_path: Path) -> None:
     # Like lsjob: the first TERM asks for a stop at the end of the step (here 2 s), exit 75.
     _stub(
@@ -355,6 +368,8 @@ def test_submit_makes_the_log_folders_in_the_jobs_working_directory(tmp_path, st
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "work" / "logs").is_dir() and (tmp_path / "work" / "err").is_dir()
     assert not (tmp_path / "err").exists()
+    # The spec's copy too: a container there (Pyxis) mounts the job's working directory alone.
+    assert len(list((tmp_path / "work" / "logs").glob("s.*.yaml"))) == 1 and not (tmp_path / "logs").exists()
     assert "logs: as your --output/--error/--job-name say" in proc.stderr
 
 
@@ -395,6 +410,54 @@ def test_submit_passes_lsjob_options_to_every_task_and_counts_with_them(tmp_path
     # Slurm makes no folder for a log: a task that cannot open its log fails without a word.
     assert (tmp_path / "out" / "sweeps").is_dir() and (tmp_path / "err").is_dir()
     assert "logs: as your --output/--error/--job-name say" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "after, message",
+    [
+        (["--index", "3"], "--index after -- would reach every task, and each would train the same point"),
+        (["--index-offset=2"], "--index-offset=2 after -- would reach every task"),
+        (["--forse"], "'--forse' after -- is not an option of lsjob run that every task can take"),
+    ],
+)
+def test_submit_refuses_lsjob_options_that_every_task_cannot_take(tmp_path, stubs, after, message):
+    # --index reached every task: all trained one point (the first; the others found it taken, exit 5).
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", "echo 3\n")
+    _stub(bin_dir, "sbatch", f"touch {tmp_path}/sbatch.called\n")
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml", "--", "--force", *after], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr and "nothing submitted" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "s.yaml"]  # no logs/, no copy, no sbatch
+
+
+def test_submit_refuses_a_log_folder_named_by_job_id(tmp_path, stubs):
+    # Slurm makes no folders, and out/%A/ cannot be made before the job has its id: every task failed unlogged.
+    bin_dir, env = stubs
+    _stub(bin_dir, "lsjob", "echo 3\n")
+    _stub(bin_dir, "sbatch", f"touch {tmp_path}/sbatch.called\n")
+    (tmp_path / "s.yaml").write_text("sweep:\n  train.seed: [1, 2, 3]\n")
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml", "--output=out/%A/x_%a.out"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "holds a % pattern" in proc.stderr and "nothing submitted" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "s.yaml"]
+
+
+def test_submit_with_the_users_own_array_passes_it_alone_and_says_so(tmp_path, stubs):
+    bin_dir, env = stubs
+    _stub_array_limit(bin_dir, tmp_path, 1001)
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml", "--array=1,3"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    args = (tmp_path / "calls" / "1").read_text().splitlines()
+    assert [a for a in args if a.startswith("--array")] == ["--array=1,3"]
+    assert "array job 101, the points your --array names, of the 5 of s.yaml" in proc.stderr
+    # LSJOB_THROTTLE would limit the array that yours replaces: said, not quietly dropped.
+    proc = subprocess.run([SLURM / "submit.sh", "s.yaml", "--array=1,3"], cwd=tmp_path,
+                          env={**env, "LSJOB_THROTTLE": "2"}, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "end yours with %2 instead" in proc.stderr
+    assert not (tmp_path / "calls" / "2").exists()
 
 
 def _stub_array_limit(
