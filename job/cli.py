@@ -314,6 +314,30 @@ def k8s_render(
     typer.echo(manifests, nl=False)
 
 
+@k8s_app.command("volumes")
+def k8s_volumes(
+    storage_class: Annotated[
+        str | None,
+        typer.Option(help="A storage class that offers ReadWriteMany (NFS, CephFS, EFS, ...). Default: the cluster's."),
+    ] = None,
+    results_size: Annotated[str, typer.Option(help="The results claim's size.")] = "20Gi",
+    cache_size: Annotated[str, typer.Option(help="The dataset cache claim's size (CIFAR-10 takes 350 MB).")] = "2Gi",
+    results_claim: Annotated[str, typer.Option(help="Its name, as render's --results-claim.")] = k8s.RESULTS_CLAIM,
+    cache_claim: Annotated[str, typer.Option(help="Its name, as render's --cache-claim.")] = k8s.CACHE_CLAIM,
+):
+    """Print the two claims every Job mounts (k8s/volumes.yaml with your storage class), to apply once."""
+    typer.echo(
+        k8s.render_volumes(
+            results_claim=results_claim,
+            cache_claim=cache_claim,
+            results_size=results_size,
+            cache_size=cache_size,
+            storage_class=storage_class,
+        ),
+        nl=False,
+    )
+
+
 @app.command()
 def schema():
     """Print the spec's JSON Schema, for editor autocompletion and validation."""

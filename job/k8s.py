@@ -345,6 +345,10 @@ def render_volumes(
     """
     for label, value in (("results claim", results_claim), ("cache claim", cache_claim)):
         _check_name(label, value)
+    for label, value in (("results size", results_size), ("cache size", cache_size)):
+        _check_quantity(label, value, _MEMORY_QUANTITY, "20Gi")
+        if _MEMORY_QUANTITY.fullmatch(value)["unit"] is None:  # `20`: 20 bytes
+            raise SpecError(f"{label} {value!r} has no unit, so it is bytes; give one such as 20Gi")
 
     def claim(name: str, size: str) -> dict:
         spec = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": size}}}

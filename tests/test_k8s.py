@@ -384,6 +384,21 @@ def test_the_claims_the_jobs_mount_are_the_ones_volumes_yaml_creates():
     assert all(spec["accessModes"] == ["ReadWriteMany"] for spec in claims.values())
 
 
+def test_the_volumes_command_renders_the_claims_with_a_storage_class(tmp_path):
+    def volumes(*args):
+        return subprocess.run([sys.executable, "-m", "job", "k8s", "volumes", *args], capture_output=True, text=True)
+
+    assert volumes().stdout == k8s.example("volumes.yaml")  # the checked-in file: the default class
+    proc = volumes("--storage-class", "nfs-client", "--results-size", "100Gi")
+    assert proc.returncode == 0, proc.stderr
+    claims = {d["metadata"]["name"]: d["spec"] for d in docs(proc.stdout)}
+    assert {name: spec["storageClassName"] for name, spec in claims.items()} == dict.fromkeys(claims, "nfs-client")
+    assert claims[k8s.RESULTS_CLAIM]["resources"]["requests"]["storage"] == "100Gi"
+    for size, says in (("20", "has no unit, so it is bytes"), ("lots", "is not a Kubernetes quantity")):
+        proc = volumes("--cache-size", size)
+        assert proc.returncode == 2 and f"cache size '{size}' {says}" in proc.stderr and not proc.stdout
+
+
 @pytest.mark.parametrize(
     "root, expected",
     [("results", "/results"), ("results/sweep-factors", "/results/sweep-factors"), ("runs/a", "/results/runs/a"),
