@@ -3,7 +3,7 @@
 The official batches were pickled by Python 2 (protocol 2): strings are Python 2
 `str` opcodes, numpy's reconstructor is named numpy.core.multiarray._reconstruct.
 Py2Pickler writes exactly that, so these files need the same globals the real ones
-do and nothing more. Most tests shrink ROWS_PER_BATCH to 1,000 (the `small` fixture: the
+do and nothing more. Most tests shrink ROWS_PER_BATCH to 1,000 (the `small_rows` fixture: the
 5,000-image sample makes five distinct train batches); one runs at the official counts.
 Loaded as a pytest plugin (conftest.py), so its fixtures serve every test_data_* file.
 """
@@ -128,14 +128,14 @@ def files_under(root):
 
 
 @pytest.fixture
-def small(monkeypatch):
+def small_rows(monkeypatch):
     monkeypatch.setattr(batch_files, "ROWS_PER_BATCH", SMALL)
 
 
 @pytest.fixture(scope="module")
 def small_batches(cifar_sample, tmp_path_factory):
     """Official-format batches at 1,000 rows each; copy before changing them."""
-    return write_batches(tmp_path_factory.mktemp("small"), cifar_sample)
+    return write_batches(tmp_path_factory.mktemp("small_rows"), cifar_sample)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from job.errors import DataError
 
 
 @pytest.mark.parametrize("spelling", ["numpy.core.multiarray", "numpy._core.multiarray"])
-def test_extracted_dir_round_trips_byte_exact(spelling, small, cifar_sample, tmp_path):
+def test_extracted_dir_round_trips_byte_exact(spelling, small_rows, cifar_sample, tmp_path):
     batches = write_batches(tmp_path, cifar_sample, reconstruct_module=spelling)
     expected = expected_arrays(cifar_sample, SMALL)
     # Five distinct train batches: the loaded set is exactly the sample, in order.
@@ -46,7 +46,7 @@ def test_the_pickles_need_only_numpy_globals(small_batches):
 
 
 @pytest.mark.parametrize("where", ["whole file", "inside the dict"])
-def test_malicious_pickle_runs_no_code(where, small, small_batches, tmp_path):
+def test_malicious_pickle_runs_no_code(where, small_rows, small_batches, tmp_path):
     batches = copy_batches(small_batches, tmp_path)
     marker = tmp_path / "pwned"
     payload = Shell(f"touch {marker}")
@@ -64,7 +64,7 @@ def test_malicious_pickle_runs_no_code(where, small, small_batches, tmp_path):
 
 
 @pytest.mark.parametrize("kind", BROKEN)
-def test_malformed_batch(kind, small, small_batches, tmp_path):
+def test_malformed_batch(kind, small_rows, small_batches, tmp_path):
     batches = copy_batches(small_batches, tmp_path)
     batch = pickle.loads((batches / "data_batch_3").read_bytes(), encoding="bytes")
     write_pickle(batches / "data_batch_3", BROKEN[kind](batch))
@@ -72,7 +72,7 @@ def test_malformed_batch(kind, small, small_batches, tmp_path):
         cifar10.load_cifar10(batches, None)
 
 
-def test_truncated_batch_file(small, small_batches, tmp_path):
+def test_truncated_batch_file(small_rows, small_batches, tmp_path):
     batches = copy_batches(small_batches, tmp_path)
     data = (batches / "test_batch").read_bytes()
     (batches / "test_batch").write_bytes(data[: len(data) // 2])
@@ -81,14 +81,14 @@ def test_truncated_batch_file(small, small_batches, tmp_path):
     assert err.value.__cause__ is not None
 
 
-def test_missing_batch_file(small, small_batches, tmp_path):
+def test_missing_batch_file(small_rows, small_batches, tmp_path):
     batches = copy_batches(small_batches, tmp_path)
     (batches / "data_batch_4").unlink()
     with pytest.raises(DataError, match="missing .*data_batch_4"):
         cifar10.load_cifar10(batches, None)
 
 
-def test_wrong_label_names_in_meta(small, small_batches, tmp_path):
+def test_wrong_label_names_in_meta(small_rows, small_batches, tmp_path):
     batches = copy_batches(small_batches, tmp_path)
     write_pickle(batches / "batches.meta", {b"label_names": [n.encode() for n in reversed(CLASS_NAMES)]})
     with pytest.raises(DataError, match="label_names"):

@@ -18,7 +18,7 @@ from job.data import cache_lock, cifar10
 from job.errors import DataError, InterruptedRun
 
 
-def test_a_link_planted_as_the_cache_lock_makes_no_file_where_it_points(small, small_tar, trusted, monkeypatch,
+def test_a_link_planted_as_the_cache_lock_makes_no_file_where_it_points(small_rows, small_tar, trusted, monkeypatch,
                                                                        tmp_path, caplog):  # fmt: skip
     # The cache is shared (a Kubernetes claim, a cluster's scratch): opening the lock with O_CREAT
     # through a teammate's link made an empty file wherever it pointed.
@@ -33,7 +33,7 @@ def test_a_link_planted_as_the_cache_lock_makes_no_file_where_it_points(small, s
     assert "going on without the lock" in caplog.text
 
 
-def test_folders_left_by_a_killed_fill_are_deleted_once_stale(small, small_tar, trusted, monkeypatch, tmp_path):
+def test_folders_left_by_a_killed_fill_are_deleted_once_stale(small_rows, small_tar, trusted, monkeypatch, tmp_path):
     # SIGKILL mid-download or mid-extraction: 170-180 MB each, never reused, until now kept for good.
     trusted(small_tar)
     datasets = tmp_path / "cache" / "datasets"
@@ -99,7 +99,7 @@ def load_in_tasks(cache, count, apart_s=0.0):
 
 
 def test_tasks_starting_together_on_a_cold_cache_download_once(
-    small, cifar_sample, small_tar, trusted, monkeypatch, tmp_path
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, tmp_path
 ):
     # A sweep's tasks start at once on one shared cache: the first fetches, the others wait for it.
     trusted(small_tar)
@@ -143,7 +143,7 @@ def test_tasks_waiting_on_a_download_that_fails_fail_with_it_and_a_later_start_t
 
 
 def test_an_extraction_that_fails_after_a_good_download_does_not_fail_the_waiters(
-    small, cifar_sample, small_tar, trusted, monkeypatch, tmp_path
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, tmp_path
 ):
     # Only the download's own failure is passed on to the tasks waiting on the lock: an archive
     # verified and in the cache is theirs to extract, not "the download ... failed".
@@ -169,7 +169,7 @@ def test_an_extraction_that_fails_after_a_good_download_does_not_fail_the_waiter
 
 @pytest.mark.parametrize("stage", ["download", "extraction"])
 def test_a_suspended_fill_whose_folder_was_cleared_reads_the_cache_another_filled(
-    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path, stage
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path, stage
 ):
     # Suspended past LEFTOVER_AGE_S, a holder is gone around and its folder deleted as a dead
     # process's by a later one; resumed, it failed with exit 3 (never retried) beside a full cache.
@@ -200,7 +200,7 @@ def test_a_suspended_fill_whose_folder_was_cleared_reads_the_cache_another_fille
     assert "but another filled it meanwhile" in caplog.text
 
 
-def test_an_archive_given_as_data_path_is_extracted_under_the_cache_lock(small, small_tar, trusted, monkeypatch,
+def test_an_archive_given_as_data_path_is_extracted_under_the_cache_lock(small_rows, small_tar, trusted, monkeypatch,
                                                                          tmp_path):  # fmt: skip
     # Else every task of a sweep extracts the 180 MB into the shared cache at once.
     trusted(small_tar)
@@ -234,7 +234,7 @@ def stalled_cache(small_tar, trusted, monkeypatch, tmp_path, stall_s, delay=0.0)
 
 
 def test_a_waiting_task_goes_on_once_the_lock_is_let_go(
-    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
 ):
     trusted(small_tar)
     monkeypatch.setattr(cache_lock, "LOCK_POLL_S", 0.05)
@@ -258,7 +258,7 @@ def test_a_waiting_task_goes_on_once_the_lock_is_let_go(
 
 
 def test_a_lock_whose_holder_writes_nothing_for_long_is_gone_around(
-    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
 ):
     # A node that went down mid-fill can leave its lock on a shared filesystem (NFSv3: until it
     # starts again): every task of a sweep used to wait on it until its time limit.
@@ -286,7 +286,7 @@ def test_a_lock_whose_holder_writes_nothing_for_long_is_gone_around(
 
 
 def test_tasks_waiting_on_a_stalled_holder_go_around_it_one_at_a_time(
-    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
 ):
     # The first to give up takes the lock on a new file; the others move to it and read its copy.
     datasets, holder, calls = stalled_cache(small_tar, trusted, monkeypatch, tmp_path, stall_s=1.0, delay=0.2)
@@ -304,7 +304,7 @@ def test_tasks_waiting_on_a_stalled_holder_go_around_it_one_at_a_time(
 
 
 def test_a_holder_that_keeps_writing_is_waited_for_however_long_it_takes(
-    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
 ):
     datasets, holder, calls = stalled_cache(small_tar, trusted, monkeypatch, tmp_path, stall_s=1.0)
     live = datasets / ".download.a8b_q0"
@@ -411,14 +411,14 @@ def test_a_holder_gone_around_leaves_the_newer_holders_lock_file_alone(monkeypat
     # Resumed after a suspension, it must not delete the lock file that the task that went
     # around it holds: a third task would then fill beside that one.
     datasets = tmp_path / "datasets"
-    with cache_lock.cache_lock(datasets):
+    with cache_lock.held(datasets):
         (datasets / cache_lock.CACHE_LOCK).unlink()  # gone around meanwhile: the file replaced
         (datasets / cache_lock.CACHE_LOCK).write_text("")
         newer = os.stat(datasets / cache_lock.CACHE_LOCK).st_ino
     assert os.stat(datasets / cache_lock.CACHE_LOCK).st_ino == newer
 
 
-def test_a_stop_while_waiting_for_the_lock_stops_at_once(small, monkeypatch, tmp_path):
+def test_a_stop_while_waiting_for_the_lock_stops_at_once(small_rows, monkeypatch, tmp_path):
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
     monkeypatch.setattr(cifar10, "fetch", offline)
     datasets = tmp_path / "cache" / "datasets"
@@ -430,7 +430,9 @@ def test_a_stop_while_waiting_for_the_lock_stops_at_once(small, monkeypatch, tmp
         os.close(holder)
 
 
-def test_a_filesystem_without_locks_still_loads(small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path):
+def test_a_filesystem_without_locks_still_loads(
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
+):
     trusted(small_tar)
 
     def no_locks(fd, operation):
@@ -447,7 +449,7 @@ def test_a_filesystem_without_locks_still_loads(small, cifar_sample, small_tar, 
 
 
 def test_a_lock_file_it_cannot_open_is_a_warning_and_the_load_goes_on(
-    small, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, caplog, tmp_path
 ):
     # Another user's .cifar-10.lock (0644) in a shared cache: going on unlocked was silent.
     trusted(small_tar)

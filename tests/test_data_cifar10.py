@@ -33,7 +33,7 @@ from job.data import CLASS_NAMES, batch_files, cache_lock, cifar10
 from job.errors import DataError, NoSpaceError, StorageError
 
 
-def test_asking_for_every_image_by_size_is_not_refused(small, cifar_sample, small_batches):
+def test_asking_for_every_image_by_size_is_not_refused(small_rows, cifar_sample, small_batches):
     # data.train_size: 50000 on the full set; only more than there is is refused.
     from job.data import load_dataset
     from job.spec import DataSpec
@@ -43,7 +43,7 @@ def test_asking_for_every_image_by_size_is_not_refused(small, cifar_sample, smal
 
 
 def test_archive_is_extracted_into_the_cache_then_reused(
-    small, cifar_sample, small_tar, trusted, monkeypatch, tmp_path
+    small_rows, cifar_sample, small_tar, trusted, monkeypatch, tmp_path
 ):
     trusted(small_tar)
     cache = tmp_path / "cache"
@@ -67,7 +67,7 @@ def test_archive_is_extracted_into_the_cache_then_reused(
         os.close(holder)
 
 
-def test_wrong_checksum_is_refused_before_extraction(small, small_tar, tmp_path):
+def test_wrong_checksum_is_refused_before_extraction(small_rows, small_tar, tmp_path):
     with pytest.raises(DataError) as err:
         cifar10.load_cifar10(small_tar, tmp_path / "cache")
     message = str(err.value)
@@ -75,7 +75,7 @@ def test_wrong_checksum_is_refused_before_extraction(small, small_tar, tmp_path)
     assert files_under(tmp_path) == []
 
 
-def test_truncated_archive(small, small_tar, trusted, tmp_path):
+def test_truncated_archive(small_rows, small_tar, trusted, tmp_path):
     cut = tmp_path / cifar10.ARCHIVE_NAME
     data = small_tar.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
@@ -88,7 +88,7 @@ def test_truncated_archive(small, small_tar, trusted, tmp_path):
 
 
 @pytest.mark.parametrize("checksum_matches", [False, True])
-def test_garbage_file(checksum_matches, small, trusted, tmp_path):
+def test_garbage_file(checksum_matches, small_rows, trusted, tmp_path):
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_bytes(np.random.default_rng(0).bytes(100_000))
     if checksum_matches:
@@ -98,7 +98,7 @@ def test_garbage_file(checksum_matches, small, trusted, tmp_path):
     assert not (tmp_path / "cache" / "datasets" / BATCHES).exists()
 
 
-def test_invalid_batch_inside_archive_is_never_published(small, small_batches, trusted, tmp_path):
+def test_invalid_batch_inside_archive_is_never_published(small_rows, small_batches, trusted, tmp_path):
     batches = copy_batches(small_batches, tmp_path)
     bad = pickle.loads((batches / "test_batch").read_bytes(), encoding="bytes")
     bad[b"labels"][0] = 10
@@ -131,7 +131,7 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
-def test_hostile_archive_members_are_refused(kind, small, small_batches, trusted, tmp_path):
+def test_hostile_archive_members_are_refused(kind, small_rows, small_batches, trusted, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     tar = make_tar(tmp_path / "archive" / cifar10.ARCHIVE_NAME, small_batches, [HOSTILE[kind](outside)])
@@ -145,7 +145,7 @@ def test_hostile_archive_members_are_refused(kind, small, small_batches, trusted
     assert files_under(cache) == ["datasets"]
 
 
-def test_unwritable_cache_extracts_to_a_temporary_folder(small, cifar_sample, small_tar, trusted, tmp_path):
+def test_unwritable_cache_extracts_to_a_temporary_folder(small_rows, cifar_sample, small_tar, trusted, tmp_path):
     trusted(small_tar)
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a cache under a file can never be created, even by root
@@ -243,7 +243,7 @@ def test_an_inode_quota_when_the_download_folder_is_made_is_exit_6(monkeypatch, 
 
 @pytest.mark.parametrize("stage", ["folder", "extraction"])
 def test_a_failing_cache_disk_while_filling_it_is_a_storage_fault(
-    stage, small, small_tar, trusted, monkeypatch, tmp_path
+    stage, small_rows, small_tar, trusted, monkeypatch, tmp_path
 ):
     # Exit 1 ("run again once the storage is healthy"), not 3, which blames the data.
     trusted(small_tar)
@@ -262,7 +262,7 @@ def test_a_failing_cache_disk_while_filling_it_is_a_storage_fault(
 
 
 @pytest.mark.parametrize("stage", ["download", "extraction"])
-def test_a_full_disk_while_filling_the_cache_says_so_with_exit_6(stage, small, small_tar, trusted, monkeypatch,
+def test_a_full_disk_while_filling_the_cache_says_so_with_exit_6(stage, small_rows, small_tar, trusted, monkeypatch,
                                                                  tmp_path):  # fmt: skip
     trusted(small_tar)
 
@@ -279,7 +279,7 @@ def test_a_full_disk_while_filling_the_cache_says_so_with_exit_6(stage, small, s
     assert err.value.exit_code == 6 and "350 MB" in str(err.value)
 
 
-def test_a_damaged_cache_says_to_delete_it(small, small_batches, no_download, tmp_path):
+def test_a_damaged_cache_says_to_delete_it(small_rows, small_batches, no_download, tmp_path):
     batches = shutil.copytree(small_batches, tmp_path / "cache" / "datasets" / BATCHES)
     data = (batches / "data_batch_3").read_bytes()
     (batches / "data_batch_3").write_bytes(data[: len(data) // 2])
@@ -288,7 +288,7 @@ def test_a_damaged_cache_says_to_delete_it(small, small_batches, no_download, tm
     assert f"the cached copy in {batches} is damaged: delete it to fetch CIFAR-10 again" in str(err.value)
 
 
-def test_a_cache_that_cannot_be_read_is_named_not_called_damaged(small, small_batches, no_download, monkeypatch,
+def test_a_cache_that_cannot_be_read_is_named_not_called_damaged(small_rows, small_batches, no_download, monkeypatch,
                                                                  tmp_path):  # fmt: skip
     # Files another user made 0600 in a shared cache: "damaged: delete it" would have them delete good data.
     cache = tmp_path / "cache"
@@ -324,7 +324,7 @@ def test_a_data_path_folder_holding_the_archive_points_at_it(tmp_path):
         cifar10.load_cifar10(tmp_path, tmp_path / "cache")
 
 
-def test_download_then_extract(small, cifar_sample, small_tar, trusted, monkeypatch, tmp_path):
+def test_download_then_extract(small_rows, cifar_sample, small_tar, trusted, monkeypatch, tmp_path):
     trusted(small_tar)
 
     monkeypatch.setattr(cifar10, "fetch", lambda url, dest: shutil.copyfile(small_tar, dest))
@@ -335,7 +335,7 @@ def test_download_then_extract(small, cifar_sample, small_tar, trusted, monkeypa
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_a_download_killed_or_corrupted_midway_never_takes_the_real_name(
-    damage, small, small_tar, trusted, monkeypatch, tmp_path
+    damage, small_rows, small_tar, trusted, monkeypatch, tmp_path
 ):
     trusted(small_tar)
     seen = []
@@ -363,19 +363,19 @@ def test_a_download_killed_or_corrupted_midway_never_takes_the_real_name(
         BATCHES,  # Keras 2, and this loader's own extraction
     ],
 )
-def test_cache_populated_like_keras(layout, small, cifar_sample, small_batches, no_download, tmp_path):
+def test_cache_populated_like_keras(layout, small_rows, cifar_sample, small_batches, no_download, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(small_batches, cache / "datasets" / layout)
     assert_loaded(cifar10.load_cifar10(None, cache), expected_arrays(cifar_sample, SMALL))
 
 
-def test_keras_home_cache_is_the_default(small, cifar_sample, small_batches, no_download, monkeypatch, tmp_path):
+def test_keras_home_cache_is_the_default(small_rows, cifar_sample, small_batches, no_download, monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     shutil.copytree(small_batches, tmp_path / "keras-home" / "datasets" / BATCHES)
     assert_loaded(cifar10.load_cifar10(None, None), expected_arrays(cifar_sample, SMALL))
 
 
-def test_incomplete_cached_folder_is_not_used(small, small_batches, monkeypatch, tmp_path):
+def test_incomplete_cached_folder_is_not_used(small_rows, small_batches, monkeypatch, tmp_path):
     cache = tmp_path / "cache"
     partial = shutil.copytree(small_batches, cache / "datasets" / f"cifar-10-batches-py-target/{BATCHES}")
     (partial / "test_batch").unlink()  # Keras was killed mid-extraction
@@ -385,7 +385,7 @@ def test_incomplete_cached_folder_is_not_used(small, small_batches, monkeypatch,
 
 
 @pytest.mark.parametrize("name", [cifar10.ARCHIVE_NAME, "cifar-10-batches-py-target_archive"])
-def test_archive_in_cache_is_used(name, small, cifar_sample, small_tar, trusted, no_download, tmp_path):
+def test_archive_in_cache_is_used(name, small_rows, cifar_sample, small_tar, trusted, no_download, tmp_path):
     trusted(small_tar)
     cache = tmp_path / "cache"
     (cache / "datasets").mkdir(parents=True)
@@ -394,7 +394,7 @@ def test_archive_in_cache_is_used(name, small, cifar_sample, small_tar, trusted,
     assert (cache / "datasets" / BATCHES / "test_batch").is_file()
 
 
-def test_partial_download_in_cache_is_not_trusted(small, small_tar, trusted, monkeypatch, tmp_path):
+def test_partial_download_in_cache_is_not_trusted(small_rows, small_tar, trusted, monkeypatch, tmp_path):
     trusted(small_tar)
     cache = tmp_path / "cache"
     (cache / "datasets").mkdir(parents=True)
@@ -406,7 +406,7 @@ def test_partial_download_in_cache_is_not_trusted(small, small_tar, trusted, mon
     assert not (cache / "datasets" / BATCHES).exists()
 
 
-def test_leftover_staging_folder_is_not_a_cache(small, small_batches, monkeypatch, tmp_path):
+def test_leftover_staging_folder_is_not_a_cache(small_rows, small_batches, monkeypatch, tmp_path):
     cache = tmp_path / "cache"
     # What a process killed between extraction and rename leaves behind.
     shutil.copytree(small_batches, cache / "datasets" / f".{BATCHES}.k1ll3d.partial" / BATCHES)
@@ -416,7 +416,7 @@ def test_leftover_staging_folder_is_not_a_cache(small, small_batches, monkeypatc
 
 
 def test_an_incomplete_folder_under_the_final_name_is_moved_aside_once(
-    small, cifar_sample, small_batches, small_tar, trusted, no_download, monkeypatch, caplog, tmp_path
+    small_rows, cifar_sample, small_batches, small_tar, trusted, no_download, monkeypatch, caplog, tmp_path
 ):
     # What an interrupted Keras 2 load_data() leaves: some batches under the final name.
     trusted(small_tar)
@@ -492,7 +492,7 @@ def broken_copies(small_batches, workdir):
 
 
 def test_every_broken_or_hostile_copy_through_lsjob_run_exits_3_and_writes_nothing(
-    small, small_batches, monkeypatch, capsys, tmp_path
+    small_rows, small_batches, monkeypatch, capsys, tmp_path
 ):
     import sys
 

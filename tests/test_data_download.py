@@ -85,7 +85,7 @@ def server(monkeypatch):
 
 
 def test_a_real_download_over_http_is_verified_extracted_and_cached(
-    small, cifar_sample, small_tar, trusted, server, monkeypatch, tmp_path
+    small_rows, cifar_sample, small_tar, trusted, server, monkeypatch, tmp_path
 ):
     trusted(small_tar)
     monkeypatch.setattr(cifar10, "CIFAR10_URL", server(small_tar.read_bytes()))
@@ -96,7 +96,7 @@ def test_a_real_download_over_http_is_verified_extracted_and_cached(
 
 @pytest.mark.parametrize("failure", ["stall", "cut short"])
 def test_a_server_that_stalls_or_cuts_the_download_short_fails_it_in_time(
-    failure, small, small_tar, trusted, server, monkeypatch, tmp_path
+    failure, small_rows, small_tar, trusted, server, monkeypatch, tmp_path
 ):
     # Keras's get_file had no timeout: a stalled server held every task of a sweep until its time limit.
     trusted(small_tar)
@@ -114,7 +114,7 @@ def test_a_server_that_stalls_or_cuts_the_download_short_fails_it_in_time(
     assert len(server.requests) == (1 if failure == "stall" else 1 + download.DOWNLOAD_RESUMES)
 
 
-def test_a_download_that_breaks_off_resumes_where_it_stopped(small, cifar_sample, small_tar, trusted, server,
+def test_a_download_that_breaks_off_resumes_where_it_stopped(small_rows, cifar_sample, small_tar, trusted, server,
                                                              monkeypatch, caplog, tmp_path):  # fmt: skip
     trusted(small_tar)
     data = small_tar.read_bytes()
@@ -136,12 +136,12 @@ def test_the_pause_before_each_resume_doubles(small_tar, server, monkeypatch, tm
     pauses = []
     monkeypatch.setattr(download, "_pause", pauses.append)
     with pytest.raises(OSError, match=f"closed after 6000 of {len(data)} bytes"):  # the resumes spent
-        cifar10.fetch(url, tmp_path / "archive")
+        download.fetch(url, tmp_path / "archive")
     assert pauses == [2.0, 4.0, 8.0, 16.0, 32.0]
     assert (tmp_path / "archive").stat().st_size == 6000  # every piece kept, each resume starting where it stopped
 
 
-def test_a_resume_refused_for_a_while_is_tried_again(small, cifar_sample, small_tar, trusted, server, monkeypatch,
+def test_a_resume_refused_for_a_while_is_tried_again(small_rows, cifar_sample, small_tar, trusted, server, monkeypatch,
                                                     tmp_path):  # fmt: skip
     # Most of the file is here: an outage at the resume (503) is waited out, not the end.
     trusted(small_tar)
@@ -151,7 +151,7 @@ def test_a_resume_refused_for_a_while_is_tried_again(small, cifar_sample, small_
     assert [asked for asked, _ in server.requests] == [None, "bytes=1000-", "bytes=1000-", "bytes=1000-"]
 
 
-def test_a_connection_lost_after_the_last_byte_is_a_whole_file(small, cifar_sample, small_tar, trusted, server,
+def test_a_connection_lost_after_the_last_byte_is_a_whole_file(small_rows, cifar_sample, small_tar, trusted, server,
                                                                monkeypatch, tmp_path):  # fmt: skip
     # The server says 416 (nothing left from there, `bytes */size`): the file is whole.
     trusted(small_tar)
@@ -162,7 +162,7 @@ def test_a_connection_lost_after_the_last_byte_is_a_whole_file(small, cifar_samp
     assert [asked for asked, _ in server.requests] == [None, f"bytes={len(data)}-"]
 
 
-def test_a_resume_after_a_new_file_continues_the_new_one(small, cifar_sample, small_tar, trusted, server,
+def test_a_resume_after_a_new_file_continues_the_new_one(small_rows, cifar_sample, small_tar, trusted, server,
                                                          monkeypatch, tmp_path):  # fmt: skip
     # The second answer is a new version, whole (its If-Range failed); the next resume must ask for
     # that one, or every later resume fails If-Range and starts over.
@@ -175,8 +175,8 @@ def test_a_resume_after_a_new_file_continues_the_new_one(small, cifar_sample, sm
 
 
 @pytest.mark.parametrize("why", ["no ranges", "file changed"])
-def test_a_resume_the_server_answers_whole_starts_the_file_over(why, small, cifar_sample, small_tar, trusted, server,
-                                                                monkeypatch, tmp_path):  # fmt: skip
+def test_a_resume_the_server_answers_whole_starts_the_file_over(why, small_rows, cifar_sample, small_tar, trusted,
+                                                                server, monkeypatch, tmp_path):  # fmt: skip
     # A server without Range support, or a file replaced meanwhile (If-Range fails), sends all of it:
     # appended, it would make an archive of two halves.
     trusted(small_tar)
@@ -190,7 +190,7 @@ def test_a_resume_the_server_answers_whole_starts_the_file_over(why, small, cifa
     assert (cache / "datasets" / cifar10.ARCHIVE_NAME).read_bytes() == data
 
 
-def test_a_resume_from_the_wrong_byte_is_refused(small, small_tar, trusted, server, monkeypatch, tmp_path):
+def test_a_resume_from_the_wrong_byte_is_refused(small_rows, small_tar, trusted, server, monkeypatch, tmp_path):
     trusted(small_tar)
     data = small_tar.read_bytes()
     monkeypatch.setattr(cifar10, "CIFAR10_URL", server(data, cuts=[1000], ranges=True, skew=1))
@@ -199,7 +199,7 @@ def test_a_resume_from_the_wrong_byte_is_refused(small, small_tar, trusted, serv
     assert files_under(tmp_path / "cache") == ["datasets"]
 
 
-def test_a_stop_during_the_download_stops_it_and_leaves_nothing(small, small_tar, trusted, server, monkeypatch,
+def test_a_stop_during_the_download_stops_it_and_leaves_nothing(small_rows, small_tar, trusted, server, monkeypatch,
                                                                  tmp_path):  # fmt: skip
     trusted(small_tar)
     monkeypatch.setattr(cifar10, "CIFAR10_URL", server(small_tar.read_bytes()))
@@ -210,7 +210,7 @@ def test_a_stop_during_the_download_stops_it_and_leaves_nothing(small, small_tar
 
 
 @pytest.mark.parametrize("sent", [0, 1024])
-def test_a_stop_during_a_stalled_or_slow_download_is_a_stop_at_once(sent, small, small_tar, trusted, server,
+def test_a_stop_during_a_stalled_or_slow_download_is_a_stop_at_once(sent, small_rows, small_tar, trusted, server,
                                                                     monkeypatch, tmp_path):  # fmt: skip
     # SIGTERM while the server sends nothing (it ended as the timeout did: exit 3, never requeued),
     # or while a slow link has sent less than a read's worth (it waited for all 64 KB).

@@ -43,7 +43,7 @@ LEFTOVER_AGE_S = 600.0
 
 
 @contextlib.contextmanager
-def cache_lock(datasets: Path):
+def held(datasets: Path):
     """One process at a time fills the cache; the others wait, then find its work done.
 
     A flock on datasets/.cifar-10.lock, so the kernel drops it when its holder dies; the
@@ -57,7 +57,7 @@ def cache_lock(datasets: Path):
     try:
         datasets.mkdir(parents=True, exist_ok=True)
         fd, went_around = _acquire(lock)
-    except OSError as e:  # download_archive says what is wrong with the folder, if it comes to that
+    except OSError as e:  # cifar10.download_archive says what is wrong with the folder, if it comes to that
         log.warning("cannot lock the dataset cache %s (%s); going on without the lock", datasets, e)
         fd = None
     if not went_around:  # a holder gone around may be suspended, its folders still in use
@@ -176,7 +176,7 @@ class _LockWait:
     lock file is removed and the lock taken on a new one: the tasks waiting on the old file move
     to the new one, and none waits on it again. A fill beside a suspended one is safe: neither
     shows a partial file under a final name, and the suspended one, its folders deleted meanwhile
-    as a dead process's, reads the cache the other filled (_load_from_cache).
+    as a dead process's, reads the cache the other filled (cifar10._load_from_cache).
     """
 
     def __init__(self, lock: Path):

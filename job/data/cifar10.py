@@ -3,8 +3,8 @@
 Everything here is untrusted input: the archive is checked against the published
 sha256 before any member is touched, and members are extracted by our own code
 (regular files and directories only, never outside the staging directory). The cache
-is filled by one process at a time (cache_lock), over a download that survives a
-flaky network (download), and the batches are parsed without running code (batches).
+is filled by one process at a time (cache_lock.py), over a download that survives a
+flaky network (download.py), and the batches are parsed without running code (batch_files.py).
 Every failure a user can meet is a DataError that says what was expected; the original
 exception stays as its __cause__ for debugging.
 """
@@ -26,8 +26,8 @@ import numpy as np
 
 from job import preemption
 from job.atomic import fsync_dir, sha256_file
+from job.data import cache_lock
 from job.data.batch_files import BATCH_FILES, BATCHES_DIR, find_batches, read_batch_dir, unreadable
-from job.data.cache_lock import DOWNLOAD_PREFIX, EXTRACTION_PREFIX, EXTRACTION_SUFFIX, cache_lock
 from job.data.download import fetch
 from job.errors import NO_SPACE_ERRNOS, DataError, JobError, NoSpaceError, storage_fault
 
@@ -89,7 +89,7 @@ def _load(path: Path | None, datasets: Path):
         batches = _cached_batches(datasets)  # extracted already: read without waiting for the lock
         if batches is not None:
             return _read_cached(batches)
-        with cache_lock(datasets):
+        with cache_lock.held(datasets):
             return _load_archive(path, datasets)
     raise DataError(
         f"data.path {path} does not exist; expected the official {ARCHIVE_NAME} "
@@ -138,7 +138,7 @@ def _load_from_cache(datasets: Path):
     batches = _cached_batches(datasets)
     if batches is not None:
         return _read_cached(batches)
-    with cache_lock(datasets) as lock:
+    with cache_lock.held(datasets) as lock:
         batches = _cached_batches(datasets)  # filled while this process waited for the lock
         if batches is not None:
             return _read_cached(batches)
@@ -157,7 +157,7 @@ def _load_from_cache(datasets: Path):
             archive = download_archive(datasets, rejected)
             return _load_archive(archive, datasets)
         except (DataError, FileNotFoundError) as e:
-            # Suspended (Slurm's PreemptMode=SUSPEND) for longer than LEFTOVER_AGE_S, this process
+            # Suspended (Slurm's PreemptMode=SUSPEND) for longer than cache_lock.LEFTOVER_AGE_S, this process
             # was gone around, and its download or extraction folder deleted as a dead process's
             # by a later one; the process that went around has filled the cache meanwhile.
             batches = _cached_batches(datasets)
@@ -180,7 +180,7 @@ def download_archive(datasets: Path, rejected: list[Path] = ()) -> Path:
     """
     try:
         datasets.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=datasets))
+        staging = Path(tempfile.mkdtemp(prefix=cache_lock.DOWNLOAD_PREFIX, dir=datasets))
     except OSError as e:
         if e.errno in NO_SPACE_ERRNOS:  # an inode quota, often
             raise _no_space(datasets, e) from e
@@ -254,7 +254,8 @@ def _make_staging(datasets: Path) -> Path | None:
     """
     try:
         datasets.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=EXTRACTION_PREFIX, suffix=EXTRACTION_SUFFIX, dir=datasets))
+        prefix, suffix = cache_lock.EXTRACTION_PREFIX, cache_lock.EXTRACTION_SUFFIX
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=datasets))
     except OSError:
         return None
 
