@@ -37,7 +37,11 @@ def read_history(path: Path) -> list[dict]:
     1..n. A damaged file is a ValueError naming it, the line and what is wrong: an empty file or a
     header cut short too, which would otherwise read as a run of no epochs or blank curves."""
     rows = []
-    reader = csv.DictReader(io.StringIO(read_own_text(path), newline=""))  # as csv wants: \r\n and \r too
+    try:
+        text = read_own_text(path)
+    except UnicodeDecodeError as e:  # a ValueError that would name neither the file nor its kind
+        raise ValueError(f"{path.name} is not UTF-8 text, as lsjob writes it (bit rot?): {e}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # as csv wants: \r\n and \r too
     if reader.fieldnames is None:
         raise ValueError(f"{path.name} is empty (a copy cut short?)")
     missing = [name for name in HISTORY_COLUMNS if name not in reader.fieldnames]

@@ -179,7 +179,7 @@ def load_predictions(run_dir: Path) -> Predictions:
     # allow_pickle=False: a results volume is shared; a tampered file must not run code. Nor is a
     # teammate's link to a file of this user's read as one (rundir.open_own).
     path = Path(run_dir) / PREDICTIONS_FILE
-    with open(open_own(path, os.O_RDONLY), "rb") as raw, np.load(raw, allow_pickle=False) as f:
+    with open(open_own(path, os.O_RDONLY), "rb") as raw, np.load(_zip(raw), allow_pickle=False) as f:
         names = f["class_names"]
         if names.ndim != 1 or names.dtype.kind != "U" or not len(names):
             raise ValueError(f"class_names is an array of {names.dtype} of shape {names.shape}, not a list of names")
@@ -193,6 +193,15 @@ def load_predictions(run_dir: Path) -> Predictions:
                 f["holdout_labels"], f["holdout_probs"], class_names, "holdout"
             )
         return Predictions(test_probs, test_labels, class_names, holdout_probs, holdout_labels)
+
+
+def _zip(raw):
+    """`raw`, rewound, where it starts as a zip file does: np.load takes anything else for a
+    pickle, and refuses it with advice to load it unsafely."""
+    if raw.read(4) != b"PK\x03\x04":
+        raise ValueError("it is not an npz archive (a zip file)")
+    raw.seek(0)
+    return raw
 
 
 def calibration_report(predictions: Predictions) -> dict:
@@ -348,7 +357,7 @@ def regenerate(run_dir: Path) -> dict:
         if not (run_dir / name).is_file():
             status = (claimed.read_manifest(damaged) or {}).get("status", "no manifest")
             if status == COMPLETED:
-                fix = "the run wrote it as it finished, so it was lost since (a copy in part?): restore it from a copy"
+                fix = "a completed run holds it, so it was lost since (a copy in part?): restore it from a copy"
             else:
                 fix = "reports are made from it when a run finishes, so finish the run first"
             if name == PREDICTIONS_FILE:

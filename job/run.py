@@ -419,17 +419,21 @@ def _chain(error: BaseException):
 
 
 def _what_force_discards(run_dir: RunDir) -> str | None:
-    """The run --force is about to discard, in words; None where the folder holds nothing yet."""
-    if not any(p.name != LOCK for p in run_dir.path.iterdir()):
-        return None
+    """The run --force is about to discard, in words; None where the folder holds nothing yet.
+    Never fails: --force never needed the manifest read, and a line saying what went must not
+    stop it going."""
     try:
+        if not any(p.name != LOCK for p in run_dir.path.iterdir()):
+            return None
         manifest = run_dir.read_manifest()
-    except SpecError:
-        return "its manifest.json was damaged"
+    except (JobError, OSError):  # damaged, a link not followed, a failing disk: wipe() says if it matters
+        return "its manifest.json could not be read"
     if manifest is None:
         return "it had no manifest.json yet"
-    done = manifest.get("epochs_done")
-    return f"status {manifest.get('status')}, {done if isinstance(done, int) else '?'} epoch(s) done"
+    status, done = manifest.get("status"), manifest.get("epochs_done")
+    status = status if isinstance(status, str) else "?"
+    done = done if isinstance(done, int) and not isinstance(done, bool) else "?"
+    return f"status {status}, {done} epoch(s) done"
 
 
 def _start_manifest(spec: Spec, previous: dict | None, forced: bool = False) -> dict:

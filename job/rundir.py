@@ -68,9 +68,7 @@ FOREIGN_LINK = "a symbolic link to another user's file (not followed)"
 DANGLING_LINK = "a symbolic link to nothing (not followed)"
 # Likewise a hard link (where the file server lets one be made to a file one does not own).
 FOREIGN_HARD_LINK = "another user's file of several names (hard links), not written through"
-# The lock is emptied and rewritten at every start: through a link, even one's own, that would
-# destroy the file it points at (as root, any file), and a lock file kept elsewhere gains nothing.
-LINKED_LOCK = "a symbolic link, never followed to a lock"
+NOT_FOLLOWED = "a symbolic link (not followed)"
 
 
 def open_own(path: Path, flags: int, follow: bool = True) -> int:
@@ -83,7 +81,7 @@ def open_own(path: Path, flags: int, follow: bool = True) -> int:
         if e.errno != errno.ELOOP:
             raise
         if not follow:
-            raise OSError(errno.ELOOP, LINKED_LOCK, str(path)) from None
+            raise OSError(errno.ELOOP, NOT_FOLLOWED, str(path)) from None
         fd = _open_link(path, flags & ~os.O_CREAT)  # a link never makes a file where it points
     st = os.fstat(fd)
     writes = flags & (os.O_WRONLY | os.O_RDWR)
@@ -147,11 +145,17 @@ def slurm_restart() -> int:
         return 0
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the nearest folder above it that is there: where making it would start. A link
+    to nothing counts as there (a mkdir there fails); OSError where a folder cannot be looked into."""
+    return next((p for p in [path, *path.absolute().parents] if p.is_symlink() or p.exists()), Path("/"))
+
+
 def check_writable(root: Path, create: bool = True) -> None:
     """Fail before training, not after 70 epochs, when results cannot be written. With
     create=False nothing is made: the nearest existing folder must let the root be created."""
     if not create:
-        existing = next((p for p in [root, *root.absolute().parents] if p.exists()), Path("/"))
+        existing = nearest_existing(root)
         if not existing.is_dir():
             raise SpecError(
                 f"cannot create the results root {root}: {existing} is not a directory; "
@@ -198,6 +202,8 @@ class RunDir:
         takes it alone: rewriting a run's reports needs only that folder)."""
         with _claiming(self.path, "locking the run directory"):
             try:
+                # Emptied and rewritten at every start: through a link, even one's own, that would destroy
+                # the file it points at (as root, any file), and a lock kept elsewhere gains nothing.
                 fd = open_own(self.path / LOCK, os.O_RDWR | os.O_CREAT, follow=False)
             except PermissionError as e:  # a teammate's run in a shared folder, say
                 raise SpecError(
@@ -205,16 +211,17 @@ class RunDir:
                     f"{owned_by(self.path / LOCK, self.path)}"
                 ) from None
             except OSError as e:
-                if e.errno not in (errno.ELOOP, errno.EINVAL):
+                if e.errno not in (errno.ELOOP, errno.EINVAL, errno.EISDIR):
                     raise
-                if e.strerror == LINKED_LOCK:
+                if e.errno == errno.ELOOP:  # not followed: any link
                     raise SpecError(
                         f"{self.path / LOCK} is a symbolic link: a run's lock is emptied and rewritten at every "
                         "start, so lsjob never takes it through a link, which would overwrite the file it points "
                         f"at. Remove the link (rm {self.path / LOCK}; nothing of the run is lost) and re-run the "
                         "same command"
                     ) from None
-                raise SpecError(_not_lsjobs(self.path / LOCK, e.strerror)) from None
+                why = "not a plain file" if e.errno == errno.EISDIR else e.strerror  # strerror: "Is a directory"
+                raise SpecError(_not_lsjobs(self.path / LOCK, why)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

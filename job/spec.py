@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import reprlib
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -687,12 +688,20 @@ def _refuse_comment(item: str, raw: str) -> None:
     if rest.startswith("#"):
         key = item.partition("=")[0].strip()
         before = raw.rstrip()[: -len(rest)].strip()
-        # A note after a number (`train.epochs=2 #was 70`) is meant to go; a path's `#2` to stay.
-        note = f'A note: leave it out (--set "{key}={before}"); part' if before else "Part"
-        raise SpecError(
-            f"--set {item!r}: YAML reads {rest!r} as a comment and drops it. {note} of a text value (a path, "
-            f'a name): quote the value: --set "{key}={yaml_string(raw.strip())}"'
-        )
+        # A note after a number (`train.epochs=2 #was 70`) is meant to go; a path's `#2` to stay,
+        # unless the value before it is quoted already (`'/x y' #old`): then it is a note.
+        ways = [f"a note: leave it out (--set {_shell_word(f'{key}={before}')})"] if before else []
+        if before[:1] not in ("'", '"'):
+            quoted = _shell_word(f"{key}={yaml_string(raw.strip())}")
+            ways.append(f"part of a text value (a path, a name): quote the value: --set {quoted}")
+        advice = "; ".join(ways)
+        advice = advice[:1].upper() + advice[1:]
+        raise SpecError(f"--set {item!r}: YAML reads {rest!r} as a comment and drops it. {advice}")
+
+
+def _shell_word(text: str) -> str:
+    """`text` as one word to paste into a shell: in double quotes where that keeps it as it is."""
+    return f'"{text}"' if not any(c in text for c in '"$`\\!') else shlex.quote(text)
 
 
 def describe_errors(error: ValidationError, source: str, set_fields: list[str] = ()) -> str:

@@ -1599,6 +1599,11 @@ def test_missing_root_and_unwritable_out(tmp_path):
         with pytest.raises(AggregateError, match=f"into {out}: {tmp_path / 'file'} is a file, and the aggregate is"):
             aggregate(tmp_path / "results", out=out)
     assert (tmp_path / "file").read_text() == ""
+    (tmp_path / "nothing").symlink_to(tmp_path / "gone")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # resolve() raised RuntimeError: a traceback
+    for name in ("nothing", "loop"):
+        with pytest.raises(AggregateError, match=f"{tmp_path / name} is a link to nothing, and the aggregate is"):
+            aggregate(tmp_path / "results", out=tmp_path / name)
 
 
 def test_a_failed_aggregate_leaves_the_previous_one_whole(tmp_path, monkeypatch):

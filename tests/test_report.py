@@ -795,7 +795,7 @@ def test_a_tampered_predictions_file_cannot_run_code(tmp_path):
         regenerate(tmp_path)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bit rot"])
+@pytest.mark.parametrize("damage", ["truncated", "bit rot", "not an archive"])
 def test_a_damaged_predictions_file_is_a_clear_error_and_changes_nothing(tmp_path, damage):
     from job.errors import SpecError
 
@@ -805,16 +805,29 @@ def test_a_damaged_predictions_file_is_a_clear_error_and_changes_nothing(tmp_pat
     data = bytearray((tmp_path / "predictions.npz").read_bytes())
     if damage == "truncated":  # a results volume copied in part
         data = data[: len(data) // 2]
-    else:
+    elif damage == "bit rot":
         data[len(data) // 2 : len(data) // 2 + 50] = b"x" * 50
+    else:  # np.load read it as a pickle, and said to load it unsafely "if you trust the file"
+        data = b"test_probs,test_labels\n"
     (tmp_path / "predictions.npz").write_bytes(bytes(data))
-    with pytest.raises(SpecError, match=r"cannot regenerate the reports of .*BadZipFile") as err:
+    says = "it is not an npz archive" if damage == "not an archive" else "BadZipFile"
+    with pytest.raises(SpecError, match=rf"reports of .*predictions.npz is damaged.*{says}") as err:
         regenerate(tmp_path)
-    assert "predictions.npz is damaged" in str(err.value)
+    assert "allow_pickle" not in str(err.value)
     assert str(err.value).endswith("restore it from a copy of the run")
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     kept = lambda files: {k: v for k, v in files.items() if k not in ("predictions.npz", ".lock")}  # noqa: E731
     assert kept(after) == kept(before)
+
+
+def test_a_history_that_is_not_utf8_is_named_with_what_is_wrong(tmp_path):
+    from job.errors import SpecError
+
+    saved_run(tmp_path)
+    with open(tmp_path / "history.csv", "ab") as f:
+        f.write(b"\xff\xfe")  # bit rot: UnicodeDecodeError, which named neither the file nor its kind
+    with pytest.raises(SpecError, match=r"history.csv is not UTF-8 text, as lsjob writes it \(bit rot\?\)"):
+        regenerate(tmp_path)
 
 
 def test_training_plot_without_val_nll(tmp_path):

@@ -172,11 +172,20 @@ def test_a_different_spec_under_the_same_name_is_refused_naming_what_differs(com
         run_mod.execute(changed, sweep_point={"index": 0, "values": {"train.epochs": 3}})
 
 
-def test_force_has_nothing_to_say_discarded_in_a_folder_it_just_made(tmp_path):
+def test_what_force_says_it_discards_never_stops_it(tmp_path, monkeypatch):
     run_dir = RunDir(tmp_path / "r")
     run_dir.claim()  # the folder and its lock, as --force finds them for a run never started
     try:
         assert run_mod._what_force_discards(run_dir) is None
+        run_dir.write_manifest({"status": "running"})  # a manifest of an older shape: no epochs_done
+        assert run_mod._what_force_discards(run_dir) == "status running, ? epoch(s) done"
+
+        def failing_disk(*args, **kwargs):
+            raise OSError(errno.EIO, "Input/output error")
+
+        # --force never read the manifest before: a line describing it must not make it fail.
+        monkeypatch.setattr(rundir, "read_own_text", failing_disk)
+        assert run_mod._what_force_discards(run_dir) == "its manifest.json could not be read"
     finally:
         run_dir.release()
 
@@ -875,13 +884,17 @@ def test_a_hard_link_to_another_users_file_is_never_written_through(tmp_path):
     assert (tmp_path / "thesis.tex").read_text() == "a year of work\n"
 
 
-@pytest.mark.parametrize("target", ["own file", "nothing"])
+@pytest.mark.parametrize("target", ["own file", "nothing", "another user's file"])
 def test_a_lock_is_never_taken_through_a_link_even_ones_own(tmp_path, target):
     # The lock is emptied and rewritten at every start: through a link of one's own, it destroyed the
     # file it pointed at (as root, any file: /etc/passwd), by `lsjob run` and `lsjob report` alike.
     notes = tmp_path / "notes.txt"
-    if target == "own file":
+    if target != "nothing":
         notes.write_text("a year of work\n")
+    if target == "another user's file":
+        if os.geteuid() != 0:
+            pytest.skip("making another user's file, as a teammate's, needs root")
+        os.chown(notes, OTHER_USER, OTHER_USER)
     run = stopped_run(tmp_path / "root" / "r")
     (run / ".lock").unlink()
     (run / ".lock").symlink_to(notes)
@@ -889,7 +902,7 @@ def test_a_lock_is_never_taken_through_a_link_even_ones_own(tmp_path, target):
         with pytest.raises(SpecError, match=rf"{run / '.lock'} is a symbolic link: .* Remove the link") as err:
             take(RunDir(run))
         assert err.value.exit_code == EXIT_BAD_INPUT
-    assert notes.read_text() == "a year of work\n" if target == "own file" else not notes.exists()
+    assert notes.read_text() == "a year of work\n" if target != "nothing" else not notes.exists()
     assert (run / ".lock").is_symlink()
 
 
@@ -917,6 +930,12 @@ def test_run_files_that_are_not_plain_files_are_refused_at_once(tmp_path):
         with pytest.raises(SpecError, match=rf"{run / name} is not a plain file: lsjob uses a run's files") as err:
             RunDir(run).claim()
         assert err.value.exit_code == EXIT_BAD_INPUT
+    run = stopped_run(tmp_path / "folder")
+    (run / ".lock").unlink()
+    (run / ".lock").mkdir()  # IsADirectoryError: a traceback, exit 1, by lsjob run and lsjob report alike
+    for take in (RunDir.claim, RunDir.lock):
+        with pytest.raises(SpecError, match=rf"{run / '.lock'} is not a plain file: lsjob uses a run's files"):
+            take(RunDir(run))
 
 
 def test_a_run_whose_lock_another_user_owns_is_refused_in_one_line(monkeypatch, tmp_path):
@@ -1513,7 +1532,7 @@ def test_a_manifest_that_is_not_a_json_object_is_a_damaged_run_that_force_discar
         run_mod.execute(spec)
     assert err.value.exit_code == EXIT_BAD_INPUT and "--force" in str(err.value)
     assert run_mod.execute(spec, force=True) == 0
-    assert "(its manifest.json was damaged)" in (spec.run_dir / "run.log").read_text().splitlines()[0]
+    assert "(its manifest.json could not be read)" in (spec.run_dir / "run.log").read_text().splitlines()[0]
 
 
 def test_a_run_killed_after_writing_its_spec_before_its_manifest_is_still_ours(tiny_spec):

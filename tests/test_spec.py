@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -417,6 +418,14 @@ def test_a_note_after_a_number_is_refused_with_the_value_left_without_it():
     with pytest.raises(SpecError) as err:  # all comment: leaving it out leaves nothing
         load_spec(None, ["output.run=#1"])
     assert "leave it out" not in str(err.value) and "Part of a text value" in str(err.value)
+    # Quoted already, the rest is a note: quoting it all would make the quotes part of the value.
+    for item, without, field, value in (("output.root='/x y' #old", "\"output.root='/x y'\"", "root", Path("/x y")),
+                                        ('output.run="r" #note', "'output.run=\"r\"'", "run", "r")):  # fmt: skip
+        with pytest.raises(SpecError) as err:
+            load_spec(None, [item])
+        assert str(err.value).endswith(f"A note: leave it out (--set {without})")
+        # Pasted into a shell, the word is the value without its note.
+        assert getattr(load_spec(None, shlex.split(without)).output, field) == value
 
 
 @pytest.mark.parametrize(

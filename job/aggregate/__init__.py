@@ -52,7 +52,7 @@ from job.aggregate.stats import (
 from job.aggregate.tables import CSV_COLUMNS, render_csv, render_json, render_markdown
 from job.atomic import clear_abandoned_staging, file_set, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
-from job.rundir import LOCK, MANIFEST, SPEC_FILE, is_lsjob_lock
+from job.rundir import LOCK, MANIFEST, SPEC_FILE, is_lsjob_lock, nearest_existing
 
 # What other modules and the tests use; the rest lives in the modules named above.
 __all__ = [
@@ -150,15 +150,18 @@ def _one_writer_at_a_time(out: Path):
 
 
 def _refuse_file(out: Path) -> None:
-    """--out naming a file, or a folder below one: mkdir said only "File exists"."""
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise AggregateError(
-                    f"cannot write the aggregate into {out}: {folder} is a file, and the aggregate is a folder of "
-                    "files; pass --out DIR naming a folder (made if missing)"
-                )
+    """--out naming a file, a link to nothing or a folder below one: mkdir said only "File exists"."""
+    try:
+        existing = nearest_existing(out)
+        if existing.is_dir():
             return
+        what = "a link to nothing" if existing.is_symlink() and not existing.exists() else "a file"
+    except OSError as e:  # a folder above it this user may not look into; a link loop
+        raise AggregateError(f"cannot write the aggregate into {out}: {e.strerror or e}; pass --out DIR") from None
+    raise AggregateError(
+        f"cannot write the aggregate into {out}: {existing} is {what}, and the aggregate is a folder of files; "
+        "pass --out DIR naming a folder (made if missing)"
+    )
 
 
 def _refuse_run_directory(out: Path, runs: list[Run]) -> None:
