@@ -157,22 +157,29 @@ def check_writable(root: Path, create: bool = True) -> None:
     if not create:
         existing = nearest_existing(root)
         if not existing.is_dir():
-            raise SpecError(
-                f"cannot create the results root {root}: {existing} is not a directory; "
-                "set output.root to a writable directory"
-            )
+            raise _not_a_directory(root, existing)
         if not os.access(existing, os.W_OK | os.X_OK):
             where = "" if existing == root else f" ({existing} cannot hold it)"
             raise SpecError(f"the results root {root} is not writable{where}; set output.root to a writable directory")
         return
     try:
         root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # mkdir names neither the file nor the link to nothing
+        raise _not_a_directory(root, nearest_existing(root)) from None
     except OSError as e:
         raise storage_fault(root, e) or SpecError(
             f"cannot create the results root {root}: {e.strerror}; set output.root to a writable directory"
         ) from None
     if not os.access(root, os.W_OK | os.X_OK):
         raise SpecError(f"the results root {root} is not writable; set output.root to a writable directory")
+
+
+def _not_a_directory(root: Path, existing: Path) -> SpecError:
+    if existing.is_symlink() and not existing.exists():
+        why = f"{existing} is a link to nothing (to {os.readlink(existing)}); create what it points to, or"
+    else:
+        why = f"{existing} is not a directory;"
+    return SpecError(f"cannot create the results root {root}: {why} set output.root to a writable directory")
 
 
 class RunDir:

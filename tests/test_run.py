@@ -1191,6 +1191,19 @@ def test_unwritable_results_root_fails_before_the_data_loads(tmp_path, tiny_spec
     assert list((tmp_path / "read-only").iterdir()) == []
 
 
+@pytest.mark.parametrize("create", [False, True])  # run's check before the data, and the claim's mkdir
+@pytest.mark.parametrize("below", ["", "results"])
+def test_a_results_root_through_a_link_to_nothing_says_so(tmp_path, create, below):
+    # mkdir said only "File exists", and the early check "is not a directory", of a path that looks like one.
+    (tmp_path / "root").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(SpecError, match=r"root is a link to nothing \(to .*unmounted\); create what it points to"):
+        rundir.check_writable(tmp_path / "root" / below, create=create)
+    assert not (tmp_path / "unmounted").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SpecError, match=r"results root .*file/results: .*file is not a directory; set output.root"):
+        rundir.check_writable(tmp_path / "file" / "results", create=create)
+
+
 def test_claiming_a_run_clears_temporary_files_of_writers_killed_midway_and_nothing_else(tmp_path):
     # Left by a process killed mid-write (SIGKILL, the OOM killer): only job.atomic's own names.
     run = RunDir(tmp_path / "r")
