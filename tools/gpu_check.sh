@@ -19,6 +19,9 @@
 # jaxlib 0.11.2, numpy 2.5.2, torch 2.11.0; absl-py, rich, scikit-learn, matplotlib, h5py, pyyaml,
 # typer) and neither keras nor TensorFlow, run at GPU_CHECK_SCALE=tiny with the default
 # GPU_CHECK_WHEELS, so that the wheels fetched for 3.12 install as they will there (100 s on 2 cores).
+# Where no CPU torch wheel for 3.12 can be had, the torch side runs the same way in a 3.11 venv, with
+# wheels fetched by WHEEL_DIR=/tmp/whl311 WHEEL_PYTHON=3.11 tools/fetch_gpu_wheels.sh and
+# GPU_CHECK_WHEELS=/tmp/whl311 GPU_CHECK_BACKENDS=torch (80 s on 2 cores, torch 2.13 CPU).
 #
 # Settings (environment):
 #   PYTHON              the Python with the packages (default python3)
