@@ -222,9 +222,9 @@ class SlurmCluster:
         except (SlurmError, subprocess.TimeoutExpired):
             return ""
 
-    def sbatch(self, *args: str, cwd: Path | None = None) -> str:
+    def sbatch(self, *args: str, cwd: Path | None = None, env: dict | None = None) -> str:
         """Submit; returns the job id (an array's id for --array)."""
-        return self.run("sbatch", "--parsable", *args, cwd=cwd).strip().split(";")[0]
+        return self.run("sbatch", "--parsable", *args, cwd=cwd, env=env).strip().split(";")[0]
 
     def queued(self, job_id: str) -> list[dict[str, str]]:
         """The job's (or array's) entries in squeue, one per task: id, state, reason; [] once it has left."""

@@ -735,7 +735,8 @@ def test_interrupted_job_is_requeued_and_resumes(cluster: SlurmCluster, tmp_path
         "output.run=requeue",
     ]  # fmt: skip
     sets = [arg for o in overrides for arg in ("--set", o)]
-    job_id = cluster.sbatch(*SMALL, str(SLURM / "train.sbatch"), str(SMOKE_SPEC), *sets, cwd=tmp_path)
+    job_id = cluster.sbatch(*SMALL, str(SLURM / "train.sbatch"), str(SMOKE_SPEC), *sets, cwd=tmp_path,
+                            env=_job_env(tmp_path))  # fmt: skip
     run_dir = tmp_path / "results" / "requeue"
     log = tmp_path / "logs" / f"lsjob_{job_id}.out"
 
