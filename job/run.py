@@ -35,6 +35,7 @@ from job.rundir import (
     SPEC_FILE,
     RunDir,
     check_writable,
+    links_to_nothing,
     now,
     open_own,
     slurm_restart,
@@ -61,7 +62,7 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         return EXIT_OK
     check_writable(spec.run_dir.parent, create=False)  # a read-only root fails before any download
     if os.path.lexists(run_dir.path) and not run_dir.path.is_dir():  # before any download too
-        what = "a link to nothing" if run_dir.path.is_symlink() and not run_dir.path.exists() else "not a directory"
+        what = "a link to nothing" if links_to_nothing(run_dir.path) else "not a directory"
         raise SpecError(f"{run_dir.path} is {what}, so no run can be written there; remove it, or use "
                         f"{_elsewhere(sweep_point)}")  # fmt: skip
     setup = None

@@ -151,6 +151,11 @@ def nearest_existing(path: Path) -> Path:
     return next((p for p in [path, *path.absolute().parents] if p.is_symlink() or p.exists()), Path("/"))
 
 
+def links_to_nothing(path: Path) -> bool:
+    """A symbolic link whose target is not there (or a loop): mkdir and open say only "File exists"."""
+    return path.is_symlink() and not path.exists()
+
+
 def check_writable(root: Path, create: bool = True) -> None:
     """Fail before training, not after 70 epochs, when results cannot be written. With
     create=False nothing is made: the nearest existing folder must let the root be created."""
@@ -175,7 +180,7 @@ def check_writable(root: Path, create: bool = True) -> None:
 
 
 def _not_a_directory(root: Path, existing: Path) -> SpecError:
-    if existing.is_symlink() and not existing.exists():
+    if links_to_nothing(existing):
         why = f"{existing} is a link to nothing (to {os.readlink(existing)}); create what it points to, or"
     else:
         why = f"{existing} is not a directory;"

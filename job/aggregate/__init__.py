@@ -52,7 +52,7 @@ from job.aggregate.stats import (
 from job.aggregate.tables import CSV_COLUMNS, render_csv, render_json, render_markdown
 from job.atomic import clear_abandoned_staging, file_set, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
-from job.rundir import LOCK, MANIFEST, SPEC_FILE, is_lsjob_lock, nearest_existing
+from job.rundir import LOCK, MANIFEST, SPEC_FILE, is_lsjob_lock, links_to_nothing, nearest_existing
 
 # What other modules and the tests use; the rest lives in the modules named above.
 __all__ = [
@@ -155,7 +155,7 @@ def _refuse_file(out: Path) -> None:
         existing = nearest_existing(out)
         if existing.is_dir():
             return
-        what = "a link to nothing" if existing.is_symlink() and not existing.exists() else "a file"
+        what = "a link to nothing" if links_to_nothing(existing) else "a file"
     except OSError as e:  # a folder above it this user may not look into; a link loop
         raise AggregateError(f"cannot write the aggregate into {out}: {e.strerror or e}; pass --out DIR") from None
     raise AggregateError(
