@@ -152,7 +152,7 @@ def nearest_existing(path: Path) -> Path:
 
 
 def links_to_nothing(path: Path) -> bool:
-    """A symbolic link whose target is not there (or a loop): mkdir and open say only "File exists"."""
+    """A symbolic link whose target is not there (or a loop), of which a mkdir says only "File exists"."""
     return path.is_symlink() and not path.exists()
 
 

@@ -194,7 +194,7 @@ def test_force_discards_once_per_slurm_job_so_a_requeued_attempt_resumes(tiny_sp
     caplog.set_level("INFO", logger="lsjob")
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     # sbatch requeues an attempt with the options it was submitted with, --force included.
-    spec = tiny_spec()
+    spec = tiny_spec("train.epochs=1")  # it trains 7 times: one epoch each is all --force's record needs
     run_mod.execute(spec)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
 
