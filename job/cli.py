@@ -295,7 +295,8 @@ def k8s_render(
         ),
     ] = None,
 ):
-    """Print a ConfigMap holding the spec and a Job (an Indexed Job for a sweep), for `kubectl apply -f -`."""
+    """Print a ConfigMap holding the spec and an Indexed Job (one completion per sweep point; one for
+    a single run), for `kubectl apply -f -`."""
     manifests = k8s.render(
         spec,
         image=image,
