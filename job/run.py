@@ -35,6 +35,7 @@ from job.rundir import (
     SPEC_FILE,
     RunDir,
     check_writable,
+    enclosing_run,
     links_to_nothing,
     now,
     open_own,
@@ -60,7 +61,13 @@ def execute(spec: Spec, force: bool = False, dataset=None, sweep_point: dict | N
         # A finished sweep on a volume now mounted read-only: nothing to do, so nothing to refuse.
         log.info("%s is already complete%s; nothing to do", run_dir.path, _result(previous))
         return EXIT_OK
-    check_writable(spec.run_dir.parent, create=False)  # a read-only root fails before any download
+    root = spec.run_dir.parent
+    if (inside := enclosing_run(root)) is not None:
+        raise SpecError(
+            f"output.root {root} is inside the run directory {inside}, which holds only what its own run writes "
+            "(a finished run clears its checkpoints/ and --force refuses the rest): choose a results root outside it"
+        )
+    check_writable(root, create=False)  # a read-only root fails before any download
     if os.path.lexists(run_dir.path) and not run_dir.path.is_dir():  # before any download too
         what = "a link to nothing" if links_to_nothing(run_dir.path) else "not a directory"
         raise SpecError(f"{run_dir.path} is {what}, so no run can be written there; remove it, or use "

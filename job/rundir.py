@@ -37,6 +37,12 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 MODEL_FILE = "model.keras"
+# Written by job.report beside the metrics.
+REPORTS = ("classification_report.txt", "training.png", "confusion_matrix.png", "reliability.png", "calibration.json")
+# Every name a run writes in its folder (a test holds a finished run to it): what --force discards.
+RUN_FILES = frozenset({
+    LOCK, MANIFEST, RUN_LOG, CHECKPOINTS, SPEC_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, MODEL_FILE, *REPORTS,
+})  # fmt: skip
 # A manifest's status, as job.run writes it; job.aggregate reads runs by it.
 RUNNING, COMPLETED, INTERRUPTED, FAILED = "running", "completed", "interrupted", "failed"
 MANIFEST_STATUSES = (RUNNING, COMPLETED, FAILED, INTERRUPTED)
@@ -341,9 +347,20 @@ class RunDir:
     def wipe(self) -> None:
         """--force: discard everything of an earlier run, keeping our lock. The spec and then the
         manifest go last: killed midway, the folder still reads as a run of ours, which --force
-        can finish discarding, rather than as a foreign folder no command will write into."""
+        can finish discarding, rather than as a foreign folder no command will write into.
+        Refused, with nothing removed, where the folder also holds what no run writes (a user's
+        notes, a run made inside it): that is not the run's to discard."""
+        entries = list(self.path.iterdir())
+        others = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in entries
+                        if p.name not in RUN_FILES)  # fmt: skip
+        if others:
+            shown = ", ".join(others[:5]) + (f", ... ({len(others)} in all)" if len(others) > 5 else "")
+            raise SpecError(
+                f"--force would discard the run in {self.path}, which also holds what no run writes there: "
+                f"{shown}. Move that out of it (it is not the run's to delete), then run the same command again"
+            )
         last = (SPEC_FILE, MANIFEST)
-        for p in sorted(self.path.iterdir(), key=lambda p: last.index(p.name) + 1 if p.name in last else 0):
+        for p in sorted(entries, key=lambda p: last.index(p.name) + 1 if p.name in last else 0):
             if p.name == LOCK:
                 continue
             if p.is_dir() and not p.is_symlink():
@@ -427,6 +444,25 @@ def _not_lsjobs(path: Path, why: str) -> str:
 
 
 # ---------------------------------------------------------------------------- reading another process's run
+
+
+def is_run_directory(folder: Path) -> bool:
+    """Whether `folder` is a run's: it holds lsjob's lock (every claimed run keeps one), or a
+    manifest and spec as a run writes them (a copy made without hidden files)."""
+    try:
+        return is_lsjob_lock(folder / LOCK) or ((folder / MANIFEST).is_file() and (folder / SPEC_FILE).is_file())
+    except OSError:  # a folder this user may not look into: not known to be a run
+        return False
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run directory that `path` is or lies in, if any: nothing else may be written there
+    (a finished run clears its checkpoints/, --force refuses what is not the run's)."""
+    try:
+        where = path.resolve()
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13): the writes say so
+        return None
+    return next((folder for folder in (where, *where.parents) if is_run_directory(folder)), None)
 
 
 def is_lsjob_lock(path: Path) -> bool:

@@ -58,6 +58,8 @@ def test_results_directory_is_complete(completed):
     run_dir = completed.run_dir
     names = {p.name for p in run_dir.iterdir()}
     assert ARTIFACTS <= names
+    # What --force discards (rundir.RUN_FILES) is what a run writes: a file added here must be added there.
+    assert names == rundir.RUN_FILES - {"checkpoints"}
     assert not [n for n in names if ".tmp" in n], "temporary files left behind"
     assert "checkpoints" not in names  # no longer needed once complete
 
@@ -1557,6 +1559,47 @@ def test_a_run_killed_after_writing_its_spec_before_its_manifest_is_still_ours(t
     (spec.run_dir / "run.log").write_text("")
     (spec.run_dir / "spec.yaml").write_text(spec.to_yaml())
     assert run_mod.execute(spec) == 0
+
+
+def test_force_refuses_a_run_folder_holding_what_no_run_writes_and_removes_nothing(tiny_spec):
+    # A user's notes beside a run, or a run made inside it, are not the run's to discard.
+    spec = tiny_spec("train.epochs=1")
+    fail_an_attempt(spec)
+    (spec.run_dir / "NOTES.md").write_text("what I saw\n")
+    (spec.run_dir / "inner" / "checkpoints").mkdir(parents=True)
+    before = sorted(p.relative_to(spec.run_dir) for p in spec.run_dir.rglob("*"))
+    with pytest.raises(SpecError, match=r"--force would discard the run in .*, which also holds what no run writes "
+                       r"there: NOTES\.md, inner/\. Move that out of it") as err:  # fmt: skip
+        run_mod.execute(spec, force=True)
+    assert err.value.exit_code == EXIT_BAD_INPUT
+    assert sorted(p.relative_to(spec.run_dir) for p in spec.run_dir.rglob("*")) == before
+    (spec.run_dir / "NOTES.md").unlink()
+    shutil.rmtree(spec.run_dir / "inner")
+    assert run_mod.execute(spec, force=True) == 0
+
+
+@pytest.mark.parametrize("below", ["", "checkpoints", "checkpoints/deeper"])
+def test_a_results_root_inside_a_run_directory_is_refused_before_anything_is_written(tiny_spec, below):
+    # A run's checkpoints/ goes when it completes, and what else it holds --force refuses:
+    # a run made in there would be lost, or stop --force on the run around it.
+    outer = tiny_spec("train.epochs=1")
+    fail_an_attempt(outer)
+    root = outer.run_dir / below
+    before = sorted(outer.run_dir.rglob("*"))
+    inner = tiny_spec("train.epochs=1", f"output.root={root}", "output.run=inner")
+    with pytest.raises(SpecError, match=f"output.root {root} is inside the run directory {outer.run_dir}, "):
+        run_mod.execute(inner)
+    assert sorted(outer.run_dir.rglob("*")) == before
+
+
+def test_a_folder_holding_some_other_tools_manifest_json_may_hold_a_results_root(tiny_spec, tmp_path):
+    # Only a folder with lsjob's lock, or a run's manifest and spec, is a run directory.
+    (tmp_path / "manifest.json").write_text("{}")
+    spec = tiny_spec("train.epochs=1")
+    assert rundir.enclosing_run(spec.run_dir.parent) is None
+    assert rundir.enclosing_run(spec.run_dir / "x") is None  # not yet made
+    fail_an_attempt(spec)
+    assert rundir.enclosing_run(spec.run_dir / "x") == spec.run_dir.resolve()
 
 
 def test_force_removes_a_link_of_ones_own_in_place_of_checkpoints(tmp_path):

@@ -52,7 +52,7 @@ from job.aggregate.stats import (
 from job.aggregate.tables import CSV_COLUMNS, render_csv, render_json, render_markdown
 from job.atomic import clear_abandoned_staging, file_set, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, storage_fault
-from job.rundir import LOCK, MANIFEST, SPEC_FILE, is_lsjob_lock, links_to_nothing, nearest_existing
+from job.rundir import LOCK, MANIFEST, SPEC_FILE, is_run_directory, links_to_nothing, nearest_existing
 
 # What other modules and the tests use; the rest lives in the modules named above.
 __all__ = [
@@ -167,11 +167,11 @@ def _refuse_file(out: Path) -> None:
 def _refuse_run_directory(out: Path, runs: list[Run]) -> None:
     """A run directory holds only what its run writes: anything else there, and a run that
     stopped while starting no longer resumes ("not an lsjob run directory"). Those found under
-    the root, and any other: a folder holding a manifest or lsjob's lock (taken first) is one."""
+    the root, and any other (rundir.is_run_directory)."""
     where = out.resolve()
     found = [run.path.resolve() for run in runs]
     for folder in (where, *where.parents):
-        if folder in found or (folder / MANIFEST).is_file() or is_lsjob_lock(folder / LOCK):
+        if folder in found or is_run_directory(folder):
             raise AggregateError(
                 f"{out} is inside the run directory {folder}, where aggregate does not write; give the folder "
                 "holding the runs, or pass --out DIR elsewhere"
