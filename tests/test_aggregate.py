@@ -2098,6 +2098,25 @@ def test_a_manifest_with_a_boolean_for_a_number_is_damaged(tmp_path):
     assert run.status == "damaged" and "'seed' is True, not int" in run.reason
 
 
+# Python's json reads NaN, Infinity and 1e400 (no run writes them): one such run is listed as
+# damaged, and the rest of the sweep is aggregated, where the table and plots raised.
+@pytest.mark.parametrize(
+    ("key", "text", "shown"),
+    [("duration_s", "NaN", "nan"), ("duration_s", "Infinity", "inf"), ("duration_s", "-5", "-5"),
+     ("factor", "-Infinity", "-inf"), ("factor", "1e400", "inf"),
+     ("factor", "1" + "0" * 400, "10000000000000000000...")],
+)  # fmt: skip
+def test_a_manifest_number_that_is_not_finite_makes_its_run_damaged_not_the_aggregate_fail(tmp_path, key, text, shown):
+    write_run(tmp_path, "good", "labels", 0.1, 1)
+    run = write_run(tmp_path, "bad", "labels", 0.1, 2)
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, key: "X"}).replace('"X"', text))
+    summary = aggregate(tmp_path)
+    bad = by_run(summary.runs)["bad"]
+    assert bad.status == "damaged" and f"{key!r} is {shown}" in bad.reason and "not a finite number" in bad.reason
+    assert by_run(summary.runs)["good"].status == "completed"
+
+
 # An optional metric that is not finite is left out, not averaged as NaN.
 def test_an_optional_metric_that_is_not_finite_is_left_out(tmp_path):
     for seed in (0, 1):

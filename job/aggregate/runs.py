@@ -278,6 +278,10 @@ def _read_manifest(path: Path) -> dict:
             problems.append(f"no {key!r}")
         elif not _is(manifest[key], kind):
             problems.append(f"{key!r} is {manifest[key]!r}, not {'a number' if kind is float else kind.__name__}")
+        elif kind is float and (_finite(manifest[key]) is None or (key == "duration_s" and manifest[key] < 0)):
+            # JSON as Python reads it takes NaN, Infinity and 1e400; no run writes them, nor a negative duration.
+            need = "a finite number" + (" >= 0" if key == "duration_s" else "")
+            problems.append(f"{key!r} is {_short_number(manifest[key])}, not {need}")
     if not problems and manifest["status"] not in MANIFEST_STATUSES:
         problems.append(f"unknown status {manifest['status']!r}")
     if problems:
@@ -459,7 +463,18 @@ def _is(value: Any, kind: type) -> bool:
 
 
 def _finite(value: Any) -> float | None:
-    return float(value) if _is(value, float) and math.isfinite(value) else None
+    if not _is(value, float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range, as JSON may hold
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _short_number(value: float) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} digits)"
 
 
 def _agree(a: float, b: Any) -> bool:
