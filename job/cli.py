@@ -365,9 +365,22 @@ def _setup_logging() -> None:
     log.setLevel(logging.INFO)
 
 
+def _check_working_directory() -> None:
+    # Relative paths (the default results root among them) mean nothing in a folder since deleted:
+    # os.getcwd() fails there, deep inside whatever first resolves one.
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise SpecError(
+            "the current folder no longer exists (deleted, or its mount went away): cd to one that does, "
+            "and run the command again"
+        ) from None
+
+
 def main() -> None:
     # Typer/click handle usage errors themselves (exit 2); ours propagate to here.
     try:
+        _check_working_directory()
         app()
     except JobError as e:
         print(f"lsjob: {e.label}: {e}", file=sys.stderr)

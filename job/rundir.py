@@ -210,7 +210,7 @@ class RunDir:
                 f"{self.path} exists and is not an lsjob run directory; refusing to write into it. "
                 "Choose another output.run or output.root"
             )
-        with _claiming(self.path, "making the run directory"):
+        with _claiming(self.path, "making the run directory", "set output.root to a writable directory"):
             self.path.mkdir(exist_ok=True)
             self._refuse_links()
         self.lock()
@@ -419,9 +419,10 @@ def _replaced_pod(pid: int, host: str) -> EarlierAttempt | None:
 
 
 @contextlib.contextmanager
-def _claiming(path: Path, doing: str):
+def _claiming(path: Path, doing: str, advice: str | None = None):
     """A full disk (exit 6) or a storage fault (exit 1) while the run directory is made or its
-    lock written, said in one line as when training writes, not a traceback that reads as a bug."""
+    lock written, said in one line as when training writes, not a traceback that reads as a bug;
+    given `advice`, any other error too, as bad input (exit 2) ending in it."""
     try:
         yield
     except OSError as e:
@@ -432,7 +433,10 @@ def _claiming(path: Path, doing: str):
             ) from e
         if (fault := storage_fault(path, e)) is not None:
             raise fault from e
-        raise
+        if advice is None:
+            raise
+        # Where os.access said yes and the kernel no (root in /proc or /sys): a place for no results.
+        raise SpecError(f"{doing} {path} failed ({e.strerror or e}): {advice}") from e
 
 
 def _not_lsjobs(path: Path, why: str) -> str:

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -333,6 +334,20 @@ def test_an_os_error_other_than_a_full_disk_is_not_called_one(monkeypatch):
     monkeypatch.setattr(cli, "app", app)
     with pytest.raises(PermissionError):
         cli.main()
+
+
+def test_a_working_directory_since_deleted_is_bad_input_said_in_one_line(tmp_path):
+    # A shell left in a folder that was removed: relative paths mean nothing there.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    where, python, spec = (shlex.quote(str(p)) for p in (gone, sys.executable, ROOT / "specs" / "smoke.yaml"))
+    script = f"cd {where} && rmdir {where} && exec {python} -m job run {spec}"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        "lsjob: error: the current folder no longer exists (deleted, or its mount went away): cd to one that does, "
+        "and run the command again\n"
+    )
 
 
 def test_loading_keras_quiets_tensorflows_notes_for_run_and_bench(monkeypatch):

@@ -1619,6 +1619,13 @@ def test_force_removes_a_link_of_ones_own_in_place_of_checkpoints(tmp_path):
     assert (scratch / "epoch-0001").is_dir()
 
 
+def test_a_run_directory_the_kernel_will_not_make_is_bad_input_in_one_line():
+    # As root, os.access says /proc is writable; mkdir there fails (ENOENT), which was a traceback.
+    with pytest.raises(SpecError, match=r"set output.root to a writable directory$") as err:
+        RunDir(Path("/proc/lsjob-run")).claim()
+    assert err.value.exit_code == EXIT_BAD_INPUT
+
+
 def test_a_results_root_several_folders_deep_is_made(tmp_path):
     # Output.root=/scratch/$USER/project/results on a fresh scratch disk.
     run_dir = RunDir(tmp_path / "a" / "b" / "results" / "r")
