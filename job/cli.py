@@ -18,7 +18,7 @@ import typer
 
 from job import k8s, preemption, sweep
 from job.errors import EXIT_NO_SPACE, NO_SPACE_ERRNOS, JobError, SpecError
-from job.spec import json_schema, load_spec
+from job.spec import EMPTY_PATH, json_schema, load_spec
 
 app = typer.Typer(
     help="Train MiniGoogLeNet on CIFAR-10 with label smoothing, from a YAML spec.",
@@ -28,8 +28,16 @@ app = typer.Typer(
 )
 log = logging.getLogger("lsjob")
 
+
+def _path(value: str) -> Path:
+    if value == "":  # as a spec's paths: "$OUT" of an unset variable is not the working directory
+        raise typer.BadParameter(EMPTY_PATH)
+    return Path(value)
+
+
 SpecArg = Annotated[
-    Path, typer.Argument(metavar="SPEC", help="The run spec (YAML). `lsjob schema` describes every field.")
+    Path,
+    typer.Argument(metavar="SPEC", parser=_path, help="The run spec (YAML). `lsjob schema` describes every field."),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -108,7 +116,9 @@ def bench(
         ),
     ] = 50,
     warmup: Annotated[int, typer.Option(min=1, help="Steps run first: compilation and warm-up.")] = 10,
-    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write the JSON here instead of to stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(metavar="FILE", parser=_path, help="Write the JSON here instead of to stdout.")
+    ] = None,
 ):
     """Time the spec's real training step on synthetic data: a table on stderr, JSON on stdout (or --out)."""
     point = sweep.select(sweep.points(load_spec(spec, set_ or [])), index)
@@ -228,9 +238,12 @@ def sweep_list(spec: SpecArg, set_: SetOpt = None):
 
 @app.command()
 def aggregate(
-    root: Annotated[Path, typer.Argument(metavar="ROOT", help="A results root; runs are found at any depth below it.")],
+    root: Annotated[
+        Path, typer.Argument(metavar="ROOT", parser=_path, help="A results root; runs are found at any depth below it.")
+    ],
     out: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Where the tables, plots and page go (default: ROOT).")
+        Path | None,
+        typer.Option(metavar="DIR", parser=_path, help="Where the tables, plots and page go (default: ROOT)."),
     ] = None,
 ):
     """Tabulate every run under ROOT (aggregate.csv, .json, .md, .html); plot accuracy and ECE against the factor."""
@@ -243,7 +256,10 @@ def aggregate(
 @app.command()
 def report(
     run_dir: Annotated[
-        Path, typer.Argument(metavar="RUN_DIR", help="A finished run's directory, e.g. results/labels-f0.1-s42.")
+        Path,
+        typer.Argument(
+            metavar="RUN_DIR", parser=_path, help="A finished run's directory, e.g. results/labels-f0.1-s42."
+        ),
     ],
 ):
     """Regenerate a finished run's reports and plots from its predictions.npz and history.csv (no training code)."""

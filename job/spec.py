@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from job.errors import SpecError
 
@@ -33,8 +42,18 @@ def _usable_path(path: Path) -> Path:
     return path
 
 
+# Path("") is ".": a quoted unset variable ("$SCRATCH") would quietly mean the working directory.
+EMPTY_PATH = "is empty (an unset variable?): give a path, or . for the current folder"
+
+
+def _not_empty(value):
+    if value == "":
+        raise ValueError(EMPTY_PATH)
+    return value
+
+
 # Lax only where YAML cannot express the type: paths arrive as strings.
-PathField = Annotated[Path, Field(strict=False), AfterValidator(_usable_path)]
+PathField = Annotated[Path, Field(strict=False), BeforeValidator(_not_empty), AfterValidator(_usable_path)]
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RUN_NAME_FIELDS = ("smoothing.method", "smoothing.factor", "train.seed")  # what Spec.run_name names a run by
 # Not part of a run's identity (Spec.content_hash): fields that cannot change its results.

@@ -358,6 +358,22 @@ def test_loading_keras_quiets_tensorflows_notes_for_run_and_bench(monkeypatch):
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["validate", ""], ["aggregate", ""], ["aggregate", "ROOT", "--out", ""], ["report", ""],
+     ["bench", "SPEC", "--out", ""], ["run", "SPEC", "--set", "output.root=''"],
+     ["run", "SPEC", "--set", "data.cache_dir=''"], ["run", "SPEC", "--set", "data.path=''"]],
+)  # fmt: skip
+def test_an_empty_path_is_refused_not_taken_for_the_working_directory(tmp_path, args):
+    # "$OUT" of an unset variable: Path("") is ".", and the results went into the working directory.
+    args = [{"SPEC": str(ROOT / "specs" / "smoke.yaml"), "ROOT": str(tmp_path)}.get(a, a) for a in args]
+    proc = lsjob(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", proc.stderr).split())  # Typer's box wraps its usage errors
+    assert "is empty (an unset variable?): give a path, or . for the current folder" in said, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_validate_says_what_it_checked(tmp_path):
     # A plain spec: the run directory and the spec hash; a sweep: how many runs, under which root.
     plain = lsjob("validate", str(ROOT / "specs" / "smoke.yaml"))
