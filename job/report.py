@@ -424,6 +424,14 @@ def _check_predictions(
             f"the {name} probabilities of {rows} of {len(probs)} images are not finite (NaN or inf): the model's "
             "outputs overflowed, so no metric of them means anything; train again with a lower train.lr"
         )
+    # A softmax's rows, saved as float32: none negative, each summing to 1 within rounding. Other
+    # numbers would be scored as they are, and their metrics written over the run's.
+    wrong = (probs < 0).any(axis=1) | (np.abs(probs.sum(axis=1) - 1) > 1e-3)
+    if wrong.any():
+        raise ValueError(
+            f"the {name} probabilities of {int(wrong.sum())} of {len(probs)} images are no probabilities (a value "
+            "below 0, or a row not summing to 1)"
+        )
     # sklearn would silently drop an out-of-range label from the matrix and report.
     if not (0 <= y_true.min() and y_true.max() < classes):
         raise ValueError(f"{name}_labels must lie in [0, {classes}), got {y_true.min()}..{y_true.max()}")

@@ -760,6 +760,21 @@ def test_non_finite_probabilities_are_named_as_such():
         classification_metrics(Y_SMALL, probs, NAMES_SMALL)
 
 
+@pytest.mark.parametrize("damage", [np.negative, lambda p: p * 2, lambda p: p[:, ::-1] * 0.9])
+def test_numbers_that_are_no_probabilities_are_refused_and_the_reports_kept(tmp_path, damage):
+    # Negated, doubled, or rows short of 1: scored as they were, they replaced the run's metrics.
+    from job.errors import SpecError
+
+    saved_run(tmp_path)
+    regenerate(tmp_path)
+    y, probs = cifar_predictions()
+    save_predictions(tmp_path, Predictions(damage(probs).astype(np.float32), y, CLASS_NAMES))
+    before = contents(tmp_path)
+    with pytest.raises(SpecError, match=r"the test probabilities of \d+ of \d+ images are no probabilities \(a value"):
+        regenerate(tmp_path)
+    assert contents(tmp_path) == before
+
+
 def test_a_temperature_at_the_end_of_the_search_is_flagged(tmp_path, caplog):
     saved_run(tmp_path, holdout=True)
     write_reports(tmp_path)
