@@ -24,7 +24,8 @@ import numpy as np
 from job import runtime, smoothing
 from job.data import CLASS_NAMES, SYNTHETIC_SEED, per_pixel_mean
 from job.data.synthetic import make_synthetic
-from job.spec import TRAIN_IMAGES, Spec
+from job.errors import SpecError
+from job.spec import SYNTHETIC_MAX_IMAGES, TRAIN_IMAGES, Spec
 from job.train import check_batch_splits, compile_model
 
 log = logging.getLogger("lsjob")
@@ -52,20 +53,27 @@ class _StepClock(keras.callbacks.Callback):
 
 def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     """Time `steps` training steps after `warmup` ones; returns the figures `lsjob bench` prints."""
-    setup = runtime.configure(spec.runtime, spec.train.seed)
-    check_batch_splits(spec)  # with replicas: all, only the machine tells; refused as `lsjob run` does
-    # Entries cached before, and written during, the model's build and warm-up; with the programs
-    # loaded (compile_cache_hits) and none written, the compile time below is a load time.
-    cached_at_start = _cache_entries(setup.compile_cache)
     batch = spec.train.batch_size
     per_call = spec.runtime.steps_per_execution
     # Whole executions only: a partial one would be a second, differently shaped compiled call.
     steps = max(steps // per_call, 2) * per_call
     warmup = max(warmup // per_call, 1) * per_call
+    images = batch * max(steps, warmup)
+    if images > SYNTHETIC_MAX_IMAGES:  # made in memory first, as a run's synthetic set is
+        raise SpecError(
+            f"--steps {steps} and --warmup {warmup} at batch {batch} take {images:,} synthetic images, more than "
+            f"the {SYNTHETIC_MAX_IMAGES:,} a bench makes: lower --steps or --warmup (a few hundred steps time a "
+            "step well)"
+        )
+    setup = runtime.configure(spec.runtime, spec.train.seed)
+    check_batch_splits(spec)  # with replicas: all, only the machine tells; refused as `lsjob run` does
+    # Entries cached before, and written during, the model's build and warm-up; with the programs
+    # loaded (compile_cache_hits) and none written, the compile time below is a load time.
+    cached_at_start = _cache_entries(setup.compile_cache)
     # Progress on stderr: a bench killed at a time limit shows which stage it had reached.
     log.info("bench: %s on %s, batch %d, %s; building the model", keras.backend.backend(),
              ", ".join(runtime.devices()), batch, setup.precision)  # fmt: skip
-    x, y, _, _ = make_synthetic(batch * max(steps, warmup), 1, seed=SYNTHETIC_SEED)
+    x, y, _, _ = make_synthetic(images, 1, seed=SYNTHETIC_SEED)
     targets = smoothing.training_targets(y, len(CLASS_NAMES), spec.smoothing)
     # The programs loaded from the compile cache rather than compiled: the model's build and warm-up.
     with runtime.compile_cache_hits() as hits:

@@ -175,6 +175,21 @@ def test_bench_refuses_a_batch_the_replicas_cannot_split_as_run_does(monkeypatch
         bench.bench(spec, steps=2, warmup=1)
 
 
+def test_bench_refuses_more_steps_than_the_synthetic_images_it_may_make_before_making_any(monkeypatch):
+    # --steps 1000000 at batch 32: 32 million images (92 GiB) asked of memory first.
+    from job import bench, runtime
+    from job.errors import SpecError
+    from job.spec import load_spec
+
+    def no_setup(*args, **kwargs):
+        raise AssertionError("the devices were set up before the refusal")
+
+    monkeypatch.setattr(runtime, "configure", no_setup)
+    spec = load_spec(None, ["train.batch_size=32"])
+    with pytest.raises(SpecError, match=r"--steps 1000000 and --warmup 10 at batch 32 take 32,000,000 synthetic"):
+        bench.bench(spec, steps=1_000_000, warmup=10)
+
+
 @pytest.mark.parametrize("where, message", [
     ("missing/bench.json", "the folder missing does not exist"),
     (".", "is a directory; name a file"),
