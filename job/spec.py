@@ -753,10 +753,11 @@ def problem_lines(error: ValidationError, set_fields: list[str] = ()) -> list[st
         # A whole section as "input" says nothing useful; a scalar does; a message with its own (got ...) has it.
         quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict) or "(got " in message
         got = "" if quiet else f" (got {_short(e.get('input'))})"
-        # An unknown key is reported where it starts: `trian` for `--set trian.epochs=2`.
-        unknown = e["type"] == "extra_forbidden"
+        # An unknown key is reported where it starts (`trian` for `--set trian.epochs=2`), and a
+        # field given a mapping where it is (`train.epochs` for `--set 'train.epochs={a: 1}'`).
+        above = e["type"] == "extra_forbidden" or _is_field_path(where)
         from_set = any(
-            where == k or where.startswith(k + ".") or (unknown and k.startswith(where + ".")) for k in set_fields
+            where == k or where.startswith(k + ".") or (above and k.startswith(where + ".")) for k in set_fields
         )
         origin = " (from --set)" if from_set else ""
         lines.append(f"{where}: {message}{got}{origin}")

@@ -202,7 +202,7 @@ def test_a_problem_set_by_an_override_says_so_and_one_in_the_file_does_not(tmp_p
     with pytest.raises(SpecError) as err:
         load_spec(
             write(tmp_path, "train: {epochs: 0}\ntrain2: {seed: 1}\n"),
-            ["train.eppochs=3", "smoothing={factor: 2}", "trian.seed=1"],
+            ["train.eppochs=3", "smoothing={factor: 2}", "trian.seed=1", "train.seed={a: 1}"],
         )
     lines = str(err.value).splitlines()
     assert "  train.epochs: Input should be greater than 0 (got 0)" in lines
@@ -211,6 +211,8 @@ def test_a_problem_set_by_an_override_says_so_and_one_in_the_file_does_not(tmp_p
     assert any(line.startswith("  train2: unknown field") and not line.endswith("(from --set)") for line in lines)
     assert any(line.startswith("  train.eppochs: unknown field") and line.endswith("(from --set)") for line in lines)
     assert any(line.startswith("  smoothing.factor:") and line.endswith("(from --set)") for line in lines)
+    # A mapping given to a field is reported at the field, which the --set wrote as train.seed.a.
+    assert "  train.seed: Input should be a valid integer (from --set)" in lines
 
 
 def test_a_yaml_error_names_the_file_and_an_alias_bomb_is_reported_at_once(tmp_path):
