@@ -335,7 +335,10 @@ def k8s_render(
 def k8s_volumes(
     storage_class: Annotated[
         str | None,
-        typer.Option(help="A storage class that offers ReadWriteMany (NFS, CephFS, EFS, ...). Default: the cluster's."),
+        typer.Option(
+            help="A storage class that offers ReadWriteMany (NFS, CephFS, EFS, ...). Default: the cluster's. "
+            "'': none, to bind volumes an administrator made."
+        ),
     ] = None,
     results_size: Annotated[str, typer.Option(help="The results claim's size.")] = "20Gi",
     cache_size: Annotated[str, typer.Option(help="The dataset cache claim's size (CIFAR-10 takes 350 MB).")] = "2Gi",

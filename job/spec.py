@@ -576,9 +576,18 @@ def _check_overrides_against_sweep(spec: Spec, set_fields: dict[str, list[str]])
             raise SpecError(f"--set {item!r}: {swept_here} swept by this spec, so --set cannot fix it")
 
 
+# A spec is a page of YAML; a sweep's grids, a few more. /dev/zero, or a wrong file, is not read whole.
+MAX_SPEC_BYTES = 1 << 20
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
+            problem = f"spec {path} is over {MAX_SPEC_BYTES >> 20} MiB, more than any spec; is it the right file?"
+            raise SpecError(problem)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise SpecError(f"spec file {path} does not exist") from None
     except IsADirectoryError:

@@ -85,7 +85,7 @@ def select(
         for var in INDEX_ENV:
             raw = environ.get(var, "").strip()
             if raw:
-                if not re.fullmatch(r"\d+", raw):
+                if not re.fullmatch(r"[0-9]+", raw):  # \d would take other scripts' digits too (１)
                     raise SpecError(f"{var}={raw!r} is not a sweep index; expected an integer 0..{len(all_points) - 1}")
                 index, source = int(raw) + offset, f"{var} {int(raw)} + --index-offset {offset} =" if offset else var
                 break

@@ -397,6 +397,17 @@ def test_the_volumes_command_renders_the_claims_with_a_storage_class(tmp_path):
     for size, says in (("20", "has no unit, so it is bytes"), ("lots", "is not a Kubernetes quantity")):
         proc = volumes("--cache-size", size)
         assert proc.returncode == 2 and f"cache size '{size}' {says}" in proc.stderr and not proc.stdout
+    # "": no class, as Kubernetes reads it, where it meant the default class.
+    proc = volumes("--storage-class", "")
+    assert [d["spec"]["storageClassName"] for d in docs(proc.stdout)] == ["", ""]
+    refused = {
+        ("--storage-class", "Bad Class!"): "storage class 'Bad Class!' is no StorageClass name",
+        # kubectl applied the second claim over the first: the results got the cache's 2Gi.
+        ("--results-claim", "x", "--cache-claim", "x"): "the results claim and the cache claim are both 'x'",
+    }
+    for args, says in refused.items():
+        proc = volumes(*args)
+        assert proc.returncode == 2 and says in proc.stderr and not proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -623,6 +623,9 @@ def test_a_spec_that_is_not_a_text_file_says_what_to_give_instead(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes("output: {run: caf\xe9}\n".encode("latin-1"))
     with pytest.raises(SpecError, match=r"cannot read spec .*latin1\.yaml: .*; save it as UTF-8$"):
         load_spec(tmp_path / "latin1.yaml")
+    # Not read whole: /dev/zero would fill the memory.
+    with pytest.raises(SpecError, match=r"^spec /dev/zero is over 1 MiB, more than any spec; is it the right file\?$"):
+        load_spec(Path("/dev/zero"))
 
 
 # A shared alias counts as deep as the place it is used.

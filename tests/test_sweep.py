@@ -205,7 +205,7 @@ class TestSelect:
         with pytest.raises(SpecError, match=r"a sweep of 4 runs: pick one with --index"):
             sweep.select(self.grid(4), None, {"SLURM_ARRAY_TASK_ID": "  "})
 
-    @pytest.mark.parametrize("raw", ["x", "-1", "1.0", "1-3", "0x1"])
+    @pytest.mark.parametrize("raw", ["x", "-1", "1.0", "1-3", "0x1", "\uff11", "\u0661"])  # fullwidth, Arabic-Indic 1
     def test_a_malformed_index_is_refused(self, raw):
         with pytest.raises(SpecError, match=rf"JOB_COMPLETION_INDEX='{raw}' is not a sweep index"):
             sweep.select(self.grid(4), None, {"JOB_COMPLETION_INDEX": raw})
