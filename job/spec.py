@@ -520,6 +520,7 @@ _NUMBERS_AND_BOOLS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:y
 # Nor dates, which YAML 1.2 does not have: a run named 2024-02-28 was refused as "not text", and
 # 2024-02-30 crashed PyYAML's date constructor. Both are text now, as quoted.
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
 _YAML12_RESOLVERS = [
     ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")),
     ("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")),
@@ -599,7 +600,10 @@ def _read_yaml(path: Path) -> dict:
     try:
         doc = _load_yaml(text)
     except yaml.YAMLError as e:
-        raise SpecError(f"{path} is not valid YAML: {str(e).replace('<unicode string>', str(path))}") from None
+        # PyYAML's words for a merge key (<<), to which this loader gives no meaning (YAML 1.2 has none).
+        why = str(e).replace(f"for the tag '{_MERGE}'", f"for the tag '{_MERGE}': merge keys (<<) are not "
+                             "supported; write the fields out")  # fmt: skip
+        raise SpecError(f"{path} is not valid YAML: {why.replace('<unicode string>', str(path))}") from None
     except RecursionError:  # PyYAML composes nested collections recursively
         problem = f"{path} nests lists or mappings thousands deep; a spec has {MAX_DEPTH} levels at most"
         raise SpecError(problem) from None
@@ -741,8 +745,8 @@ def describe_errors(error: ValidationError, source: str, set_fields: list[str] =
 # string given as a number (YAML read it so: quoting keeps it text).
 _PLAIN_MESSAGES = {
     "model_type": "is a section: give its fields as a mapping (`lsjob show` prints them all)",
-    "path_type": "must be a path; quote it if YAML reads it as a number or a boolean",
-    "string_type": "must be text; quote it if YAML reads it as a number or a boolean",
+    "path_type": "must be a path; quote it if YAML reads it as a number, a boolean or null (~)",
+    "string_type": "must be text; quote it if YAML reads it as a number, a boolean or null (~)",
 }
 
 
