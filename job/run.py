@@ -172,6 +172,7 @@ def _execute_claimed(
     started = time.monotonic()
     checkpoints = Checkpoints(run_dir.path / CHECKPOINTS)
     resumes_from = checkpoints.newest()
+    nothing_kept = False
     try:
         if discarded:  # the new run.log's first line: the old one, which said so, is gone
             log.warning("--force: discarded the run that was in %s (%s)", run_dir.path, discarded)
@@ -213,6 +214,15 @@ def _execute_claimed(
             # A second Ctrl-C raised KeyboardInterrupt before any handler could record a signal.
             stopped_by = "SIGINT" if isinstance(e, KeyboardInterrupt) else preemption.requested()
             manifest["attempts"][-1].update(stopped_by=stopped_by, checkpointed=checkpoints.newest() != resumes_from)
+            # A Ctrl-C of a new run before it saved anything (in the start-up, which compiles for a
+            # minute on a GPU): typically a mistyped command, whose folder would refuse the corrected
+            # one as another spec's. A scheduler's SIGTERM keeps its record (_stalled counts them).
+            nothing_kept = stopped_by == "SIGINT" and previous is None and not checkpoints.any_saved()
+            if nothing_kept:
+                raise InterruptedRun(
+                    "stopped by Ctrl-C before anything was trained or saved, so the run's folder was removed: run "
+                    "the command again (corrected or not) to start afresh"
+                ) from e
             error = _stalled(manifest["attempts"]) or error
         status = INTERRUPTED if isinstance(error, InterruptedRun) else FAILED
         reason = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
@@ -229,6 +239,8 @@ def _execute_claimed(
     finally:
         log.removeHandler(handler)
         handler.close()
+        if nothing_kept:
+            run_dir.remove()
 
 
 # Attempts in a row stopped by SIGTERM before checkpointing anything, after which a stop is no

@@ -368,6 +368,18 @@ class RunDir:
             else:
                 p.unlink()
 
+    def remove(self) -> None:
+        """The folder of a run that kept nothing, gone (run.py: a Ctrl-C before it saved anything),
+        with our lock last; anything not a run's (a folder made for it beforehand) is left."""
+        for name in sorted(RUN_FILES - {LOCK}) + [LOCK]:
+            path = self.path / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: what is left is not ours to remove
+            self.path.rmdir()
+
 
 class EarlierAttempt(NamedTuple):
     """A lock held by this task's own attempt before the scheduler started it again, in words."""

@@ -390,6 +390,7 @@ def test_a_second_ctrl_c_stops_at_once_as_an_interruption_to_resume(tiny_spec, m
     from job.errors import EXIT_INTERRUPTED, InterruptedRun
 
     spec = tiny_spec("train.epochs=1")
+    fail_an_attempt(spec)  # a run with a record: kept (a new one that saved nothing is removed, below)
 
     def second_ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt  # what job.preemption lets the second SIGINT raise, anywhere
@@ -400,6 +401,32 @@ def test_a_second_ctrl_c_stops_at_once_as_an_interruption_to_resume(tiny_spec, m
     assert err.value.exit_code == EXIT_INTERRUPTED
     manifest = json.loads((spec.run_dir / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and "second Ctrl-C" in manifest["reason"]
+
+
+@pytest.mark.parametrize("how", ["first", "second"])
+def test_ctrl_c_of_a_new_run_before_it_saved_anything_removes_its_folder(tiny_spec, monkeypatch, how):
+    # A mistyped command stopped in its start-up: its folder refused the corrected command as
+    # another spec's run ("use --force"). It kept nothing, so nothing of it is left.
+    from job.errors import EXIT_INTERRUPTED, InterruptedRun
+
+    spec = tiny_spec("train.epochs=1")
+
+    def stopped(*args, **kwargs):
+        if how == "second":
+            raise KeyboardInterrupt
+        preemption._requested = "SIGINT"  # put back when the context below ends
+        preemption.check()  # as training does before its first step
+
+    said = (r"^stopped by Ctrl-C before anything was trained or saved, so the run's folder was removed: run the "
+            r"command again \(corrected or not\) to start afresh$")  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr(run_mod, "train", stopped)
+        m.setattr(preemption, "_requested", None)
+        with pytest.raises(InterruptedRun, match=said) as err:
+            run_mod.execute(spec)
+    assert err.value.exit_code == EXIT_INTERRUPTED
+    assert not spec.run_dir.exists() and list(spec.run_dir.parent.iterdir()) == []
+    assert run_mod.execute(tiny_spec("train.epochs=1", "train.lr=0.01")) == 0  # the corrected command
 
 
 def test_a_second_ctrl_c_while_the_data_loads_is_an_interruption_with_nothing_written(tiny_spec, monkeypatch):
@@ -676,6 +703,7 @@ def test_a_second_ctrl_c_after_a_term_is_recorded_as_sigint(tiny_spec, monkeypat
     from job.errors import InterruptedRun
 
     spec = tiny_spec("train.epochs=1")
+    fail_an_attempt(spec)  # a run with a record: a new one that saved nothing leaves no folder
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
 
     def second_ctrl_c(*args, **kwargs):
