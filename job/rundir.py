@@ -361,24 +361,25 @@ class RunDir:
             )
         last = (SPEC_FILE, MANIFEST)
         for p in sorted(entries, key=lambda p: last.index(p.name) + 1 if p.name in last else 0):
-            if p.name == LOCK:
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+            if p.name != LOCK:
+                _delete(p)
 
     def remove(self) -> None:
         """The folder of a run that kept nothing, gone (run.py: a Ctrl-C before it saved anything),
         with our lock last; anything not a run's (a folder made for it beforehand) is left."""
         for name in sorted(RUN_FILES - {LOCK}) + [LOCK]:
-            path = self.path / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            if os.path.lexists(self.path / name):
+                _delete(self.path / name)
         with contextlib.suppress(OSError):  # not empty: what is left is not ours to remove
             self.path.rmdir()
+
+
+def _delete(path: Path) -> None:
+    """A run's file or folder; a link in a folder's place goes, not what it points at."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 class EarlierAttempt(NamedTuple):
