@@ -591,21 +591,32 @@ def test_the_json_holds_the_groups_and_comparisons_at_full_precision(aggregated)
     assert len(data["labels_vs_loss"]) == len(summary.comparisons)
 
 
-def test_a_comparison_over_different_seeds_says_so(tmp_path):
-    # Each side's mean is over its own seeds: a seed that only one side has moves its mean alone.
+def test_a_comparison_over_different_seeds_says_so_in_the_warnings_its_rows_and_its_bars(tmp_path, plots):
+    # Each side's mean is over its own seeds: a seed that only one side has moves its mean alone,
+    # as much as a method would. The warning alone, at the foot of the page, left the rows and
+    # bars reading like any other.
     for method, seed in [("labels", 1), ("labels", 2), ("loss", 2), ("loss", 3), ("none", 1), ("none", 2)]:
         write_run(tmp_path, f"{method}-s{seed}", method, 0.1 if method != "none" else 0.0, seed)
-    warnings = aggregate(tmp_path).warnings
+    summary = aggregate(tmp_path)
     same = ": their comparisons are over different seeds; run the missing seeds for a like-for-like comparison"
-    assert warnings == [
+    assert summary.warnings == [
         "labels at factor 0.1 lacks seed 3, which loss at factor 0.1 has" + same,
         "loss at factor 0.1 lacks seed 1, which labels at factor 0.1 and none have" + same,
         "none lacks seed 3, which loss at factor 0.1 has" + same,
     ]
+    # labels vs loss and loss vs none: 3 metrics each over different seeds; labels vs none over the same.
+    rows = [line for line in summary.markdown.splitlines() if line.endswith(("| Welch; seeds differ |", "| paired |"))]
+    assert [row.split(" | ")[0:2] for row in rows if row.endswith("seeds differ |")] == [["| 0.1", "test acc (%)"],
+        ["| 0.1", "val NLL"], ["| 0.1", "ECE"], *[["| loss", "0.1"]] * 3]  # fmt: skip
+    assert [row.split(" | ")[0:2] for row in rows if row.endswith("| paired |")] == [["| labels", "0.1"]] * 3
+    assert '"seeds differ": the two sides completed different seeds' in summary.markdown
+    assert all(text.endswith("\nseeds differ") for ax in plots["labels_vs_loss.png"] for text in ax["texts"])
     write_run(tmp_path, "labels-s3", "labels", 0.1, 3)
     write_run(tmp_path, "loss-s1", "loss", 0.1, 1)
     write_run(tmp_path, "none-s3", "none", 0.0, 3)
-    assert aggregate(tmp_path).warnings == []
+    summary = aggregate(tmp_path)
+    assert summary.warnings == [] and "seeds differ |" not in summary.markdown
+    assert not any("seeds differ" in text for ax in plots["labels_vs_loss.png"] for text in ax["texts"])
     # A run from before calibration has accuracy and NLL but no ECE: only the ECE comparison lacks its seed.
     write_run(tmp_path, "labels-s4", "labels", 0.1, 4, calibrated=False)
     write_run(tmp_path, "loss-s4", "loss", 0.1, 4)
@@ -613,6 +624,28 @@ def test_a_comparison_over_different_seeds_says_so(tmp_path):
         "labels at factor 0.1 lacks seed 4 in ECE, which loss at factor 0.1 has" + same,
         "none lacks seed 4, which labels at factor 0.1 and loss at factor 0.1 have" + same,
     ]
+
+
+def test_a_factor_plot_marks_a_mean_over_fewer_runs_than_the_others(tmp_path, plots):
+    # loss at 0.2 lost a seed: its mean jumps as far as a method could move it, and without a mark
+    # the point looked like every other mean on the line.
+    for method, factor, seeds in [("labels", 0.1, (1, 2)), ("loss", 0.1, (1, 2)), ("labels", 0.2, (1, 2)),
+                                  ("loss", 0.2, (1,)), ("none", 0.0, (1, 2))]:  # fmt: skip
+        for seed in seeds:
+            write_run(tmp_path, f"{method}-f{factor:g}-s{seed}", method, factor, seed, correct=80 + seed)
+    aggregate(tmp_path)
+    for name in ("accuracy_vs_factor.png", "ece_vs_factor.png"):
+        (plot,) = plots[name]
+        assert plot["texts"] == ["n=1"], name
+        assert "n=k: a mean over fewer runs than the others" in plot["title"]
+        # none's band, min to max of its runs (81% and 82%), has edges a reader can see on ggplot's grey.
+        if name == "accuracy_vs_factor.png":
+            edges = sorted(float(y[0]) for label, y in plot["lines"].items() if label.startswith("_child"))
+            assert edges == [81.0, 82.0]
+    write_run(tmp_path, "loss-f0.2-s2", "loss", 0.2, 2)
+    aggregate(tmp_path)
+    (plot,) = plots["accuracy_vs_factor.png"]
+    assert plot["texts"] == [] and "n=k" not in plot["title"]
 
 
 def test_a_baseline_short_of_a_seed_is_one_warning_however_many_groups_it_is_compared_with(tmp_path):
@@ -774,7 +807,9 @@ def test_a_single_seed_has_no_spread_to_compare_with(tmp_path):
     acc = next(d for d in summary.comparisons if d.metric == "test_accuracy")
     assert acc.value == pytest.approx(0.04) and acc.a.std is None and acc.se is None and acc.ratio is None
     assert acc.p_value is None and acc.test is None
-    assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 81.00 ± 1.41 (2) | +4.00 | – | – | – | – |" in summary.markdown
+    assert "| 0.1 | test acc (%) | 85.00 ± – (1) | 81.00 ± 1.41 (2) | +4.00 | – | – | – | seeds differ |" in (
+        summary.markdown
+    )
 
 
 def test_unequal_seed_counts_weigh_each_side_by_its_own(tmp_path):

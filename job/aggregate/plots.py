@@ -49,7 +49,7 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
             palette = matplotlib.colormaps["tab20"].colors
         fig = Figure(figsize=(8, 5.5), layout="constrained")
         ax = fig.add_subplot()
-        _draw_curves(ax, curves, span, palette)
+        fewer = _draw_curves(ax, curves, span, palette)
         _draw_references(ax, references, palette, first_colour=len(curves))
         if factors:
             ax.set_xticks(factors, [factor_text(f) for f in factors])
@@ -62,7 +62,8 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         ax.set_ylabel(ylabel)
         subtitle = f"{len(done)} completed run(s) plotted; {len(runs) - len(completed)} left out as not completed"
         legend = ["lines: means, bars: min–max, dots: single runs"] if curves else []
-        legend += ["dashed: mean without smoothing, band: min–max"] if references else []
+        legend += ["n=k: a mean over fewer runs than the others (a seed missing: see the warnings)"] if fewer else []
+        legend += ["dashed: mean without smoothing, band: min–max (dotted edges)"] if references else []
         if legend:  # one line each: side by side they outgrew the figure's width
             subtitle += "\n" + "\n".join(legend)
         if len(completed) > len(done):
@@ -73,8 +74,12 @@ def write_factor_plot(runs: list[Run], metric: Metric, title: str, ylabel: str, 
         save_png(fig, path)
 
 
-def _draw_curves(ax, curves: dict[tuple[str, tuple], dict[float, list[float]]], span: float, palette) -> None:
-    """A line of means per series, min-max bars, and a dot per run."""
+def _draw_curves(ax, curves: dict[tuple[str, tuple], dict[float, list[float]]], span: float, palette) -> bool:
+    """A line of means per series, min-max bars, and a dot per run; a mean over fewer runs than
+    the most any point has is marked n=k (a missing seed moves it, as much as a method would).
+    Whether any was."""
+    most = max((len(v) for by_factor in curves.values() for v in by_factor.values()), default=0)
+    fewer = False
     # Lines sharing a factor are drawn a little apart so that their bars and dots stay legible.
     offsets = np.linspace(-1, 1, len(curves)) * 0.01 * span if len(curves) > 1 else [0.0]
     for i, (((method, varied), by_factor), offset) in enumerate(zip(curves.items(), offsets)):
@@ -94,6 +99,12 @@ def _draw_curves(ax, curves: dict[tuple[str, tuple], dict[float, list[float]]], 
         seeds_y = [a for _, v in points for a in v]
         ax.scatter(seeds_x, seeds_y, s=22, color=line.get_color(), edgecolors="white", linewidths=0.6,
                    zorder=4)  # fmt: skip
+        for at, mean, (_, v) in zip(x, means, points):
+            if len(v) < most:
+                fewer = True
+                ax.annotate(f"n={len(v)}", (at, mean), xytext=(6, 0), textcoords="offset points", ha="left",
+                            va="center", fontsize=8, color=line.get_color())  # fmt: skip
+    return fewer
 
 
 def _draw_references(ax, references: dict[tuple[str, tuple], dict[float, list[float]]], palette, first_colour: int):
@@ -105,6 +116,9 @@ def _draw_references(ax, references: dict[tuple[str, tuple], dict[float, list[fl
         label = f"{NO_FACTOR}{show_varied(varied, ', ')} ({count_runs(len(reference))}, no smoothing)"
         ax.axhline(describe(reference).mean, color=color, linestyle="--", label=label)
         ax.axhspan(min(reference), max(reference), color=color, alpha=0.15, linewidth=0)
+        # Edges: on ggplot's grey a band across most of the plot read as the plot's own background.
+        for edge in (min(reference), max(reference)):
+            ax.axhline(edge, color=color, linestyle=":", linewidth=1)
 
 
 def _place_legend(fig: Figure, ax) -> None:
@@ -166,7 +180,7 @@ def write_comparison_plot(comparisons: list[Difference], path: Path) -> None:
                 for at, top, d in zip(x - width, end, diffs):
                     up = d.value >= 0
                     ax.annotate(
-                        metric.show(d.value),
+                        metric.show(d.value) + ("\nseeds differ" if d.seeds_differ else ""),
                         (at, top),
                         xytext=(0, 3 if up else -3),
                         textcoords="offset points",

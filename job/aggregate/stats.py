@@ -74,6 +74,12 @@ class Difference:
         return self.a.mean - self.b.mean
 
     @property
+    def seeds_differ(self) -> bool:
+        """The two sides completed different seeds: the difference then also holds the seeds one
+        side lacks, which can move a mean by more than the methods differ (seed_warnings names them)."""
+        return set(self.seeds[0]) != set(self.seeds[1])
+
+    @property
     def test(self) -> str | None:
         """'paired' or 'Welch': which t-test gives SE and p; None where neither can (one seed)."""
         if self.pairs is not None:

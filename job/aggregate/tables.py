@@ -133,7 +133,9 @@ TEST_NOTE = (
     "weights, data order and augmentation, so SE = std of the per-seed differences / sqrt(n), in which noise "
     "a seed's two runs share cancels. Otherwise it is Welch's, SE = sqrt(std_a²/n_a + std_b²/n_b). With few "
     "seeds only a large difference / SE is evidence: p < 0.05 takes about 12.7 SE with 2 paired seeds, 4.3 "
-    "with 3 and 2.8 with 5; Welch's, 4.3 SE with 2 seeds per side and 2.8 with 3."
+    "with 3 and 2.8 with 5; Welch's, 4.3 to 12.7 SE with 2 seeds per side and 2.8 to 4.3 with 3, the more the "
+    'two sides\' spreads differ. "seeds differ": the two sides completed different seeds, so the difference '
+    "also holds the seeds one side lacks (the warnings name them)."
 )
 COMPARISON_NOTE = (
     "labels and loss optimise the same objective, so their difference at the same factor should be "
@@ -261,7 +263,7 @@ def _difference_cells(d: Difference) -> list[str]:
         "–" if d.se is None else metric.show(d.se),
         "–" if d.se is None else "no spread" if d.ratio is None else f"{d.ratio:+.1f}",
         "–" if d.p_value is None else f"{d.p_value:.2g}",
-        d.test or "–",
+        "; ".join(filter(None, [d.test, "seeds differ" if d.seeds_differ else None])) or "–",
     ]  # fmt: skip
 
 
