@@ -648,6 +648,34 @@ def test_a_factor_plot_marks_a_mean_over_fewer_runs_than_the_others(tmp_path, pl
     assert plot["texts"] == [] and "n=k" not in plot["title"]
 
 
+def test_runs_made_by_different_versions_are_named_in_a_warning(tmp_path):
+    # A sweep topped up after an upgrade: its runs are averaged together, and a change between the
+    # versions can move them as much as smoothing does.
+    made = {"lsjob": "0.1.0", "python": "3.11.2", "keras": "3.15.1", "tensorflow": "2.21.0"}
+    runs = {}
+    for method in ("labels", "loss", "none"):
+        for seed in (1, 2):
+            runs[f"{method}-s{seed}"] = write_run(tmp_path, f"{method}-s{seed}", method, 0.1, seed)
+
+    def record(name, commit="c0ffee" * 6 + "beef", **versions):
+        manifest = json.loads((runs[name] / "manifest.json").read_text())
+        write_json(runs[name] / "manifest.json", {**manifest, "versions": {**made, **versions}, "git_commit": commit})
+
+    for name in runs:
+        record(name)
+    record("none-s2", python="3.12.1")  # Python's version does not change the numbers
+    assert aggregate(tmp_path).warnings == []
+    record("loss-s2", tensorflow="2.20.0")
+    record("none-s1", commit=None)  # an installed copy records no commit
+    assert aggregate(tmp_path).warnings == [
+        "completed runs were made by different versions: lsjob 0.1.0 (commit c0ffeec0ffee), keras 3.15.1, "
+        "tensorflow 2.21.0 (4 runs); lsjob 0.1.0 (commit c0ffeec0ffee), keras 3.15.1, tensorflow 2.20.0 (1 run: "
+        "loss-s2); lsjob 0.1.0, keras 3.15.1, tensorflow 2.21.0 (1 run: none-s1); they are grouped and compared "
+        "together: where a change between these versions can move the results, compare runs of one version "
+        "(each manifest records its versions and git_commit)"
+    ]
+
+
 def test_a_baseline_short_of_a_seed_is_one_warning_however_many_groups_it_is_compared_with(tmp_path):
     for factor in (0.05, 0.1, 0.2):
         for method in ("labels", "loss"):

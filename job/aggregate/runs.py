@@ -139,6 +139,7 @@ class Run:
     duration_s: float | None = None
     attempts: int | None = None
     spec_hash: str | None = None
+    made_by: str | None = None  # the versions its manifest records: "lsjob 0.1.0 (commit 21de4e9), keras ..."
     metrics: dict[str, float] = field(default_factory=dict)  # completed runs only
     settings: dict[str, str] | None = None  # result-changing fields as JSON text, for comparisons
     spec_read: bool = False  # settings hold spec.yaml's fields, not only what the manifest says
@@ -235,6 +236,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
     run.settings = {**(run.settings or {}), **_resolved_settings(manifest, spec)} or None
     run.epochs_total, run.spec_hash = manifest["epochs"], manifest["spec_hash"]
     run.duration_s, run.attempts = float(manifest["duration_s"]), len(manifest["attempts"])
+    run.made_by = _made_by(manifest)
     status = manifest["status"]
 
     if status == COMPLETED:
@@ -257,6 +259,19 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
         return run
     run.status, run.reason = status, manifest.get("reason") if isinstance(manifest.get("reason"), str) else None
     return run
+
+
+def _made_by(manifest: dict) -> str | None:
+    """The code and libraries a run's manifest records (Python's version left out: it does not
+    change the numbers), as one text; None where it records none."""
+    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
+    commit = manifest.get("git_commit")
+    parts = []
+    for name, version in versions.items():
+        if name != "python" and isinstance(version, str):
+            at = f" (commit {commit[:12]})" if name == "lsjob" and isinstance(commit, str) and commit else ""
+            parts.append(f"{name} {version}{at}")
+    return ", ".join(parts) or None
 
 
 def _read_manifest(path: Path) -> dict:

@@ -335,7 +335,31 @@ def _labels(metrics: set[str]) -> str:
 
 def comparison_warnings(runs: list[Run]) -> list[str]:
     """What makes the completed runs' means misleading: mixed settings, a seed counted twice."""
-    return _settings_warnings(runs) + _duplicate_warnings(runs)
+    return _settings_warnings(runs) + _version_warnings(runs) + _duplicate_warnings(runs)
+
+
+def _version_warnings(runs: list[Run]) -> list[str]:
+    """Completed runs of one block of settings (those compared with each other) made by different
+    versions of lsjob, Keras or the backend's library: a sweep topped up after an upgrade. They are
+    grouped and compared together; a change between the versions may have moved the results."""
+    blocks: dict[tuple, dict[str, list[str]]] = {}
+    for run in runs:
+        if run.completed and run.made_by is not None:
+            blocks.setdefault(run.varied, {}).setdefault(run.made_by, []).append(run.run)
+    warnings = []
+    for varied, by_version in blocks.items():
+        if len(by_version) < 2:
+            continue
+        listed = "; ".join(
+            f"{version} ({count_runs(len(names))}{': ' + ', '.join(names) if len(names) <= 3 else ''})"
+            for version, names in sorted(by_version.items(), key=lambda item: (-len(item[1]), item[0]))
+        )
+        warnings.append(
+            f"completed runs{show_varied(varied, ' with ')} were made by different versions: {listed}; they are "
+            "grouped and compared together: where a change between these versions can move the results, compare "
+            "runs of one version (each manifest records its versions and git_commit)"
+        )
+    return warnings
 
 
 def _settings_warnings(runs: list[Run]) -> list[str]:
