@@ -106,8 +106,11 @@ def write_training_plot(history: Sequence[Mapping[str, float]], path: Path) -> N
             drawn = []
             for key, label, linestyle in series:
                 values = curves[key]
-                if key == "val_nll" and np.allclose(values, curves["val_loss"], rtol=1e-5, atol=1e-6, equal_nan=True):
-                    label += " (= val_loss here)"  # labels, none: one line hid the other, as if one were missing
+                if key == "val_nll":
+                    same = np.allclose(values, curves["val_loss"], rtol=1e-5, atol=1e-6, equal_nan=True)
+                    # labels, none: one line hid the other, as if one were missing. loss: val_loss is
+                    # the smoothed loss, and nothing else on the plot said which line was which.
+                    label += " (= val_loss here)" if same else " (unsmoothed)"
                 if np.isfinite(values).any():
                     # Markers keep a one-epoch run (a single point) visible.
                     ax.plot(epochs, values, linestyle=linestyle, marker="o", markersize=4, label=label)

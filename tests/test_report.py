@@ -862,7 +862,7 @@ def drawn_training_plot(monkeypatch, rows):
 
 def test_training_plot_keeps_accuracy_readable_when_a_loss_blows_up(monkeypatch):
     loss, accuracy = drawn_training_plot(monkeypatch, history(3))
-    assert [line.get_label() for line in loss.get_lines()] == ["train_loss", "val_loss", "val_nll"]
+    assert [line.get_label() for line in loss.get_lines()] == ["train_loss", "val_loss", "val_nll (unsmoothed)"]
     assert [line.get_label() for line in accuracy.get_lines()] == ["train_acc", "val_acc"]
     assert loss.get_yscale() == accuracy.get_yscale() == "linear"
     rows = history(3)
@@ -882,7 +882,7 @@ def test_each_training_curve_plots_its_own_history_column_by_epoch_number(monkey
             np.testing.assert_allclose(line.get_ydata(), [row[key] for row in rows])
 
 
-def test_the_training_plot_says_when_val_nll_is_the_val_loss_it_hides(monkeypatch):
+def test_the_training_plot_says_when_val_nll_is_the_val_loss_it_hides_and_when_it_is_the_unsmoothed_one(monkeypatch):
     # labels and none validate on hard labels with an unsmoothed loss: the two curves are one.
     rows = history(3)
     for row in rows:
@@ -891,7 +891,7 @@ def test_the_training_plot_says_when_val_nll_is_the_val_loss_it_hides(monkeypatc
     assert [line.get_label() for line in loss.get_lines()] == ["train_loss", "val_loss", "val_nll (= val_loss here)"]
     rows[2]["val_nll"] -= 0.01  # loss: its val_loss is smoothed, its val_nll not
     loss, _ = drawn_training_plot(monkeypatch, rows)
-    assert loss.get_lines()[2].get_label() == "val_nll"
+    assert loss.get_lines()[2].get_label() == "val_nll (unsmoothed)"
 
 
 def test_the_normalised_confusion_matrix_shows_per_class_recall(monkeypatch):
