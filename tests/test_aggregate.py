@@ -285,6 +285,24 @@ def test_every_run_appears_with_its_status(aggregated):
                               "incomplete": 2, "damaged": 1}  # fmt: skip
 
 
+def test_a_duration_missing_an_attempts_time_reads_as_at_least(tmp_path):
+    # A killed run's duration holds only the attempts whose end was recorded: 0:00:00 for one killed
+    # in its first attempt read as a run that never ran.
+    killed = write_run(tmp_path, "labels-s1", "labels", 0.1, 1, status="running")
+    resumed = write_run(tmp_path, "labels-s2", "labels", 0.1, 2)
+    manifest = json.loads((resumed / "manifest.json").read_text())
+    earlier = {"host": "node7", "started": now(), "status": "unrecorded"}  # SIGKILLed, then resumed
+    write_json(resumed / "manifest.json", {**manifest, "attempts": [earlier, *manifest["attempts"]]})
+    write_run(tmp_path, "labels-s3", "labels", 0.1, 3)
+    set_lock_pid(killed, dead_pid())
+    summary = aggregate(tmp_path)
+    cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in summary.markdown.splitlines()
+             if line.startswith("| labels-s")}  # fmt: skip
+    assert [cells[f"labels-s{seed}"][10] for seed in (1, 2, 3)] == ["≥ 0:02:04", "≥ 0:02:05", "0:02:06"]
+    with open(tmp_path / "aggregate.csv", newline="") as f:  # the number itself, as the manifest has it
+        assert [row["duration_s"] for row in csv.DictReader(f)] == ["124.456", "125.456", "126.456"]
+
+
 def test_rows_carry_the_run_identity_and_progress(tree):
     runs = by_run(collect(tree)[0])
     done = runs["sweep/labels-f0.1-s1"]

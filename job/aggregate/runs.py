@@ -137,6 +137,7 @@ class Run:
     epochs_done: int | None = None
     epochs_total: int | None = None
     duration_s: float | None = None
+    duration_partial: bool = False  # an attempt's end was never recorded (killed, or running): duration_s omits it
     attempts: int | None = None
     spec_hash: str | None = None
     made_by: str | None = None  # the versions its manifest records: "lsjob 0.1.0 (commit 21de4e9), keras ..."
@@ -237,6 +238,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
     run.epochs_total, run.spec_hash = manifest["epochs"], manifest["spec_hash"]
     run.duration_s, run.attempts = float(manifest["duration_s"]), len(manifest["attempts"])
     run.made_by = _made_by(manifest)
+    run.duration_partial = any(not isinstance(a, dict) or "ended" not in a for a in manifest["attempts"])
     status = manifest["status"]
 
     if status == COMPLETED:

@@ -64,7 +64,14 @@ COLUMNS = (
     Column(
         "", lambda r: None, "epochs", lambda r: f"{as_text(r.epochs_done, '?')}/{as_text(r.epochs_total, '?')}", True
     ),
-    Column("duration_s", lambda r: r.duration_s, "duration", lambda r: show_duration(r.duration_s), right=True),
+    # "≥": a killed run's 0:00:00 read as a run that never ran; its last attempt's time is unknown.
+    Column(
+        "duration_s",
+        lambda r: r.duration_s,
+        "duration",
+        lambda r: "≥ " * (r.duration_partial and r.duration_s is not None) + show_duration(r.duration_s),
+        right=True,
+    ),
     Column("attempts", lambda r: r.attempts, "attempts", right=True),
     Column("spec_hash", lambda r: r.spec_hash, "spec hash"),
     Column("reason", lambda r: r.reason, "reason", lambda r: shorten(r.reason or "", MD_REASON_CHARS)),
