@@ -334,7 +334,7 @@ def _labels(metrics: set[str]) -> str:
 
 
 def comparison_warnings(runs: list[Run]) -> list[str]:
-    """What makes the completed runs' means misleading: mixed settings, a seed counted twice."""
+    """What makes the completed runs' means misleading: mixed settings or versions, a seed counted twice."""
     return _settings_warnings(runs) + _version_warnings(runs) + _duplicate_warnings(runs)
 
 
