@@ -48,6 +48,7 @@ from job.aggregate import (
     comparison_warnings,
 )
 from job.aggregate.runs import value_order
+from job.aggregate.tables import p_text
 from job.atomic import write_bytes, write_json, write_text
 from job.data import CLASS_NAMES
 from job.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_NO_SPACE, NoSpaceError, StorageError
@@ -283,6 +284,16 @@ def test_every_run_appears_with_its_status(aggregated):
     assert "stopped while starting" in runs["sweep/labels-f0.2-s8"].reason
     assert summary.counts == {"completed": 16, "killed": 1, "interrupted": 1, "failed": 1,
                               "incomplete": 2, "damaged": 1}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "p, text",
+    [(0.0496, "0.0496"), (0.04996, "0.04996"), (0.0504, "0.05"), (0.05, "0.05"), (0.00996, "0.00996"),
+     (0.0104, "0.01"), (0.5, "0.5"), (0.123, "0.12"), (3.2e-6, "3.2e-06")],
+)  # fmt: skip
+def test_p_reads_to_two_digits_but_never_across_0_05_or_0_01(p, text):
+    # At 2 significant digits 0.0496 read "0.05": significant at 5%, printed as if it were not.
+    assert p_text(p) == text
 
 
 def test_a_duration_missing_an_attempts_time_reads_as_at_least(tmp_path):

@@ -269,9 +269,22 @@ def _difference_cells(d: Difference) -> list[str]:
         metric.label, _spread(metric, d.a), _spread(metric, d.b), sign + metric.show(d.value),
         "–" if d.se is None else metric.show(d.se),
         "–" if d.se is None else "no spread" if d.ratio is None else f"{d.ratio:+.1f}",
-        "–" if d.p_value is None else f"{d.p_value:.2g}",
+        "–" if d.p_value is None else p_text(d.p_value),
         "; ".join(filter(None, [d.test, "seeds differ" if d.seeds_differ else None])) or "–",
     ]  # fmt: skip
+
+
+# The thresholds p is read against: its text never rounds across one (0.0496 printed "0.05").
+P_THRESHOLDS = (0.05, 0.01)
+
+
+def p_text(p: float) -> str:
+    """p to 2 significant digits, or more where 2 would land it on the other side of a threshold."""
+    for digits in range(2, 7):
+        text = f"{p:.{digits}g}"
+        if all((float(text) < t) == (p < t) for t in P_THRESHOLDS):
+            return text
+    return text
 
 
 def _spread(metric: Metric, s: Stats) -> str:
