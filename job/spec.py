@@ -367,8 +367,17 @@ class Spec(Section):
             )
         return self
 
+    def _swept(self, *fields: str) -> bool:
+        """Whether the sweep sets any of these fields. A check across them is then every point's
+        (sweep.points validates each, without the sweep), not the base spec's: its values there,
+        often defaults, are ones no point uses (a swept eval.holdout_size was refused for the
+        default 5000 against a data.train_size of 256)."""
+        return any(key in fields for grid in self.grids for key in grid)
+
     @model_validator(mode="after")
     def _batch_splits_across_replicas(self):
+        if self._swept("train.batch_size", "runtime.replicas"):
+            return self
         replicas = self.runtime.replicas
         if replicas != "all" and self.train.batch_size % replicas:
             raise ValueError(
@@ -380,6 +389,8 @@ class Spec(Section):
     @model_validator(mode="after")
     def _training_set_fits(self):
         # Known from the spec alone, so `lsjob validate` says so and `run` writes nothing.
+        if self._swept("data.train_size", "eval.temperature_scaling", "eval.holdout_size", "train.batch_size"):
+            return self
         images = self.data.train_size or TRAIN_IMAGES
         sized = f"data.train_size {self.data.train_size}" if self.data.train_size else f"all {TRAIN_IMAGES:,}"
         if self.eval.temperature_scaling:

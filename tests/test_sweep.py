@@ -127,6 +127,30 @@ def test_a_bad_value_names_the_point_and_its_values(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "base, grid, values",
+    [
+        # The default holdout (5000) against 256 images: refused though no point holds out 5000.
+        ("data: {source: synthetic, train_size: 256}\neval: {temperature_scaling: true}",
+         "eval.holdout_size: [64, 128]", [64, 128]),
+        ("data: {source: synthetic, train_size: 4000}\neval: {temperature_scaling: true}",
+         "data.train_size: [10000, 20000]", [10000, 20000]),
+        ("runtime: {replicas: 3}", "train.batch_size: [96, 192]", [96, 192]),  # the default 64 does not split
+    ],
+)  # fmt: skip
+def test_a_check_across_fields_is_made_on_each_point_not_on_the_base_value_a_sweep_replaces(
+    tmp_path, base, grid, values
+):
+    spec = load_spec(write(tmp_path, f"{base}\nsweep:\n  {grid}"))
+    field = grid.split(":")[0]
+    assert [point.values[field] for point in sweep.points(spec)] == values
+    # A point that breaks the check is named, as any bad point is.
+    bad = 300 if field == "eval.holdout_size" else 100 if field == "train.batch_size" else 3000
+    spec = load_spec(write(tmp_path, f"{base}\nsweep:\n  {field}: [{values[0]}, {bad}]"))
+    with pytest.raises(SpecError, match=rf"in point 1 \({field}={bad}\)"):
+        sweep.points(spec)
+
+
 def test_every_bad_point_is_reported_at_once_each_problem_once(tmp_path):
     text = "sweep: {smoothing.factor: [0.1, 1.5], train.batch_size: [64, 0], train.seed: [1, 2]}"
     with pytest.raises(SpecError) as err:
