@@ -118,5 +118,6 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def at_search_bound(temperature: float) -> bool:
     """Whether a fitted T sits at an end of the searched range, where the NLL may still fall
-    beyond it: predictions that carry next to nothing about the label, or a broken holdout."""
+    beyond it: at the low end, held-out predictions (nearly) all right (a holdout too small or too
+    easy); at the high end, predictions that carry next to nothing about the label, or a broken holdout."""
     return any(abs(np.log(temperature) - bound) < 1e-3 for bound in LOG_T_BOUNDS)

@@ -216,11 +216,23 @@ def calibration_report(predictions: Predictions) -> dict:
         temperature = calibration.fit_temperature(predictions.holdout_probs, predictions.holdout_labels)
         scaled = calibration.apply_temperature(predictions.test_probs, temperature)
         at_bound = calibration.at_search_bound(temperature)
-        if at_bound:
+        low, high = np.exp(calibration.LOG_T_BOUNDS)
+        bound = f"at the end of the range searched ({low:.2f} to {high:.0f})"
+        # Every held-out prediction right: sharpening lowers their NLL all the way to T -> 0, so no
+        # T is the optimum; the search stops where the clipped NLL stops falling, or at its low end.
+        all_right = bool((predictions.holdout_probs.argmax(axis=1) == predictions.holdout_labels).all())
+        if all_right or (at_bound and temperature < 1):
             log.warning(
-                "temperature scaling: T = %.3f is at the end of the range searched (%.2f to %.0f), so it is no "
-                "true optimum: the held-out predictions carry next to nothing about their labels",
-                temperature, *np.exp(calibration.LOG_T_BOUNDS),
+                "temperature scaling: T = %.3f (%s) is no true optimum: the model gets %s held-out image right, "
+                "so sharpening keeps lowering their NLL; hold out more images (eval.holdout_size) for a T that "
+                "means something",
+                temperature, bound if at_bound else "where their NLL stopped falling",
+                "every" if all_right else "nearly every",
+            )  # fmt: skip
+        elif at_bound:
+            log.warning(
+                "temperature scaling: T = %.3f is %s, so it is no true optimum: the held-out predictions carry "
+                "next to nothing about their labels", temperature, bound,
             )  # fmt: skip
         report["temperature_scaling"] = {
             "temperature": temperature,
@@ -295,10 +307,12 @@ def _reliability_panel(top, bottom, title: str, summary: dict) -> None:
 MANIFEST_METRICS = ("test_accuracy", "test_nll", "test_ece")
 
 
-def write_reports(run_dir: Path, epochs: int | None = None) -> dict:
+def write_reports(run_dir: Path, epochs: int | None = None, holdout: int | None = None) -> dict:
     """Write every report of a run from its predictions.npz and history.csv; returns the metrics.
     `epochs`: how many history.csv must hold (the manifest's epochs_done), where known: a copy
-    cut short at a line's end reads as a whole file of fewer epochs."""
+    cut short at a line's end reads as a whole file of fewer epochs. `holdout`: how many held-out
+    predictions predictions.npz must hold (the manifest's holdout), where known: without them the
+    reports quietly lost temperature scaling."""
     run_dir = Path(run_dir)
     try:
         predictions = load_predictions(run_dir)
@@ -307,6 +321,12 @@ def write_reports(run_dir: Path, epochs: int | None = None) -> dict:
         raise ValueError(
             f"{PREDICTIONS_FILE} is damaged ({type(e).__name__}: {e}): restore it from a copy of the run"
         ) from e
+    held = 0 if predictions.holdout_labels is None else len(predictions.holdout_labels)
+    if holdout is not None and held != holdout:
+        raise ValueError(
+            f"{PREDICTIONS_FILE} holds {held} held-out predictions, the manifest says the run held out {holdout} "
+            "for temperature scaling: restore it from a copy of the run"
+        )
     history = read_history(run_dir / HISTORY_FILE)
     if not history or (epochs is not None and len(history) != epochs):
         of = f", the manifest says {epochs}" if epochs is not None else ""
@@ -335,6 +355,11 @@ def write_reports(run_dir: Path, epochs: int | None = None) -> dict:
         # Put in place last, so a metrics.json on disk means the whole report set is there.
         write_json(files.path(METRICS_FILE), metrics)
     return metrics
+
+
+def _count(value) -> int | None:
+    """A manifest's count, where it is one (a hand-edited manifest may hold anything there)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def regenerate(run_dir: Path) -> dict:
@@ -373,13 +398,13 @@ def regenerate(run_dir: Path) -> dict:
         )
     claimed.lock()
     try:
-        manifest = claimed.read_manifest(damaged)  # before any report is rewritten
-        done = (manifest or {}).get("epochs_done")
-        metrics = write_reports(run_dir, done if isinstance(done, int) and not isinstance(done, bool) else None)
+        manifest = claimed.read_manifest(damaged) or {}  # before any report is rewritten
+        holdout = manifest["holdout"].get("examples") if isinstance(manifest.get("holdout"), dict) else None
+        metrics = write_reports(run_dir, _count(manifest.get("epochs_done")), _count(holdout))
         # The manifest carries copies of the headline metrics, and aggregate checks them
         # against metrics.json: after a metric change both must move together.
         fresh = {key: metrics[key] for key in MANIFEST_METRICS}
-        stale = manifest is not None and any(manifest.get(k) != v for k, v in fresh.items())
+        stale = any(manifest.get(k) != v for k, v in fresh.items())
         if stale and manifest.get("status") == COMPLETED:
             claimed.write_manifest({**manifest, **fresh})
         return metrics

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from job import atomic, preemption, report, runtime
 from job.checkpoint import Checkpoints
@@ -338,9 +339,12 @@ def _hold_out(spec: Spec, data, manifest: dict):
     """The data to train on, and the held-out slice temperature scaling is fitted on (None when off)."""
     if not spec.eval.temperature_scaling:
         return data, None
+    loaded = len(data.x_train)
     data, x_holdout, y_holdout = data.split_holdout(spec.eval.holdout_size)
     manifest["holdout"] = {
         "examples": len(y_holdout),
+        "train_indices": [loaded - len(y_holdout), loaded],  # start and end (excluded), in the order loaded
+        "class_counts": np.bincount(y_holdout, minlength=data.num_classes).tolist(),
         "what": "the last training images, excluded from training; temperature scaling is fitted on them",
     }
     return data, (x_holdout, y_holdout)

@@ -789,7 +789,48 @@ def test_a_temperature_at_the_end_of_the_search_is_flagged(tmp_path, caplog):
         write_reports(tmp_path)
     scaling = json.loads((tmp_path / "calibration.json").read_text())["temperature_scaling"]
     assert scaling["at_search_bound"] is True and scaling["temperature"] == pytest.approx(20, rel=1e-3)
-    assert "end of the range searched" in caplog.text
+    assert "end of the range searched" in caplog.text and "carry next to nothing about their labels" in caplog.text
+    # Every held-out image right (a small or easy holdout): the NLL keeps falling as T shrinks. The
+    # warning said the predictions carry nothing, the opposite, and sent one looking for a broken holdout.
+    caplog.clear()
+    labels = rng.integers(0, 10, 200)
+    right = np.full((200, 10), 0.02)
+    right[np.arange(200), labels] = 0.82
+    save_predictions(tmp_path, Predictions(probs, y, CLASS_NAMES, right, labels))
+    with caplog.at_level("WARNING", logger="lsjob"):
+        write_reports(tmp_path)
+    scaling = json.loads((tmp_path / "calibration.json").read_text())["temperature_scaling"]
+    assert scaling["at_search_bound"] is False and scaling["temperature"] < 0.2  # the clipped NLL's floor
+    assert "the model gets every held-out image right" in caplog.text and "next to nothing" not in caplog.text
+    assert "hold out more images (eval.holdout_size)" in caplog.text
+    # One image nearly wrong (right by a hair): the NLL falls all the way to the search's low end.
+    caplog.clear()
+    right[0] = 0.1
+    right[0, labels[0]] = 0.1 + 1e-3
+    save_predictions(tmp_path, Predictions(probs, y, CLASS_NAMES, right / right.sum(1, keepdims=True), labels))
+    with caplog.at_level("WARNING", logger="lsjob"):
+        write_reports(tmp_path)
+    scaling = json.loads((tmp_path / "calibration.json").read_text())["temperature_scaling"]
+    assert scaling["at_search_bound"] is True and scaling["temperature"] == pytest.approx(0.05, rel=1e-3)
+    assert "T = 0.050 (at the end of the range searched (0.05 to 20)) is no true optimum" in caplog.text
+
+
+def test_report_refuses_predictions_without_the_holdout_the_manifest_records(tmp_path):
+    # Without them the reports were rewritten with no temperature scaling, and T, the ECE after it
+    # and the scaled NLL were gone from metrics.json while the spec and manifest still said it was on.
+    from job.errors import SpecError
+
+    saved_run(tmp_path, holdout=True)
+    held = len(np.load(tmp_path / "predictions.npz")["holdout_labels"])
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "completed", "holdout": {"examples": held}}))
+    regenerate(tmp_path)
+    assert "temperature" in json.loads((tmp_path / "metrics.json").read_text())
+    y, probs = cifar_predictions()
+    save_predictions(tmp_path, Predictions(probs, y, CLASS_NAMES))
+    before = contents(tmp_path)
+    with pytest.raises(SpecError, match=rf"holds 0 held-out predictions, the manifest says the run held out {held} "):
+        regenerate(tmp_path)
+    assert contents(tmp_path) == before
 
 
 def test_a_killed_report_writer_leaves_nothing_the_next_one_keeps(tmp_path):

@@ -126,6 +126,9 @@ def test_temperature_scaling_holds_out_the_last_training_images(tiny_spec, monke
     assert len(held_out) == 32 and not held_out & {image.tobytes() for image in seen.x_train}
     manifest = json.loads((spec.run_dir / "manifest.json").read_text())
     assert manifest["holdout"]["examples"] == 32 and "last 32 train held out" in manifest["data"]
+    # Which images, as a reader of the manifest alone can take them: not only in words.
+    assert manifest["holdout"]["train_indices"] == [len(full.x_train) - 32, len(full.x_train)]
+    assert manifest["holdout"]["class_counts"] == np.bincount(full.y_train[-32:], minlength=10).tolist()
     metrics = json.loads((spec.run_dir / "metrics.json").read_text())
     assert metrics["temperature"] > 0 and "test_ece_scaled" in metrics
     # The temperature is fitted on the held-out images' predictions and their own labels: the
