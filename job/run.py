@@ -200,9 +200,12 @@ def _execute_claimed(
         run_dir.write_manifest(manifest)
         # Only now: until the manifest says completed, a re-run resumes from these.
         checkpoints.clear()
+        # ECE, and T where fitted, too: a scheduler's log is often all one reads of a run.
+        scaled = (f" (after T = {metrics['temperature']:.3f}: ECE {metrics['test_ece_scaled']:.4f}, "
+                  f"NLL {metrics['test_nll_scaled']:.4f})") if "temperature" in metrics else ""  # fmt: skip
         log.info(
-            "completed: test accuracy %.4f, test NLL %.4f -> %s",
-            metrics["test_accuracy"], metrics["test_nll"], run_dir.path,
+            "completed: test accuracy %.4f, test NLL %.4f, ECE %.4f%s -> %s",
+            metrics["test_accuracy"], metrics["test_nll"], metrics["test_ece"], scaled, run_dir.path,
         )  # fmt: skip
         if preemption.requested():
             # The last check is at the last epoch's end: stopping after it would save nothing, and

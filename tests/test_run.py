@@ -131,6 +131,13 @@ def test_temperature_scaling_holds_out_the_last_training_images(tiny_spec, monke
     assert manifest["holdout"]["class_counts"] == np.bincount(full.y_train[-32:], minlength=10).tolist()
     metrics = json.loads((spec.run_dir / "metrics.json").read_text())
     assert metrics["temperature"] > 0 and "test_ece_scaled" in metrics
+    # The log's last line carries them: a scheduler's log is often all one reads of a run.
+    last = (spec.run_dir / "run.log").read_text().splitlines()[-1]
+    assert (
+        f"completed: test accuracy {metrics['test_accuracy']:.4f}, test NLL {metrics['test_nll']:.4f}, "
+        f"ECE {metrics['test_ece']:.4f} (after T = {metrics['temperature']:.3f}: ECE "
+        f"{metrics['test_ece_scaled']:.4f}, NLL {metrics['test_nll_scaled']:.4f}) -> {spec.run_dir}"
+    ) in last, last
     # The temperature is fitted on the held-out images' predictions and their own labels: the
     # trained model's, as saved, on exactly those images (the test set is as large here).
     import keras
