@@ -438,6 +438,15 @@ class Spec(Section):
         sweep point the sweep it came from (growing a sweep keeps its finished runs)."""
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
+    def unused_fields(self) -> list[str]:
+        """The fields this spec's own settings ignore, as dotted paths."""
+        ignored = {
+            "smoothing.factor": self.smoothing.method == "none",
+            "eval.holdout_size": not self.eval.temperature_scaling,
+            "train.lr_reference_batch": self.train.lr_scaling == "none",
+        }
+        return [path for path, unused in ignored.items() if unused]
+
     def identity(self) -> dict:
         """The fields content_hash covers. A field the spec's own settings ignore counts at its
         default, whatever it says (factor under method none, holdout_size without temperature
@@ -445,14 +454,9 @@ class Spec(Section):
         at its default, not left out, so every other run keeps the hash it had. So does a size
         of the whole set (data.train_size 50000, test_size 10000): the same images as unset."""
         payload = self.model_dump(mode="json", exclude=IDENTITY_EXCLUDES)
-        ignored = [
-            ("smoothing", "factor", self.smoothing.method == "none"),
-            ("eval", "holdout_size", not self.eval.temperature_scaling),
-            ("train", "lr_reference_batch", self.train.lr_scaling == "none"),
-        ]
-        for section, name, unused in ignored:
-            if unused:
-                payload[section][name] = type(getattr(self, section)).model_fields[name].default
+        for path in self.unused_fields():
+            section, name = path.split(".")
+            payload[section][name] = type(getattr(self, section)).model_fields[name].default
         for key, whole in WHOLE_SET.items():
             section, name = key.split(".")
             if payload[section][name] == whole:  # the first N of N, for CIFAR-10 and the synthetic set
@@ -477,9 +481,15 @@ def sizes_shown(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def identity_differences(old: Spec, new: Spec) -> list[str]:
-    """Where `new` differs from `old` in what makes a run's identity: 'field: old -> new'."""
+    """Where `new` differs from `old` in what makes a run's identity: 'field: old -> new'; a field
+    one side's settings ignore reads "unused" there, not the default its identity counts it at
+    (eval.holdout_size: unused -> 128, where temperature scaling was off)."""
     a, b = (sizes_shown(flatten(spec.identity())) for spec in (old, new))
-    return [f"{key}: {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}"
+    shown_a, shown_b = (
+        {**{key: json.dumps(value) for key, value in values.items()}, **dict.fromkeys(spec.unused_fields(), "unused")}
+        for values, spec in ((a, old), (b, new))
+    )
+    return [f"{key}: {shown_a.get(key, 'null')} -> {shown_b.get(key, 'null')}"
             for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]  # fmt: skip
 
 

@@ -610,6 +610,20 @@ def test_what_differs_between_two_identities_is_listed_in_field_order():
     ]
 
 
+def test_a_field_one_side_ignores_reads_unused_there_not_its_default():
+    # The default the identity counts it at (5000) is one the user never wrote nor the run used.
+    scaled = load_spec(None, ["eval.temperature_scaling=true", "eval.holdout_size=128"])
+    assert identity_differences(load_spec(None), scaled) == [
+        "eval.holdout_size: unused -> 128",
+        "eval.temperature_scaling: false -> true",
+    ]
+    smoothed = load_spec(None, ["smoothing.factor=0.2"])
+    assert identity_differences(smoothed, load_spec(None, ["smoothing.method=none", "smoothing.factor=0.2"])) == [
+        "smoothing.factor: 0.2 -> unused",
+        'smoothing.method: "labels" -> "none"',
+    ]
+
+
 # A run's spec.yaml and `lsjob show` of a spec with no sweep say nothing of one.
 def test_a_spec_without_a_sweep_is_written_without_one(tmp_path):
     assert "sweep" not in load_spec(None).to_yaml()
