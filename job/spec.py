@@ -778,6 +778,11 @@ def problem_lines(error: ValidationError, set_fields: list[str] = ()) -> list[st
     for e in error.errors(include_url=False):
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         message = _PLAIN_MESSAGES.get(e["type"], e["msg"].removeprefix("Value error, "))
+        # A check across fields (the spec's or a section's) names the field it is about first:
+        # headed by it, as any other problem, not by "(top level)" or the section.
+        first, _, rest = message.partition(" ")
+        if rest and _is_field_path(first) and (where == "(top level)" or first.startswith(where + ".")):
+            where, message = first, rest
         if e["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; `lsjob schema` lists every field)"
             if _is_field_path(where) and len(e["loc"]) == 1:

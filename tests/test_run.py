@@ -1312,12 +1312,12 @@ def test_a_storage_fault_is_not_called_bad_input_nor_a_damaged_run(tmp_path, mon
 
 
 def test_a_holdout_that_leaves_nothing_to_train_on_is_a_clear_error(tiny_spec):
-    with pytest.raises(SpecError, match="eval.holdout_size 128 leaves no training images"):
+    with pytest.raises(SpecError, match="eval.holdout_size: 128 leaves no training images"):
         tiny_spec("eval.temperature_scaling=true", "eval.holdout_size=128")
 
 
 def test_too_few_images_for_a_batch_is_a_clear_error(tiny_spec):
-    with pytest.raises(SpecError, match="train.batch_size 16 is more than the 8 training images"):
+    with pytest.raises(SpecError, match="train.batch_size: 16 is more than the 8 training images"):
         tiny_spec("data.train_size=8")
 
 

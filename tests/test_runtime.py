@@ -79,7 +79,7 @@ def test_linear_lr_scaling_follows_the_global_batch():
 
 
 def test_replicas_the_spec_cannot_split_or_the_machine_lacks_are_refused():
-    with pytest.raises(SpecError, match="train.batch_size 64 does not split evenly across runtime.replicas 3"):
+    with pytest.raises(SpecError, match="train.batch_size: 64 does not split evenly across runtime.replicas 3"):
         load_spec(None, ["runtime.replicas=3"])
     with pytest.raises(SpecError, match="runtime.replicas"):
         load_spec(None, ["runtime.replicas=0"])

@@ -122,13 +122,13 @@ def test_a_batch_as_large_as_the_training_set_is_allowed_and_one_image_more_is_r
     # An epoch of zero full batches would train on nothing; refused before a run writes anything.
     assert load_spec(None, ["data.train_size=16", "train.batch_size=16"]).train.batch_size == 16
     with pytest.raises(
-        SpecError, match=r"train\.batch_size 17 is more than the 16 training images \(data\.train_size 16\)"
+        SpecError, match=r"train\.batch_size: 17 is more than the 16 training images \(data\.train_size 16\)"
     ):
         load_spec(None, ["data.train_size=16", "train.batch_size=17"])
     # The holdout comes out of the training set first.
     holdout = ["data.train_size=1000", "eval.temperature_scaling=true", "eval.holdout_size=950"]
     assert load_spec(None, [*holdout, "train.batch_size=50"]).train.batch_size == 50
-    with pytest.raises(SpecError, match=r"train\.batch_size 51 is more than the 50 training images"):
+    with pytest.raises(SpecError, match=r"train\.batch_size: 51 is more than the 50 training images"):
         load_spec(None, [*holdout, "train.batch_size=51"])
 
 
@@ -332,12 +332,12 @@ MALFORMED = {
     "holdout not an int": ("eval: {temperature_scaling: true, holdout_size: many}\n", "eval.holdout_size"),
     "holdout of everything": (
         "data: {train_size: 512}\neval: {temperature_scaling: true}\n",
-        "eval.holdout_size 5000 leaves no training images out of data.train_size 512",
+        "eval.holdout_size: 5000 leaves no training images out of data.train_size 512",
     ),
     "holdout of the full set": ("eval: {temperature_scaling: true, holdout_size: 50000}\n", "out of all 50,000"),
     "batch above the data": (
         "data: {train_size: 100}\ntrain: {batch_size: 128}\n",
-        "train.batch_size 128 is more than the 100 training images",
+        "train.batch_size: 128 is more than the 100 training images",
     ),
     "batch above what the holdout leaves": (
         "data: {train_size: 1000}\ntrain: {batch_size: 64}\neval: {temperature_scaling: true, holdout_size: 950}\n",
@@ -663,11 +663,13 @@ def test_an_override_with_an_empty_key_part_shows_the_expected_form(item):
         load_spec(None, [item])
 
 
-# A problem of the whole spec is "(top level)"; a message with its own "(got ...)" gets no second one.
+# A problem across fields is headed by the field it names first, as any other ("(top level)" said
+# nothing), and says where that field came from; a message with its own "(got ...)" gets no second one.
 def test_problem_lines_read_as_one_sentence_each():
     with pytest.raises(SpecError) as err:
         load_spec(None, ["data.train_size=16", "train.batch_size=17"])
-    assert str(err.value).splitlines()[1].startswith("  (top level): train.batch_size 17 is more than the 16")
+    line = str(err.value).splitlines()[1]
+    assert line.startswith("  train.batch_size: 17 is more than the 16") and line.endswith(" (from --set)"), line
     with pytest.raises(SpecError) as err:
         load_spec(None, ["runtime.jit_compile=Auto"])
     assert (

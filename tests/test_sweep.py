@@ -108,7 +108,7 @@ def test_growing_a_sweep_keeps_the_names_and_identity_of_its_finished_runs(tmp_p
         ("sweep: smoothing.factor", r"1 problem\(s\)\n  sweep: must map dotted field paths to lists of values"),
         ("sweep: [{train.seed: [1]}, 2]", r"sweep.yaml: 1 problem\(s\)\n  sweep: grid 1 is 2, not a mapping"),
         ("sweep: {1: [2]}", r"sweep.yaml: 1 problem\(s\)\n  sweep: 1: a key is a dotted field path"),
-        ("sweep: {train.seed: [1]}\noutput: {run: mine}", r"output.run cannot be set in a sweep"),
+        ("sweep: {train.seed: [1]}\noutput: {run: mine}", r"output.run: cannot be set in a sweep"),
     ],
 )
 def test_a_malformed_sweep_is_refused_naming_the_key(tmp_path, text, problem):
