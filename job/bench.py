@@ -71,7 +71,7 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
     # loaded (compile_cache_hits) and none written, the compile time below is a load time.
     cached_at_start = _cache_entries(setup.compile_cache)
     # Progress on stderr: a bench killed at a time limit shows which stage it had reached.
-    log.info("bench: %s on %s, batch %d, %s; building the model", keras.backend.backend(),
+    log.info("bench: %s on %s, batch %d, precision %s; building the model", keras.backend.backend(),
              ", ".join(runtime.devices()), batch, setup.precision)  # fmt: skip
     x, y, _, _ = make_synthetic(images, 1, seed=SYNTHETIC_SEED)
     targets = smoothing.training_targets(y, len(CLASS_NAMES), spec.smoothing)
