@@ -500,6 +500,8 @@ def _record_computation(manifest: dict, previous: dict | None, setup: runtime.Se
     another KERAS_BACKEND): it goes on from its checkpoint, but no single setting gives its result."""
     attempt = manifest["attempts"][-1]
     attempt.update(precision=setup.precision, replicas=setup.replicas)
+    # The run's versions and commit are the latest attempt's: each attempt keeps its own.
+    attempt.update(versions=manifest["versions"], git_commit=manifest["git_commit"])
     before = previous or {}
     earlier = {
         "backend": before.get("backend"),
@@ -512,6 +514,20 @@ def _record_computation(manifest: dict, previous: dict | None, setup: runtime.Se
             "this attempt computes with another setting than the run so far (%s): it resumes from the checkpoint, "
             "but the result is not one that either setting alone would give; each attempt's is in the manifest",
             ", ".join(changed),
+        )
+    # Other code (a library upgraded in the image, a checkout moved on) between a stop and a resume:
+    # compared by library where both have it, as another backend is warned of above.
+    old_versions = before.get("versions") if isinstance(before.get("versions"), dict) else {}
+    moved = [f"{name} {old_versions[name]} -> {version}" for name, version in manifest["versions"].items()
+             if name != "python" and name in old_versions and old_versions[name] != version]  # fmt: skip
+    old_commit = before.get("git_commit")
+    if isinstance(old_commit, str) and manifest["git_commit"] not in (None, old_commit):
+        moved.append(f"git commit {old_commit[:12]} -> {manifest['git_commit'][:12]}")
+    if moved:
+        log.warning(
+            "this attempt runs other code than the run so far (%s): it resumes from the checkpoint, but a change "
+            "between them may alter the result; each attempt's versions are in the manifest",
+            ", ".join(moved),
         )
 
 

@@ -338,6 +338,27 @@ def test_failure_is_recorded_with_its_reason_and_resumable(tiny_spec, monkeypatc
     assert manifest["started"] == manifest["attempts"][0]["started"] < manifest["attempts"][1]["started"]
 
 
+def test_each_attempt_records_its_code_and_a_resume_on_other_code_is_warned_of(tiny_spec, monkeypatch, caplog):
+    # The run's versions and commit were the last attempt's alone: a resume after an upgrade (a new
+    # image between a preemption and the requeue) read as one version from start to end.
+    spec = tiny_spec("train.epochs=1")
+    fail_one_attempt(spec, monkeypatch)
+    path = spec.run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["attempts"][-1]["versions"] == manifest["versions"]
+    older = {**manifest["versions"], "keras": "3.0.0", "python": "3.10.0"}  # Python's version changes no number
+    path.write_text(json.dumps({**manifest, "versions": older, "git_commit": "c0ffee" * 6 + "beef"}))
+    with caplog.at_level("WARNING", logger="lsjob"):
+        assert run_mod.execute(spec) == 0
+    last = json.loads(path.read_text())["attempts"][-1]
+    assert last["versions"]["keras"] == keras.__version__ and "git_commit" in last
+    moved = f"keras 3.0.0 -> {keras.__version__}" + (
+        f", git commit c0ffeec0ffee -> {last['git_commit'][:12]}" if last["git_commit"] else ""
+    )
+    assert f"this attempt runs other code than the run so far ({moved})" in caplog.text
+    assert "python" not in caplog.text.split("other code than the run so far")[1].split(")")[0]
+
+
 def test_an_attempt_killed_without_a_word_and_a_change_of_backend_are_on_record(tiny_spec, monkeypatch, caplog):
     spec = tiny_spec("train.epochs=1")
     fail_one_attempt(spec, monkeypatch)
@@ -1516,7 +1537,7 @@ def test_no_change_of_setting_is_warned_of_on_a_first_attempt_nor_a_resume_on_th
     with caplog.at_level("WARNING", logger="lsjob"):
         fail_one_attempt(spec, monkeypatch)
         assert run_mod.execute(spec) == 0
-    assert "another setting than the run so far" not in caplog.text
+    assert "another setting than the run so far" not in caplog.text and "other code than" not in caplog.text
 
 
 def test_each_run_logs_into_its_own_run_log_only(tiny_spec, monkeypatch):
