@@ -173,6 +173,8 @@ def _execute_claimed(
     started = time.monotonic()
     checkpoints = Checkpoints(run_dir.path / CHECKPOINTS)
     resumes_from = checkpoints.newest()
+    if resumes_from is not None:
+        manifest["attempts"][-1]["resumed_from"] = resumes_from  # epoch-NNNN[-step-SSSSSS]: how far it began
     nothing_kept = False
     try:
         if discarded:  # the new run.log's first line: the old one, which said so, is gone
@@ -217,7 +219,10 @@ def _execute_claimed(
         if isinstance(error, InterruptedRun):
             # A second Ctrl-C raised KeyboardInterrupt before any handler could record a signal.
             stopped_by = "SIGINT" if isinstance(e, KeyboardInterrupt) else preemption.requested()
-            manifest["attempts"][-1].update(stopped_by=stopped_by, checkpointed=checkpoints.newest() != resumes_from)
+            saved = checkpoints.newest()
+            manifest["attempts"][-1].update(stopped_by=stopped_by, checkpointed=saved != resumes_from)
+            if saved != resumes_from:
+                manifest["attempts"][-1]["checkpoint"] = saved  # how far it got, as the next attempt resumes
             # A Ctrl-C of a new run before it saved anything (in the start-up, which compiles for a
             # minute on a GPU): typically a mistyped command, whose folder would refuse the corrected
             # one as another spec's. A scheduler's SIGTERM keeps its record (_stalled counts them).

@@ -559,6 +559,10 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_ends_exactly_the_
     monkeypatch.setattr(train.EpochRecorder, "on_train_batch_begin", original)
     assert run_mod.execute(spec) == 0
     _assert_same_run(spec.run_dir, completed.run_dir)
+    # How far each attempt got, in the manifest itself, not only in run.log and a folder's name.
+    first, second = json.loads((spec.run_dir / "manifest.json").read_text())["attempts"]
+    assert first["checkpoint"] == "epoch-0001-step-000004" and first["checkpointed"] and "resumed_from" not in first
+    assert second["resumed_from"] == "epoch-0001-step-000004" and "checkpoint" not in second
 
 
 def test_attempts_stopped_before_any_checkpoint_end_the_run_rather_than_requeue_forever(completed, tiny_spec,
