@@ -36,6 +36,7 @@ from job.rundir import (
     SPEC_FILE,
     RunDir,
     check_writable,
+    code_versions,
     enclosing_run,
     links_to_nothing,
     now,
@@ -379,7 +380,7 @@ def _log_computing(spec: Spec, data, manifest: dict) -> None:
     computing = manifest["runtime"]
     log.info(
         "computing: %s on %s; precision %s (%s); batch %d (%d per replica), %d steps per epoch",
-        ", ".join(f"{name} {version}" for name, version in manifest["versions"].items() if name != "python"),
+        ", ".join(f"{name} {version}" for name, version in code_versions(manifest)[0].items()),
         ", ".join(computing["replica_devices"]), computing["precision"], computing["precision_source"],
         computing["global_batch"], computing["per_replica_batch"],
         steps_per_epoch(len(data.x_train), spec.train.batch_size),
@@ -473,7 +474,10 @@ def _start_manifest(spec: Spec, previous: dict | None, forced: bool = False) -> 
     if attempts and "ended" not in attempts[-1]:
         # Its end was never written: SIGKILL, the OOM killer, a lost node, or a disk too full for it.
         attempts[-1]["status"] = "unrecorded"
-    attempt = {"host": socket.gethostname(), "started": now(), "backend": keras.backend.backend()}
+    versions, commit = runtime.versions(), _git_commit()
+    # The run's versions and commit are the latest attempt's: each attempt keeps its own too.
+    attempt = {"host": socket.gethostname(), "started": now(), "backend": keras.backend.backend(),
+               "versions": versions, "git_commit": commit}  # fmt: skip
     if os.environ.get("SLURM_JOB_ID"):
         attempt["slurm_job"] = os.environ["SLURM_JOB_ID"]
         attempt["slurm_restart"] = slurm_restart()
@@ -494,19 +498,18 @@ def _start_manifest(spec: Spec, previous: dict | None, forced: bool = False) -> 
         "duration_s": (previous or {}).get("duration_s", 0.0),
         "attempts": attempts,
         "backend": keras.backend.backend(),
-        "versions": runtime.versions(),
-        "git_commit": _git_commit(),
+        "versions": versions,
+        "git_commit": commit,
     }
 
 
 def _record_computation(manifest: dict, previous: dict | None, setup: runtime.Setup) -> None:
     """What this attempt computes with, in its record; a warning when it is not what the run so far
     computed with (requeued on another GPU kind, where auto precision resolves otherwise, or under
-    another KERAS_BACKEND): it goes on from its checkpoint, but no single setting gives its result."""
+    another KERAS_BACKEND): it goes on from its checkpoint, but no single setting gives its result.
+    Another warning where it runs other code (rundir.code_versions) than the attempt before."""
     attempt = manifest["attempts"][-1]
     attempt.update(precision=setup.precision, replicas=setup.replicas)
-    # The run's versions and commit are the latest attempt's: each attempt keeps its own.
-    attempt.update(versions=manifest["versions"], git_commit=manifest["git_commit"])
     before = previous or {}
     earlier = {
         "backend": before.get("backend"),
@@ -522,12 +525,11 @@ def _record_computation(manifest: dict, previous: dict | None, setup: runtime.Se
         )
     # Other code (a library upgraded in the image, a checkout moved on) between a stop and a resume:
     # compared by library where both have it, as another backend is warned of above.
-    old_versions = before.get("versions") if isinstance(before.get("versions"), dict) else {}
-    moved = [f"{name} {old_versions[name]} -> {version}" for name, version in manifest["versions"].items()
-             if name != "python" and name in old_versions and old_versions[name] != version]  # fmt: skip
-    old_commit = before.get("git_commit")
-    if isinstance(old_commit, str) and manifest["git_commit"] not in (None, old_commit):
-        moved.append(f"git commit {old_commit[:12]} -> {manifest['git_commit'][:12]}")
+    (old_versions, old_commit), (versions, commit) = code_versions(before), code_versions(manifest)
+    moved = [f"{name} {old_versions[name]} -> {version}" for name, version in versions.items()
+             if name in old_versions and old_versions[name] != version]  # fmt: skip
+    if old_commit and commit and commit != old_commit:
+        moved.append(f"git commit {old_commit[:12]} -> {commit[:12]}")
     if moved:
         log.warning(
             "this attempt runs other code than the run so far (%s): it resumes from the checkpoint, but a change "

@@ -143,6 +143,16 @@ def owned_by(path: Path, run: Path) -> str:
             f"(chmod -R g+rwX {run}), then re-run")  # fmt: skip
 
 
+def code_versions(record: dict) -> tuple[dict[str, str], str | None]:
+    """The library versions and git commit a manifest (or one of its attempts) records, Python's
+    version left out (it changes no number): what made a result, as the log, a resume's warning and
+    aggregate's compare it. Empty and None where the record has none."""
+    versions = record.get("versions") if isinstance(record.get("versions"), dict) else {}
+    commit = record.get("git_commit")
+    code = {name: version for name, version in versions.items() if name != "python" and isinstance(version, str)}
+    return code, commit if isinstance(commit, str) and commit else None
+
+
 def slurm_restart() -> int:
     """SLURM_RESTART_COUNT: how many times Slurm has requeued this job (0 outside Slurm)."""
     try:

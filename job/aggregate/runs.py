@@ -27,6 +27,7 @@ from job.rundir import (
     METRICS_FILE,
     RUNNING,
     SPEC_FILE,
+    code_versions,
     lock_holder,
     read_own_text,
     run_directories,
@@ -264,16 +265,11 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
 
 
 def _made_by(manifest: dict) -> str | None:
-    """The code and libraries a run's manifest records (Python's version left out: it does not
-    change the numbers), as one text; None where it records none."""
-    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
-    commit = manifest.get("git_commit")
-    parts = []
-    for name, version in versions.items():
-        if name != "python" and isinstance(version, str):
-            at = f" (commit {commit[:12]})" if name == "lsjob" and isinstance(commit, str) and commit else ""
-            parts.append(f"{name} {version}{at}")
-    return ", ".join(parts) or None
+    """The code and libraries a run's manifest records (rundir.code_versions), as one text; None
+    where it records none."""
+    versions, commit = code_versions(manifest)
+    at = f" (commit {commit[:12]})" if commit else ""
+    return ", ".join(f"{name} {version}{at if name == 'lsjob' else ''}" for name, version in versions.items()) or None
 
 
 def _read_manifest(path: Path) -> dict:
