@@ -12,27 +12,45 @@
 # torch optimizer class loads only where torch is. (The GPU test machine is
 # such an environment: JAX and PyTorch, no TensorFlow.) .ci/run calls this for both.
 #
-#   tools/check_without_tensorflow.sh [backend]     # jax (default) or torch
+#   tools/check_without_tensorflow.sh [jax|torch] [VENV]       # jax by default
+#   tools/check_without_tensorflow.sh --prepare jax|torch VENV
+#
+# --prepare only builds the environment, at VENV (a new folder), for a later check to run in:
+# .ci/run builds both while the tests run, a download mostly, where building them after took 1.5 minutes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+usage="usage: $0 [jax|torch] [VENV]  or  $0 --prepare jax|torch VENV"
+prepare=false
+if [[ ${1:-} == --prepare ]]; then
+  prepare=true
+  shift
+  (($# == 2)) || { echo "$usage" >&2; exit 2; }
+fi
+(($# <= 2)) || { echo "$usage" >&2; exit 2; }
 backend=${1:-jax}
 case $backend in
   jax) engine=jax ;;
   torch) engine=torch ;;
-  *) echo "usage: $0 [jax|torch]" >&2; exit 2 ;;
+  *) echo "$usage" >&2; exit 2 ;;
 esac
+venv=
+if (($# == 2)); then
+  venv=$(realpath -m "$2") # before the cd below, as the caller meant it
+fi
+cd "$(dirname "$0")/.."
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-python3 -m venv "$work/venv"
-# shellcheck disable=SC1091
-. "$work/venv/bin/activate"
-python -m pip install --quiet --upgrade pip
-python -m pip install --quiet --no-deps -e .
-# The project's own dependency list, as installed, so this stays true as it changes (and needs
-# no tomllib, which Python 3.10 lacks); TensorFlow and the extras left out. Captured before use:
-# a failure inside <(...) would go unseen by set -e.
-deps_text=$(python - <<'PY'
+# A venv with the project, its dependencies minus TensorFlow and the extras, and $engine. The
+# engine's name is written last: it marks a finished environment, and for which backend.
+build_env() {
+  python3 -m venv "$1"
+  # shellcheck disable=SC1091
+  . "$1/bin/activate"
+  python -m pip install --quiet --upgrade pip
+  python -m pip install --quiet --no-deps -e .
+  # The project's own dependency list, as installed, so this stays true as it changes (and needs
+  # no tomllib, which Python 3.10 lacks). Captured before use: a failure inside <(...) would go
+  # unseen by set -e.
+  local deps_text deps
+  deps_text=$(python - <<'PY'
 import re
 from importlib.metadata import requires
 for dep in requires("lsjob"):
@@ -40,8 +58,31 @@ for dep in requires("lsjob"):
         print(dep)
 PY
 )
-mapfile -t deps <<< "$deps_text"
-python -m pip install --quiet "${deps[@]}" "$engine"
+  mapfile -t deps <<< "$deps_text"
+  python -m pip install --quiet "${deps[@]}" "$engine"
+  echo "$engine" > "$1/lsjob-engine"
+}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+if $prepare; then
+  if [[ -e $venv ]]; then
+    echo "check_without_tensorflow: $venv exists; --prepare makes a new folder: remove it or name another" >&2
+    exit 2
+  fi
+  build_env "$venv"
+  echo "check_without_tensorflow: a $backend environment without tensorflow is ready in $venv"
+  exit 0
+elif [[ $venv ]]; then
+  if [[ $(cat "$venv/lsjob-engine" 2> /dev/null) != "$engine" ]]; then
+    echo "check_without_tensorflow: $venv is no finished $backend environment: make one with $0 --prepare $backend $venv" >&2
+    exit 2
+  fi
+  # shellcheck disable=SC1091
+  . "$venv/bin/activate"
+else
+  build_env "$work/venv"
+fi
 
 if python -c "import tensorflow" 2> /dev/null; then
   echo "check_without_tensorflow: tensorflow is importable here; the check would prove nothing" >&2
@@ -100,6 +141,7 @@ fi
 if [[ $backend == torch ]]; then
   # Where the model goes next (a laptop with JAX or TensorFlow) has no torch.
   echo "check_without_tensorflow: the torch run's model.keras, loaded under KERAS_BACKEND=jax without torch"
+  rm "$VIRTUAL_ENV/lsjob-engine" # no longer a torch environment
   python -m pip uninstall --quiet --yes torch
   python -m pip install --quiet jax
   KERAS_BACKEND=jax python tests/model_file_loads.py "$work/results/smoke"
