@@ -183,14 +183,11 @@ def check_writable(root: Path, create: bool = True) -> None:
             where = "" if existing == root else f" ({existing} cannot hold it)"
             raise SpecError(f"the results root {root} is not writable{where}; set output.root to a writable directory")
         return
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):  # mkdir names neither the file nor the link to nothing
-        raise _not_a_directory(root, nearest_existing(root)) from None
-    except OSError as e:
-        raise storage_fault(root, e) or SpecError(
-            f"cannot create the results root {root}: {e.strerror}; set output.root to a writable directory"
-        ) from None
+    with _storage_errors_said(root, "making the results root", "set output.root to a writable directory"):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # mkdir names neither the file nor the link to nothing
+            raise _not_a_directory(root, nearest_existing(root)) from None
     if not os.access(root, os.W_OK | os.X_OK):
         raise SpecError(f"the results root {root} is not writable; set output.root to a writable directory")
 
@@ -220,7 +217,7 @@ class RunDir:
                 f"{self.path} exists and is not an lsjob run directory; refusing to write into it. "
                 "Choose another output.run or output.root"
             )
-        with _claiming(self.path, "making the run directory", "set output.root to a writable directory"):
+        with _storage_errors_said(self.path, "making the run directory", "set output.root to a writable directory"):
             self.path.mkdir(exist_ok=True)
             self._refuse_links()
         self.lock()
@@ -228,7 +225,7 @@ class RunDir:
     def lock(self) -> None:
         """Take the lock of an existing run directory (claim's last step; `lsjob report`
         takes it alone: rewriting a run's reports needs only that folder)."""
-        with _claiming(self.path, "locking the run directory"):
+        with _storage_errors_said(self.path, "locking the run directory"):
             try:
                 # Emptied and rewritten at every start: through a link, even one's own, that would destroy
                 # the file it points at (as root, any file), and a lock kept elsewhere gains nothing.
@@ -263,7 +260,7 @@ class RunDir:
                 raise
             log.warning("%s: this filesystem does not support locks; duplicate tasks are not detected", self.path)
         slurm = f" slurm job {job} restart {slurm_restart()}" if (job := os.environ.get("SLURM_JOB_ID")) else ""
-        with _claiming(self.path, "locking the run directory"):
+        with _storage_errors_said(self.path, "locking the run directory"):
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}{slurm}\n".encode(), 0)
@@ -442,10 +439,11 @@ def _replaced_pod(pid: int, host: str) -> EarlierAttempt | None:
 
 
 @contextlib.contextmanager
-def _claiming(path: Path, doing: str, advice: str | None = None):
-    """A full disk (exit 6) or a storage fault (exit 1) while the run directory is made or its
-    lock written, said in one line as when training writes, not a traceback that reads as a bug;
-    given `advice`, any other error too, as bad input (exit 2) ending in it."""
+def _storage_errors_said(path: Path, doing: str, advice: str | None = None):
+    """A full disk (exit 6) or a storage fault (exit 1) while the results root or the run
+    directory is made or its lock written, said in one line as when training writes, not a
+    traceback that reads as a bug, nor bad input (exit 2, never retried); given `advice`, any
+    other error is bad input, ending in it."""
     try:
         yield
     except OSError as e:

@@ -1256,6 +1256,24 @@ def test_unwritable_results_root_fails_before_the_data_loads(tmp_path, tiny_spec
     assert list((tmp_path / "read-only").iterdir()) == []
 
 
+@pytest.mark.parametrize("code, error, exit_code", [
+    (errno.ENOSPC, NoSpaceError, 6), (errno.EDQUOT, NoSpaceError, 6), (errno.ETIMEDOUT, StorageError, 1),
+])  # fmt: skip
+def test_a_full_disk_making_the_results_root_is_no_bad_input(code, error, exit_code, monkeypatch, tmp_path):
+    # Exit 2 (bad input) is never retried: a full disk there must read as one, as one level down.
+    real = os.mkdir
+
+    def failing(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "root")):
+            raise OSError(code, os.strerror(code))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", failing)
+    with pytest.raises(error, match="disk space making the results root|storage failed") as err:
+        rundir.check_writable(tmp_path / "root" / "results")
+    assert err.value.exit_code == exit_code
+
+
 @pytest.mark.parametrize("create", [False, True])  # run's check before the data, and the claim's mkdir
 @pytest.mark.parametrize("below", ["", "results"])
 def test_a_results_root_through_a_link_to_nothing_says_so(tmp_path, create, below):
