@@ -128,8 +128,10 @@ def render(
         check_data_paths(point.spec.data)
     if parallelism is not None:
         _check_parallelism(parallelism, count, path)
-    if backoff_limit < 0 or grace_seconds < 0:
-        raise SpecError("the backoff limit and the grace period cannot be negative")
+    if backoff_limit < 0:
+        raise SpecError(f"--backoff-limit {backoff_limit}: give 0 or more retries")
+    if grace_seconds < 1:  # 0 kills the pod with SIGTERM, before any checkpoint could be written
+        raise SpecError(f"--grace-seconds {grace_seconds}: give a pod at least 1 second to checkpoint")
     gpus, cpu, memory = _pod_resources(points, gpus, cpu, memory)
     placement = {}
     if node_selector:

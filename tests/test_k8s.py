@@ -301,6 +301,15 @@ def test_gpus_cpu_and_memory_that_cannot_work_are_refused(tmp_path, runtime, opt
         resources_for(tmp_path, runtime, **options)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"grace_seconds": 0}, "--grace-seconds 0: give a pod at least 1 second"),  # killed before any checkpoint
+    ({"backoff_limit": -1}, "--backoff-limit -1: give 0 or more"),
+])  # fmt: skip
+def test_a_grace_period_or_backoff_limit_the_cli_would_refuse_is_refused_by_render_too(options, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        k8s.render(SINGLE_SPEC, image="r/l:1", **options)
+
+
 def test_a_sweep_over_replica_counts_is_refused_since_its_pods_share_one_template(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("sweep:\n  runtime.replicas: [1, 2]\n")
