@@ -114,6 +114,7 @@ def bench(spec: Spec, steps: int = 50, warmup: int = 10) -> dict:
         "host_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_peak_mb": runtime.device_peak_memory_mb(),
         "versions": runtime.versions(),
+        "git_commit": runtime.git_commit(),
     }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import time
 import types
 from collections.abc import Mapping
@@ -474,7 +473,7 @@ def _start_manifest(spec: Spec, previous: dict | None, forced: bool = False) -> 
     if attempts and "ended" not in attempts[-1]:
         # Its end was never written: SIGKILL, the OOM killer, a lost node, or a disk too full for it.
         attempts[-1]["status"] = "unrecorded"
-    versions, commit = runtime.versions(), _git_commit()
+    versions, commit = runtime.versions(), runtime.git_commit()
     # The run's versions and commit are the latest attempt's: each attempt keeps its own too.
     attempt = {"host": socket.gethostname(), "started": now(), "backend": keras.backend.backend(),
                "versions": versions, "git_commit": commit}  # fmt: skip
@@ -556,22 +555,6 @@ def _finish(manifest: dict, started: float, status: str, reason: str | None = No
     manifest["attempts"][-1].update(ended=now(), status=status, seconds=round(elapsed, 3))
     if reason:
         manifest["attempts"][-1]["reason"] = reason
-
-
-def _git_commit() -> str | None:
-    """The commit of the lsjob source, when it runs from its own checkout."""
-    source = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = out.stdout.split()
-    # An installed copy may sit inside some unrelated repository: only trust our own.
-    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != source:
-        return None
-    return lines[1]
 
 
 class _RunLog(logging.FileHandler):

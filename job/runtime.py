@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import platform
+import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -483,3 +484,19 @@ def versions() -> dict[str, str]:
     if module:
         found[module] = __import__(module).__version__
     return found
+
+
+def git_commit() -> str | None:
+    """The commit of the lsjob source, when it runs from its own checkout."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split()
+    # An installed copy may sit inside some unrelated repository: only trust our own.
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != source:
+        return None
+    return lines[1]

@@ -32,6 +32,10 @@ def test_bench_times_the_specs_step_and_writes_only_its_json(tmp_path):
     assert 0 < result["step_ms_median"] <= result["step_ms_p90"]
     assert result["images_per_s"] == pytest.approx(16 / (result["step_ms_median"] / 1000))
     assert result["compile_and_warmup_s"] > 0 and result["host_peak_mb"] > 100
+    # What made the figures, as a run's manifest records it: figures are compared across versions.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert result["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert result["versions"]["keras"] == keras.__version__
     assert "images/s (median step)" in proc.stderr and proc.stdout == ""
     # The table says why 4 timed steps give 3 step times.
     assert (
