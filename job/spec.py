@@ -76,17 +76,26 @@ class Section(BaseModel):
 
 class DataSpec(Section):
     source: Literal["cifar10", "synthetic"] = Field(
-        "cifar10", description="cifar10: the real dataset; synthetic: a learnable CIFAR-shaped stand-in, offline."
+        "cifar10",
+        description=(
+            "`cifar10`: the real dataset; `synthetic`: a learnable CIFAR-shaped stand-in, generated offline,"
+            " the same images for every run."
+        ),
     )
     path: PathField | None = Field(
         None,
-        description="A local copy of CIFAR-10: the official cifar-10-python.tar.gz (checksum verified) "
-        "or an extracted cifar-10-batches-py/ directory. Unset: the cache, else download.",
+        description=(
+            "A local CIFAR-10 copy: the official `cifar-10-python.tar.gz` (checksum verified) or an "
+            "extracted `cifar-10-batches-py/` folder; not with `synthetic`. Unset: the cache, else a "
+            "download."
+        ),
     )
     cache_dir: PathField | None = Field(
         None,
-        description="Where the download and its extraction live (a datasets/ folder inside). "
-        "Unset: Keras's cache, $KERAS_HOME or ~/.keras.",
+        description=(
+            "Where the download and its extraction live (a `datasets/` folder inside). Unset: `$KERAS_HOME`,"
+            " else `~/.keras` (`/tmp/.keras` where home is read-only)."
+        ),
     )
     train_size: int | None = Field(
         None, gt=0, description="Use the first N training images (unset: all; synthetic: 50,000, at most 1,000,000)."
@@ -119,10 +128,13 @@ class DataSpec(Section):
 class SmoothingSpec(Section):
     method: Literal["labels", "loss", "none"] = Field(
         "labels",
-        description="labels: smooth the one-hot training labels, y*(1-f)+f/K, plain cross-entropy; "
-        "loss: hard labels and CategoricalCrossentropy(label_smoothing=f); none: no smoothing.",
+        description=(
+            "`labels`: smooth the one-hot training labels, `y*(1-f) + f/K`, and train with plain "
+            "cross-entropy; `loss`: hard labels and `CategoricalCrossentropy(label_smoothing=f)`; `none`: no"
+            " smoothing. Validation labels are never smoothed."
+        ),
     )
-    factor: float = Field(0.1, ge=0.0, lt=1.0, description="Smoothing factor f in [0, 1). Ignored by method none.")
+    factor: float = Field(0.1, ge=0.0, lt=1.0, description="Smoothing factor f in [0, 1). Ignored by method `none`.")
 
     @property
     def effective_factor(self) -> float:
@@ -131,26 +143,31 @@ class SmoothingSpec(Section):
 
 class TrainSpec(Section):
     epochs: int = Field(
-        70, gt=0, le=100_000, description="Epochs; the learning rate decays linearly toward 0, reached after the last."
+        70, gt=0, le=100_000, description="Epochs; the learning rate decays toward 0, reached after the last."
     )
     batch_size: int = Field(
         64, gt=0, le=65_536,
-        description="Training batch size: the global batch, split evenly across runtime.replicas.",
+        description="Training batch size: the global batch, split evenly across `runtime.replicas`.",
     )  # fmt: skip
-    lr: float = Field(5e-3, gt=0.0, le=10.0, description="Initial SGD learning rate (at lr_reference_batch).")
+    lr: float = Field(5e-3, gt=0.0, le=10.0, description="Initial SGD learning rate, for `lr_reference_batch`.")
     lr_scaling: Literal["none", "linear"] = Field(
         "none",
-        description="none: lr as given, whatever the batch; linear: lr * batch_size / lr_reference_batch "
-        "(the linear scaling rule, for a larger global batch on more replicas).",
+        description=(
+            "`none`: `lr` as given, whatever the batch; `linear`: `lr * batch_size / lr_reference_batch` "
+            "(the linear scaling rule, for a bigger global batch on more GPUs)."
+        ),
     )
-    lr_reference_batch: int = Field(64, gt=0, le=65_536, description="The batch size lr is meant for.")
+    lr_reference_batch: int = Field(64, gt=0, le=65_536, description="The batch size `lr` is meant for.")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     lr_power: float = Field(
-        1.0, gt=0.0, le=10.0, description="Polynomial decay power, per epoch: lr * (1 - epoch/epochs) ** power."
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="Per-epoch polynomial decay: `lr * (1 - epoch / epochs) ** lr_power`; 1 is linear.",
     )
-    seed: int = Field(42, ge=0, lt=2**31, description="Seeds every random stream: init, shuffle, augmentation.")
+    seed: int = Field(42, ge=0, lt=2**31, description="Seeds weight init, shuffle order, augmentation and dropout.")
     eval_batch_size: int = Field(
-        256, gt=0, le=65_536, description="Batch size for validation and prediction; does not change results."
+        256, gt=0, le=65_536, description="Batch size for validation and prediction (does not change results)."
     )
 
     @property
@@ -169,40 +186,60 @@ class AugmentSpec(Section):
         0.1,
         ge=0.0,
         lt=1.0,
-        description="Random shift, at most this fraction of width and height (bilinear). Below 1, as "
-        "ImageDataGenerator's width_shift_range, which reads 1 or more as pixels.",
+        description=(
+            "Random shift of up to this fraction of width and height, bilinear; below 1 "
+            "(ImageDataGenerator's `width_shift_range` reads 1 or more as pixels)."
+        ),
     )
     horizontal_flip: bool = Field(True, description="Random horizontal flips, each image with probability 1/2.")
-    fill_mode: FillMode = Field("nearest", description="How pixels shifted in are filled.")
+    fill_mode: FillMode = Field(
+        "nearest",
+        description=(
+            "How pixels shifted in are filled: `nearest`, `reflect`, `wrap` or `constant` (`wrap` and "
+            "`constant` as scipy's `grid-wrap` and `grid-constant`; ImageDataGenerator's `constant` differs "
+            "in a one-pixel border at fractional shifts, its `wrap` in the whole strip wrapped in, as its "
+            "scipy mode repeats the image every n - 1 pixels)."
+        ),
+    )
 
 
 class EvalSpec(Section):
     temperature_scaling: bool = Field(
         False,
-        description="Fit one softmax temperature on a held-out slice of the training data and report "
-        "calibration (ECE, NLL) before and after. The slice is not trained on.",
+        description=(
+            "Fit one softmax temperature on held-out training images, which are not trained on, and report "
+            "calibration (ECE, NLL) before and after."
+        ),
     )
     holdout_size: int = Field(
-        5000, gt=0, description="With temperature_scaling: the last N training images, held out from training."
+        5000, gt=0, description="With `temperature_scaling`: the last N training images, held out from training."
     )
 
 
 class OutputSpec(Section):
     root: PathField = Field(
-        Path("results"), description="Results root; one directory per run inside it. A leading ~ is your home."
+        Path("results"),
+        description=(
+            "Results root; one directory per run inside (a leading `~` is your home); not inside a run's directory."
+        ),
     )
     run: str | None = Field(
         None,
-        description="Run directory name (letters, digits, '.', '_', '-'). "
-        "Unset: derived from method, factor and seed, e.g. labels-f0.1-s42.",
+        description=(
+            "Run directory name, 1 to 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit."
+            " Unset: `<method>-f<factor>-s<seed>`, e.g. `labels-f0.1-s42` (`none-s<seed>` for `none`)."
+        ),
     )
     checkpoint_steps: int = Field(
         0,
         ge=0,
         le=1_000_000,
-        description="Also checkpoint every N training steps inside an epoch, for long epochs (0: only at "
-        "epoch ends); with runtime.steps_per_execution > 1, at the first call boundary at or past every N. "
-        "A resume from one continues exactly. A stop on SIGTERM checkpoints its step either way.",
+        description=(
+            "Also checkpoint every N training steps inside an epoch (0: at epoch ends only; with "
+            "`runtime.steps_per_execution` > 1, at the first call boundary at or past every N), for long "
+            "epochs on preemptible nodes; a resume from one continues exactly, and a stop on SIGTERM "
+            "checkpoints its step either way. Not part of the run's identity: changing it keeps the run."
+        ),
     )
 
     @field_validator("run")
@@ -223,30 +260,44 @@ class OutputSpec(Section):
 class RuntimeSpec(Section):
     mixed_precision: Literal["off", "bf16", "fp16", "auto"] = Field(
         "off",
-        description="Compute dtype; softmax and loss stay float32. fp16 uses loss scaling. auto: bf16 on "
-        "GPUs with bf16 (NVIDIA compute capability 8.0+) and TPUs, fp16 on older NVIDIA GPUs (7.x), off on CPUs.",
+        description=(
+            "`off`, `bf16`, `fp16` (with loss scaling) or `auto`: bf16 on NVIDIA GPUs of compute capability "
+            "8.0 and up and on TPUs, fp16 on older NVIDIA GPUs (7.x), off on CPUs. Softmax and loss stay "
+            "float32."
+        ),
     )
-    jit_compile: Literal["auto"] | bool = Field("auto", description="XLA/JIT compilation of the train step.")
+    jit_compile: Literal["auto"] | bool = Field(
+        "auto", description="XLA/JIT compilation of the training step: `auto`, `true` or `false`."
+    )
     deterministic: bool = Field(
-        False, description="Deterministic ops: two runs (and a resumed run) give identical histories on CPU."
+        False,
+        description=(
+            "Deterministic ops: two runs, or a resumed run, give identical histories on CPU (JAX on a GPU "
+            "also needs `XLA_FLAGS=--xla_gpu_deterministic_ops=true` set before lsjob starts; a warning says"
+            " so)."
+        ),
     )
     steps_per_execution: int = Field(
-        1, gt=0, le=10_000, description="Train steps per compiled call (TensorFlow and JAX; PyTorch takes only 1)."
+        1, gt=0, le=10_000, description="Training steps per compiled call (TensorFlow and JAX; PyTorch takes only 1)."
     )
     compile_cache: str = Field(
         "auto",
         min_length=1,
-        description="A folder where the JAX backend keeps compiled programs between processes, so that a "
-        "sweep's other tasks, a requeued run and a re-run skip compilation (relative: from the working "
-        "directory); off; or auto: $JAX_COMPILATION_CACHE_DIR if set, else compile-cache/ in $KERAS_HOME or "
-        "~/.keras. Whoever can write there can run code in your runs: keep it yours. Not part of the run's "
-        "identity; other backends: not used.",
+        description=(
+            "JAX backend: a folder for compiled programs kept between processes, so that a sweep's other "
+            "tasks, a requeued run and a re-run skip compilation (relative: from the working directory); "
+            "`off`; or `auto`: `$JAX_COMPILATION_CACHE_DIR`, else `compile-cache/` in `$KERAS_HOME` or "
+            "`~/.keras`. Whoever can write there can run code in your runs: keep it yours. Not part of the "
+            "run's identity; other backends do not use it."
+        ),
     )
     replicas: int | Literal["all"] = Field(
         1,
-        description="Data-parallel replicas in one run, one per GPU (CPU devices where there is none): a "
-        "number, or all. TensorFlow: tf.distribute.MirroredStrategy; JAX: keras.distribution.DataParallel. "
-        "train.batch_size is the global batch and must divide evenly.",
+        description=(
+            "Data-parallel replicas in one run, one per GPU (CPU devices where there is none): a number, or "
+            "`all`. TensorFlow: `tf.distribute.MirroredStrategy`; JAX: `keras.distribution.DataParallel`. "
+            "`train.batch_size` is the global batch and must split evenly."
+        ),
     )
 
     @field_validator("jit_compile", mode="before")
@@ -310,9 +361,12 @@ class Spec(Section):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     sweep: Grid | Annotated[list[Grid], Field(min_length=1)] | None = Field(
         None,
-        description="A grid of runs over spec fields by dotted path, or a list of grids run one after another. "
-        "Points are numbered grid by grid, keys in the order written, the last key varying fastest; "
-        "each point is an ordinary run in its own directory under output.root.",
+        description=(
+            "A grid of runs over spec fields by dotted path (`smoothing.factor: [0.05, 0.1]`), or a list of "
+            "grids run one after another. Points are numbered grid by grid, keys in the order written, the "
+            "last key varying fastest; each point is an ordinary run in its own directory under "
+            "`output.root`."
+        ),
     )
 
     @field_validator("sweep", mode="before")

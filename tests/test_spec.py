@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from pydantic import BaseModel
 
 from job import cli, sweep
 from job import spec as spec_module
@@ -523,28 +524,30 @@ def test_cli_schema_is_json():
     assert json.loads(proc.stdout)["title"] == Spec.__name__
 
 
-def test_readme_documents_every_spec_field():
-    readme = (ROOT / "README.md").read_text()
-    schema = json_schema()
-    assert "`sweep`" in readme, "README lacks the sweep section"
-    for section, ref in schema["properties"].items():
-        if section == "sweep":
-            continue
-        fields = schema["$defs"][ref["$ref"].rsplit("/", 1)[1]]["properties"]
-        for field in fields:
-            assert f"`{section}.{field}`" in readme, f"README's spec table lacks {section}.{field}"
-
-
-def test_readme_gives_every_spec_field_its_default():
-    # The table is what users read; the model is what runs. A default changed in one alone misleads.
-    table = (ROOT / "README.md").read_text().split("| field | default | meaning |", 1)[1].split("\n\n", 1)[0]
+def spec_table() -> str:
+    """README's table of spec fields, as the models say them: path, default, description."""
     defaults = load_spec(None).model_dump(mode="json")
-    rows = re.findall(r"^\| `([a-z_]+)\.([a-z_]+)` \| (.+?) \|", table, re.M)
-    assert len(rows) == sum(len(fields) for fields in defaults.values() if isinstance(fields, dict))
-    for section, field, shown in rows:
-        value = defaults[section][field]
-        said = "unset" if value is None else f"`{json.dumps(value) if isinstance(value, bool) else value}`"
-        assert shown == said, f"README says {section}.{field} defaults to {shown}, the spec to {said}"
+    rows = ["| field | default | meaning |", "| --- | --- | --- |"]
+
+    def row(path, value, description):
+        assert description and "|" not in description, f"{path}: a description, and one without | (a table column)"
+        shown = "unset" if value is None else f"`{json.dumps(value) if isinstance(value, bool) else value}`"
+        rows.append(f"| `{path}` | {shown} | {description} |")
+
+    for name, info in Spec.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            for field, sub in info.annotation.model_fields.items():
+                row(f"{name}.{field}", defaults[name][field], sub.description)
+        else:
+            row(name, defaults[name], info.description)
+    return "\n".join(rows)
+
+
+def test_readme_tables_every_spec_field_as_the_schema_gives_its_default_and_description():
+    # The table is what users read, the schema what editors show, the model what runs: one text for all.
+    readme = (ROOT / "README.md").read_text()
+    table = "| field |" + readme.split("\n| field |", 1)[1].split("\n\n", 1)[0]
+    assert table == spec_table(), f"README's spec table should read:\n{spec_table()}"
 
 
 def test_the_compile_cache_is_a_keyword_or_a_folder_and_not_part_of_the_run_identity():
