@@ -113,7 +113,7 @@ def _discarded_by_this_job(run_dir: RunDir, spec: Spec) -> bool:
     except JobError:  # a damaged manifest: --force discards it
         return False
     attempts = manifest.get("attempts", [])
-    if not isinstance(attempts, list) or _made_by(manifest, run_dir, spec) is not None:
+    if not isinstance(attempts, list) or _spec_differences(manifest, run_dir, spec) is not None:
         return False  # damaged, or another spec's run: --force discards it
     restart = slurm_restart()
     for attempt in attempts:
@@ -137,11 +137,11 @@ def _complete_on_read_only_storage(previous: dict | None, run_dir: RunDir, spec:
         previous is not None
         and previous.get("status") == COMPLETED
         and not os.access(run_dir.path, os.W_OK)
-        and _made_by(previous, run_dir, spec) is None
+        and _spec_differences(previous, run_dir, spec) is None
     )
 
 
-def _made_by(previous: dict, run_dir: RunDir, spec: Spec) -> list[str] | None:
+def _spec_differences(previous: dict, run_dir: RunDir, spec: Spec) -> list[str] | None:
     """None when the run in `run_dir` is this spec's; else how its spec differed (empty when
     its spec.yaml cannot tell). Its manifest's hash says so at once; else its spec.yaml
     (written with the manifest at every attempt) hashed as this version of lsjob hashes: an
@@ -326,7 +326,7 @@ def _stalled(attempts: list, this_one: Mapping | None = None) -> SpecError | Non
 def _already_complete(previous: dict, run_dir: RunDir, spec: Spec, sweep_point: dict | None) -> bool:
     """Whether the run in `run_dir` is this spec's and complete: nothing to do. A run of another
     spec there is refused."""
-    differences = _made_by(previous, run_dir, spec)
+    differences = _spec_differences(previous, run_dir, spec)
     if differences is not None:
         what = f"it differs in {'; '.join(differences)}" if differences else (
             f"hash {previous.get('spec_hash')}, this spec {spec.content_hash()}")  # fmt: skip

@@ -238,7 +238,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
     run.settings = {**(run.settings or {}), **_resolved_settings(manifest, spec)} or None
     run.epochs_total, run.spec_hash = manifest["epochs"], manifest["spec_hash"]
     run.duration_s, run.attempts = float(manifest["duration_s"]), len(manifest["attempts"])
-    run.made_by = _made_by(manifest)
+    run.made_by = _code_text(manifest)
     run.duration_partial = any(not isinstance(a, dict) or "ended" not in a for a in manifest["attempts"])
     status = manifest["status"]
 
@@ -264,7 +264,7 @@ def read_run(path: Path, root: Path, has_manifest: bool = True) -> Run:
     return run
 
 
-def _made_by(manifest: dict) -> str | None:
+def _code_text(manifest: dict) -> str | None:
     """The code and libraries a run's manifest records (rundir.code_versions), as one text; None
     where it records none."""
     versions, commit = code_versions(manifest)
