@@ -33,11 +33,16 @@ from job.atomic import atomic_path, file_set, save_png, write_json, write_text
 from job.errors import NO_SPACE_ERRNOS, NoSpaceError, SpecError, storage_fault
 from job.history import read_history
 from job.rundir import (
+    CALIBRATION_FILE,
+    CLASSIFICATION_REPORT,
     COMPLETED,
+    CONFUSION_PLOT,
     HISTORY_FILE,
     MANIFEST,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    RELIABILITY_PLOT,
+    TRAINING_PLOT,
     RunDir,
     open_own,
     run_directories,
@@ -346,12 +351,12 @@ def write_reports(run_dir: Path, epochs: int | None = None, holdout: int | None 
         )  # fmt: skip
 
     with file_set(run_dir) as files:
-        write_text(files.path("classification_report.txt"), text)
-        write_training_plot(history, files.path("training.png"))
+        write_text(files.path(CLASSIFICATION_REPORT), text)
+        write_training_plot(history, files.path(TRAINING_PLOT))
         predicted = probs.argmax(axis=1)
-        write_confusion_matrix(y_true, predicted, predictions.class_names, files.path("confusion_matrix.png"))
-        write_reliability_diagram(calibration_json, files.path("reliability.png"))
-        write_json(files.path("calibration.json"), calibration_json)
+        write_confusion_matrix(y_true, predicted, predictions.class_names, files.path(CONFUSION_PLOT))
+        write_reliability_diagram(calibration_json, files.path(RELIABILITY_PLOT))
+        write_json(files.path(CALIBRATION_FILE), calibration_json)
         # Put in place last, so a metrics.json on disk means the whole report set is there.
         write_json(files.path(METRICS_FILE), metrics)
     return metrics

@@ -37,8 +37,13 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 MODEL_FILE = "model.keras"
-# Written by job.report beside the metrics.
-REPORTS = ("classification_report.txt", "training.png", "confusion_matrix.png", "reliability.png", "calibration.json")
+# Written by job.report beside the metrics; aggregate's page links the plots.
+CLASSIFICATION_REPORT = "classification_report.txt"
+TRAINING_PLOT = "training.png"
+CONFUSION_PLOT = "confusion_matrix.png"
+RELIABILITY_PLOT = "reliability.png"
+CALIBRATION_FILE = "calibration.json"
+REPORTS = (CLASSIFICATION_REPORT, TRAINING_PLOT, CONFUSION_PLOT, RELIABILITY_PLOT, CALIBRATION_FILE)
 # Every name a run writes in its folder (a test holds a finished run to it): what --force discards.
 RUN_FILES = frozenset({
     LOCK, MANIFEST, RUN_LOG, CHECKPOINTS, SPEC_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, MODEL_FILE, *REPORTS,

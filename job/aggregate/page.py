@@ -30,12 +30,13 @@ from job.aggregate.tables import (
     tally,
 )
 from job.atomic import write_text
+from job.rundir import CONFUSION_PLOT, RELIABILITY_PLOT, TRAINING_PLOT
 
 # Each run's plots that the page links to, if the run has them: file, link text.
 RUN_PLOTS = (
-    ("training.png", "training"),
-    ("reliability.png", "reliability"),
-    ("confusion_matrix.png", "confusion matrix"),
+    (TRAINING_PLOT, "training"),
+    (RELIABILITY_PLOT, "reliability"),
+    (CONFUSION_PLOT, "confusion matrix"),
 )
 # Row colour by status: a reader must spot what did not finish without reading every row.
 TONE = {
