@@ -28,7 +28,8 @@ import yaml
 
 from job import __version__, sweep
 from job.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, SpecError
-from job.spec import SpecDumper, load_spec, yaml_string
+from job.spec import load_spec, yaml_string
+from job.spec_yaml import SpecDumper
 
 # The image's `lsjob` user (Dockerfile ARG UID/GID); the pod runs as the same ids.
 UID = GID = 1000

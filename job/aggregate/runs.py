@@ -33,6 +33,7 @@ from job.rundir import (
     run_directories,
 )
 from job.spec import Spec, flatten, sizes_shown
+from job.spec_yaml import load_yaml
 
 NO_FACTOR = "none"  # the method whose factor is ignored: a reference line, not a curve
 # Display order; also every status a row can have.
@@ -373,9 +374,9 @@ def _epochs_so_far(path: Path) -> int | None:
 
 
 def _read_spec(path: Path) -> dict | None:
-    try:
-        doc = yaml.safe_load(read_own_text(path / SPEC_FILE))
-    except (OSError, ValueError, yaml.YAMLError):
+    try:  # as lsjob run reads a spec (YAML 1.2): PyYAML's own loader reads an unquoted `off` as false
+        doc = load_yaml(read_own_text(path / SPEC_FILE))
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
 
