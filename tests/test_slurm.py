@@ -32,6 +32,7 @@ SWEEP_SPEC = ROOT / "specs" / "smoke-sweep.yaml"
 SMOKE_SPEC = ROOT / "specs" / "smoke.yaml"
 # Slurm's options for these tests: the node has no GPU, and 1 CPU a task lets the jobs run side by side.
 SMALL = ["--gres=none", "--cpus-per-task=1", "--mem=1G"]
+REQUEUED = "show job -o 41\nrequeue Incomplete 41\n"  # the stand-in scontrol's calls: a job still running, requeued
 # A real lsjob, the one running these tests, for the jobs (sbatch passes PATH on to them).
 BIN = str(Path(sys.executable).parent)
 
@@ -84,7 +85,7 @@ def stubs(tmp_path):
     """A bin/ directory put first on PATH, and the env to run the scripts in; stubs log their argv."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _stub(bin_dir, "scontrol", f'echo "$*" >> {tmp_path}/scontrol.calls\n')
+    _stub(bin_dir, "scontrol", f'echo "$*" >> {tmp_path}/scontrol.calls\n[[ $1 != show ]] || echo JobState=RUNNING\n')
     env = {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
@@ -117,7 +118,7 @@ def test_sbatch_passes_exit_codes_through_and_requeues_on_75(tmp_path, stubs, co
         "run", "spec.yaml", "--set", f"output.root='{tmp_path}/out'", "--set", "train.seed=1",
     ]  # fmt: skip
     calls = tmp_path / "scontrol.calls"
-    assert (calls.read_text() if calls.exists() else "") == ("requeue 41\n" if code == 75 else "")
+    assert (calls.read_text() if calls.exists() else "") == (REQUEUED if code == 75 else "")
 
 
 @pytest.mark.parametrize("job_id", ["41", "44"])  # the task holding the array's own id, and another
@@ -137,8 +138,8 @@ def test_an_array_task_requeues_and_signals_only_itself(tmp_path, stubs, job_id)
     assert proc.returncode == 75, err
     # To scontrol and scancel, 41 alone is every task of array 41: finished ones went back too.
     assert (tmp_path / "scancel.calls").read_text() == "--signal=TERM 41_3\n"
-    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41_3\n"
-    assert "requeueing job 41_3" in out
+    assert (tmp_path / "scontrol.calls").read_text() == "show job -o 41_3\nrequeue Incomplete 41_3\n"
+    assert "requeued job 41_3" in out
 
 
 @pytest.mark.parametrize("script", ["train.sbatch", "sweep.sbatch"])
@@ -198,12 +199,13 @@ def test_sbatch_forwards_term_once_and_waits_for_the_real_exit_code(tmp_path, st
     script.send_signal(signal.SIGTERM)  # what --signal=B:TERM and `scancel --batch` do
     assert script.wait(timeout=30) == 75
     assert (tmp_path / "signals").read_text() == "TERM\n"
-    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
+    assert (tmp_path / "scontrol.calls").read_text() == REQUEUED
 
 
 def test_sbatch_waits_for_lsjob_when_term_reaches_every_process(tmp_path, stubs):
     # A plain scancel, the hard time limit and most preemption signal the whole job, the
-    # script's own children too: it must still wait for lsjob's step and requeue on its 75.
+    # script's own children too: it must still wait for lsjob's step and, on its 75, ask for a
+    # requeue, which Slurm grants only to a job still running (preempted, not cancelled).
     bin_dir, env = stubs
     _stub_lsjob_that_checkpoints_on_term(bin_dir, tmp_path)
     script = subprocess.Popen(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env,
@@ -212,7 +214,27 @@ def test_sbatch_waits_for_lsjob_when_term_reaches_every_process(tmp_path, stubs)
     time.sleep(0.3)  # into the script's `sleep`
     os.killpg(script.pid, signal.SIGTERM)
     assert script.wait(timeout=30) == 75
-    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
+    assert (tmp_path / "scontrol.calls").read_text() == REQUEUED
+
+
+@pytest.mark.parametrize("state, said, calls", [
+    ("COMPLETING", "not requeued: job 41 is COMPLETING (cancelled, or ended by Slurm); submitting it again resumes "
+     "its run", ["show"]),  # a plain scancel: COMPLETING while the batch script runs
+    ("PENDING", "Slurm has requeued job 41 already; it resumes its run", ["show"]),  # PreemptMode=REQUEUE
+    ("TIMEOUT", "not requeued: job 41 is TIMEOUT", ["show"]),
+    ("RUNNING", "job 41 could not be requeued; submitting it again resumes its run", ["show", "requeue"]),
+    ("", "job 41 could not be requeued", ["show", "requeue"]),  # the controller did not answer
+])  # fmt: skip
+def test_sbatch_says_why_a_job_it_did_not_requeue_was_not(tmp_path, stubs, state, said, calls):
+    bin_dir, env = stubs
+    show = f"echo 'JobId=41 JobName=lsjob JobState={state} Reason=None'" if state else "exit 1"
+    _stub(bin_dir, "scontrol", f'echo "$1" >> {tmp_path}/scontrol.calls\n[[ $1 == show ]] || exit 1\n{show}\n')
+    _stub(bin_dir, "lsjob", "exit 75\n")
+    proc = subprocess.run(["bash", SLURM / "train.sbatch", "spec.yaml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=20, check=False)  # fmt: skip
+    assert proc.returncode == 75 and f"lsjob: {said}" in proc.stderr, proc
+    assert (tmp_path / "scontrol.calls").read_text().split() == calls
+    assert "requeued job" not in proc.stdout
 
 
 def test_sbatch_stopped_before_lsjob_starts_still_requeues(tmp_path, stubs):
@@ -230,7 +252,7 @@ def test_sbatch_stopped_before_lsjob_starts_still_requeues(tmp_path, stubs):
     )  # fmt: skip
     assert proc.returncode == 75, proc
     assert "killed by the TERM passed on before it could act on it" in proc.stdout
-    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
+    assert (tmp_path / "scontrol.calls").read_text() == REQUEUED
 
 
 def test_sbatch_requeues_when_term_kills_lsjob_before_its_handler(tmp_path, stubs):
@@ -240,7 +262,7 @@ def test_sbatch_requeues_when_term_kills_lsjob_before_its_handler(tmp_path, stub
     _wait_until_started(script, tmp_path)
     script.send_signal(signal.SIGTERM)
     assert script.wait(timeout=30) == 75
-    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
+    assert (tmp_path / "scontrol.calls").read_text() == REQUEUED
 
 
 def test_sbatch_survives_term_inside_a_command_substitution(tmp_path, stubs):
@@ -254,7 +276,7 @@ def test_sbatch_survives_term_inside_a_command_substitution(tmp_path, stubs):
                           env={**env, "LSJOB_RESULTS": "out"}, capture_output=True, text=True, timeout=20,
                           check=False)  # fmt: skip
     assert proc.returncode == 75, proc
-    assert (tmp_path / "scontrol.calls").read_text() == "requeue 41\n"
+    assert (tmp_path / "scontrol.calls").read_text() == REQUEUED
 
 
 def test_sbatch_keeps_the_exit_code_of_an_lsjob_that_ends_as_term_arrives(tmp_path, stubs):
@@ -758,10 +780,30 @@ def test_interrupted_job_is_requeued_and_resumes(cluster: SlurmCluster, tmp_path
     assert datetime.fromisoformat(second["started"]) > datetime.fromisoformat(first["ended"])
     assert [row["epoch"] for row in _history_rows(run_dir / "history.csv")] == ["1", "2", "3", "4", "5", "6"]
     text = log.read_text()
-    assert "restart 0" in text and "requeueing" in text and "restart 1" in text, text
+    assert "restart 0" in text and "requeued job" in text and "restart 1" in text, text
     # From the step the signal stopped it at (checkpointed then), or the epoch end just before.
     resumed = r"resuming (after epoch [1-5] of 6|epoch [2-6] of 6 at step [1-3]) from"
     assert re.search(resumed, (run_dir / "run.log").read_text())
+
+
+@pytest.mark.slow
+def test_a_plain_scancel_ends_the_job_for_good(cluster: SlurmCluster, tmp_path):
+    """scancel signals every process, and lsjob stops with 75, checkpointed: the job must stay
+    cancelled. scontrol requeues finished jobs too, and so a run could not be stopped."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir, "lsjob", f"touch {tmp_path}/started\ntrap 'exit 75' TERM\nwhile true; do sleep 0.2; done\n")
+    (tmp_path / "logs").mkdir()
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    job_id = cluster.sbatch(*SMALL, str(SLURM / "train.sbatch"), "spec.yaml", cwd=tmp_path, env=env)
+    cluster.wait_for(lambda: (tmp_path / "started").exists(), 120, "the stand-in lsjob to start")
+    cluster.run("scancel", job_id)
+    cluster.wait_gone(job_id, timeout=180)  # requeued, it would come back after cred_expire and never end
+
+    job = cluster.job(job_id)
+    assert (job["JobState"], job["Restarts"]) == ("CANCELLED", "0"), job
+    log = (tmp_path / "logs" / f"lsjob_{job_id}.out").read_text()
+    assert f"lsjob: not requeued: job {job_id} is COMPLETING (cancelled, or ended by Slurm)" in log, log
 
 
 @pytest.mark.slow
@@ -836,7 +878,7 @@ def test_an_interrupted_array_task_sends_back_no_other_task(cluster: SlurmCluste
     for i in range(2):
         assert cluster.job(f"{array_id}_{i}")["JobState"] == "COMPLETED"
     log = (tmp_path / "logs" / f"lsjob-sweep_{array_id}_{holder[0]}.out").read_text()
-    assert f"requeueing job {array_id}_{holder[0]}" in log, log
+    assert f"requeued job {array_id}_{holder[0]}" in log, log
 
 
 @pytest.mark.slow
