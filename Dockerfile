@@ -25,7 +25,10 @@ ARG UID=1000
 ARG GID=1000
 
 # KERAS_HOME: the job finds or downloads CIFAR-10 in $KERAS_HOME/datasets, i.e. the cache volume.
+# MPLCONFIGDIR: under --user "$(id -u):$(id -g)" (or Pyxis, Apptainer) HOME may be / or
+# read-only, and matplotlib then warned on every run as it made a temporary cache folder.
 ENV KERAS_HOME=/cache/keras \
+    MPLCONFIGDIR=/tmp/matplotlib \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
