@@ -9,8 +9,9 @@ two small matrix products per image: out = Wy @ image @ Wx^T, where row o of Wy 
 the bilinear weights of source row o - dy (with the fill mode deciding what lies
 beyond the edge). A flip is Wx's rows reversed. With the tutorial's fill_mode
 "nearest" (and with "reflect"), the same distribution of outputs as its
-ImageDataGenerator(width_shift_range, height_shift_range, horizontal_flip, fill_mode),
-checked against scipy.ndimage.affine_transform(order=1). "constant" and "wrap" follow
+ImageDataGenerator(width_shift_range, height_shift_range, horizontal_flip, fill_mode):
+tests/test_augment.py checks it against that generator (Keras's legacy copy) on real
+pixels, given the same draws. "constant" and "wrap" follow
 scipy's grid-constant and grid-wrap, where ImageDataGenerator's scipy modes differ:
 "constant" in a one-pixel border at fractional shifts, "wrap" in the whole strip wrapped
 in (scipy's "wrap" repeats the image with a period of n - 1 pixels, one short of the

@@ -77,6 +77,31 @@ def test_shifts_are_uniform_within_the_fraction_and_flips_happen_half_the_time()
     assert abs(np.corrcoef(dx, dy)[0, 1]) < 0.1
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy code calls scipy.ndimage.interpolation
+def test_shifts_and_flips_are_the_tutorials_image_data_generator(cifar_sample, monkeypatch):
+    # The tutorial's ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1,
+    # horizontal_flip=True, fill_mode="nearest"), on mean-subtracted real images, given the same draws.
+    legacy = pytest.importorskip("keras.src.legacy.preprocessing.image", reason="Keras no longer ships it")
+    from job import runtime
+
+    x = cifar_sample["x_train"][:64].astype("float64")
+    images = (x - x.mean(axis=0)).astype("float32")
+    generator = legacy.ImageDataGenerator(
+        width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True, fill_mode="nearest"
+    )
+    np.random.seed(0)  # the generator draws from numpy's global state
+    draws = [generator.get_random_transform(images.shape[1:]) for _ in images]
+    expected = np.stack([generator.apply_transform(image, d) for image, d in zip(images, draws)])
+    tx, ty = (np.array([d[k] for d in draws]) for k in ("tx", "ty"))
+    assert np.abs(tx).max() <= 3.2 and not np.allclose(tx, np.round(tx))  # sub-pixel shifts, as ours
+    # Its ty moves the content up by ty pixels and its tx left by tx (tx is drawn from height_shift_range:
+    # the legacy code swaps the axes), where ours moves it down by dy and right by dx.
+    u = np.stack([(1 - ty / 3.2) / 2, (1 - tx / 3.2) / 2, np.where([d["flip_horizontal"] for d in draws], 0.25, 0.75)])
+    monkeypatch.setattr(runtime, "uniform_per_replica", lambda shape, seed: ops.convert_to_tensor(u, "float32"))
+    out = ops.convert_to_numpy(RandomShiftFlip(0.1, flip=True, fill_mode="nearest", seed=0)(images, training=True))
+    np.testing.assert_allclose(out, expected, atol=2e-3)  # pixels of -150 to 150, float32
+
+
 def test_inference_is_the_identity_and_a_seed_repeats_itself():
     x = IMAGES
     np.testing.assert_array_equal(ops.convert_to_numpy(RandomShiftFlip(0.1, True, seed=1)(x)), x)
