@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 
-from job import preemption, rundir
+from job import preemption, rundir, stall_guard
 from job import run as run_mod
 from job.errors import (
     EXIT_BAD_INPUT,
@@ -569,11 +569,11 @@ def test_attempts_stopped_before_any_checkpoint_end_the_run_rather_than_requeue_
                                                                                      monkeypatch):  # fmt: skip
     # sbatch --time=5 with --signal=B:TERM@300: TERM comes before every attempt's first step, and
     # each exit 75 was requeued to be stopped the same way again, without end.
-    from job import preemption, run, train
+    from job import preemption, train
     from job.errors import EXIT_BAD_INPUT, InterruptedRun
 
     spec = tiny_spec()
-    monkeypatch.setattr(run, "STALLED_ATTEMPTS", 3)  # not 5: each attempt builds a model
+    monkeypatch.setattr(stall_guard, "STALLED_ATTEMPTS", 3)  # not 5: each attempt builds a model
 
     def stopped_attempts(n):
         with monkeypatch.context() as m:
@@ -582,7 +582,7 @@ def test_attempts_stopped_before_any_checkpoint_end_the_run_rather_than_requeue_
                 with pytest.raises(InterruptedRun, match="SIGTERM"):
                     run_mod.execute(spec)
 
-    stopped_attempts(run.STALLED_ATTEMPTS - 1)
+    stopped_attempts(stall_guard.STALLED_ATTEMPTS - 1)
     # One that saved a step breaks the streak: a job that gets somewhere each time is requeued on.
     original = train.EpochRecorder.on_train_batch_begin
 
@@ -596,7 +596,7 @@ def test_attempts_stopped_before_any_checkpoint_end_the_run_rather_than_requeue_
         with pytest.raises(InterruptedRun):
             run_mod.execute(spec)
     monkeypatch.setattr(preemption, "_requested", None)
-    stopped_attempts(run.STALLED_ATTEMPTS - 1)
+    stopped_attempts(stall_guard.STALLED_ATTEMPTS - 1)
     attempts = RunDir(spec.run_dir).read_manifest()["attempts"]
     assert [a["checkpointed"] for a in attempts] == [False] * 2 + [True] + [False] * 2
     assert all(a["status"] == "interrupted" for a in attempts)
@@ -629,12 +629,12 @@ def test_slurm_attempts_stopped_before_they_claimed_the_run_count_towards_the_gu
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
     one_run = {"SLURM_JOB_ID": "4242", "LSJOB_SLURM_ONE_RUN": "1"}
     # Each of these leaves nothing behind: the next tells them from its restart count alone.
-    for restart in range(run.STALLED_ATTEMPTS - 1):
+    for restart in range(stall_guard.STALLED_ATTEMPTS - 1):
         _scheduler(monkeypatch, **one_run, SLURM_RESTART_COUNT=str(restart))
         with pytest.raises(InterruptedRun, match="SIGTERM"):
             run_mod.execute(spec)
         assert not spec.run_dir.exists()
-    _scheduler(monkeypatch, **one_run, SLURM_RESTART_COUNT=str(run.STALLED_ATTEMPTS - 1))
+    _scheduler(monkeypatch, **one_run, SLURM_RESTART_COUNT=str(stall_guard.STALLED_ATTEMPTS - 1))
     with pytest.raises(SpecError, match="stopped 5 attempts in a row") as err:
         run_mod.execute(spec)
     assert err.value.exit_code == EXIT_BAD_INPUT and "give the job more time" in str(err.value)
@@ -642,7 +642,7 @@ def test_slurm_attempts_stopped_before_they_claimed_the_run_count_towards_the_gu
     assert not spec.run_dir.exists()  # nothing written, as for any stop before the claim
     # A script of the user's own may have spent those restarts on other runs: a plain stop.
     for off in ({}, {"LSJOB_SLURM_ONE_RUN": "0"}):
-        _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(run.STALLED_ATTEMPTS - 1), **off)
+        _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(stall_guard.STALLED_ATTEMPTS - 1), **off)
         with pytest.raises(InterruptedRun):
             run_mod.execute(spec)
     _scheduler(monkeypatch)  # and outside Slurm nothing counts them
@@ -665,7 +665,7 @@ def test_a_run_started_late_in_a_job_of_several_runs_is_not_ended_by_their_resta
 
 
 def test_unrecorded_slurm_attempts_take_their_place_among_the_recorded_ones(tmp_path, monkeypatch):
-    from job import preemption, run
+    from job import preemption
     from job.errors import StorageError
 
     def attempt(restart, checkpointed, job="4242"):
@@ -675,7 +675,7 @@ def test_unrecorded_slurm_attempts_take_their_place_among_the_recorded_ones(tmp_
     def stalled(restart, attempts, one_run="1"):
         _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT=str(restart), LSJOB_SLURM_ONE_RUN=one_run)
         monkeypatch.setattr(RunDir, "read_manifest", lambda self: {"attempts": attempts})
-        return run._stalled_before_claim(RunDir(tmp_path / "run")) is not None
+        return stall_guard.stalled_before_claim(RunDir(tmp_path / "run")) is not None
 
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
     # Restart 0 saved a step; 1 to 3 left no record; this one (4) is the fourth stop in a row, not the fifth.
@@ -695,7 +695,7 @@ def test_unrecorded_slurm_attempts_take_their_place_among_the_recorded_ones(tmp_
     # Records of an lsjob from before restarts were recorded: no restart numbers to go by.
     assert not stalled(6, [{**attempt(0, False), "slurm_restart": None}])
     monkeypatch.setattr(RunDir, "read_manifest", lambda self: (_ for _ in ()).throw(StorageError("EIO")))
-    assert not run._stalled_before_claim(RunDir(tmp_path / "run"))  # unreadable: no streak can be told
+    assert not stall_guard.stalled_before_claim(RunDir(tmp_path / "run"))  # unreadable: no streak can be told
     monkeypatch.setattr(preemption, "_requested", "SIGINT")  # a person's Ctrl-C: never counted
     assert not stalled(9, [])
 
@@ -703,11 +703,11 @@ def test_unrecorded_slurm_attempts_take_their_place_among_the_recorded_ones(tmp_
 def test_ctrl_c_before_a_checkpoint_is_not_counted_as_a_stalled_requeue(tiny_spec, monkeypatch):
     # The guard is for a scheduler's TERM repeating forever; a person pressing Ctrl-C while trying
     # things is not that, and their next TERM-stopped attempt must still be requeued.
-    from job import preemption, run
+    from job import preemption
     from job.errors import InterruptedRun
 
     spec = tiny_spec()
-    monkeypatch.setattr(run, "STALLED_ATTEMPTS", 3)
+    monkeypatch.setattr(stall_guard, "STALLED_ATTEMPTS", 3)
     for signal_name in ("SIGTERM", "SIGINT", "SIGTERM", "SIGTERM"):
         with monkeypatch.context() as m:
             m.setattr(preemption, "_requested", signal_name)
@@ -724,12 +724,12 @@ def test_a_run_the_stall_guard_ended_counts_afresh_when_run_again(monkeypatch):
     # "give the job more time, then run the same command": one early SIGTERM of that re-run is a
     # requeue, not exit 2 again; the failed attempt the guard ended breaks the streak.
     _scheduler(monkeypatch)
-    n = run_mod.STALLED_ATTEMPTS
+    n = stall_guard.STALLED_ATTEMPTS
     stopped = {"status": "interrupted", "stopped_by": "SIGTERM", "checkpointed": False}
     ended = {**stopped, "status": "failed"}
     this = {"stopped_by": "SIGTERM", "checkpointed": False}  # its status is not yet written
-    assert run_mod._stalled([stopped] * (n - 1) + [this]) is not None
-    assert run_mod._stalled([stopped] * (n - 1) + [ended, this]) is None
+    assert stall_guard.stalled([stopped] * (n - 1) + [this]) is not None
+    assert stall_guard.stalled([stopped] * (n - 1) + [ended, this]) is None
 
 
 def test_a_second_ctrl_c_after_a_term_is_recorded_as_sigint(tiny_spec, monkeypatch):
@@ -1592,10 +1592,10 @@ def test_outside_slurm_a_stop_before_the_claim_is_a_stop_whatever_the_run_record
     stopped = {"status": "interrupted", "stopped_by": "SIGTERM", "checkpointed": False}
     _scheduler(monkeypatch)
     monkeypatch.setattr(preemption, "_requested", "SIGTERM")
-    monkeypatch.setattr(RunDir, "read_manifest", lambda self: {"attempts": [stopped] * run_mod.STALLED_ATTEMPTS})
-    assert run_mod._stalled_before_claim(RunDir(tmp_path / "run")) is None
+    monkeypatch.setattr(RunDir, "read_manifest", lambda self: {"attempts": [stopped] * stall_guard.STALLED_ATTEMPTS})
+    assert stall_guard.stalled_before_claim(RunDir(tmp_path / "run")) is None
     _scheduler(monkeypatch, SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="0")  # under Slurm the same record is a streak
-    assert run_mod._stalled_before_claim(RunDir(tmp_path / "run")) is not None
+    assert stall_guard.stalled_before_claim(RunDir(tmp_path / "run")) is not None
 
 
 def test_a_forced_attempt_recorded_without_its_restart_counts_as_its_jobs_first(tiny_spec, monkeypatch):
