@@ -1,6 +1,6 @@
 """Linters: ruff over the Python (its rules and its formatting, pyproject.toml's [tool.ruff]),
 and over the rest: the Dockerfile, shell and Slurm scripts, every YAML file, and the
-Kubernetes manifests against the Kubernetes API schema.
+Kubernetes manifests against the Kubernetes API schema; and the README's layout against the tree.
 
 The tools are test dependencies (the `test` extra): a missing one fails, naming the
 package to install, so a check is never skipped without anyone noticing.
@@ -89,3 +89,16 @@ def test_kubernetes_manifests_pass_kubernetes_validate(version):
     # A kind it has no schema for is only a WARN with exit status 0: count that as a failure too.
     assert proc.returncode == 0 and "WARN" not in proc.stdout, proc.stdout + proc.stderr
     assert proc.stdout.count("passed") == sum(p.read_text().count("\nkind: ") for p in manifests)
+
+
+def test_the_readmes_layout_names_every_module_and_nothing_gone():
+    # The layout is where a newcomer finds where a thing lives: a module missing from it is lost.
+    layout = (ROOT / "README.md").read_text().split("## Layout\n\n```\n", 1)[1].split("```", 1)[0]
+    for path in sorted((ROOT / "job").rglob("*.py")):
+        relative = path.relative_to(ROOT)
+        if path.parent == ROOT / "job":
+            assert path.name in ("__init__.py", "__main__.py") or f"\n{relative} " in f"\n{layout}", relative
+        else:  # a subpackage's line names its modules
+            assert f"\n{relative.parent}/ " in f"\n{layout}" and f"{path.name}:" in layout, relative
+    for named in {line.split()[0] for line in layout.splitlines() if line[:1] not in ("", " ")}:
+        assert (ROOT / named).exists(), f"README's layout names {named}, which is not in the tree"
