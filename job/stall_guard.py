@@ -77,9 +77,12 @@ def stalled(attempts: list, this_one: Mapping | None = None) -> SpecError | None
         return None
     unrecorded = sum(a is UNRECORDED_STOP for a in attempts)
     told = f" ({unrecorded} of them left no record in the run's manifest; SLURM_RESTART_COUNT counts them)"
+    if os.environ.get("SLURM_JOB_ID"):
+        why = ("a time limit within the stop signal's margin does this (sbatch --time under about 6 minutes with "
+               "slurm/'s --signal=B:TERM@300): give the job more time")  # fmt: skip
+    else:  # a Kubernetes pod, say: no time limit of ours, but a pod stopped in its start-up every time
+        why = "something stops it each time before it trains (a preemption or eviction in its start-up): see what"
     return SpecError(
         f"stopped {STALLED_ATTEMPTS} attempts in a row before any of them saved a checkpoint"
-        f"{told if unrecorded else ''}, so requeueing would only repeat it; a time limit within the stop "
-        "signal's margin does this (sbatch --time under about 6 minutes with slurm/'s --signal=B:TERM@300): give "
-        "the job more time, then run the same command to resume"
+        f"{told if unrecorded else ''}, so requeueing would only repeat it; {why}, then run the same command to resume"
     )

@@ -605,7 +605,8 @@ def test_attempts_stopped_before_any_checkpoint_end_the_run_rather_than_requeue_
         m.setattr(preemption, "_requested", "SIGTERM")
         with pytest.raises(SpecError, match="stopped 3 attempts in a row before any of them saved a checkpoint") as err:
             run_mod.execute(spec)
-    assert err.value.exit_code == EXIT_BAD_INPUT and "give the job more time" in str(err.value)
+    # Outside Slurm (a Kubernetes pod, say) no time limit of lsjob's scripts is the cause.
+    assert err.value.exit_code == EXIT_BAD_INPUT and "something stops it each time before it trains" in str(err.value)
     manifest = RunDir(spec.run_dir).read_manifest()
     assert manifest["status"] == "failed" and manifest["attempts"][-1]["checkpointed"] is False
     assert sorted(p.name for p in (spec.run_dir / "checkpoints").iterdir()) == ["epoch-0000-step-000002"]
